@@ -1,0 +1,37 @@
+# Each target is one line; `.venv/.ready` builds the environment on a fresh machine from this repo alone.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST := .venv/bin/pytest
+PURE := rewards rollout/config.py learner/config.py learner/grpo.py services/config.py
+export DS_ACCELERATOR ?= cpu
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup demo test test-slow lint bench gpu-check clean-runtime
+
+setup: .venv/.ready
+
+.venv/.ready: pyproject.toml tools/setup_env.sh tools/medground_cpu_shim.py
+	bash tools/setup_env.sh cpu
+
+demo: .venv/.ready
+	$(PY) -m services.cli demo
+
+test: .venv/.ready lint
+	$(PYTEST) -m "not slow and not gpu" --timeout=900 tests
+
+test-slow: .venv/.ready
+	$(PYTEST) -m "slow and not gpu" --timeout=3600 tests
+
+lint: .venv/.ready
+	.venv/bin/ruff check . && .venv/bin/lint-imports && .venv/bin/mypy $(PURE)
+
+bench: .venv/.ready
+	$(PY) -m bench --all
+
+gpu-check:
+	bash tools/gpu_check.sh
+
+clean-runtime:
+	bash tools/clean_runtime.sh

@@ -1,0 +1,52 @@
+"""Configuration of the learner: GRPO loss, MLAE adapter, optimiser and DeepSpeed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MLAEConfig(_Strict):
+    """Masked LoRA experts (ALGORITHMS.md section 5)."""
+
+    rank: int = Field(8, ge=1, description="r: rank-1 experts per adapted layer.")
+    alpha: float = Field(1.0, gt=0.0, description="Initial per-expert scale lambda_i (no alpha/r scaling).")
+    mask: Literal["stochastic", "fixed", "mixed", "none"] = Field("stochastic", description="Expert mask kind.")
+    p: float = Field(0.5, ge=0.0, lt=1.0, description="Drop rate of the stochastic mask.")
+    fixed_p: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of experts permanently off (fixed/mixed).")
+    layerwise: Literal["uniform", "increasing", "decreasing"] = Field("uniform", description="Drop rate over depth.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), description="Language-model projections to adapt."
+    )
+    seed: int = Field(0, description="Seed of the fixed mask.")
+
+
+class GRPOConfig(_Strict):
+    """GRPO loss (ALGORITHMS.md section 1)."""
+
+    eps_low: float = Field(0.2, ge=0.0, description="Lower clip range of the ratio.")
+    eps_high: float = Field(0.2, ge=0.0, description="Upper clip range of the ratio.")
+    beta: float = Field(0.04, ge=0.0, description="k3 KL coefficient against the adapter-off reference.")
+    aggregation: Literal["grpo", "dapo"] = Field("grpo", description="Sequence-mean (GRPO) or token-mean (DAPO).")
+    adv_eps: float = Field(1e-4, gt=0.0, description="Added to the group std in the advantage.")
+
+
+class LearnerConfig(_Strict):
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors in one placement group).")
+    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate on the adapter.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one rank.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="ZeRO optimizer offload to CPU.")
+    gradient_clipping: float = Field(1.0, ge=0.0, description="Global grad-norm clip (0 disables).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    cpus_per_rank: float = Field(1.0, gt=0.0, description="Ray CPUs per learner rank.")
+    gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPUs per learner rank.")
+    mlae: MLAEConfig = MLAEConfig()
+    grpo: GRPOConfig = GRPOConfig()

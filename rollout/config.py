@@ -1,0 +1,32 @@
+"""Configuration of rollout: engine, pool size, sampling, image budget and prompts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.9, ge=0.0, description="Sampling temperature [paper: 0.9]; 0 means greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(64, ge=1, description="Completion length cap in tokens.")
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm (the product) or hf (transformers reference).")
+    num_workers: int = Field(1, ge=1, description="Rollout workers in the pool (resizable while a run is live).")
+    group_size: int = Field(8, ge=1, description="G: completions per prompt [paper: 8].")
+    sampling: SamplingConfig = SamplingConfig()
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per worker (0 on CPU machines).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one worker.")
+    min_pixels: int = Field(56 * 56, ge=28 * 28, description="smart_resize lower pixel budget of the model input.")
+    max_pixels: int = Field(112 * 112, ge=28 * 28, description="smart_resize upper pixel budget of the model input.")
+    max_model_len: int = Field(1024, ge=64, description="vLLM context length (prompt + completion) in tokens.")
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU workers, in GiB.")
+    inject_knowledge: bool = Field(True, description="VRFT-Aug prior-knowledge injection into prompts.")

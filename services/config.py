@@ -1,0 +1,192 @@
+"""The run configuration: one typed, frozen tree composed from each package's own section.
+
+Hyperparameters come from a YAML file (`deploy/configs/*.yaml`) plus `--set a.b=value` overrides; the
+cluster address, storage and secrets come from `MEDGROUND_*` environment variables, never from YAML.
+Errors name the field, the broken rule and the fix (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import LearnerConfig
+from rewards.config import RewardConfig
+from rollout.config import RolloutConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which field, why, and how to fix it."""
+
+
+class ModelConfig(_Strict):
+    path: str = Field(..., description="Directory of the base model (HF format); `medground init-model` makes one.")
+    family: Literal["qwen2_5_vl", "qwen2_vl"] = Field(
+        "qwen2_5_vl", description="Decides the box convention: qwen2_5_vl answers in input pixels, qwen2_vl in 0..1000."
+    )
+
+
+class DataConfig(_Strict):
+    manifest: str = Field(..., description="JSONL or Parquet manifest of records (`medground data synth` writes one).")
+    train_split: str = Field("train", description="Split name used for training prompts.")
+    eval_split: str = Field("val", description="Held-out split used for evaluation.")
+    on_bad_record: Literal["skip", "fail"] = Field("fail", description="Skip bad records (counted) or stop.")
+
+
+class StageConfig(_Strict):
+    """One stage of a run: SFT warm start or GRPO, with its own data, reward mix and length."""
+
+    name: str = Field(..., min_length=1, description="Stage name, used in metrics and checkpoint paths.")
+    kind: Literal["sft", "grpo"] = Field(..., description="Supervised warm start or GRPO.")
+    steps: int = Field(..., ge=1, description="Optimiser steps in this stage.")
+    prompts_per_step: int = Field(8, ge=1, description="Prompt groups per GRPO step (batch size for SFT).")
+    task: Literal["grounding", "classification", "grading"] = Field("grounding", description="Records used.")
+    data: DataConfig | None = Field(None, description="Overrides the run's data for this stage.")
+    reward: RewardConfig | None = Field(None, description="Overrides the run's reward mix for this stage.")
+    lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+
+
+class EvalConfig(_Strict):
+    every: int = Field(0, ge=0, description="Evaluate every K steps (0: only at the end).")
+    max_samples: int = Field(64, ge=1, description="Held-out records per evaluation (greedy decoding).")
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(0, ge=0, description="Checkpoint every K steps (0: only at the end).")
+    keep: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", min_length=1, description="Run name: runs/<name>/ and the control actor's name.")
+    seed: int = Field(0, description="Seeds data order, sampling and masks.")
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    model: ModelConfig
+    data: DataConfig
+    stages: tuple[StageConfig, ...] = Field(..., min_length=1, description="Stages run in order.")
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    learner: LearnerConfig = LearnerConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> RunConfig:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {dupes}; rename the stages")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading, overrides and error messages.
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`learner.lr=1e-5` -> (["learner", "lr"], 1e-5); the value is parsed as YAML (numbers, lists, bools)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like --set learner.lr=1e-5")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `tree` with each `a.b.c=value` applied; list items are addressed by index."""
+    out = json.loads(json.dumps(tree))
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = out
+        for part in path[:-1]:
+            if isinstance(node, list):
+                node = node[_index(part, item)]
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            node[_index(path[-1], item)] = value
+        else:
+            node[path[-1]] = value
+    return out
+
+
+def _index(part: str, item: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"override {item!r}: {part!r} addresses a list, so it must be an index like 0")
+    return int(part)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The valid field names of the model reached by following `loc` (the parent of an unknown key)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def explain(error: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    """Turn pydantic's errors into one message naming each field, the rule and the fix."""
+    lines = [f"invalid configuration in {source}:"]
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
+            lines.append(f"  {dotted}: unknown key; {hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set {dotted}=...")
+        else:
+            lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `--set` overrides, validate, and return the frozen tree."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; the shipped ones are in deploy/configs/")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, found {type(tree).__name__}")
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise explain(exc, RunConfig, str(path)) from None
+
+
+def write_resolved(config: RunConfig, run_dir: str | Path) -> Path:
+    """Write `resolved_config.json` (every field, defaults included) into the run directory."""
+    out = Path(run_dir) / "resolved_config.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    return out

