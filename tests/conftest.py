@@ -1,0 +1,59 @@
+"""Shared fixtures: generated models (never downloaded), a local Ray, and cleanup of what engines leave."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+_SESSION_MARK = Path(os.environ.get("TMPDIR", "/tmp")) / f"medground-test-start-{os.getpid()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _SESSION_MARK.touch()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL (answers in input pixels), built once per test session."""
+    from services.tiny_model import build_model_dir
+
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", "qwen2_5_vl", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-VL (answers in 0..1000 units), built once per test session."""
+    from services.tiny_model import build_model_dir
+
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_vl", "qwen2_vl", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray for the session (2 CPUs, no dashboard); shut down and cleaned at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
+                                           "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove vLLM shared memory, semaphores and sockets that engines of this session left behind."""
+    subprocess.run(["bash", str(ROOT / "tools" / "clean_runtime.sh"), "--newer", str(_SESSION_MARK)],
+                   check=False, timeout=120)
+    _SESSION_MARK.unlink(missing_ok=True)
