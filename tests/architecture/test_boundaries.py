@@ -1,0 +1,61 @@
+"""Package boundaries: pure modules import with ray, vllm and deepspeed unavailable; import-linter holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pure_modules() -> list[str]:
+    mods = []
+    for pkg in ("rewards", "rollout", "learner"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            if any(part in {"actor", "worker"} for part in rel.parts):
+                continue
+            if rel.name in {"actor", "worker", "engine", "vllm_engine", "checkpoint"}:
+                continue
+            mods.append(".".join(rel.parts).removesuffix(".__init__"))
+    return mods
+
+
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in {'ray', 'vllm', 'deepspeed'}:
+            raise ImportError(f'{name} is blocked: pure modules must not import it')
+sys.meta_path.insert(0, Block())
+import importlib
+for mod in sys.argv[1:]:
+    importlib.import_module(mod)
+print('ok')
+"""
+
+
+def test_pure_modules_import_without_ray_vllm_deepspeed() -> None:
+    mods = _pure_modules()
+    assert "rewards" in mods and "rollout.config" in mods and "learner.config" in mods
+    proc = subprocess.run([sys.executable, "-c", BLOCKER, *mods], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_rewards_package_import_is_light() -> None:
+    """`import rewards` must not pull torch either: users import it in plain reward scripts."""
+    code = "import sys, rewards; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("tool", ["lint-imports"])
+def test_import_linter_contracts_hold(tool: str) -> None:
+    exe = Path(sys.executable).parent / tool
+    proc = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]

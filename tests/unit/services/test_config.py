@@ -1,0 +1,105 @@
+"""The run config: every shipped file validates; unknown keys and bad values get a message with the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.config import ConfigError, RunConfig, apply_overrides, load_config, write_resolved
+
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "deploy" / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped() -> None:
+    assert CONFIGS, "deploy/configs/ must hold at least the demo config"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.stages, f"{path.name} has no stages"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+MINIMAL = """
+model: {path: m}
+data: {manifest: d.jsonl}
+stages: [{name: s, kind: grpo, steps: 2}]
+"""
+
+
+def test_unknown_key_names_nearest_valid_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "learner: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "learner.lrr: unknown key; did you mean 'lr'?" in str(err.value)
+
+
+def test_unknown_nested_key_inside_list_item(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("steps: 2}", "steps: 2, prompts_per_stp: 3}"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "stages.0.prompts_per_stp: unknown key; did you mean 'prompts_per_step'?" in str(err.value)
+
+
+def test_bad_value_and_missing_field_are_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {manifest: d.jsonl}\nstages: [{name: s, kind: grpo, steps: 0}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "model: required field is missing" in msg
+    assert "stages.0.steps: Input should be greater than or equal to 1" in msg
+
+
+def test_overrides_apply_to_nested_fields_and_list_items(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL), ["learner.lr=1e-5", "stages.0.steps=7",
+                                                  "reward.schedule.window=12", "rollout.engine=hf"])
+    assert cfg.learner.lr == 1e-5
+    assert cfg.stages[0].steps == 7
+    assert cfg.reward.schedule.window == 12
+    assert cfg.rollout.engine == "hf"
+
+
+def test_override_syntax_errors_are_explained() -> None:
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        apply_overrides({}, ["learner.lr"])
+    with pytest.raises(ConfigError, match="must be an index"):
+        apply_overrides({"stages": [{}]}, ["stages.first.steps=3"])
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    with pytest.raises(Exception, match="frozen"):
+        cfg.learner.lr = 3.0  # type: ignore[misc]
+
+
+def test_duplicate_stage_names_rejected(tmp_path: Path) -> None:
+    text = MINIMAL.replace("stages: [{name: s, kind: grpo, steps: 2}]",
+                          "stages: [{name: s, kind: sft, steps: 2}, {name: s, kind: grpo, steps: 2}]")
+    with pytest.raises(ConfigError, match="stage names must be unique"):
+        load_config(_write(tmp_path, text))
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL), ["seed=3"])
+    out = write_resolved(cfg, tmp_path / "run")
+    again = RunConfig.model_validate(json.loads(out.read_text()))
+    assert again == cfg
+    assert json.loads(out.read_text())["learner"]["grpo"]["beta"] == 0.04  # defaults are written too
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
