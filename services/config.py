@@ -101,15 +101,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `tree` with each `a.b.c=value` applied; list items are addressed by index."""
-    out = json.loads(json.dumps(tree))
+    out: dict[str, Any] = json.loads(json.dumps(tree))
     for item in overrides:
         path, value = parse_override(item)
         node: Any = out
         for part in path[:-1]:
-            if isinstance(node, list):
-                node = node[_index(part, item)]
-            else:
-                node = node.setdefault(part, {})
+            node = node[_index(part, item)] if isinstance(node, list) else node.setdefault(part, {})
         if isinstance(node, list):
             node[_index(path[-1], item)] = value
         else:

@@ -39,7 +39,7 @@ def _define_schemas() -> None:
 
 def _op_exists(torch: Any, name: str) -> bool:
     try:
-        torch._C._dispatch_find_schema_or_throw(f"torchvision::{name}", "")  # noqa: SLF001
+        torch._C._dispatch_find_schema_or_throw(f"torchvision::{name}", "")
     except RuntimeError:
         return False
     return True
