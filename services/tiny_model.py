@@ -73,7 +73,11 @@ def _corpus(seed: int) -> list[str]:
     sides = ["left", "right", "bilateral"]
     zones = ["upper", "middle", "lower", "apical", "basal", "hilar", "peripheral"]
     sizes = ["small", "large", "tiny", "medium", "subtle"]
-    words = ["Locate", "the", "finding", "described", "by", "the", "phrase", "in", "the", "image", ".", "Output", "the", "thinking", "process", "in", "<think>", "</think>", "and", "the", "final", "answer", "in", "<answer>", "</answer>", "tags", "as", "JSON", "bbox_2d", "pixels", "of", "the", "image", "coordinates", "normalised", "to", "0", "-", "1000", ".", "What", "is", "the", "grade", "label", "class", "of", "this", "image", "?", "Prior", "knowledge", ":", "appears", "as", "a", "round", "dense", "well", "defined", "region", "in", "the", "lung", "field", "chest", "radiograph", "CT", "MRI", "ultrasound", "x-ray", "with", "typical", "location", "near", "the"]
+    words = ("Locate the finding described by the phrase in the image . Output the thinking process in "  # noqa: SIM905
+             "<think> </think> and the final answer in <answer> </answer> tags as JSON "
+             "bbox_2d pixels of the image coordinates normalised to 0 - 1000 . What is the grade label "
+             "class of this image ? Prior knowledge : appears as a round dense well defined region in the "
+             "lung field chest radiograph CT MRI ultrasound x-ray with typical location near the").split()
     lines = []
     for _ in range(3000):
         phrase = f"{rng.choice(sizes)} {rng.choice(sides)} {rng.choice(zones)} {rng.choice(findings)}"
