@@ -37,6 +37,15 @@ class GRPOConfig(_Strict):
 
 
 class LearnerConfig(_Strict):
+    """The DeepSpeed learner: ranks, optimiser, precision and the adapter it trains."""
+
+    adapter: Literal["mlae", "lora"] = Field(
+        "mlae", description="Adapter trained on the frozen base: MLAE (section 5) or plain PEFT LoRA (baseline)."
+    )
+    lora_alpha: float = Field(
+        16.0, gt=0.0, description="Plain-LoRA scaling numerator (scaling = lora_alpha / mlae.rank); unused by MLAE."
+    )
+    seed: int = Field(0, description="Seeds adapter initialisation (identical on every rank) and masks.")
     num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors in one placement group).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate on the adapter.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
