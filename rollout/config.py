@@ -30,3 +30,11 @@ class RolloutConfig(_Strict):
     max_model_len: int = Field(1024, ge=64, description="vLLM context length (prompt + completion) in tokens.")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU workers, in GiB.")
     inject_knowledge: bool = Field(True, description="VRFT-Aug prior-knowledge injection into prompts.")
+    seed: int = Field(0, description="Engine sampling seed; worker k of a pool uses seed + k.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Engine weight dtype: float32 on CPU, bfloat16 on GPUs.")
+    max_lora_rank: int = Field(8, ge=1, description="Largest LoRA rank vLLM accepts (>= the adapter's rank r).")
+    engine_in_process: bool = Field(
+        True, description="Run vLLM's engine core inside the worker process (starts in seconds, dies with the "
+                          "worker); false runs it in a child process, which overlaps scheduling on GPUs.")
+    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die mid-call.")

