@@ -116,10 +116,56 @@ def scale_rollout(n: Annotated[int, typer.Argument(help="Target number of rollou
     _not_built("scale rollout", 10)
 
 
+def _pair(text: str | None, kind: type[int] | type[float], name: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (kind(p) for p in parts)
+    except ValueError:
+        _fail(f"{name} {text!r} must be two numbers LOW,HIGH, e.g. {name} 0.02,0.2")
+    return low, high
+
+
 @data_app.command("synth")
-def data_synth() -> None:
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write images/ and the manifest into.")],
+    preset: Annotated[str, typer.Option(help="demo | demo-classification | demo-grading | small-target | hybrid")] = "demo",
+    seed: Annotated[int, typer.Option(help="Seed; the same seed writes byte-identical files.")] = 0,
+    tasks: Annotated[str | None, typer.Option(help="Comma list of grounding,classification,grading.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
+    n_train: Annotated[int | None, typer.Option(help="Train images.")] = None,
+    n_val: Annotated[int | None, typer.Option(help="Val images.")] = None,
+    n_test: Annotated[int | None, typer.Option(help="Test images.")] = None,
+    area: Annotated[str | None, typer.Option(help="One relative-area range LOW,HIGH (0..1) for all images.")] = None,
+    contrast: Annotated[str | None, typer.Option(help="Lesion contrast range LOW,HIGH (0..1).")] = None,
+    distractors: Annotated[str | None, typer.Option(help="Distractor lesions per image LOW,HIGH.")] = None,
+    noise: Annotated[float | None, typer.Option(help="Quantum noise std (0..0.5).")] = None,
+    normal_fraction: Annotated[float | None, typer.Option(help="Share of images without a finding.")] = None,
+    manifest: Annotated[str, typer.Option(help="Manifest file name (.jsonl or .parquet).")] = "manifest.jsonl",
+) -> None:
     """Write synthetic chest-radiograph phantoms and a manifest."""
-    _not_built("data synth", 3)
+    from pydantic import ValidationError
+
+    from services.data.synth import PRESETS, make_spec, write_dataset
+
+    splits = None
+    if any(n is not None for n in (n_train, n_val, n_test)):
+        base = PRESETS[preset].splits if preset in PRESETS else {}
+        given = {"train": n_train, "val": n_val, "test": n_test}
+        splits = {k: v if v is not None else base.get(k, 0) for k, v in given.items()}
+    area_range = _pair(area, float, "--area")
+    try:
+        spec = make_spec(preset, size=size, splits=splits, tasks=tasks.split(",") if tasks else None,
+                         area_buckets=None if area_range is None else (area_range,),
+                         contrast=_pair(contrast, float, "--contrast"),
+                         distractors=_pair(distractors, int, "--distractors"),
+                         noise_std=noise, normal_fraction=normal_fraction)
+    except (ValueError, ValidationError) as exc:
+        _fail(str(exc))
+    path = write_dataset(spec, out, seed=seed, manifest_name=manifest)
+    images = sum(spec.splits.values())
+    typer.echo(f"wrote {images} images ({spec.size}px, preset {preset}, seed {seed}) and {path}")
 
 
 @data_app.command("convert")
@@ -129,9 +175,25 @@ def data_convert() -> None:
 
 
 @data_app.command("inspect")
-def data_inspect() -> None:
+def data_inspect(
+    manifest: Annotated[Path, typer.Argument(help="A .jsonl or .parquet manifest.")],
+    sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG (default: next to the manifest).")] = None,
+    limit: Annotated[int, typer.Option(help="Records drawn on the sheet.")] = 24,
+    on_bad_record: Annotated[str, typer.Option(help="skip or fail")] = "fail",
+) -> None:
     """Counts per task, split and size bucket, and a contact sheet with boxes."""
-    _not_built("data inspect", 3)
+    from services.data import ManifestError, load_manifest
+    from services.data.inspect import contact_sheet, count
+
+    if on_bad_record not in ("skip", "fail"):
+        _fail(f"--on-bad-record {on_bad_record!r} must be skip or fail")
+    try:
+        loaded = load_manifest(manifest, on_bad_record)  # type: ignore[arg-type]
+    except ManifestError as exc:
+        _fail(str(exc))
+    typer.echo(count(loaded.records).table())
+    out = contact_sheet(loaded, sheet or manifest.with_name(manifest.stem + "_sheet.png"), limit=limit)
+    typer.echo(f"contact sheet: {out}")
 
 
 def main() -> None:

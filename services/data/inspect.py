@@ -1,0 +1,90 @@
+"""`medground data inspect`: counts per task, split and size bucket, and a contact sheet with boxes drawn."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from services.data.manifest import Manifest
+from services.data.records import SIZE_BUCKETS, Record, size_bucket
+
+NO_BOX = "no box"
+UNKNOWN_SIZE = "size unknown"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Record counts keyed by (task, split, bucket); bucket is a SIZE_BUCKETS name, NO_BOX or UNKNOWN_SIZE."""
+
+    cells: dict[tuple[str, str, str], int]
+
+    def table(self) -> str:
+        """A plain-text table: one row per (task, split), one column per bucket, and a total."""
+        buckets = [b[0] for b in SIZE_BUCKETS] + [NO_BOX, UNKNOWN_SIZE]
+        used = [b for b in buckets if any(k[2] == b for k in self.cells)]
+        rows = sorted({(t, s) for t, s, _ in self.cells})
+        header = ["task", "split", *used, "total"]
+        body = [[t, s, *(str(self.cells.get((t, s, b), 0)) for b in used),
+                 str(sum(self.cells.get((t, s, b), 0) for b in used))] for t, s in rows]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in [header, *body])
+
+
+def bucket_of(record: Record) -> str:
+    """The size bucket of a record's largest box (NO_BOX without boxes, UNKNOWN_SIZE without a size)."""
+    if not record.boxes:
+        return NO_BOX
+    area = record.relative_area()
+    return UNKNOWN_SIZE if area is None else size_bucket(area)
+
+
+def count(records: tuple[Record, ...] | list[Record]) -> Counts:
+    return Counts(dict(Counter((r.task, r.split, bucket_of(r)) for r in records)))
+
+
+def _caption(record: Record) -> str:
+    answer = (record.label if record.task == "classification"
+              else f"grade {record.grade}" if record.task == "grading" else f"{len(record.boxes)} box")
+    return f"{record.split} {record.task}: {record.phrase} [{answer}]"
+
+
+def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns: int = 6,
+                  tile: int = 224) -> Path:
+    """Draw up to `limit` records (spread across the manifest) with their boxes and captions into a PNG.
+
+    Images are scaled to `tile` px on their long side; boxes are scaled with them, so what is drawn is the
+    record's stored-image box. Records whose image is missing are drawn as a labelled empty tile.
+    """
+    records = list(manifest.records)
+    step = max(1, len(records) // max(1, limit))
+    chosen = records[::step][:limit]
+    rows = max(1, -(-len(chosen) // columns))
+    caption_h = 30
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_h)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, record in enumerate(chosen):
+        x0, y0 = (k % columns) * tile, (k // columns) * (tile + caption_h)
+        path = manifest.image_path(record)
+        if path.is_file():
+            with Image.open(path) as img:
+                thumb = img.convert("RGB")
+            scale = tile / max(thumb.size)
+            thumb = thumb.resize((max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale))))
+            sheet.paste(thumb, (x0, y0))
+            for x1, y1, x2, y2 in record.boxes:
+                draw.rectangle([x0 + x1 * scale, y0 + y1 * scale, x0 + x2 * scale, y0 + y2 * scale],
+                               outline=(255, 40, 40), width=2)
+        else:
+            draw.text((x0 + 6, y0 + tile // 2), f"missing: {path.name}", fill=(255, 120, 120), font=font)
+        for i, line in enumerate(textwrap.wrap(_caption(record), width=tile // 6)[:2]):
+            draw.text((x0 + 3, y0 + tile + 2 + 13 * i), line, fill=(230, 230, 230), font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
