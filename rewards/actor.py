@@ -1,0 +1,30 @@
+"""The reward actor: a thin Ray wrapper over `RewardScorer` (the only Ray import in rewards/).
+
+`num_cpus=0`: scoring is light and must not take one of a small machine's CPUs from rollout or learner.
+Crash recovery: the driver keeps the last `state_dict()` (it is in every checkpoint) and calls
+`create_reward_actor(config, state)` to get an actor that continues the schedule exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from rewards.config import RewardConfig
+from rewards.scorer import RewardScorer
+
+RewardActor = ray.remote(num_cpus=0, max_restarts=0)(RewardScorer)
+
+
+def create_reward_actor(
+    config: RewardConfig, state: dict[str, Any] | None = None, name: str | None = None
+) -> Any:
+    """Start a RewardActor, restored from `state` when given; returns the actor handle once it is ready."""
+    options: dict[str, Any] = {} if name is None else {"name": name}
+    handle: Any = RewardActor.options(**options).remote(config)  # type: ignore[attr-defined]
+    if state is not None:
+        ray.get(handle.load_state_dict.remote(state))
+    else:
+        ray.get(handle.snapshot.remote())  # surface construction errors here, not at the first batch
+    return handle

@@ -1,0 +1,154 @@
+"""Answer parsing: lenient in what it accepts, strict in what it returns, never raises on model text.
+
+Expected format (VLM-R1): `<think>...</think><answer>{"bbox_2d": [x1, y1, x2, y2]}</answer>`.
+Accepted inside `<answer>`: a JSON object, a bare list, a list under another key, ints/floats mixed,
+commas or spaces; the first list of exactly four numbers is the box. Classification answers are a label
+(`{"label": "..."}`, a JSON string, or plain text); grading answers a non-negative integer grade.
+Without an `<answer>` block there is no answer (VLM-R1 scores such completions 0 as well).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from rewards.frames import Box, ImageFrame
+
+Task = Literal["grounding", "classification", "grading"]
+
+# Fast path: the exact format, whitespace allowed around and between the blocks.
+_FULL = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
+_SEP = r"(?:\s*,\s*|\s+)"
+_BOX = re.compile(r"\[\s*" + _SEP.join([_NUM] * 4) + r"\s*\]")
+_FIRST_NUM = re.compile(_NUM)
+MAX_GRADE = 1000  # grades are small ordinal labels; anything larger is noise, not an answer
+MAX_LABEL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAnswer:
+    """What a completion says.
+
+    box: (x1, y1, x2, y2) in the frame's model convention, clipped to the image, x1 < x2 and y1 < y2
+    (grounding); label: stripped answer label (classification); grade: integer in [0, 1000] (grading).
+    think: the reasoning text (`<think>` content, else the text outside the answer block).
+    format_ok: both tag pairs present, in order, and the payload parsed (r_format = 1).
+    """
+
+    think: str
+    format_ok: bool
+    box: Box | None = None
+    label: str | None = None
+    grade: int | None = None
+
+
+def split_completion(text: str) -> tuple[str, str | None, bool]:
+    """(think, answer or None, tags_ok): the two blocks of a completion, and whether the format is exact."""
+    m = _FULL.fullmatch(text)
+    if m is not None:
+        return m.group(1), m.group(2), True
+    a = _ANSWER.search(text)
+    t = _THINK.search(text)
+    # Reasoning without tags still counts as reasoning for the recitation reward.
+    untagged = text if a is None else text[: a.start()] + text[a.end() :]
+    think = untagged if t is None else t.group(1)
+    return think, None if a is None else a.group(1), False
+
+
+def box_numbers(answer: str) -> Box | None:
+    """The first list of exactly four finite numbers in `answer`, unclipped, or None."""
+    m = _BOX.search(answer)
+    if m is None:
+        return None
+    x1, y1, x2, y2 = (float(g) for g in m.groups())
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    return x1, y1, x2, y2
+
+
+def clip_box(box: Box, frame: ImageFrame | None) -> Box | None:
+    """Clip to the image in the model's convention; None unless x1 < x2 and y1 < y2 afterwards.
+
+    Corners given in the wrong order are rejected, not repaired: the reward should not do the model's work.
+    """
+    x1, y1, x2, y2 = box
+    if frame is not None:
+        w, h = frame.model_extent
+        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
+        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+    if x1 < x2 and y1 < y2:
+        return x1, y1, x2, y2
+    return None
+
+
+def parse_label(answer: str) -> str | None:
+    """A classification label: `{"label": ...}` (or the only string value), a JSON string, or plain text."""
+    text = answer.strip()
+    if text[:1] in ('{', '"'):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON after all: fall back to plain text
+            value = None
+        if isinstance(value, dict):
+            strings = [v for v in value.values() if isinstance(v, str)]
+            picked = value.get("label")
+            text = picked if isinstance(picked, str) else (strings[0] if len(strings) == 1 else "")
+        elif isinstance(value, str):
+            text = value
+    text = text.strip().strip('"').strip()
+    return text if 0 < len(text) <= MAX_LABEL_CHARS else None
+
+
+def parse_grade(answer: str) -> int | None:
+    """An ordinal grade: `{"grade": n}` or the first number in the text, if a whole number in [0, 1000]."""
+    text = answer.strip()
+    value: object = None
+    if text[:1] == "{":
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            value = obj.get("grade")
+    if value is None:
+        m = _FIRST_NUM.search(text)
+        value = None if m is None else float(m.group(1))
+    if isinstance(value, str):
+        m = _FIRST_NUM.fullmatch(value.strip())
+        value = None if m is None else float(m.group(1))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (math.isfinite(value) and float(value).is_integer() and 0 <= value <= MAX_GRADE):
+        return None
+    return int(value)
+
+
+def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None = None) -> ParsedAnswer | None:
+    """Parse one completion; None when it has no usable answer for `task`. Never raises on model text.
+
+    With a `frame`, a box is clipped to the image in the model's convention (`frame.model_extent`);
+    without one it is only checked for order. Convert it with `rewards.to_original` before IoU.
+    """
+    if not isinstance(text, str):
+        return None
+    think, answer, tags_ok = split_completion(text)
+    if answer is None:
+        return None
+    match task:
+        case "grounding":
+            raw = box_numbers(answer)
+            box = None if raw is None else clip_box(raw, frame)
+            return None if box is None else ParsedAnswer(think, tags_ok, box=box)
+        case "classification":
+            label = parse_label(answer)
+            return None if label is None else ParsedAnswer(think, tags_ok, label=label)
+        case "grading":
+            grade = parse_grade(answer)
+            return None if grade is None else ParsedAnswer(think, tags_ok, grade=grade)
+    raise ValueError(f"unknown task {task!r}; use 'grounding', 'classification' or 'grading'")

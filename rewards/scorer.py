@@ -1,0 +1,88 @@
+"""RewardScorer: the plain class behind the reward actor (scoring plus the MedLoc-R1 schedule state).
+
+Batch semantics: every group of a batch is scored under the tau snapshot taken at the start of the
+batch; afterwards each grounding group is observed by the schedule in order (one window entry per group,
+its mean binary reward taken at the tau current when it is observed). A raise inside a batch therefore
+affects the next batch's scoring, never the current one, so all completions of a step share one tau.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rewards.config import RewardConfig
+from rewards.schedule import RaiseRecord, ThresholdSchedule
+from rewards.scoring import RewardBreakdown, RewardTarget, ScheduleSnapshot, score_groups
+
+_STATE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Result of one `score_batch` call.
+
+    groups: breakdowns per group, in the order given; scored_under: the snapshot every completion was
+    scored with; schedule: the snapshot after observing this batch (with window stats); raises: the audit
+    records of raises made while observing this batch.
+    """
+
+    groups: tuple[tuple[RewardBreakdown, ...], ...]
+    scored_under: ScheduleSnapshot
+    schedule: ScheduleSnapshot
+    raises: tuple[RaiseRecord, ...]
+
+
+class RewardScorer:
+    """Scores batches of groups; owns the threshold schedule in `medloc` mode. No I/O: the caller
+    persists `state_dict()` with its checkpoint and hands it back through `load_state_dict()`."""
+
+    def __init__(self, config: RewardConfig | None = None) -> None:
+        self.config = config if config is not None else RewardConfig()
+        self.schedule = ThresholdSchedule(self.config.schedule)
+
+    def snapshot(self, progress: float = 0.0) -> ScheduleSnapshot:
+        """The tau completions are scored under now; `progress` in [0, 1] matters in `stepped` mode only."""
+        cfg = self.config
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be the fraction of training done, in [0, 1], got {progress}")
+        match cfg.accuracy:
+            case "medloc":
+                return ScheduleSnapshot(self.schedule.tau, self.schedule.version, self.schedule.stats())
+            case "fixed":
+                return ScheduleSnapshot(cfg.fixed_tau, 0)
+            case "raw_iou":
+                return ScheduleSnapshot(None, 0)
+            case "stepped":
+                stage = max(i for i, (start, _) in enumerate(cfg.stepped_stages) if start <= progress)
+                return ScheduleSnapshot(cfg.stepped_stages[stage][1], stage)
+        raise AssertionError(f"unhandled accuracy mode {cfg.accuracy!r}")
+
+    def score_batch(
+        self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int = -1, progress: float = 0.0
+    ) -> ScoredBatch:
+        """Score all groups under the current tau, then feed the grounding groups to the schedule."""
+        before = self.snapshot(progress)
+        scored = score_groups(groups, before, self.config)
+        raised_from = len(self.schedule.history)
+        if self.config.accuracy == "medloc":
+            for (_, target), breakdowns in zip(groups, scored, strict=True):
+                if target.task == "grounding" and breakdowns:
+                    self.schedule.observe([b.iou for b in breakdowns], step=step)
+        return ScoredBatch(
+            groups=tuple(tuple(g) for g in scored),
+            scored_under=before,
+            schedule=self.snapshot(progress),
+            raises=self.schedule.history[raised_from:],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (the schedule's; other modes are stateless)."""
+        return {"format": _STATE_FORMAT, "accuracy": self.config.accuracy, "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"reward state format {state.get('format')!r} is not {_STATE_FORMAT}; it was written "
+                             "by another medground version, start the schedule fresh or convert the checkpoint")
+        self.schedule.load_state_dict(state["schedule"])

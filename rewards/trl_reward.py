@@ -1,0 +1,96 @@
+"""Use medground's rewards and MedLoc-R1 schedule as a TRL `GRPOTrainer` reward function.
+
+TRL calls a reward function as `f(prompts=..., completions=..., completion_ids=..., **columns)` with each
+extra dataset column passed as a list (one value per completion), plus `trainer_state` and `log_metric`,
+and expects one float per completion (trl 1.16, `GRPOTrainer._calculate_rewards`). The G generations of
+a prompt arrive consecutively, so consecutive rows with the same prompt and target form one group, one
+window entry. (With several processes TRL may split a group across them; each part then counts as a group.)
+
+    from trl import GRPOTrainer
+    from rewards import MedgroundReward, RewardTarget
+    dataset = dataset.map(lambda r: {"reward_target": make_target(r).to_dict()})
+    trainer = GRPOTrainer(model=..., reward_funcs=[MedgroundReward()], train_dataset=dataset, ...)
+
+No TRL import here: the adapter is a plain callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rewards.config import RewardConfig
+from rewards.scorer import RewardScorer, ScoredBatch
+from rewards.scoring import RewardTarget
+
+
+def completion_text(completion: Any) -> str:
+    """A TRL completion as text: a string, or conversational messages whose assistant content is joined."""
+    if isinstance(completion, str):
+        return completion
+    parts: list[str] = []
+    for message in completion:
+        if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
+            continue
+        content = message.get("content", "")
+        if isinstance(content, str):
+            parts.append(content)
+        else:  # multimodal content: a list of {"type": "text", "text": ...} parts
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(parts)
+
+
+class MedgroundReward:
+    """Callable TRL reward: total reward per completion from a `reward_target` column (RewardTarget.to_dict()).
+
+    The scorer (and so the schedule) lives in this object; pass `scorer` to share one, and keep
+    `self.scorer.state_dict()` with TRL's checkpoints to resume the schedule. `last_batch` holds the
+    latest ScoredBatch (breakdowns, tau, raises) for logging.
+    """
+
+    def __init__(
+        self,
+        config: RewardConfig | None = None,
+        target_column: str = "reward_target",
+        scorer: RewardScorer | None = None,
+        name: str = "medground_reward",
+    ) -> None:
+        self.scorer = scorer if scorer is not None else RewardScorer(config)
+        self.target_column = target_column
+        self.__name__ = name  # TRL names the reward's metrics after it
+        self.last_batch: ScoredBatch | None = None
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        if self.target_column not in kwargs:
+            raise ValueError(
+                f"the dataset has no column {self.target_column!r}; add one with RewardTarget(...).to_dict() per "
+                f"row, or pass target_column= naming the column that holds it (got columns {sorted(kwargs)})"
+            )
+        raw_targets = kwargs[self.target_column]
+        if len(raw_targets) != len(completions) or len(prompts) != len(completions):
+            raise ValueError(f"expected one prompt and target per completion, got {len(prompts)} prompts, "
+                             f"{len(raw_targets)} targets, {len(completions)} completions")
+        targets = [t if isinstance(t, RewardTarget) else RewardTarget.from_dict(t) for t in raw_targets]
+        groups: list[tuple[list[str], RewardTarget]] = []
+        previous: tuple[Any, RewardTarget] | None = None
+        for prompt, completion, target in zip(prompts, completions, targets, strict=True):
+            if previous is None or previous[0] != prompt or previous[1] != target:
+                groups.append(([], target))
+                previous = (prompt, target)
+            groups[-1][0].append(completion_text(completion))
+        step, progress = _step_and_progress(kwargs.get("trainer_state"))
+        batch = self.scorer.score_batch(groups, step=step, progress=progress)
+        self.last_batch = batch
+        log_metric: Callable[[str, float], None] | None = kwargs.get("log_metric")
+        if callable(log_metric) and batch.schedule.tau is not None:
+            log_metric("medground/tau", batch.schedule.tau)
+        return [b.total for group in batch.groups for b in group]
+
+
+def _step_and_progress(state: Any) -> tuple[int, float]:
+    """(global_step, fraction of max_steps done) from a transformers TrainerState, or (-1, 0.0)."""
+    if state is None:
+        return -1, 0.0
+    step = int(getattr(state, "global_step", 0) or 0)
+    max_steps = int(getattr(state, "max_steps", 0) or 0)
+    return step, (min(step / max_steps, 1.0) if max_steps > 0 else 0.0)

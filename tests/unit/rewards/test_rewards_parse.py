@@ -1,0 +1,105 @@
+"""Answer parsing: accepted variants, strict results, never raises, scalar parse equals the batch path."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rewards import (
+    ImageFrame,
+    RewardConfig,
+    RewardTarget,
+    ScheduleSnapshot,
+    parse_answer,
+    score_group,
+    to_original,
+)
+
+FRAME = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
+
+
+@pytest.mark.parametrize(
+    ("text", "box", "format_ok"),
+    [
+        ('<think>a</think><answer>{"bbox_2d": [10, 20, 30, 40]}</answer>', (10, 20, 30, 40), True),
+        ("\n<think>a</think>\n<answer>[10.5, 20, 30.25, 40]</answer>\n", (10.5, 20, 30.25, 40), True),
+        ("<think>a</think><answer>[10 20 30 40]</answer>", (10, 20, 30, 40), True),
+        ('<think>a</think><answer>{"box": [1e1, 2E1, 30., .4e2]}</answer>', (10, 20, 30, 40), True),
+        ('<think>a</think><answer>[{"bbox_2d": [10, 20, 30, 40], "label": "x"}]</answer>', (10, 20, 30, 40), True),
+        ('<answer>{"bbox_2d": [10, 20, 30, 40]}</answer>', (10, 20, 30, 40), False),  # no think: format 0
+        ("<answer>[10,20,30,40]</answer><think>late</think>", (10, 20, 30, 40), False),  # wrong order
+        ('<think>a</think><answer>[-5, 20, 600, 300]</answer>', (0, 20, 560, 280), True),  # clipped to 560x280
+    ],
+)
+def test_accepted(text: str, box: tuple[float, ...], format_ok: bool) -> None:
+    parsed = parse_answer(text, "grounding", FRAME)
+    assert parsed is not None
+    assert parsed.box == pytest.approx(box) and parsed.format_ok is format_ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "", "no tags at all [1, 2, 3, 4]", "<think>a</think>", "<answer>[1, 2, 3]</answer>",
+        "<answer>[1, 2, 3, 4, 5]</answer>", "<answer>[30, 40, 10, 20]</answer>",  # corners swapped
+        "<answer>[600, 300, 700, 400]</answer>",  # entirely outside the 560x280 input: empty after clipping
+        "<answer>[1, 2, 3, 1e999]</answer>", "<answer>[a, b, c, d]</answer>",
+    ],
+)
+def test_rejected(text: str) -> None:
+    assert parse_answer(text, "grounding", FRAME) is None
+
+
+def test_labels_and_grades() -> None:
+    cls = parse_answer('<think>t</think><answer>{"label": "Pleural effusion"}</answer>', "classification")
+    assert cls is not None and cls.label == "Pleural effusion" and cls.format_ok
+    assert parse_answer("<think>t</think><answer> nodule </answer>", "classification").label == "nodule"  # type: ignore[union-attr]
+    assert parse_answer('<think>t</think><answer>"mass"</answer>', "classification").label == "mass"  # type: ignore[union-attr]
+    assert parse_answer("<think>t</think><answer>  </answer>", "classification") is None
+    for text, grade in [('{"grade": 3}', 3), ("KL grade 2", 2), ('{"grade": "4"}', 4), ("2.0", 2)]:
+        got = parse_answer(f"<think>t</think><answer>{text}</answer>", "grading")
+        assert got is not None and got.grade == grade
+    for bad in ["2.5", "-1", "none", '{"grade": true}', "5000"]:
+        assert parse_answer(f"<think>t</think><answer>{bad}</answer>", "grading") is None
+
+
+def test_think_text_without_tags_is_what_was_written() -> None:
+    parsed = parse_answer("opacity in the left lung <answer>[1,2,3,4]</answer>", "grounding", FRAME)
+    assert parsed is not None and parsed.think == "opacity in the left lung "
+
+
+tags = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "[", "]", ",", " ", "{", "}", '"bbox_2d":'])
+numbers = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(repr))
+model_text = st.lists(st.one_of(tags, numbers, st.text(max_size=8)), max_size=30).map("".join)
+frames = st.builds(ImageFrame, st.integers(8, 4000).map(float), st.integers(8, 4000).map(float),
+                   st.integers(1, 50).map(lambda k: 28.0 * k), st.integers(1, 50).map(lambda k: 28.0 * k),
+                   st.sampled_from(["input_pixels", "norm1000"]))
+
+
+@settings(max_examples=400)
+@given(text=st.one_of(model_text, st.text()), frame=frames,
+       task=st.sampled_from(["grounding", "classification", "grading"]))
+def test_never_raises_and_returns_valid_boxes(text: str, frame: ImageFrame, task: str) -> None:
+    parsed = parse_answer(text, task, frame)  # type: ignore[arg-type]
+    if parsed is None or task != "grounding":
+        return
+    assert parsed.box is not None
+    x1, y1, x2, y2 = parsed.box
+    w, h = frame.model_extent
+    assert 0.0 <= x1 < x2 <= w and 0.0 <= y1 < y2 <= h
+    ox1, oy1, ox2, oy2 = to_original(parsed.box, frame)
+    assert 0.0 <= ox1 < ox2 <= frame.original_width * (1 + 1e-12)
+    assert 0.0 <= oy1 < oy2 <= frame.original_height * (1 + 1e-12)
+
+
+@settings(max_examples=200)
+@given(texts=st.lists(st.one_of(model_text, st.just('<think>x</think><answer>[10, 20, 300, 200]</answer>')),
+                      min_size=1, max_size=6), frame=frames)
+def test_batch_path_equals_parse_answer(texts: list[str], frame: ImageFrame) -> None:
+    target = RewardTarget("grounding", boxes=((0.0, 0.0, 5.0, 5.0),), frame=frame)
+    out = score_group(texts, target, ScheduleSnapshot(0.5, 0), RewardConfig(w_recite=0.0))
+    for text, b in zip(texts, out, strict=True):
+        parsed = parse_answer(text, "grounding", frame)
+        assert b.pred_box == (None if parsed is None else to_original(parsed.box, frame))  # type: ignore[arg-type]
+        assert b.format_ok == (parsed is not None and parsed.format_ok)
