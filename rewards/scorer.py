@@ -14,24 +14,29 @@ from typing import Any
 
 from rewards.config import RewardConfig
 from rewards.schedule import RaiseRecord, ThresholdSchedule
-from rewards.scoring import RewardBreakdown, RewardTarget, ScheduleSnapshot, score_groups
+from rewards.scoring import RewardBreakdown, RewardColumns, RewardTarget, ScheduleSnapshot, score_columns
 
 _STATE_FORMAT = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ScoredBatch:
     """Result of one `score_batch` call.
 
-    groups: breakdowns per group, in the order given; scored_under: the snapshot every completion was
-    scored with; schedule: the snapshot after observing this batch (with window stats); raises: the audit
-    records of raises made while observing this batch.
+    columns: every completion's terms as arrays, groups in the order given (see RewardColumns);
+    scored_under: the snapshot every completion was scored with; schedule: the snapshot after observing
+    this batch (with window stats); raises: audit records of the raises made while observing this batch.
     """
 
-    groups: tuple[tuple[RewardBreakdown, ...], ...]
+    columns: RewardColumns
     scored_under: ScheduleSnapshot
     schedule: ScheduleSnapshot
     raises: tuple[RaiseRecord, ...]
+
+    @property
+    def groups(self) -> list[list[RewardBreakdown]]:
+        """Breakdowns per group, built on access (on the receiving side of a Ray call)."""
+        return self.columns.breakdowns()
 
 
 class RewardScorer:
@@ -64,18 +69,14 @@ class RewardScorer:
     ) -> ScoredBatch:
         """Score all groups under the current tau, then feed the grounding groups to the schedule."""
         before = self.snapshot(progress)
-        scored = score_groups(groups, before, self.config)
+        cols = score_columns(groups, before, self.config)
         raised_from = len(self.schedule.history)
         if self.config.accuracy == "medloc":
-            for (_, target), breakdowns in zip(groups, scored, strict=True):
-                if target.task == "grounding" and breakdowns:
-                    self.schedule.observe([b.iou for b in breakdowns], step=step)
-        return ScoredBatch(
-            groups=tuple(tuple(g) for g in scored),
-            scored_under=before,
-            schedule=self.snapshot(progress),
-            raises=self.schedule.history[raised_from:],
-        )
+            for g, (_, target) in enumerate(groups):
+                lo, hi = int(cols.offsets[g]), int(cols.offsets[g + 1])
+                if target.task == "grounding" and hi > lo:
+                    self.schedule.observe(cols.iou[lo:hi].tolist(), step=step)
+        return ScoredBatch(cols, before, self.snapshot(progress), self.schedule.history[raised_from:])
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (the schedule's; other modes are stateless)."""

@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from rewards.boxes import max_iou
+from rewards.boxes import FloatArray, max_iou
 from rewards.config import RewardConfig
 from rewards.frames import Box, ImageFrame
-from rewards.parse import Task, box_numbers, parse_grade, parse_label, split_completion
+from rewards.parse import (
+    FAST_GROUNDING,
+    Task,
+    box_numbers,
+    finite_box,
+    parse_grade,
+    parse_label,
+    split_completion,
+)
 from rewards.schedule import ScheduleStats
 from rewards.terms import grade_reward, label_match, recitation
 
@@ -78,7 +87,7 @@ class RewardTarget:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RewardBreakdown:
     """One completion's reward: total = w_acc*r_acc + w_format*r_format + w_recite*r_recite + w_grade*r_grade.
 
@@ -108,44 +117,98 @@ class ScheduleSnapshot:
     stats: ScheduleStats | None = field(default=None)
 
 
-def score_groups(
+@dataclass(frozen=True, eq=False)
+class RewardColumns:
+    """A scored batch as columns (cheap to ship between processes; the driver's advantages want arrays).
+
+    N completions, groups laid out contiguously: group g is rows offsets[g]:offsets[g+1].
+    total, r_acc, r_format, r_recite, r_grade, iou: float64 [N]; pred_box: float64 [N, 4] in original
+    pixels, NaN rows where no box; format_ok: bool [N]; offsets: int64 [n_groups + 1].
+    """
+
+    total: FloatArray
+    r_acc: FloatArray
+    r_format: FloatArray
+    r_recite: FloatArray
+    r_grade: FloatArray
+    iou: FloatArray
+    pred_box: FloatArray
+    format_ok: npt.NDArray[np.bool_]
+    offsets: npt.NDArray[np.int64]
+    tau: float | None
+    tau_version: int
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.offsets) - 1
+
+    def group(self, g: int) -> list[RewardBreakdown]:
+        """Breakdowns of group `g` (built on demand: objects cost more than the scoring itself)."""
+        lo, hi = int(self.offsets[g]), int(self.offsets[g + 1])
+        boxes = self.pred_box[lo:hi].tolist()
+        cols = zip(self.total[lo:hi].tolist(), self.r_acc[lo:hi].tolist(), self.r_format[lo:hi].tolist(),
+                   self.r_recite[lo:hi].tolist(), self.r_grade[lo:hi].tolist(), self.iou[lo:hi].tolist(),
+                   boxes, self.format_ok[lo:hi].tolist(), strict=True)
+        return [RewardBreakdown(t, a, f, rc, gr, io, None if b[0] != b[0] else (b[0], b[1], b[2], b[3]), ok,
+                                self.tau, self.tau_version) for t, a, f, rc, gr, io, b, ok in cols]
+
+    def breakdowns(self) -> list[list[RewardBreakdown]]:
+        return [self.group(g) for g in range(self.num_groups)]
+
+
+def score_columns(
     groups: Sequence[tuple[Sequence[str], RewardTarget]],
     snapshot: ScheduleSnapshot,
     config: RewardConfig,
-) -> list[list[RewardBreakdown]]:
-    """Score every completion of every group under one tau snapshot; returns breakdowns per group."""
+) -> RewardColumns:
+    """Score every completion of every group under one tau snapshot, as columns."""
     if config.accuracy != "raw_iou" and snapshot.tau is None:
         raise ValueError(f"accuracy mode {config.accuracy!r} needs a snapshot with a tau; only raw_iou has none")
-    # 1. Parse (Python, one regex pass per completion).
+    # 1. Parse (Python, one regex match per completion on the fast path).
     thinks: list[str] = []
     fmt: list[bool] = []
     r_grade: list[float] = []
     raw: list[Box] = []  # [K] raw boxes of grounding completions, NaN when unparsable
     grounding_rows: list[int] = []  # completion index of each raw box
     group_of_row: list[int] = []  # group index of each raw box
+    offsets = [0]
     nan_box = (math.nan, math.nan, math.nan, math.nan)
+    fast = FAST_GROUNDING.fullmatch
     for g, (completions, target) in enumerate(groups):
-        for text in completions:
-            think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
-            thinks.append(think)
-            if target.task == "grounding":
-                box = None if answer is None else box_numbers(answer)
-                grounding_rows.append(len(fmt))
-                group_of_row.append(g)
+        if target.task == "grounding":
+            grounding_rows.extend(range(offsets[-1], offsets[-1] + len(completions)))
+            group_of_row.extend([g] * len(completions))
+            for text in completions:
+                m = fast(text) if isinstance(text, str) else None
+                if m is not None:
+                    think, a, b, c, d = m.groups()
+                    box = finite_box(float(a), float(b), float(c), float(d))
+                    tags_ok = True
+                else:
+                    think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
+                    box = None if answer is None else box_numbers(answer)
+                thinks.append(think)
                 raw.append(nan_box if box is None else box)
                 fmt.append(tags_ok)  # and-ed with box validity below
-                r_grade.append(0.0)
-            elif target.task == "classification":
-                label = None if answer is None else parse_label(answer)
-                fmt.append(tags_ok and label is not None)
-                r_grade.append(label_match(label, target.label or "", config.label_match))
-            else:
-                grade = None if answer is None else parse_grade(answer)
-                fmt.append(tags_ok and grade is not None)
-                r_grade.append(grade_reward(grade, target.grade or 0, config.grade_formula))
+            r_grade.extend([0.0] * len(completions))
+        else:
+            for text in completions:
+                think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
+                thinks.append(think)
+                if target.task == "classification":
+                    label = None if answer is None else parse_label(answer)
+                    fmt.append(tags_ok and label is not None)
+                    r_grade.append(label_match(label, target.label or "", config.label_match))
+                else:
+                    grade = None if answer is None else parse_grade(answer)
+                    fmt.append(tags_ok and grade is not None)
+                    r_grade.append(grade_reward(grade, target.grade or 0, config.grade_formula))
+        offsets.append(offsets[-1] + len(completions))
     n = len(fmt)
     iou = np.zeros(n)
-    pred_boxes: list[Box | None] = [None] * n
+    pred_box = np.full((n, 4), np.nan)
+    format_ok = np.asarray(fmt, dtype=bool)
+    is_grounding = np.zeros(n, dtype=bool)
     # 2. Clip, convert and IoU for all grounding completions at once (numpy).
     if raw:
         rows = np.asarray(grounding_rows)
@@ -153,8 +216,8 @@ def score_groups(
         frames = [t.frame for _, t in groups]
         ext = np.array([f.model_extent if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
         scale = np.array([f.to_original_scale if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
-        m = max(len(t.boxes) for _, t in groups)
-        gt = np.full((len(groups), max(m, 1), 4), np.nan)
+        m_max = max(len(t.boxes) for _, t in groups)
+        gt = np.full((len(groups), max(m_max, 1), 4), np.nan)  # [n_groups, M, 4], NaN padding
         for g, (_, t) in enumerate(groups):
             if t.boxes:
                 gt[g, : len(t.boxes)] = t.boxes
@@ -163,43 +226,36 @@ def score_groups(
         valid = (arr[:, 0] < arr[:, 2]) & (arr[:, 1] < arr[:, 3])  # [K]; False for NaN rows
         orig = arr * np.concatenate([scale, scale], axis=1)  # [K, 4] original pixels
         orig[~valid] = np.nan
-        row_iou = np.where(valid, max_iou(orig, gt[gid]), 0.0)  # [K]
-        iou[rows] = row_iou
-        for r, ok, b in zip(grounding_rows, valid.tolist(), orig.tolist(), strict=True):
-            if ok:
-                pred_boxes[r] = (b[0], b[1], b[2], b[3])
-            else:
-                fmt[r] = False
-    # 3. Combine the terms (numpy), then build the breakdowns.
-    is_grounding = np.zeros(n, dtype=bool)
-    if raw:
-        is_grounding[np.asarray(grounding_rows)] = True
+        iou[rows] = np.where(valid, max_iou(orig, gt[gid]), 0.0)
+        pred_box[rows] = orig
+        format_ok[rows] &= valid
+        is_grounding[rows] = True
+    # 3. Combine the terms.
     tau = snapshot.tau
     if config.accuracy == "raw_iou":
         r_acc = np.where(is_grounding, iou, 0.0)
     else:
         r_acc = (is_grounding & (iou >= (tau if tau is not None else math.inf))).astype(np.float64)
-    r_format = np.asarray(fmt, dtype=np.float64)
+    r_format = format_ok.astype(np.float64)
     r_rec = np.zeros(n)
     if config.w_recite != 0.0:  # BLEU only when it can change the total: it dominates the cost
-        i = 0
-        for completions, target in groups:
+        for g, (_, target) in enumerate(groups):
             if target.knowledge:
-                for j in range(i, i + len(completions)):
+                for j in range(offsets[g], offsets[g + 1]):
                     r_rec[j] = recitation(thinks[j], target.knowledge)
-            i += len(completions)
     r_grd = np.asarray(r_grade, dtype=np.float64)
     total = config.w_acc * r_acc + config.w_format * r_format + config.w_recite * r_rec + config.w_grade * r_grd
-    cols = zip(total.tolist(), r_acc.tolist(), r_format.tolist(), r_rec.tolist(), r_grd.tolist(), iou.tolist(),
-               pred_boxes, fmt, strict=True)
-    flat = [RewardBreakdown(t, a, f, rc, gr, io, pb, ok, tau, snapshot.version)
-            for t, a, f, rc, gr, io, pb, ok in cols]
-    out: list[list[RewardBreakdown]] = []
-    i = 0
-    for completions, _ in groups:
-        out.append(flat[i : i + len(completions)])
-        i += len(completions)
-    return out
+    return RewardColumns(total, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok,
+                         np.asarray(offsets, dtype=np.int64), tau, snapshot.version)
+
+
+def score_groups(
+    groups: Sequence[tuple[Sequence[str], RewardTarget]],
+    snapshot: ScheduleSnapshot,
+    config: RewardConfig,
+) -> list[list[RewardBreakdown]]:
+    """Score every completion of every group under one tau snapshot; returns breakdowns per group."""
+    return score_columns(groups, snapshot, config).breakdowns()
 
 
 def score_group(

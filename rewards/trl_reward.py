@@ -84,7 +84,7 @@ class MedgroundReward:
         log_metric: Callable[[str, float], None] | None = kwargs.get("log_metric")
         if callable(log_metric) and batch.schedule.tau is not None:
             log_metric("medground/tau", batch.schedule.tau)
-        return [b.total for group in batch.groups for b in group]
+        return [float(v) for v in batch.columns.total.tolist()]
 
 
 def _step_and_progress(state: Any) -> tuple[int, float]:

@@ -103,3 +103,18 @@ def test_batch_path_equals_parse_answer(texts: list[str], frame: ImageFrame) -> 
         parsed = parse_answer(text, "grounding", frame)
         assert b.pred_box == (None if parsed is None else to_original(parsed.box, frame))  # type: ignore[arg-type]
         assert b.format_ok == (parsed is not None and parsed.format_ok)
+
+
+def test_fast_and_slow_paths_agree_on_tricky_texts() -> None:
+    texts = [
+        '<think>a</think><answer>{"bbox_2d": [10, 20, 300, 200]}</answer>',  # fast path
+        '<think>a < b</think><answer>{"bbox_2d": [10, 20, 300, 200]}</answer>',  # '<' in think: slow path
+        "<think>a</think><answer>[5,6,7,8]</answer></think><answer>[10,20,300,200]</answer>",  # first list wins
+        '<think>a</think><answer>{"bbox_2d": [10, 20, 300, 1e999]}</answer>',  # inf: no box
+        '<think>a</think><answer>{"bbox_2d": [10 20 300 200]}</answer>  ',
+    ]
+    target = RewardTarget("grounding", boxes=((0.0, 0.0, 5.0, 5.0),), frame=FRAME)
+    out = score_group(texts, target, ScheduleSnapshot(0.5, 0), RewardConfig(w_recite=0.0))
+    parsed = [parse_answer(t, "grounding", FRAME) for t in texts]
+    assert [b.pred_box for b in out] == [None if p is None else to_original(p.box, FRAME) for p in parsed]  # type: ignore[arg-type]
+    assert parsed[2] is not None and parsed[2].box == (5.0, 6.0, 7.0, 8.0) and parsed[3] is None
