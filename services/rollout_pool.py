@@ -1,0 +1,181 @@
+"""The rollout pool: N rollout worker actors behind one `generate` call, elastic between calls.
+
+- Requests are split into contiguous shards, one per ready worker; results come back in request order.
+- A worker that dies mid-call (`RayActorError`) is replaced; its shard is retried on the surviving
+  workers (or on the replacement when none survive), up to `rollout.max_attempts` tries per request.
+- Every worker loads the current adapter before any work: a new worker's first actor task is the
+  adapter load, and Ray runs one caller's tasks on an actor in submission order.
+- `resize(n)` adds or removes workers between calls; `load_adapter` pushes one object ref to all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.contracts import RolloutGroup, RolloutRequest
+from rollout.knowledge import KnowledgeBase
+from rollout.worker import RolloutWorker
+
+
+def contiguous_shards(count: int, parts: int) -> list[range]:
+    """Split range(count) into `parts` contiguous ranges whose sizes differ by at most one (empty ones
+    dropped). Example: 5 over 2 -> [range(0, 3), range(3, 5)]."""
+    if parts < 1:
+        raise ValueError(f"need at least one part, got {parts}")
+    base, extra = divmod(count, parts)
+    bounds = list(itertools.accumulate([base + (1 if i < extra else 0) for i in range(parts)], initial=0))
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+@dataclass
+class _Worker:
+    handle: Any  # ActorHandle[RolloutWorker]
+    ready: ray.ObjectRef  # resolves once the engine is up and the current adapter is loaded
+    serial: int
+
+
+class RolloutPool:
+    """N `RolloutWorker` actors sharing one model directory, one knowledge base and one adapter."""
+
+    def __init__(self, model_dir: str | Path, config: RolloutConfig, knowledge: KnowledgeBase | None = None,
+                 num_workers: int | None = None) -> None:
+        self.model_dir = str(model_dir)
+        self.config = config
+        self.knowledge = knowledge
+        self._knowledge_ref = ray.put(knowledge)
+        self._adapter_version = 0
+        self._adapter_ref: ray.ObjectRef | None = None  # None: the base model
+        self._serials = itertools.count()
+        self._workers: list[_Worker] = []
+        self.replaced = 0  # workers replaced after dying mid-call (a metric)
+        self.resize(config.num_workers if num_workers is None else num_workers)
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    @property
+    def adapter_version(self) -> int:
+        return self._adapter_version
+
+    def handles(self) -> list[Any]:
+        """The worker actor handles (for status and tests)."""
+        return [w.handle for w in self._workers]
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every worker has started and loaded the current adapter (errors propagate)."""
+        ray.get([w.ready for w in self._workers], timeout=timeout)
+
+    # -- membership ------------------------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        serial = next(self._serials)
+        options: dict[str, Any] = {"num_cpus": self.config.cpus_per_worker}
+        if self.config.gpus_per_worker > 0:
+            options["num_gpus"] = self.config.gpus_per_worker * self.config.tensor_parallel_size
+        handle = RolloutWorker.options(**options).remote(  # type: ignore[attr-defined]
+            self.model_dir, self.config, self._knowledge_ref, self.config.seed + serial)
+        ready = handle.load_adapter.remote(self._adapter_ref)
+        return _Worker(handle=handle, ready=ready, serial=serial)
+
+    def resize(self, n: int) -> None:
+        """Grow to or shrink to n workers; call between `generate` calls. New workers start in the
+        background and take work once ready; removed workers are closed and killed."""
+        if n < 1:
+            raise ValueError(f"a rollout pool needs at least one worker, got {n}")
+        while len(self._workers) < n:
+            self._workers.append(self._spawn())
+        while len(self._workers) > n:
+            self._stop(self._workers.pop())
+
+    def _stop(self, worker: _Worker) -> None:
+        # a dead or hung worker has nothing to close cleanly; the kill below frees its resources
+        with contextlib.suppress(RayActorError, GetTimeoutError):
+            ray.get(worker.handle.close.remote(), timeout=60)
+        ray.kill(worker.handle)
+
+    def _replace(self, dead: _Worker) -> None:
+        if dead in self._workers:
+            self._workers[self._workers.index(dead)] = self._spawn()
+            self.replaced += 1
+            ray.kill(dead.handle)  # a no-op for a dead actor; stops one that only lost its connection
+
+    def _ready_workers(self) -> list[_Worker]:
+        """Workers that are up; waits for the first one when none is, so a call never starves."""
+        done, _ = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=0)
+        if not done:
+            done, _ = ray.wait([w.ready for w in self._workers], num_returns=1)
+        ready = set(done)
+        ray.get(list(ready))  # a worker that failed to start is a loud error (bad model dir, bad adapter)
+        return [w for w in self._workers if w.ready in ready]
+
+    # -- work ------------------------------------------------------------------------------------------
+
+    def load_adapter(self, version: int, artefact_ref: ray.ObjectRef | None) -> None:
+        """Make adapter `version` live on every worker (artefact_ref: one `ray.put` of an `AdapterTensors`
+        or `AdapterSpec`; None with version 0 for the base model). Blocks until all have switched."""
+        if (version == 0) != (artefact_ref is None):
+            raise ValueError(f"version {version} with artefact {artefact_ref}: version 0 has no artefact, "
+                             f"versions >= 1 need one")
+        self._adapter_version, self._adapter_ref = version, artefact_ref
+        for w in self._workers:
+            # chained behind the start-up task, so a starting worker also ends on this adapter
+            w.ready = w.handle.load_adapter.remote(artefact_ref)
+        loaded = ray.get([w.ready for w in self._workers])
+        wrong = [v for v in loaded if v != version]
+        if wrong:
+            raise RuntimeError(f"workers report adapter versions {wrong} after loading {version}; the artefact's "
+                               f"version field disagrees with the version passed to load_adapter")
+
+    def generate(self, requests: Sequence[RolloutRequest], n: int | None = None,
+                 sampling: SamplingConfig | None = None) -> list[RolloutGroup]:
+        """One group per request, in request order, each sampled by exactly one worker."""
+        results: list[RolloutGroup | None] = [None] * len(requests)
+        attempts = [0] * len(requests)
+        pending: dict[ray.ObjectRef, tuple[_Worker, list[int]]] = {}
+
+        def submit(indices: Sequence[int]) -> None:
+            workers = self._ready_workers()
+            for worker, shard in zip(workers, contiguous_shards(len(indices), len(workers)), strict=False):
+                idx = [indices[i] for i in shard]
+                for i in idx:
+                    attempts[i] += 1
+                ref = worker.handle.generate.remote([requests[i] for i in idx], n, sampling)
+                pending[ref] = (worker, idx)
+
+        if requests:
+            submit(list(range(len(requests))))
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            worker, idx = pending.pop(ref)
+            try:
+                groups = ray.get(ref)
+            except RayActorError as exc:
+                self._replace(worker)
+                exhausted = [requests[i].prompt_id for i in idx if attempts[i] >= self.config.max_attempts]
+                if exhausted:
+                    raise RuntimeError(f"requests {exhausted[:5]} failed on {self.config.max_attempts} workers "
+                                       f"in a row (rollout.max_attempts); last error: {exc}") from exc
+                # the retry goes to surviving workers (or the replacement once it is up)
+                submit(list(idx))
+                continue
+            for i, group in zip(idx, groups, strict=True):
+                results[i] = group
+        missing = [requests[i].prompt_id for i, g in enumerate(results) if g is None]
+        if missing:
+            raise RuntimeError(f"rollout pool lost requests {missing[:5]}; this is a bug in RolloutPool")
+        return [g for g in results if g is not None]
+
+    def shutdown(self) -> None:
+        """Close and kill every worker."""
+        while self._workers:
+            self._stop(self._workers.pop())

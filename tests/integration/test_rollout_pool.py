@@ -1,0 +1,92 @@
+"""The rollout pool on a local Ray: a worker killed mid-call loses no request, and the pool grows and
+shrinks between calls with every new worker on the current adapter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.contracts import RolloutGroup
+from services.rollout_pool import RolloutPool, contiguous_shards
+
+pytestmark = pytest.mark.integration
+# two workers must fit the 2-CPU test Ray beside other actors
+CONFIG = RolloutConfig(max_model_len=512, cpus_per_worker=0.25, num_workers=2)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("pool-adapters") / "v1")
+
+
+def test_contiguous_shards() -> None:
+    # 5 over 2: sizes 3 and 2; 2 over 3: two shards of one, the empty third dropped
+    assert contiguous_shards(5, 2) == [range(0, 3), range(3, 5)]
+    assert contiguous_shards(2, 3) == [range(0, 1), range(1, 2)]
+    assert contiguous_shards(0, 2) == []
+
+
+def _pids(pool: RolloutPool) -> set[int]:
+    return set(ray.get([h.pid.remote() for h in pool.handles()]))
+
+
+def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
+    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}))
+    try:
+        pool.wait_ready()
+        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        victim = ray.get(pool.handles()[0].pid.remote())
+        reqs = requests(24)
+        out: list[list[RolloutGroup]] = []
+        call = threading.Thread(target=lambda: out.append(
+            pool.generate(reqs, n=4, sampling=SamplingConfig(temperature=0.9, max_new_tokens=64))))
+        call.start()
+        time.sleep(1.5)  # the call takes several seconds on 2 CPUs; the kill lands while it is in flight
+        os.kill(victim, signal.SIGKILL)
+        call.join(timeout=300)
+        assert not call.is_alive(), "generate did not return after a worker died"
+        groups = out[0]
+        assert pool.replaced == 1, "the kill landed after the call: make the call longer"
+        # every request answered exactly once, in request order, by the current adapter
+        assert [g.prompt_id for g in groups] == [r.prompt_id for r in reqs]
+        assert all(len(g.completions) == 4 and g.adapter_version == 1 for g in groups)
+        assert pool.size == 2
+        pool.wait_ready(timeout=300)
+        assert victim not in _pids(pool) and len(_pids(pool)) == 2
+        assert ray.get([h.adapter_version.remote() for h in pool.handles()]) == [1, 1]
+    finally:
+        pool.shutdown()
+
+
+def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
+    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), num_workers=1)
+    try:
+        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        reqs = requests(4)
+        alone = pool.generate(reqs, n=2, sampling=GREEDY)
+        pool.resize(2)
+        assert pool.size == 2
+        pool.wait_ready(timeout=300)
+        assert len(_pids(pool)) == 2
+        # the new worker loaded adapter v1 before its first shard, so greedy output is unchanged
+        together = pool.generate(reqs, n=2, sampling=GREEDY)
+        assert [g.completions for g in together] == [g.completions for g in alone]
+        assert all(g.adapter_version == 1 for g in together)
+        pool.resize(1)
+        assert pool.size == 1
+        again = pool.generate(reqs, n=2, sampling=GREEDY)
+        assert [g.completions for g in again] == [g.completions for g in alone]
+        # back to the base model everywhere
+        pool.load_adapter(0, None)
+        assert [g.adapter_version for g in pool.generate(reqs[:1], n=1, sampling=GREEDY)] == [0]
+    finally:
+        pool.shutdown()
