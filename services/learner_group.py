@@ -1,0 +1,107 @@
+"""The learner group: M DeepSpeed ranks as Ray actors in one placement group.
+
+The driver hands the group one global batch of ``TrainSample``s; the group shards it evenly (the engine's
+loss normalisation by global counts makes M shards equal to one batch), runs the step on all ranks at
+once, and after each step rank 0 exports the adapter in LoRA form: ``export`` returns the object ref of
+that one object-store copy, which rollout workers load by reference (no per-parameter RPC).
+
+Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``). The first step on a fresh CPU
+machine waits ~30 s while DeepSpeed JIT-compiles its shared-memory comm op (cached under
+``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from learner.batch import StepMetrics, TrainSample, shard
+from learner.config import LearnerConfig
+from learner.worker import LearnerWorker
+
+
+class LearnerGroup:
+    """``cfg.num_ranks`` learner actors packed into one placement group; every call runs on all ranks."""
+
+    def __init__(self, model_dir: str | Path, cfg: LearnerConfig, ready_timeout_s: float = 600.0) -> None:
+        self.cfg = cfg
+        bundle: dict[str, float] = {"CPU": cfg.cpus_per_rank}
+        if cfg.gpus_per_rank > 0:
+            bundle["GPU"] = cfg.gpus_per_rank
+        self._pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy="PACK")
+        ready, _ = ray.wait([self._pg.ready()], timeout=ready_timeout_s)
+        if not ready:
+            remove_placement_group(self._pg)
+            raise RuntimeError(f"the cluster cannot place {cfg.num_ranks} learner ranks of {bundle} within "
+                               f"{ready_timeout_s:.0f} s: lower learner.num_ranks or cpus_per_rank/gpus_per_rank")
+        accelerator = "cuda" if cfg.gpus_per_rank > 0 else "cpu"
+        self._workers: list[Any] = [
+            LearnerWorker.options(  # type: ignore[attr-defined]
+                num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=rank),
+                runtime_env={"env_vars": {"DS_ACCELERATOR": accelerator}},
+            ).remote(str(model_dir), cfg, rank, cfg.num_ranks)
+            for rank in range(cfg.num_ranks)
+        ]
+        try:
+            addr, port = ray.get(self._workers[0].address.remote())
+            ray.get([w.setup.remote(addr, port) for w in self._workers])
+        except Exception:
+            self.shutdown()  # free the placement group, then let the construction error surface
+            raise
+
+    @property
+    def num_ranks(self) -> int:
+        return len(self._workers)
+
+    def _on_all(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(w, method).remote(*args) for w in self._workers])
+
+    def _sharded(self, method: str, samples: Sequence[TrainSample]) -> StepMetrics:
+        shards = shard(samples, self.num_ranks)
+        metrics: list[StepMetrics] = ray.get(
+            [getattr(w, method).remote(s) for w, s in zip(self._workers, shards, strict=True)])
+        return metrics[0]  # already reduced over ranks; rank 0's wall time stands for the step
+
+    def grpo_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
+        """One GRPO optimiser step over the global batch ``samples``."""
+        return self._sharded("grpo_step", samples)
+
+    def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
+        """One SFT optimiser step (cross-entropy on ``completion_ids``) over the global batch."""
+        return self._sharded("sft_step", samples)
+
+    def set_lr(self, lr: float) -> None:
+        self._on_all("set_lr", lr)
+
+    def export(self, version: int) -> ray.ObjectRef:
+        """Object ref of the ``LoraArtefact`` (rank 0's return value: the one object-store copy)."""
+        refs = [w.export.remote(version) for w in self._workers]
+        ray.get(refs[1:])  # the other ranks only take part in ZeRO-3 gathers; wait so errors surface
+        ray.wait([refs[0]], fetch_local=False)
+        return refs[0]
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """DeepSpeed state, RNG states and the adapter, written atomically under ``directory``."""
+        return Path(self._on_all("save_checkpoint", str(directory))[0])
+
+    def load_checkpoint(self, directory: str | Path) -> int:
+        """Restore every rank from ``directory``; returns the learner's step count."""
+        return int(self._on_all("load_checkpoint", str(directory))[0])
+
+    def shutdown(self) -> None:
+        """Leave the process group on every rank, then free the actors and the placement group."""
+        try:
+            if self._workers:
+                ray.get([w.close.remote() for w in self._workers], timeout=120)
+        finally:
+            for w in self._workers:
+                ray.kill(w)
+            self._workers = []
+            remove_placement_group(self._pg)

@@ -1,0 +1,133 @@
+"""The DeepSpeed learner on CPU with the tiny model: ranks agree, steps move log-probs the right way,
+checkpoints resume exactly. Kept to a handful of short sequences (2 shared CPUs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learner.batch import TrainSample
+from learner.config import LearnerConfig
+
+pytestmark = pytest.mark.integration
+
+COMPLETIONS = ('<think>round opacity</think><answer>{"bbox_2d": [10, 12, 40, 44]}</answer>',
+               "<answer>[3, 4, 50, 60]</answer>", "lesion left upper", "grade 2", "no finding")
+
+
+def make_samples(model_dir: Path, advantages: list[float], image_every: int = 2,
+                 completions: tuple[str, ...] = COMPLETIONS) -> list[TrainSample]:
+    """Prompts from the real processor (every ``image_every``-th with an image), short text completions."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    rng = np.random.default_rng(0)
+    out = []
+    for i, adv in enumerate(advantages):
+        with_image = i % image_every == 0
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": f"Locate nodule {i}"}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+        image = Image.fromarray(rng.integers(0, 255, (56 + 28 * (i % 2), 84, 3), dtype=np.uint8))
+        enc = processor(text=[text], images=[image] if with_image else None, return_tensors="pt")
+        completion = processor.tokenizer(completions[i % len(completions)])["input_ids"]
+        out.append(TrainSample(
+            prompt_ids=tuple(enc["input_ids"][0].tolist()), completion_ids=tuple(completion), advantage=adv,
+            sampling_logprobs=tuple([-2.0] * len(completion)),
+            pixel_values=enc["pixel_values"] if with_image else None,
+            image_grid_thw=enc["image_grid_thw"] if with_image else None,
+            mm_token_type_ids=tuple(enc["mm_token_type_ids"][0].tolist()) if with_image else None))
+    return out
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None) -> None:
+    """5 samples, micro-batch 2: one rank runs 3 micro-batches; two ranks get 3 + 2 samples, so rank 1 pads
+    with a zero-weight pass. Loss and adapter after the step must match within 1e-5."""
+    import ray
+
+    from services.learner_group import LearnerGroup
+
+    samples = make_samples(tiny_model_dir, [1.0, -0.5, 0.25, -1.0, 0.7])
+    # Deterministic adapter (no stochastic MLAE mask): the masks would otherwise be drawn per micro-batch.
+    base = dict(lr=1e-2, micro_batch_size=2, cpus_per_rank=0.5, mlae={"mask": "none"}, grpo={"beta": 0.04})
+    results = []
+    for ranks in (1, 2):
+        group = LearnerGroup(tiny_model_dir, LearnerConfig(num_ranks=ranks, **base))  # type: ignore[arg-type]
+        try:
+            group.grpo_step(samples)  # step 1 gives the adapter a direction (B starts at zero)
+            metrics = group.grpo_step(samples)
+            artefact = ray.get(group.export(version=2))
+        finally:
+            group.shutdown()
+        results.append((metrics, artefact))
+    (m1, a1), (m2, a2) = results
+    assert m1.tokens == m2.tokens == sum(len(s.completion_ids) for s in samples)
+    assert m1.kl > 0  # the second step sees a moved adapter, so the loss has a KL part
+    assert m2.loss == pytest.approx(m1.loss, abs=1e-5)
+    assert m2.kl == pytest.approx(m1.kl, abs=1e-5)
+    assert m2.grad_norm == pytest.approx(m1.grad_norm, rel=1e-4)
+    assert a1.version == a2.version == 2
+    assert _max_diff(a1.tensors, a2.tensors) < 1e-5
+    assert m1.logprob_mismatch is not None
+
+
+def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
+    """With fixed advantages, one step raises positive completions' log-probs and lowers negative ones'."""
+    from learner.engine import LearnerEngine
+
+    advantages = [1.0, -1.0, 1.0, -1.0]
+    # Completions without shared words: with shared tokens, a short negative completion can outweigh a
+    # long positive one on those tokens (sequence-mean weighting), which is correct GRPO but not this test.
+    samples = make_samples(tiny_model_dir, advantages,
+                           completions=("effusion effusion", "nodule nodule", "mass mass", "opacity opacity"))
+    engine = LearnerEngine(tiny_model_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, grpo={"beta": 0.0}))  # type: ignore[arg-type]
+    try:
+        before = [lp.sum().item() for lp in engine.logprobs(samples)]
+        metrics = engine.grpo_step(samples)
+        after = [lp.sum().item() for lp in engine.logprobs(samples)]
+    finally:
+        engine.close()
+    assert metrics.grad_norm > 0 and np.isfinite(metrics.loss)
+    for adv, b, a in zip(advantages, before, after, strict=True):
+        assert (a - b) * adv > 0, f"advantage {adv}: log-prob went {b:.4f} -> {a:.4f}"
+
+
+def test_checkpoint_resume_gives_the_same_next_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Run 1: step, checkpoint, step. Run 2 (a fresh engine, as after a crash): load, step. Same loss and
+    the same adapter afterwards (so Adam's moments were restored, not only the weights)."""
+    from learner.engine import LearnerEngine
+
+    samples = make_samples(tiny_model_dir, [1.0, -1.0, 0.5], image_every=3)
+    cfg = LearnerConfig(lr=1e-2, micro_batch_size=2)  # stochastic MLAE mask on: the RNG state must resume too
+    ckpt = tmp_path / "step-1"
+    first = LearnerEngine(tiny_model_dir, cfg)
+    try:
+        first.grpo_step(samples)
+        first.save_checkpoint(ckpt)
+        expected = first.grpo_step(samples)
+        expected_adapter = first.export(2).tensors
+    finally:
+        first.close()
+    assert not ckpt.with_name("step-1.tmp").exists()
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+
+    second = LearnerEngine(tiny_model_dir, cfg.model_copy(update={"seed": 123}))  # a different initial adapter
+    try:
+        second.load_checkpoint(ckpt)
+        assert second.steps == 1
+        resumed = second.grpo_step(samples)
+        resumed_adapter = second.export(2).tensors
+    finally:
+        second.close()
+    assert resumed.loss == pytest.approx(expected.loss, abs=1e-6)
+    assert resumed.grad_norm == pytest.approx(expected.grad_norm, rel=1e-5)
+    assert _max_diff(resumed_adapter, expected_adapter) < 1e-6
