@@ -73,16 +73,31 @@ def validate_config(
 
 
 @app.command()
-def train(config: Annotated[Path, typer.Argument()], overrides: Overrides = None, address: Address = None,
-          resume: Annotated[str | None, typer.Option(help="Run directory to resume.")] = None) -> None:
+def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (omit with --resume).")] = None,
+          overrides: Overrides = None, address: Address = None,
+          resume: Annotated[Path | None, typer.Option(help="Run directory to resume (runs/<name>).")] = None) -> None:
     """Run a training job (local Ray by default; `ray job submit` runs this same command)."""
-    _not_built("train", 8)
+    from services.launch import train as run_training
+
+    try:
+        run_dir = run_training(config, overrides or [], address, resume)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"run finished: {run_dir}")
 
 
 @app.command()
-def demo() -> None:
+def demo(overrides: Overrides = None) -> None:
     """The main job: a short SFT + GRPO run on the small tiny model and synthetic phantoms."""
-    _not_built("demo (`make demo`)", 8)
+    from services.launch import demo as run_demo
+
+    try:
+        summary = run_demo(overrides or [])
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo("\ndemo finished:")
+    for key, value in summary.items():
+        typer.echo(f"  {key:18s} {value if not isinstance(value, float) else round(value, 3)}")
 
 
 @app.command("eval")
@@ -169,9 +184,36 @@ def data_synth(
 
 
 @data_app.command("convert")
-def data_convert() -> None:
+def data_convert(
+    source: Annotated[Path, typer.Argument(help="The dataset's file or folder, as published.")],
+    out: Annotated[Path, typer.Argument(help="Manifest to write (.jsonl or .parquet); images go beside it.")],
+    fmt: Annotated[str, typer.Option("--format", help="vlm-r1 | ms-cxr | nih | vindr | rsna | coco | masks | "
+                                     "volumes | medmnist")],
+    image_root: Annotated[str | None, typer.Option(help="Image folder, relative to OUT's folder or absolute.")] = None,
+    split: Annotated[str | None, typer.Option(help="Put every record in this split (default: hashed by patient).")] = None,
+    phrase: Annotated[str | None, typer.Option(help="Phrase or question for formats that carry none.")] = None,
+    finding: Annotated[str | None, typer.Option(help="Finding name for masks and volumes.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality key (cxr, ct, mr, us, derm) for knowledge keys.")] = None,
+    slice_: Annotated[str, typer.Option("--slice", help="Volumes: max | center | all | INDEX.")] = "max",
+    window: Annotated[str | None, typer.Option(help="Volumes: window CENTER,WIDTH in modality units.")] = None,
+    min_votes: Annotated[int, typer.Option(help="VinDr: radiologists needed for a fused box.")] = 1,
+    task: Annotated[str, typer.Option(help="MedMNIST: classification or grading.")] = "classification",
+    labels: Annotated[str | None, typer.Option(help="MedMNIST: comma list of class names by index.")] = None,
+) -> None:
     """Convert a published dataset format into a medground manifest."""
-    _not_built("data convert", 3)
+    from services.data import write_manifest
+    from services.data.converters import ConvertError, ConvertOptions, convert
+    from services.data.medimage import MedicalImageError
+
+    options = ConvertOptions(image_root=image_root, split=split, phrase=phrase, finding=finding, modality=modality,
+                             slice=slice_, window=_pair(window, float, "--window"), min_votes=min_votes, task=task,
+                             labels=tuple(labels.split(",")) if labels else ())
+    try:
+        result = convert(fmt, source, out.parent, options)
+        path = write_manifest(result.records, out)
+    except (ConvertError, MedicalImageError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{fmt}: {result.summary()} -> {path}")
 
 
 @data_app.command("inspect")

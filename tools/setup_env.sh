@@ -21,5 +21,9 @@ if [ "$kind" = cpu ]; then
   echo "import medground_cpu_shim; medground_cpu_shim.install()" > "$site/medground-cpu-shim.pth"
   .venv/bin/python -c "import torchvision.transforms, vllm" >/dev/null
 fi
+# Real annotation tables (NIH, RSNA, VinDr box lists) for the converter tests, read from the wheel's zip;
+# the package itself is never installed (it would pull heavy dependencies).
+ls .venv/fixtures/torchxrayvision-1.5.7-*.whl >/dev/null 2>&1 ||
+  "$pip" download -q --no-deps "torchxrayvision==1.5.7" -d .venv/fixtures
 touch .venv/.ready
 echo "environment ready: .venv ($kind)"

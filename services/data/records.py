@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 Task = Literal["grounding", "classification", "grading"]
 Box = tuple[float, float, float, float]
+Attribute = str | int | float | bool | list[str] | list[int] | list[float]
 TASKS: tuple[Task, ...] = ("grounding", "classification", "grading")
 
 # Relative box area buckets (box area / image area) of the small-target benchmark and of `data inspect`;
@@ -43,7 +44,7 @@ class RecordMeta(BaseModel):
     )
     orig_width: int | None = Field(None, ge=1, description="Width of the original acquisition in pixels.")
     orig_height: int | None = Field(None, ge=1, description="Height of the original acquisition in pixels.")
-    attributes: dict[str, str | int | float | bool | list[str]] = Field(
+    attributes: dict[str, Attribute] = Field(
         default_factory=dict,
         description="Source-specific facts: side, zone, finding, rad_ids, votes, slice index, seed, ...",
     )

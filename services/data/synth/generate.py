@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.data.manifest import write_manifest
-from services.data.records import Record, RecordMeta, Task
+from services.data.records import Attribute, Record, RecordMeta, Task
 from services.data.synth.lesions import FINDINGS, Lesion, draw_lesion, knowledge_key, phrase
 from services.data.synth.phantom import Scene, rasterise, render_anatomy, sample_anatomy, to_uint8
 
@@ -170,7 +170,7 @@ def _records(spec: SynthSpec, split: str, index: int, image: str, lesion: Lesion
              facts: dict[str, float], rng: np.random.Generator) -> Iterator[Record]:
     size = spec.size
     area = None if lesion is None else lesion.relative_area(size, size)
-    attributes: dict[str, str | int | float | bool | list[str]] = {"index": index, **facts}
+    attributes: dict[str, Attribute] = {"index": index, **facts}
     if lesion is not None and area is not None:
         attributes |= {"finding": lesion.finding, "side": lesion.side, "zone": lesion.zone,
                        "relative_area": round(area, 6)}

@@ -1,0 +1,121 @@
+"""What every converter shares: reading tables as published (.csv, .csv.gz, a .zip holding one CSV),
+patient-level hashed splits, finding names, and the result type that reports what was dropped and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.data.records import Record
+
+
+class ConvertError(ValueError):
+    """Input that does not match the documented format; the message names the file, row and column."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Options shared by the converters (CLI flags of `medground data convert`)."""
+
+    image_root: str | None = None  # folder of the images, relative to the manifest or absolute
+    split: str | None = None  # force one split for every record (else hashed by patient)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    phrase: str | None = None  # phrase for formats that carry none (masks, volumes)
+    finding: str | None = None  # finding name for formats that carry none
+    modality: str | None = None
+    slice: str = "max"  # volumes: "max" (largest label area), "center", "all" or an index
+    window: tuple[float, float] | None = None  # volumes / DICOM: (center, width)
+    min_votes: int = 1  # VinDr: radiologists needed for a fused box
+    fuse_iou: float = 0.4  # VinDr: IoU above which two radiologists' boxes are the same finding
+    task: str = "classification"  # MedMNIST: classification or grading
+    labels: tuple[str, ...] = ()  # MedMNIST: class names by index
+
+
+@dataclass
+class ConvertResult:
+    """Records made and counted notes (rows read, negatives skipped, boxes merged, ...)."""
+
+    records: list[Record] = field(default_factory=list)
+    notes: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        notes = ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
+        return f"{len(self.records)} records" + (f" ({notes})" if notes else "")
+
+
+def read_table(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV as published: plain, gzip-compressed, or the single CSV inside a zip."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertError(f"{path} does not exist")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    elif path.suffix == ".zip":
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".csv")]
+            if len(names) != 1:
+                raise ConvertError(f"{path} must hold exactly one .csv, found {names}")
+            raw = zf.read(names[0])
+    text = raw.decode("utf-8-sig")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def read_rows(path: str | Path) -> list[list[str]]:
+    """Raw CSV rows (header included) for tables whose header cannot be trusted (NIH)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    return list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+
+
+def require_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: str | Path, fmt: str) -> None:
+    if not rows:
+        raise ConvertError(f"{path} has no data rows")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise ConvertError(f"{path} is not a {fmt} table: columns {missing} are missing (found {list(rows[0])})")
+
+
+def number(value: str, path: str | Path, row: int, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConvertError(f"{path} row {row}: column {column!r} holds {value!r}, not a number") from None
+
+
+def hashed_split(key: str, options: ConvertOptions) -> str:
+    """Deterministic train/val/test from a patient (or image) key, so one patient never spans splits."""
+    if options.split is not None:
+        return options.split
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if u < options.test_fraction else "val" if u < options.test_fraction + options.val_fraction \
+        else "train"
+
+
+def slug(finding: str) -> str:
+    """'Pleural effusion' -> 'pleural-effusion', 'Nodule/Mass' -> 'nodule-mass' (knowledge-key form)."""
+    return "-".join("".join(c if c.isalnum() else " " for c in finding.lower()).split())
+
+
+def image_ref(root: str | None, name: str) -> str:
+    return name if not root else f"{root.rstrip('/')}/{name}"
+
+
+def size_if_present(manifest_dir: Path, image: str) -> tuple[int, int] | None:
+    """(width, height) from the image header when the file is already there, else None."""
+    path = Path(image) if Path(image).is_absolute() else manifest_dir / image
+    if not path.is_file():
+        return None
+    from services.data.medimage import image_size
+
+    return image_size(path)
