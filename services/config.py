@@ -40,6 +40,7 @@ class DataConfig(_Strict):
     train_split: str = Field("train", description="Split name used for training prompts.")
     eval_split: str = Field("val", description="Held-out split used for evaluation.")
     on_bad_record: Literal["skip", "fail"] = Field("fail", description="Skip bad records (counted) or stop.")
+    knowledge_dir: str = Field("deploy/knowledge", description="Folder of prior-knowledge YAML files (VRFT-Aug).")
 
 
 class StageConfig(_Strict):
@@ -53,11 +54,14 @@ class StageConfig(_Strict):
     data: DataConfig | None = Field(None, description="Overrides the run's data for this stage.")
     reward: RewardConfig | None = Field(None, description="Overrides the run's reward mix for this stage.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
+    refill_cap: int = Field(2, ge=0, description="GRPO dynamic sampling: extra generation rounds to replace "
+                            "zero-variance groups (0: keep the batch as sampled, zero-variance groups dropped).")
 
 
 class EvalConfig(_Strict):
-    every: int = Field(0, ge=0, description="Evaluate every K steps (0: only at the end).")
+    every: int = Field(0, ge=0, description="Evaluate every K steps (0: only at the start and the end).")
     max_samples: int = Field(64, ge=1, description="Held-out records per evaluation (greedy decoding).")
+    overlays: int = Field(8, ge=0, description="Prediction overlay images written to samples/ per evaluation.")
 
 
 class CheckpointConfig(_Strict):

@@ -1,0 +1,89 @@
+"""Run checkpoints: `runs/<name>/checkpoints/step-N/`, written under a temporary name and renamed when
+complete, so a crash mid-write never leaves a checkpoint that looks whole.
+
+Contents: `learner/` (DeepSpeed state of every rank, RNG), `adapter/` (the exported PEFT LoRA adapter),
+`reward_state.json` (the MedLoc-R1 window, tau and history), `driver_state.json` (stage, step, adapter
+version, sampler positions, RNG states).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPLETE_MARK = "COMPLETE"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int) -> Path:
+    """Create `step-N` atomically: `fill(tmp_dir)` writes the parts, then the directory is renamed."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    (tmp / COMPLETE_MARK).write_text(f"{step}\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / COMPLETE_MARK).is_file()]
+    return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; "
+                                f"set checkpoint.every > 0 so a run writes them")
+    return found[-1]
+
+
+def rng_state() -> dict[str, Any]:
+    """Python and numpy global RNG states of the driver (torch is the learner's, saved by it)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_default) + "\n")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer | np.floating):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to a checkpoint JSON")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

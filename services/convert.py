@@ -1,0 +1,86 @@
+"""Conversions between the packages' contracts: the only place where one package's type becomes another's.
+
+record -> RolloutRequest (no ground truth crosses), record + group -> RewardTarget, group + rewards ->
+TrainSamples (GRPO), record -> TrainSample with the reference answer (SFT), rollout frame -> rewards frame,
+LoraArtefact -> the rollout workers' AdapterTensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import rewards.frames as rf
+from learner.batch import TrainSample
+from learner.export import LoraArtefact
+from rewards.scoring import RewardTarget
+from rollout.contracts import RolloutGroup, RolloutRequest
+from rollout.engines import AdapterTensors
+from rollout.images import ImageFrame as RolloutFrame
+from rollout.processing import PreparedPrompt
+from services.data.records import Record
+
+
+def rollout_request(record: Record, image_path: Path) -> RolloutRequest:
+    """What rollout may see of a record: the image, the phrase/question, the task and knowledge key."""
+    return RolloutRequest(prompt_id=record.id, image=str(image_path), question=record.phrase,
+                          task=record.task, knowledge_key=record.knowledge_key)
+
+
+def reward_frame(frame: RolloutFrame) -> rf.ImageFrame:
+    return rf.ImageFrame(original_width=frame.original_width, original_height=frame.original_height,
+                         input_width=frame.input_width, input_height=frame.input_height,
+                         convention=frame.convention)
+
+
+def reward_target(record: Record, frame: RolloutFrame, injected_knowledge: str | None) -> RewardTarget:
+    """The ground truth a group is scored against (boxes in original pixels, the frame of the prompt)."""
+    return RewardTarget(task=record.task, boxes=tuple(tuple(map(float, b)) for b in record.boxes),  # type: ignore[misc]
+                        label=record.label, grade=record.grade, knowledge=injected_knowledge or "",
+                        frame=reward_frame(frame))
+
+
+def _image_inputs(group: RolloutGroup | PreparedPrompt) -> dict[str, Any]:
+    return {"pixel_values": torch.from_numpy(group.pixel_values),
+            "image_grid_thw": torch.from_numpy(group.image_grid_thw),
+            "mm_token_type_ids": tuple(int(t) for t in group.mm_token_type_ids)}
+
+
+def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[TrainSample]:
+    """One TrainSample per completion of a group, with its advantage; image tensors are shared."""
+    if len(advantages) != len(group.completions):
+        raise ValueError(f"{len(advantages)} advantages for {len(group.completions)} completions of {group.prompt_id}")
+    prompt = tuple(int(t) for t in group.prompt_token_ids)
+    image = _image_inputs(group)
+    return [TrainSample(prompt_ids=prompt, completion_ids=c.token_ids, advantage=float(a),
+                        sampling_logprobs=c.logprobs, **image)
+            for c, a in zip(group.completions, advantages, strict=True)]
+
+
+def reference_answer(record: Record, frame: RolloutFrame) -> str:
+    """The SFT target: a short think and the answer in the model's own convention (VLM-R1 format)."""
+    think = f"<think>{record.phrase.strip()}</think>"
+    if record.task == "grounding":
+        box = rf.from_original(record.boxes[0], reward_frame(frame))
+        return think + "<answer>" + json.dumps({"bbox_2d": [round(v) for v in box]}) + "</answer>"
+    if record.task == "classification":
+        return think + "<answer>" + json.dumps({"label": record.label}) + "</answer>"
+    return think + "<answer>" + json.dumps({"grade": record.grade}) + "</answer>"
+
+
+def sft_sample(prepared: PreparedPrompt, answer: str, tokenizer: Any) -> TrainSample:
+    """Prompt ids as the processor expanded them, then the answer's ids and the end-of-turn token."""
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return TrainSample(prompt_ids=tuple(int(t) for t in prepared.prompt_token_ids),
+                       completion_ids=(*answer_ids, end), **_image_inputs(prepared))
+
+
+def adapter_tensors(artefact: LoraArtefact) -> AdapterTensors:
+    """The learner's exported LoRA adapter in the form rollout workers load."""
+    return AdapterTensors(version=artefact.version, tensors=dict(artefact.tensors),
+                          peft_config=dict(artefact.peft_config))

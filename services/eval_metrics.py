@@ -1,0 +1,74 @@
+"""Held-out grounding and classification metrics (ALGORITHMS.md section 6), as pure functions.
+
+Inputs are per-sample IoUs (0 for an unparsable answer), a parse flag and the ground-truth box's area
+relative to the image, so train-time evaluation, `medground eval` and the benchmarks share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
+# Relative box area buckets: small targets are where the threshold schedule matters.
+SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("<0.5%", 0.0, 0.005), ("0.5-2%", 0.005, 0.02), ("2-10%", 0.02, 0.10), (">10%", 0.10, float("inf")),
+)
+
+
+def size_bucket(relative_area: float) -> str:
+    for name, lo, hi in SIZE_BUCKETS:
+        if lo <= relative_area < hi:
+            return name
+    raise ValueError(f"relative area must be >= 0, got {relative_area}")
+
+
+def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str, float]:
+    """A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent. n = len(ious)."""
+    iou = np.asarray(ious, dtype=np.float64)
+    if iou.size == 0:
+        return {"n": 0}
+    ok = np.asarray(parsed, dtype=bool)
+    return {
+        "n": int(iou.size),
+        "A@0.5": float(100.0 * np.mean(iou >= 0.5)),
+        "A@0.8": float(100.0 * np.mean(iou >= 0.8)),
+        "pseudo_mAP": float(100.0 * np.mean([np.mean(iou >= t) for t in MAP_THRESHOLDS])),
+        "mIoU": float(iou.mean()),
+        "parse_fail_pct": float(100.0 * np.mean(~ok)),
+    }
+
+
+def grounding_report(ious: Sequence[float], parsed: Sequence[bool],
+                     relative_areas: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Metrics over all samples (`all`) and per size bucket (only buckets with samples)."""
+    report = {"all": grounding_metrics(ious, parsed)}
+    buckets = [size_bucket(a) for a in relative_areas]
+    for name, _, _ in SIZE_BUCKETS:
+        idx = [i for i, b in enumerate(buckets) if b == name]
+        if idx:
+            report[name] = grounding_metrics([ious[i] for i in idx], [parsed[i] for i in idx])
+    return report
+
+
+def classification_metrics(pred: Sequence[str | None], truth: Sequence[str]) -> dict[str, float]:
+    """Accuracy in percent over normalised labels; an unparsable answer (None) counts as wrong."""
+    if not truth:
+        return {"n": 0}
+    norm = [p.strip().lower() if p is not None else None for p in pred]
+    hits = [p == t.strip().lower() for p, t in zip(norm, truth, strict=True)]
+    return {"n": len(truth), "accuracy": 100.0 * float(np.mean(hits)),
+            "parse_fail_pct": 100.0 * float(np.mean([p is None for p in pred]))}
+
+
+def grading_metrics(pred: Sequence[int | None], truth: Sequence[int]) -> dict[str, float]:
+    """Accuracy in percent and mean absolute grade error; an unparsable answer counts as the worst error
+    seen in this label set (max - min grade), so failures are never rewarded."""
+    if not truth:
+        return {"n": 0}
+    worst = max(truth) - min(truth) if len(set(truth)) > 1 else 1
+    err = [abs(p - t) if p is not None else worst for p, t in zip(pred, truth, strict=True)]
+    return {"n": len(truth), "accuracy": 100.0 * float(np.mean([e == 0 for e in err])),
+            "mean_abs_grade_error": float(np.mean(err)),
+            "parse_fail_pct": 100.0 * float(np.mean([p is None for p in pred]))}

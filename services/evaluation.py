@@ -1,0 +1,108 @@
+"""Held-out evaluation with greedy decoding through the rollout pool (ALGORITHMS.md section 6).
+
+What is evaluated is what is served: the same prompt builder, parser and frame conversion. Grounding
+metrics are reported overall and per target-size bucket; prediction overlays go to `samples/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+import rewards
+from rollout.config import SamplingConfig
+from rollout.contracts import RolloutGroup
+from services.convert import reward_frame, rollout_request
+from services.data.manifest import Manifest
+from services.data.records import Record
+from services.eval_metrics import classification_metrics, grading_metrics, grounding_report
+
+GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    record: Record
+    text: str
+    box: rewards.Box | None  # original pixels
+    iou: float
+    label: str | None = None
+    grade: int | None = None
+
+
+def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_tokens: int) -> list[Prediction]:
+    """Greedy answers for `records`, parsed and mapped into original pixels."""
+    sampling = GREEDY.model_copy(update={"max_new_tokens": max_new_tokens})
+    groups: list[RolloutGroup] = pool.generate([rollout_request(r, manifest.image_path(r)) for r in records],
+                                               n=1, sampling=sampling)
+    return [_prediction(r, g) for r, g in zip(records, groups, strict=True)]
+
+
+def _prediction(record: Record, group: RolloutGroup) -> Prediction:
+    text = group.completions[0].text
+    frame = reward_frame(group.frame)
+    parsed = rewards.parse_answer(text, record.task, frame)
+    if record.task != "grounding":
+        return Prediction(record, text, None, 0.0, label=parsed.label if parsed else None,
+                          grade=parsed.grade if parsed else None)
+    box = rewards.to_original(parsed.box, frame) if parsed is not None and parsed.box is not None else None
+    iou = max(rewards.iou(box, gt) for gt in record.boxes) if box is not None else 0.0
+    return Prediction(record, text, box, float(iou))
+
+
+def report(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... ."""
+    out: dict[str, Any] = {}
+    grounding = [p for p in predictions if p.record.task == "grounding"]
+    if grounding:
+        areas = [p.record.relative_area() or 0.0 for p in grounding]
+        rep = grounding_report([p.iou for p in grounding], [p.box is not None for p in grounding], areas)
+        for bucket, metrics in rep.items():
+            prefix = "eval/" if bucket == "all" else f"eval/{bucket}/"
+            out.update({prefix + k: v for k, v in metrics.items()})
+    cls = [p for p in predictions if p.record.task == "classification"]
+    if cls:
+        m = classification_metrics([p.label for p in cls], [p.record.label or "" for p in cls])
+        out.update({f"eval/cls/{k}": v for k, v in m.items()})
+    grd = [p for p in predictions if p.record.task == "grading"]
+    if grd:
+        m = grading_metrics([p.grade for p in grd], [p.record.grade or 0 for p in grd])
+        out.update({f"eval/grade/{k}": v for k, v in m.items()})
+    return out
+
+
+def centre_box_baseline(records: Sequence[Record], fraction: float = 0.5) -> dict[str, Any]:
+    """Metrics of always answering the centred box covering `fraction` of each side: the floor that a
+    model must beat to show it reads the image."""
+    preds = []
+    for r in records:
+        if r.task != "grounding" or r.width is None or r.height is None:
+            continue
+        w, h = r.width, r.height
+        box = (w * (1 - fraction) / 2, h * (1 - fraction) / 2, w * (1 + fraction) / 2, h * (1 + fraction) / 2)
+        preds.append(Prediction(r, "", box, max(float(rewards.iou(box, gt)) for gt in r.boxes)))
+    return {k.replace("eval/", "baseline/centre/"): v for k, v in report(preds).items()}
+
+
+def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
+    """Ground truth in green, prediction in red, IoU in the corner; one PNG per sample."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in [p for p in predictions if p.record.task == "grounding"][:limit]:
+        image = Image.open(manifest.image_path(p.record)).convert("RGB")
+        scale = max(1, 256 // max(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(image)
+        for gt in p.record.boxes:
+            draw.rectangle([v * scale for v in gt], outline=(0, 220, 0), width=2)
+        if p.box is not None:
+            draw.rectangle([v * scale for v in p.box], outline=(230, 30, 30), width=2)
+        draw.text((3, 3), f"IoU {p.iou:.2f}", fill=(255, 255, 0))
+        path = out_dir / f"{p.record.id.replace('/', '_').replace(':', '_')}.png"
+        image.save(path)
+        written.append(path)
+    return written

@@ -1,0 +1,88 @@
+"""Start Ray for a run and call the driver: the code behind `medground train` and `medground demo`.
+
+`ray job submit` runs `medground train CONFIG` on the cluster's head; there Ray is already up
+(RAY_ADDRESS is set by the job), so `ray.init()` joins it. Locally, an embedded Ray is started with the
+machine's CPUs and the environment CPU engines need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from services.config import RunConfig, load_config
+
+# What every Ray worker process of a local run needs (the cluster's job runtime_env sets the same).
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        for key, value in CPU_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(include_dashboard=False, runtime_env={"env_vars": CPU_ENV},
+                 log_to_driver=os.environ.get("MEDGROUND_RAY_LOGS", "0") == "1")
+    else:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"))
+
+
+def train(config: Path | None, overrides: list[str], address: str | None, resume: Path | None) -> Path:
+    """Load the config (a resumed run reads its own resolved config), start Ray, run the driver."""
+    from services import train_loop
+
+    if resume is not None:
+        resolved = resume / "resolved_config.json"
+        if not resolved.is_file():
+            raise FileNotFoundError(f"{resume} is not a run directory (no resolved_config.json)")
+        cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
+    else:
+        if config is None:
+            raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
+        cfg = load_config(config, overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    init_ray(address)
+    return train_loop.run(cfg, run_dir=resume, resume=resume is not None)
+
+
+DEMO_CONFIG = Path("deploy/configs/demo.yaml")
+
+
+def demo(overrides: list[str]) -> dict[str, Any]:
+    """Build the demo model and data when missing, train, and summarise where everything is."""
+    from services.data.synth import make_spec, write_dataset
+    from services.metrics import read_metrics
+    from services.tiny_model import build_model_dir
+
+    cfg = load_config(DEMO_CONFIG, overrides)
+    model = Path(cfg.model.path)
+    if not (model / "config.json").is_file():
+        print(f"demo: building the small random model in {model}")
+        build_model_dir(model, cfg.model.family, "small", seed=0, min_pixels=cfg.rollout.min_pixels,
+                        max_pixels=cfg.rollout.max_pixels)
+    manifest = Path(cfg.data.manifest)
+    if not manifest.is_file():
+        print(f"demo: writing synthetic phantoms to {manifest.parent}")
+        write_dataset(make_spec("demo"), manifest.parent, seed=0, manifest_name=manifest.name)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo always starts fresh
+    train(DEMO_CONFIG, overrides, address=None, resume=None)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    evals = [r for r in rows if "eval/A@0.5" in r]
+    summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"), "plots": str(run_dir / "plots"),
+               "adapter": str(run_dir / "adapter"), "samples": str(run_dir / "samples"),
+               "A@0.5 start": evals[0]["eval/A@0.5"], "A@0.5 end": evals[-1]["eval/A@0.5"],
+               "mIoU start": evals[0]["eval/mIoU"], "mIoU end": evals[-1]["eval/mIoU"],
+               "centre-box A@0.5": rows[0].get("baseline/centre/A@0.5"),
+               "centre-box mIoU": rows[0].get("baseline/centre/mIoU")}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,125 @@
+"""Run metrics: one JSON line per step in `metrics.jsonl`, the same scalars in TensorBoard, PNG plots.
+
+A metric row is a flat dict of floats/ints/strings keyed like `reward/total`, `tau/value`,
+`time/generate_s`, `eval/A@0.5`; plots are drawn from the JSONL file, so they can be redrawn for any run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PLOTS: dict[str, tuple[str, ...]] = {
+    "reward": ("reward/total", "reward/acc", "reward/format"),
+    "tau": ("tau/value",),
+    "accuracy": ("eval/A@0.5", "eval/A@0.8", "eval/mIoU"),
+    "zero_variance": ("batch/zero_variance_fraction",),
+    "phase_times": ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s", "time/other_s"),
+    "loss": ("learner/loss",),
+}
+
+
+class MetricsWriter:
+    """Append-only metric log of a run directory (JSONL + TensorBoard)."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows written after the checkpoint's step so the log has no duplicates."""
+        if not self.path.exists():
+            return
+        rows = [r for r in read_metrics(self.path) if int(r.get("step", -1)) <= step]
+        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        clean = {"step": step, **{k: _jsonable(v) for k, v in row.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for key, value in clean.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path, plots: dict[str, tuple[str, ...]] = PLOTS) -> list[Path]:
+    """Draw one PNG per plot group from metrics.jsonl into `plots/`; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name, keys in plots.items():
+        series = {k: _series(rows, k) for k in keys}
+        series = {k: v for k, v in series.items() if v[0]}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        for boundary, stage in _stage_starts(rows):
+            ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
+            ax.text(boundary, ax.get_ylim()[1], f" {stage}", fontsize=7, va="top", color="grey")
+        ax.set_xlabel("step")
+        ax.set_title(f"{run_dir.name}: {name}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _series(rows: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _stage_starts(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    starts, last = [], None
+    for r in rows:
+        stage = r.get("stage")
+        if stage is not None and stage != last:
+            starts.append((int(r["step"]), str(stage)))
+            last = stage
+    return starts
