@@ -84,3 +84,15 @@ def test_missing_and_wrong_suffix(tmp_path: Path) -> None:
         load_manifest(tmp_path / "m.csv")
     with pytest.raises(ManifestError, match="unique"):
         write_manifest([_rec(), _rec()], tmp_path / "d.jsonl")
+
+
+def test_with_sizes_reads_headers(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("L", (64, 48)).save(tmp_path / "img.png")
+    path = write_manifest([_rec(width=None, height=None, boxes=[[1, 1, 10, 10]])], tmp_path / "m.jsonl")
+    filled = load_manifest(path, report=lambda _: None).with_sizes()
+    assert (filled.records[0].width, filled.records[0].height) == (64, 48)
+    path = write_manifest([_rec(width=None, height=None, boxes=[[1, 1, 100, 10]])], tmp_path / "m.jsonl")
+    with pytest.raises(ValueError, match="extends past the 64x48 image"):
+        load_manifest(path, report=lambda _: None).with_sizes()

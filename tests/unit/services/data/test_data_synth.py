@@ -140,3 +140,24 @@ def test_cli_inspect_draws_sheet(tmp_path: Path) -> None:
         # boxes are drawn in pure-ish red, which the grey phantoms never contain
         pixels = np.asarray(sheet.convert("RGB")).reshape(-1, 3).astype(int)
         assert ((pixels[:, 0] > 200) & (pixels[:, 1] < 80)).sum() > 100
+
+
+def test_hybrid_pastes_into_the_real_radiograph(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    if get_testdata_file("RG1_UNCR.dcm", download=False) is None:
+        pytest.skip("the hybrid preset needs RG1_UNCR.dcm from pydicom-data (the `data` extra)")
+    spec = make_spec("hybrid", size=128, splits={"train": 4})
+    manifest = load_manifest(write_dataset(spec, tmp_path, seed=0), report=lambda _: None)
+    assert len(manifest.records) == 4 and {r.source for r in manifest.records} == {"synthetic_cxr_hybrid"}
+    from services.data.synth.hybrid import real_chest_base
+
+    base = real_chest_base(128)[0]
+    for rec in manifest.records:
+        from PIL import Image
+
+        with Image.open(manifest.image_path(rec)) as img:
+            px = np.asarray(img, dtype=float) / 255.0
+        x1, y1, x2, y2 = (round(c) for c in rec.boxes[0])
+        # the lesion adds density inside its box on top of the real radiograph
+        assert (px[y1:y2, x1:x2] - base[y1:y2, x1:x2]).mean() > 0.03
