@@ -72,7 +72,8 @@ class StepMetrics:
 
     ``logprob_mismatch`` is the mean |learner logp - sampling logp| over tokens with sampling log-probs
     (None when none had them); ``ratio_*`` describe rho = exp(logp - logp_old) (1 with one update per
-    batch); ``grad_norm`` is the global norm before clipping; ``seconds`` is this step's wall time.
+    batch); ``grad_norm`` is the global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
+    not report it); ``seconds`` is this step's wall time.
     """
 
     loss: float

@@ -8,40 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from learner_samples import DISJOINT_COMPLETIONS, make_samples
 
-from learner.batch import TrainSample
 from learner.config import LearnerConfig
 
 pytestmark = pytest.mark.integration
-
-COMPLETIONS = ('<think>round opacity</think><answer>{"bbox_2d": [10, 12, 40, 44]}</answer>',
-               "<answer>[3, 4, 50, 60]</answer>", "lesion left upper", "grade 2", "no finding")
-
-
-def make_samples(model_dir: Path, advantages: list[float], image_every: int = 2,
-                 completions: tuple[str, ...] = COMPLETIONS) -> list[TrainSample]:
-    """Prompts from the real processor (every ``image_every``-th with an image), short text completions."""
-    from PIL import Image
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(str(model_dir))
-    rng = np.random.default_rng(0)
-    out = []
-    for i, adv in enumerate(advantages):
-        with_image = i % image_every == 0
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": f"Locate nodule {i}"}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-        image = Image.fromarray(rng.integers(0, 255, (56 + 28 * (i % 2), 84, 3), dtype=np.uint8))
-        enc = processor(text=[text], images=[image] if with_image else None, return_tensors="pt")
-        completion = processor.tokenizer(completions[i % len(completions)])["input_ids"]
-        out.append(TrainSample(
-            prompt_ids=tuple(enc["input_ids"][0].tolist()), completion_ids=tuple(completion), advantage=adv,
-            sampling_logprobs=tuple([-2.0] * len(completion)),
-            pixel_values=enc["pixel_values"] if with_image else None,
-            image_grid_thw=enc["image_grid_thw"] if with_image else None,
-            mm_token_type_ids=tuple(enc["mm_token_type_ids"][0].tolist()) if with_image else None))
-    return out
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -85,10 +56,7 @@ def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
     from learner.engine import LearnerEngine
 
     advantages = [1.0, -1.0, 1.0, -1.0]
-    # Completions without shared words: with shared tokens, a short negative completion can outweigh a
-    # long positive one on those tokens (sequence-mean weighting), which is correct GRPO but not this test.
-    samples = make_samples(tiny_model_dir, advantages,
-                           completions=("effusion effusion", "nodule nodule", "mass mass", "opacity opacity"))
+    samples = make_samples(tiny_model_dir, advantages, completions=DISJOINT_COMPLETIONS)
     engine = LearnerEngine(tiny_model_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, grpo={"beta": 0.0}))  # type: ignore[arg-type]
     try:
         before = [lp.sum().item() for lp in engine.logprobs(samples)]

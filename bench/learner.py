@@ -1,0 +1,202 @@
+"""How much does DeepSpeed cost per GRPO step? The learner engine against a plain torch loop.
+
+Both run the same policy (``learner.policy.build_policy``), the same batch (synthetic prompts with images,
+fixed-length completions), the same micro-batching, the same adapter-off reference pass and the same loss
+functions (``learner.grpo``) and the same entropy metric; the plain loop uses torch AdamW and
+``clip_grad_norm_`` directly. The difference is DeepSpeed's engine: its ZeRO optimizer wrapper, gradient
+bookkeeping and collectives, plus the engine's other step metrics.
+
+    python -m bench.learner                      # CPU, fp32, tiny model (this box)
+    python -m bench.learner --device cuda        # one GPU, bf16, ZeRO-2 (tools/gpu_check.sh runs this)
+
+Prints a table and writes JSON to bench/results/learner.json (learner_gpu.json for CUDA runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner import grpo
+from learner.batch import TrainSample, collate, micro_batches
+from learner.config import LearnerConfig
+from learner.policy import build_policy
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_batch(model_dir: Path, n: int, completion_len: int, image_px: int, seed: int = 0) -> list[TrainSample]:
+    """``n`` samples: a chat prompt with one ``image_px`` square image and ``completion_len`` text tokens."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    rng = np.random.default_rng(seed)
+    text_vocab = len(processor.tokenizer) - 32  # stay clear of the special and vision tokens at the end
+    out = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Locate finding {i}"}]}]
+        text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        image = Image.fromarray(rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8))
+        enc = processor(text=[text], images=[image], return_tensors="pt")
+        completion = tuple(int(t) for t in rng.integers(0, text_vocab, completion_len))
+        out.append(TrainSample(prompt_ids=tuple(enc["input_ids"][0].tolist()), completion_ids=completion,
+                               advantage=float(rng.standard_normal()), pixel_values=enc["pixel_values"],
+                               image_grid_thw=enc["image_grid_thw"],
+                               mm_token_type_ids=tuple(enc["mm_token_type_ids"][0].tolist())))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_deepspeed(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], warmup: int,
+                   steps: int) -> list[float]:
+    from learner.engine import LearnerEngine
+
+    engine = LearnerEngine(model_dir, cfg)
+    try:
+        times = []
+        for i in range(warmup + steps):
+            _sync(engine.device)
+            t0 = time.perf_counter()
+            engine.grpo_step(samples)
+            _sync(engine.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        engine.close()
+
+
+def time_plain(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], device: torch.device,
+               bf16: bool, warmup: int, steps: int) -> list[float]:
+    """The same GRPO step with no DeepSpeed: AdamW on the adapter, autocast bf16 on GPU."""
+    model = build_policy(model_dir, cfg).to(device)
+    if bf16:  # DeepSpeed bf16 keeps the frozen base in bf16 too; trainable weights stay fp32 here
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    g = cfg.grpo
+    batches = [collate(mb, 0) for mb in micro_batches(samples, cfg.micro_batch_size)]
+    n_seq = float(sum(grpo.sequences_with_tokens(b["loss_mask"]) for b in batches))
+    n_tok = float(sum(b["loss_mask"].sum() for b in batches))
+
+    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+        inputs = {k: batch[k].to(device) for k in keys if k in batch}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(**inputs, use_cache=False).logits[:, :-1]
+
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        for batch in batches:
+            targets, mask = batch["input_ids"][:, 1:].to(device), batch["loss_mask"].to(device)
+            with torch.no_grad(), model.disable_adapter():
+                ref = grpo.token_logprobs(logits(batch), targets)
+            out = logits(batch)
+            logp = grpo.token_logprobs(out, targets)
+            with torch.no_grad():  # the engine reports entropy too: same metric work on both sides
+                float((grpo.token_entropy(out.detach()) * mask).sum())
+            parts = grpo.grpo_loss(logp, logp.detach(), ref, batch["advantages"].to(device), mask,
+                                   eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
+                                   num_sequences=n_seq, num_tokens=n_tok)
+            parts.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clipping)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    import deepspeed
+    import transformers
+
+    info.update(deepspeed=deepspeed.__version__, transformers=transformers.__version__)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--size", choices=["tiny", "small"], default=None, help="tiny on CPU, small on CUDA")
+    ap.add_argument("--batch", type=int, default=None, help="samples per step (8 CPU, 64 CUDA)")
+    ap.add_argument("--micro", type=int, default=None, help="micro-batch size (4 CPU, 16 CUDA)")
+    ap.add_argument("--completion-len", type=int, default=64)
+    ap.add_argument("--image-px", type=int, default=112)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench.learner --device cuda: torch sees no CUDA device")
+    os.environ["DS_ACCELERATOR"] = args.device
+    size = args.size or ("small" if cuda else "tiny")
+    batch, micro = args.batch or (64 if cuda else 8), args.micro or (16 if cuda else 4)
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    cfg = LearnerConfig(micro_batch_size=micro, zero_stage=2, precision="bf16" if cuda else "fp32")
+
+    from services.tiny_model import build_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model_dir(Path(tmp) / "model", "qwen2_5_vl", size, seed=0)
+        samples = make_batch(model_dir, batch, args.completion_len, args.image_px)
+        ds = time_deepspeed(model_dir, cfg, samples, args.warmup, args.steps)
+        plain = time_plain(model_dir, cfg, samples, device, cuda, args.warmup, args.steps)
+
+    tokens = sum(s.num_tokens for s in samples)
+    loss_tokens = sum(len(s.completion_ids) for s in samples)
+    rows = {}
+    for name, times in (("deepspeed ZeRO-2", ds), ("plain torch", plain)):
+        med = statistics.median(times)
+        rows[name] = {"step_s_median": med, "step_s_all": times, "tokens_per_s": tokens / med,
+                      "loss_tokens_per_s": loss_tokens / med}
+    overhead = rows["deepspeed ZeRO-2"]["step_s_median"] / rows["plain torch"]["step_s_median"] - 1.0
+    result = {
+        "question": "DeepSpeed learner step vs a plain torch loop, same model and batch",
+        "machine": machine(device), "device": args.device, "precision": "bf16" if cuda else "fp32",
+        "model": f"qwen2_5_vl {size} (random weights)", "adapter": cfg.adapter, "batch": batch, "micro_batch": micro,
+        "completion_len": args.completion_len, "image_px": args.image_px, "tokens_per_step": tokens,
+        "loss_tokens_per_step": loss_tokens, "warmup": args.warmup, "steps": args.steps, "results": rows,
+        "deepspeed_overhead": overhead, "date": time.strftime("%Y-%m-%d"),
+    }
+    where = result["machine"].get("gpu", f"{result['machine']['cpus']} CPUs")
+    print(f"learner step, qwen2_5_vl {size}, batch {batch} (micro {micro}), {tokens} tokens/step, "
+          f"{args.device} {result['precision']} on {where}")
+    print(f"{'engine':<18}{'step s (median)':>17}{'tokens/s':>12}{'loss tok/s':>12}")
+    for name, r in rows.items():
+        print(f"{name:<18}{r['step_s_median']:>17.4f}{r['tokens_per_s']:>12.0f}{r['loss_tokens_per_s']:>12.0f}")
+    print(f"DeepSpeed overhead: {overhead:+.1%} step time")
+    out = args.out or RESULTS / ("learner_gpu.json" if cuda else "learner.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
