@@ -19,20 +19,19 @@ from rewards.frames import Box, ImageFrame
 
 Task = Literal["grounding", "classification", "grading"]
 
-# Fast path: the exact format, whitespace allowed around and between the blocks.
-_FULL = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+# Possessive whitespace (`\s*+`) everywhere: nothing after it can start with whitespace, so it loses no
+# match, and it keeps every pattern linear on long runs of spaces (a greedy `\s*\}?\s*` was quadratic).
+_WS_ANSWER = re.compile(r"\s*+<answer>")
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
-_SEP = r"(?:\s*,\s*|\s+)"
-_BOX = re.compile(r"\[\s*" + _SEP.join([_NUM] * 4) + r"\s*\]")
+_SEP = r"(?:\s*+,\s*+|\s++)"
+_BOX = re.compile(r"\[\s*+" + _SEP.join([_NUM] * 4) + r"\s*+\]")
 _FIRST_NUM = re.compile(_NUM)
 # Fastest path for the batch scorer: the exact VLM-R1 format in one match. The think text may not contain
 # '<', so it ends at the first tag and the box found is the one `split_completion` + `box_numbers` find.
 FAST_GROUNDING = re.compile(
-    r"\s*<think>([^<]*)</think>\s*<answer>\s*(?:\{\s*\"bbox_2d\"\s*:\s*)?\[\s*"
+    r"\s*+<think>([^<]*+)</think>\s*+<answer>\s*+(?:\{\s*+\"bbox_2d\"\s*+:\s*+)?\[\s*+"
     + _SEP.join([_NUM] * 4)
-    + r"\s*\]\s*\}?\s*</answer>\s*"
+    + r"\s*+\]\s*+\}?\s*+</answer>\s*+"
 )
 MAX_GRADE = 1000  # grades are small ordinal labels; anything larger is noise, not an answer
 MAX_LABEL_CHARS = 200
@@ -57,15 +56,48 @@ class ParsedAnswer:
 
 def split_completion(text: str) -> tuple[str, str | None, bool]:
     """(think, answer or None, tags_ok): the two blocks of a completion, and whether the format is exact."""
-    m = _FULL.fullmatch(text)
-    if m is not None:
-        return m.group(1), m.group(2), True
-    a = _ANSWER.search(text)
-    t = _THINK.search(text)
+    exact = _exact_format(text)
+    if exact is not None:
+        return exact[0], exact[1], True
+    a = _block(text, "<answer>", "</answer>")
+    t = _block(text, "<think>", "</think>")
     # Reasoning without tags still counts as reasoning for the recitation reward.
-    untagged = text if a is None else text[: a.start()] + text[a.end() :]
-    think = untagged if t is None else t.group(1)
-    return think, None if a is None else a.group(1), False
+    untagged = text if a is None else text[: a[0]] + text[a[1] :]
+    think = untagged if t is None else text[t[0] + 7 : t[1] - 8]
+    return think, None if a is None else text[a[0] + 8 : a[1] - 9], False
+
+
+def _exact_format(text: str) -> tuple[str, str] | None:
+    """(think, answer) if `text` is `<think>...</think> <answer>...</answer>` up to outer whitespace.
+
+    Think ends at the first `</think>` that is followed by `<answer>`; the answer runs to the final
+    `</answer>`. Written with str.find (linear), not a lazy regex, which was quadratic on text full of tags.
+    """
+    body = text.strip()
+    if not (body.startswith("<think>") and body.endswith("</answer>")):
+        return None
+    answer_end = len(body) - 9
+    pos = 7
+    while True:
+        close = body.find("</think>", pos)
+        if close < 0:
+            return None
+        m = _WS_ANSWER.match(body, close + 8)
+        if m is not None and m.end() <= answer_end:
+            return body[7:close], body[m.end() : answer_end]
+        pos = close + 1
+
+
+def _block(text: str, open_tag: str, close_tag: str) -> tuple[int, int] | None:
+    """(start, end) of the first `open_tag ... close_tag` block, or None.
+
+    str.find instead of a lazy regex: linear even for text full of unclosed tags (the regex was quadratic).
+    """
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    end = text.find(close_tag, start + len(open_tag))
+    return None if end < 0 else (start, end + len(close_tag))
 
 
 def box_numbers(answer: str) -> Box | None:

@@ -118,3 +118,23 @@ def test_fast_and_slow_paths_agree_on_tricky_texts() -> None:
     parsed = [parse_answer(t, "grounding", FRAME) for t in texts]
     assert [b.pred_box for b in out] == [None if p is None else to_original(p.box, FRAME) for p in parsed]  # type: ignore[arg-type]
     assert parsed[2] is not None and parsed[2].box == (5.0, 6.0, 7.0, 8.0) and parsed[3] is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>a</think><answer>[1,2,3,4]" + " " * 20000 + "x",  # was 2 s with greedy `\s*\}?\s*`
+        "<think>" + "<answer>" * 2000,  # was 0.6 s with a lazy `<answer>(.*?)</answer>` search
+        "<think>" + "</think>x" * 5000 + "<answer>[1,2,3,4]</answer>",
+        "<answer>[" + "1 " * 10000 + "</answer>",
+    ],
+)
+def test_adversarial_text_is_linear(text: str) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    for task in ("grounding", "classification", "grading"):
+        parse_answer(text, task, FRAME)  # type: ignore[arg-type]
+    score_group([text] * 4, RewardTarget("grounding", boxes=((0.0, 0.0, 5.0, 5.0),), frame=FRAME),
+                ScheduleSnapshot(0.5, 0), RewardConfig(w_recite=0.0))
+    assert time.perf_counter() - t0 < 0.25  # linear: ~1 ms here; the quadratic versions took 0.6-2 s
