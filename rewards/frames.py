@@ -56,7 +56,7 @@ def smart_resize(
     return h_bar, w_bar
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: slotted frozen dataclasses pickle ~2x slower (Ray calls)
 class ImageFrame:
     """One image's frames: original size (pixels of the stored image), model input size, box convention."""
 
@@ -94,7 +94,16 @@ class ImageFrame:
 
 
 def to_original(box: Box, frame: ImageFrame) -> Box:
-    """Model-convention box -> original-image pixels (a pure rescale; no clipping)."""
+    """Model-convention box -> original-image pixels (a pure rescale; no clipping).
+
+    >>> frame = ImageFrame.for_image(1000, 500, "input_pixels")  # smart_resize: 504 x 1008 input
+    >>> (frame.input_width, frame.input_height)
+    (1008.0, 504.0)
+    >>> to_original((100.8, 50.4, 201.6, 100.8), frame)
+    (100.0, 50.0, 200.0, 100.0)
+    >>> to_original((100.0, 100.0, 200.0, 200.0), ImageFrame.for_image(1000, 500, "norm1000"))
+    (100.0, 50.0, 200.0, 100.0)
+    """
     sx, sy = frame.to_original_scale
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 

@@ -179,6 +179,12 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
 
     With a `frame`, a box is clipped to the image in the model's convention (`frame.model_extent`);
     without one it is only checked for order. Convert it with `rewards.to_original` before IoU.
+
+    >>> frame = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
+    >>> parse_answer('<think>left base</think><answer>{"bbox_2d": [10, 20.5, 300, 400]}</answer>', frame=frame)
+    ParsedAnswer(think='left base', format_ok=True, box=(10.0, 20.5, 300.0, 280.0), label=None, grade=None)
+    >>> parse_answer("<answer>[30, 40, 10, 20]</answer>") is None  # corners swapped: no box
+    True
     """
     if not isinstance(text, str):
         return None

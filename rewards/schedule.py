@@ -60,7 +60,14 @@ def _row(table: Sequence[tuple[float, ...]], tau: float) -> tuple[float, ...]:
 
 
 class ThresholdSchedule:
-    """Stateful tau: `observe(group_ious)` once per prompt group, read `tau` and `version` to score."""
+    """Stateful tau: `observe(group_ious)` once per prompt group, read `tau` and `version` to score.
+
+    >>> s = ThresholdSchedule(ScheduleConfig(window=2))
+    >>> [s.observe([0.6, 0.7]) for _ in range(2)]  # full window, r_bar 1, sigma 0, margin 0.35
+    [False, True]
+    >>> (s.tau, s.version, round(s.history[0].margin, 6))
+    (0.45, 1, 0.35)
+    """
 
     def __init__(self, config: ScheduleConfig | None = None) -> None:
         self.config = config if config is not None else ScheduleConfig()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from rewards.config import RewardConfig
@@ -33,9 +34,9 @@ class ScoredBatch:
     schedule: ScheduleSnapshot
     raises: tuple[RaiseRecord, ...]
 
-    @property
+    @cached_property
     def groups(self) -> list[list[RewardBreakdown]]:
-        """Breakdowns per group, built on access (on the receiving side of a Ray call)."""
+        """Breakdowns per group, built on first access (on the receiving side of a Ray call)."""
         return self.columns.breakdowns()
 
 
