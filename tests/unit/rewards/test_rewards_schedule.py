@@ -152,3 +152,23 @@ def test_load_refuses_other_config() -> None:
 def test_observe_empty_group_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         ThresholdSchedule().observe([])
+
+
+def test_config_tables_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from rewards import RewardConfig
+
+    with pytest.raises(ValidationError, match=r"schedule\.thresholds must start at tau_from=0\.0"):
+        ScheduleConfig(thresholds=((0.6, 0.75, 0.35), (0.0, 0.8, 0.2)))
+    with pytest.raises(ValidationError, match="P and S must lie in"):
+        ScheduleConfig(thresholds=((0.0, 1.5, 0.2),))
+    with pytest.raises(ValidationError, match="tau0"):
+        ScheduleConfig(tau0=0.9, tau_target=0.8)
+    with pytest.raises(ValidationError, match="stepped_stages"):
+        RewardConfig(stepped_stages=((0.0, 0.3), (1.5, 0.5)))
+    with pytest.raises(ValidationError, match="finite"):
+        RewardConfig(w_acc=float("inf"))
+    # YAML gives lists; they validate into the same tuples.
+    assert ScheduleConfig.model_validate({"piecewise_steps": [[0.0, 0.2], [0.5, 0.1]]}).piecewise_steps == (
+        (0.0, 0.2), (0.5, 0.1))
