@@ -185,3 +185,11 @@ def test_trl_adapter_groups_and_scores() -> None:
     assert reward.scorer.schedule.stats().window_len == 1  # one grounding group entered the window
     with pytest.raises(ValueError, match="reward_target"):
         reward(prompts=prompts, completions=completions)
+
+
+def test_empty_batch_and_empty_group() -> None:
+    scorer = RewardScorer(RewardConfig(w_recite=0.0))
+    assert scorer.score_batch([]).groups == [] and scorer.score_batch([]).columns.offsets.tolist() == [0]
+    out = scorer.score_batch([([], GT), ([answer("[20, 20, 100, 100]")], GT)])
+    assert [len(g) for g in out.groups] == [0, 1] and out.groups[1][0].iou == pytest.approx(1.0)
+    assert scorer.schedule.stats().window_len == 1  # the empty group is not a window entry
