@@ -77,7 +77,7 @@ frames = st.builds(ImageFrame, st.integers(8, 4000).map(float), st.integers(8, 4
                    st.sampled_from(["input_pixels", "norm1000"]))
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(text=st.one_of(model_text, st.text()), frame=frames,
        task=st.sampled_from(["grounding", "classification", "grading"]))
 def test_never_raises_and_returns_valid_boxes(text: str, frame: ImageFrame, task: str) -> None:
@@ -93,7 +93,7 @@ def test_never_raises_and_returns_valid_boxes(text: str, frame: ImageFrame, task
     assert 0.0 <= oy1 < oy2 <= frame.original_height * (1 + 1e-12)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(texts=st.lists(st.one_of(model_text, st.just('<think>x</think><answer>[10, 20, 300, 200]</answer>')),
                       min_size=1, max_size=6), frame=frames)
 def test_batch_path_equals_parse_answer(texts: list[str], frame: ImageFrame) -> None:
