@@ -14,7 +14,11 @@ _SPACES = re.compile(r"\s+")
 @lru_cache(maxsize=1)
 def _bleu() -> Any:
     # Imported on first use: sacrebleu is only needed when the recitation weight is non-zero.
-    from sacrebleu.metrics.bleu import BLEU
+    try:
+        from sacrebleu.metrics.bleu import BLEU
+    except ImportError as err:
+        raise ImportError("the recitation reward needs sacrebleu: `pip install sacrebleu` (in medground[train]), "
+                          "or set reward.w_recite=0 to switch the term off") from err
 
     # effective_order: a short think text is not zeroed just for lacking 4-grams (sentence-level BLEU).
     return BLEU(effective_order=True)
