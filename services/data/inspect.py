@@ -53,6 +53,21 @@ def _caption(record: Record) -> str:
     return f"{record.split} {record.task}: {record.phrase} [{answer}]"
 
 
+def spread(records: list[Record], limit: int) -> list[Record]:
+    """Up to `limit` records taken in turn from each (task, split, bucket) group, evenly spaced inside it.
+
+    A plain stride would alias with generators that cycle buckets by index and show one bucket only.
+    """
+    groups: dict[tuple[str, str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.task, r.split, bucket_of(r)), []).append(r)
+    per_group = -(-limit // max(1, len(groups)))
+    picks = [[g[int(i * len(g) / min(per_group, len(g)))] for i in range(min(per_group, len(g)))]
+             for _, g in sorted(groups.items())]
+    chosen = [p[i] for i in range(per_group) for p in picks if i < len(p)]
+    return chosen[:limit]
+
+
 def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns: int = 6,
                   tile: int = 224) -> Path:
     """Draw up to `limit` records (spread across the manifest) with their boxes and captions into a PNG.
@@ -60,9 +75,7 @@ def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns:
     Images are scaled to `tile` px on their long side; boxes are scaled with them, so what is drawn is the
     record's stored-image box. Records whose image is missing are drawn as a labelled empty tile.
     """
-    records = list(manifest.records)
-    step = max(1, len(records) // max(1, limit))
-    chosen = records[::step][:limit]
+    chosen = spread(list(manifest.records), limit)
     rows = max(1, -(-len(chosen) // columns))
     caption_h = 30
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_h)), (24, 24, 24))

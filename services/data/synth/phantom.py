@@ -154,5 +154,6 @@ def to_uint8(attenuation: F32, rng: np.random.Generator, noise_std: float, blur:
     grey = Image.fromarray(np.asarray(np.clip(attenuation * 255.0 + 0.5, 0, 255), dtype=np.uint8), mode="L")
     if blur > 0:
         grey = grey.filter(ImageFilter.GaussianBlur(blur))
-    noisy = np.asarray(grey, dtype=np.float32) + rng.normal(0.0, 255.0 * noise_std, size=attenuation.shape)
+    noise = rng.standard_normal(size=attenuation.shape, dtype=np.float32) * np.float32(255.0 * noise_std)
+    noisy = np.asarray(grey, dtype=np.float32) + noise
     return np.asarray(np.clip(noisy + 0.5, 0, 255), dtype=np.uint8)
