@@ -96,3 +96,16 @@ def test_with_sizes_reads_headers(tmp_path: Path) -> None:
     path = write_manifest([_rec(width=None, height=None, boxes=[[1, 1, 100, 10]])], tmp_path / "m.jsonl")
     with pytest.raises(ValueError, match="extends past the 64x48 image"):
         load_manifest(path, report=lambda _: None).with_sizes()
+
+
+def test_data_layer_imports_without_heavy_packages() -> None:
+    """Records, manifests, synth, converters and inspect import with none of torch, pyarrow, pydicom loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, services.data, services.data.synth, services.data.converters, services.data.inspect; "
+            "print(sorted(m for m in ('torch', 'pyarrow', 'pydicom', 'nibabel', 'nrrd', 'ray', 'vllm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[4])
+    assert out.stdout.strip() == "[]"
