@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.data.manifest import write_manifest
 from services.data.records import Attribute, Record, RecordMeta, Task
@@ -62,8 +62,9 @@ class SynthSpec(BaseModel):
                 raise ValueError(f"area bucket ({low}, {high}) must satisfy 0 < low <= high <= 0.5")
             if not any(FINDINGS[f][1] <= high and low <= FINDINGS[f][2] for f in self.findings):
                 raise ValueError(f"no finding in {list(self.findings)} can be drawn at areas ({low}, {high})")
-        if self.contrast[0] > self.contrast[1] or self.distractors[0] > self.distractors[1]:
-            raise ValueError("ranges must be (low, high) with low <= high")
+        for name, (low, high) in (("contrast", self.contrast), ("distractors", self.distractors)):
+            if low > high:
+                raise ValueError(f"{name} ({low}, {high}) must be (low, high) with low <= high")
         return self
 
     @property
@@ -106,7 +107,13 @@ def make_spec(preset: str, **overrides: object) -> SynthSpec:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return SynthSpec.model_validate(PRESETS[preset].model_dump() | changes)
+    try:
+        return SynthSpec.model_validate(PRESETS[preset].model_dump() | changes)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e['input']!r})" if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"invalid synth knobs for preset {preset!r}: {problems}") from None
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
