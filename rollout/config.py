@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -38,3 +38,15 @@ class RolloutConfig(_Strict):
         True, description="Run vLLM's engine core inside the worker process (starts in seconds, dies with the "
                           "worker); false runs it in a child process, which overlaps scheduling on GPUs.")
     max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die mid-call.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0, description="Fraction of each GPU's memory vLLM may take (ignored on CPU, where "
+                                          "kv_cache_gib sizes the cache); lower it when learners share GPUs.")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits(self) -> RolloutConfig:
+        if self.tensor_parallel_size > 1 and self.gpus_per_worker != self.tensor_parallel_size:
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} needs gpus_per_worker="
+                             f"{self.tensor_parallel_size} (one GPU per shard), got {self.gpus_per_worker}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
+        return self

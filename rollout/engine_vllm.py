@@ -32,6 +32,7 @@ class VllmEngine:
                        enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
                        seed=seed, limit_mm_per_prompt={"image": 1},
                        tensor_parallel_size=config.tensor_parallel_size,
+                       gpu_memory_utilization=config.gpu_memory_utilization,
                        mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))
         self.tokenizer = self.llm.get_tokenizer()
         self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer)}

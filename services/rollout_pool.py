@@ -39,7 +39,7 @@ def contiguous_shards(count: int, parts: int) -> list[range]:
 @dataclass
 class _Worker:
     handle: Any  # ActorHandle[RolloutWorker]
-    ready: ray.ObjectRef  # resolves once the engine is up and the current adapter is loaded
+    ready: ray.ObjectRef[Any]  # resolves once the engine is up and the current adapter is loaded
     serial: int
 
 
@@ -53,7 +53,7 @@ class RolloutPool:
         self.knowledge = knowledge
         self._knowledge_ref = ray.put(knowledge)
         self._adapter_version = 0
-        self._adapter_ref: ray.ObjectRef | None = None  # None: the base model
+        self._adapter_ref: ray.ObjectRef[Any] | None = None  # None: the base model
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers replaced after dying mid-call (a metric)
@@ -81,7 +81,7 @@ class RolloutPool:
         serial = next(self._serials)
         options: dict[str, Any] = {"num_cpus": self.config.cpus_per_worker}
         if self.config.gpus_per_worker > 0:
-            options["num_gpus"] = self.config.gpus_per_worker * self.config.tensor_parallel_size
+            options["num_gpus"] = self.config.gpus_per_worker
         handle = RolloutWorker.options(**options).remote(  # type: ignore[attr-defined]
             self.model_dir, self.config, self._knowledge_ref, self.config.seed + serial)
         ready = handle.load_adapter.remote(self._adapter_ref)
@@ -120,7 +120,7 @@ class RolloutPool:
 
     # -- work ------------------------------------------------------------------------------------------
 
-    def load_adapter(self, version: int, artefact_ref: ray.ObjectRef | None) -> None:
+    def load_adapter(self, version: int, artefact_ref: ray.ObjectRef[Any] | None) -> None:
         """Make adapter `version` live on every worker (artefact_ref: one `ray.put` of an `AdapterTensors`
         or `AdapterSpec`; None with version 0 for the base model). Blocks until all have switched."""
         if (version == 0) != (artefact_ref is None):
@@ -130,7 +130,12 @@ class RolloutPool:
         for w in self._workers:
             # chained behind the start-up task, so a starting worker also ends on this adapter
             w.ready = w.handle.load_adapter.remote(artefact_ref)
-        loaded = ray.get([w.ready for w in self._workers])
+        loaded = []
+        for w in list(self._workers):
+            try:
+                loaded.append(ray.get(w.ready))
+            except RayActorError:
+                self._replace(w)  # the replacement's first task loads this same adapter
         wrong = [v for v in loaded if v != version]
         if wrong:
             raise RuntimeError(f"workers report adapter versions {wrong} after loading {version}; the artefact's "
@@ -141,7 +146,7 @@ class RolloutPool:
         """One group per request, in request order, each sampled by exactly one worker."""
         results: list[RolloutGroup | None] = [None] * len(requests)
         attempts = [0] * len(requests)
-        pending: dict[ray.ObjectRef, tuple[_Worker, list[int]]] = {}
+        pending: dict[ray.ObjectRef[Any], tuple[_Worker, list[int]]] = {}
 
         def submit(indices: Sequence[int]) -> None:
             workers = self._ready_workers()

@@ -45,12 +45,12 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
         pool.wait_ready()
         pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
         victim = ray.get(pool.handles()[0].pid.remote())
-        reqs = requests(24)
+        reqs = requests(16)
         out: list[list[RolloutGroup]] = []
         call = threading.Thread(target=lambda: out.append(
-            pool.generate(reqs, n=4, sampling=SamplingConfig(temperature=0.9, max_new_tokens=64))))
+            pool.generate(reqs, n=4, sampling=SamplingConfig(temperature=0.9, max_new_tokens=48))))
         call.start()
-        time.sleep(1.5)  # the call takes several seconds on 2 CPUs; the kill lands while it is in flight
+        time.sleep(1.0)  # the call takes several seconds on 2 CPUs; the kill lands while it is in flight
         os.kill(victim, signal.SIGKILL)
         call.join(timeout=300)
         assert not call.is_alive(), "generate did not return after a worker died"
