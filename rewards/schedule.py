@@ -9,6 +9,7 @@ Pure and deterministic: the same observations give the same path, also across st
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rewards.config import ScheduleConfig
+
+_log = logging.getLogger(__name__)
 
 # tau is rounded after each raise so that 0.3 + 0.15 is exactly the table's 0.45 and row boundaries
 # (tau >= 0.60) compare as written, instead of landing on 0.44999999999999996.
@@ -128,6 +131,8 @@ class ThresholdSchedule:
         """
         if len(group_ious) == 0:
             raise ValueError("observe() needs the IoUs of a non-empty group; skip empty groups in the caller")
+        if not all(0.0 <= v <= 1.0 for v in group_ious):  # NaN fails too: it would block the window N groups
+            raise ValueError(f"group IoUs must lie in [0, 1] (0 for unparsable answers), got {list(group_ious)}")
         if self.at_target:
             return False
         n = len(group_ious)
@@ -155,7 +160,10 @@ class ThresholdSchedule:
         old = self._tau
         self._tau = round(min(old + self.step_size(), cfg.tau_target), _TAU_DECIMALS)
         self._version += 1
-        self._history.append(RaiseRecord(step, self._entries_seen, old, self._tau, r_bar, sigma, margin))
+        record = RaiseRecord(step, self._entries_seen, old, self._tau, r_bar, sigma, margin)
+        self._history.append(record)
+        _log.info("MedLoc-R1 tau raised %.3f -> %.3f at step %d (r_bar %.3f, sigma %.3f, margin %.3f)",
+                  old, self._tau, step, r_bar, sigma, margin)
         n = len(self._window)
         keep = {"half": n - n // 2, "quarter": n - n // 4, "full": 0}[cfg.refresh]
         for _ in range(n - keep):  # drop the oldest entries, keep the newest

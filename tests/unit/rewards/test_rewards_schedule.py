@@ -149,9 +149,19 @@ def test_load_refuses_other_config() -> None:
         ThresholdSchedule(ScheduleConfig(window=5)).load_state_dict(state)
 
 
-def test_observe_empty_group_is_a_programming_error() -> None:
+def test_observe_bad_input_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         ThresholdSchedule().observe([])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ThresholdSchedule().observe([0.5, float("nan")])
+
+
+def test_raise_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    s = ThresholdSchedule(ScheduleConfig(window=4))
+    with caplog.at_level("INFO", logger="rewards.schedule"):
+        run(s, SEQUENCE[:6])  # entry 6 raises 0.30 -> 0.45 (table above)
+    assert [r.getMessage() for r in caplog.records] == [
+        "MedLoc-R1 tau raised 0.300 -> 0.450 at step 6 (r_bar 1.000, sigma 0.000, margin 0.200)"]
 
 
 def test_config_tables_are_validated() -> None:
