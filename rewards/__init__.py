@@ -1,8 +1,21 @@
 """rewards: pure scoring for medground (boxes, frames, parsing, reward terms, the MedLoc-R1 schedule).
 
+Usable on its own, for example as a plain reward function:
+
+>>> from rewards import ImageFrame, RewardConfig, RewardScorer, RewardTarget
+>>> frame = ImageFrame.for_image(width=512, height=512, convention="input_pixels")  # model sees 504 x 504
+>>> target = RewardTarget("grounding", boxes=((100.0, 100.0, 200.0, 200.0),), frame=frame)
+>>> scorer = RewardScorer(RewardConfig(w_recite=0.0))
+>>> batch = scorer.score_batch([(['<think>right base</think><answer>{"bbox_2d": [98, 98, 197, 197]}</answer>',
+...                               'I think it is [1, 2, 3, 4]'], target)], step=0)
+>>> # [98, 98, 197, 197] * 512/504 = [99.56, 99.56, 200.13, 200.13] px: IoU 100^2 / 100.57^2 = 0.989
+>>> [(round(b.iou, 3), b.r_acc, b.format_ok, b.total) for b in batch.groups[0]]
+[(0.989, 1.0, True, 1.5), (0.0, 0.0, False, 0.0)]
+>>> batch.schedule.tau, batch.schedule.stats.window_len
+(0.3, 1)
+
 No Ray here: the actor lives in `rewards.actor` and is imported only by the code that starts it.
 """
-
 from rewards.boxes import iou, iou_pairs, max_iou
 from rewards.config import RewardConfig, ScheduleConfig
 from rewards.frames import Box, ImageFrame, from_original, smart_resize, to_original
