@@ -22,12 +22,16 @@ from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.engines import AdapterTensors
 from rollout.images import ImageFrame as RolloutFrame
 from rollout.processing import PreparedPrompt
+from services.data.medimage import is_dicom, load_image
 from services.data.records import Record
 
 
 def rollout_request(record: Record, image_path: Path) -> RolloutRequest:
-    """What rollout may see of a record: the image, the phrase/question, the task and knowledge key."""
-    return RolloutRequest(prompt_id=record.id, image=str(image_path), question=record.phrase,
+    """What rollout may see of a record: the image, the phrase/question, the task and knowledge key
+    (never boxes, labels or `meta`, which holds ground truth). Ordinary image files travel as paths;
+    DICOM is windowed here (the data layer's reader) and travels as pixels."""
+    image = load_image(image_path, record.meta.window) if is_dicom(image_path) else str(image_path)
+    return RolloutRequest(prompt_id=record.id, image=image, question=record.phrase,
                           task=record.task, knowledge_key=record.knowledge_key)
 
 

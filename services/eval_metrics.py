@@ -10,18 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from services.data.records import SIZE_BUCKETS, size_bucket
+
 MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
-# Relative box area buckets: small targets are where the threshold schedule matters.
-SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
-    ("<0.5%", 0.0, 0.005), ("0.5-2%", 0.005, 0.02), ("2-10%", 0.02, 0.10), (">10%", 0.10, float("inf")),
-)
-
-
-def size_bucket(relative_area: float) -> str:
-    for name, lo, hi in SIZE_BUCKETS:
-        if lo <= relative_area < hi:
-            return name
-    raise ValueError(f"relative area must be >= 0, got {relative_area}")
 
 
 def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str, float]:

@@ -98,6 +98,7 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
     cfg, timings = svc.cfg, {"generate": 0.0, "reward": 0.0}
     kept: list[tuple[Any, torch.Tensor]] = []
     breakdowns: list[Any] = []
+    all_groups: list[Any] = []
     zero_variance = groups_seen = 0
     records = sampler.take(stage.prompts_per_step)
     for _round in range(1 + stage.refill_cap):
@@ -113,6 +114,7 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
         totals = torch.tensor([[b.total for b in bs] for bs in per_group], dtype=torch.float64)  # [B, G]
         adv, zero = group_advantages(totals, eps=cfg.learner.grpo.adv_eps)
         breakdowns.extend(per_group)
+        all_groups.extend(groups)
         groups_seen += len(groups)
         zero_variance += int(zero.sum())
         kept.extend((g, a) for g, a, z in zip(groups, adv, zero, strict=True) if not z)
@@ -126,6 +128,8 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
                 "batch/zero_variance_fraction": zero_variance / max(groups_seen, 1),
                 "batch/adapter_version_lag": float(np.mean([state.adapter_version - g.adapter_version
                                                             for g, _ in kept])) if kept else 0.0,
+                "batch/adapter_version_min": min(g.adapter_version for g in all_groups),
+                "batch/adapter_version_max": max(g.adapter_version for g in all_groups),
                 "time/generate_s": timings["generate"], "time/reward_s": timings["reward"]})
     for r in scored.raises:
         log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
@@ -267,7 +271,7 @@ def _fmt(v: Any) -> str | None:
 
 
 def _start(cfg: RunConfig, run_dir: Path) -> Services:
-    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record)
+    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
     processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
                                 cfg.rollout.max_pixels)

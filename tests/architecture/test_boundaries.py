@@ -24,13 +24,13 @@ def _pure_modules() -> list[str]:
     return mods
 
 
+# `sys.modules[name] = None` is how Python spells "not installed": `import name` raises ImportError
+# and `importlib.util.find_spec(name)` returns None, so libraries that probe for optional packages
+# (transformers probes deepspeed) behave exactly as on a machine without them.
 BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in {'ray', 'vllm', 'deepspeed'}:
-            raise ImportError(f'{name} is blocked: pure modules must not import it')
-sys.meta_path.insert(0, Block())
+import sys
+for name in ('ray', 'vllm', 'deepspeed'):
+    sys.modules[name] = None
 import importlib
 for mod in sys.argv[1:]:
     importlib.import_module(mod)
