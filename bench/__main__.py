@@ -1,0 +1,46 @@
+"""Run benchmarks: `python -m bench --all` or `python -m bench rewards sparsity ...`.
+
+Each benchmark is its own module (`bench/<name>.py`) that prints a table and writes
+`bench/results/<name>.json`; they run one after another, never side by side (2-core machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SKIP = {"__init__", "__main__"}
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in SKIP and not p.stem.startswith("_"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(available())}")
+    parser.add_argument("--all", action="store_true", help="run every benchmark")
+    args = parser.parse_args()
+    names = available() if args.all else args.names
+    unknown = sorted(set(names) - set(available()))
+    if unknown or not names:
+        parser.error(f"unknown or no benchmarks {unknown}; choose from {', '.join(available())} or --all")
+    failed = []
+    for name in names:
+        start = time.perf_counter()
+        print(f"== bench.{name}", flush=True)
+        code = subprocess.call([sys.executable, "-m", f"bench.{name}"])
+        print(f"== bench.{name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
