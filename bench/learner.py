@@ -21,6 +21,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,27 +63,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_deepspeed(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], warmup: int,
-                   steps: int) -> list[float]:
-    from learner.engine import LearnerEngine
-
-    engine = LearnerEngine(model_dir, cfg)
-    try:
-        times = []
-        for i in range(warmup + steps):
-            _sync(engine.device)
-            t0 = time.perf_counter()
-            engine.grpo_step(samples)
-            _sync(engine.device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        return times
-    finally:
-        engine.close()
-
-
-def time_plain(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], device: torch.device,
-               bf16: bool, warmup: int, steps: int) -> list[float]:
+def plain_step(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], device: torch.device,
+               bf16: bool) -> Callable[[], None]:
     """The same GRPO step with no DeepSpeed: AdamW on the adapter, autocast bf16 on GPU."""
     model = build_policy(model_dir, cfg).to(device)
     if bf16:  # DeepSpeed bf16 keeps the frozen base in bf16 too; trainable weights stay fp32 here
@@ -102,10 +84,7 @@ def time_plain(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return model(**inputs, use_cache=False).logits[:, :-1]
 
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
+    def step() -> None:
         for batch in batches:
             targets, mask = batch["input_ids"][:, 1:].to(device), batch["loss_mask"].to(device)
             with torch.no_grad(), model.disable_adapter():
@@ -121,15 +100,30 @@ def time_plain(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], 
         torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clipping)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+
+    return step
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                     rounds: int) -> dict[str, list[float]]:
+    """Alternate the contenders step by step, so load from other processes hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + rounds):
+        for name, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "torch": torch.__version__}
+                            "cpus": os.cpu_count(), "torch": torch.__version__,
+                            # a shared box's other work shows here; step times are only comparable within a run
+                            "load_average_1m": os.getloadavg()[0]}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     import deepspeed
@@ -148,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--completion-len", type=int, default=64)
     ap.add_argument("--image-px", type=int, default=112)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each contender)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
@@ -165,15 +159,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", "qwen2_5_vl", size, seed=0)
         samples = make_batch(model_dir, batch, args.completion_len, args.image_px)
-        ds = time_deepspeed(model_dir, cfg, samples, args.warmup, args.steps)
-        plain = time_plain(model_dir, cfg, samples, device, cuda, args.warmup, args.steps)
+        from learner.engine import LearnerEngine
+
+        engine = LearnerEngine(model_dir, cfg)
+
+        def deepspeed_step() -> None:
+            engine.grpo_step(samples)
+
+        try:
+            contenders = {"deepspeed ZeRO-2": deepspeed_step,
+                          "plain torch": plain_step(model_dir, cfg, samples, device, cuda)}
+            times = time_interleaved(contenders, device, args.warmup, args.steps)
+        finally:
+            engine.close()
 
     tokens = sum(s.num_tokens for s in samples)
     loss_tokens = sum(len(s.completion_ids) for s in samples)
     rows = {}
-    for name, times in (("deepspeed ZeRO-2", ds), ("plain torch", plain)):
-        med = statistics.median(times)
-        rows[name] = {"step_s_median": med, "step_s_all": times, "tokens_per_s": tokens / med,
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows[name] = {"step_s_median": med, "step_s_all": ts, "tokens_per_s": tokens / med,
                       "loss_tokens_per_s": loss_tokens / med}
     overhead = rows["deepspeed ZeRO-2"]["step_s_median"] / rows["plain torch"]["step_s_median"] - 1.0
     result = {
