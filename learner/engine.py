@@ -292,6 +292,7 @@ class LearnerEngine:
                                     exclude_frozen_parameters=True)
         torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
         artefact = self.export(self.steps)
+        self._barrier()  # every rank's files are in tmp before rank 0 renames it
         if self.rank == 0:
             artefact.save(tmp / "adapter")
             (tmp / "learner_state.json").write_text(json.dumps(

@@ -20,7 +20,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None) -> None:
+def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_path: Path) -> None:
     """5 samples, micro-batch 2: one rank runs 3 micro-batches; two ranks (Ray actors, gloo) get 3 + 2
     samples, so rank 1 pads with a zero-weight pass. Loss and adapter after two steps match within 1e-5.
     The single rank runs in this process (the same engine the actors wrap) to save an actor start-up."""
@@ -44,6 +44,11 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None) -> None
         group.grpo_step(samples)
         m2 = group.grpo_step(samples)
         a2 = ray.get(group.export(version=2))
+        # Multi-rank checkpoint round trip: every rank's ZeRO partition and RNG state, then a restore.
+        group.save_checkpoint(tmp_path / "ckpt")
+        assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+        assert group.load_checkpoint(tmp_path / "ckpt") == 2
+        m3 = group.grpo_step(samples)
     finally:
         group.shutdown()
     assert m1.tokens == m2.tokens == sum(len(s.completion_ids) for s in samples)
@@ -54,6 +59,7 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None) -> None
     assert a1.version == a2.version == 2
     assert _max_diff(a1.tensors, a2.tensors) < 1e-5
     assert m1.logprob_mismatch is not None
+    assert np.isfinite(m3.loss) and m3.kl > 0
 
 
 def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
