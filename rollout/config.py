@@ -36,7 +36,8 @@ class RolloutConfig(_Strict):
     max_lora_rank: int = Field(8, ge=1, description="Largest LoRA rank vLLM accepts (>= the adapter's rank r).")
     engine_in_process: bool = Field(
         True, description="Run vLLM's engine core inside the worker process (starts in seconds, dies with the "
-                          "worker); false runs it in a child process, which overlaps scheduling on GPUs.")
+                          "worker, but binds that process's threads to cores: use it in dedicated processes "
+                          "such as worker actors); false runs it in a child process (overlaps scheduling on GPUs).")
     max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die mid-call.")
     gpu_memory_utilization: float = Field(
         0.85, gt=0.0, le=1.0, description="Fraction of each GPU's memory vLLM may take (ignored on CPU, where "

@@ -25,19 +25,34 @@ class VllmEngine:
     def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
         # Read by vLLM when the engine starts, so they must be set before LLM() (not at import).
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.engine_in_process else "1"
-        from vllm import LLM
+        try:
+            self.llm = self._start(model_dir, config, seed)
+        finally:
+            # An in-process engine core freezes vLLM's env cache for the whole process; undo both so a
+            # later engine in this process (another test, the Serve app) reads its own settings.
+            if previous is None:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+            else:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+            from vllm import envs
 
-        self.llm = LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
-                       enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
-                       seed=seed, limit_mm_per_prompt={"image": 1},
-                       tensor_parallel_size=config.tensor_parallel_size,
-                       gpu_memory_utilization=config.gpu_memory_utilization,
-                       mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))
+            envs.disable_envs_cache()
         self.tokenizer = self.llm.get_tokenizer()
         self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer)}
         self.adapter_version = 0
         self._lora: Any = None  # the live vllm LoRARequest, or None for the base model
+
+    @staticmethod
+    def _start(model_dir: str | Path, config: RolloutConfig, seed: int) -> Any:
+        from vllm import LLM
+
+        return LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
+                   enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
+                   seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
+                   gpu_memory_utilization=config.gpu_memory_utilization,
+                   mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))
 
     def generate(self, prompts: Sequence[PreparedPrompt], n: int,
                  sampling: SamplingConfig) -> list[tuple[Completion, ...]]:

@@ -17,14 +17,12 @@ from rollout.knowledge import KnowledgeBase, load_knowledge
 from rollout.processing import PromptProcessor
 from rollout.prompts import build_prompt
 
-pytestmark = [
-    pytest.mark.integration,
-    # vLLM's in-process engine scans every loaded module for Triton kernels with hasattr(), which touches
-    # torch's deprecated `reduce_op` alias; the warning is vLLM's, not a call of ours.
-    pytest.mark.filterwarnings("ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning"),
-]
+pytestmark = pytest.mark.integration
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
-CONFIG = RolloutConfig(max_model_len=512)
+# The engine core runs in a child process here: in-process it would bind this pytest process's threads to
+# cores and freeze vLLM's settings, which slows and breaks later engines of the session (worker actors,
+# each a process of its own, use the in-process default).
+CONFIG = RolloutConfig(max_model_len=512, engine_in_process=False)
 
 
 @pytest.fixture(scope="module")
