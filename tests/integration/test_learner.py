@@ -63,7 +63,8 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_pat
 
 
 def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
-    """With fixed advantages, one step raises positive completions' log-probs and lowers negative ones'."""
+    """With fixed advantages, one step raises positive completions' log-probs and lowers negative ones';
+    then SFT steps on the same answers lower their cross-entropy."""
     from learner.engine import LearnerEngine
 
     advantages = [1.0, -1.0, 1.0, -1.0]
@@ -73,11 +74,13 @@ def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
         before = [lp.sum().item() for lp in engine.logprobs(samples)]
         metrics = engine.grpo_step(samples)
         after = [lp.sum().item() for lp in engine.logprobs(samples)]
+        sft = [engine.sft_step(samples).loss for _ in range(3)]  # SFT mode: cross-entropy on the answers
     finally:
         engine.close()
     assert metrics.grad_norm > 0 and np.isfinite(metrics.loss)
     for adv, b, a in zip(advantages, before, after, strict=True):
         assert (a - b) * adv > 0, f"advantage {adv}: log-prob went {b:.4f} -> {a:.4f}"
+    assert sft[0] > sft[1] > sft[2], f"SFT loss did not fall: {sft}"
 
 
 def test_checkpoint_resume_gives_the_same_next_step(tiny_model_dir: Path, tmp_path: Path) -> None:
