@@ -99,8 +99,12 @@ def _lora_layers(peft_model: nn.Module, adapter: str) -> dict[str, Any]:
 def export_lora(peft_model: nn.Module, version: int, adapter_name: str = "default") -> LoraArtefact:
     """Export `adapter_name` of an MLAE or plain LoRA PEFT model as a scaling-1 LoRA artefact (fp32, CPU).
 
-    `peft_model` is the `PeftModel` (a DeepSpeed engine's `.module`). Under ZeRO-3 call it on every rank.
+    `peft_model` is the `PeftModel`, or a wrapper that holds it as `.module` (DeepSpeed engine, DDP).
+    Under ZeRO-3 call it on every rank.
     """
+    inner = peft_model._modules.get("module")  # _modules: no __getattr__ forwarding into PEFT/HF models
+    if isinstance(inner, nn.Module):
+        peft_model = inner
     from peft.tuners.lora.layer import LoraLayer
 
     from learner.mlae import MLAELinear

@@ -22,6 +22,15 @@ LoRA config. The factory also computes each layer's rates from its name (depth) 
 
 lambda lives in `ExpertScale`, a module whose forward is called, rather than in a ParameterDict: DeepSpeed
 ZeRO-3 gathers a partitioned parameter when its own module runs, and a ParameterDict never runs.
+
+Precision: lambda is created in float32 and the gate lambda * m is computed in float32; PEFT's adapter
+autocast keeps all adapter weights float32 on a bf16 base. DeepSpeed's `bf16` mode, however, casts every
+parameter (lambda included) to bf16 and keeps the float32 master copy in its optimizer; to keep lambda
+itself in float32 there, use DeepSpeed's `torch_autocast` mode instead of `bf16`.
+
+Distributed: the stochastic masks come from the global RNG, so ranks seeded alike draw the same masks in
+the same step; ranks seeded differently would average gradients of different masks, and a dropped expert
+would then get gradient from another rank's copy.
 """
 
 from __future__ import annotations

@@ -42,6 +42,17 @@ def test_artefact_keys_config_and_round_trip(tiny_model_dir: Path, tmp_path: Pat
         LoraArtefact.load(tmp_path)
 
 
+def test_export_unwraps_a_deepspeed_or_ddp_style_wrapper(tiny_model_dir: Path) -> None:
+    class Wrapper(torch.nn.Module):  # DeepSpeedEngine and DDP hold the model as `.module`
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    model = apply_mlae(_base(tiny_model_dir), MLAEConfig())
+    direct, wrapped = export_lora(model, 1), export_lora(Wrapper(model), 1)
+    assert wrapped.tensors.keys() == direct.tensors.keys() and wrapped.peft_config == direct.peft_config
+
+
 def test_mlp_adapter_names_full_paths_so_the_vision_mlp_stays_untouched(tiny_model_dir: Path) -> None:
     model = apply_mlae(_base(tiny_model_dir), MLAEConfig(target_modules=("q_proj", "gate_proj")))
     targets = export_lora(model, 0).peft_config["target_modules"]

@@ -69,6 +69,9 @@ def test_only_language_model_adapters_train_and_lambda_stays_fp32(tiny_model_dir
     scales = [m for m in model.modules() if isinstance(m, ExpertScale)]
     assert scales and all(s.weight.dtype == torch.float32 for s in scales)
     assert all(torch.all(s.weight == 1.0) for s in scales)  # initialised to alpha (default 1)
+    model.train()
+    model(input_ids=_ids()).logits.float().square().mean().backward()
+    assert all(s.weight.grad is not None and s.weight.grad.dtype == torch.float32 for s in scales)
 
 
 def test_dropped_expert_gets_exactly_zero_gradient(tiny_model_dir: Path) -> None:
