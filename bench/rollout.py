@@ -90,8 +90,14 @@ def main() -> None:
 
     from services.tiny_model import build_model_dir, parameter_count
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    model_dir = build_model_dir(workdir / "model", "qwen2_5_vl", args.size, seed=0)
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as workdir:
+        run(args, build_model_dir(Path(workdir) / "model", "qwen2_5_vl", args.size, seed=0),
+            torch.__version__, vllm.__version__, parameter_count)
+
+
+def run(args: argparse.Namespace, model_dir: Path, torch_version: str, vllm_version: str,
+        parameter_count: Any) -> None:
+    """Measure both engines on the model in `model_dir` and write the results."""
     requests = _requests(args.prompts)
     sampling = SamplingConfig(temperature=0.9, max_new_tokens=args.max_new_tokens)
     config = RolloutConfig(max_model_len=1024)
@@ -133,7 +139,7 @@ def main() -> None:
         "benchmark": "rollout", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
-                    "torch": torch.__version__, "vllm": vllm.__version__},
+                    "torch": torch_version, "vllm": vllm_version},
         "setup": {"model": f"qwen2_5_vl/{args.size}", "parameters": parameter_count(model_dir),
                   "prompts": args.prompts, "group_size": args.group, "max_new_tokens": args.max_new_tokens,
                   "temperature": 0.9, "repeats": args.repeats, "adapter_loads": args.adapter_loads},
