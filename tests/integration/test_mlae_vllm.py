@@ -62,8 +62,11 @@ def test_vllm_serves_exported_mlae_adapter_like_transformers(tiny_model_dir: Pat
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=1, logit_bias={t: -100.0 for t in banned})
     prompts = [{"prompt": text, "multi_modal_data": {"image": img}} if img else {"prompt": text}
                for text, img in cases]
-    with_lora = llm.generate(prompts, params, lora_request=LoRARequest("mlae-v1", 1, str(adapter_dir)))
-    without = llm.generate(prompts, params)
+    try:
+        with_lora = llm.generate(prompts, params, lora_request=LoRARequest("mlae-v1", 1, str(adapter_dir)))
+        without = llm.generate(prompts, params)
+    finally:  # stop the engine process now, not at interpreter exit after pytest closed its log streams
+        llm.llm_engine.engine_core.shutdown()
 
     for (tokens, logps), got, base in zip(expected, with_lora, without, strict=True):
         out = got.outputs[0]
