@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
-from rollout.engines import AdapterSpec, AdapterTensors, RolloutEngine, make_engine, write_adapter_dir
+from rollout.engines import AdapterPayload, AdapterSpec, RolloutEngine, make_engine, write_adapter_dir
 from rollout.images import convention_of, family_of
 from rollout.knowledge import KnowledgeBase
 from rollout.processing import PromptProcessor
@@ -57,7 +57,7 @@ class RolloutWorkerCore:
                              mm_token_type_ids=p.mm_token_type_ids)
                 for p, completions in zip(prepared, outputs, strict=True)]
 
-    def load_adapter(self, adapter: AdapterSpec | AdapterTensors | None) -> int:
+    def load_adapter(self, adapter: AdapterSpec | AdapterPayload | None) -> int:
         """Make an adapter live (None or version 0: the base model); returns the live version.
 
         Tensors are written to a worker-local PEFT directory first; the previous one is deleted once the
@@ -67,12 +67,15 @@ class RolloutWorkerCore:
         if adapter is None:
             spec = AdapterSpec(0, None)
             self._adapter_dir = None
-        elif isinstance(adapter, AdapterTensors):
+        elif isinstance(adapter, AdapterSpec):
+            spec = adapter
+            self._adapter_dir = None
+        elif isinstance(adapter, AdapterPayload):
             self._adapter_dir = self._adapter_root / f"v{adapter.version}-{os.getpid()}-{id(adapter)}"
             spec = write_adapter_dir(adapter, self._adapter_dir)
         else:
-            spec = adapter
-            self._adapter_dir = None
+            raise TypeError(f"load_adapter takes None, an AdapterSpec or an in-memory adapter (version, tensors, "
+                            f"peft_config), got {type(adapter).__name__}")
         self.engine.load_adapter(spec)
         if previous is not None and previous != self._adapter_dir:
             shutil.rmtree(previous, ignore_errors=True)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -86,7 +86,23 @@ def vision_token_ids(tokenizer: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-def write_adapter_dir(adapter: AdapterTensors, out: str | Path) -> AdapterSpec:
+@runtime_checkable
+class AdapterPayload(Protocol):
+    """The shape of an in-memory LoRA adapter: `AdapterTensors`, or the learner's exported `LoraArtefact`,
+    which reaches workers straight from the object store (rollout may not import learner, so it accepts
+    the shape rather than the class; one transfer, no conversion in the driver)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Any]: ...
+
+    @property
+    def peft_config(self) -> Mapping[str, Any]: ...
+
+
+def write_adapter_dir(adapter: AdapterPayload, out: str | Path) -> AdapterSpec:
     """Write an in-memory adapter as a PEFT adapter directory that PEFT and vLLM load as it is."""
     import torch
     from safetensors.torch import save_file

@@ -11,7 +11,7 @@ import ray
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.core import RolloutWorkerCore
-from rollout.engines import AdapterSpec, AdapterTensors
+from rollout.engines import AdapterPayload, AdapterSpec
 from rollout.knowledge import KnowledgeBase
 
 
@@ -27,7 +27,7 @@ class RolloutWorker:
                  sampling: SamplingConfig | None) -> list[RolloutGroup]:
         return self.core.generate(requests, n, sampling)
 
-    def load_adapter(self, adapter: AdapterSpec | AdapterTensors | None) -> int:
+    def load_adapter(self, adapter: AdapterSpec | AdapterPayload | None) -> int:
         return self.core.load_adapter(adapter)
 
     def adapter_version(self) -> int:

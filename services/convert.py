@@ -2,7 +2,7 @@
 
 record -> RolloutRequest (no ground truth crosses), record + group -> RewardTarget, group + rewards ->
 TrainSamples (GRPO), record -> TrainSample with the reference answer (SFT), rollout frame -> rewards frame,
-LoraArtefact -> the rollout workers' AdapterTensors.
+(the learner's LoraArtefact reaches rollout workers as it is: they accept its shape).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import torch
 
 import rewards.frames as rf
 from learner.batch import TrainSample
-from learner.export import LoraArtefact
 from rewards.scoring import RewardTarget
 from rollout.contracts import RolloutGroup, RolloutRequest
-from rollout.engines import AdapterTensors
 from rollout.images import ImageFrame as RolloutFrame
 from rollout.processing import PreparedPrompt
 from services.data.medimage import is_dicom, load_image
@@ -49,8 +47,9 @@ def reward_target(record: Record, frame: RolloutFrame, injected_knowledge: str |
 
 
 def _image_inputs(group: RolloutGroup | PreparedPrompt) -> dict[str, Any]:
-    return {"pixel_values": torch.from_numpy(group.pixel_values),
-            "image_grid_thw": torch.from_numpy(group.image_grid_thw),
+    # Arrays that came through Ray's object store are read-only views: copy them into tensors.
+    return {"pixel_values": torch.tensor(group.pixel_values),
+            "image_grid_thw": torch.tensor(group.image_grid_thw),
             "mm_token_type_ids": tuple(int(t) for t in group.mm_token_type_ids)}
 
 
@@ -83,8 +82,3 @@ def sft_sample(prepared: PreparedPrompt, answer: str, tokenizer: Any) -> TrainSa
     return TrainSample(prompt_ids=tuple(int(t) for t in prepared.prompt_token_ids),
                        completion_ids=(*answer_ids, end), **_image_inputs(prepared))
 
-
-def adapter_tensors(artefact: LoraArtefact) -> AdapterTensors:
-    """The learner's exported LoRA adapter in the form rollout workers load."""
-    return AdapterTensors(version=artefact.version, tensors=dict(artefact.tensors),
-                          peft_config=dict(artefact.peft_config))

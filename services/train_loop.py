@@ -86,6 +86,7 @@ class Services:
     control: Any
     writer: MetricsWriter
     eval_records: tuple[Record, ...]
+    last_eval: float | None = None  # the latest held-out A@0.5 (progress bar and status)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -198,7 +199,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
             svc.writer.truncate_after(state.global_step)
             _push_adapter(svc, state, export=False, artefact_dir=checkpoint / "adapter")
         else:
-            svc.writer.log(0, {"stage": cfg.stages[0].name, **_evaluate(svc, 0), **_baseline(svc)})
+            first = _evaluate(svc, 0)
+            svc.last_eval = first.get("eval/A@0.5")
+            svc.writer.log(0, {"stage": cfg.stages[0].name, **first, **_baseline(svc)})
         _train_stages(svc, state, on_step)
         _write_final(svc, state)
     finally:
@@ -212,7 +215,7 @@ def _train_stages(svc: Services, state: DriverState, on_step: Callable[[int, dic
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
-    last_eval: float | None = None
+    last_eval: float | None = svc.last_eval
     for stage_index in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[stage_index]
         records = svc.manifest.select(split=(stage.data or cfg.data).train_split, task=stage.task)
@@ -259,6 +262,8 @@ def _train_stages(svc: Services, state: DriverState, on_step: Callable[[int, dic
                             loss=_fmt(row.get("learner/loss")), A50=_fmt(last_eval))
             if on_step is not None:
                 on_step(state.global_step, row)
+            if stage_done:
+                break
     bar.close()
 
 
