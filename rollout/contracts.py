@@ -25,7 +25,8 @@ class RolloutRequest:
 
     `image` is a PIL image or a path readable by the worker; `question` is the task text (the phrase to
     ground, or the question to answer); `knowledge_key` ("<modality>/<finding>") selects the prior
-    knowledge injected when injection is on (None: nothing injected).
+    knowledge injected when injection is on (None: nothing injected). `seed`, when given, fixes this
+    request's sampling whatever worker serves it (so a resumed run samples what the original would).
     """
 
     prompt_id: str
@@ -33,6 +34,7 @@ class RolloutRequest:
     question: str
     task: Task = "grounding"
     knowledge_key: str | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class HfEngine:
         sample_kw: dict[str, Any] = ({"do_sample": False} if greedy else
                                      {"do_sample": True, "temperature": sampling.temperature,
                                       "top_p": sampling.top_p, "num_return_sequences": n})
+        if p.prompt.seed is not None:
+            torch.manual_seed(p.prompt.seed)  # per-request sampling, independent of the worker
         with torch.no_grad():
             out = self.model.generate(**inputs, **sample_kw, max_new_tokens=sampling.max_new_tokens,
                                       bad_words_ids=self.bad_words, output_logits=True,

@@ -40,6 +40,7 @@ class Prompt:
     user_text: str
     injected_knowledge: str | None
     image: Image.Image
+    seed: int | None = None
 
     def messages(self) -> list[dict[str, Any]]:
         """Chat messages for `processor.apply_chat_template`: one user turn, the image first."""
@@ -72,4 +73,4 @@ def build_prompt(request: RolloutRequest, convention: Convention, knowledge: Kno
         injected = knowledge.text(request.knowledge_key)
     return Prompt(prompt_id=request.prompt_id, task=request.task,
                   user_text=user_text(request.question, request.task, convention, injected),
-                  injected_knowledge=injected, image=load_image(request.image))
+                  injected_knowledge=injected, image=load_image(request.image), seed=request.seed)

@@ -24,13 +24,13 @@ from services.data.medimage import is_dicom, load_image
 from services.data.records import Record
 
 
-def rollout_request(record: Record, image_path: Path) -> RolloutRequest:
+def rollout_request(record: Record, image_path: Path, seed: int | None = None) -> RolloutRequest:
     """What rollout may see of a record: the image, the phrase/question, the task and knowledge key
     (never boxes, labels or `meta`, which holds ground truth). Ordinary image files travel as paths;
     DICOM is windowed here (the data layer's reader) and travels as pixels."""
     image = load_image(image_path, record.meta.window) if is_dicom(image_path) else str(image_path)
     return RolloutRequest(prompt_id=record.id, image=image, question=record.phrase,
-                          task=record.task, knowledge_key=record.knowledge_key)
+                          task=record.task, knowledge_key=record.knowledge_key, seed=seed)
 
 
 def reward_frame(frame: RolloutFrame) -> rf.ImageFrame:

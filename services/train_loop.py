@@ -102,9 +102,11 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
     all_groups: list[Any] = []
     zero_variance = groups_seen = 0
     records = sampler.take(stage.prompts_per_step)
-    for _round in range(1 + stage.refill_cap):
+    for refill in range(1 + stage.refill_cap):
         t = time.perf_counter()
-        groups = svc.pool.generate([rollout_request(r, svc.manifest.image_path(r)) for r in records])
+        seeds = [sampling_seed(cfg.seed, state.global_step, refill, i) for i in range(len(records))]
+        groups = svc.pool.generate([rollout_request(r, svc.manifest.image_path(r), seed)
+                                    for r, seed in zip(records, seeds, strict=True)])
         timings["generate"] += time.perf_counter() - t
         t = time.perf_counter()
         targets = [reward_target(r, g.frame, g.injected_knowledge) for r, g in zip(records, groups, strict=True)]
@@ -136,6 +138,12 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
         log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
     row.update(_learner_row(svc.learner.grpo_step(samples) if samples else None, skipped=not samples))
     return row
+
+
+def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
+    """Each request's own sampling seed: the same prompt slot samples the same completions on any worker,
+    so a resumed run reproduces the original exactly."""
+    return int(np.random.SeedSequence([run_seed, step, refill, index]).generate_state(1)[0])
 
 
 def sft_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record]) -> dict[str, Any]:
