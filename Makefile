@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout/config.py learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py services/config.py
+PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py services/config.py services/data
 export DS_ACCELERATOR ?= cpu
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false

@@ -56,6 +56,9 @@ class LearnerConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     cpus_per_rank: float = Field(1.0, gt=0.0, description="Ray CPUs per learner rank.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads of a rank's torch ops (0: Ray's default, one "
+                               "per reserved CPU). The driver is synchronous, so on a small CPU box the learner "
+                               "can use every core while rollout workers wait.")
     gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPUs per learner rank.")
     mlae: MLAEConfig = MLAEConfig()
     grpo: GRPOConfig = GRPOConfig()

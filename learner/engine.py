@@ -95,6 +95,8 @@ class LearnerEngine:
         import deepspeed
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
         cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
         if cfg.precision == "bf16" or (cfg.precision == "auto" and cuda):
             self.bf16 = True

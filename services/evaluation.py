@@ -6,6 +6,7 @@ metrics are reported overall and per target-size bucket; prediction overlays go 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,15 @@ def centre_box_baseline(records: Sequence[Record], fraction: float = 0.5) -> dic
         box = (w * (1 - fraction) / 2, h * (1 - fraction) / 2, w * (1 + fraction) / 2, h * (1 + fraction) / 2)
         preds.append(Prediction(r, "", box, max(float(rewards.iou(box, gt)) for gt in r.boxes)))
     return {k.replace("eval/", "baseline/centre/"): v for k, v in report(preds).items()}
+
+
+def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
+    """One JSON line per held-out sample: the model's text, the parsed box (original pixels) and IoU."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": p.record.id, "text": p.text, "box": p.box, "iou": p.iou, "label": p.label, "grade": p.grade,
+             "truth": list(p.record.boxes) or p.record.label or p.record.grade} for p in predictions]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:

@@ -57,35 +57,43 @@ class Dims:
 
 DIMS: dict[Size, Dims] = {
     "tiny": Dims(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vision_hidden=64,
-                 vision_depth=2, vision_heads=2, vocab=512),
+                 vision_depth=2, vision_heads=2, vocab=1024),
     "small": Dims(hidden=256, layers=4, heads=8, kv_heads=2, intermediate=512, vision_hidden=128,
-                  vision_depth=2, vision_heads=4, vocab=512),
+                  vision_depth=2, vision_heads=4, vocab=1024),
 }
 HEAD_DIM = 32
 MROPE_SECTION = [4, 6, 6]  # temporal, height, width halves of the rotary dims: sums to HEAD_DIM / 2
 
 
 def _corpus(seed: int) -> list[str]:
-    """Text shaped like prompts and answers, so the BPE merges cover what the model reads and writes."""
+    """Text shaped like what the model reads and writes (our prompt templates, the synthetic phrase
+    grammar, the shipped knowledge, think/answer blocks with boxes), so BPE merges cover it and a
+    completion stays short in tokens."""
+    from rollout.prompts import FORMAT_INSTRUCTION, task_instruction
+
     rng = random.Random(seed)
-    findings = ["nodule", "mass", "opacity", "consolidation", "effusion", "pneumothorax", "lesion",
-                "cardiomegaly", "atelectasis", "infiltrate", "calcification", "fracture", "tumour"]
-    sides = ["left", "right", "bilateral"]
-    zones = ["upper", "middle", "lower", "apical", "basal", "hilar", "peripheral"]
-    sizes = ["small", "large", "tiny", "medium", "subtle"]
-    words = ("Locate the finding described by the phrase in the image . Output the thinking process in "  # noqa: SIM905
-             "<think> </think> and the final answer in <answer> </answer> tags as JSON "
-             "bbox_2d pixels of the image coordinates normalised to 0 - 1000 . What is the grade label "
-             "class of this image ? Prior knowledge : appears as a round dense well defined region in the "
-             "lung field chest radiograph CT MRI ultrasound x-ray with typical location near the").split()
+    findings = ["nodule", "mass", "consolidation", "pleural effusion", "apical pneumothorax", "opacity",
+                "cardiomegaly", "atelectasis", "infiltrate", "lesion", "calcification", "fracture"]
+    sizes = ["tiny", "small", "moderate", "large"]
+    sides, zones = ["left", "right"], ["upper", "middle", "lower"]
+    fixed = [FORMAT_INSTRUCTION, *(task_instruction(t, c) for t in ("grounding", "classification", "grading")
+                                   for c in ("input_pixels", "norm1000"))]
+    knowledge_dir = Path(__file__).resolve().parents[1] / "deploy" / "knowledge"
+    if knowledge_dir.is_dir():
+        from rollout.knowledge import load_knowledge
+
+        kb = load_knowledge(knowledge_dir)
+        fixed += [kb.text(key) for key in sorted(kb.entries)]
     lines = []
-    for _ in range(3000):
-        phrase = f"{rng.choice(sizes)} {rng.choice(sides)} {rng.choice(zones)} {rng.choice(findings)}"
-        box = sorted(rng.sample(range(0, 1000), 2)) + sorted(rng.sample(range(0, 1000), 2))
-        box = [box[0], box[2], box[1], box[3]]
-        think = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
-        lines.append(f"{phrase}. <think>{think}</think><answer>{{\"bbox_2d\": {json.dumps(box)}}}</answer>")
-        lines.append(" ".join(rng.choice(words) for _ in range(20)) + f" grade {rng.randint(0, 4)}")
+    for i in range(4000):
+        finding = rng.choice(findings)
+        phrase = (f"{rng.choice(sizes)} {finding} in the {rng.choice(sides)} {rng.choice(zones)} zone"
+                  if i % 2 else f"{rng.choice(sizes)} {rng.choice(sides)} {finding}")
+        x1, x2 = sorted(rng.sample(range(0, 1000 if i % 3 == 0 else 112), 2))
+        y1, y2 = sorted(rng.sample(range(0, 1000 if i % 3 == 0 else 112), 2))
+        answer = json.dumps({"bbox_2d": [x1, y1, x2, y2]}) if i % 5 else json.dumps({"grade": rng.randint(0, 3)})
+        lines.append(f"{phrase} <think>{phrase}</think><answer>{answer}</answer>")
+        lines.append(f"Prior knowledge: {fixed[i % len(fixed)]}\n{phrase} {FORMAT_INSTRUCTION}")
     return lines
 
 

@@ -330,6 +330,7 @@ def _evaluate(svc: Services, step: int) -> dict[str, Any]:
     t = time.perf_counter()
     preds = evaluation.predict(svc.pool, svc.manifest, svc.eval_records, svc.cfg.rollout.sampling.max_new_tokens)
     row = evaluation.report(preds)
+    evaluation.write_predictions(preds, svc.run_dir / "eval" / f"step-{step}.jsonl")
     if svc.cfg.eval.overlays:
         evaluation.write_overlays(preds, svc.manifest, svc.run_dir / "samples" / f"step-{step}", svc.cfg.eval.overlays)
     row["time/eval_s"] = time.perf_counter() - t

@@ -3,6 +3,7 @@ learner, SFT then GRPO, checkpoints, and an exact resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def test_grpo_steps_push_each_adapter_to_every_worker(ray_local: None, tiny_mode
     assert [r["stage"] for r in rows] == ["warmup"] * 2 + ["grounding"] * 3
     grpo = [r for r in rows if r["stage"] == "grounding"]
     # Each GRPO step pushes version v+1 after the step; the next step's groups were all sampled by it.
-    for before, after in zip(grpo, grpo[1:], strict=False):
+    for before, after in itertools.pairwise(grpo):
         assert after["batch/adapter_version_min"] == after["batch/adapter_version_max"] == before["adapter_version"]
     assert all(r["batch/adapter_version_lag"] == 0 for r in grpo)
     assert all(r["rollout/workers"] == 2 for r in rows)
