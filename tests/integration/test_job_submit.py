@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,9 +35,11 @@ def test_ray_job_submit_runs_training(tiny_model_dir: Path, tmp_path: Path) -> N
     env.pop("RAY_ADDRESS", None)
     port = 6390 + os.getpid() % 50
     dash = 8300 + os.getpid() % 50
+    # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for its temp dir.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mg-ray-", dir="/tmp"))
     start = _run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                   "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-                  "--temp-dir", str(tmp_path / "ray")], env, 180)
+                  "--temp-dir", str(ray_tmp)], env, 180)
     assert start.returncode == 0, start.stderr[-3000:]
     try:
         entry = [str(BIN / "python"), "-m", "services.cli", "train", "deploy/configs/demo.yaml",
@@ -61,3 +65,4 @@ def test_ray_job_submit_runs_training(tiny_model_dir: Path, tmp_path: Path) -> N
         print(f"job finished in {time.time() - t0:.0f} s")
     finally:
         _run([str(BIN / "ray"), "stop", "--force"], env, 120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
