@@ -1,0 +1,81 @@
+"""Pure parts of the driver: prompt order, reference answers, seeds, checkpoint layout, eval metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rollout.images import ImageFrame
+from services import checkpointing as ckpt
+from services.convert import SFT_THINK, reference_answer
+from services.data.records import Record
+from services.eval_metrics import grading_metrics, grounding_metrics, grounding_report
+from services.sampler import PromptSampler
+from services.train_loop import sampling_seed
+
+
+def test_sampler_is_a_seeded_permutation_per_epoch_and_resumes_exactly() -> None:
+    a = PromptSampler(tuple(range(5)), seed=3)
+    first = a.take(5)
+    assert sorted(first) == [0, 1, 2, 3, 4]  # one epoch visits every item once
+    b = PromptSampler(tuple(range(5)), seed=3)
+    b.take(3)
+    state = json.loads(json.dumps(b.state_dict()))
+    c = PromptSampler(tuple(range(5)), seed=3)
+    c.load_state_dict(state)
+    assert c.take(4) == b.take(4)  # crosses the epoch boundary identically
+    with pytest.raises(ValueError, match="resume with the same data"):
+        PromptSampler(tuple(range(6)), seed=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="no records"):
+        PromptSampler((), seed=0)
+
+
+def test_reference_answer_uses_the_models_coordinate_convention() -> None:
+    record = Record(id="r", image="x.png", width=200, height=100, phrase="a nodule", boxes=((20.0, 10.0, 60.0, 50.0),))
+    # Qwen2.5-VL: input pixels. The 200x100 image was resized to 112x56: x scale 0.56, y scale 0.56.
+    pixels = reference_answer(record, ImageFrame(200, 100, 112, 56, "input_pixels"))
+    assert pixels == f'<think>{SFT_THINK}</think><answer>{{"bbox_2d": [11, 6, 34, 28]}}</answer>'
+    # Qwen2-VL: 0..1000 of the image: x1 = 20/200*1000 = 100, y1 = 10/100*1000 = 100, x2 = 300, y2 = 500.
+    norm = reference_answer(record, ImageFrame(200, 100, 112, 56, "norm1000"))
+    assert norm.endswith('{"bbox_2d": [100, 100, 300, 500]}</answer>')
+
+
+def test_sampling_seeds_differ_per_slot_and_repeat_per_run() -> None:
+    seeds = {sampling_seed(0, step, refill, i) for step in range(3) for refill in range(2) for i in range(4)}
+    assert len(seeds) == 24
+    assert sampling_seed(7, 5, 0, 1) == sampling_seed(7, 5, 0, 1)
+
+
+def test_checkpoints_are_complete_or_absent(tmp_path: Path) -> None:
+    def fill(d: Path) -> None:
+        (d / "part").write_text("x")
+
+    for step in (1, 2, 3):
+        ckpt.write_checkpoint(tmp_path, step, fill, keep=2)
+    (tmp_path / "checkpoints" / "step-9").mkdir()  # a half-written one (no COMPLETE mark) is ignored
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-2", "step-3"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-3"
+    with pytest.raises(FileNotFoundError, match=r"checkpoint\.every"):
+        ckpt.latest_checkpoint(tmp_path / "empty")
+
+
+def test_grounding_metrics_by_hand() -> None:
+    # IoUs 0.9, 0.6, 0.3, 0 (unparsed): A@0.5 = 2/4, A@0.8 = 1/4, mIoU = 1.8/4 = 0.45;
+    # pseudo-mAP = mean over t in .50..95 of the share >= t: 0.9 passes .50-.90 (9), 0.6 passes
+    # .50/.55/.60 (3) -> (9 + 3) / (4 * 10) = 30 %.
+    m = grounding_metrics([0.9, 0.6, 0.3, 0.0], [True, True, True, False])
+    assert m["A@0.5"] == 50.0 and m["A@0.8"] == 25.0
+    assert m["mIoU"] == pytest.approx(0.45)
+    assert m["pseudo_mAP"] == pytest.approx(30.0)
+    assert m["parse_fail_pct"] == 25.0
+    report = grounding_report([0.9, 0.6], [True, True], [0.001, 0.05])
+    assert set(report) == {"all", "<0.5%", "2-10%"}
+
+
+def test_grading_metrics_count_unparsed_as_worst() -> None:
+    # truth grades 1, 2, 0 span 0..2 -> an unparsed answer costs 2; errors 0, 1, 2 -> mean 1; accuracy 1/3.
+    m = grading_metrics([1, 3, None], [1, 2, 0])
+    assert m["accuracy"] == pytest.approx(100 / 3)
+    assert m["mean_abs_grade_error"] == pytest.approx(1.0)
