@@ -15,7 +15,8 @@ from typing import Any
 PLOTS: dict[str, tuple[str, ...]] = {
     "reward": ("reward/total", "reward/acc", "reward/format"),
     "tau": ("tau/value",),
-    "accuracy": ("eval/A@0.5", "eval/A@0.8", "eval/mIoU"),
+    "accuracy": ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP"),
+    "miou": ("eval/mIoU",),
     "zero_variance": ("batch/zero_variance_fraction",),
     "phase_times": ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s", "time/other_s"),
     "loss": ("learner/loss",),
@@ -90,6 +91,10 @@ def plot_run(run_dir: str | Path, plots: dict[str, tuple[str, ...]] = PLOTS) -> 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key, (xs, ys) in series.items():
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        for key in keys:  # reference lines: the always-centre box on the same held-out records
+            base = next((r[k] for r in rows for k in [key.replace("eval/", "baseline/centre/")] if k in r), None)
+            if isinstance(base, int | float):
+                ax.axhline(base, linestyle="--", linewidth=1, color="grey", label=f"centre box {key[5:]}")
         for boundary, stage in _stage_starts(rows):
             ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
             ax.text(boundary, ax.get_ylim()[1], f" {stage}", fontsize=7, va="top", color="grey")
