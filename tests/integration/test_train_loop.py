@@ -113,3 +113,29 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
             else:
                 assert got[step].get(key) == pytest.approx(expected, rel=1e-5, abs=1e-6), (step, key)
     assert [want[s]["tau/value"] for s in (2, 3, 4, 5)] != [want[2]["tau/value"]] * 4, "tau never moved"
+
+
+def test_curriculum_grounding_then_classification(ray_local: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """VRFT-Aug's perception-driven refinement: a classification GRPO stage continues from the grounding
+    stage's adapter (the version keeps counting; no reset) and is scored with label rewards."""
+    from services import train_loop
+    from services.data.synth import make_spec, write_dataset
+
+    manifest = write_dataset(make_spec("demo", splits={"train": 8, "val": 2, "test": 0},
+                                       tasks=["grounding", "classification"]),
+                             tmp_path / "data", seed=0, manifest_name="manifest.jsonl")
+    cfg = _config(tiny_model_dir, manifest, tmp_path / "runs", **{
+        "stages": [{"name": "ground", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "refill_cap": 0},
+                   {"name": "classify", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "refill_cap": 0,
+                    "task": "classification"}],
+        "rollout": {"num_workers": 1, "group_size": 2, "cpus_per_worker": 0.25, "max_model_len": 512,
+                    "sampling": {"temperature": 1.0, "max_new_tokens": 8}},
+        "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 4},
+        "eval": {"every": 0, "max_samples": 4, "overlays": 0}, "checkpoint": {"every": 0}})
+    rows: list[dict[str, Any]] = []
+    train_loop.run(cfg, on_step=lambda step, row: rows.append(row))
+    assert [r["stage"] for r in rows] == ["ground", "classify"]
+    # the classification stage sampled with the adapter the grounding stage pushed
+    assert rows[1]["batch/adapter_version_min"] == rows[0]["adapter_version"] >= 1
+    assert rows[1]["adapter_version"] == rows[0]["adapter_version"] + 1
+    assert "eval/cls/accuracy" in rows[1] and "eval/A@0.5" in rows[1]  # the held-out split mixes both tasks
