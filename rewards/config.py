@@ -38,13 +38,16 @@ class ScheduleConfig(_Strict):
         description="Rows (tau_from, P, S): from tau_from upwards, raise needs r_bar >= P and sigma <= S; "
         "P, S in [0, 1] [default table, unverified port of the paper's].",
     )
-    step: Literal["piecewise", "linear", "cosine"] = Field("piecewise", description="Step-size rule delta(tau).")
+    step: Literal["piecewise", "linear", "cosine", "constant"] = Field(
+        "piecewise", description="Step-size rule delta(tau); `constant` raises by `constant_delta` every time.")
     piecewise_steps: tuple[tuple[float, float], ...] = Field(
         ((0.0, 0.15), (0.55, 0.10), (0.75, 0.05)),
         description="Rows (tau_from, delta) of the piecewise rule [paper]: path 0.30, 0.45, 0.60, 0.70, 0.80.",
     )
     delta0: float = Field(0.2, gt=0.0, description="First step of the linear/cosine rules [paper: 0.2], in IoU units.")
     min_delta: float = Field(0.05, gt=0.0, description="Smallest step of the linear/cosine rules, in IoU units.")
+    constant_delta: float = Field(0.15, gt=0.0, le=1.0, description="Step of the `constant` rule, in IoU units "
+                                  "[paper's fixed-step ablation: 0.05, 0.15, 0.25].")
     use_reward_condition: bool = Field(True, description="Require r_bar >= P(tau) (ablation switch).")
     use_std_condition: bool = Field(True, description="Require sigma <= S(tau) (ablation switch).")
     use_margin_condition: bool = Field(True, description="Require mean IoU - tau >= margin (ablation switch).")

@@ -103,11 +103,13 @@ class ThresholdSchedule:
         return p, s
 
     def step_size(self, tau: float | None = None) -> float:
-        """delta(tau): piecewise table, or linear/cosine decay from delta0 floored at min_delta."""
+        """delta(tau): piecewise table, one constant step, or linear/cosine decay from delta0 floored at min_delta."""
         cfg = self.config
         t = self._tau if tau is None else tau
         if cfg.step == "piecewise":
             return _row(cfg.piecewise_steps, t)[1]
+        if cfg.step == "constant":  # the paper's "identical fixed step" ablation (0.05, 0.15, 0.25)
+            return cfg.constant_delta
         span = cfg.tau_target - cfg.tau0
         frac = 1.0 if span <= 0.0 else min(max((t - cfg.tau0) / span, 0.0), 1.0)
         decay = (1.0 - frac) if cfg.step == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))

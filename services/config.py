@@ -61,6 +61,8 @@ class StageConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="Evaluate every K steps (0: only at the start and the end).")
     max_samples: int = Field(64, ge=1, description="Held-out records per evaluation (greedy decoding).")
+    at_start: bool = Field(True, description="Evaluate before the first step (benchmarks whose arms share one "
+                           "warm start evaluate it once and switch this off).")
     overlays: int = Field(8, ge=0, description="Prediction overlay images written to samples/ per evaluation.")
 
 
@@ -81,6 +83,10 @@ class RunConfig(_Strict):
     learner: LearnerConfig = LearnerConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    init_from: str | None = Field(
+        None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, "
+        "optimiser moments, RNG) this run starts from, its stages from step 0 (e.g. GRPO arms sharing one SFT warm "
+        "start). The learner must match the run that wrote it (adapter kind, rank, num_ranks). Ignored on resume.")
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:

@@ -207,7 +207,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
             svc.writer.truncate_after(state.global_step)
             _push_adapter(svc, state, export=False, artefact_dir=checkpoint / "adapter")
         else:
-            first = _evaluate(svc, 0)
+            if cfg.init_from is not None:  # start from another run's learner state (a shared warm start)
+                svc.learner.load_checkpoint(Path(cfg.init_from) / "learner")
+                _push_adapter(svc, state)
+            first = _evaluate(svc, 0) if cfg.eval.at_start else {}
             svc.last_eval = first.get("eval/A@0.5")
             svc.writer.log(0, {"stage": cfg.stages[0].name, **first, **_baseline(svc)})
         _train_stages(svc, state, on_step)

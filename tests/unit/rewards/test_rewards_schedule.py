@@ -182,3 +182,13 @@ def test_config_tables_are_validated() -> None:
     # YAML gives lists; they validate into the same tuples.
     assert ScheduleConfig.model_validate({"piecewise_steps": [[0.0, 0.2], [0.5, 0.1]]}).piecewise_steps == (
         (0.0, 0.2), (0.5, 0.1))
+
+
+def test_constant_step_path() -> None:
+    # The paper's identical-fixed-step ablation: delta 0.25 from tau0 0.3 -> 0.55, 0.8 (capped at the target).
+    s = ThresholdSchedule(ScheduleConfig(step="constant", constant_delta=0.25, window=2, refresh="full",
+                                         use_margin_condition=False))
+    assert s.step_size(0.3) == s.step_size(0.75) == 0.25
+    for _ in range(20):
+        s.observe([1.0, 1.0])
+    assert [r.new_tau for r in s.history] == pytest.approx([0.55, 0.8])
