@@ -15,6 +15,15 @@ class SamplingConfig(_Strict):
     temperature: float = Field(0.9, ge=0.0, description="Sampling temperature [paper: 0.9]; 0 means greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(64, ge=1, description="Completion length cap in tokens.")
+    min_new_tokens: int = Field(0, ge=0, description="End-of-sequence is forbidden before this many tokens "
+                                "(0: off); benchmarks set it to max_new_tokens so every completion is as long.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> SamplingConfig:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"sampling.min_new_tokens ({self.min_new_tokens}) exceeds sampling.max_new_tokens "
+                             f"({self.max_new_tokens}); lower it or raise max_new_tokens")
+        return self
 
 
 class RolloutConfig(_Strict):

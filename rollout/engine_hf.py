@@ -53,6 +53,7 @@ class HfEngine:
             torch.manual_seed(p.prompt.seed)  # per-request sampling, independent of the worker
         with torch.no_grad():
             out = self.model.generate(**inputs, **sample_kw, max_new_tokens=sampling.max_new_tokens,
+                                      min_new_tokens=sampling.min_new_tokens,
                                       bad_words_ids=self.bad_words, output_logits=True,
                                       return_dict_in_generate=True, pad_token_id=self.pad_id, top_k=None)
         new = out.sequences[:, ids.shape[1]:]  # [n or 1, T]

@@ -62,6 +62,7 @@ class VllmEngine:
         greedy = sampling.temperature == 0.0
         params = [SamplingParams(n=1 if greedy else n, temperature=sampling.temperature,
                                  top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                 min_tokens=sampling.min_new_tokens,
                                  logprobs=0, logit_bias=self.logit_bias, seed=p.prompt.seed) for p in prompts]
         inputs: list[Any] = [{"prompt": p.chat_text, "multi_modal_data": {"image": p.prompt.image}} for p in prompts]
         outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)

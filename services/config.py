@@ -56,6 +56,8 @@ class StageConfig(_Strict):
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
     refill_cap: int = Field(2, ge=0, description="GRPO dynamic sampling: extra generation rounds to replace "
                             "zero-variance groups (0: keep the batch as sampled, zero-variance groups dropped).")
+    drop_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (advantage 0, "
+                                     "no signal); false keeps them, as TRL's GRPOTrainer does (equal-work benchmarks).")
 
 
 class EvalConfig(_Strict):

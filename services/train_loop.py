@@ -11,7 +11,7 @@ Deliberate deviations from textbook GRPO (each one is a config choice or a docum
    bites with several updates per batch (ALGORITHMS.md section 1).
 3. Dynamic sampling: groups whose rewards are all equal carry no gradient; they are dropped and replaced
    by freshly sampled prompts for up to `stage.refill_cap` extra rounds (DAPO), filtering on the spread of
-   rewards, never their mean (continuous IoU rewards).
+   rewards, never their mean (continuous IoU rewards). `drop_zero_variance: false` keeps them (TRL's way).
 4. The accuracy reward is binary at a threshold tau that the MedLoc-R1 schedule raises from a window of
    measured performance; a batch is scored under the tau at its start, then observed (refills included).
 5. Only the adapter trains (MLAE, exported as LoRA to vLLM); the base model and vision tower are frozen.
@@ -120,7 +120,7 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
         all_groups.extend(groups)
         groups_seen += len(groups)
         zero_variance += int(zero.sum())
-        kept.extend((g, a) for g, a, z in zip(groups, adv, zero, strict=True) if not z)
+        kept.extend((g, a) for g, a, z in zip(groups, adv, zero, strict=True) if not (z and stage.drop_zero_variance))
         if len(kept) >= stage.prompts_per_step:
             break
         records = sampler.take(stage.prompts_per_step - len(kept))

@@ -115,6 +115,16 @@ def test_vllm_agrees_with_transformers(vllm_core: RolloutWorkerCore, hf_core: Ro
         core.load_adapter(None)
 
 
+def test_min_new_tokens_gives_every_completion_full_length(vllm_core: RolloutWorkerCore,
+                                                          hf_core: RolloutWorkerCore) -> None:
+    # Equal-work benchmarks (bench/vs_trl) rely on this: no completion ends before max_new_tokens.
+    sampling = SamplingConfig(temperature=0.9, max_new_tokens=10, min_new_tokens=10)
+    for core in (vllm_core, hf_core):
+        groups = core.generate(requests(2), n=3, sampling=sampling)
+        assert [len(c.token_ids) for g in groups for c in g.completions] == [10] * 6
+        assert {c.finish_reason for g in groups for c in g.completions} == {"length"}
+
+
 def test_qwen2_vl_prompts_use_normalised_coordinates(tiny_qwen2_model_dir: Path) -> None:
     from rollout.images import family_of
 
