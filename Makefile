@@ -2,13 +2,13 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py services/config.py services/data
+PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py services/config.py services/data
 export DS_ACCELERATOR ?= cpu
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench gpu-check clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft gpu-check clean-runtime
 
 setup: .venv/.ready
 
@@ -29,6 +29,18 @@ lint: .venv/.ready
 
 bench: .venv/.ready
 	$(PY) -m bench --all
+
+bench-medloc: .venv/.ready
+	$(PY) -m bench.medloc_ablation
+
+bench-medloc-reduced: .venv/.ready
+	$(PY) -m bench.medloc_ablation --reduced
+
+bench-mlae-lora: .venv/.ready
+	$(PY) -m bench.mlae_vs_lora
+
+bench-vrft: .venv/.ready
+	$(PY) -m bench.vrft_aug
 
 gpu-check:
 	bash tools/gpu_check.sh

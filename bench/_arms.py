@@ -1,0 +1,154 @@
+"""Arms x seeds studies, the pure half: what an arm is, how its run config is built, and how a finished
+run's metrics become one row of a table (mean and spread over seeds).
+
+A study runs its base config's warm-start stages once per seed (and per distinct `Arm.warm` overrides),
+then every arm's stages from that checkpoint (`init_from`) with the same model, data order, budget and
+seeds; only the arm's overrides differ. `bench/_runner.py` does the running (one Ray session for all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.config import apply_overrides
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One named variant: `overrides` (`a.b=value`, stage indices relative to the arm's own stages) on the
+    base config; `stages` names the base stages it runs (default: every stage after the warm start);
+    `warm` overrides also apply to its warm start (e.g. the adapter kind), so arms differing there get
+    their own warm start; `train=False` evaluates the warm start itself (no stage runs)."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    stages: tuple[str, ...] | None = None
+    warm: tuple[str, ...] = ()
+    train: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Study:
+    """Arms x seeds on one base config; `common` overrides (base stage indices) apply to every run first."""
+
+    name: str
+    config: str
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...]
+    warm_stages: tuple[str, ...]
+    common: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU")
+    extra: Callable[[Any], Row] | None = field(default=None, compare=False)  # run_dir -> extra metrics
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """One seed drives data order, sampling, adapter init, masks and the engine's own seed."""
+    return [f"seed={seed}", f"learner.seed={seed}", f"learner.mlae.seed={seed}", f"rollout.seed={seed}"]
+
+
+def _select_stages(tree: Row, names: Sequence[str]) -> Row:
+    by_name = {s["name"]: s for s in tree["stages"]}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"stages {missing} are not in the base config (it has {list(by_name)})")
+    return {**tree, "stages": [by_name[n] for n in names]}
+
+
+def warm_tree(base: Row, study: Study, arm: Arm, seed: int) -> Row:
+    """The warm-start run's config tree: the warm stages only, evaluated once at their end."""
+    tree = _select_stages(apply_overrides(base, list(study.common)), study.warm_stages)
+    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), "eval.at_start=false"])
+
+
+def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str) -> Row:
+    """The arm's config tree: its stages, started from the warm checkpoint, no evaluation at the start."""
+    names = arm.stages or tuple(s["name"] for s in base["stages"] if s["name"] not in study.warm_stages)
+    tree = _select_stages(apply_overrides(base, list(study.common)), names)
+    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides,
+                                  "eval.at_start=false", f"init_from={init_from}"])
+
+
+def tree_key(tree: Row) -> str:
+    """Short stable hash of a config tree (names warm-start checkpoints so identical ones are reused)."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# -------------------------------------------------------------------------------------------------------
+# One run's metrics -> one summary.
+
+
+def summarise(rows: Sequence[Row], metrics: Sequence[str]) -> Row:
+    """From a run's metrics.jsonl rows: the last evaluation's metrics (every `eval/...` key, size buckets
+    included), the zero-variance group fraction over all GRPO groups (weighted by groups seen), and the
+    per-step paths of tau, zero-variance fraction and accuracy reward (for plots)."""
+    steps = [r for r in rows if "time/step_s" in r]
+    grpo = [r for r in steps if "batch/groups_seen" in r]
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    final = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+    seen = sum(r["batch/groups_seen"] for r in grpo)
+    zero = sum(r["batch/zero_variance_fraction"] * r["batch/groups_seen"] for r in grpo)
+    taus = [r["tau/value"] for r in grpo if "tau/value" in r]
+    out: Row = {"final": final, "headline": {m: final.get(m) for m in metrics},
+                "grpo_steps": len(grpo), "sft_steps": len(steps) - len(grpo),
+                "zero_variance_fraction": zero / seen if seen else None,
+                "tau_final": taus[-1] if taus else None,
+                "tau_raises": int(grpo[-1].get("tau/version", 0)) if grpo else None,
+                "path": {"tau": taus, "zero_variance": [r["batch/zero_variance_fraction"] for r in grpo],
+                         "reward_acc": [r.get("reward/acc") for r in grpo],
+                         "reward_iou": [r.get("reward/iou") for r in grpo]},
+                "step_s_median": _median([r["time/step_s"] for r in steps])}
+    return out
+
+
+def _median(xs: Sequence[float]) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def spread(values: Sequence[float | None]) -> Row:
+    """Mean, sample std (0 for one value), min, max and n over seeds; None values are left out."""
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def aggregate(per_seed: Sequence[Row]) -> Row:
+    """Spread over seeds of every final eval metric, the zero-variance fraction, final tau and raises."""
+    keys = sorted({k for s in per_seed for k in s["final"]})
+    out: Row = {k: spread([s["final"].get(k) for s in per_seed]) for k in keys}
+    for k in ("zero_variance_fraction", "tau_final", "tau_raises"):
+        out[k] = spread([s.get(k) for s in per_seed])
+    for k in sorted({k for s in per_seed for k in s.get("extra", {})}):
+        out[k] = spread([s.get("extra", {}).get(k) for s in per_seed])
+    return out
+
+
+def fmt(cell: Row | None, digits: int = 1) -> str:
+    """'mean ± std' ('-' when missing; no ± for one seed)."""
+    if not cell or cell.get("mean") is None:
+        return "-"
+    if cell["n"] > 1:
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f}"
+
+
+def markdown_table(arms: Sequence[tuple[str, Row]], columns: Sequence[tuple[str, str, int]]) -> str:
+    """Rows = arms, columns = (header, aggregate key, digits), cells 'mean ± std' over seeds."""
+    head = "| arm | " + " | ".join(h for h, _, _ in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    body = ["| " + name + " | " + " | ".join(fmt(agg.get(k), d) for _, k, d in columns) + " |" for name, agg in arms]
+    return "\n".join([head, rule, *body])

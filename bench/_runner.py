@@ -1,0 +1,222 @@
+"""Arms x seeds studies, the running half: one private Ray session for every run of a study, warm starts
+cached on disk (one per seed and warm-override set), each arm's run read back into bench/_arms summaries,
+then JSON + Markdown + plots under bench/results/.
+
+Runs land in runs/bench/<study>/ (ignored by git); a warm start whose checkpoint is already there with the
+same resolved config is reused, so the reduced and full studies share theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench._arms import Arm, Row, Study, aggregate, arm_tree, markdown_table, summarise, tree_key, warm_tree
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs") / "bench"
+log = logging.getLogger("bench")
+
+
+def _machine() -> Row:
+    load = os.getloadavg()
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only (no GPU)",
+            "shared": "the 2 cores were shared with other work while this ran; wall times are upper bounds",
+            "loadavg_1_5_15": [round(x, 2) for x in load]}
+
+
+def _start_ray() -> str:
+    """A private local Ray (own temp dir, short path for its sockets): never joins or stops anyone else's."""
+    import ray
+
+    from services.launch import CPU_ENV
+
+    for key, value in CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    temp = tempfile.mkdtemp(prefix="mgb", dir="/tmp")
+    ray.init(address="local", _temp_dir=temp, include_dashboard=False, runtime_env={"env_vars": CPU_ENV},
+             log_to_driver=os.environ.get("MEDGROUND_RAY_LOGS", "0") == "1")
+    return temp
+
+
+def _train(tree: Row, run_dir: Path) -> float:
+    """Validate and run one config tree into `run_dir` (replaced); returns its wall seconds."""
+    from services import train_loop
+    from services.config import RunConfig
+
+    cfg = RunConfig.model_validate(tree)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t = time.perf_counter()
+    train_loop.run(cfg, run_dir=run_dir)
+    return time.perf_counter() - t
+
+
+def _checkpoint_of(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts and (run_dir / "resolved_config.json").is_file() else None
+
+
+def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[Path, Row]]) -> tuple[Path, Row]:
+    tree = warm_tree(base, study, arm, seed)
+    key = tree_key(tree)
+    if key in cache:
+        return cache[key]
+    run_dir = RUNS / study.name / f"warm-s{seed}-{key}"
+    tree = {**tree, "name": f"{study.name}-warm-s{seed}-{key}"}
+    ckpt = _checkpoint_of(run_dir)
+    from services.metrics import read_metrics
+
+    if ckpt is not None and (run_dir / "metrics.jsonl").is_file():
+        log.info("reusing warm start %s", ckpt)
+        wall = json.loads((run_dir / "bench_wall.json").read_text())["wall_s"]
+    else:
+        log.info("warm start %s", run_dir)
+        wall = _train(tree, run_dir)
+        (run_dir / "bench_wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
+        ckpt = _checkpoint_of(run_dir)
+        assert ckpt is not None, f"the warm start {run_dir} wrote no checkpoint"
+    summary = summarise(read_metrics(run_dir / "metrics.jsonl"), study.metrics)
+    summary["wall_s"] = wall
+    cache[key] = (ckpt, summary)
+    return cache[key]
+
+
+def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
+              prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
+    """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
+    from services.metrics import read_metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    base = yaml.safe_load(Path(study.config).read_text())
+    prepare(base)
+    started, machine_start = time.perf_counter(), _machine()
+    temp = _start_ray()
+    import ray
+
+    cache: dict[str, tuple[Path, Row]] = {}
+    per_arm: dict[str, list[Row]] = {a.name: [] for a in study.arms}
+    try:
+        for seed in study.seeds:
+            for arm in study.arms:
+                ckpt, warm = _warm(base, study, arm, seed, cache)
+                if not arm.train:
+                    per_arm[arm.name].append({**warm, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]})
+                    continue
+                tree = arm_tree(base, study, arm, seed, str(ckpt.resolve()))
+                run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
+                tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
+                log.info("arm %s seed %d", arm.name, seed)
+                wall = _train(tree, run_dir)
+                summary = summarise(read_metrics(run_dir / "metrics.jsonl"), study.metrics)
+                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"])
+                if study.extra is not None:
+                    summary["extra"] = study.extra(run_dir)
+                per_arm[arm.name].append(summary)
+                log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    total = time.perf_counter() - started
+    aggregates = {name: aggregate(rows) for name, rows in per_arm.items()}
+    result: Row = {
+        "study": study.name, "description": description, "config": study.config, "seeds": list(study.seeds),
+        "common_overrides": list(study.common), "deviations": list(deviations),
+        "arms": [{"name": a.name, "overrides": list(a.overrides), "warm_overrides": list(a.warm),
+                  "stages": list(a.stages) if a.stages else None, "trains": a.train, "note": a.note}
+                 for a in study.arms],
+        "aggregate": aggregates, "runs": per_arm,
+        "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
+        **machine_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{out_stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown_table([(a.name, aggregates[a.name]) for a in study.arms], columns)
+    md = [f"# {out_stem}", "", description, "", table, "",
+          f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
+          f"on {machine_start['machine']} (shared). Deviations:", *[f"- {d}" for d in deviations], ""]
+    (RESULTS / f"{out_stem}.md").write_text("\n".join(md))
+    plot_study(result, RESULTS / out_stem)
+    print(table)
+    print(f"wrote {RESULTS / (out_stem + '.json')} ({total / 60:.1f} min)")
+    return result
+
+
+def plot_study(result: Row, prefix: Path) -> list[Path]:
+    """tau path and zero-variance fraction per GRPO step (every seed, one colour per arm), and the final
+    A@0.5 / mIoU per size bucket (bars: mean over seeds). Small PNGs: `<prefix>_*.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    runs: dict[str, list[Row]] = result["runs"]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    for i, (name, rows) in enumerate(runs.items()):
+        c = colours[i % len(colours)]
+        for j, r in enumerate(rows):
+            label = name if j == 0 else None
+            if r["path"]["tau"]:
+                axes[0].plot(r["path"]["tau"], color=c, alpha=0.8, label=label)
+            if r["path"]["zero_variance"]:
+                axes[1].plot(r["path"]["zero_variance"], color=c, alpha=0.8, label=label)
+    axes[0].set(title="tau (accuracy threshold)", xlabel="GRPO step")
+    axes[1].set(title="zero-variance group fraction", xlabel="GRPO step")
+    axes[1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    path = Path(f"{prefix}_paths.png")
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+    buckets = ["all", "<0.5%", "0.5-2%", "2-10%", ">10%"]
+    aggs: dict[str, Row] = result["aggregate"]
+    if any(f"eval/{b}/mIoU" in agg for agg in aggs.values() for b in buckets[1:]):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+        width = 0.8 / max(len(aggs), 1)
+        for i, (name, agg) in enumerate(aggs.items()):
+            for ax, metric in zip(axes, ("A@0.5", "mIoU"), strict=True):
+                keys = [f"eval/{metric}" if b == "all" else f"eval/{b}/{metric}" for b in buckets]
+                vals = [(agg.get(k) or {}).get("mean") or 0.0 for k in keys]
+                errs = [(agg.get(k) or {}).get("std") or 0.0 for k in keys]
+                ax.bar([x + i * width for x in range(len(buckets))], vals, width, yerr=errs,
+                       color=colours[i % len(colours)], label=name)
+        for ax, metric in zip(axes, ("A@0.5 (%)", "mIoU"), strict=True):
+            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(buckets))], buckets, fontsize=7)
+            ax.set(title=f"held-out {metric} by target size")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        path = Path(f"{prefix}_buckets.png")
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def ensure_model(model_path: str, tree: Row) -> None:
+    """Build the small random model the configs name when it is missing (as `make demo` does)."""
+    from services.tiny_model import build_model_dir
+
+    if not (Path(model_path) / "config.json").is_file():
+        rollout = tree.get("rollout", {})
+        build_model_dir(model_path, tree["model"].get("family", "qwen2_5_vl"), "small", seed=0,
+                        min_pixels=rollout.get("min_pixels", 56 * 56), max_pixels=rollout.get("max_pixels", 112 * 112))
+
+
+def ensure_data(manifest: str, preset: str, **knobs: Any) -> None:
+    """Write the synthetic dataset (seed 0) when its manifest is missing."""
+    from services.data.synth import make_spec, write_dataset
+
+    path = Path(manifest)
+    if not path.is_file():
+        write_dataset(make_spec(preset, **knobs), path.parent, seed=0, manifest_name=path.name)

@@ -1,0 +1,72 @@
+"""The arms x seeds harness's pure half: config trees per arm, run summaries, spread over seeds, tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench._arms import (
+    Arm,
+    Study,
+    aggregate,
+    arm_tree,
+    fmt,
+    markdown_table,
+    spread,
+    summarise,
+    tree_key,
+    warm_tree,
+)
+
+BASE = {"name": "b", "model": {"path": "m"}, "data": {"manifest": "d.jsonl"},
+        "stages": [{"name": "warm", "kind": "sft", "steps": 5}, {"name": "g", "kind": "grpo", "steps": 3},
+                   {"name": "h", "kind": "grpo", "steps": 3}]}
+STUDY = Study("s", "c.yaml", (), seeds=(0,), warm_stages=("warm",), common=("stages.1.steps=2",))
+
+
+def test_warm_and_arm_trees() -> None:
+    arm = Arm("x", ("stages.0.kind=sft",), stages=("g",), warm=("learner.adapter=lora",))
+    warm = warm_tree(BASE, STUDY, arm, seed=3)
+    assert [s["name"] for s in warm["stages"]] == ["warm"]
+    assert warm["seed"] == 3 and warm["learner"]["seed"] == 3 and warm["learner"]["adapter"] == "lora"
+    assert warm["eval"]["at_start"] is False
+    tree = arm_tree(BASE, STUDY, arm, seed=3, init_from="ck")
+    assert tree["stages"] == [{"name": "g", "kind": "sft", "steps": 2}]  # common uses base indices, arm its own
+    assert tree["init_from"] == "ck" and tree["learner"]["adapter"] == "lora"
+    default = arm_tree(BASE, STUDY, Arm("y"), seed=0, init_from="ck")
+    assert [s["name"] for s in default["stages"]] == ["g", "h"]
+    assert BASE["stages"][1]["steps"] == 3  # the base tree is never changed
+    assert tree_key(warm) == tree_key(warm_tree(BASE, STUDY, arm, seed=3)) != tree_key(warm_tree(BASE, STUDY, arm, 4))
+    with pytest.raises(ValueError, match="not in the base config"):
+        arm_tree(BASE, STUDY, Arm("z", stages=("nope",)), seed=0, init_from="ck")
+
+
+def test_summarise_weights_zero_variance_by_groups_and_takes_last_eval() -> None:
+    rows = [{"step": 0, "stage": "g"},
+            {"step": 1, "time/step_s": 2.0, "batch/groups_seen": 4, "batch/zero_variance_fraction": 0.5,
+             "tau/value": 0.3, "tau/version": 0, "reward/acc": 0.1},
+            {"step": 2, "time/step_s": 4.0, "batch/groups_seen": 12, "batch/zero_variance_fraction": 0.25,
+             "tau/value": 0.45, "tau/version": 1, "reward/acc": 0.2, "eval/A@0.5": 10.0, "eval/<0.5%/mIoU": 0.1}]
+    s = summarise(rows, ("eval/A@0.5", "eval/mIoU"))
+    assert s["zero_variance_fraction"] == pytest.approx((0.5 * 4 + 0.25 * 12) / 16)  # 5 of 16 groups
+    assert s["tau_final"] == 0.45 and s["tau_raises"] == 1 and s["grpo_steps"] == 2
+    assert s["final"] == {"eval/A@0.5": 10.0, "eval/<0.5%/mIoU": 0.1}
+    assert s["headline"] == {"eval/A@0.5": 10.0, "eval/mIoU": None}
+    assert s["path"]["tau"] == [0.3, 0.45] and s["step_s_median"] == 3.0
+
+
+def test_spread_and_aggregate() -> None:
+    cell = spread([1.0, 2.0, 4.0, None])
+    assert cell["mean"] == pytest.approx(7 / 3) and cell["n"] == 3
+    assert cell["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert spread([5.0])["std"] == 0.0 and spread([])["mean"] is None
+    runs = [{"final": {"eval/A@0.5": 10.0}, "zero_variance_fraction": 0.5, "tau_final": 0.3, "tau_raises": 0,
+             "extra": {"expert_cos_abs": 0.2}},
+            {"final": {"eval/A@0.5": 20.0}, "zero_variance_fraction": 0.7, "tau_final": 0.45, "tau_raises": 1,
+             "extra": {"expert_cos_abs": 0.4}}]
+    agg = aggregate(runs)
+    assert agg["eval/A@0.5"]["mean"] == 15.0 and agg["expert_cos_abs"]["mean"] == pytest.approx(0.3)
+    assert fmt(agg["eval/A@0.5"]) == "15.0 ± 7.1" and fmt(spread([0.25]), 2) == "0.25" and fmt(None) == "-"
+    table = markdown_table([("a", agg)], [("A@0.5", "eval/A@0.5", 1), ("tau", "tau_final", 2)])
+    assert table.splitlines()[2] == "| a | 15.0 ± 7.1 | 0.38 ± 0.11 |"
