@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 import rewards
 from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup
+from rollout.images import ImageFrame as RolloutFrame
 from services.convert import reward_frame, rollout_request
 from services.data.manifest import Manifest
 from services.data.records import Record
@@ -43,14 +44,22 @@ def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_to
     return [_prediction(r, g) for r, g in zip(records, groups, strict=True)]
 
 
+def grounding_answer(text: str, frame: RolloutFrame) -> tuple[rewards.ParsedAnswer | None, rewards.Box | None]:
+    """The parsed answer (box in the model's convention, clipped) and its box in original pixels, or None:
+    the one path from model text to a box that evaluation and the Serve app share."""
+    reward_side = reward_frame(frame)
+    parsed = rewards.parse_answer(text, "grounding", reward_side)
+    box = rewards.to_original(parsed.box, reward_side) if parsed is not None and parsed.box is not None else None
+    return parsed, box
+
+
 def _prediction(record: Record, group: RolloutGroup) -> Prediction:
     text = group.completions[0].text
-    frame = reward_frame(group.frame)
-    parsed = rewards.parse_answer(text, record.task, frame)
     if record.task != "grounding":
+        parsed = rewards.parse_answer(text, record.task, reward_frame(group.frame))
         return Prediction(record, text, None, 0.0, label=parsed.label if parsed else None,
                           grade=parsed.grade if parsed else None)
-    box = rewards.to_original(parsed.box, frame) if parsed is not None and parsed.box is not None else None
+    _, box = grounding_answer(text, group.frame)
     iou = max(rewards.iou(box, gt) for gt in record.boxes) if box is not None else 0.0
     return Prediction(record, text, box, float(iou))
 

@@ -99,13 +99,21 @@ def read_dicom(path: str | Path, window: tuple[float, float] | None = None, fram
     `window` (center, width) in modality units (HU for CT) overrides the file's VOI window.
     """
     import pydicom
-    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError as exc:
         raise MedicalImageError(f"{path} is not a DICOM file: {exc}") from None
+    return dicom_to_image(ds, path, window, frame)
+
+
+def dicom_to_image(ds: Any, source: str | Path, window: tuple[float, float] | None = None,
+                   frame: int = 0) -> MedicalImage:
+    """`read_dicom` for a dataset already read (e.g. an upload); `source` names it in error messages."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    path = Path(source)
     arr = _decode(ds, path, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     spacing_tag = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")

@@ -1,0 +1,185 @@
+"""The grounding service as a plain class: validated uploads in, boxes in original-image pixels out.
+
+What is evaluated is what is served: requests go through the rollout worker core (the same prompt builder,
+HF processor and engine as training and evaluation) with evaluation's greedy sampling, and answers through
+`services.evaluation.grounding_answer` (the rewards parser and frame conversion). The Ray Serve deployment
+(services/serve/app.py) forwards here; tests construct this class directly.
+
+Not thread-safe on purpose: the deployment calls `ground`, `load_adapter` and `refresh` from one engine
+thread; `check` is pure and may run anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import rewards
+from rollout.contracts import RolloutRequest
+from rollout.core import RolloutWorkerCore
+from rollout.knowledge import KnowledgeBase, load_knowledge
+from services.evaluation import GREEDY, grounding_answer
+from services.serve.adapters import AdapterError, AdapterSource, latest_adapter, read_adapter
+from services.serve.config import ServeArgs, resolve
+from services.serve.validate import BadInput, DecodedImage, check_phrase, decode_image
+
+Origin = Literal["start", "watch", "admin"]
+
+
+@dataclass(frozen=True)
+class GroundRequest:
+    """One checked request: the decoded image (original frame), the trimmed phrase, an optional knowledge key."""
+
+    image: DecodedImage
+    phrase: str
+    knowledge_key: str | None = None
+
+
+@dataclass(frozen=True)
+class GroundResult:
+    """The answer to one request.
+
+    `box`: (x1, y1, x2, y2) in pixels of the uploaded image (None when the answer has no usable box);
+    `model_box`: the same box in the model's convention (input pixels or 0..1000), clipped;
+    `input_size`: (width, height) the model saw; `format_ok`: exact think/answer format.
+    """
+
+    box: rewards.Box | None
+    model_box: rewards.Box | None
+    text: str
+    format_ok: bool
+    adapter_version: int
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    convention: str
+
+
+@dataclass(frozen=True)
+class LiveAdapter:
+    """The adapter being served (version 0: the base model) and how it got there."""
+
+    version: int
+    path: str | None
+    step: int | None
+    origin: Origin
+    loaded_at: float
+
+
+class GroundingService:
+    """One engine (vLLM or transformers) behind the checks and conversions of the grounding API."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        self.args = args
+        self.resolved = resolve(args)
+        self.knowledge: KnowledgeBase | None = (load_knowledge(self.resolved.knowledge_dir)
+                                                if self.resolved.knowledge_dir else None)
+        self.worker = RolloutWorkerCore(self.resolved.model_path, self.resolved.rollout, self.knowledge)
+        self.sampling = GREEDY.model_copy(update={"max_new_tokens": args.max_new_tokens})
+        self.live = LiveAdapter(0, None, None, "start", time.time())
+        self._watched_step: int | None = None  # newest checkpoint step seen in the watched run
+        start = read_adapter(args.adapter_path) if args.adapter_path else self._latest()
+        if start is not None:
+            self.load_adapter(start, "start")
+
+    # ---- requests -------------------------------------------------------------------------------------
+
+    def check(self, data: bytes, phrase: object, knowledge_key: object = None, name: str = "upload") -> GroundRequest:
+        """Validate one upload; BadInput (4xx) names what is wrong. Pure: safe outside the engine thread."""
+        text = check_phrase(phrase, self.args.limits)
+        key = self._check_knowledge(knowledge_key)
+        return GroundRequest(decode_image(data, self.args.limits, name), text, key)
+
+    def _check_knowledge(self, key: object) -> str | None:
+        if key is None or key == "":
+            return None
+        if not isinstance(key, str):
+            raise BadInput(422, "bad_knowledge_key", f"'knowledge_key' must be a string, got {type(key).__name__}")
+        if self.knowledge is None or not self.resolved.rollout.inject_knowledge:
+            raise BadInput(422, "knowledge_off", "this service injects no prior knowledge; omit 'knowledge_key'")
+        if key not in self.knowledge.entries:
+            known = ", ".join(sorted(self.knowledge.entries)[:6])
+            raise BadInput(422, "unknown_knowledge_key", f"'knowledge_key' {key!r} is unknown; use one of: {known}, "
+                                                         f"... (GET /v1/model lists them)")
+        return key
+
+    def ground(self, requests: Sequence[GroundRequest]) -> list[GroundResult]:
+        """Greedy answers for a batch, parsed and converted to original pixels, in request order."""
+        batch = [RolloutRequest(prompt_id=f"serve-{i}", image=r.image.image, question=r.phrase,
+                                knowledge_key=r.knowledge_key) for i, r in enumerate(requests)]
+        groups = self.worker.generate(batch, n=1, sampling=self.sampling)
+        results = []
+        for group in groups:
+            text = group.completions[0].text
+            parsed, box = grounding_answer(text, group.frame)
+            f = group.frame
+            results.append(GroundResult(
+                box=box, model_box=parsed.box if parsed is not None else None, text=text,
+                format_ok=parsed is not None and parsed.format_ok, adapter_version=group.adapter_version,
+                image_size=(f.original_width, f.original_height), input_size=(f.input_width, f.input_height),
+                convention=f.convention))
+        return results
+
+    # ---- adapters -------------------------------------------------------------------------------------
+
+    def _latest(self) -> AdapterSource | None:
+        if self.resolved.run_dir is None:
+            return None
+        found = latest_adapter(self.resolved.run_dir)
+        if found is not None:
+            self._watched_step = found.step
+        return found
+
+    def load_adapter(self, source: AdapterSource, origin: Origin) -> LiveAdapter:
+        """Make `source` live for the next batch (vLLM hot-loads it under a new LoRA id)."""
+        self.worker.load_adapter(source.spec())
+        self.live = LiveAdapter(source.version, source.path, source.step, origin, time.time())
+        return self.live
+
+    def refresh(self) -> bool:
+        """Load the watched run's newest complete checkpoint adapter if it is newer than the last one seen;
+        True when the live adapter changed."""
+        if self.resolved.run_dir is None:
+            return False
+        found = latest_adapter(self.resolved.run_dir)
+        if found is None or (self._watched_step is not None and found.step is not None
+                             and found.step <= self._watched_step):
+            return False
+        self._watched_step = found.step
+        self.load_adapter(found, "watch")
+        return True
+
+    def reload(self, path: str | None) -> LiveAdapter:
+        """The admin call: load the adapter at `path`, or without one the watched run's latest adapter."""
+        if path is not None:
+            try:
+                source = read_adapter(path)
+            except AdapterError as exc:
+                raise BadInput(422, "bad_adapter", str(exc)) from None
+        else:
+            if self.resolved.run_dir is None:
+                raise BadInput(422, "no_watched_run", "this service watches no run directory; pass "
+                                                      "{\"path\": \"<adapter dir>\"}")
+            found = self._latest()
+            if found is None:
+                raise BadInput(422, "no_adapter", f"{self.resolved.run_dir} has no complete checkpoint with an "
+                                                  f"adapter yet; wait for one or pass a path")
+            source = found
+        return self.load_adapter(source, "admin")
+
+    def info(self) -> dict[str, Any]:
+        """What is being served: model, engine, rollout settings that shape answers, the live adapter."""
+        r = self.resolved.rollout
+        return {"model_path": str(Path(self.resolved.model_path).resolve()), "family": self.worker.family,
+                "convention": self.worker.convention, "engine": r.engine, "run_dir": self.resolved.run_dir,
+                "min_pixels": r.min_pixels, "max_pixels": r.max_pixels,
+                "max_new_tokens": self.sampling.max_new_tokens,
+                "knowledge_keys": sorted(self.knowledge.entries) if self.knowledge else [],
+                "adapter": {"version": self.live.version, "path": self.live.path, "step": self.live.step,
+                            "origin": self.live.origin, "loaded_at": self.live.loaded_at},
+                "limits": self.args.limits.model_dump()}
+
+    def close(self) -> None:
+        self.worker.close()
