@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 setup: .venv/.ready
 
-.venv/.ready: pyproject.toml tools/setup_env.sh tools/medground_cpu_shim.py
+.venv/.ready: pyproject.toml tools/setup_env.sh tools/medground_cpu_shim.py tools/install_browser.sh
 	bash tools/setup_env.sh cpu
 
 demo: .venv/.ready

@@ -25,5 +25,7 @@ fi
 # the package itself is never installed (it would pull heavy dependencies).
 ls .venv/fixtures/torchxrayvision-1.5.7-*.whl >/dev/null 2>&1 ||
   "$pip" download -q --no-deps "torchxrayvision==1.5.7" -d .venv/fixtures
+# Headless Chromium + chromedriver (Debian packages) for the Serve page test; skips when present.
+bash tools/install_browser.sh
 touch .venv/.ready
 echo "environment ready: .venv ($kind)"
