@@ -2,8 +2,8 @@
 cached on disk (one per seed and warm-override set), each arm's run read back into bench/_arms summaries,
 then JSON + Markdown + plots under bench/results/.
 
-Runs land in runs/bench/<study>/ (ignored by git); a warm start whose checkpoint is already there with the
-same resolved config is reused, so the reduced and full studies share theirs.
+Runs land in runs/bench/<study>/ (ignored by git); warm starts in runs/bench/warm/, named by a hash of their
+config, so any study whose warm config is equal (a seed, the same adapter) reuses the one already there.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
     key = tree_key(tree)
     if key in cache:
         return cache[key]
-    run_dir = RUNS / study.name / f"warm-s{seed}-{key}"
-    tree = {**tree, "name": f"{study.name}-warm-s{seed}-{key}"}
+    run_dir = RUNS / "warm" / f"warm-s{seed}-{key}"  # shared by studies: equal configs reuse one warm start
+    tree = {**tree, "name": f"bench-warm-s{seed}-{key}"}
     ckpt = _checkpoint_of(run_dir)
     from services.metrics import read_metrics
 
