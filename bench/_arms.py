@@ -152,3 +152,21 @@ def markdown_table(arms: Sequence[tuple[str, Row]], columns: Sequence[tuple[str,
     rule = "|---|" + "---:|" * len(columns)
     body = ["| " + name + " | " + " | ".join(fmt(agg.get(k), d) for _, k, d in columns) + " |" for name, agg in arms]
     return "\n".join([head, rule, *body])
+
+
+def compare(old: Row, new: Row, keys: Sequence[str], abs_tol: float) -> list[str]:
+    """Cells of two study results (`aggregate` dicts by arm) that differ by more than the seeds' spread:
+    |mean_new - mean_old| > max(std_old, std_new, abs_tol). Returns one line per mismatch (empty: match)."""
+    bad = []
+    for arm, agg in old["aggregate"].items():
+        for key in keys:
+            a, b = agg.get(key) or {}, (new["aggregate"].get(arm) or {}).get(key) or {}
+            if a.get("mean") is None and b.get("mean") is None:
+                continue
+            if a.get("mean") is None or b.get("mean") is None:
+                bad.append(f"{arm} {key}: {a.get('mean')} vs {b.get('mean')}")
+                continue
+            allowed = max(a.get("std") or 0.0, b.get("std") or 0.0, abs_tol)
+            if abs(b["mean"] - a["mean"]) > allowed:
+                bad.append(f"{arm} {key}: {a['mean']:.4g} vs {b['mean']:.4g} (allowed {allowed:.3g})")
+    return bad

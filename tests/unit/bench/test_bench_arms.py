@@ -11,6 +11,7 @@ from bench._arms import (
     Study,
     aggregate,
     arm_tree,
+    compare,
     fmt,
     markdown_table,
     spread,
@@ -70,3 +71,11 @@ def test_spread_and_aggregate() -> None:
     assert fmt(agg["eval/A@0.5"]) == "15.0 ± 7.1" and fmt(spread([0.25]), 2) == "0.25" and fmt(None) == "-"
     table = markdown_table([("a", agg)], [("A@0.5", "eval/A@0.5", 1), ("tau", "tau_final", 2)])
     assert table.splitlines()[2] == "| a | 15.0 ± 7.1 | 0.38 ± 0.11 |"
+
+
+def test_compare_within_spread() -> None:
+    old = {"aggregate": {"a": {"m": {"mean": 10.0, "std": 2.0}, "n": {"mean": None}}}}
+    assert compare(old, {"aggregate": {"a": {"m": {"mean": 11.5, "std": 0.0}}}}, ["m", "n"], 0.0) == []
+    assert compare(old, {"aggregate": {"a": {"m": {"mean": 13.0, "std": 0.0}}}}, ["m"], 0.0) != []
+    assert compare(old, {"aggregate": {"a": {"m": {"mean": 13.0, "std": 0.0}}}}, ["m"], 3.0) == []
+    assert compare(old, {"aggregate": {}}, ["m"], 1.0) == ["a m: 10.0 vs None"]
