@@ -107,9 +107,40 @@ def evaluate(run: Annotated[str, typer.Argument()]) -> None:
 
 
 @app.command()
-def serve(address: Address = None) -> None:
-    """Serve grounding inference on Ray Serve."""
-    _not_built("serve", 10)
+def serve(
+    model: Annotated[Path | None, typer.Option(help="HF model directory (or give --run-dir).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Training run (runs/NAME): model, rollout settings, and "
+                                                 "its checkpoints watched for newer adapters.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter dir to serve (default: the run's latest).")] = None,
+    engine: Annotated[str | None, typer.Option(help="vllm (default) or hf.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Ray Serve config file, e.g. deploy/serve/serve_config.yaml "
+                                                "(replaces --model/--run-dir/--adapter/--engine).")] = None,
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 to expose; then set MEDGROUND_SERVE_TOKEN).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    address: Address = None,
+) -> None:
+    """Serve grounding inference on Ray Serve (page at /, API at /v1/ground, docs at /docs) until Ctrl-C."""
+    from pydantic import ValidationError
+
+    from services.serve.config import ServeArgs
+    from services.serve.launch import load_serve_config, serve_forever
+
+    if engine is not None and engine not in ("vllm", "hf"):
+        _fail(f"--engine {engine!r} is unknown; choose vllm or hf")
+    args = None
+    try:
+        if config is not None:
+            if not config.is_file():
+                _fail(f"--config {config} does not exist; the shipped one is deploy/serve/serve_config.yaml")
+            load_serve_config(config, host, port)
+        else:
+            args = ServeArgs.model_validate({k: str(v) for k, v in (("model_path", model), ("run_dir", run_dir),
+                                             ("adapter_path", adapter), ("engine", engine)) if v is not None})
+            args.model_dump()  # validated; resolve() in the replica checks the files
+    except ValidationError as exc:
+        _fail(f"invalid serve options: {exc.errors()[0]['msg']}; pass --model DIR or --run-dir runs/NAME")
+    serve_forever(None if args is None else args.model_dump(exclude_none=True), config, host, port, address,
+                  on_ready=typer.echo)
 
 
 @app.command()
