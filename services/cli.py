@@ -101,9 +101,22 @@ def demo(overrides: Overrides = None) -> None:
 
 
 @app.command("eval")
-def evaluate(run: Annotated[str, typer.Argument()]) -> None:
-    """Evaluate a run's adapter on the held-out split (greedy)."""
-    _not_built("eval", 8)
+def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
+             step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the final adapter, else "
+                                                      "the latest checkpoint).")] = None,
+             max_samples: Annotated[int | None, typer.Option(help="Held-out records (default: the run's "
+                                                             "eval.max_samples).")] = None,
+             address: Address = None) -> None:
+    """Evaluate a run's adapter on the held-out split (greedy), as the training loop does."""
+    from services.launch import evaluate_run
+
+    try:
+        metrics, path = evaluate_run(run, step, max_samples, address)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for key, value in sorted(metrics.items()):
+        typer.echo(f"  {key:28s} {round(value, 4) if isinstance(value, float) else value}")
+    typer.echo(f"predictions: {path}")
 
 
 @app.command()
@@ -144,22 +157,75 @@ def serve(
 
 
 @app.command()
-def status(address: Address = None) -> None:
-    """Step, tau, workers, throughput and adapter version of a running job."""
-    _not_built("status", 10)
+def status(run: Annotated[str | None, typer.Option(help="Run name (default: the only running job).")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the raw status as JSON.")] = False,
+           address: Address = None) -> None:
+    """Step, stage, tau, workers, throughput, adapter version and last eval of a running job."""
+    from services import ops
+
+    try:
+        ops.connect(address)
+        report = ops.job_status(run)
+    except ops.OperatorError as exc:
+        _fail(str(exc))
+    typer.echo(ops.to_json(report) if as_json else ops.format_status(report))
 
 
 @app.command()
-def submit(address: Address = None) -> None:
-    """Submit a training job to a Ray cluster (wraps `ray job submit`)."""
-    _not_built("submit", 10)
+def submit(config: Annotated[Path, typer.Argument(help="YAML run config inside the working directory.")],
+           overrides: Overrides = None,
+           address: Annotated[str, typer.Option("--address", envvar="MEDGROUND_DASHBOARD_ADDRESS",
+                                                help="The cluster's job server (dashboard).")] = "http://127.0.0.1:8265",
+           gpu: Annotated[bool, typer.Option("--gpu", help="deploy/jobs/runtime_env_gpu.yaml (default: cpu).")] = False,
+           working_dir: Annotated[Path, typer.Option(help="Uploaded with the job (configs, knowledge).")] = Path("."),
+           job_id: Annotated[str | None, typer.Option(help="Submission id (default: medground-<run name>-<time>).")] = None,
+           no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submitting.")] = False) -> None:
+    """Submit `medground train CONFIG` to a Ray cluster with the project's runtime environment (wraps
+    `ray job submit`); follows the job's logs unless --no-wait."""
+    import time
+
+    from services import ops
+
+    try:
+        cfg = load_config(config, overrides or [])  # fail here, not on the cluster
+        entry = ops.entrypoint(config, overrides or [], working_dir)
+        env = ops.runtime_env(gpu, working_dir.resolve())
+        client, job = ops.submit(address, entry, env, job_id or f"medground-{cfg.name}-{int(time.time())}")
+    except (ConfigError, ops.OperatorError) as exc:
+        _fail(str(exc))
+    typer.echo(f"submitted job {job}: {entry}")
+    typer.echo(f"  logs:   ray job logs --follow {job} --address {address}")
+    typer.echo(f"  status: medground status --run {cfg.name} --address HEAD:6379")
+    typer.echo(f"  stop:   ray job stop {job} --address {address}")
+    if no_wait:
+        return
+    try:
+        final = ops.follow(client, job, typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped following; job {job} keeps running (ray job stop {job} to end it)")
+        raise typer.Exit(130) from None
+    typer.echo(f"job {job}: {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 @scale_app.command("rollout")
-def scale_rollout(n: Annotated[int, typer.Argument(help="Target number of rollout workers.")],
+def scale_rollout(n: Annotated[int, typer.Argument(help="Target number of rollout workers (>= 1).")],
+                  run: Annotated[str | None, typer.Option(help="Run name (default: the only running job).")] = None,
+                  wait: Annotated[float, typer.Option(help="Seconds to wait until N workers are live "
+                                                      "(0: return once requested).")] = 0.0,
                   address: Address = None) -> None:
-    """Resize the rollout pool of a running job between steps."""
-    _not_built("scale rollout", 10)
+    """Resize the rollout pool of a running job; the driver applies it between steps and new workers
+    load the current adapter before they take work."""
+    from services import ops
+
+    if n < 1:
+        _fail(f"a rollout pool needs at least 1 worker, got {n}")
+    try:
+        ops.connect(address)
+        ops.scale_rollout(run, n, wait, typer.echo)
+    except ops.OperatorError as exc:
+        _fail(str(exc))
 
 
 def _pair(text: str | None, kind: type[int] | type[float], name: str) -> tuple[float, float] | None:

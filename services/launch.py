@@ -86,3 +86,50 @@ def demo(overrides: list[str]) -> dict[str, Any]:
                "centre-box mIoU": rows[0].get("baseline/centre/mIoU")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
+                 address: str | None) -> tuple[dict[str, Any], Path]:
+    """Greedy held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings
+    and eval split, one rollout worker, the same prediction path as training. Returns (metrics, the
+    predictions file under RUN_DIR/eval/)."""
+    import ray
+
+    from learner.export import LoraArtefact
+    from rollout.knowledge import load_knowledge
+    from services import checkpointing, evaluation
+    from services.data.manifest import load_manifest
+    from services.rollout_pool import RolloutPool
+
+    resolved = run_dir / "resolved_config.json"
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
+    cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
+    if step is not None:
+        adapter, label = run_dir / "checkpoints" / f"step-{step}" / "adapter", f"step-{step}"
+    elif (run_dir / "adapter").is_dir():
+        adapter, label = run_dir / "adapter", "final"
+    else:
+        try:
+            latest = checkpointing.latest_checkpoint(run_dir)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run_dir} has no adapter/ and no checkpoint yet; nothing to evaluate") from None
+        adapter, label = latest / "adapter", latest.name
+    artefact = LoraArtefact.load(adapter)  # a clear error when the checkpoint or its adapter is missing
+    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
+    records = manifest.select(split=cfg.data.eval_split)[:max_samples or cfg.eval.max_samples]
+    if not records:
+        raise ValueError(f"the manifest {cfg.data.manifest} has no records in split {cfg.data.eval_split!r}")
+    init_ray(address)
+    pool = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
+    try:
+        pool.load_adapter(artefact.version, ray.put(artefact))
+        pool.wait_ready()
+        predictions = evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
+    finally:
+        pool.shutdown()
+    metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records),
+               **evaluation.report(predictions)}
+    path = evaluation.write_predictions(predictions, run_dir / "eval" / f"cli-{label}.jsonl")
+    path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics, path
