@@ -110,7 +110,10 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
             for arm in study.arms:
                 ckpt, warm = _warm(base, study, arm, seed, cache)
                 if not arm.train:
-                    per_arm[arm.name].append({**warm, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]})
+                    row = {**warm, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
+                    if study.extra is not None:
+                        row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
+                    per_arm[arm.name].append(row)
                     continue
                 tree = arm_tree(base, study, arm, seed, str(ckpt.resolve()))
                 run_dir = RUNS / study.name / f"{arm.name}-s{seed}"

@@ -36,7 +36,8 @@ METRICS = ("eval/grade/accuracy", "eval/grade/mean_abs_grade_error", "eval/A@0.5
 DEVIATIONS = (
     "synthetic phantoms with a size grade (0-3), not MedMNIST; a random 3.6M-parameter Qwen2.5-VL; the task-level "
     "knowledge text describes chest radiographs in general, not the grade thresholds",
-    "warm start: 150 SFT steps on grounding, 30 on grading (format); then 8 GRPO steps of 4 prompts x G = 8",
+    "warm start: 100 SFT steps on grounding, 30 on grading (8 prompts per step; teaches the formats); then 6 GRPO "
+    "steps of 4 prompts x G = 8 per stage",
     "the MFRS graded reward (2^(-2d)) scores grades in every arm; recitation = BLEU(think, injected knowledge)",
 )
 
