@@ -138,6 +138,8 @@ class GroundingDeployment:
             raise RuntimeError("the adapter watcher thread died; see the replica log")
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        if not hasattr(self, "_stop"):
+            return  # __init__ failed before the engine existed: nothing to release
         self._stop.set()
         self.engine.submit(self.service.close).result(timeout=60)
         self.engine.shutdown(wait=False)

@@ -56,8 +56,8 @@ def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 120, seed: int =
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    if float(loss) > 0.05:
-        raise RuntimeError(f"the fixed-answer model did not converge (loss {float(loss):.3f}); raise steps")
+    if float(loss.detach()) > 0.05:
+        raise RuntimeError(f"the fixed-answer model did not converge (loss {float(loss.detach()):.3f}); raise steps")
     model.save_pretrained(out, safe_serialization=True)
     return out
 
