@@ -35,6 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 PHASES = ("generate", "reward", "learner", "sync", "other")
+RAY_NICENESS = "RAY_worker_niceness"  # a Ray config read from the environment (its spelling)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -375,6 +376,9 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
             baton.abort(f"{name} failed: {exc!r}")
 
     ray_tmp = tempfile.mkdtemp(dir="/tmp", prefix="rvt")  # short: Ray's socket paths have a length limit
+    # Ray starts workers at niceness 15 by default; TRL computes in this (nice 0) process. On a shared machine
+    # the niced actors would lose the CPU to other sessions' work and medground would look slower for it.
+    os.environ.setdefault(RAY_NICENESS, str(os.nice(0)))
     ray.init(num_cpus=2 * len(names) + 2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
              runtime_env={"env_vars": {k: os.environ[k] for k in CPU_ENV}})
     try:
@@ -411,13 +415,17 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
                      "lora_targets": list(any_cfg.learner.mlae.target_modules), "beta": any_cfg.learner.grpo.beta,
                      "temperature": any_cfg.rollout.sampling.temperature, "lr": args.lr,
                      "torch_threads_driver": torch.get_num_threads()},
+            "niceness": {"driver_and_trl": os.nice(0), "ray_workers": int(os.environ[RAY_NICENESS])},
             "order": names, "warmup_steps": args.warmup, "rounds": args.rounds, "arms": arms, "ratios": ratios,
             "notes": NOTES}
 
 
 NOTES = [
     "Shared machine: 2 CPU cores shared with other sessions' work during the run (see loadavg_before/after); "
-    "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy.",
+    "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy. "
+    "Ray workers run at the driver's niceness (RAY_worker_niceness, see 'niceness'): at Ray's default of 15 "
+    "medground's actors lost the CPU to other sessions' nice-0 work while TRL's in-process trainer did not "
+    "(a first run that way measured medground 4x slower, all of it in niced actors).",
     "CPU only, random small model: per-step costs are dominated by per-token generation overhead and framework "
     "bookkeeping, not by matrix math; ratios on a GPU with a real 3B-7B model can differ a lot.",
     "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads; TRL: HF Trainer/accelerate "
