@@ -29,6 +29,11 @@ class SamplingConfig(_Strict):
 class RolloutConfig(_Strict):
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm (the product) or hf (transformers reference).")
     num_workers: int = Field(1, ge=1, description="Rollout workers in the pool (resizable while a run is live).")
+    resize_wait_s: float = Field(
+        0.0, ge=0.0, description="Seconds the driver waits, after `medground scale rollout` adds workers, for them "
+                                 "to be up before the next step (0: carry on; each joins once its engine is up with "
+                                 "the current adapter). Waiting fixes the step a resize lands on; not waiting keeps "
+                                 "the learner busy while a new engine (or node) starts.")
     group_size: int = Field(8, ge=1, description="G: completions per prompt [paper: 8].")
     sampling: SamplingConfig = SamplingConfig()
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")

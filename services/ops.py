@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import socket
@@ -50,7 +51,7 @@ def connect(address: str | None) -> str:
     if ray.is_initialized():
         return address
     try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
         where = "no local Ray cluster was found" if address == "auto" else f"cannot join the cluster at {address}"
         raise OperatorError(f"{where} ({exc}); pass --address HOST:{GCS_PORT} of the cluster running the job "

@@ -5,7 +5,9 @@
   workers (or on the replacement when none survive), up to `rollout.max_attempts` tries per request.
 - Every worker loads the current adapter before any work: a new worker's first actor task is the
   adapter load, and Ray runs one caller's tasks on an actor in submission order.
-- `resize(n)` adds or removes workers between calls; `load_adapter` pushes one object ref to all.
+- `resize(n)` adds or removes workers between calls; `load_adapter` pushes one object ref to all. A worker
+  still starting (or waiting for resources the cluster does not have yet) is not waited for: the load is
+  queued behind its start-up, and it takes work once its last queued load has finished.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class RolloutPool:
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers replaced after dying mid-call (a metric)
+        self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
         self.resize(config.num_workers if num_workers is None else num_workers)
 
     @property
@@ -70,6 +73,13 @@ class RolloutPool:
     def handles(self) -> list[Any]:
         """The worker actor handles (for status and tests)."""
         return [w.handle for w in self._workers]
+
+    def live_count(self) -> int:
+        """Workers that are up with the current adapter (the rest are starting or waiting for resources)."""
+        if not self._workers:
+            return 0
+        done, _ = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=0)
+        return len(done)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every worker has started and loaded the current adapter (errors propagate)."""
@@ -127,11 +137,16 @@ class RolloutPool:
             raise ValueError(f"version {version} with artefact {artefact_ref}: version 0 has no artefact, "
                              f"versions >= 1 need one")
         self._adapter_version, self._adapter_ref = version, artefact_ref
+        done, _ = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=0)
+        finished = set(done)
+        up = {id(w) for w in self._workers if w.ready in finished}
         for w in self._workers:
             # chained behind the start-up task, so a starting worker also ends on this adapter
             w.ready = w.handle.load_adapter.remote(artefact_ref)
         loaded = []
-        for w in list(self._workers):
+        # wait for the workers that were up; one still starting (a new vLLM engine, or an actor waiting for
+        # a node) would stall the step, and `_ready_workers` gives it work only once this load is done
+        for w in [w for w in self._workers if id(w) in up]:
             try:
                 loaded.append(ray.get(w.ready))
             except RayActorError:
@@ -157,6 +172,7 @@ class RolloutPool:
                 ref = worker.handle.generate.remote([requests[i] for i in idx], n, sampling)
                 pending[ref] = (worker, idx)
 
+        serving: set[int] = set()
         if requests:
             submit(list(range(len(requests))))
         while pending:
@@ -173,8 +189,10 @@ class RolloutPool:
                 # the retry goes to surviving workers (or the replacement once it is up)
                 submit(list(idx))
                 continue
+            serving.add(worker.serial)
             for i, group in zip(idx, groups, strict=True):
                 results[i] = group
+        self.last_serving = tuple(sorted(serving))
         missing = [requests[i].prompt_id for i, g in enumerate(results) if g is None]
         if missing:
             raise RuntimeError(f"rollout pool lost requests {missing[:5]}; this is a bug in RolloutPool")

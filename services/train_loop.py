@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.exceptions import GetTimeoutError
 
 from learner.batch import StepMetrics, TrainSample
 from learner.grpo import group_advantages
@@ -134,6 +135,11 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
                 "batch/adapter_version_min": min(g.adapter_version for g in all_groups),
                 "batch/adapter_version_max": max(g.adapter_version for g in all_groups),
                 "time/generate_s": timings["generate"], "time/reward_s": timings["reward"]})
+    completions = [c for g in all_groups for c in g.completions]
+    row.update({"rollout/workers_serving": len(svc.pool.last_serving),
+                "rollout/serving_serials": ",".join(map(str, svc.pool.last_serving)),
+                "rollout/completions_per_s": len(completions) / max(timings["generate"], 1e-9),
+                "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / max(timings["generate"], 1e-9)})
     for r in scored.raises:
         log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
     row.update(_learner_row(svc.learner.grpo_step(samples) if samples else None, skipped=not samples))
@@ -213,6 +219,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
             first = _evaluate(svc, 0) if cfg.eval.at_start else {}
             svc.last_eval = first.get("eval/A@0.5")
             svc.writer.log(0, {"stage": cfg.stages[0].name, **first, **_baseline(svc)})
+        _report(svc, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}, svc.last_eval)
         _train_stages(svc, state, on_step)
         _write_final(svc, state)
     finally:
@@ -261,7 +268,7 @@ def _train_stages(svc: Services, state: DriverState, on_step: Callable[[int, dic
             known = sum(row.get(k, 0.0) for k in ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s"))
             row["time/other_s"] = max(row["time/step_s"] - known - row.get("time/eval_s", 0.0), 0.0)
             row.update({"stage": stage.name, "stage_step": state.step_in_stage, "adapter_version": state.adapter_version,
-                        "rollout/workers": svc.pool.size})
+                        "rollout/workers": svc.pool.size, "rollout/workers_live": svc.pool.live_count()})
             svc.writer.log(state.global_step, row)
             if stage_done:
                 state.stage_index, state.step_in_stage = stage_index + 1, 0
@@ -312,7 +319,14 @@ def _apply_control(svc: Services) -> None:
     n = ray.get(svc.control.take_rollout_request.remote())
     if n is not None and n != svc.pool.size:
         log.info("resizing the rollout pool %d -> %d", svc.pool.size, n)
+        grow = n > svc.pool.size
         svc.pool.resize(n)
+        if grow and svc.cfg.rollout.resize_wait_s > 0:
+            try:
+                svc.pool.wait_ready(timeout=svc.cfg.rollout.resize_wait_s)
+            except GetTimeoutError:  # e.g. no free resources yet: they join once up
+                log.warning("%d of %d rollout workers up after rollout.resize_wait_s=%.0f s; carrying on",
+                            svc.pool.live_count(), n, svc.cfg.rollout.resize_wait_s)
 
 
 def _push_adapter(svc: Services, state: DriverState, export: bool = True, artefact_dir: Path | None = None) -> None:
@@ -363,10 +377,16 @@ def _restore_state(run_dir: Path) -> tuple[DriverState, Path]:
 
 
 def _report(svc: Services, state: DriverState, row: dict[str, Any], last_eval: float | None) -> None:
+    """What `medground status` shows (the control actor stamps the time)."""
     status = {"step": state.global_step, "stage": row.get("stage"), "tau": row.get("tau/value"),
-              "reward": row.get("reward/total"), "adapter_version": state.adapter_version,
-              "rollout_workers": svc.pool.size, "step_seconds": row.get("time/step_s"),
-              "last_A@0.5": last_eval, "total_steps": sum(s.steps for s in svc.cfg.stages)}
+              "tau_version": row.get("tau/version"), "reward": row.get("reward/total"),
+              "adapter_version": state.adapter_version, "rollout_workers": svc.pool.size,
+              "rollout_workers_live": row.get("rollout/workers_live", svc.pool.live_count()),
+              "rollout_workers_serving": row.get("rollout/workers_serving"),
+              "completions_per_s": row.get("rollout/completions_per_s"),
+              "tokens_per_s": row.get("rollout/tokens_per_s"), "step_seconds": row.get("time/step_s"),
+              "last_A@0.5": last_eval, "total_steps": sum(s.steps for s in svc.cfg.stages),
+              "run_dir": str(svc.run_dir)}
     svc.control.report.remote(status)
 
 

@@ -1,0 +1,219 @@
+"""The operator CLI against a real cluster: `medground submit` a training job to a `ray start --head` on
+loopback, read `medground status` while it runs, scale its rollout pool 1 -> 2 -> 1 with
+`medground scale rollout`, and check that every step completed, the metrics show the worker counts, and the
+added worker sampled with the current adapter. Every command runs in its own process, through --address.
+
+Teardown stops only this test's cluster: the processes whose command line names its own temp dir (never
+`ray stop`, which would stop every Ray on a shared machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# A tiny step takes ~0.4 s and each CLI call a few seconds (a new process joins the cluster): enough steps
+# that the shrink lands while the job runs. The added worker's start is waited for (rollout.resize_wait_s).
+GRPO_STEPS = 80
+
+
+def _free_port() -> int:
+    """A free port in 20000-29999: above Ray's worker ports (10002-19999) and below the kernel's ephemeral
+    range, from which other clusters on this machine take their random ports."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _pids_of(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+    return pids
+
+
+def _with_descendants(pids: list[int]) -> set[int]:
+    """`pids` and every process below them (Ray's workers rename themselves `ray::...`, so only their
+    ancestry, the raylet, ties them to this cluster)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """SIGTERM, then SIGKILL, every process of this cluster: those that name its temp dir (GCS, raylet,
+    dashboard, ...) and their descendants (workers, actors, the job's driver)."""
+    pids = _with_descendants(_pids_of(temp_dir))  # taken first: orphans lose their ancestry
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pids |= _with_descendants(_pids_of(temp_dir))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A 2-CPU head on 127.0.0.1 with token auth, on free ports; yields the env and the addresses."""
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    for key in ("RAY_ADDRESS", "MEDGROUND_RAY_ADDRESS", "MEDGROUND_DASHBOARD_ADDRESS"):
+        env.pop(key, None)
+    # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for its temp dir.
+    temp_dir = tempfile.mkdtemp(prefix="mg-ops-", dir="/tmp")
+    try:
+        for _attempt in range(3):  # a port found free can be taken before Ray binds it: try other ports
+            gcs, dash, client, agent = (_free_port() for _ in range(4))
+            start = _run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+                          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                          "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+                          "--num-cpus", "2", "--temp-dir", temp_dir], env, 180)
+            if start.returncode == 0:
+                break
+            _stop_cluster(temp_dir)
+        assert start.returncode == 0, start.stderr[-3000:]
+        yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return _run([str(BIN / "python"), "-m", "services.cli", *args], env, timeout)
+
+
+def _status(c: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's status, or None while its control actor is not up yet."""
+    out = _cli(["status", "--json", "--run", "ops", "--address", c["gcs"]], c["env"], timeout=120)
+    if out.returncode != 0:
+        assert "no running medground job named 'ops'" in out.stderr, out.stderr[-2000:]
+        return None
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def _wait_status(c: dict[str, Any], ok: Any, what: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = _status(c)
+        if last is not None and ok(last):
+            return last
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}; last status: {last}")
+
+
+def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> None:
+    from services.data.synth import make_spec, write_dataset
+
+    c = cluster
+    manifest = write_dataset(make_spec("demo", splits={"train": 8, "val": 2, "test": 0}), tmp_path / "data",
+                             seed=0, manifest_name="manifest.jsonl")
+    sets = {"name": "ops", "model.path": tiny_model_dir, "data.manifest": manifest,
+            "output_dir": tmp_path / "runs", "stages.0.steps": 1, "stages.0.prompts_per_step": 2,
+            "stages.1.steps": GRPO_STEPS, "stages.1.prompts_per_step": 2, "stages.1.refill_cap": 0,
+            "rollout.group_size": 2, "rollout.max_lora_rank": 16, "rollout.sampling.max_new_tokens": 8,
+            "rollout.cpus_per_worker": 0.5, "rollout.resize_wait_s": 300, "learner.cpus_per_rank": 0.5,
+            "learner.torch_threads": 1,
+            "eval.at_start": False, "eval.every": 0, "eval.max_samples": 2, "eval.overlays": 0,
+            "checkpoint.every": 0}
+    overrides = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+    t0 = time.monotonic()
+    sub = _cli(["submit", "deploy/configs/demo.yaml", *overrides, "--address", c["dashboard"],
+                "--job-id", "ops-job", "--no-wait"], c["env"])
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    assert "submitted job ops-job" in sub.stdout and "ray job logs --follow ops-job" in sub.stdout
+    print(f"submitted at {time.monotonic() - t0:.0f} s")
+
+    # 1 worker, running: status has every field an operator needs
+    first = _wait_status(c, lambda s: s.get("step", 0) >= 2, "the job's second step", 600)
+    assert first["rollout_workers"] == first["rollout_workers_live"] == 1
+    assert first["total_steps"] == GRPO_STEPS + 1 and first["stage"] == "grounding"
+    assert first["tau"] is not None and first["tau_version"] is not None
+    assert first["completions_per_s"] > 0 and first["tokens_per_s"] > 0 and first["adapter_version"] >= 1
+    assert 0 <= first["age_s"] < 120
+    print(f"step {first['step']} at {time.monotonic() - t0:.0f} s")
+    table = _cli(["status", "--address", c["gcs"]], c["env"], 120)  # the only job: no --run needed
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "1 target, 1 live, 0 starting" in table.stdout and "completions/s" in table.stdout, table.stdout
+
+    # 1 -> 2: the driver adds a worker between steps; --wait returns once both are live
+    up = _cli(["scale", "rollout", "2", "--run", "ops", "--wait", "400", "--address", c["gcs"]], c["env"], 450)
+    assert up.returncode == 0, (up.stdout[-2000:], up.stderr[-2000:])
+    assert "resize to 2 rollout workers requested" in up.stdout and "done: 2 rollout workers live" in up.stdout
+    print(f"2 workers at {time.monotonic() - t0:.0f} s")
+
+    # 2 -> 1
+    down = _cli(["scale", "rollout", "1", "--wait", "300", "--address", c["gcs"]], c["env"], 350)
+    assert down.returncode == 0, (down.stdout[-2000:], down.stderr[-2000:])
+    assert "done: 1 rollout workers live" in down.stdout
+    print(f"1 worker at {time.monotonic() - t0:.0f} s")
+
+    logs = _run([str(BIN / "ray"), "job", "logs", "--follow", "ops-job", "--address", c["dashboard"]], c["env"], 600)
+    job = _run([str(BIN / "ray"), "job", "status", "ops-job", "--address", c["dashboard"]], c["env"], 60)
+    assert "succeeded" in job.stdout.lower(), (job.stdout[-1000:], logs.stdout[-4000:])
+    print(f"job finished in {time.monotonic() - t0:.0f} s")
+    gone = _cli(["status", "--address", c["gcs"]], c["env"], 120)
+    assert gone.returncode == 1 and "no running medground job found" in gone.stderr, gone.stderr[-1000:]
+
+    rows = read_metrics(tmp_path / "runs" / "ops" / "metrics.jsonl")
+    steps = [r for r in rows if r["step"] >= 1]
+    assert [r["step"] for r in steps] == list(range(1, GRPO_STEPS + 2)), "a step is missing"
+    grpo = [r for r in steps if r["stage"] == "grounding"]
+    assert [k for k, _ in groupby(r["rollout/workers"] for r in grpo)] == [1, 2, 1]
+    both = [i for i, r in enumerate(grpo) if r["rollout/workers_serving"] == 2]
+    grown = next(i for i, r in enumerate(grpo) if r["rollout/workers"] == 2)
+    assert both and both[0] == grown, "the step the resize landed on was not served by both workers"
+    for i in both:
+        # worker 1 is the one added; every group of the step came from the adapter pushed after the last step
+        assert grpo[i]["rollout/serving_serials"] == "0,1"
+        assert grpo[i]["batch/adapter_version_min"] == grpo[i]["batch/adapter_version_max"] \
+            == grpo[i - 1]["adapter_version"]
+    assert grpo[-1]["rollout/workers"] == grpo[-1]["rollout/workers_serving"] == 1
+    assert grpo[-1]["rollout/serving_serials"] == "0"
+    assert (tmp_path / "runs" / "ops" / "adapter" / "adapter_config.json").is_file()
