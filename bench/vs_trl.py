@@ -425,7 +425,8 @@ NOTES = [
     "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy. "
     "Ray workers run at the driver's niceness (RAY_worker_niceness, see 'niceness'): at Ray's default of 15 "
     "medground's actors lost the CPU to other sessions' nice-0 work while TRL's in-process trainer did not "
-    "(a first run that way measured medground 4x slower, all of it in niced actors).",
+    "(a first run that way, bench/results/vs_trl_ray_nice15.json, measured trl-hf / medground-hf 0.23x, "
+    "the gap in the niced actors' learner phase).",
     "CPU only, random small model: per-step costs are dominated by per-token generation overhead and framework "
     "bookkeeping, not by matrix math; ratios on a GPU with a real 3B-7B model can differ a lot.",
     "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads; TRL: HF Trainer/accelerate "
@@ -439,6 +440,8 @@ NOTES = [
     "(EOS forbidden until then on both sides), every group trained (medground drop_zero_variance=false, "
     "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
     "beta>0 so both compute reference log-probs with the adapter off.",
+    "TRL with a processor passed in must pad left (TRL pads prompt ids left but takes mm_token_type_ids from the processor's padding); our tiny model's processor pads right, so the script sets padding_side='left' (otherwise Qwen2.5-VL's get_rope_index fails with a shape mismatch).",
+    "Open question, not explained here: medground's learner phase (measured inside the DeepSpeed actor) is about 2.5-3x TRL's step minus generate and reward on the same batch; bench/results/learner.json put DeepSpeed's own overhead at ~20 % on the tiny model, so the rest is unaccounted for (candidates: full-sequence logits and entropy vs TRL's completion-only fused head, thread use inside the Ray actor). Profile before concluding.",
 ]
 
 
