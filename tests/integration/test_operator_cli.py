@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # A tiny step takes ~0.4 s and each CLI call a few seconds (a new process joins the cluster): enough steps
 # that the shrink lands while the job runs. The added worker's start is waited for (rollout.resize_wait_s).
-GRPO_STEPS = 80
+GRPO_STEPS = 50
 
 
 def _free_port() -> int:
@@ -137,10 +137,12 @@ def _status(c: dict[str, Any]) -> dict[str, Any] | None:
     return report
 
 
-def _wait_status(c: dict[str, Any], ok: Any, what: str, timeout: float) -> dict[str, Any]:
+def _wait_status(c: dict[str, Any], ok: Any, what: str, timeout: float,
+                 submit: subprocess.Popen[str]) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
+        assert submit.poll() is None, f"the job ended (submit exit {submit.returncode}) before {what}"
         last = _status(c)
         if last is not None and ok(last):
             return last
@@ -148,7 +150,8 @@ def _wait_status(c: dict[str, Any], ok: Any, what: str, timeout: float) -> dict[
     raise AssertionError(f"timed out waiting for {what}; last status: {last}")
 
 
-def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path, tmp_path: Path,
+                                   request: pytest.FixtureRequest) -> None:
     from services.data.synth import make_spec, write_dataset
 
     c = cluster
@@ -164,14 +167,16 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
             "checkpoint.every": 0}
     overrides = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
     t0 = time.monotonic()
-    sub = _cli(["submit", "deploy/configs/demo.yaml", *overrides, "--address", c["dashboard"],
-                "--job-id", "ops-job", "--no-wait"], c["env"])
-    assert sub.returncode == 0, sub.stderr[-3000:]
-    assert "submitted job ops-job" in sub.stdout and "ray job logs --follow ops-job" in sub.stdout
-    print(f"submitted at {time.monotonic() - t0:.0f} s")
+    # submit follows the job's log until it ends (what an operator sees); it runs beside the commands below
+    follow_log = (tmp_path / "submit.log").open("w+")
+    submit = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "submit", "deploy/configs/demo.yaml",
+                               *overrides, "--address", c["dashboard"], "--job-id", "ops-job"],
+                              env=c["env"], cwd=ROOT, stdout=follow_log, stderr=subprocess.STDOUT, text=True)
+    request.addfinalizer(submit.kill)  # runs before the cluster's teardown
+    request.addfinalizer(follow_log.close)
 
     # 1 worker, running: status has every field an operator needs
-    first = _wait_status(c, lambda s: s.get("step", 0) >= 2, "the job's second step", 600)
+    first = _wait_status(c, lambda s: s.get("step", 0) >= 2, "the job's second step", 600, submit)
     assert first["rollout_workers"] == first["rollout_workers_live"] == 1
     assert first["total_steps"] == GRPO_STEPS + 1 and first["stage"] == "grounding"
     assert first["tau"] is not None and first["tau_version"] is not None
@@ -194,10 +199,15 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert "done: 1 rollout workers live" in down.stdout
     print(f"1 worker at {time.monotonic() - t0:.0f} s")
 
-    logs = _run([str(BIN / "ray"), "job", "logs", "--follow", "ops-job", "--address", c["dashboard"]], c["env"], 600)
-    job = _run([str(BIN / "ray"), "job", "status", "ops-job", "--address", c["dashboard"]], c["env"], 60)
-    assert "succeeded" in job.stdout.lower(), (job.stdout[-1000:], logs.stdout[-4000:])
+    submit.wait(timeout=600)
+    follow_log.seek(0)
+    followed = follow_log.read()
     print(f"job finished in {time.monotonic() - t0:.0f} s")
+    assert submit.returncode == 0, followed[-4000:]
+    assert "submitted job ops-job" in followed and "ray job logs --follow ops-job" in followed
+    assert "run finished:" in followed and "job ops-job: SUCCEEDED" in followed, followed[-3000:]
+    job = _run([str(BIN / "ray"), "job", "status", "ops-job", "--address", c["dashboard"]], c["env"], 60)
+    assert "succeeded" in job.stdout.lower(), job.stdout[-1000:]
     gone = _cli(["status", "--address", c["gcs"]], c["env"], 120)
     assert gone.returncode == 1 and "no running medground job found" in gone.stderr, gone.stderr[-1000:]
 
@@ -217,3 +227,11 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert grpo[-1]["rollout/workers"] == grpo[-1]["rollout/workers_serving"] == 1
     assert grpo[-1]["rollout/serving_serials"] == "0"
     assert (tmp_path / "runs" / "ops" / "adapter" / "adapter_config.json").is_file()
+
+    # `medground eval RUN_DIR`: the final adapter on the held-out split, on the same cluster
+    run_dir = tmp_path / "runs" / "ops"
+    ev = _cli(["eval", str(run_dir), "--max-samples", "2", "--address", c["gcs"]], c["env"], 300)
+    assert ev.returncode == 0, (ev.stdout[-2000:], ev.stderr[-3000:])
+    assert "eval/A@0.5" in ev.stdout and "cli-final.jsonl" in ev.stdout
+    assert len((run_dir / "eval" / "cli-final.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run_dir / "eval" / "cli-final.json").read_text())["adapter_version"] == steps[-1]["adapter_version"]
