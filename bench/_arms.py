@@ -77,7 +77,13 @@ def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str) -> Ro
 
 
 def tree_key(tree: Row) -> str:
-    """Short stable hash of a config tree (names warm-start checkpoints so identical ones are reused)."""
+    """Short stable hash of a config tree (names warm-start checkpoints so identical ones are reused).
+    SFT stages never sample, so when every stage is SFT the sampling temperature and top-p stay out of it
+    (evaluation is greedy); a warm start is then shared by arms that sample differently."""
+    if all(s.get("kind") == "sft" for s in tree.get("stages", [])):
+        sampling = {k: v for k, v in tree.get("rollout", {}).get("sampling", {}).items()
+                    if k not in ("temperature", "top_p")}
+        tree = {**tree, "rollout": {**tree.get("rollout", {}), "sampling": sampling}}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
 
 

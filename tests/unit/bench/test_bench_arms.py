@@ -79,3 +79,12 @@ def test_compare_within_spread() -> None:
     assert compare(old, {"aggregate": {"a": {"m": {"mean": 13.0, "std": 0.0}}}}, ["m"], 0.0) != []
     assert compare(old, {"aggregate": {"a": {"m": {"mean": 13.0, "std": 0.0}}}}, ["m"], 3.0) == []
     assert compare(old, {"aggregate": {}}, ["m"], 1.0) == ["a m: 10.0 vs None"]
+
+
+def test_sft_only_key_ignores_sampling_temperature() -> None:
+    sft = {"stages": [{"name": "w", "kind": "sft"}], "rollout": {"sampling": {"temperature": 0.3, "max_new_tokens": 64}}}
+    hot = {**sft, "rollout": {"sampling": {"temperature": 0.9, "max_new_tokens": 64}}}
+    longer = {**sft, "rollout": {"sampling": {"temperature": 0.3, "max_new_tokens": 32}}}
+    assert tree_key(sft) == tree_key(hot) != tree_key(longer)
+    grpo = {**sft, "stages": [{"name": "g", "kind": "grpo"}]}
+    assert tree_key(grpo) != tree_key({**hot, "stages": grpo["stages"]})
