@@ -39,6 +39,7 @@ DEVIATIONS = (
     "warm start: 100 SFT steps on grounding, 30 on grading (8 prompts per step; teaches the formats); then 6 GRPO "
     "steps of 4 prompts x G = 8 per stage",
     "the MFRS graded reward (2^(-2d)) scores grades in every arm; recitation = BLEU(think, injected knowledge)",
+    "sampling temperature 0.1, as in bench_medloc (the small warm-started model's samples rarely parse at 0.3)",
 )
 
 
