@@ -108,9 +108,13 @@ class RolloutPool:
             self._stop(self._workers.pop())
 
     def _stop(self, worker: _Worker) -> None:
-        # a dead or hung worker has nothing to close cleanly; the kill below frees its resources
-        with contextlib.suppress(RayActorError, GetTimeoutError):
-            ray.get(worker.handle.close.remote(), timeout=60)
+        # a dead or hung worker has nothing to close cleanly; the kill below frees its resources. One that
+        # never came up (no loads are in flight between calls) is killed at once: waiting on its close
+        # would wait for its start, forever when the cluster has no room for it
+        started, _ = ray.wait([worker.ready], timeout=0)
+        if started:
+            with contextlib.suppress(RayActorError, GetTimeoutError):
+                ray.get(worker.handle.close.remote(), timeout=60)
         ray.kill(worker.handle)
 
     def _replace(self, dead: _Worker) -> None:

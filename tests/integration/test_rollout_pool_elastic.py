@@ -1,0 +1,43 @@
+"""Resizing the pool beyond what the cluster can place never stalls it: adapter pushes wait only for the
+workers that are up, work goes to them, the unplaced worker is reported as not live and is removed at once
+(what `medground scale rollout N` relies on; tests/integration/test_operator_cli.py runs it end to end)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+
+from rollout.config import RolloutConfig, SamplingConfig
+from services.rollout_pool import RolloutPool
+
+pytestmark = pytest.mark.integration
+# 1.5 CPUs per worker on the 2-CPU test Ray: the first worker fits, a second can never be placed
+CONFIG = RolloutConfig(engine="hf", max_model_len=512, cpus_per_worker=1.5, num_workers=1)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
+
+
+def test_an_unplaceable_worker_neither_stalls_nor_serves(ray_local: None, tiny_model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    adapter = make_lora_adapter(tiny_model_dir, tmp_path / "v1")
+    pool = RolloutPool(tiny_model_dir, CONFIG)
+    try:
+        pool.wait_ready(timeout=300)
+        pool.resize(2)
+        assert (pool.size, pool.live_count()) == (2, 1)
+        t = time.monotonic()
+        pool.load_adapter(1, ray.put(adapter_tensors(adapter, version=1)))  # would block forever before
+        groups = pool.generate(requests(3), n=2, sampling=GREEDY)
+        assert time.monotonic() - t < 120
+        assert [g.adapter_version for g in groups] == [1, 1, 1]
+        assert pool.last_serving == (0,), "only the worker that is up may take work"
+        assert pool.live_count() == 1
+        t = time.monotonic()
+        pool.resize(1)  # the unplaced worker goes without waiting for a close it can never run
+        assert time.monotonic() - t < 10
+        assert (pool.size, pool.live_count()) == (1, 1)
+    finally:
+        pool.shutdown()
