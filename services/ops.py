@@ -82,8 +82,10 @@ def _control(run: str | None) -> Any:
     try:
         return find_control_actor(run)
     except LookupError as exc:
-        raise OperatorError(f"{exc} (a job registers its control actor once its workers are up; "
-                            f"`ray job list` shows the cluster's jobs)") from None
+        several = "several" in str(exc)
+        hint = "" if several else (" (a job registers its control actor as it starts; `ray job list` shows the "
+                                   "cluster's jobs)")
+        raise OperatorError(f"{exc}{hint}") from None
 
 
 # -------------------------------------------------------------------------------------------------------
