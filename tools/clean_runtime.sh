@@ -13,6 +13,16 @@ else
   rm -rf /tmp/ray/session_* 2>/dev/null
 fi
 uid=$(id -u)
-find /dev/shm -maxdepth 1 \( -name 'psm_*' -o -name 'sem.mp-*' -o -name 'vllm*' \) -user "$uid" "${newer[@]}" -delete 2>/dev/null
-find /tmp -maxdepth 1 -type s -user "$uid" "${newer[@]}" -delete 2>/dev/null
+# Files a live process still maps, holds open or listens on belong to someone's running engine (another
+# test session, a benchmark, a served app on the same machine): never delete those.
+in_use=$( { cat /proc/[0-9]*/maps 2>/dev/null | awk '$6 ~ /^\/dev\/shm\// {print $6}'
+            ls -l /proc/[0-9]*/fd 2>/dev/null | grep -o '/dev/shm/[^ ]*'
+            awk 'NR > 1 && $8 ~ /^\// {print $8}' /proc/net/unix 2>/dev/null; } | sort -u )
+remove_unused() {
+  while IFS= read -r -d '' path; do
+    grep -qxF -- "$path" <<<"$in_use" || rm -f -- "$path"
+  done
+}
+find /dev/shm -maxdepth 1 \( -name 'psm_*' -o -name 'sem.mp-*' -o -name 'vllm*' -o -name 'deepspeed_allreduce_buffer_*' \) -user "$uid" "${newer[@]}" -print0 2>/dev/null | remove_unused
+find /tmp -maxdepth 1 -type s -user "$uid" "${newer[@]}" -print0 2>/dev/null | remove_unused
 exit 0
