@@ -1,0 +1,111 @@
+"""A throwaway `ray start --head` on loopback for tests that need a real cluster (job submit, the operator
+CLI): token auth, free ports, its own short temp dir, and a teardown that stops only this cluster.
+
+Never `ray stop`: it stops every Ray on the machine, including other test sessions and benchmarks.
+Not collected (no test_ prefix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A free port in 20000-29999: above Ray's worker ports (10002-19999) and below the kernel's ephemeral
+    range, from which other clusters on this machine take their random ports."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _pids_of(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+    return pids
+
+
+def _with_descendants(pids: list[int]) -> set[int]:
+    """`pids` and every process below them (Ray's workers rename themselves `ray::...`, so only their
+    ancestry, the raylet, ties them to this cluster)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def stop_cluster(temp_dir: str) -> None:
+    """SIGTERM, then SIGKILL, every process of this cluster: those that name its temp dir (GCS, raylet,
+    dashboard, ...) and their descendants (workers, actors, the job's driver)."""
+    pids = _with_descendants(_pids_of(temp_dir))  # taken first: orphans lose their ancestry
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pids |= _with_descendants(_pids_of(temp_dir))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def head_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A 2-CPU head on 127.0.0.1 with token auth, on free ports; yields the env and the addresses."""
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    for key in ("RAY_ADDRESS", "MEDGROUND_RAY_ADDRESS", "MEDGROUND_DASHBOARD_ADDRESS"):
+        env.pop(key, None)
+    # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for its temp dir.
+    temp_dir = tempfile.mkdtemp(prefix="mg-ops-", dir="/tmp")
+    try:
+        for _attempt in range(3):  # a port found free can be taken before Ray binds it: try other ports
+            gcs, dash, client, agent = (free_port() for _ in range(4))
+            start = run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+                          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                          "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+                          "--num-cpus", "2", "--temp-dir", temp_dir], env, 180)
+            if start.returncode == 0:
+                break
+            stop_cluster(temp_dir)
+        assert start.returncode == 0, start.stderr[-3000:]
+        yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
