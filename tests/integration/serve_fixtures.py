@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+WORDS = ["left", "right", "upper", "lower", "lobe", "nodule", "mass", "effusion", "pleural", "opacity", "the",
+         "finding", "lesion", "apex", "base", "consolidation"]
 ANSWER = '<think>Locate the finding in the image.</think><answer>{"bbox_2d": [14, 21, 42, 49]}</answer>'
 
 
-def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 120, seed: int = 0) -> Path:
+def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 360, seed: int = 0) -> Path:
     """Copy `model_dir` to `out` with weights fine-tuned so greedy decoding answers ANSWER."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -34,30 +36,36 @@ def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 120, seed: int =
     tokenizer = processor.tokenizer
     answer_ids = [*tokenizer(ANSWER, add_special_tokens=False)["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
     rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(8):  # varied sizes and phrases so the answer does not hinge on one prompt
-        size = (int(rng.integers(60, 200)), int(rng.integers(60, 200)))
-        req = RolloutRequest(prompt_id=str(i), image=random_image(size, i), question=f"finding number {i} left")
+
+    def example(i: int) -> dict[str, torch.Tensor]:
+        """A fresh prompt: random size, noise or a smooth grey ramp (what a windowed DICOM becomes), and a
+        phrase of random words, so the answer cannot hinge on any one input."""
+        size = (int(rng.integers(48, 320)), int(rng.integers(48, 320)))
+        picture = random_image(size, i) if rng.random() < 0.5 else ramp_image(size, i)
+        phrase = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
+        req = RolloutRequest(prompt_id=str(i), image=picture, question=phrase)
         prepared = processor.prepare(build_prompt(req, convention_of(family), None, False))
         ids = np.concatenate([prepared.prompt_token_ids, np.asarray(answer_ids)])
         labels = np.full_like(ids, -100)
         labels[len(prepared.prompt_token_ids):] = answer_ids
         mm = np.concatenate([prepared.mm_token_type_ids, np.zeros(len(answer_ids), dtype=np.int64)])
-        examples.append({"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
-                         "mm_token_type_ids": torch.tensor(mm)[None],
-                         "pixel_values": torch.tensor(prepared.pixel_values),
-                         "image_grid_thw": torch.tensor(prepared.image_grid_thw)})
+        return {"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
+                "mm_token_type_ids": torch.tensor(mm)[None], "pixel_values": torch.tensor(prepared.pixel_values),
+                "image_grid_thw": torch.tensor(prepared.image_grid_thw)}
+
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(steps):
-        loss = model(**examples[step % len(examples)]).loss
+        loss = model(**example(step)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    if float(loss.detach()) > 0.05:
-        raise RuntimeError(f"the fixed-answer model did not converge (loss {float(loss.detach()):.3f}); raise steps")
+    with torch.no_grad():  # prompts it has never seen
+        worst = max(float(model(**example(steps + i)).loss) for i in range(8))
+    if worst > 0.05:
+        raise RuntimeError(f"the fixed-answer model did not converge (worst loss {worst:.3f}); raise steps")
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -65,6 +73,15 @@ def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 120, seed: int =
 def random_image(size: tuple[int, int], seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def ramp_image(size: tuple[int, int], seed: int) -> Image.Image:
+    """A smooth grey ramp in a seeded direction: the kind of image a windowed DICOM becomes."""
+    angle = np.random.default_rng(seed).uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    ramp = np.cos(angle) * xx / size[0] + np.sin(angle) * yy / size[1]
+    grey = ((ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6) * 255).astype("uint8")
+    return Image.fromarray(grey).convert("RGB")
 
 
 def png_bytes(size: tuple[int, int], seed: int = 0) -> bytes:
