@@ -15,8 +15,11 @@ pytestmark = [
 ]
 
 
-def test_grpo_trainer_calls_the_reward_per_group(tmp_path: Path) -> None:
+def test_grpo_trainer_calls_the_reward_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("trl")
+    # accelerate warns (an error under -W error) when OMP_NUM_THREADS is unset on CPU, which depends on what
+    # earlier tests left in the environment: set it explicitly.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     from datasets import Dataset
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
