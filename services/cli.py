@@ -1,6 +1,6 @@
 """`medground`: the operator's command line (typer).
 
-Commands that are not built yet say so, name the issue that builds them, and exit with status 2.
+Errors an operator can fix are printed as one line that names the problem and the fix, with exit status 1.
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ app.add_typer(scale_app, name="scale")
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set learner.lr=1e-5")]
 Address = Annotated[str | None, typer.Option("--address", envvar="MEDGROUND_RAY_ADDRESS",
                                              help="Ray cluster address (default: a local Ray).")]
-
-
-def _not_built(what: str, issue: int) -> NoReturn:
-    typer.echo(f"medground {what}: not built yet (tracked in issue {issue}).", err=True)
-    raise typer.Exit(2)
 
 
 def _fail(message: str) -> NoReturn:
