@@ -8,7 +8,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl gpu-check clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve gpu-check clean-runtime
 
 setup: .venv/.ready
 
@@ -44,6 +44,9 @@ bench-vrft: .venv/.ready
 
 bench-vs-trl: .venv/.ready
 	$(PY) -m bench.vs_trl
+
+bench-serve: .venv/.ready
+	$(PY) -m bench.serve_load
 
 gpu-check:
 	bash tools/gpu_check.sh

