@@ -201,7 +201,7 @@ def test_docs_and_model_info(served: Served) -> None:
 def _chromium() -> tuple[str, str]:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver is None:
-        pytest.skip("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs them)")
+        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs them)")
     return browser, driver
 
 
