@@ -206,20 +206,9 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
     return written
 
 
-def ensure_model(model_path: str, tree: Row) -> None:
-    """Build the small random model the configs name when it is missing (as `make demo` does)."""
-    from services.tiny_model import build_model_dir
+def ensure_inputs(tree: Row, preset: str, **knobs: Any) -> None:
+    """The study's model and data set, built when missing (services.launch.ensure_inputs on its config)."""
+    from services.config import RunConfig
+    from services.launch import ensure_inputs as ensure
 
-    if not (Path(model_path) / "config.json").is_file():
-        rollout = tree.get("rollout", {})
-        build_model_dir(model_path, tree["model"].get("family", "qwen2_5_vl"), "small", seed=0,
-                        min_pixels=rollout.get("min_pixels", 56 * 56), max_pixels=rollout.get("max_pixels", 112 * 112))
-
-
-def ensure_data(manifest: str, preset: str, **knobs: Any) -> None:
-    """Write the synthetic dataset (seed 0) when its manifest is missing."""
-    from services.data.synth import make_spec, write_dataset
-
-    path = Path(manifest)
-    if not path.is_file():
-        write_dataset(make_spec(preset, **knobs), path.parent, seed=0, manifest_name=path.name)
+    ensure(RunConfig.model_validate(tree), preset, **knobs)

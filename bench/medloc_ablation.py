@@ -57,10 +57,9 @@ DEVIATIONS = (
 
 
 def prepare(tree: Row) -> None:
-    from bench._runner import ensure_data, ensure_model
+    from bench._runner import ensure_inputs
 
-    ensure_model(tree["model"]["path"], tree)
-    ensure_data(tree["data"]["manifest"], "small-target")
+    ensure_inputs(tree, "small-target")
 
 
 def study(reduced: bool) -> Study:

@@ -44,10 +44,9 @@ DEVIATIONS = (
 
 
 def prepare(tree: Row) -> None:
-    from bench._runner import ensure_data, ensure_model
+    from bench._runner import ensure_inputs
 
-    ensure_model(tree["model"]["path"], tree)
-    ensure_data(tree["data"]["manifest"], "demo-grading", tasks=("grounding", "grading"))
+    ensure_inputs(tree, "demo-grading", tasks=("grounding", "grading"))
 
 
 def main() -> None:

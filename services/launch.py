@@ -56,22 +56,29 @@ def train(config: Path | None, overrides: list[str], address: str | None, resume
 DEMO_CONFIG = Path("deploy/configs/demo.yaml")
 
 
-def demo(overrides: list[str]) -> dict[str, Any]:
-    """Build the demo model and data when missing, train, and summarise where everything is."""
+def ensure_inputs(cfg: RunConfig, preset: str, **knobs: Any) -> None:
+    """Build the small random model and write the synthetic data set (preset `preset`, seed 0) that `cfg`
+    names, each only when missing: what `make demo` and the benches need on a fresh machine."""
     from services.data.synth import make_spec, write_dataset
-    from services.metrics import read_metrics
     from services.tiny_model import build_model_dir
 
-    cfg = load_config(DEMO_CONFIG, overrides)
     model = Path(cfg.model.path)
     if not (model / "config.json").is_file():
-        print(f"demo: building the small random model in {model}")
+        print(f"building the small random model in {model}")
         build_model_dir(model, cfg.model.family, "small", seed=0, min_pixels=cfg.rollout.min_pixels,
                         max_pixels=cfg.rollout.max_pixels)
     manifest = Path(cfg.data.manifest)
     if not manifest.is_file():
-        print(f"demo: writing synthetic phantoms to {manifest.parent}")
-        write_dataset(make_spec("demo"), manifest.parent, seed=0, manifest_name=manifest.name)
+        print(f"writing synthetic {preset} images to {manifest.parent}")
+        write_dataset(make_spec(preset, **knobs), manifest.parent, seed=0, manifest_name=manifest.name)
+
+
+def demo(overrides: list[str]) -> dict[str, Any]:
+    """Build the demo model and data when missing, train, and summarise where everything is."""
+    from services.metrics import read_metrics
+
+    cfg = load_config(DEMO_CONFIG, overrides)
+    ensure_inputs(cfg, "demo")
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always starts fresh

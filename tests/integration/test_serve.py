@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from local_cluster import free_port
 from rollout_fixtures import make_lora_adapter
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
@@ -41,12 +41,6 @@ class Served:
     tmp: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path) -> Iterator[Served]:
     import ray
@@ -65,7 +59,7 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
         if own_ray:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                      _temp_dir=str(tmp / "ray"))
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
             ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {
