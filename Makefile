@@ -42,7 +42,10 @@ bench-mlae-lora: .venv/.ready
 bench-vrft: .venv/.ready
 	$(PY) -m bench.vrft_aug
 
-bench-vs-trl: .venv/.ready
+.venv/.bench: .venv/.ready pyproject.toml
+	.venv/bin/pip install -q -e ".[bench]" && touch $@
+
+bench-vs-trl: .venv/.bench
 	$(PY) -m bench.vs_trl
 
 bench-serve: .venv/.ready

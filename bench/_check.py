@@ -25,12 +25,20 @@ def main() -> int:
     parser.add_argument("committed", type=Path)
     parser.add_argument("fresh", type=Path)
     parser.add_argument("--abs-tol", type=float, default=0.0, help="smallest allowed difference (metric units)")
+    parser.add_argument("--out", type=Path, help="also write the verdict as JSON (to commit next to the results)")
     args = parser.parse_args()
     old, new = json.loads(args.committed.read_text()), json.loads(args.fresh.read_text())
     bad = compare(old, new, KEYS, args.abs_tol)
     for line in bad:
         print("MISMATCH", line)
-    print("match within the seeds' spread" if not bad else f"{len(bad)} cells differ")
+    verdict = "match within the seeds' spread" if not bad else f"{len(bad)} cells differ"
+    print(verdict)
+    if args.out:
+        args.out.write_text(json.dumps({
+            "committed": str(args.committed), "fresh": str(args.fresh), "abs_tol": args.abs_tol, "keys": list(KEYS),
+            "verdict": verdict, "mismatches": bad,
+            "fresh_wall_s_total": new.get("wall_s_total"), "fresh_loadavg_1_5_15": new.get("loadavg_1_5_15"),
+        }, indent=1) + "\n")
     return 1 if bad else 0
 
 

@@ -29,9 +29,13 @@ log = logging.getLogger("bench")
 
 
 def _machine() -> Row:
+    """The machine and how busy it was before the study started (the study itself keeps ~2 cores busy, so
+    only the load at the start tells whether other work shared the machine)."""
     load = os.getloadavg()
+    busy = load[0] >= 1.0
     return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only (no GPU)",
-            "shared": "the 2 cores were shared with other work while this ran; wall times are upper bounds",
+            "shared": (f"other work was running at the start (1-min load {load[0]:.2f}); wall times are upper bounds"
+                       if busy else f"quiet at the start (1-min load {load[0]:.2f})"),
             "loadavg_1_5_15": [round(x, 2) for x in load]}
 
 
@@ -146,7 +150,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     table = markdown_table([(a.name, aggregates[a.name]) for a in study.arms], columns)
     md = [f"# {out_stem}", "", description, "", table, "",
           f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
-          f"on {machine_start['machine']} (shared). Deviations:", *[f"- {d}" for d in deviations], ""]
+          f"on {machine_start['machine']}, {machine_start['shared']}. Deviations:", *[f"- {d}" for d in deviations], ""]
     (RESULTS / f"{out_stem}.md").write_text("\n".join(md))
     plot_study(result, RESULTS / out_stem)
     print(table)

@@ -8,7 +8,7 @@ in the same order with the same sampling seeds, and is evaluated greedily on the
 the small-target benchmark (deploy/configs/bench_medloc.yaml). Writes bench/results/medloc_ablation[_reduced]
 .json/.md and plots.
 
-    python -m bench.medloc_ablation --reduced     # 5 arms, 1 seed, 200 SFT + 12 GRPO steps: ~15 min on 2 cores
+    python -m bench.medloc_ablation --reduced     # 5 arms, 1 seed, 600 SFT + 12 GRPO steps: under 15 min on 2 cores
     python -m bench.medloc_ablation               # 11 arms, 3 seeds, 30 GRPO steps: the full study
 """
 
@@ -48,8 +48,8 @@ DEVIATIONS = (
     "window N = 16 prompt groups instead of the paper's 30, and 4 prompts per GRPO step, so the window fills "
     "after 4 steps and a half refresh refills in 2: with N = 30 the schedule could raise at most a few times "
     "in this budget",
-    "a random 3.6M-parameter Qwen2.5-VL warm-started by SFT (300 steps; 200 in --reduced), not Qwen2.5-VL-3B; "
-    "images seen at 112 px",
+    "a random 3.6M-parameter Qwen2.5-VL warm-started by SFT (600 steps of 16 prompts: 200 left every arm at "
+    "0 % A@0.5, bench/results/probe_warm_start_600.json), not Qwen2.5-VL-3B; images seen at 112 px",
     "sampling temperature 0.1 (at 0.3 only 3-12 % of the warm start's samples parsed: a first reduced run, "
     "stopped after its fixed_0.5 arm), no dynamic-sampling refill",
     "tens of GRPO steps, not 1000; held-out set: the first 128 test images (32 per size bucket)",
@@ -65,18 +65,18 @@ def prepare(tree: Row) -> None:
 def study(reduced: bool) -> Study:
     if reduced:
         return Study("medloc_ablation", CONFIG, (WARM, *MAIN), seeds=(0,), warm_stages=("warmup",),
-                     common=("stages.0.steps=200", "stages.1.steps=12"))
+                     common=("stages.1.steps=12",))
     return Study("medloc_ablation", CONFIG, (WARM, *MAIN, *ABLATIONS), seeds=(0, 1, 2), warm_stages=("warmup",))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reduced", action="store_true", help="5 arms, seed 0, 200 SFT + 12 GRPO steps (~15 min)")
+    parser.add_argument("--reduced", action="store_true", help="5 arms, seed 0, 600 SFT + 12 GRPO steps (<15 min)")
     args = parser.parse_args()
     from bench._runner import run_study
 
     s = study(args.reduced)
-    budget = "200 SFT + 12 GRPO steps, 1 seed" if args.reduced else "300 SFT + 30 GRPO steps, 3 seeds"
+    budget = "600 SFT + 12 GRPO steps, 1 seed" if args.reduced else "600 SFT + 30 GRPO steps, 3 seeds"
     desc = (f"MedLoc-R1 ablation on the small-target synthetic benchmark ({budget}, 4 prompts x G = 8 per "
             f"GRPO step, every arm from the same SFT warm start). Held-out metrics in percent (mIoU in "
             f"[0, 1]); zero-var groups: fraction of GRPO groups whose 8 rewards were all equal.")

@@ -283,7 +283,8 @@ def require_trl() -> str:
     try:
         return metadata.version("trl")
     except metadata.PackageNotFoundError:
-        raise SystemExit("bench.vs_trl needs TRL, a bench-only extra: pip install -e .[bench]") from None
+        raise SystemExit("bench.vs_trl needs TRL, a bench-only extra: run `make bench-vs-trl` (installs it) "
+                         "or pip install -e .[bench]") from None
 
 
 def versions() -> dict[str, str]:
@@ -421,7 +422,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
 
 
 NOTES = [
-    "Shared machine: 2 CPU cores shared with other sessions' work during the run (see loadavg_before/after); "
+    "Load: loadavg_before/after (a 1-min load of 1 or more before the run means other work shared the 2 cores); "
     "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy. "
     "Ray workers run at the driver's niceness (RAY_worker_niceness, see 'niceness'): at Ray's default of 15 "
     "medground's actors lost the CPU to other sessions' nice-0 work while TRL's in-process trainer did not "
