@@ -2,7 +2,7 @@
 
 Both run the same policy (``learner.policy.build_policy``), the same batch (synthetic prompts with images,
 fixed-length completions), the same micro-batching, the same adapter-off reference pass and the same loss
-functions (``learner.grpo``) and the same entropy metric; the plain loop uses torch AdamW and
+functions (``learner.grpo``), the same entropy metric and an adapter export per step; the plain loop uses torch AdamW and
 ``clip_grad_norm_`` directly. The difference is DeepSpeed's engine: its ZeRO optimizer wrapper, gradient
 bookkeeping and collectives, plus the engine's other step metrics.
 
@@ -15,6 +15,8 @@ Prints a table and writes JSON to bench/results/learner.json (learner_gpu.json f
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -28,8 +30,9 @@ from typing import Any
 import torch
 
 from learner import grpo
-from learner.batch import TrainSample, collate, micro_batches
+from learner.batch import SamplingSpec, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
+from learner.export import export_lora
 from learner.policy import build_policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,6 +88,7 @@ def plain_step(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], 
             return model(**inputs, use_cache=False).logits[:, :-1]
 
     def step() -> None:
+        export_lora(model, 1)  # the engine exports the adapter version that samples each batch: same work
         for batch in batches:
             targets, mask = batch["input_ids"][:, 1:].to(device), batch["loss_mask"].to(device)
             with torch.no_grad(), model.disable_adapter():
@@ -152,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = args.size or ("small" if cuda else "tiny")
     batch, micro = args.batch or (64 if cuda else 8), args.micro or (16 if cuda else 4)
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    cfg = LearnerConfig(micro_batch_size=micro, zero_stage=2, precision="bf16" if cuda else "fp32")
+    # reference "base": both contenders take the adapter-off reference pass (no stage-start copy to swap in)
+    cfg = LearnerConfig(micro_batch_size=micro, zero_stage=2, precision="bf16" if cuda else "fp32",
+                        grpo={"reference": "base"})  # type: ignore[arg-type]
 
     from services.tiny_model import build_model_dir
 
@@ -162,9 +168,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from learner.engine import LearnerEngine
 
         engine = LearnerEngine(model_dir, cfg)
+        engine.begin_stage("grpo", cfg.lr)
+        versions = itertools.count(1)
 
         def deepspeed_step() -> None:
-            engine.grpo_step(samples)
+            # On-policy as in training: the batch was sampled by the version exported just before the step.
+            v = next(versions)
+            engine.export(v)
+            engine.grpo_step([dataclasses.replace(s, adapter_version=v) for s in samples], SamplingSpec())
 
         try:
             contenders = {"deepspeed ZeRO-2": deepspeed_step,

@@ -71,8 +71,8 @@ def plain_scorer(groups: list[tuple[list[str], RewardTarget]], tau: float, cfg: 
             v = 0.0 if box is None else max(iou(box, gt) for gt in target.boxes)
             fmt = 1.0 if parsed is not None and parsed.format_ok else 0.0
             acc = 1.0 if v >= tau else 0.0
-            out.append(RewardBreakdown(cfg.w_acc * acc + cfg.w_format * fmt, acc, fmt, 0.0, 0.0, v, box,
-                                       fmt == 1.0, tau, 0))
+            task = cfg.w_acc * acc + cfg.w_format * fmt
+            out.append(RewardBreakdown(task, task, acc, fmt, 0.0, 0.0, v, box, fmt == 1.0, tau, 0))
     return out
 
 

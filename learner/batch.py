@@ -25,8 +25,12 @@ class TrainSample:
         completion_ids: sampled completion (GRPO) or reference answer (SFT) token ids (length Lc >= 0);
             the loss covers exactly these tokens.
         advantage: the completion's group advantage (GRPO); ignored by SFT.
-        sampling_logprobs: the rollout engine's log-prob of each completion token (length Lc), for the
-            train/inference mismatch metric; None when unknown.
+        sampling_logprobs: the rollout engine's behaviour log-prob of each completion token (length Lc), of
+            the distribution it sampled from (``SamplingSpec``), for the adapter-sync alarm; None when unknown.
+        adapter_version: the adapter version that sampled the completion (GRPO): the learner takes the
+            ratio's logp_old under that version when its own weights have moved on (docs/algorithms.md).
+        truncated: the completion hit the length cap (no end-of-sequence); masked from the loss when
+            ``grpo.mask_truncated_completions`` is on.
         pixel_values: ``[P, D]`` float image patches from the processor, or None for a text-only prompt.
         image_grid_thw: ``[1, 3]`` int (t, h, w) patch grid of the one image, with ``pixel_values``.
         mm_token_type_ids: the processor's per-prompt-token modality ids (length Lp; 1 on image pads),
@@ -38,6 +42,8 @@ class TrainSample:
     completion_ids: tuple[int, ...]
     advantage: float = 0.0
     sampling_logprobs: tuple[float, ...] | None = None
+    adapter_version: int = 0
+    truncated: bool = False
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     mm_token_type_ids: tuple[int, ...] | None = None
@@ -67,12 +73,38 @@ class TrainSample:
 
 
 @dataclass(frozen=True)
+class SamplingSpec:
+    """The distribution a rollout engine sampled from, which the learner recomputes exactly.
+
+    Log-probs of the sampled tokens are taken of ``softmax((logits + bias) / temperature)``, where
+    ``bias`` is -100 on ``suppressed_token_ids`` (the engines' vision-token logit bias) and -inf on
+    ``eos_token_ids`` at completion positions before ``min_new_tokens`` -- the order and quantity vLLM's
+    ``processed_logprobs`` report (logit processors, then temperature). Top-p is 1 in training (config
+    refuses less), so no truncation needs mirroring. SFT and evaluation use the default (temperature 1).
+    """
+
+    temperature: float = 1.0
+    suppressed_token_ids: tuple[int, ...] = ()
+    min_new_tokens: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0.0:
+            raise ValueError(f"SamplingSpec.temperature must be > 0 (greedy decoding has no log-probs to "
+                             f"train on), got {self.temperature}")
+        if self.min_new_tokens > 0 and not self.eos_token_ids:
+            raise ValueError("SamplingSpec.min_new_tokens > 0 needs eos_token_ids (the tokens it forbids)")
+
+
+@dataclass(frozen=True)
 class StepMetrics:
     """One optimiser step, reduced over all ranks (means are over the global loss tokens).
 
-    ``logprob_mismatch`` is the mean |learner logp - sampling logp| over tokens with sampling log-probs
-    (None when none had them); ``ratio_*`` describe rho = exp(logp - logp_old) (1 with one update per
-    batch); ``grad_norm`` is the global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
+    ``logprob_mismatch`` is the sync alarm's reading: mean |learner logp - behaviour logp| (nats/token) over
+    the first micro-batch after an adapter version change, from an eval-mode forward (no MLAE mask) under
+    the version that sampled it; None when no new version came or no sample had behaviour log-probs.
+    ``ratio_*`` and ``clip_fraction`` describe rho = exp(logp - logp_old) (exactly 1 and 0 on-policy);
+    ``truncated`` counts completions masked from the loss for hitting the length cap; ``grad_norm`` is the global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
     not report it); ``seconds`` is this step's wall time.
     """
 
@@ -88,6 +120,7 @@ class StepMetrics:
     tokens: int
     seconds: float
     logprob_mismatch: float | None = None
+    truncated: int = 0
 
 
 def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -95,7 +128,8 @@ def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tens
 
     Returns:
         ``input_ids [B, L]`` long, ``attention_mask [B, L]`` long, ``loss_mask [B, T]`` float (1 where
-        position t predicts a completion token), ``advantages [B]`` float, ``sampling_logprobs [B, T]``
+        position t predicts a completion token), ``completion_start [B]`` long (the position predicting each
+        completion's first token), ``truncated [B]`` bool, ``adapter_version [B]`` long, ``advantages [B]`` float, ``sampling_logprobs [B, T]``
         float and ``sampling_mask [B, T]`` float (1 where a sampling log-prob is known); when any sample has
         an image also ``pixel_values [sum P, D]``, ``image_grid_thw [n_images, 3]`` (images in sample
         order) and ``mm_token_type_ids [B, L]`` (zeros over completions and padding).
@@ -111,6 +145,7 @@ def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tens
     sampling_mask = torch.zeros((b, length - 1), dtype=torch.float32)  # [B, T]
     has_image = any(s.pixel_values is not None for s in samples)
     mm_types = torch.zeros((b, length), dtype=torch.long)  # [B, L]
+    starts = torch.zeros(b, dtype=torch.long)  # [B]
     pixels: list[torch.Tensor] = []
     grids: list[torch.Tensor] = []
     for i, s in enumerate(samples):
@@ -119,6 +154,7 @@ def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tens
         attention[i, :n] = 1
         # Completion token k sits at position lp + k and is predicted from position lp + k - 1.
         loss_mask[i, lp - 1 : n - 1] = 1.0
+        starts[i] = lp - 1
         if s.sampling_logprobs is not None and s.completion_ids:
             sampling[i, lp - 1 : n - 1] = torch.tensor(s.sampling_logprobs, dtype=torch.float32)
             sampling_mask[i, lp - 1 : n - 1] = 1.0
@@ -131,6 +167,9 @@ def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tens
         "input_ids": input_ids,
         "attention_mask": attention,
         "loss_mask": loss_mask,
+        "completion_start": starts,
+        "truncated": torch.tensor([s.truncated for s in samples], dtype=torch.bool),
+        "adapter_version": torch.tensor([s.adapter_version for s in samples], dtype=torch.long),
         "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
         "sampling_logprobs": sampling,
         "sampling_mask": sampling_mask,

@@ -27,14 +27,33 @@ class MLAEConfig(_Strict):
 
 
 class GRPOConfig(_Strict):
-    """GRPO loss (ALGORITHMS.md section 1)."""
+    """GRPO loss and update (docs/algorithms.md, "GRPO")."""
 
     eps_low: float = Field(0.2, ge=0.0, description="Lower clip range of the ratio.")
     eps_high: float = Field(0.2, ge=0.0, description="Upper clip range of the ratio.")
-    beta: float = Field(0.04, ge=0.0, description="k3 KL coefficient against the adapter-off reference.")
+    beta: float = Field(0.04, ge=0.0, description="k3 KL coefficient against the reference policy (0: no KL "
+                        "term and no reference forward).")
+    reference: Literal["stage_start", "base"] = Field(
+        "stage_start", description="KL reference: `stage_start` is a frozen copy of the adapter as the GRPO stage "
+        "began (after SFT or an earlier stage, the policy RL started from, as TRL's ref adapter); `base` is the "
+        "model with the adapter off (equal to stage_start only when the adapter starts at zero).")
     aggregation: Literal["grpo", "dapo"] = Field("grpo", description="Sequence-mean (GRPO) or token-mean (DAPO).")
-    adv_eps: float = Field(1e-4, gt=0.0, description="Added to the group std in the advantage.")
-
+    adv_eps: float = Field(1e-4, gt=0.0, description="Added to the std in the advantage.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage denominator: the group's reward std (GRPO), the whole batch's std (TRL "
+        "`batch`, no per-question difficulty weighting) or none (Dr. GRPO).")
+    updates_per_batch: int = Field(
+        1, ge=1, description="Optimiser steps on each generated batch (TRL num_iterations, verl ppo_epochs); "
+        "from the second on, the ratio is taken against the log-probs of the adapter that sampled the batch.")
+    mask_truncated_completions: bool = Field(
+        False, description="Completions cut by max_new_tokens carry no loss (DAPO's overlong filtering); they "
+        "still count in the rewards and the `rollout/truncated_fraction` metric.")
+    sync_alarm: Literal["stop", "warn", "off"] = Field(
+        "stop", description="After each adapter version change, the mean |behaviour - learner| log-prob of the "
+        "first micro-batch (eval mode) above `sync_alarm_nats` stops the run (or warns).")
+    sync_alarm_nats: float = Field(
+        0.02, gt=0.0, description="Alarm threshold in nats/token. fp32 engines agree to ~1e-6 (measured); raise it "
+        "for bf16 engines, whose numerics alone differ by ~1e-2.")
 
 class LearnerConfig(_Strict):
     """The DeepSpeed learner: ranks, optimiser, precision and the adapter it trains."""

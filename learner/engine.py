@@ -4,10 +4,20 @@
 Each rank gets its shard of the global batch; losses are normalised by counts all-reduced over ranks, so
 M ranks on M shards take exactly the step one rank takes on the whole batch.
 
-Deliberate choices:
-- One update per batch: ``logp_old = logp.detach()`` (ratio 1, so clipping never binds on the first
-  pass); the rollout engine's sampling log-probs only feed the ``logprob_mismatch`` metric.
-- Reference log-probs come from the same model with the adapter disabled (no second model in memory).
+Deliberate choices (docs/algorithms.md, "GRPO"):
+- Every log-prob (current, old, reference, the entropy metric) is of the distribution the rollout engine
+  sampled from: logits with the engine's token masks, divided by its temperature (``SamplingSpec``).
+- ``logp_old``: on-policy (the batch was sampled by the adapter version the weights still are) it is
+  ``logp.detach()``, so the ratio is exactly 1; otherwise (``updates_per_batch > 1``, or a stale batch) a
+  no-grad forward under a saved copy of the version that sampled the batch, with the same MLAE mask
+  draw as the gradient pass, so the ratio measures the weights' drift and not mask noise.
+- The KL reference is a frozen copy of the adapter as the GRPO stage began (``grpo.reference``), swapped
+  into the adapter's parameters for a no-grad forward under the same mask draw (KL is exactly 0 at the
+  stage's first step); ``base`` switches the adapter off instead. No second model in memory.
+- The sync alarm's reading (``logprob_mismatch``) comes from an eval-mode forward (no MLAE mask) of the
+  first micro-batch after each adapter version change; the training forward's mask noise would hide a
+  failed sync (0.7 nats/token at p = 0.5).
+- Each stage starts with fresh optimiser moments (``begin_stage``) unless it asks to carry them.
 - Gradient accumulation is ours, not DeepSpeed's: ``managed_gradient_accumulation=false`` makes
   ``step()`` the only boundary, and ranks with fewer micro-batches run zero-weight passes so every rank
   joins the same number of ZeRO-2/3 gradient reductions.
@@ -25,7 +35,9 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +45,12 @@ import torch
 import torch.distributed as dist
 
 from learner import grpo
-from learner.batch import StepMetrics, TrainSample, collate, micro_batches
+from learner.batch import SamplingSpec, StepMetrics, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
 from learner.policy import build_policy
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+_KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live version and the one before
 
 
 def free_port() -> int:
@@ -115,7 +128,13 @@ class LearnerEngine:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
+        self._adapter_params = params  # the same objects DeepSpeed now holds (ZeRO shards them in place)
         self.steps = 0
+        self._reference: list[torch.Tensor] | None = None  # the stage-start adapter (grpo.reference)
+        # Exported adapter copies by version; version 0 is the initial adapter, equal to the base (B = 0).
+        self._versions: OrderedDict[int, list[torch.Tensor]] = OrderedDict({0: self._copy_adapter()})
+        self._live_version: int | None = 0  # the version the weights are now (None: moved since export)
+        self._checked_version = -1  # the newest behaviour version the sync alarm has read
 
     @property
     def model(self) -> Any:
@@ -130,13 +149,72 @@ class LearnerEngine:
             out["pixel_values"] = out["pixel_values"].to(torch.bfloat16 if self.bf16 else torch.float32)
         return out
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, T, V]`` next-token logits for positions 0..L-2."""
-        out = self.engine(**self._inputs(batch), use_cache=False)
-        return out.logits[:, :-1]
+    def _logits(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec | None = None) -> torch.Tensor:
+        """``[B, T, V]`` next-token logits for positions 0..L-2; of the sampling distribution when given."""
+        logits = self.engine(**self._inputs(batch), use_cache=False).logits[:, :-1]
+        if sampling is None:
+            return logits  # type: ignore[no-any-return]
+        return grpo.sampling_logits(logits, sampling, batch["completion_start"])
+
+    def _logprobs(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec) -> torch.Tensor:
+        """``[B, T]`` log-probs of the batch's tokens under the sampling distribution (no grad by caller)."""
+        return grpo.token_logprobs(self._logits(batch, sampling), self._targets(batch))
 
     def _targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["input_ids"][:, 1:].to(self.device)  # [B, T]
+
+    # ---- adapter copies (reference, behaviour versions) -----------------------------------------------
+
+    def _storages(self) -> list[torch.Tensor]:
+        """Where each adapter parameter's values live on this rank (ZeRO-3: its partition)."""
+        return [p.ds_tensor if hasattr(p, "ds_tensor") else p.data for p in self._adapter_params]
+
+    def _copy_adapter(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [t.detach().clone() for t in self._storages()]
+
+    @contextmanager
+    def _adapter_as(self, copy: list[torch.Tensor]) -> Iterator[None]:
+        """The adapter's values temporarily replaced by ``copy`` (for no-grad forwards only)."""
+        with torch.no_grad():
+            live = self._copy_adapter()
+            for p, t, c in zip(self._adapter_params, self._storages(), copy, strict=True):
+                t.copy_(c)
+                if hasattr(p, "ds_tensor") and p.data.numel() == c.numel():  # ZeRO-3 persistent parameter
+                    p.data.copy_(c.view_as(p.data))
+            try:
+                yield
+            finally:
+                for p, t, c in zip(self._adapter_params, self._storages(), live, strict=True):
+                    t.copy_(c)
+                    if hasattr(p, "ds_tensor") and p.data.numel() == c.numel():
+                        p.data.copy_(c.view_as(p.data))
+
+    @contextmanager
+    def _policy_of_version(self, version: int) -> Iterator[None]:
+        """The weights as adapter ``version`` was (a no-op when they still are)."""
+        if version == self._live_version:
+            yield
+            return
+        if version not in self._versions:
+            raise RuntimeError(
+                f"learner rank {self.rank}: a batch sampled by adapter v{version} arrived, but the learner keeps "
+                f"only v{list(self._versions)} (live: v{self._live_version}); the batch is staler than the "
+                f"learner supports -- lower rollout staleness or check that every push exported its version")
+        with self._adapter_as(self._versions[version]):
+            yield
+
+    @contextmanager
+    def _reference_policy(self) -> Iterator[None]:
+        if self.cfg.grpo.reference == "base":
+            with self.model.disable_adapter():
+                yield
+            return
+        if self._reference is None:
+            raise RuntimeError("no KL reference: call begin_stage('grpo', ...) before the stage's first "
+                               "grpo_step (or set learner.grpo.beta=0)")
+        with self._adapter_as(self._reference):
+            yield
 
     # ---- collectives ----------------------------------------------------------------------------------
 
@@ -154,35 +232,73 @@ class LearnerEngine:
         (n_mb,) = self._all_reduce([len(batches)], dist.ReduceOp.MAX)
         return n_seq, n_tok, int(n_mb)
 
-    def _schedule(self, samples: Sequence[TrainSample]) -> tuple[list[dict[str, torch.Tensor]], float, float, int]:
+    def _schedule(self, samples: Sequence[TrainSample],
+                  mask_truncated: bool) -> tuple[list[dict[str, torch.Tensor]], float, float, int]:
         if not samples:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
         batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
+        for b in batches:
+            b["dropped_truncated"] = b["truncated"] if mask_truncated else torch.zeros_like(b["truncated"])
+            b["loss_mask"] = b["loss_mask"] * (~b["dropped_truncated"])[:, None].to(b["loss_mask"].dtype)
         return (batches, *self._global_counts(batches))
 
     # ---- steps ------------------------------------------------------------------------------------------
 
-    def grpo_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
-        """One optimiser step of GRPO over this rank's shard of the global batch."""
+    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
+        """``grpo.updates_per_batch`` optimiser steps of GRPO over this rank's shard of the global batch.
+
+        ``sampling`` is the distribution the completions were sampled from; each sample's
+        ``adapter_version`` names the policy that sampled it (see the module docstring for logp_old).
+        """
         t0 = time.perf_counter()
+        batches, n_seq, n_tok, n_mb = self._schedule(samples, self.cfg.grpo.mask_truncated_completions)
+        mismatch = self._sync_reading(batches[0], sampling)
+        sums: dict[str, float] = {}
+        rmin, rmax = float("inf"), float("-inf")
+        for _ in range(self.cfg.grpo.updates_per_batch):
+            step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, sampling)
+            sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
+            rmin, rmax = min(rmin, lo), max(rmax, hi)
+        keys = list(sums)
+        total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
+        (rmin,) = self._all_reduce([rmin], dist.ReduceOp.MIN)
+        (rmax,) = self._all_reduce([rmax], dist.ReduceOp.MAX)
+        k = self.cfg.grpo.updates_per_batch
+        denom = max(n_tok, 1.0) * k
+        return StepMetrics(
+            loss=total["loss"] / k, kl=total["kl"] / denom, clip_fraction=total["clipped"] / denom,
+            entropy=total["entropy"] / denom, ratio_mean=total["ratio"] / denom if n_tok else 1.0,
+            ratio_min=rmin if n_tok else 1.0, ratio_max=rmax if n_tok else 1.0,
+            grad_norm=self._grad_norm(), sequences=int(n_seq), tokens=int(n_tok),
+            seconds=time.perf_counter() - t0, logprob_mismatch=mismatch, truncated=int(total["truncated"] / k))
+
+    def _grpo_update(self, batches: list[dict[str, torch.Tensor]], n_seq: float, n_tok: float, n_mb: int,
+                     sampling: SamplingSpec) -> tuple[dict[str, float], float, float]:
+        """One optimiser step over the micro-batches; returns this rank's metric sums and ratio range."""
         g = self.cfg.grpo
-        batches, n_seq, n_tok, n_mb = self._schedule(samples)
         self.engine.train()
-        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "ratio": 0.0, "entropy": 0.0, "mis": 0.0, "mis_n": 0.0}
+        sums = dict.fromkeys(("loss", "kl", "clipped", "ratio", "entropy", "truncated"), 0.0)
         rmin, rmax = float("inf"), float("-inf")
         for i in range(n_mb):
             # Ranks with fewer micro-batches repeat their last one at weight 0 to join every reduction.
             batch, weight = (batches[i], 1.0) if i < len(batches) else (batches[-1], 0.0)
             mask = batch["loss_mask"].to(self.device)  # [B, T]
-            targets = self._targets(batch)
+            targets = self._targets(batch)  # [B, T]
+            rng = _rng_state()  # every forward of this micro-batch draws the same MLAE masks
             ref = None
             if g.beta > 0.0:
-                with torch.no_grad(), self.model.disable_adapter():
-                    ref = grpo.token_logprobs(self._logits(batch), targets)  # [B, T]
-            logits = self._logits(batch)  # [B, T, V]
+                with torch.no_grad(), self._reference_policy():
+                    ref = self._logprobs(batch, sampling)  # [B, T]
+                _set_rng_state(rng)
+            stale = self._stale_logprobs(batch, sampling, rng)  # [B, T] rows of stale versions, or None
+            logits = self._logits(batch, sampling)  # [B, T, V] of the sampling distribution
             logp = grpo.token_logprobs(logits, targets)  # [B, T]
+            logp_old = logp.detach()
+            if stale is not None:
+                rows, values = stale
+                logp_old = torch.where(rows[:, None], values, logp_old)
             parts = grpo.grpo_loss(
-                logp, logp.detach(), ref, batch["advantages"].to(self.device), mask,
+                logp, logp_old, ref, batch["advantages"].to(self.device), mask,
                 eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
                 num_sequences=n_seq, num_tokens=n_tok)
             self.engine.backward(parts.loss * (weight * self.world_size))
@@ -190,35 +306,64 @@ class LearnerEngine:
                 continue
             with torch.no_grad():
                 ent = grpo.token_entropy(logits.detach())  # [B, T]
-                sm = batch["sampling_mask"].to(self.device) * mask
-                diff = (logp.detach() - batch["sampling_logprobs"].to(self.device)).abs()
             sums["loss"] += float(parts.loss.detach())
             sums["kl"] += parts.kl_sum
             sums["clipped"] += parts.clipped_sum
             sums["ratio"] += parts.ratio_sum
             sums["entropy"] += float((ent * mask).sum())
-            sums["mis"] += float((diff * sm).sum())
-            sums["mis_n"] += float(sm.sum())
+            sums["truncated"] += float(batch["dropped_truncated"].sum())
             rmin, rmax = min(rmin, parts.ratio_min), max(rmax, parts.ratio_max)
+        self._optimizer_step()
+        return sums, rmin, rmax
+
+    def _stale_logprobs(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec,
+                        rng: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For rows sampled by a version the weights no longer are: ``(rows [B] bool, logp_old [B, T])``,
+        each from a no-grad forward under that version with this micro-batch's mask draw."""
+        versions = batch["adapter_version"].to(self.device)  # [B]
+        stale = sorted({int(v) for v in versions.tolist()} - {self._live_version})
+        if not stale:
+            return None
+        rows = torch.zeros_like(versions, dtype=torch.bool)  # [B]
+        values = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32, device=self.device)  # [B, T]
+        for v in stale:
+            with torch.no_grad(), self._policy_of_version(v):
+                lp = self._logprobs(batch, sampling)  # [B, T]
+            _set_rng_state(rng)
+            values = torch.where((versions == v)[:, None], lp, values)
+            rows |= versions == v
+        return rows, values
+
+    def _sync_reading(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec) -> float | None:
+        """The sync alarm's reading: mean |learner - behaviour| log-prob over this micro-batch's newest
+        version, eval mode, once per new version (all ranks decide together: ZeRO-3 forwards gather)."""
+        newest = int(batch["adapter_version"].max())
+        known = float(batch["sampling_mask"].sum() > 0)  # behaviour log-probs to compare with
+        global_newest, any_known = self._all_reduce([float(newest), known], dist.ReduceOp.MAX)
+        if global_newest <= self._checked_version or not any_known:
+            return None
+        self._checked_version = int(global_newest)
+        rows = (batch["adapter_version"] == newest)[:, None] & batch["sampling_mask"].bool()  # [B, T]
+        self.engine.eval()
+        try:
+            with torch.no_grad(), self._policy_of_version(newest):
+                logp = self._logprobs(batch, sampling)  # [B, T]
+        finally:
+            self.engine.train()
+        diff = (logp - batch["sampling_logprobs"].to(self.device)).abs()
+        rows = rows.to(self.device)
+        total, count = self._all_reduce([float(diff[rows].sum()), float(rows.sum())], dist.ReduceOp.SUM)
+        return total / count if count > 0 else None
+
+    def _optimizer_step(self) -> None:
         self.engine.step()
         self.steps += 1
-        keys = list(sums)
-        total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
-        (rmin,) = self._all_reduce([rmin], dist.ReduceOp.MIN)
-        (rmax,) = self._all_reduce([rmax], dist.ReduceOp.MAX)
-        denom = max(n_tok, 1.0)
-        return StepMetrics(
-            loss=total["loss"], kl=total["kl"] / denom, clip_fraction=total["clipped"] / denom,
-            entropy=total["entropy"] / denom, ratio_mean=total["ratio"] / denom if n_tok else 1.0,
-            ratio_min=rmin if n_tok else 1.0, ratio_max=rmax if n_tok else 1.0,
-            grad_norm=self._grad_norm(), sequences=int(n_seq), tokens=int(n_tok),
-            seconds=time.perf_counter() - t0,
-            logprob_mismatch=total["mis"] / total["mis_n"] if total["mis_n"] > 0 else None)
+        self._live_version = None  # the weights have moved past every exported version
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One optimiser step of cross-entropy on reference answers (``completion_ids``), token-mean."""
         t0 = time.perf_counter()
-        batches, n_seq, n_tok, n_mb = self._schedule(samples)
+        batches, n_seq, n_tok, n_mb = self._schedule(samples, mask_truncated=False)
         self.engine.train()
         loss_sum, ent_sum = 0.0, 0.0
         for i in range(n_mb):
@@ -231,8 +376,7 @@ class LearnerEngine:
                 loss_sum += float(loss.detach())
                 with torch.no_grad():
                     ent_sum += float((grpo.token_entropy(logits.detach()) * mask).sum())
-        self.engine.step()
-        self.steps += 1
+        self._optimizer_step()
         loss_total, ent_total = self._all_reduce([loss_sum, ent_sum], dist.ReduceOp.SUM)
         return StepMetrics(
             loss=loss_total, kl=0.0, clip_fraction=0.0, entropy=ent_total / max(n_tok, 1.0), ratio_mean=1.0,
@@ -244,25 +388,48 @@ class LearnerEngine:
         return float(norm) if norm is not None else float("nan")
 
     @torch.no_grad()
-    def logprobs(self, samples: Sequence[TrainSample], adapter: bool = True) -> list[torch.Tensor]:
-        """Per-sample completion log-probs (``[Lc]`` float32 on CPU each), in eval mode (no MLAE mask).
+    def logprobs(self, samples: Sequence[TrainSample], sampling: SamplingSpec | None = None,
+                 adapter: bool = True) -> list[torch.Tensor]:
+        """Per-sample completion log-probs (``[Lc]`` float32 on CPU each), in eval mode (no MLAE mask),
+        of the sampling distribution ``sampling`` (default: temperature 1, no masks).
 
-        ``adapter=False`` gives the reference policy's. Under ZeRO-3 every rank must call this together.
+        ``adapter=False`` gives the base model's. Under ZeRO-3 every rank must call this together.
         """
+        sampling = sampling or SamplingSpec()
         self.engine.eval()
         out: list[torch.Tensor] = []
-        for mb in micro_batches(samples, self.cfg.micro_batch_size):
-            batch = collate(mb, self.pad_id)
-            if adapter:
-                logp = grpo.token_logprobs(self._logits(batch), self._targets(batch))
-            else:
-                with self.model.disable_adapter():
-                    logp = grpo.token_logprobs(self._logits(batch), self._targets(batch))
-            for row, s in enumerate(mb):
-                start = len(s.prompt_ids) - 1
-                out.append(logp[row, start : start + len(s.completion_ids)].float().cpu())
-        self.engine.train()
+        try:
+            for mb in micro_batches(samples, self.cfg.micro_batch_size):
+                batch = collate(mb, self.pad_id)
+                if adapter:
+                    logp = self._logprobs(batch, sampling)
+                else:
+                    with self.model.disable_adapter():
+                        logp = self._logprobs(batch, sampling)
+                for row, s in enumerate(mb):
+                    start = len(s.prompt_ids) - 1
+                    out.append(logp[row, start : start + len(s.completion_ids)].float().cpu())
+        finally:
+            self.engine.train()
         return out
+
+    def begin_stage(self, kind: str, lr: float, carry_optimizer: bool = False) -> None:
+        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO the KL
+        reference copied from the adapter as it is now. Call at a stage's first step, not on resume."""
+        self.set_lr(lr)
+        if not carry_optimizer:
+            self._reset_optimizer()
+        self._reference = self._copy_adapter() if kind == "grpo" else None
+
+    def _reset_optimizer(self) -> None:
+        """Drop AdamW's moments and step counts: the next step is a fresh optimiser's first (TRL and verl
+        build a new optimiser for an RL run; SFT momentum would steer and shrink the first GRPO updates)."""
+        inner: Any = self.engine.optimizer
+        while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TypeError(f"cannot find the torch optimiser inside {type(self.engine.optimizer).__name__}")
+        inner.state.clear()
 
     def set_lr(self, lr: float) -> None:
         """Change the learning rate (a stage's ``lr`` override)."""
@@ -272,9 +439,15 @@ class LearnerEngine:
     # ---- adapter export and checkpoints ---------------------------------------------------------------
 
     def export(self, version: int) -> Any:
-        """The adapter in LoRA form (``learner.export.LoraArtefact``); every rank calls (ZeRO-3 gathers)."""
+        """The adapter in LoRA form (``learner.export.LoraArtefact``) as ``version``; every rank calls (ZeRO-3
+        gathers). The learner keeps a copy of that version for off-policy ratios and the sync alarm."""
         from learner.export import export_lora
 
+        if self._live_version != version:
+            self._versions[version] = self._copy_adapter()
+            while len(self._versions) > _KEPT_VERSIONS:
+                self._versions.popitem(last=False)
+            self._live_version = version
         return export_lora(self.model, version)
 
     def save_checkpoint(self, directory: str | Path) -> Path:
@@ -293,12 +466,19 @@ class LearnerEngine:
         self.engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={"steps": self.steps},
                                     exclude_frozen_parameters=True)
         torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
-        artefact = self.export(self.steps)
+        # This rank's copies of the KL reference and of the kept versions (ZeRO-3: its partitions), so a
+        # resumed run takes the same KL and off-policy ratios as the uninterrupted one.
+        torch.save({"reference": self._reference, "versions": dict(self._versions)},
+                   tmp / f"adapter_copies_rank{self.rank}.pt")
+        from learner.export import export_lora
+
+        artefact = export_lora(self.model, self.steps)
         self._barrier()  # every rank's files are in tmp before rank 0 renames it
         if self.rank == 0:
             artefact.save(tmp / "adapter")
             (tmp / "learner_state.json").write_text(json.dumps(
-                {"steps": self.steps, "world_size": self.world_size, "adapter": self.cfg.adapter}) + "\n")
+                {"steps": self.steps, "world_size": self.world_size, "adapter": self.cfg.adapter,
+                 "live_version": self._live_version}) + "\n")
             old = final.with_name(final.name + ".old")
             if final.exists():
                 final.rename(old)
@@ -319,6 +499,11 @@ class LearnerEngine:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/deepspeed")
         self.steps = int(client["steps"])
         _set_rng_state(torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False))
+        copies = torch.load(directory / f"adapter_copies_rank{self.rank}.pt", weights_only=True)
+        self._reference = copies["reference"]
+        self._versions = OrderedDict(copies["versions"])
+        self._live_version = state["live_version"]
+        self._checked_version = -1
 
     def _barrier(self) -> None:
         if self.world_size > 1:

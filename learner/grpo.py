@@ -17,34 +17,109 @@ from typing import Literal
 
 import torch
 
+from learner.batch import SamplingSpec
+
 Aggregation = Literal["grpo", "dapo"]
+RewardScaling = Literal["group", "batch", "none"]
+SUPPRESS_BIAS = -100.0  # the engines' logit bias on vision tokens (rollout/engine_vllm.py)
+KL_LOG_RATIO_CLAMP = 20.0  # |ref - logp| bound before exp, and the k3 cap below (as verl's low_var_kl)
+KL_MAX = 10.0
 
 
 def group_advantages(
-    rewards: torch.Tensor, eps: float = 1e-4, equal_tol: float = 1e-6
+    rewards: torch.Tensor,
+    signal: torch.Tensor | None = None,
+    *,
+    scale: RewardScaling = "group",
+    eps: float = 1e-4,
+    equal_tol: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-normalised advantages ``A_i = (r_i - mean) / (std_unbiased + eps)``.
+    """Group-relative advantages ``A_i = (r_i - mean_group(r)) / (std + eps)`` (docs/algorithms.md, GRPO).
 
     Args:
         rewards: ``[B, G]`` total reward of each of G completions of B prompts.
-        eps: added to the group's unbiased standard deviation.
-        equal_tol: a group whose rewards span at most this (max - min) is "all equal": zero advantage.
+        signal: ``[B, G]`` the part of the reward that carries the task (accuracy, format, grade), which
+            decides whether a group has any spread; defaults to ``rewards``. A shaping term such as the
+            recitation BLEU can differ by 0.001 inside a group that failed the task: deciding on the total
+            would keep that group and scale its noise to advantages of about +-1.
+        scale: the std divided by: ``group`` the group's unbiased std (GRPO), ``batch`` the unbiased std of
+            all B x G rewards (TRL ``scale_rewards="batch"``), ``none`` no division (Dr. GRPO).
+        eps: added to the std. equal_tol: a group whose ``signal`` spans at most this is "all equal".
 
     Returns:
-        ``(advantages [B, G], zero_variance [B] bool)``. A group of one completion (G = 1) has no spread,
-        so it is zero-variance and gets zero advantage (torch's unbiased std of one value would be NaN).
+        ``(advantages [B, G], zero_variance [B] bool)``; zero-variance groups get zero advantage. A group
+        of one completion (G = 1) has no spread, so it is zero-variance.
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
+    signal = rewards if signal is None else signal
+    if signal.shape != rewards.shape:
+        raise ValueError(f"signal {tuple(signal.shape)} must have the shape of rewards {tuple(rewards.shape)}")
     rewards = rewards.float()
+    zero_var = zero_variance_groups(signal, equal_tol)  # [B]
     if rewards.shape[1] < 2:
-        return torch.zeros_like(rewards), torch.ones(rewards.shape[0], dtype=torch.bool)
-    zero_var = (rewards.max(dim=1).values - rewards.min(dim=1).values) <= equal_tol  # [B]
-    mean = rewards.mean(dim=1, keepdim=True)  # [B, 1]
-    std = rewards.std(dim=1, unbiased=True, keepdim=True)  # [B, 1]
-    adv = (rewards - mean) / (std + eps)  # [B, G]
+        return torch.zeros_like(rewards), zero_var
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
+    match scale:
+        case "group":
+            adv = centred / (rewards.std(dim=1, unbiased=True, keepdim=True) + eps)  # [B, G]
+        case "batch":
+            adv = centred / (rewards.std(unbiased=True) + eps) if rewards.numel() > 1 else centred
+        case "none":
+            adv = centred
     adv = torch.where(zero_var[:, None], torch.zeros_like(adv), adv)
     return adv, zero_var
+
+
+def zero_variance_groups(signal: torch.Tensor, equal_tol: float = 1e-6) -> torch.Tensor:
+    """``[B, G]`` task rewards -> ``[B]`` bool: groups whose rewards span at most ``equal_tol`` (no signal).
+
+    A group of one completion has no spread, so it is zero-variance.
+    """
+    if signal.dim() != 2:
+        raise ValueError(f"signal must be [B, G], got shape {tuple(signal.shape)}")
+    if signal.shape[1] < 2:
+        return torch.ones(signal.shape[0], dtype=torch.bool)
+    spread: torch.Tensor = signal.max(dim=1).values - signal.min(dim=1).values  # [B]
+    return spread <= equal_tol
+
+
+def select_groups(zero_variance: torch.Tensor, room: int, drop_zero_variance: bool = True) -> list[int]:
+    """DAPO dynamic sampling for one generation round: indices of the groups a step keeps, in order.
+
+    ``zero_variance [B]`` from :func:`zero_variance_groups`; at most ``room`` groups are kept (the batch's
+    remaining slots); zero-variance groups are skipped when ``drop_zero_variance`` (they would carry no
+    gradient), so the driver refills their slots with fresh prompts.
+
+    >>> select_groups(torch.tensor([False, True, False, False]), room=2)
+    [0, 2]
+    """
+    candidates = [i for i, z in enumerate(zero_variance.tolist()) if not (z and drop_zero_variance)]
+    return candidates[: max(room, 0)]
+
+
+def sampling_logits(logits: torch.Tensor, spec: SamplingSpec, completion_start: torch.Tensor) -> torch.Tensor:
+    """The logits of the distribution the engine sampled from: ``[B, T, V]`` -> ``[B, T, V]`` float32.
+
+    Mirrors vLLM's sampler order (logit processors, then temperature): -100 on ``spec.suppressed_token_ids``,
+    -inf on ``spec.eos_token_ids`` at the first ``spec.min_new_tokens`` completion positions (position
+    ``completion_start[b]`` predicts completion token 0), then division by ``spec.temperature``. Log-probs
+    and the entropy of the result are those of the sampling distribution (docs/algorithms.md, GRPO).
+    """
+    out = logits.float()
+    if not (spec.suppressed_token_ids or spec.min_new_tokens > 0 or spec.temperature != 1.0):
+        return out
+    out = out.clone() if out is logits else out  # one [B, T, V] copy, then in place (a 152k vocab is large)
+    if spec.suppressed_token_ids:
+        out[..., list(spec.suppressed_token_ids)] += SUPPRESS_BIAS
+    if spec.min_new_tokens > 0:
+        pos = torch.arange(out.shape[1], device=out.device)[None, :] - completion_start.to(out.device)[:, None]
+        early = (pos >= 0) & (pos < spec.min_new_tokens)  # [B, T]
+        eos = list(spec.eos_token_ids)
+        out[..., eos] = out[..., eos].masked_fill(early[..., None], float("-inf"))
+    if spec.temperature != 1.0:
+        out.div_(spec.temperature)
+    return out
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -59,18 +134,24 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution: ``logits [B, T, V]`` -> ``[B, T]`` float32 (nats)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
-    return -(logp.exp() * logp).sum(dim=-1)  # [B, T]
+    """Entropy of the next-token distribution: ``logits [B, T, V]`` -> ``[B, T]`` float32 (nats).
+
+    Tokens with logit -inf (forbidden by ``sampling_logits``) contribute 0, not NaN.
+    """
+    p = torch.softmax(logits.float(), dim=-1)  # [B, T, V]
+    plogp: torch.Tensor = torch.special.xlogy(p, p)  # [B, T, V], 0 where p = 0
+    return -plogp.sum(dim=-1)  # [B, T]
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(policy || reference) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
 
-    Shapes ``[B, T]`` -> ``[B, T]``; always >= 0 and exactly 0 where the two log-probs agree.
+    Shapes ``[B, T]`` -> ``[B, T]``; always >= 0 and exactly 0 where the two log-probs agree. ``d`` is
+    clamped to +-20 and the estimate to at most 10 (verl's ``low_var_kl``): one token whose log-prob fell
+    from -2 to -30 would otherwise give 1.4e12 and set the direction of the whole clipped step.
     """
-    d = ref_logp - logp  # [B, T]
-    return torch.exp(d) - d - 1.0
+    d = (ref_logp - logp).clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)  # [B, T]
+    return (torch.exp(d) - d - 1.0).clamp(max=KL_MAX)
 
 
 def clipped_surrogate(
@@ -147,14 +228,15 @@ def grpo_loss(
 
     Args:
         logp: ``[B, T]`` current log-probs (with gradient). logp_old: ``[B, T]`` (detached).
-        ref_logp: ``[B, T]`` adapter-off reference log-probs, or None when ``beta == 0``.
+        ref_logp: ``[B, T]`` reference log-probs (the stage's starting adapter, or the base), or None when
+            ``beta == 0``.
         advantages: ``[B]``. mask: ``[B, T]`` 1 on completion tokens that carry loss.
         num_sequences / num_tokens: global normalisers (see :func:`aggregate`).
     """
     surrogate, ratio, clipped = clipped_surrogate(logp, logp_old, advantages, eps_low, eps_high)
     if beta > 0.0:
         if ref_logp is None:
-            raise ValueError("grpo_loss: beta > 0 needs ref_logp (the adapter-off log-probs)")
+            raise ValueError("grpo_loss: beta > 0 needs ref_logp (the reference policy's log-probs)")
         kl = kl_k3(logp, ref_logp)  # [B, T]
         loss_tok = surrogate + beta * kl
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from learner.batch import StepMetrics, TrainSample
+from learner.batch import SamplingSpec, StepMetrics, TrainSample
 from learner.config import LearnerConfig
 from learner.engine import LearnerEngine, free_port
 
@@ -40,14 +40,18 @@ class LearnerRank:
             raise RuntimeError("LearnerRank.setup() has not run: create ranks through services.LearnerGroup")
         return self._engine
 
-    def grpo_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
-        return self.engine.grpo_step(samples)
+    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
+        return self.engine.grpo_step(samples, sampling)
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         return self.engine.sft_step(samples)
 
-    def logprobs(self, samples: Sequence[TrainSample], adapter: bool = True) -> list[Any]:
-        return self.engine.logprobs(samples, adapter)
+    def logprobs(self, samples: Sequence[TrainSample], sampling: SamplingSpec | None = None,
+                 adapter: bool = True) -> list[Any]:
+        return self.engine.logprobs(samples, sampling, adapter)
+
+    def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None:
+        self.engine.begin_stage(kind, lr, carry_optimizer)
 
     def set_lr(self, lr: float) -> None:
         self.engine.set_lr(lr)

@@ -1,9 +1,10 @@
 """RewardScorer: the plain class behind the reward actor (scoring plus the MedLoc-R1 schedule state).
 
 Batch semantics: every group of a batch is scored under the tau snapshot taken at the start of the
-batch; afterwards each grounding group is observed by the schedule in order (one window entry per group,
-its mean binary reward taken at the tau current when it is observed). A raise inside a batch therefore
-affects the next batch's scoring, never the current one, so all completions of a step share one tau.
+batch (or the one passed as `under`: the driver passes the first round's snapshot to a step's refill
+rounds); afterwards each grounding group is observed by the schedule in order (one window entry per
+group, its mean binary reward taken at the tau current when it is observed). A raise inside a step
+therefore affects the next step's scoring, never the current one, so all completions of a step share one tau.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class RewardScorer:
         raise AssertionError(f"unhandled accuracy mode {cfg.accuracy!r}")
 
     def score_batch(
-        self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int = -1, progress: float = 0.0
+        self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int = -1, progress: float = 0.0,
+        under: ScheduleSnapshot | None = None,
     ) -> ScoredBatch:
-        """Score all groups under the current tau, then feed the grounding groups to the schedule."""
-        before = self.snapshot(progress)
+        """Score all groups under the current tau (or `under`), then feed the grounding groups to the schedule."""
+        before = self.snapshot(progress) if under is None else under
         cols = score_columns(groups, before, self.config)
         raised_from = len(self.schedule.history)
         if self.config.accuracy == "medloc":

@@ -91,12 +91,14 @@ class RewardTarget:
 class RewardBreakdown:
     """One completion's reward: total = w_acc*r_acc + w_format*r_format + w_recite*r_recite + w_grade*r_grade.
 
-    iou: best IoU over the target's boxes in original pixels (0 when unparsable or not grounding);
+    task: the part of the total that carries the task, total - w_recite*r_recite (recitation is shaping:
+    a group whose task part is all equal holds no task signal, however its BLEU differs). iou: best IoU over the target's boxes in original pixels (0 when unparsable or not grounding);
     pred_box: the parsed box in original pixels, or None; tau / tau_version: the threshold it was scored
     under (tau None in raw_iou mode).
     """
 
     total: float
+    task: float
     r_acc: float
     r_format: float
     r_recite: float
@@ -122,11 +124,12 @@ class RewardColumns:
     """A scored batch as columns (cheap to ship between processes; the driver's advantages want arrays).
 
     N completions, groups laid out contiguously: group g is rows offsets[g]:offsets[g+1].
-    total, r_acc, r_format, r_recite, r_grade, iou: float64 [N]; pred_box: float64 [N, 4] in original
+    total, task, r_acc, r_format, r_recite, r_grade, iou: float64 [N] (task: see RewardBreakdown); pred_box: float64 [N, 4] in original
     pixels, NaN rows where no box; format_ok: bool [N]; offsets: int64 [n_groups + 1].
     """
 
     total: FloatArray
+    task: FloatArray
     r_acc: FloatArray
     r_format: FloatArray
     r_recite: FloatArray
@@ -146,11 +149,11 @@ class RewardColumns:
         """Breakdowns of group `g` (built on demand: objects cost more than the scoring itself)."""
         lo, hi = int(self.offsets[g]), int(self.offsets[g + 1])
         boxes = self.pred_box[lo:hi].tolist()
-        cols = zip(self.total[lo:hi].tolist(), self.r_acc[lo:hi].tolist(), self.r_format[lo:hi].tolist(),
-                   self.r_recite[lo:hi].tolist(), self.r_grade[lo:hi].tolist(), self.iou[lo:hi].tolist(),
-                   boxes, self.format_ok[lo:hi].tolist(), strict=True)
-        return [RewardBreakdown(t, a, f, rc, gr, io, None if b[0] != b[0] else (b[0], b[1], b[2], b[3]), ok,
-                                self.tau, self.tau_version) for t, a, f, rc, gr, io, b, ok in cols]
+        cols = zip(self.total[lo:hi].tolist(), self.task[lo:hi].tolist(), self.r_acc[lo:hi].tolist(),
+                   self.r_format[lo:hi].tolist(), self.r_recite[lo:hi].tolist(), self.r_grade[lo:hi].tolist(),
+                   self.iou[lo:hi].tolist(), boxes, self.format_ok[lo:hi].tolist(), strict=True)
+        return [RewardBreakdown(t, tk, a, f, rc, gr, io, None if b[0] != b[0] else (b[0], b[1], b[2], b[3]), ok,
+                                self.tau, self.tau_version) for t, tk, a, f, rc, gr, io, b, ok in cols]
 
     def breakdowns(self) -> list[list[RewardBreakdown]]:
         return [self.group(g) for g in range(self.num_groups)]
@@ -244,8 +247,9 @@ def score_columns(
                 for j in range(offsets[g], offsets[g + 1]):
                     r_rec[j] = recitation(thinks[j], target.knowledge)
     r_grd = np.asarray(r_grade, dtype=np.float64)
-    total = config.w_acc * r_acc + config.w_format * r_format + config.w_recite * r_rec + config.w_grade * r_grd
-    return RewardColumns(total, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok,
+    task = config.w_acc * r_acc + config.w_format * r_format + config.w_grade * r_grd
+    total = task + config.w_recite * r_rec
+    return RewardColumns(total, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok,
                          np.asarray(offsets, dtype=np.int64), tau, snapshot.version)
 
 

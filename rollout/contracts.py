@@ -42,9 +42,9 @@ class Completion:
     """One sampled completion.
 
     `token_ids` shape (L,), the generated ids (a final end-of-sequence id included when `finish_reason`
-    is "stop"); `logprobs` shape (L,), float, the log-probability of each generated token under the raw
-    model distribution (temperature 1, no logit bias), as the learner computes it; `text` the decoded
-    ids without special tokens.
+    is "stop"); `logprobs` shape (L,), float, the behaviour log-probability of each generated token: of the
+    distribution it was sampled from (the vision-token bias, min-tokens masking and temperature applied),
+    which the learner recomputes (docs/algorithms.md, "GRPO"); `text` the decoded ids without special tokens.
     """
 
     text: str

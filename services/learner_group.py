@@ -20,7 +20,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from learner.batch import StepMetrics, TrainSample, shard
+from learner.batch import SamplingSpec, StepMetrics, TrainSample, shard
 from learner.config import LearnerConfig
 from learner.worker import LearnerWorker
 
@@ -63,19 +63,23 @@ class LearnerGroup:
     def _on_all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(w, method).remote(*args) for w in self._workers])
 
-    def _sharded(self, method: str, samples: Sequence[TrainSample]) -> StepMetrics:
+    def _sharded(self, method: str, samples: Sequence[TrainSample], *args: Any) -> StepMetrics:
         shards = shard(samples, self.num_ranks)
         metrics: list[StepMetrics] = ray.get(
-            [getattr(w, method).remote(s) for w, s in zip(self._workers, shards, strict=True)])
+            [getattr(w, method).remote(s, *args) for w, s in zip(self._workers, shards, strict=True)])
         return metrics[0]  # already reduced over ranks; rank 0's wall time stands for the step
 
-    def grpo_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
-        """One GRPO optimiser step over the global batch ``samples``."""
-        return self._sharded("grpo_step", samples)
+    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
+        """GRPO over the global batch ``samples``, sampled from the distribution ``sampling``."""
+        return self._sharded("grpo_step", samples, sampling)
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One SFT optimiser step (cross-entropy on ``completion_ids``) over the global batch."""
         return self._sharded("sft_step", samples)
+
+    def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None:
+        """A stage's first step is next: its lr, fresh optimiser moments unless carried, the KL reference."""
+        self._on_all("begin_stage", kind, lr, carry_optimizer)
 
     def set_lr(self, lr: float) -> None:
         self._on_all("set_lr", lr)

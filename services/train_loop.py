@@ -5,18 +5,24 @@ story of a step in the order of ARCHITECTURE.md:
             -> RewardActor (rewards + tau, MedLoc-R1 window) -> advantages + dynamic sampling
             -> LearnerGroup (GRPO step on the MLAE adapter) -> export adapter v+1 -> every rollout worker
 
-Deliberate deviations from textbook GRPO (each one is a config choice or a documented default):
-1. The reference policy is the same model with its adapter switched off: no second model in memory.
-2. One policy update per batch, so logp_old = logp.detach() and the ratio starts at 1; clipping only
-   bites with several updates per batch (ALGORITHMS.md section 1).
-3. Dynamic sampling: groups whose rewards are all equal carry no gradient; they are dropped and replaced
-   by freshly sampled prompts for up to `stage.refill_cap` extra rounds (DAPO), filtering on the spread of
-   rewards, never their mean (continuous IoU rewards). `drop_zero_variance: false` keeps them (TRL's way).
+Deliberate deviations from textbook GRPO (each one is a config choice or a documented default; the
+maths is in docs/algorithms.md):
+1. The KL reference is a frozen copy of the adapter as the GRPO stage began (a second adapter slot, no
+   second model); `learner.grpo.reference: base` switches the adapter off instead.
+2. `learner.grpo.updates_per_batch` updates per batch (default 1, so logp_old = logp.detach() and the
+   ratio is 1); later updates take the ratio against the adapter version that sampled the batch.
+3. Dynamic sampling: groups whose task rewards (accuracy, format, grade; not the recitation shaping term)
+   are all equal carry no gradient; they are dropped and replaced by freshly sampled prompts for up to
+   `stage.refill_cap` extra rounds (DAPO), filtering on the spread of rewards, never their mean (continuous
+   IoU rewards). `drop_zero_variance: false` keeps them (TRL's way).
 4. The accuracy reward is binary at a threshold tau that the MedLoc-R1 schedule raises from a window of
-   measured performance; a batch is scored under the tau at its start, then observed (refills included).
+   measured performance; every round of a step is scored under the tau at its start, then observed.
 5. Only the adapter trains (MLAE, exported as LoRA to vLLM); the base model and vision tower are frozen.
 6. A run is a list of stages: an SFT warm start, then GRPO on grounding, optionally GRPO on
    classification/grading from the previous stage's adapter (VRFT-Aug's perception-driven refinement).
+   Each stage starts with fresh optimiser moments unless it sets `carry_optimizer`.
+7. The sync alarm: the first batch after each adapter change is checked for agreement between the
+   engines' behaviour log-probs and the learner's; a disagreement stops the run (`check_adapter_sync`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError
 
-from learner.batch import StepMetrics, TrainSample
-from learner.grpo import group_advantages
+from learner.batch import SamplingSpec, StepMetrics, TrainSample
+from learner.config import GRPOConfig
+from learner.grpo import group_advantages, select_groups, zero_variance_groups
 from rollout.images import convention_of, family_of
 from rollout.knowledge import KnowledgeBase, load_knowledge
 from rollout.processing import PromptProcessor
@@ -48,6 +55,7 @@ from services.convert import (
     reference_answer,
     reward_target,
     rollout_request,
+    sampling_spec,
     sft_sample,
 )
 from services.data.manifest import Manifest, load_manifest
@@ -82,6 +90,7 @@ class Services:
     manifest: Manifest
     knowledge: KnowledgeBase
     processor: PromptProcessor
+    sampling: SamplingSpec  # the rollout engines' sampling distribution, as the learner recomputes it
     pool: RolloutPool
     learner: LearnerGroup
     control: Any
@@ -96,13 +105,14 @@ class Services:
 
 def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record], reward: RewardClient,
               state: DriverState, progress: float) -> dict[str, Any]:
-    """Generate, score, filter zero-variance groups (refilling), and take one GRPO step."""
+    """Generate, score, keep groups with task signal (refilling), and take one GRPO step."""
     cfg, timings = svc.cfg, {"generate": 0.0, "reward": 0.0}
-    kept: list[tuple[Any, torch.Tensor]] = []
+    kept: list[tuple[Any, list[Any]]] = []  # (group, its reward breakdowns)
     breakdowns: list[Any] = []
     all_groups: list[Any] = []
     zero_variance = groups_seen = 0
     records = sampler.take(stage.prompts_per_step)
+    under = None  # every refill round is scored under the first round's tau
     for refill in range(1 + stage.refill_cap):
         t = time.perf_counter()
         seeds = [sampling_seed(cfg.seed, state.global_step, refill, i) for i in range(len(records))]
@@ -112,21 +122,22 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
         t = time.perf_counter()
         targets = [reward_target(r, g.frame, g.injected_knowledge) for r, g in zip(records, groups, strict=True)]
         scored = reward.score([([c.text for c in g.completions], tgt) for g, tgt in zip(groups, targets, strict=True)],
-                              step=state.global_step, progress=progress)
+                              step=state.global_step, progress=progress, under=under)
+        under = scored.scored_under
         timings["reward"] += time.perf_counter() - t
         per_group = scored.groups
-        totals = torch.tensor([[b.total for b in bs] for bs in per_group], dtype=torch.float64)  # [B, G]
-        adv, zero = group_advantages(totals, eps=cfg.learner.grpo.adv_eps)
+        signal = torch.tensor([[b.task for b in bs] for bs in per_group], dtype=torch.float64)  # [B, G]
+        zero = zero_variance_groups(signal)  # [B]
         breakdowns.extend(per_group)
         all_groups.extend(groups)
         groups_seen += len(groups)
         zero_variance += int(zero.sum())
-        kept.extend((g, a) for g, a, z in zip(groups, adv, zero, strict=True) if not (z and stage.drop_zero_variance))
+        keep = select_groups(zero, stage.prompts_per_step - len(kept), stage.drop_zero_variance)
+        kept.extend((groups[i], per_group[i]) for i in keep)
         if len(kept) >= stage.prompts_per_step:
             break
         records = sampler.take(stage.prompts_per_step - len(kept))
-    kept = kept[:stage.prompts_per_step]
-    samples = [s for g, a in kept for s in grpo_samples(g, a.tolist())]
+    samples = _grpo_batch(svc, kept)
     row = _reward_row(breakdowns, scored.schedule)
     row.update({"batch/groups_seen": groups_seen, "batch/groups_kept": len(kept),
                 "batch/zero_variance_fraction": zero_variance / max(groups_seen, 1),
@@ -139,11 +150,47 @@ def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record],
     row.update({"rollout/workers_serving": len(svc.pool.last_serving),
                 "rollout/serving_serials": ",".join(map(str, svc.pool.last_serving)),
                 "rollout/completions_per_s": len(completions) / max(timings["generate"], 1e-9),
-                "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / max(timings["generate"], 1e-9)})
+                "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / max(timings["generate"], 1e-9),
+                "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
+                / max(len(completions), 1)})
     for r in scored.raises:
         log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
-    row.update(_learner_row(svc.learner.grpo_step(samples) if samples else None, skipped=not samples))
+    metrics = svc.learner.grpo_step(samples, svc.sampling) if samples else None
+    if metrics is not None:
+        check_adapter_sync(metrics, cfg.learner.grpo, state.adapter_version)
+    row.update(_learner_row(metrics, skipped=not samples))
     return row
+
+
+def _grpo_batch(svc: Services, kept: Sequence[tuple[Any, list[Any]]]) -> list[TrainSample]:
+    """TrainSamples of the kept groups, with advantages normalised over exactly these groups."""
+    if not kept:
+        return []
+    g = svc.cfg.learner.grpo
+    totals = torch.tensor([[b.total for b in bs] for _, bs in kept], dtype=torch.float64)  # [B, G]
+    signal = torch.tensor([[b.task for b in bs] for _, bs in kept], dtype=torch.float64)  # [B, G]
+    adv, _ = group_advantages(totals, signal, scale=g.scale_rewards, eps=g.adv_eps)  # [B, G]
+    return [s for (group, _), a in zip(kept, adv, strict=True) for s in grpo_samples(group, a.tolist())]
+
+
+class AdapterSyncError(RuntimeError):
+    """The rollout engines' log-probs disagree with the learner's right after an adapter change."""
+
+
+def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> None:
+    """The sync alarm (docs/algorithms.md, "GRPO"): stop (or warn) when the first batch after an adapter
+    change was sampled from a different policy than the learner holds for that version."""
+    reading = metrics.logprob_mismatch
+    if grpo.sync_alarm == "off" or reading is None or reading <= grpo.sync_alarm_nats:
+        return
+    message = (f"adapter sync alarm: behaviour log-probs of the first batch after adapter v{version} differ from the "
+               f"learner's by {reading:.4g} nats/token (threshold learner.grpo.sync_alarm_nats="
+               f"{grpo.sync_alarm_nats}). Likely causes: the adapter did not reach a rollout engine (it still serves "
+               "an older adapter or the base model); the engine and the learner disagree on temperature or token "
+               "masks; or their weights differ (model path, dtype). Set learner.grpo.sync_alarm=warn to train on.")
+    if grpo.sync_alarm == "stop":
+        raise AdapterSyncError(message)
+    log.warning(message)
 
 
 def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
@@ -241,7 +288,10 @@ def _train_stages(svc: Services, state: DriverState, on_step: Callable[[int, dic
         if stage.name in state.samplers:
             sampler.load_state_dict(state.samplers[stage.name])
         reward = RewardClient(stage.reward or cfg.reward, state.reward_state) if stage.kind == "grpo" else None
-        svc.learner.set_lr(stage.lr or cfg.learner.lr)
+        if state.step_in_stage == 0:  # a fresh stage: lr, fresh optimiser moments, the KL reference
+            svc.learner.begin_stage(stage.kind, stage.lr or cfg.learner.lr, stage.carry_optimizer)
+        else:  # resumed mid-stage: moments and reference come from the checkpoint
+            svc.learner.set_lr(stage.lr or cfg.learner.lr)
         while state.step_in_stage < stage.steps:
             _apply_control(svc)
             t0 = time.perf_counter()
@@ -303,7 +353,8 @@ def _start(cfg: RunConfig, run_dir: Path) -> Services:
     pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
     pool.wait_ready()
     eval_records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
-    return Services(cfg, run_dir, manifest, knowledge, processor, pool, learner, control,
+    sampling = sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer)
+    return Services(cfg, run_dir, manifest, knowledge, processor, sampling, pool, learner, control,
                     MetricsWriter(run_dir), eval_records)
 
 

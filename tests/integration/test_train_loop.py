@@ -75,15 +75,18 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
                                                                      demo_data: Path, tmp_path: Path) -> None:
     from services import train_loop
 
-    over = {"stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2},
-                       {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1}],
+    over = {"stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 0.1},
+                       {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1,
+                        "drop_zero_variance": False}],
             "rollout": {"num_workers": 1, "group_size": 4, "cpus_per_worker": 0.25, "max_model_len": 512,
                         "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
-            "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3},
-            # A random model answers nothing parsable, so IoU is 0: with the three conditions switched off
-            # the schedule raises whenever its 2-group window fills, which makes tau's path depend on the
-            # restored window. The recitation term (BLEU of the rambling against the knowledge) gives the
-            # small reward spread that keeps some groups for the learner.
+            # A random model answers nothing parsable, so every group's task reward is 0 and its advantage
+            # too: the learner's steps come from the KL term toward the base, which the SFT step moved the
+            # adapter away from (kept groups, reference=base), so learner state must resume exactly as well.
+            "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3,
+                        "grpo": {"reference": "base", "beta": 0.5}},
+            # IoU is 0: with the three conditions switched off the schedule raises whenever its 2-group
+            # window fills, which makes tau's path depend on the restored window.
             "reward": {"accuracy": "medloc", "w_recite": -1.0,
                        "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.5, "use_reward_condition": False,
                                     "use_std_condition": False, "use_margin_condition": False}},
@@ -113,6 +116,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
             else:
                 assert got[step].get(key) == pytest.approx(expected, rel=1e-5, abs=1e-6), (step, key)
     assert [want[s]["tau/value"] for s in (2, 3, 4, 5)] != [want[2]["tau/value"]] * 4, "tau never moved"
+    assert all(want[s]["learner/loss"] > 1e-5 for s in (2, 3, 4, 5)), "the learner did not train"
 
 
 def test_curriculum_grounding_then_classification(ray_local: None, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -198,3 +198,70 @@ def test_beta_without_reference_is_an_error() -> None:
     with pytest.raises(ValueError, match="ref_logp"):
         grpo.grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1), torch.ones(1, 1), eps_low=0.2,
                        eps_high=0.2, beta=0.1, mode="grpo", num_sequences=1, num_tokens=1)
+
+
+def test_zero_variance_is_decided_on_the_task_signal() -> None:
+    # A grounding group that failed on IoU and format: totals differ only by -0.5 * BLEU (0, 0.002, 0.001, 0.003).
+    # Deciding on the total would keep it and std-normalise BLEU noise to |A| ~ 1; on the task part it has none.
+    bleu = torch.tensor([[0.0, 0.002, 0.001, 0.003]])
+    totals = -0.5 * bleu
+    adv_total, zero_total = grpo.group_advantages(totals)
+    assert not zero_total.item() and adv_total.abs().max() > 1.0  # the defect this guards against
+    adv, zero = grpo.group_advantages(totals, torch.zeros_like(totals))
+    assert zero.tolist() == [True] and torch.all(adv == 0)
+    # With task signal, the shaping term still shapes: advantages come from the totals.
+    task = torch.tensor([[1.5, 0.0, 0.0, 0.0]])
+    adv2, zero2 = grpo.group_advantages(task - 0.5 * bleu, task)
+    assert not zero2.item() and adv2[0, 1] > adv2[0, 3]  # less recitation, higher advantage
+
+
+def test_reward_scaling_modes_hand_computed() -> None:
+    # Two groups: [0, 1] (mean 0.5, group std 0.7071) and [0, 3] (mean 1.5, group std 2.1213).
+    # batch std of (0, 1, 0, 3): mean 1, unbiased var (1 + 0 + 1 + 4) / 3 = 2, std 1.4142.
+    r = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    group, _ = grpo.group_advantages(r, scale="group", eps=0.0)
+    torch.testing.assert_close(group, torch.tensor([[-0.7071068, 0.7071068], [-0.7071068, 0.7071068]]))
+    batch, _ = grpo.group_advantages(r, scale="batch", eps=0.0)
+    torch.testing.assert_close(batch, torch.tensor([[-0.5, 0.5], [-1.5, 1.5]]) / math.sqrt(2.0))
+    none, _ = grpo.group_advantages(r, scale="none")
+    torch.testing.assert_close(none, torch.tensor([[-0.5, 0.5], [-1.5, 1.5]]))
+
+
+def test_select_groups_keeps_signal_up_to_the_room_left() -> None:
+    zero = torch.tensor([True, False, False, True, False])
+    assert grpo.select_groups(zero, room=2) == [1, 2]
+    assert grpo.select_groups(zero, room=10) == [1, 2, 4]
+    assert grpo.select_groups(zero, room=3, drop_zero_variance=False) == [0, 1, 2]
+    assert grpo.select_groups(zero, room=0) == []
+    assert grpo.zero_variance_groups(torch.tensor([[0.2], [0.4]])).tolist() == [True, True]  # G = 1
+
+
+def test_sampling_logits_match_a_loop() -> None:
+    """Bias, then min-tokens masking, then temperature (vLLM's order), per position."""
+    from learner.batch import SamplingSpec
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 6, 9, generator=gen)  # [B, T, V]
+    start = torch.tensor([1, 3])  # completion 0 starts at position 1, completion 1 at position 3
+    spec = SamplingSpec(temperature=0.3, suppressed_token_ids=(7, 8), min_new_tokens=2, eos_token_ids=(0, 5))
+    out = grpo.sampling_logits(logits, spec, start)
+    for b in range(2):
+        for t in range(6):
+            row = logits[b, t].clone()
+            row[[7, 8]] += -100.0
+            if 0 <= t - int(start[b]) < 2:
+                row[[0, 5]] = float("-inf")
+            torch.testing.assert_close(out[b, t], row / 0.3)
+    assert not torch.equal(out, logits) and logits.isfinite().all()  # the input is left untouched
+    # entropy of a distribution with forbidden tokens is finite (0 * log 0 counts as 0)
+    assert torch.isfinite(grpo.token_entropy(out)).all()
+    plain = grpo.sampling_logits(logits, SamplingSpec(), start)
+    assert torch.equal(plain, logits)
+
+
+def test_kl_k3_is_clamped() -> None:
+    # ref -2, logp -30: d = 28, exp(28) - 29 = 1.4e12 unclamped; clamped at d = 20 and then at 10 (verl).
+    kl = grpo.kl_k3(torch.tensor([[-30.0]]), torch.tensor([[-2.0]]))
+    assert kl.item() == 10.0
+    small = grpo.kl_k3(torch.tensor([[-1.0]]), torch.tensor([[-1.5]]))  # d = -0.5: exp(-0.5) + 0.5 - 1
+    assert small.item() == pytest.approx(math.exp(-0.5) - 0.5, rel=1e-6)

@@ -83,6 +83,7 @@ def test_classification_grading_and_recitation() -> None:
     ], cls, ScheduleSnapshot(0.3, 0), cfg)
     assert good.r_grade == 1.0 and wrong.r_grade == 0.0 and recited.r_recite == pytest.approx(1.0)
     assert recited.total == pytest.approx(1.0 + 0.5 - 0.5)  # match + format - full recitation
+    assert recited.task == pytest.approx(1.5) and good.task == pytest.approx(1.5)  # task: total without recitation
     assert good.total == pytest.approx(1.5 - 0.5 * good.r_recite) and 0.0 <= good.r_recite < 0.5
     assert good.r_acc == 0.0 and good.iou == 0.0
     grd = RewardTarget("grading", grade=3)
@@ -130,8 +131,12 @@ def test_batch_scored_under_start_snapshot_then_observed() -> None:
     assert {b.tau for g in batch.groups for b in g} == {0.3}  # all scored under the start snapshot
     assert batch.scored_under.version == 0 and batch.schedule.tau == 0.6 and batch.schedule.version == 2
     assert [(r.step, r.old_tau, r.new_tau) for r in batch.raises] == [(7, 0.3, 0.45), (7, 0.45, 0.6)]
+    # A refill round of the same step is scored under the step's first snapshot, not the raised tau.
+    # It is still observed: window full again (margin 1 - 0.6), so tau rises to 0.70 for the next step.
+    refill = scorer.score_batch([group], step=7, under=batch.scored_under)
+    assert refill.groups[0][0].tau == 0.3 and refill.scored_under == batch.scored_under
     nxt = scorer.score_batch([group], step=8)
-    assert nxt.groups[0][0].tau == 0.6 and nxt.groups[0][0].tau_version == 2
+    assert nxt.groups[0][0].tau == 0.7 and nxt.groups[0][0].tau_version == 3
     # Non-grounding groups never feed the window.
     before = scorer.schedule.stats().window_len
     scorer.score_batch([(["<answer>x</answer>"], RewardTarget("classification", label="x"))])

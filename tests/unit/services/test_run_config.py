@@ -103,3 +103,17 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "a: [1, 2\n"))
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("rollout.group_size=1", "group_size=1 with GRPO stages"),
+    ("rollout.sampling.temperature=0", "greedy"),
+    ("rollout.sampling.top_p=0.9", "top_p=0.9 with GRPO stages"),
+])
+def test_grpo_stages_refuse_settings_that_cannot_learn(tmp_path: Path, override: str, match: str) -> None:
+    path = _write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, [override])
+    # the same settings are fine for a run without GRPO (SFT, or evaluation-only settings)
+    sft = _write(tmp_path, MINIMAL.replace("kind: grpo", "kind: sft"))
+    assert load_config(sft, [override]).stages[0].kind == "sft"
