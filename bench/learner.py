@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from learner import grpo
-from learner.batch import SamplingSpec, TrainSample, collate, micro_batches
+from learner.batch import Collated, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
 from learner.export import export_lora
 from learner.policy import build_policy
@@ -78,26 +78,25 @@ def plain_step(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], 
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     g = cfg.grpo
     batches = [collate(mb, 0) for mb in micro_batches(samples, cfg.micro_batch_size)]
-    n_seq = float(sum(grpo.sequences_with_tokens(b["loss_mask"]) for b in batches))
-    n_tok = float(sum(b["loss_mask"].sum() for b in batches))
+    n_seq = float(sum(grpo.sequences_with_tokens(b.loss_mask) for b in batches))
+    n_tok = float(sum(b.loss_mask.sum() for b in batches))
 
-    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-        inputs = {k: batch[k].to(device) for k in keys if k in batch}
+    def logits(batch: Collated) -> torch.Tensor:
+        inputs = batch.model_inputs(device, torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return model(**inputs, use_cache=False).logits[:, :-1]
 
     def step() -> None:
         export_lora(model, 1)  # the engine exports the adapter version that samples each batch: same work
         for batch in batches:
-            targets, mask = batch["input_ids"][:, 1:].to(device), batch["loss_mask"].to(device)
+            targets, mask = batch.targets.to(device), batch.loss_mask.to(device)
             with torch.no_grad(), model.disable_adapter():
                 ref = grpo.token_logprobs(logits(batch), targets)
             out = logits(batch)
             logp = grpo.token_logprobs(out, targets)
             with torch.no_grad():  # the engine reports entropy too: same metric work on both sides
                 float((grpo.token_entropy(out.detach()) * mask).sum())
-            parts = grpo.grpo_loss(logp, logp.detach(), ref, batch["advantages"].to(device), mask,
+            parts = grpo.grpo_loss(logp, logp.detach(), ref, batch.advantages.to(device), mask,
                                    eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
                                    num_sequences=n_seq, num_tokens=n_tok)
             parts.loss.backward()
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # On-policy as in training: the batch was sampled by the version exported just before the step.
             v = next(versions)
             engine.export(v)
-            engine.grpo_step([dataclasses.replace(s, adapter_version=v) for s in samples], SamplingSpec())
+            engine.grpo_step(TrainBatch(tuple(dataclasses.replace(s, adapter_version=v) for s in samples)))
 
         try:
             contenders = {"deepspeed ZeRO-2": deepspeed_step,

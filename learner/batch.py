@@ -1,4 +1,5 @@
-"""What goes into the learner (``TrainSample``), what comes out (``StepMetrics``), and collation.
+"""What goes into the learner (``TrainSample``, ``TrainBatch``), what comes out (``StepMetrics``), and
+collation (``Collated``).
 
 A ``TrainSample`` is one completion (GRPO) or one reference answer (SFT) with its prompt. The driver in
 services/ builds them from rollout groups; ``collate`` pads a list of them into the tensors a Qwen-VL
@@ -123,17 +124,49 @@ class StepMetrics:
     truncated: int = 0
 
 
-def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad samples into model inputs and loss tensors.
+@dataclass(frozen=True)
+class TrainBatch:
+    """What one GRPO update receives: the completions and the distribution they were sampled from."""
 
-    Returns:
-        ``input_ids [B, L]`` long, ``attention_mask [B, L]`` long, ``loss_mask [B, T]`` float (1 where
-        position t predicts a completion token), ``completion_start [B]`` long (the position predicting each
-        completion's first token), ``truncated [B]`` bool, ``adapter_version [B]`` long, ``advantages [B]`` float, ``sampling_logprobs [B, T]``
-        float and ``sampling_mask [B, T]`` float (1 where a sampling log-prob is known); when any sample has
-        an image also ``pixel_values [sum P, D]``, ``image_grid_thw [n_images, 3]`` (images in sample
-        order) and ``mm_token_type_ids [B, L]`` (zeros over completions and padding).
-    """
+    samples: tuple[TrainSample, ...]
+    sampling: SamplingSpec = SamplingSpec()
+
+
+@dataclass(frozen=True, eq=False)
+class Collated:
+    """One micro-batch as tensors (``collate``). B samples, L = longest prompt + completion, T = L - 1
+    next-token positions (position t predicts token t + 1), P image patches, D patch features."""
+
+    input_ids: torch.Tensor  # [B, L] long, right-padded
+    attention_mask: torch.Tensor  # [B, L] long
+    loss_mask: torch.Tensor  # [B, T] float: 1 where position t predicts a completion token that trains
+    completion_start: torch.Tensor  # [B] long: the position predicting each completion's first token
+    truncated: torch.Tensor  # [B] bool: the completion hit the length cap
+    adapter_version: torch.Tensor  # [B] long: the adapter version that sampled it
+    advantages: torch.Tensor  # [B] float
+    sampling_logprobs: torch.Tensor  # [B, T] float: behaviour log-probs (0 where unknown)
+    sampling_mask: torch.Tensor  # [B, T] float: 1 where a behaviour log-prob is known
+    pixel_values: torch.Tensor | None = None  # [sum P, D] float, images in sample order
+    image_grid_thw: torch.Tensor | None = None  # [n_images, 3] long
+    mm_token_type_ids: torch.Tensor | None = None  # [B, L] long: 1 on image pads, 0 elsewhere
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """``[B, T]`` the token each position predicts."""
+        return self.input_ids[:, 1:]
+
+    def model_inputs(self, device: torch.device, pixel_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The keyword arguments of a Qwen-VL forward pass, on ``device``."""
+        out = {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
+        if self.pixel_values is not None and self.image_grid_thw is not None and self.mm_token_type_ids is not None:
+            out |= {"pixel_values": self.pixel_values.to(device, pixel_dtype),
+                    "image_grid_thw": self.image_grid_thw.to(device),
+                    "mm_token_type_ids": self.mm_token_type_ids.to(device)}
+        return out
+
+
+def collate(samples: Sequence[TrainSample], pad_id: int) -> Collated:
+    """Right-pad samples into model inputs and loss tensors (see ``Collated`` for shapes)."""
     if not samples:
         raise ValueError("collate needs at least one TrainSample")
     b = len(samples)
@@ -163,22 +196,15 @@ def collate(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tens
         if s.pixel_values is not None and s.image_grid_thw is not None:
             pixels.append(s.pixel_values)
             grids.append(s.image_grid_thw.to(torch.long))
-    out = {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "loss_mask": loss_mask,
-        "completion_start": starts,
-        "truncated": torch.tensor([s.truncated for s in samples], dtype=torch.bool),
-        "adapter_version": torch.tensor([s.adapter_version for s in samples], dtype=torch.long),
-        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
-        "sampling_logprobs": sampling,
-        "sampling_mask": sampling_mask,
-    }
-    if has_image:
-        out["pixel_values"] = torch.cat(pixels, dim=0)
-        out["image_grid_thw"] = torch.cat(grids, dim=0)
-        out["mm_token_type_ids"] = mm_types
-    return out
+    return Collated(
+        input_ids=input_ids, attention_mask=attention, loss_mask=loss_mask, completion_start=starts,
+        truncated=torch.tensor([s.truncated for s in samples], dtype=torch.bool),
+        adapter_version=torch.tensor([s.adapter_version for s in samples], dtype=torch.long),
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        sampling_logprobs=sampling, sampling_mask=sampling_mask,
+        pixel_values=torch.cat(pixels, dim=0) if has_image else None,
+        image_grid_thw=torch.cat(grids, dim=0) if has_image else None,
+        mm_token_type_ids=mm_types if has_image else None)
 
 
 def micro_batches(samples: Sequence[TrainSample], size: int) -> list[list[TrainSample]]:

@@ -18,6 +18,7 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   first micro-batch after each adapter version change; the training forward's mask noise would hide a
   failed sync (0.7 nats/token at p = 0.5).
 - Each stage starts with fresh optimiser moments (``begin_stage``) unless it asks to carry them.
+- Checkpoint I/O is in ``learner/checkpoint.py``; the adapter copies in ``learner/adapter_copies.py``.
 - Gradient accumulation is ours, not DeepSpeed's: ``managed_gradient_accumulation=false`` makes
   ``step()`` the only boundary, and ranks with fewer micro-batches run zero-weight passes so every rank
   joins the same number of ZeRO-2/3 gradient reductions.
@@ -30,12 +31,10 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import shutil
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,12 +43,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from learner import grpo
-from learner.batch import SamplingSpec, StepMetrics, TrainSample, collate, micro_batches
+from learner import checkpoint, grpo
+from learner.adapter_copies import AdapterCopies
+from learner.batch import Collated, SamplingSpec, StepMetrics, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
 from learner.policy import build_policy
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 _KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live version and the one before
 
 
@@ -111,10 +110,7 @@ class LearnerEngine:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
-        if cfg.precision == "bf16" or (cfg.precision == "auto" and cuda):
-            self.bf16 = True
-        else:
-            self.bf16 = False
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -126,95 +122,39 @@ class LearnerEngine:
         if not params:
             raise RuntimeError(f"the {cfg.adapter} adapter has no trainable parameters: check mlae.target_modules")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+        self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
-        self._adapter_params = params  # the same objects DeepSpeed now holds (ZeRO shards them in place)
+        self.copies = AdapterCopies(params, keep=_KEPT_VERSIONS)  # the objects DeepSpeed holds (ZeRO shards)
         self.steps = 0
-        self._reference: list[torch.Tensor] | None = None  # the stage-start adapter (grpo.reference)
-        # Exported adapter copies by version; version 0 is the initial adapter, equal to the base (B = 0).
-        self._versions: OrderedDict[int, list[torch.Tensor]] = OrderedDict({0: self._copy_adapter()})
-        self._live_version: int | None = 0  # the version the weights are now (None: moved since export)
         self._checked_version = -1  # the newest behaviour version the sync alarm has read
 
     @property
     def model(self) -> Any:
         """The PEFT model (base plus adapter) inside the DeepSpeed engine."""
-        return self.engine.module
+        return self.ds_engine.module
 
     # ---- forward passes -------------------------------------------------------------------------------
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {k: batch[k].to(self.device) for k in _MODEL_INPUTS if k in batch}
-        if "pixel_values" in out:
-            out["pixel_values"] = out["pixel_values"].to(torch.bfloat16 if self.bf16 else torch.float32)
-        return out
-
-    def _logits(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec | None = None) -> torch.Tensor:
+    def _logits(self, batch: Collated, sampling: SamplingSpec | None = None) -> torch.Tensor:
         """``[B, T, V]`` next-token logits for positions 0..L-2; of the sampling distribution when given."""
-        logits = self.engine(**self._inputs(batch), use_cache=False).logits[:, :-1]
+        pixel_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        logits = self.ds_engine(**batch.model_inputs(self.device, pixel_dtype), use_cache=False).logits[:, :-1]
         if sampling is None:
             return logits  # type: ignore[no-any-return]
-        return grpo.sampling_logits(logits, sampling, batch["completion_start"])
+        return grpo.sampling_logits(logits, sampling, batch.completion_start)
 
-    def _logprobs(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec) -> torch.Tensor:
-        """``[B, T]`` log-probs of the batch's tokens under the sampling distribution (no grad by caller)."""
-        return grpo.token_logprobs(self._logits(batch, sampling), self._targets(batch))
-
-    def _targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["input_ids"][:, 1:].to(self.device)  # [B, T]
-
-    # ---- adapter copies (reference, behaviour versions) -----------------------------------------------
-
-    def _storages(self) -> list[torch.Tensor]:
-        """Where each adapter parameter's values live on this rank (ZeRO-3: its partition)."""
-        return [p.ds_tensor if hasattr(p, "ds_tensor") else p.data for p in self._adapter_params]
-
-    def _copy_adapter(self) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [t.detach().clone() for t in self._storages()]
-
-    @contextmanager
-    def _adapter_as(self, copy: list[torch.Tensor]) -> Iterator[None]:
-        """The adapter's values temporarily replaced by ``copy`` (for no-grad forwards only)."""
-        with torch.no_grad():
-            live = self._copy_adapter()
-            for p, t, c in zip(self._adapter_params, self._storages(), copy, strict=True):
-                t.copy_(c)
-                if hasattr(p, "ds_tensor") and p.data.numel() == c.numel():  # ZeRO-3 persistent parameter
-                    p.data.copy_(c.view_as(p.data))
-            try:
-                yield
-            finally:
-                for p, t, c in zip(self._adapter_params, self._storages(), live, strict=True):
-                    t.copy_(c)
-                    if hasattr(p, "ds_tensor") and p.data.numel() == c.numel():
-                        p.data.copy_(c.view_as(p.data))
-
-    @contextmanager
-    def _policy_of_version(self, version: int) -> Iterator[None]:
-        """The weights as adapter ``version`` was (a no-op when they still are)."""
-        if version == self._live_version:
-            yield
-            return
-        if version not in self._versions:
-            raise RuntimeError(
-                f"learner rank {self.rank}: a batch sampled by adapter v{version} arrived, but the learner keeps "
-                f"only v{list(self._versions)} (live: v{self._live_version}); the batch is staler than the "
-                f"learner supports -- lower rollout staleness or check that every push exported its version")
-        with self._adapter_as(self._versions[version]):
-            yield
+    def _logprobs(self, batch: Collated, sampling: SamplingSpec) -> torch.Tensor:
+        """``[B, T]`` log-probs of the batch's tokens under the sampling distribution."""
+        return grpo.token_logprobs(self._logits(batch, sampling), batch.targets.to(self.device))
 
     @contextmanager
     def _reference_policy(self) -> Iterator[None]:
         if self.cfg.grpo.reference == "base":
             with self.model.disable_adapter():
                 yield
-            return
-        if self._reference is None:
-            raise RuntimeError("no KL reference: call begin_stage('grpo', ...) before the stage's first "
-                               "grpo_step (or set learner.grpo.beta=0)")
-        with self._adapter_as(self._reference):
-            yield
+        else:
+            with self.copies.as_reference():
+                yield
 
     # ---- collectives ----------------------------------------------------------------------------------
 
@@ -224,84 +164,80 @@ class LearnerEngine:
             dist.all_reduce(t, op=op)
         return [float(v) for v in t.tolist()]
 
-    def _global_counts(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, int]:
-        """Global (sequences with loss tokens, loss tokens) and the most micro-batches any rank has."""
-        seqs = sum(grpo.sequences_with_tokens(b["loss_mask"]) for b in batches)
-        toks = sum(float(b["loss_mask"].sum()) for b in batches)
-        n_seq, n_tok = self._all_reduce([seqs, toks], dist.ReduceOp.SUM)
-        (n_mb,) = self._all_reduce([len(batches)], dist.ReduceOp.MAX)
-        return n_seq, n_tok, int(n_mb)
-
     def _schedule(self, samples: Sequence[TrainSample],
-                  mask_truncated: bool) -> tuple[list[dict[str, torch.Tensor]], float, float, int]:
+                  mask_truncated: bool) -> tuple[list[Collated], float, float, int]:
+        """Micro-batches of this rank's samples, and the global (sequences with loss tokens, loss tokens,
+        most micro-batches on any rank)."""
         if not samples:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
         batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
-        for b in batches:
-            b["dropped_truncated"] = b["truncated"] if mask_truncated else torch.zeros_like(b["truncated"])
-            b["loss_mask"] = b["loss_mask"] * (~b["dropped_truncated"])[:, None].to(b["loss_mask"].dtype)
-        return (batches, *self._global_counts(batches))
+        if mask_truncated:
+            batches = [dataclasses.replace(b, loss_mask=b.loss_mask * (~b.truncated)[:, None].float())
+                       for b in batches]
+        seqs = sum(grpo.sequences_with_tokens(b.loss_mask) for b in batches)
+        toks = sum(float(b.loss_mask.sum()) for b in batches)
+        n_seq, n_tok = self._all_reduce([seqs, toks], dist.ReduceOp.SUM)
+        (n_mb,) = self._all_reduce([len(batches)], dist.ReduceOp.MAX)
+        return batches, n_seq, n_tok, int(n_mb)
 
     # ---- steps ------------------------------------------------------------------------------------------
 
-    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
+    def grpo_step(self, batch: TrainBatch) -> StepMetrics:
         """``grpo.updates_per_batch`` optimiser steps of GRPO over this rank's shard of the global batch.
 
-        ``sampling`` is the distribution the completions were sampled from; each sample's
+        ``batch.sampling`` is the distribution the completions were sampled from; each sample's
         ``adapter_version`` names the policy that sampled it (see the module docstring for logp_old).
         """
         t0 = time.perf_counter()
-        batches, n_seq, n_tok, n_mb = self._schedule(samples, self.cfg.grpo.mask_truncated_completions)
-        mismatch = self._sync_reading(batches[0], sampling)
+        g = self.cfg.grpo
+        batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions)
+        mismatch = self._sync_reading(batches[0], batch.sampling)
         sums: dict[str, float] = {}
         rmin, rmax = float("inf"), float("-inf")
-        for _ in range(self.cfg.grpo.updates_per_batch):
-            step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, sampling)
+        for _ in range(g.updates_per_batch):
+            step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling)
             sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
             rmin, rmax = min(rmin, lo), max(rmax, hi)
         keys = list(sums)
         total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
         (rmin,) = self._all_reduce([rmin], dist.ReduceOp.MIN)
         (rmax,) = self._all_reduce([rmax], dist.ReduceOp.MAX)
-        k = self.cfg.grpo.updates_per_batch
+        k = g.updates_per_batch
         denom = max(n_tok, 1.0) * k
         return StepMetrics(
             loss=total["loss"] / k, kl=total["kl"] / denom, clip_fraction=total["clipped"] / denom,
             entropy=total["entropy"] / denom, ratio_mean=total["ratio"] / denom if n_tok else 1.0,
             ratio_min=rmin if n_tok else 1.0, ratio_max=rmax if n_tok else 1.0,
             grad_norm=self._grad_norm(), sequences=int(n_seq), tokens=int(n_tok),
-            seconds=time.perf_counter() - t0, logprob_mismatch=mismatch, truncated=int(total["truncated"] / k))
+            seconds=time.perf_counter() - t0, logprob_mismatch=mismatch,
+            truncated=int(total["truncated"] / k))
 
-    def _grpo_update(self, batches: list[dict[str, torch.Tensor]], n_seq: float, n_tok: float, n_mb: int,
+    def _grpo_update(self, batches: list[Collated], n_seq: float, n_tok: float, n_mb: int,
                      sampling: SamplingSpec) -> tuple[dict[str, float], float, float]:
         """One optimiser step over the micro-batches; returns this rank's metric sums and ratio range."""
         g = self.cfg.grpo
-        self.engine.train()
+        self.ds_engine.train()
         sums = dict.fromkeys(("loss", "kl", "clipped", "ratio", "entropy", "truncated"), 0.0)
         rmin, rmax = float("inf"), float("-inf")
         for i in range(n_mb):
             # Ranks with fewer micro-batches repeat their last one at weight 0 to join every reduction.
             batch, weight = (batches[i], 1.0) if i < len(batches) else (batches[-1], 0.0)
-            mask = batch["loss_mask"].to(self.device)  # [B, T]
-            targets = self._targets(batch)  # [B, T]
-            rng = _rng_state()  # every forward of this micro-batch draws the same MLAE masks
+            mask = batch.loss_mask.to(self.device)  # [B, T]
+            rng = checkpoint.rng_state()  # every forward of this micro-batch draws the same MLAE masks
             ref = None
             if g.beta > 0.0:
                 with torch.no_grad(), self._reference_policy():
                     ref = self._logprobs(batch, sampling)  # [B, T]
-                _set_rng_state(rng)
-            stale = self._stale_logprobs(batch, sampling, rng)  # [B, T] rows of stale versions, or None
+                checkpoint.set_rng_state(rng)
+            stale = self._stale_logprobs(batch, sampling, rng)  # rows of older versions, or None
             logits = self._logits(batch, sampling)  # [B, T, V] of the sampling distribution
-            logp = grpo.token_logprobs(logits, targets)  # [B, T]
-            logp_old = logp.detach()
-            if stale is not None:
-                rows, values = stale
-                logp_old = torch.where(rows[:, None], values, logp_old)
+            logp = grpo.token_logprobs(logits, batch.targets.to(self.device))  # [B, T]
+            logp_old = logp.detach() if stale is None else torch.where(stale[0][:, None], stale[1], logp.detach())
             parts = grpo.grpo_loss(
-                logp, logp_old, ref, batch["advantages"].to(self.device), mask,
+                logp, logp_old, ref, batch.advantages.to(self.device), mask,
                 eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
                 num_sequences=n_seq, num_tokens=n_tok)
-            self.engine.backward(parts.loss * (weight * self.world_size))
+            self.ds_engine.backward(parts.loss * (weight * self.world_size))
             if weight == 0.0:
                 continue
             with torch.no_grad():
@@ -311,67 +247,61 @@ class LearnerEngine:
             sums["clipped"] += parts.clipped_sum
             sums["ratio"] += parts.ratio_sum
             sums["entropy"] += float((ent * mask).sum())
-            sums["truncated"] += float(batch["dropped_truncated"].sum())
+            sums["truncated"] += float((batch.truncated & (batch.loss_mask.sum(dim=1) == 0)).sum())
             rmin, rmax = min(rmin, parts.ratio_min), max(rmax, parts.ratio_max)
         self._optimizer_step()
         return sums, rmin, rmax
 
-    def _stale_logprobs(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec,
+    def _stale_logprobs(self, batch: Collated, sampling: SamplingSpec,
                         rng: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For rows sampled by a version the weights no longer are: ``(rows [B] bool, logp_old [B, T])``,
         each from a no-grad forward under that version with this micro-batch's mask draw."""
-        versions = batch["adapter_version"].to(self.device)  # [B]
-        stale = sorted({int(v) for v in versions.tolist()} - {self._live_version})
+        versions = batch.adapter_version.to(self.device)  # [B]
+        stale = sorted({int(v) for v in versions.tolist()} - {self.copies.live_version})
         if not stale:
             return None
         rows = torch.zeros_like(versions, dtype=torch.bool)  # [B]
-        values = torch.zeros(batch["loss_mask"].shape, dtype=torch.float32, device=self.device)  # [B, T]
+        values = torch.zeros(batch.loss_mask.shape, dtype=torch.float32, device=self.device)  # [B, T]
         for v in stale:
-            with torch.no_grad(), self._policy_of_version(v):
+            with torch.no_grad(), self.copies.as_version(v):
                 lp = self._logprobs(batch, sampling)  # [B, T]
-            _set_rng_state(rng)
+            checkpoint.set_rng_state(rng)
             values = torch.where((versions == v)[:, None], lp, values)
             rows |= versions == v
         return rows, values
 
-    def _sync_reading(self, batch: dict[str, torch.Tensor], sampling: SamplingSpec) -> float | None:
+    def _sync_reading(self, batch: Collated, sampling: SamplingSpec) -> float | None:
         """The sync alarm's reading: mean |learner - behaviour| log-prob over this micro-batch's newest
         version, eval mode, once per new version (all ranks decide together: ZeRO-3 forwards gather)."""
-        newest = int(batch["adapter_version"].max())
-        known = float(batch["sampling_mask"].sum() > 0)  # behaviour log-probs to compare with
+        newest = int(batch.adapter_version.max())
+        known = float(batch.sampling_mask.sum() > 0)  # behaviour log-probs to compare with
         global_newest, any_known = self._all_reduce([float(newest), known], dist.ReduceOp.MAX)
         if global_newest <= self._checked_version or not any_known:
             return None
         self._checked_version = int(global_newest)
-        rows = (batch["adapter_version"] == newest)[:, None] & batch["sampling_mask"].bool()  # [B, T]
-        self.engine.eval()
+        rows = ((batch.adapter_version == newest)[:, None] & batch.sampling_mask.bool()).to(self.device)  # [B, T]
+        self.ds_engine.eval()
         try:
-            with torch.no_grad(), self._policy_of_version(newest):
+            with torch.no_grad(), self.copies.as_version(newest):
                 logp = self._logprobs(batch, sampling)  # [B, T]
         finally:
-            self.engine.train()
-        diff = (logp - batch["sampling_logprobs"].to(self.device)).abs()
-        rows = rows.to(self.device)
+            self.ds_engine.train()
+        diff = (logp - batch.sampling_logprobs.to(self.device)).abs()  # [B, T]
         total, count = self._all_reduce([float(diff[rows].sum()), float(rows.sum())], dist.ReduceOp.SUM)
         return total / count if count > 0 else None
-
-    def _optimizer_step(self) -> None:
-        self.engine.step()
-        self.steps += 1
-        self._live_version = None  # the weights have moved past every exported version
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One optimiser step of cross-entropy on reference answers (``completion_ids``), token-mean."""
         t0 = time.perf_counter()
         batches, n_seq, n_tok, n_mb = self._schedule(samples, mask_truncated=False)
-        self.engine.train()
+        self.ds_engine.train()
         loss_sum, ent_sum = 0.0, 0.0
         for i in range(n_mb):
             batch, weight = (batches[i], 1.0) if i < len(batches) else (batches[-1], 0.0)
-            mask = batch["loss_mask"].to(self.device)
+            mask = batch.loss_mask.to(self.device)
             logits = self._logits(batch)
-            loss = grpo.sft_loss(grpo.token_logprobs(logits, self._targets(batch)), mask, n_tok)
-            self.engine.backward(loss * (weight * self.world_size))
+            loss = grpo.sft_loss(grpo.token_logprobs(logits, batch.targets.to(self.device)), mask, n_tok)
+            self.ds_engine.backward(loss * (weight * self.world_size))
             if weight > 0.0:
                 loss_sum += float(loss.detach())
                 with torch.no_grad():
@@ -383,8 +313,13 @@ class LearnerEngine:
             ratio_min=1.0, ratio_max=1.0, grad_norm=self._grad_norm(), sequences=int(n_seq),
             tokens=int(n_tok), seconds=time.perf_counter() - t0)
 
+    def _optimizer_step(self) -> None:
+        self.ds_engine.step()
+        self.steps += 1
+        self.copies.mark_moved()
+
     def _grad_norm(self) -> float:
-        norm = self.engine.get_global_grad_norm()
+        norm = self.ds_engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
     @torch.no_grad()
@@ -396,7 +331,7 @@ class LearnerEngine:
         ``adapter=False`` gives the base model's. Under ZeRO-3 every rank must call this together.
         """
         sampling = sampling or SamplingSpec()
-        self.engine.eval()
+        self.ds_engine.eval()
         out: list[torch.Tensor] = []
         try:
             for mb in micro_batches(samples, self.cfg.micro_batch_size):
@@ -410,8 +345,10 @@ class LearnerEngine:
                     start = len(s.prompt_ids) - 1
                     out.append(logp[row, start : start + len(s.completion_ids)].float().cpu())
         finally:
-            self.engine.train()
+            self.ds_engine.train()
         return out
+
+    # ---- stages, export, checkpoints --------------------------------------------------------------------
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool = False) -> None:
         """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO the KL
@@ -419,93 +356,44 @@ class LearnerEngine:
         self.set_lr(lr)
         if not carry_optimizer:
             self._reset_optimizer()
-        self._reference = self._copy_adapter() if kind == "grpo" else None
+        if kind == "grpo":
+            self.copies.set_reference()
 
     def _reset_optimizer(self) -> None:
         """Drop AdamW's moments and step counts: the next step is a fresh optimiser's first (TRL and verl
         build a new optimiser for an RL run; SFT momentum would steer and shrink the first GRPO updates)."""
-        inner: Any = self.engine.optimizer
+        inner: Any = self.ds_engine.optimizer
         while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
             inner = inner.optimizer
         if not isinstance(inner, torch.optim.Optimizer):
-            raise TypeError(f"cannot find the torch optimiser inside {type(self.engine.optimizer).__name__}")
+            raise TypeError(f"cannot find the torch optimiser inside {type(self.ds_engine.optimizer).__name__}")
         inner.state.clear()
 
     def set_lr(self, lr: float) -> None:
         """Change the learning rate (a stage's ``lr`` override)."""
-        for group in self.engine.optimizer.param_groups:
+        for group in self.ds_engine.optimizer.param_groups:
             group["lr"] = lr
-
-    # ---- adapter export and checkpoints ---------------------------------------------------------------
 
     def export(self, version: int) -> Any:
         """The adapter in LoRA form (``learner.export.LoraArtefact``) as ``version``; every rank calls (ZeRO-3
         gathers). The learner keeps a copy of that version for off-policy ratios and the sync alarm."""
         from learner.export import export_lora
 
-        if self._live_version != version:
-            self._versions[version] = self._copy_adapter()
-            while len(self._versions) > _KEPT_VERSIONS:
-                self._versions.popitem(last=False)
-            self._live_version = version
+        self.copies.mark_exported(version)
         return export_lora(self.model, version)
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write DeepSpeed state, RNG states and the exported adapter to ``directory`` atomically.
-
-        Everything goes to ``<directory>.tmp`` first and is renamed when complete, so a crash leaves either
-        the previous checkpoint or the new one, never half of one. All ranks call; the directory must be
-        on storage every rank sees.
-        """
-        final = Path(directory)
-        tmp = final.with_name(final.name + ".tmp")
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self._barrier()
-        self.engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={"steps": self.steps},
-                                    exclude_frozen_parameters=True)
-        torch.save(_rng_state(), tmp / f"rng_rank{self.rank}.pt")
-        # This rank's copies of the KL reference and of the kept versions (ZeRO-3: its partitions), so a
-        # resumed run takes the same KL and off-policy ratios as the uninterrupted one.
-        torch.save({"reference": self._reference, "versions": dict(self._versions)},
-                   tmp / f"adapter_copies_rank{self.rank}.pt")
-        from learner.export import export_lora
-
-        artefact = export_lora(self.model, self.steps)
-        self._barrier()  # every rank's files are in tmp before rank 0 renames it
-        if self.rank == 0:
-            artefact.save(tmp / "adapter")
-            (tmp / "learner_state.json").write_text(json.dumps(
-                {"steps": self.steps, "world_size": self.world_size, "adapter": self.cfg.adapter,
-                 "live_version": self._live_version}) + "\n")
-            old = final.with_name(final.name + ".old")
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        self._barrier()
-        return final
+    def save_checkpoint(self, directory: str | Path, adapter_dir: str | Path | None = None,
+                        version: int = 0) -> Path:
+        """Write this rank's state to ``directory`` atomically (learner/checkpoint.py); rank 0 writes the
+        adapter, as ``version``, to ``adapter_dir`` when given. All ranks call."""
+        return checkpoint.save(self, Path(directory), None if adapter_dir is None else Path(adapter_dir), version)
 
     def load_checkpoint(self, directory: str | Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` with the same number of ranks."""
-        directory = Path(directory)
-        state = json.loads((directory / "learner_state.json").read_text())
-        if state["world_size"] != self.world_size:
-            raise ValueError(f"checkpoint {directory} was written by {state['world_size']} learner ranks; "
-                             f"resume with learner.num_ranks={state['world_size']} (ZeRO partitions differ)")
-        path, client = self.engine.load_checkpoint(str(directory), tag="deepspeed", load_module_strict=False)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/deepspeed")
-        self.steps = int(client["steps"])
-        _set_rng_state(torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False))
-        copies = torch.load(directory / f"adapter_copies_rank{self.rank}.pt", weights_only=True)
-        self._reference = copies["reference"]
-        self._versions = OrderedDict(copies["versions"])
-        self._live_version = state["live_version"]
+        checkpoint.load(self, Path(directory))
         self._checked_version = -1
 
-    def _barrier(self) -> None:
+    def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
 
@@ -520,16 +408,3 @@ class LearnerEngine:
 
             deepspeed.comm.destroy_process_group()
             self._owns_group = False
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from learner.batch import SamplingSpec, StepMetrics, TrainSample
+from learner.batch import SamplingSpec, StepMetrics, TrainBatch, TrainSample
 from learner.config import LearnerConfig
 from learner.engine import LearnerEngine, free_port
 
@@ -40,8 +40,8 @@ class LearnerRank:
             raise RuntimeError("LearnerRank.setup() has not run: create ranks through services.LearnerGroup")
         return self._engine
 
-    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
-        return self.engine.grpo_step(samples, sampling)
+    def grpo_step(self, batch: TrainBatch) -> StepMetrics:
+        return self.engine.grpo_step(batch)
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         return self.engine.sft_step(samples)
@@ -61,8 +61,8 @@ class LearnerRank:
         artefact = self.engine.export(version)
         return artefact if self.rank == 0 else None
 
-    def save_checkpoint(self, directory: str) -> str:
-        return str(self.engine.save_checkpoint(Path(directory)))
+    def save_checkpoint(self, directory: str, adapter_dir: str | None, version: int) -> str:
+        return str(self.engine.save_checkpoint(Path(directory), adapter_dir, version))
 
     def load_checkpoint(self, directory: str) -> int:
         self.engine.load_checkpoint(Path(directory))
@@ -74,6 +74,6 @@ class LearnerRank:
             self._engine = None
 
 
-# max_restarts=0: a rank that dies mid-step leaves the others waiting in a collective; the group is rebuilt
-# from the last checkpoint instead (services/learner_group.py).
+# max_restarts=0: a rank that dies mid-step leaves the others waiting in a collective; a restarted rank
+# could not rejoin them. The run stops and is resumed from its last checkpoint (`medground train --resume`).
 LearnerWorker = ray.remote(max_restarts=0)(LearnerRank)

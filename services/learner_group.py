@@ -20,7 +20,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from learner.batch import SamplingSpec, StepMetrics, TrainSample, shard
+from learner.batch import StepMetrics, TrainBatch, TrainSample, shard
 from learner.config import LearnerConfig
 from learner.worker import LearnerWorker
 
@@ -60,29 +60,25 @@ class LearnerGroup:
     def num_ranks(self) -> int:
         return len(self._workers)
 
-    def _on_all(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(w, method).remote(*args) for w in self._workers])
-
-    def _sharded(self, method: str, samples: Sequence[TrainSample], *args: Any) -> StepMetrics:
-        shards = shard(samples, self.num_ranks)
+    def grpo_step(self, batch: TrainBatch) -> StepMetrics:
+        """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly."""
+        shards = shard(batch.samples, self.num_ranks)
         metrics: list[StepMetrics] = ray.get(
-            [getattr(w, method).remote(s, *args) for w, s in zip(self._workers, shards, strict=True)])
+            [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w, s in zip(self._workers, shards, strict=True)])
         return metrics[0]  # already reduced over ranks; rank 0's wall time stands for the step
-
-    def grpo_step(self, samples: Sequence[TrainSample], sampling: SamplingSpec) -> StepMetrics:
-        """GRPO over the global batch ``samples``, sampled from the distribution ``sampling``."""
-        return self._sharded("grpo_step", samples, sampling)
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One SFT optimiser step (cross-entropy on ``completion_ids``) over the global batch."""
-        return self._sharded("sft_step", samples)
+        shards = shard(samples, self.num_ranks)
+        metrics: list[StepMetrics] = ray.get([w.sft_step.remote(s) for w, s in zip(self._workers, shards, strict=True)])
+        return metrics[0]
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None:
         """A stage's first step is next: its lr, fresh optimiser moments unless carried, the KL reference."""
-        self._on_all("begin_stage", kind, lr, carry_optimizer)
+        ray.get([w.begin_stage.remote(kind, lr, carry_optimizer) for w in self._workers])
 
     def set_lr(self, lr: float) -> None:
-        self._on_all("set_lr", lr)
+        ray.get([w.set_lr.remote(lr) for w in self._workers])
 
     def export(self, version: int) -> ray.ObjectRef:
         """Object ref of the ``LoraArtefact`` (rank 0's return value: the one object-store copy)."""
@@ -91,13 +87,15 @@ class LearnerGroup:
         ray.wait([refs[0]], fetch_local=False)
         return refs[0]
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        """DeepSpeed state, RNG states and the adapter, written atomically under ``directory``."""
-        return Path(self._on_all("save_checkpoint", str(directory))[0])
+    def save_checkpoint(self, directory: str | Path, adapter_dir: str | Path | None, version: int) -> Path:
+        """DeepSpeed state, RNG states and adapter copies under ``directory``, written atomically; rank 0 also
+        writes the adapter, as ``version``, to ``adapter_dir``."""
+        adapter = None if adapter_dir is None else str(adapter_dir)
+        return Path(ray.get([w.save_checkpoint.remote(str(directory), adapter, version) for w in self._workers])[0])
 
     def load_checkpoint(self, directory: str | Path) -> int:
         """Restore every rank from ``directory``; returns the learner's step count."""
-        return int(self._on_all("load_checkpoint", str(directory))[0])
+        return int(ray.get([w.load_checkpoint.remote(str(directory)) for w in self._workers])[0])
 
     def shutdown(self) -> None:
         """Leave the process group on every rank, then free the actors and the placement group."""

@@ -18,6 +18,7 @@ import pytest
 from learner_samples import make_samples
 from rollout_fixtures import requests
 
+from learner.batch import TrainBatch
 from learner.config import LearnerConfig
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
@@ -91,14 +92,14 @@ def test_sync_alarm_quiet_when_synced_and_trips_on_a_stale_worker(core: RolloutW
         return [dataclasses.replace(s, adapter_version=version) for g in core.generate(requests(4), n=4, sampling=sampling)
                 for s in grpo_samples(g, [1.0, -1.0, 0.5, -0.5])]
 
-    synced = engine.grpo_step(batch(v), spec)
+    synced = engine.grpo_step(TrainBatch(tuple(batch(v)), spec))
     assert synced.logprob_mismatch is not None and synced.logprob_mismatch < 1e-4
     check_adapter_sync(synced, LEARNER.grpo, version=v)  # quiet
     answers = make_samples(tiny_model_dir, [0.0] * 4, completions=("<answer>[3, 4, 50, 60]</answer>",))
     for _ in range(2):  # move the learner well past v, then "push" v+1 to a worker that keeps v
         engine.sft_step(answers)
     engine.export(v + 1)
-    stale = engine.grpo_step(batch(v + 1), spec)
+    stale = engine.grpo_step(TrainBatch(tuple(batch(v + 1)), spec))
     assert stale.logprob_mismatch is not None and stale.logprob_mismatch > LEARNER.grpo.sync_alarm_nats
     with pytest.raises(AdapterSyncError, match=r"did not reach a rollout engine.*sync_alarm=warn"):
         check_adapter_sync(stale, LEARNER.grpo, version=v + 1)

@@ -4,6 +4,7 @@ checkpoints resume exactly. Kept to a handful of short sequences (2 shared CPUs)
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from learner_samples import DISJOINT_COMPLETIONS, make_samples
 
-from learner.batch import TrainSample
+from learner.batch import TrainBatch, TrainSample
 from learner.config import LearnerConfig
 
 pytestmark = pytest.mark.integration
@@ -43,24 +44,25 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_pat
     one = LearnerEngine(tiny_model_dir, LearnerConfig(num_ranks=1, **base))  # type: ignore[arg-type]
     try:
         one.begin_stage("grpo", 1e-2)
-        one.grpo_step(sampled_by(0), spec)  # step 1 gives the adapter a direction (B starts at zero)
+        one.grpo_step(TrainBatch(tuple(sampled_by(0)), spec))  # step 1 gives the adapter a direction (B starts at zero)
         one.export(1)
-        m1 = one.grpo_step(sampled_by(1), spec)
+        m1 = one.grpo_step(TrainBatch(tuple(sampled_by(1)), spec))
         a1 = one.export(2)
     finally:
         one.close()
     group = LearnerGroup(tiny_model_dir, LearnerConfig(num_ranks=2, **base))  # type: ignore[arg-type]
     try:
         group.begin_stage("grpo", 1e-2, carry_optimizer=False)
-        group.grpo_step(sampled_by(0), spec)
+        group.grpo_step(TrainBatch(tuple(sampled_by(0)), spec))
         ray.get(group.export(version=1))
-        m2 = group.grpo_step(sampled_by(1), spec)
+        m2 = group.grpo_step(TrainBatch(tuple(sampled_by(1)), spec))
         a2 = ray.get(group.export(version=2))
         # Multi-rank checkpoint round trip: every rank's ZeRO partition and RNG state, then a restore.
-        group.save_checkpoint(tmp_path / "ckpt")
+        group.save_checkpoint(tmp_path / "ckpt", tmp_path / "adapter", version=2)
+        assert json.loads((tmp_path / "adapter" / "medground_adapter.json").read_text())["version"] == 2
         assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
         assert group.load_checkpoint(tmp_path / "ckpt") == 2
-        m3 = group.grpo_step(sampled_by(2), spec)
+        m3 = group.grpo_step(TrainBatch(tuple(sampled_by(2)), spec))
     finally:
         group.shutdown()
     assert m1.tokens == m2.tokens == sum(len(s.completion_ids) for s in samples)
@@ -84,7 +86,7 @@ def test_step_moves_logprobs_by_advantage_sign(tiny_model_dir: Path) -> None:
     engine = LearnerEngine(tiny_model_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, grpo={"beta": 0.0}))  # type: ignore[arg-type]
     try:
         before = [lp.sum().item() for lp in engine.logprobs(samples)]
-        metrics = engine.grpo_step(samples, SamplingSpec(temperature=0.5))
+        metrics = engine.grpo_step(TrainBatch(tuple(samples), SamplingSpec(temperature=0.5)))
         after = [lp.sum().item() for lp in engine.logprobs(samples)]
         sft = [engine.sft_step(samples).loss for _ in range(3)]  # SFT mode: cross-entropy on the answers
     finally:
@@ -108,21 +110,21 @@ def test_checkpoint_resume_gives_the_same_next_step(tiny_model_dir: Path, tmp_pa
     first = LearnerEngine(tiny_model_dir, cfg)
     try:
         first.begin_stage("grpo", 1e-2)
-        first.grpo_step(samples, spec)
-        first.grpo_step(samples, spec)  # the KL reference (stage start) now differs from the weights
-        first.save_checkpoint(ckpt)
-        expected = first.grpo_step(samples, spec)
+        first.grpo_step(TrainBatch(tuple(samples), spec))
+        first.grpo_step(TrainBatch(tuple(samples), spec))  # the KL reference (stage start) now differs from the weights
+        first.save_checkpoint(ckpt)  # no adapter_dir: the learner's state only
+        expected = first.grpo_step(TrainBatch(tuple(samples), spec))
         expected_adapter = first.export(2).tensors
     finally:
         first.close()
     assert not ckpt.with_name("step-1.tmp").exists()
-    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (ckpt / "adapter").exists()  # the adapter is written once, where the driver asks
 
     second = LearnerEngine(tiny_model_dir, cfg.model_copy(update={"seed": 123}))  # a different initial adapter
     try:
         second.load_checkpoint(ckpt)
         assert second.steps == 2
-        resumed = second.grpo_step(samples, spec)
+        resumed = second.grpo_step(TrainBatch(tuple(samples), spec))
         resumed_adapter = second.export(2).tensors
     finally:
         second.close()
@@ -157,7 +159,7 @@ def test_grpo_stage_starts_at_its_reference_with_fresh_moments(tiny_model_dir: P
                 engine.sft_step(samples)
             engine.begin_stage("grpo", lr, carry_optimizer=carry)
             before = _adapter_values(engine)
-            metrics = engine.grpo_step(samples, spec)
+            metrics = engine.grpo_step(TrainBatch(tuple(samples), spec))
             after = _adapter_values(engine)
         finally:
             engine.close()
@@ -189,9 +191,9 @@ def test_learner_recomputes_an_earlier_adapter_version(tiny_model_dir: Path, zer
         engine.begin_stage("grpo", 5e-2)
         engine.export(1)
         v1 = engine.logprobs(samples)
-        metrics = engine.grpo_step(samples, SamplingSpec())
+        metrics = engine.grpo_step(TrainBatch(tuple(samples), SamplingSpec()))
         moved = engine.logprobs(samples)
-        with engine._policy_of_version(1):  # the saved copy, swapped in for a forward
+        with engine.copies.as_version(1):  # the saved copy, swapped in for a forward
             again = engine.logprobs(samples)
         restored = engine.logprobs(samples)
     finally:
@@ -216,7 +218,7 @@ def test_truncated_completions_can_be_masked_from_the_loss(tiny_model_dir: Path)
         engine = LearnerEngine(tiny_model_dir, cfg)
         try:
             engine.begin_stage("grpo", 1e-2)
-            counts.append(engine.grpo_step(batch, SamplingSpec()).truncated)
+            counts.append(engine.grpo_step(TrainBatch(tuple(batch), SamplingSpec())).truncated)
             adapters.append(engine.export(1).tensors)
         finally:
             engine.close()

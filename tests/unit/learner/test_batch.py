@@ -20,28 +20,28 @@ def test_collate_aligns_loss_mask_with_completion_tokens() -> None:
     b = TrainSample(prompt_ids=(4,), completion_ids=(9,), advantage=-1.0)
     out = collate([a, b], pad_id=0)
     # L = max(3 + 2, 1 + 1) = 5, T = 4. Completion 7 sits at position 3, predicted from position 2.
-    assert out["input_ids"].tolist() == [[1, 2, 3, 7, 8], [4, 9, 0, 0, 0]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert out["loss_mask"].tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
+    assert out.input_ids.tolist() == [[1, 2, 3, 7, 8], [4, 9, 0, 0, 0]]
+    assert out.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert out.loss_mask.tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
     # targets = input_ids[:, 1:]: where loss_mask is 1 they are exactly the completion tokens.
-    targets = out["input_ids"][:, 1:]
-    assert targets[out["loss_mask"].bool()].tolist() == [7, 8, 9]
-    torch.testing.assert_close(out["sampling_logprobs"][0], torch.tensor([0.0, 0.0, -0.1, -0.2]))
-    assert out["sampling_mask"].tolist() == [[0, 0, 1, 1], [0, 0, 0, 0]]
-    assert out["advantages"].tolist() == [1.0, -1.0]
-    assert "pixel_values" not in out
+    targets = out.input_ids[:, 1:]
+    assert targets[out.loss_mask.bool()].tolist() == [7, 8, 9]
+    torch.testing.assert_close(out.sampling_logprobs[0], torch.tensor([0.0, 0.0, -0.1, -0.2]))
+    assert out.sampling_mask.tolist() == [[0, 0, 1, 1], [0, 0, 0, 0]]
+    assert out.advantages.tolist() == [1.0, -1.0]
+    assert out.pixel_values is None
 
 
 def test_collate_images_and_mm_token_types() -> None:
     s1, s2 = _image_sample(4, (5, 6), patches=8), _image_sample(6, (), patches=4)
     text = TrainSample(prompt_ids=(3, 3), completion_ids=(4,))
     out = collate([s1, text, s2], pad_id=0)
-    assert out["pixel_values"].shape == (12, 6)  # 8 + 4 patches, images in sample order
-    assert out["pixel_values"][:8].eq(8.0).all() and out["pixel_values"][8:].eq(4.0).all()
-    assert out["image_grid_thw"].tolist() == [[1, 2, 4], [1, 2, 2]]
+    assert out.pixel_values.shape == (12, 6)  # 8 + 4 patches, images in sample order
+    assert out.pixel_values[:8].eq(8.0).all() and out.pixel_values[8:].eq(4.0).all()
+    assert out.image_grid_thw.tolist() == [[1, 2, 4], [1, 2, 2]]
     # Modality ids: the prompt's own, zeros over completion and padding (L = 6).
-    assert out["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 0]]
-    assert out["loss_mask"][2].sum() == 0  # an empty completion carries no loss
+    assert out.mm_token_type_ids.tolist() == [[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 0]]
+    assert out.loss_mask[2].sum() == 0  # an empty completion carries no loss
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
