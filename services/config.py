@@ -51,7 +51,8 @@ class StageConfig(_Strict):
     steps: int = Field(..., ge=1, description="Optimiser steps in this stage.")
     prompts_per_step: int = Field(8, ge=1, description="Prompt groups per GRPO step (batch size for SFT).")
     task: Literal["grounding", "classification", "grading"] = Field("grounding", description="Records used.")
-    data: DataConfig | None = Field(None, description="Overrides the run's data for this stage.")
+    train_split: str | None = Field(None, description="Manifest split this stage trains on (default: the run's "
+                                    "data.train_split); the records also match the stage's task.")
     reward: RewardConfig | None = Field(None, description="Overrides the run's reward mix for this stage.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
     refill_cap: int = Field(2, ge=0, description="GRPO dynamic sampling: extra generation rounds to replace "

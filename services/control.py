@@ -7,11 +7,39 @@ call, and a new worker loads the current adapter before it takes work (the pool 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 NAMESPACE = "medground"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A running job as `medground status` shows it: the driver's last report, plus what the control actor
+    adds (`run`, `pending_rollout_workers`, `reported_at`) and `ops.job_status` (`age_s`, seconds since the
+    report). `status --json` prints these fields; before the first report only the actor's are set."""
+
+    run: str = ""
+    step: int | None = None  # optimiser steps done, over all stages
+    total_steps: int | None = None
+    stage: str | None = None
+    tau: float | None = None  # the MedLoc-R1 threshold the last step was scored under
+    tau_version: int | None = None
+    reward: float | None = None  # mean total reward of the last step's completions
+    adapter_version: int | None = None  # the adapter the rollout workers serve
+    rollout_workers: int | None = None  # the pool's target size
+    rollout_workers_live: int | None = None
+    rollout_workers_serving: int | None = None  # workers that served the last step
+    completions_per_s: float | None = None
+    tokens_per_s: float | None = None
+    step_seconds: float | None = None
+    last_eval_a50: float | None = None  # held-out A@0.5 (percent) of the last evaluation
+    run_dir: str | None = None
+    pending_rollout_workers: int | None = None  # a resize requested and not yet applied
+    reported_at: float | None = None  # time.time() of the driver's last report
+    age_s: float | None = None
 
 
 def actor_name(run_name: str) -> str:
@@ -23,22 +51,22 @@ class ControlState:
     """Plain state behind the actor (tests use it directly)."""
 
     run_name: str
-    status: dict[str, Any] = field(default_factory=dict)
+    status: JobStatus = field(default_factory=JobStatus)
     pending_rollout_workers: int | None = None
     requests_log: list[dict[str, Any]] = field(default_factory=list)
 
-    def report(self, status: dict[str, Any]) -> None:
-        self.status = {**status, "reported_at": time.time()}
+    def report(self, status: JobStatus) -> None:
+        self.status = dataclasses.replace(status, reported_at=time.time())
 
-    def get_status(self) -> dict[str, Any]:
-        return {"run": self.run_name, "pending_rollout_workers": self.pending_rollout_workers, **self.status}
+    def get_status(self) -> JobStatus:
+        return dataclasses.replace(self.status, run=self.run_name, pending_rollout_workers=self.pending_rollout_workers)
 
     def request_rollout_workers(self, n: int) -> str:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"rollout workers must be a whole number >= 1, got {n!r}")
         self.pending_rollout_workers = n
         self.requests_log.append({"rollout_workers": n, "at": time.time()})
-        step = self.status.get("step", "?")
+        step = "?" if self.status.step is None else self.status.step
         return f"run {self.run_name!r}: resize to {n} rollout workers requested; applied before the step after {step}"
 
     def take_rollout_request(self) -> int | None:
@@ -59,6 +87,27 @@ def start_control_actor(run_name: str) -> Any:
     if old is not None:
         ray.kill(old)
     return actor_cls.options(name=actor_name(run_name), namespace=NAMESPACE).remote(run_name)
+
+
+class ControlClient:
+    """The driver's side of the control actor (the `Control` seam of services/seams.py)."""
+
+    def __init__(self, run_name: str) -> None:
+        self._actor = start_control_actor(run_name)
+
+    def take_rollout_request(self) -> int | None:
+        import ray
+
+        n: int | None = ray.get(self._actor.take_rollout_request.remote())
+        return n
+
+    def report(self, status: JobStatus) -> None:
+        self._actor.report.remote(status)  # fire and forget: reporting never slows a step
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self._actor)
 
 
 def find_control_actor(run_name: str | None) -> Any:

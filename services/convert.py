@@ -80,9 +80,10 @@ def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[Train
 SFT_THINK = "Locate the finding in the image."
 
 
-def reference_answer(record: Record, frame: RolloutFrame) -> str:
-    """The SFT target: a short think and the answer in the model's own convention (VLM-R1 format)."""
-    think = f"<think>{SFT_THINK}</think>"
+def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_THINK) -> str:
+    """The SFT target: a think block (default: a short fixed one) and the answer in the model's own
+    convention (VLM-R1 format)."""
+    think = f"<think>{think_text}</think>"
     if record.task == "grounding":
         box = rf.from_original(record.boxes[0], reward_frame(frame))
         return think + "<answer>" + json.dumps({"bbox_2d": [round(v) for v in box]}) + "</answer>"

@@ -6,6 +6,7 @@ relative to the image, so train-time evaluation, `medground eval` and the benchm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,15 +17,22 @@ MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.5
 
 
 def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str, float]:
-    """A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent. n = len(ious)."""
+    """A@0.3, A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent, n = len(ious),
+    and standard errors: `A@0.5_se` = 100 sqrt(p (1 - p) / n) (binomial), `mIoU_se` = std / sqrt(n)."""
     iou = np.asarray(ious, dtype=np.float64)
     if iou.size == 0:
         return {"n": 0}
     ok = np.asarray(parsed, dtype=bool)
+    n = iou.size
+    at = {t: float(np.mean(iou >= t)) for t in (0.3, 0.5, 0.8)}
     return {
-        "n": int(iou.size),
-        "A@0.5": float(100.0 * np.mean(iou >= 0.5)),
-        "A@0.8": float(100.0 * np.mean(iou >= 0.8)),
+        "n": int(n),
+        "A@0.3": 100.0 * at[0.3],
+        "A@0.5": 100.0 * at[0.5],
+        "A@0.5_se": 100.0 * math.sqrt(at[0.5] * (1.0 - at[0.5]) / n),
+        "A@0.8": 100.0 * at[0.8],
+        "A@0.8_se": 100.0 * math.sqrt(at[0.8] * (1.0 - at[0.8]) / n),
+        "mIoU_se": float(iou.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         "pseudo_mAP": float(100.0 * np.mean([np.mean(iou >= t) for t in MAP_THRESHOLDS])),
         "mIoU": float(iou.mean()),
         "parse_fail_pct": float(100.0 * np.mean(~ok)),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,37 @@ PLOTS: dict[str, tuple[str, ...]] = {
 }
 
 
+class PhaseTimer:
+    """Wall seconds of a step's named phases (verl's `marked_timer`): `with timer.phase("generate"): ...`.
+
+    A phase entered again (a refill round) accumulates. `row()` gives `time/<phase>_s` for each phase,
+    `time/step_s` since the timer was made, and `time/other_s`, the part of the step no phase covered.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def row(self) -> dict[str, float]:
+        total = time.perf_counter() - self._start
+        out = {f"time/{name}_s": s for name, s in self.seconds.items()}
+        return out | {"time/step_s": total, "time/other_s": max(total - sum(self.seconds.values()), 0.0)}
+
+
 class MetricsWriter:
     """Append-only metric log of a run directory (JSONL + TensorBoard)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, plots: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.plots = plots
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self._tb: Any = None
@@ -52,6 +80,10 @@ class MetricsWriter:
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+
+    def plot(self) -> list[Path]:
+        """The run's PNG plots from metrics.jsonl (none when made with plots=False)."""
+        return plot_run(self.run_dir) if self.plots else []
 
     def close(self) -> None:
         if self._tb is not None:

@@ -9,6 +9,7 @@ Both follow Ray 2.60's token authentication: `RAY_AUTH_MODE` and `RAY_AUTH_TOKEN
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from services.control import NAMESPACE, find_control_actor
+from services.control import NAMESPACE, JobStatus, find_control_actor
 
 DASHBOARD_PORT = 8265  # Ray's default dashboard / job server port (deploy/ manifests expose the same)
 GCS_PORT = 6379
@@ -92,57 +93,55 @@ def _control(run: str | None) -> Any:
 # status and scale.
 
 
-def job_status(run: str | None) -> dict[str, Any]:
-    """The last status the run's driver reported, plus `age_s` (seconds since that report)."""
+def job_status(run: str | None) -> JobStatus:
+    """The last status the run's driver reported, with `age_s` (seconds since that report)."""
     import ray
 
-    status: dict[str, Any] = ray.get(_control(run).get_status.remote())
-    reported = status.get("reported_at")
-    status["age_s"] = None if reported is None else max(time.time() - reported, 0.0)
-    return status
+    status: JobStatus = ray.get(_control(run).get_status.remote())
+    age = None if status.reported_at is None else max(time.time() - status.reported_at, 0.0)
+    return dataclasses.replace(status, age_s=age)
 
 
-def format_status(s: dict[str, Any]) -> str:
-    """A human table of `job_status`'s dict."""
+def format_status(s: JobStatus) -> str:
+    """A human table of a `JobStatus`."""
     def num(v: Any, fmt: str = ".3g") -> str:
         return "-" if v is None else format(v, fmt)
 
-    if s.get("reported_at") is None:
-        return f"run {s['run']}: starting (no report yet)"
-    workers = s.get("rollout_workers")
-    live = s.get("rollout_workers_live")
+    if s.reported_at is None:
+        return f"run {s.run}: starting (no report yet)"
+    workers, live = s.rollout_workers, s.rollout_workers_live
     starting = None if workers is None or live is None else workers - live
     worker_line = f"{workers} target, {live} live, {starting} starting"
-    if s.get("rollout_workers_serving") is not None:
-        worker_line += f"; {s['rollout_workers_serving']} served the last step"
-    if s.get("pending_rollout_workers") is not None:
-        worker_line += f"; resize to {s['pending_rollout_workers']} requested (applied before the next step)"
-    tau = "-" if s.get("tau") is None else f"{s['tau']:.3g} (version {s.get('tau_version')})"
-    rows = [("run", f"{s['run']}  ({s.get('run_dir', '?')})"),
-            ("step", f"{s.get('step')} / {s.get('total_steps')}  stage {s.get('stage')}"),
+    if s.rollout_workers_serving is not None:
+        worker_line += f"; {s.rollout_workers_serving} served the last step"
+    if s.pending_rollout_workers is not None:
+        worker_line += f"; resize to {s.pending_rollout_workers} requested (applied before the next step)"
+    tau = "-" if s.tau is None else f"{s.tau:.3g} (version {s.tau_version})"
+    rows = [("run", f"{s.run}  ({s.run_dir or '?'})"),
+            ("step", f"{s.step} / {s.total_steps}  stage {s.stage}"),
             ("tau", tau),
             ("workers", worker_line),
-            ("throughput", f"{num(s.get('completions_per_s'))} completions/s, {num(s.get('tokens_per_s'))} "
-                           f"tokens/s (last step {num(s.get('step_seconds'))} s)"),
-            ("adapter", f"v{s.get('adapter_version')}"),
-            ("reward", num(s.get("reward"))),
-            ("A@0.5", f"{num(s.get('last_A@0.5'))} (last held-out eval)"),
-            ("reported", f"{num(s.get('age_s'), '.1f')} s ago")]
+            ("throughput", f"{num(s.completions_per_s)} completions/s, {num(s.tokens_per_s)} "
+                           f"tokens/s (last step {num(s.step_seconds)} s)"),
+            ("adapter", f"v{s.adapter_version}"),
+            ("reward", num(s.reward)),
+            ("A@0.5", f"{num(s.last_eval_a50)} (last held-out eval)"),
+            ("reported", f"{num(s.age_s, '.1f')} s ago")]
     return "\n".join(f"{k:<11}{v}" for k, v in rows)
 
 
 def scale_rollout(run: str | None, n: int, wait_s: float = 0.0,
-                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+                  echo: Callable[[str], None] = print) -> JobStatus:
     """Ask the run's driver for `n` rollout workers; with `wait_s` > 0, wait until `n` are live."""
     import ray
 
     if n < 1:
         raise OperatorError(f"a rollout pool needs at least 1 worker, got {n}")
     control = _control(run)
-    before: dict[str, Any] = ray.get(control.get_status.remote())
+    before: JobStatus = ray.get(control.get_status.remote())
     echo(ray.get(control.request_rollout_workers.remote(n)))
-    echo(f"now: {before.get('rollout_workers', '?')} rollout workers at step {before.get('step', '?')}"
-         f"/{before.get('total_steps', '?')}; new workers load the current adapter before they take work")
+    echo(f"now: {_or(before.rollout_workers)} rollout workers at step {_or(before.step)}/{_or(before.total_steps)}; "
+         "new workers load the current adapter before they take work")
     deadline = time.monotonic() + wait_s
     status = before
     while wait_s > 0:
@@ -150,17 +149,21 @@ def scale_rollout(run: str | None, n: int, wait_s: float = 0.0,
             status = ray.get(control.get_status.remote())
         except ray.exceptions.RayActorError:
             raise OperatorError(f"the job ended before {n} workers were live (last status: step "
-                                f"{status.get('step')}/{status.get('total_steps')})") from None
-        if status.get("pending_rollout_workers") is None and status.get("rollout_workers_live") == n \
-                and status.get("rollout_workers") == n:
-            echo(f"done: {n} rollout workers live at step {status.get('step')}")
+                                f"{status.step}/{status.total_steps})") from None
+        if status.pending_rollout_workers is None and status.rollout_workers_live == n \
+                and status.rollout_workers == n:
+            echo(f"done: {n} rollout workers live at step {status.step}")
             break
         if time.monotonic() > deadline:
-            raise OperatorError(f"after {wait_s:.0f} s: {status.get('rollout_workers_live')} of "
-                                f"{status.get('rollout_workers')} workers live; the request stays in place "
+            raise OperatorError(f"after {wait_s:.0f} s: {status.rollout_workers_live} of "
+                                f"{status.rollout_workers} workers live; the request stays in place "
                                 f"(check cluster resources with `ray status`)")
         time.sleep(1.0)
     return status
+
+
+def _or(value: Any) -> Any:
+    return "?" if value is None else value
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -221,5 +224,5 @@ def follow(client: Any, job_id: str, echo: Callable[[str], None] = print) -> str
         time.sleep(1.0)
 
 
-def to_json(status: dict[str, Any]) -> str:
-    return json.dumps(status, indent=2, sort_keys=True, default=str)
+def to_json(status: JobStatus) -> str:
+    return json.dumps(dataclasses.asdict(status), indent=2, sort_keys=True, default=str)

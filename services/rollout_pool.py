@@ -134,9 +134,11 @@ class RolloutPool:
 
     # -- work ------------------------------------------------------------------------------------------
 
-    def load_adapter(self, version: int, artefact_ref: ray.ObjectRef[Any] | None) -> None:
-        """Make adapter `version` live on every worker (artefact_ref: one `ray.put` of an `AdapterTensors`
-        or `AdapterSpec`; None with version 0 for the base model). Blocks until all have switched."""
+    def load_adapter(self, version: int, artefact: Any) -> None:
+        """Make adapter `version` live on every worker. `artefact`: an object ref of the learner's exported
+        `LoraArtefact` (or an `AdapterSpec`), or such an object in memory (put into the object store once
+        here); None with version 0 for the base model. Blocks until all have switched."""
+        artefact_ref = artefact if artefact is None or isinstance(artefact, ray.ObjectRef) else ray.put(artefact)
         if (version == 0) != (artefact_ref is None):
             raise ValueError(f"version {version} with artefact {artefact_ref}: version 0 has no artefact, "
                              f"versions >= 1 need one")

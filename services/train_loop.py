@@ -1,9 +1,13 @@
 """The training driver: one process (what `medground train` and `ray job submit` run) that tells the
-story of a step in the order of ARCHITECTURE.md:
+story of a step in the order of the README diagram (docs/architecture.md):
 
     records -> prompts (no ground truth) -> RolloutPool (G completions each, adapter version v)
             -> RewardActor (rewards + tau, MedLoc-R1 window) -> advantages + dynamic sampling
             -> LearnerGroup (GRPO step on the MLAE adapter) -> export adapter v+1 -> every rollout worker
+
+`run` starts the cluster handles and walks the stages (`_train_stages`: control, step, evaluate, log,
+checkpoint, report); `grpo_step` is one step, phase by phase. The handles are the Protocols of
+services/seams.py, so tests run this file in-process against fakes.
 
 Deliberate deviations from textbook GRPO (each one is a config choice or a documented default; the
 maths is in docs/algorithms.md):
@@ -27,44 +31,36 @@ maths is in docs/algorithms.md):
 
 from __future__ import annotations
 
+import itertools
 import logging
-import time
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
-from ray.exceptions import GetTimeoutError
 
-from learner.batch import SamplingSpec, StepMetrics, TrainSample
+from learner.batch import SamplingSpec, StepMetrics, TrainBatch, TrainSample
 from learner.config import GRPOConfig
+from learner.export import LoraArtefact
 from learner.grpo import group_advantages, select_groups, zero_variance_groups
-from rollout.images import convention_of, family_of
-from rollout.knowledge import KnowledgeBase, load_knowledge
-from rollout.processing import PromptProcessor
-from rollout.prompts import build_prompt
+from rewards.config import RewardConfig
+from rewards.schedule import RaiseRecord
+from rewards.scorer import ScoredBatch
+from rewards.scoring import RewardColumns, RewardTarget, ScheduleSnapshot
+from rollout.contracts import RolloutGroup, RolloutRequest
 from services import checkpointing as ckpt
 from services import evaluation
 from services.config import RunConfig, StageConfig, write_resolved
-from services.control import start_control_actor
-from services.convert import (
-    grpo_samples,
-    reference_answer,
-    reward_target,
-    rollout_request,
-    sampling_spec,
-    sft_sample,
-)
-from services.data.manifest import Manifest, load_manifest
+from services.control import JobStatus
+from services.convert import reward_target, rollout_request
+from services.data.manifest import Manifest
 from services.data.records import Record
-from services.learner_group import LearnerGroup
-from services.metrics import MetricsWriter, plot_run
-from services.reward_client import RewardClient
-from services.rollout_pool import RolloutPool
+from services.metrics import MetricsWriter, PhaseTimer
 from services.sampler import PromptSampler
+from services.seams import Control, Learner, Reward, Rollout
 
 log = logging.getLogger(__name__)
 
@@ -76,101 +72,288 @@ class DriverState:
     stage_index: int = 0
     step_in_stage: int = 0
     global_step: int = 0
-    adapter_version: int = 0
+    adapter_version: int = 0  # the version rollout workers serve; the only adapter version in the system
     samplers: dict[str, dict[str, Any]] = field(default_factory=dict)
     reward_state: dict[str, Any] | None = None
+    last_eval: float | None = None  # the latest held-out A@0.5 (status and progress bar)
 
 
 @dataclass
-class Services:
-    """The live parts of a run (cluster handles and local helpers)."""
+class RunHandles:
+    """The live parts of a run: cluster handles (the seams) and local helpers."""
 
     cfg: RunConfig
     run_dir: Path
     manifest: Manifest
-    knowledge: KnowledgeBase
-    processor: PromptProcessor
     sampling: SamplingSpec  # the rollout engines' sampling distribution, as the learner recomputes it
-    pool: RolloutPool
-    learner: LearnerGroup
-    control: Any
+    pool: Rollout
+    learner: Learner
+    control: Control
+    reward: Callable[[RewardConfig, dict[str, Any] | None], Reward]  # a reward client for a stage
+    sft_sample: Callable[[Record], TrainSample]  # a record's prompt and reference answer, tokenised
     writer: MetricsWriter
     eval_records: tuple[Record, ...]
-    last_eval: float | None = None  # the latest held-out A@0.5 (progress bar and status)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.pool.shutdown()
+        self.learner.shutdown()
+        self.control.close()
+
+
+class RunFailed(RuntimeError):
+    """A run stopped on an error; the message names the step, the last complete checkpoint and how to resume."""
+
+
+# -------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
+        on_step: Callable[[int, dict[str, Any]], None] | None = None,
+        start: Callable[[RunConfig, Path], RunHandles] | None = None) -> Path:
+    """Train every stage of `cfg`; returns the run directory. `start` builds the handles (default: on the
+    Ray cluster the caller initialised, services/handles.py)."""
+    run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
+    state = DriverState()
+    checkpoint = None
+    if resume:
+        state, checkpoint = _restore_state(run_dir)
+        log.info("resuming %s from %s (step %d)", run_dir, checkpoint, state.global_step)
+    elif (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                              f"or choose another name with --set name=...")
+    write_resolved(cfg, run_dir)
+    if start is None:
+        from services.handles import start_handles as start
+    h = start(cfg, run_dir)
+    try:
+        if checkpoint is not None:
+            h.learner.load_checkpoint(checkpoint / "learner")
+            h.writer.truncate_after(state.global_step)
+            _restore_adapter(h, checkpoint, state.adapter_version)
+        else:
+            if cfg.init_from is not None:  # start from another run's learner state (a shared warm start)
+                h.learner.load_checkpoint(Path(cfg.init_from) / "learner")
+                publish_adapter(h, state)
+            first = _evaluate(h, 0) if cfg.eval.at_start else {}
+            state.last_eval = first.get("eval/A@0.5")
+            h.writer.log(0, {"stage": cfg.stages[0].name, **first, **evaluation.centre_box_baseline(h.eval_records)})
+        h.control.report(_status(h, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}))
+        _train_stages(h, state, on_step)
+        _write_final(h)
+    except Exception as exc:
+        raise RunFailed(_failure_message(run_dir, state, exc)) from exc
+    finally:
+        h.close()
+    return run_dir
+
+
+def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
+    """Every remaining step of every stage: control, step, sync, evaluate, log, checkpoint, report."""
+    from tqdm import tqdm
+
+    cfg = h.cfg
+    bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
+    for stage_index in range(state.stage_index, len(cfg.stages)):
+        stage = cfg.stages[stage_index]
+        sampler = PromptSampler(h.manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.task),
+                                seed=cfg.seed * 1000 + stage_index)
+        if stage.name in state.samplers:
+            sampler.load_state_dict(state.samplers[stage.name])
+        reward = h.reward(stage.reward or cfg.reward, state.reward_state) if stage.kind == "grpo" else None
+        if state.step_in_stage == 0:  # a fresh stage: lr, fresh optimiser moments, the KL reference
+            h.learner.begin_stage(stage.kind, stage.lr or cfg.learner.lr, stage.carry_optimizer)
+        else:  # resumed mid-stage: moments and reference come from the checkpoint
+            h.learner.set_lr(stage.lr or cfg.learner.lr)
+        while state.step_in_stage < stage.steps:
+            timer = PhaseTimer()
+            _apply_control(h)
+            # ---- step
+            if reward is not None:
+                row = grpo_step(h, stage, sampler, reward, state, timer)
+                state.reward_state = reward.state
+            else:
+                row = sft_step(h, stage, sampler, timer)
+            state.step_in_stage += 1
+            state.global_step += 1
+            state.samplers[stage.name] = sampler.state_dict()
+            stage_done = state.step_in_stage == stage.steps
+            due_eval = _due(cfg.eval.every, state.global_step) or (stage_done and stage_index == len(cfg.stages) - 1)
+            # ---- sync: SFT publishes its adapter only when an evaluation or the next stage needs it
+            if stage.kind == "sft" and (stage_done or due_eval):
+                with timer.phase("sync"):
+                    publish_adapter(h, state)
+            # ---- evaluate
+            if due_eval:
+                with timer.phase("eval"):
+                    row.update(_evaluate(h, state.global_step))
+                state.last_eval = row.get("eval/A@0.5", state.last_eval)
+            # ---- log
+            row.update({"stage": stage.name, "stage_step": state.step_in_stage,
+                        "adapter_version": state.adapter_version, "rollout/workers": h.pool.size,
+                        "rollout/workers_live": h.pool.live_count(), **timer.row()})
+            h.writer.log(state.global_step, row)
+            # ---- checkpoint
+            if stage_done:
+                state.stage_index, state.step_in_stage = stage_index + 1, 0
+            if _due(cfg.checkpoint.every, state.global_step) or stage_done:
+                _checkpoint(h, state)
+            # ---- report
+            h.control.report(_status(h, state, row))
+            bar.update(1)
+            bar.set_postfix(stage=stage.name, tau=row.get("tau/value"), reward=_fmt(row.get("reward/total")),
+                            loss=_fmt(row.get("learner/loss")), A50=_fmt(state.last_eval))
+            if on_step is not None:
+                on_step(state.global_step, row)
+            if stage_done:
+                break
+    bar.close()
 
 
 # -------------------------------------------------------------------------------------------------------
 # One step of each kind.
 
 
-def grpo_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record], reward: RewardClient,
-              state: DriverState, progress: float) -> dict[str, Any]:
-    """Generate, score, keep groups with task signal (refilling), and take one GRPO step."""
-    cfg, timings = svc.cfg, {"generate": 0.0, "reward": 0.0}
-    kept: list[tuple[Any, list[Any]]] = []  # (group, its reward breakdowns)
-    breakdowns: list[Any] = []
-    all_groups: list[Any] = []
-    zero_variance = groups_seen = 0
-    records = sampler.take(stage.prompts_per_step)
-    under = None  # every refill round is scored under the first round's tau
+def grpo_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], reward: Reward,
+              state: DriverState, timer: PhaseTimer) -> dict[str, Any]:
+    """One GRPO step, phase by phase in the order of the diagram; returns its metric row."""
+    step = GroupSelection(wanted=stage.prompts_per_step, drop_zero_variance=stage.drop_zero_variance)
+    progress = state.step_in_stage / stage.steps
+    records = sampler.take(stage.prompts_per_step)  # prompts: the records' images and phrases only
     for refill in range(1 + stage.refill_cap):
-        t = time.perf_counter()
-        seeds = [sampling_seed(cfg.seed, state.global_step, refill, i) for i in range(len(records))]
-        groups = svc.pool.generate([rollout_request(r, svc.manifest.image_path(r), seed)
-                                    for r, seed in zip(records, seeds, strict=True)])
-        timings["generate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        targets = [reward_target(r, g.frame, g.injected_knowledge) for r, g in zip(records, groups, strict=True)]
-        scored = reward.score([([c.text for c in g.completions], tgt) for g, tgt in zip(groups, targets, strict=True)],
-                              step=state.global_step, progress=progress, under=under)
-        under = scored.scored_under
-        timings["reward"] += time.perf_counter() - t
-        per_group = scored.groups
-        signal = torch.tensor([[b.task for b in bs] for bs in per_group], dtype=torch.float64)  # [B, G]
-        zero = zero_variance_groups(signal)  # [B]
-        breakdowns.extend(per_group)
-        all_groups.extend(groups)
-        groups_seen += len(groups)
-        zero_variance += int(zero.sum())
-        keep = select_groups(zero, stage.prompts_per_step - len(kept), stage.drop_zero_variance)
-        kept.extend((groups[i], per_group[i]) for i in keep)
-        if len(kept) >= stage.prompts_per_step:
+        with timer.phase("generate"):  # RolloutPool: G completions per prompt, adapter version v
+            groups = h.pool.generate(_requests(h, records, state.global_step, refill))
+        with timer.phase("reward"):  # RewardActor: rewards under one tau, then the MedLoc-R1 window
+            scored = reward.score(_targets(records, groups), state.global_step, progress, under=step.tau)
+        step.add(groups, scored)  # dynamic sampling: keep groups with task signal
+        if step.full:
             break
-        records = sampler.take(stage.prompts_per_step - len(kept))
-    samples = _grpo_batch(svc, kept)
-    row = _reward_row(breakdowns, scored.schedule)
-    row.update({"batch/groups_seen": groups_seen, "batch/groups_kept": len(kept),
-                "batch/zero_variance_fraction": zero_variance / max(groups_seen, 1),
-                "batch/adapter_version_lag": float(np.mean([state.adapter_version - g.adapter_version
-                                                            for g, _ in kept])) if kept else 0.0,
-                "batch/adapter_version_min": min(g.adapter_version for g in all_groups),
-                "batch/adapter_version_max": max(g.adapter_version for g in all_groups),
-                "time/generate_s": timings["generate"], "time/reward_s": timings["reward"]})
-    completions = [c for g in all_groups for c in g.completions]
-    row.update({"rollout/workers_serving": len(svc.pool.last_serving),
-                "rollout/serving_serials": ",".join(map(str, svc.pool.last_serving)),
-                "rollout/completions_per_s": len(completions) / max(timings["generate"], 1e-9),
-                "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / max(timings["generate"], 1e-9),
-                "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
-                / max(len(completions), 1)})
-    for r in scored.raises:
-        log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
-    metrics = svc.learner.grpo_step(samples, svc.sampling) if samples else None
-    if metrics is not None:
-        check_adapter_sync(metrics, cfg.learner.grpo, state.adapter_version)
-    row.update(_learner_row(metrics, skipped=not samples))
-    return row
+        records = sampler.take(step.room)
+    batch = TrainBatch(advantaged_samples(step.kept, h.cfg.learner.grpo), h.sampling)
+    metrics = None
+    if batch.samples:
+        with timer.phase("learner"):  # LearnerGroup: the GRPO update on the adapter
+            metrics = h.learner.grpo_step(batch)
+        check_adapter_sync(metrics, h.cfg.learner.grpo, state.adapter_version)
+    with timer.phase("sync"):  # export adapter v+1, live on every rollout worker
+        publish_adapter(h, state)
+    return step.metrics(h.pool.last_serving, state.adapter_version - 1, timer) | _learner_row(metrics)
 
 
-def _grpo_batch(svc: Services, kept: Sequence[tuple[Any, list[Any]]]) -> list[TrainSample]:
+def sft_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], timer: PhaseTimer) -> dict[str, Any]:
+    """Cross-entropy on reference answers (the warm start and the SFT baseline)."""
+    with timer.phase("prepare"):
+        samples = [h.sft_sample(r) for r in sampler.take(stage.prompts_per_step)]
+    with timer.phase("learner"):
+        metrics = h.learner.sft_step(samples)
+    return _learner_row(metrics)
+
+
+def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
+    """Each request's own sampling seed: the same prompt slot samples the same completions on any worker,
+    so a resumed run reproduces the original exactly."""
+    return int(np.random.SeedSequence([run_seed, step, refill, index]).generate_state(1)[0])
+
+
+def _requests(h: RunHandles, records: Sequence[Record], step: int, refill: int) -> list[RolloutRequest]:
+    return [rollout_request(r, h.manifest.image_path(r), sampling_seed(h.cfg.seed, step, refill, i))
+            for i, r in enumerate(records)]
+
+
+def _targets(records: Sequence[Record], groups: Sequence[RolloutGroup]) -> list[tuple[list[str], RewardTarget]]:
+    return [([c.text for c in g.completions], reward_target(r, g.frame, g.injected_knowledge))
+            for r, g in zip(records, groups, strict=True)]
+
+
+@dataclass
+class KeptGroup:
+    """A group kept for the learner, with its rewards: `total [G]` and the task part `task [G]`."""
+
+    group: RolloutGroup
+    total: np.ndarray
+    task: np.ndarray
+
+
+@dataclass
+class GroupSelection:
+    """A GRPO step's generation rounds: every group scored, and the groups kept for the learner (DAPO
+    dynamic sampling, learner.grpo.select_groups); `tau` is what every round is scored under."""
+
+    wanted: int
+    drop_zero_variance: bool = True
+    tau: ScheduleSnapshot | None = None
+    kept: list[KeptGroup] = field(default_factory=list)
+    seen: list[RolloutGroup] = field(default_factory=list)
+    columns: list[RewardColumns] = field(default_factory=list)
+    zero_variance: int = 0
+    schedule: ScheduleSnapshot | None = None  # after the last round was observed
+    raises: list[RaiseRecord] = field(default_factory=list)
+
+    @property
+    def room(self) -> int:
+        return self.wanted - len(self.kept)
+
+    @property
+    def full(self) -> bool:
+        return self.room <= 0
+
+    def add(self, groups: Sequence[RolloutGroup], scored: ScoredBatch) -> None:
+        cols = scored.columns
+        total, task = _per_group(cols.total, cols.offsets), _per_group(cols.task, cols.offsets)  # [B, G] each
+        zero = zero_variance_groups(torch.from_numpy(task))  # [B]
+        self.kept += [KeptGroup(groups[i], total[i], task[i])
+                      for i in select_groups(zero, self.room, self.drop_zero_variance)]
+        self.tau = self.tau or scored.scored_under
+        self.seen += groups
+        self.columns.append(cols)
+        self.zero_variance += int(zero.sum())
+        self.schedule = scored.schedule
+        self.raises += scored.raises
+
+    def metrics(self, serving: Sequence[int], version: int, timer: PhaseTimer) -> dict[str, Any]:
+        """The step's reward, batch and rollout rows (the learner's come from its StepMetrics)."""
+        for r in self.raises:
+            log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
+        cat = {k: np.concatenate([getattr(c, k) for c in self.columns])
+               for k in ("total", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
+        row: dict[str, Any] = {f"reward/{k.removeprefix('r_')}": float(v.mean()) for k, v in cat.items()}
+        assert self.schedule is not None
+        row |= {"tau/value": self.schedule.tau, "tau/version": self.schedule.version}
+        if self.schedule.stats is not None:
+            row |= {f"tau/{k}": v for k, v in asdict(self.schedule.stats).items()
+                    if k not in ("tau", "version") and isinstance(v, int | float)}
+        completions = [c for g in self.seen for c in g.completions]
+        gen_s = max(timer.seconds.get("generate", 0.0), 1e-9)
+        versions = [g.adapter_version for g in self.seen]
+        return row | {
+            "batch/groups_seen": len(self.seen), "batch/groups_kept": len(self.kept),
+            "batch/zero_variance_fraction": self.zero_variance / max(len(self.seen), 1),
+            "batch/adapter_version_lag": float(np.mean([version - k.group.adapter_version for k in self.kept]))
+            if self.kept else 0.0,
+            "batch/adapter_version_min": min(versions), "batch/adapter_version_max": max(versions),
+            "rollout/workers_serving": len(serving), "rollout/serving_serials": ",".join(map(str, serving)),
+            "rollout/completions_per_s": len(completions) / gen_s,
+            "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / gen_s,
+            "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
+            / max(len(completions), 1)}
+
+
+def _per_group(column: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """A reward column [N] with group offsets [B + 1] as ``[B, G]`` (every group has G completions)."""
+    return np.stack([column[lo:hi] for lo, hi in itertools.pairwise(offsets)])
+
+
+def advantaged_samples(kept: Sequence[KeptGroup], grpo: GRPOConfig) -> tuple[TrainSample, ...]:
     """TrainSamples of the kept groups, with advantages normalised over exactly these groups."""
+    from services.convert import grpo_samples
+
     if not kept:
-        return []
-    g = svc.cfg.learner.grpo
-    totals = torch.tensor([[b.total for b in bs] for _, bs in kept], dtype=torch.float64)  # [B, G]
-    signal = torch.tensor([[b.task for b in bs] for _, bs in kept], dtype=torch.float64)  # [B, G]
-    adv, _ = group_advantages(totals, signal, scale=g.scale_rewards, eps=g.adv_eps)  # [B, G]
-    return [s for (group, _), a in zip(kept, adv, strict=True) for s in grpo_samples(group, a.tolist())]
+        return ()
+    totals = torch.from_numpy(np.stack([k.total for k in kept]))  # [B, G]
+    signal = torch.from_numpy(np.stack([k.task for k in kept]))  # [B, G]
+    adv, _ = group_advantages(totals, signal, scale=grpo.scale_rewards, eps=grpo.adv_eps)  # [B, G]
+    return tuple(s for k, a in zip(kept, adv, strict=True) for s in grpo_samples(k.group, a.tolist()))
 
 
 class AdapterSyncError(RuntimeError):
@@ -193,231 +376,64 @@ def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> 
     log.warning(message)
 
 
-def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
-    """Each request's own sampling seed: the same prompt slot samples the same completions on any worker,
-    so a resumed run reproduces the original exactly."""
-    return int(np.random.SeedSequence([run_seed, step, refill, index]).generate_state(1)[0])
-
-
-def sft_step(svc: Services, stage: StageConfig, sampler: PromptSampler[Record]) -> dict[str, Any]:
-    """Cross-entropy on reference answers (the warm start and the SFT baseline)."""
-    t = time.perf_counter()
-    samples = [_sft_sample(svc, r) for r in sampler.take(stage.prompts_per_step)]
-    prep = time.perf_counter() - t
-    row = _learner_row(svc.learner.sft_step(samples), skipped=False)
-    row["time/prepare_s"] = prep
-    return row
-
-
-def _sft_sample(svc: Services, record: Record) -> TrainSample:
-    prompt = build_prompt(rollout_request(record, svc.manifest.image_path(record)),
-                          convention_of(svc.processor.family), svc.knowledge, svc.cfg.rollout.inject_knowledge)
-    prepared = svc.processor.prepare(prompt)
-    return sft_sample(prepared, reference_answer(record, prepared.frame), svc.processor.tokenizer)
-
-
-def _reward_row(breakdowns: Sequence[Sequence[Any]], schedule: Any) -> dict[str, Any]:
-    flat = [b for bs in breakdowns for b in bs]
-    mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    row = {"reward/total": mean([b.total for b in flat]), "reward/acc": mean([b.r_acc for b in flat]),
-           "reward/format": mean([b.r_format for b in flat]), "reward/recite": mean([b.r_recite for b in flat]),
-           "reward/grade": mean([b.r_grade for b in flat]), "reward/iou": mean([b.iou for b in flat]),
-           "tau/value": schedule.tau, "tau/version": schedule.version}
-    if schedule.stats is not None:
-        row.update({f"tau/{k}": v for k, v in asdict(schedule.stats).items()
-                    if k not in ("tau", "version") and isinstance(v, int | float)})
-    return row
-
-
-def _learner_row(m: StepMetrics | None, skipped: bool) -> dict[str, Any]:
+def _learner_row(m: StepMetrics | None) -> dict[str, Any]:
     if m is None:
-        return {"learner/skipped": 1, "time/learner_s": 0.0}
+        return {"learner/skipped": 1}
     row = {f"learner/{k}": v for k, v in asdict(m).items() if k != "seconds" and v is not None}
-    row.update({"learner/skipped": int(skipped), "time/learner_s": m.seconds})
-    return row
+    return row | {"learner/skipped": 0}
 
 
 # -------------------------------------------------------------------------------------------------------
-# The run.
+# The adapter, evaluation, checkpoints, status.
 
 
-def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
-        on_step: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
-    """Train every stage of `cfg`; returns the run directory. Ray must be initialised by the caller."""
-    run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name)
-    state = DriverState()
-    if resume:
-        state, checkpoint = _restore_state(run_dir)
-        log.info("resuming %s from %s (step %d)", run_dir, checkpoint, state.global_step)
-    elif (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
-                              f"or choose another name with --set name=...")
-    write_resolved(cfg, run_dir)
-    svc = _start(cfg, run_dir)
-    try:
-        if resume:
-            svc.learner.load_checkpoint(checkpoint / "learner")
-            svc.writer.truncate_after(state.global_step)
-            _push_adapter(svc, state, export=False, artefact_dir=checkpoint / "adapter")
-        else:
-            if cfg.init_from is not None:  # start from another run's learner state (a shared warm start)
-                svc.learner.load_checkpoint(Path(cfg.init_from) / "learner")
-                _push_adapter(svc, state)
-            first = _evaluate(svc, 0) if cfg.eval.at_start else {}
-            svc.last_eval = first.get("eval/A@0.5")
-            svc.writer.log(0, {"stage": cfg.stages[0].name, **first, **_baseline(svc)})
-        _report(svc, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}, svc.last_eval)
-        _train_stages(svc, state, on_step)
-        _write_final(svc, state)
-    finally:
-        _stop(svc)
-    return run_dir
+def publish_adapter(h: RunHandles, state: DriverState) -> None:
+    """Export adapter v+1 from the learner (one object-store transfer) and make it live on every worker."""
+    state.adapter_version += 1
+    h.pool.load_adapter(state.adapter_version, h.learner.export(state.adapter_version))
 
 
-def _train_stages(svc: Services, state: DriverState, on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
-    cfg = svc.cfg
-    total_steps = sum(s.steps for s in cfg.stages)
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
-    last_eval: float | None = svc.last_eval
-    for stage_index in range(state.stage_index, len(cfg.stages)):
-        stage = cfg.stages[stage_index]
-        records = svc.manifest.select(split=(stage.data or cfg.data).train_split, task=stage.task)
-        sampler = PromptSampler(records, seed=cfg.seed * 1000 + stage_index)
-        if stage.name in state.samplers:
-            sampler.load_state_dict(state.samplers[stage.name])
-        reward = RewardClient(stage.reward or cfg.reward, state.reward_state) if stage.kind == "grpo" else None
-        if state.step_in_stage == 0:  # a fresh stage: lr, fresh optimiser moments, the KL reference
-            svc.learner.begin_stage(stage.kind, stage.lr or cfg.learner.lr, stage.carry_optimizer)
-        else:  # resumed mid-stage: moments and reference come from the checkpoint
-            svc.learner.set_lr(stage.lr or cfg.learner.lr)
-        while state.step_in_stage < stage.steps:
-            _apply_control(svc)
-            t0 = time.perf_counter()
-            progress = state.step_in_stage / stage.steps
-            if stage.kind == "sft":
-                row = sft_step(svc, stage, sampler)
-            else:
-                assert reward is not None
-                row = grpo_step(svc, stage, sampler, reward, state, progress)
-                state.reward_state = reward.state
-            state.step_in_stage += 1
-            state.global_step += 1
-            state.samplers[stage.name] = sampler.state_dict()
-            stage_done = state.step_in_stage == stage.steps
-            due_eval = _due(cfg.eval.every, state.global_step) or (stage_done and stage_index == len(cfg.stages) - 1)
-            t = time.perf_counter()
-            if stage.kind == "grpo" or stage_done or due_eval:
-                _push_adapter(svc, state)
-            row["time/sync_s"] = time.perf_counter() - t
-            if due_eval:
-                row.update(_evaluate(svc, state.global_step))
-                last_eval = row.get("eval/A@0.5", last_eval)
-            row["time/step_s"] = time.perf_counter() - t0
-            known = sum(row.get(k, 0.0) for k in ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s"))
-            row["time/other_s"] = max(row["time/step_s"] - known - row.get("time/eval_s", 0.0), 0.0)
-            row.update({"stage": stage.name, "stage_step": state.step_in_stage, "adapter_version": state.adapter_version,
-                        "rollout/workers": svc.pool.size, "rollout/workers_live": svc.pool.live_count()})
-            svc.writer.log(state.global_step, row)
-            if stage_done:
-                state.stage_index, state.step_in_stage = stage_index + 1, 0
-            if _due(cfg.checkpoint.every, state.global_step) or stage_done:
-                _checkpoint(svc, state)
-            _report(svc, state, row, last_eval)
-            bar.update(1)
-            bar.set_postfix(stage=stage.name, tau=row.get("tau/value"), reward=_fmt(row.get("reward/total")),
-                            loss=_fmt(row.get("learner/loss")), A50=_fmt(last_eval))
-            if on_step is not None:
-                on_step(state.global_step, row)
-            if stage_done:
-                break
-    bar.close()
+def _restore_adapter(h: RunHandles, checkpoint: Path, version: int) -> None:
+    """On resume: the checkpoint's adapter (the version workers served when it was written) goes live."""
+    if version > 0:
+        h.pool.load_adapter(version, LoraArtefact.load(checkpoint / "adapter", version=version))
 
 
-def _due(every: int, step: int) -> bool:
-    return every > 0 and step % every == 0
-
-
-def _fmt(v: Any) -> str | None:
-    return None if v is None else f"{v:.3g}"
-
-
-def _start(cfg: RunConfig, run_dir: Path) -> Services:
-    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
-    knowledge = load_knowledge(cfg.data.knowledge_dir)
-    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
-                                cfg.rollout.max_pixels)
-    control = start_control_actor(cfg.name)
-    learner = LearnerGroup(cfg.model.path, cfg.learner)
-    pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
-    pool.wait_ready()
-    eval_records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
-    sampling = sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer)
-    return Services(cfg, run_dir, manifest, knowledge, processor, sampling, pool, learner, control,
-                    MetricsWriter(run_dir), eval_records)
-
-
-def _stop(svc: Services) -> None:
-    svc.writer.close()
-    svc.pool.shutdown()
-    svc.learner.shutdown()
-    ray.kill(svc.control)
-
-
-def _apply_control(svc: Services) -> None:
+def _apply_control(h: RunHandles) -> None:
     """Resize requests from `medground scale rollout N` land here, between steps."""
-    n = ray.get(svc.control.take_rollout_request.remote())
-    if n is not None and n != svc.pool.size:
-        log.info("resizing the rollout pool %d -> %d", svc.pool.size, n)
-        grow = n > svc.pool.size
-        svc.pool.resize(n)
-        if grow and svc.cfg.rollout.resize_wait_s > 0:
-            try:
-                svc.pool.wait_ready(timeout=svc.cfg.rollout.resize_wait_s)
-            except GetTimeoutError:  # e.g. no free resources yet: they join once up
-                log.warning("%d of %d rollout workers up after rollout.resize_wait_s=%.0f s; carrying on",
-                            svc.pool.live_count(), n, svc.cfg.rollout.resize_wait_s)
-
-
-def _push_adapter(svc: Services, state: DriverState, export: bool = True, artefact_dir: Path | None = None) -> None:
-    """Export adapter v+1 from the learner (one object-store put) and make it live on every worker."""
-    if export:
-        state.adapter_version += 1
-        ref = svc.learner.export(state.adapter_version)
-    elif artefact_dir is not None and state.adapter_version > 0:
-        from learner.export import LoraArtefact
-
-        ref = ray.put(LoraArtefact.load(artefact_dir, version=state.adapter_version))
-    else:
+    n = h.control.take_rollout_request()
+    if n is None or n == h.pool.size:
         return
-    svc.pool.load_adapter(state.adapter_version, ref)
+    log.info("resizing the rollout pool %d -> %d", h.pool.size, n)
+    grow = n > h.pool.size
+    h.pool.resize(n)
+    if grow and h.cfg.rollout.resize_wait_s > 0:
+        try:
+            h.pool.wait_ready(timeout=h.cfg.rollout.resize_wait_s)
+        except TimeoutError:  # e.g. no free resources yet: they join once up
+            log.warning("%d of %d rollout workers up after rollout.resize_wait_s=%.0f s; carrying on",
+                        h.pool.live_count(), n, h.cfg.rollout.resize_wait_s)
 
 
-def _evaluate(svc: Services, step: int) -> dict[str, Any]:
-    t = time.perf_counter()
-    preds = evaluation.predict(svc.pool, svc.manifest, svc.eval_records, svc.cfg.rollout.sampling.max_new_tokens)
+def _evaluate(h: RunHandles, step: int) -> dict[str, Any]:
+    preds = evaluation.predict(h.pool, h.manifest, h.eval_records, h.cfg.rollout.sampling.max_new_tokens)
     row = evaluation.report(preds)
-    evaluation.write_predictions(preds, svc.run_dir / "eval" / f"step-{step}.jsonl")
-    if svc.cfg.eval.overlays:
-        evaluation.write_overlays(preds, svc.manifest, svc.run_dir / "samples" / f"step-{step}", svc.cfg.eval.overlays)
-    row["time/eval_s"] = time.perf_counter() - t
+    evaluation.write_predictions(preds, h.run_dir / "eval" / f"step-{step}.jsonl")
+    if h.cfg.eval.overlays:
+        evaluation.write_overlays(preds, h.manifest, h.run_dir / "samples" / f"step-{step}", h.cfg.eval.overlays)
     return row
 
 
-def _baseline(svc: Services) -> dict[str, Any]:
-    return evaluation.centre_box_baseline(svc.eval_records)
-
-
-def _checkpoint(svc: Services, state: DriverState) -> Path:
+def _checkpoint(h: RunHandles, state: DriverState) -> Path:
+    """`checkpoints/step-N/`: the learner's state, the adapter workers serve (written once, by the learner,
+    as `state.adapter_version`), the reward schedule and the driver's state."""
     def fill(d: Path) -> None:
-        svc.learner.save_checkpoint(d / "learner")
-        if state.adapter_version > 0:
-            ray.get(svc.learner.export(state.adapter_version)).save(d / "adapter")
+        h.learner.save_checkpoint(d / "learner", d / "adapter" if state.adapter_version > 0 else None,
+                                  state.adapter_version)
         driver = asdict(state)
         ckpt.write_json(d / "reward_state.json", driver.pop("reward_state"))
         ckpt.write_json(d / "driver_state.json", {**driver, "rng": ckpt.rng_state()})
-    return ckpt.write_checkpoint(svc.run_dir, state.global_step, fill, svc.cfg.checkpoint.keep)
+    return ckpt.write_checkpoint(h.run_dir, state.global_step, fill, h.cfg.checkpoint.keep)
 
 
 def _restore_state(run_dir: Path) -> tuple[DriverState, Path]:
@@ -427,22 +443,37 @@ def _restore_state(run_dir: Path) -> tuple[DriverState, Path]:
     return DriverState(**raw, reward_state=ckpt.read_json(checkpoint / "reward_state.json")), checkpoint
 
 
-def _report(svc: Services, state: DriverState, row: dict[str, Any], last_eval: float | None) -> None:
+def _write_final(h: RunHandles) -> None:
+    """`adapter/`: a copy of the last checkpoint's (every run ends with a checkpoint), and the plots."""
+    last = ckpt.latest_checkpoint(h.run_dir) / "adapter"
+    if last.is_dir():
+        shutil.rmtree(h.run_dir / "adapter", ignore_errors=True)
+        shutil.copytree(last, h.run_dir / "adapter")
+    h.writer.plot()
+
+
+def _status(h: RunHandles, state: DriverState, row: dict[str, Any]) -> JobStatus:
     """What `medground status` shows (the control actor stamps the time)."""
-    status = {"step": state.global_step, "stage": row.get("stage"), "tau": row.get("tau/value"),
-              "tau_version": row.get("tau/version"), "reward": row.get("reward/total"),
-              "adapter_version": state.adapter_version, "rollout_workers": svc.pool.size,
-              "rollout_workers_live": row.get("rollout/workers_live", svc.pool.live_count()),
-              "rollout_workers_serving": row.get("rollout/workers_serving"),
-              "completions_per_s": row.get("rollout/completions_per_s"),
-              "tokens_per_s": row.get("rollout/tokens_per_s"), "step_seconds": row.get("time/step_s"),
-              "last_A@0.5": last_eval, "total_steps": sum(s.steps for s in svc.cfg.stages),
-              "run_dir": str(svc.run_dir)}
-    svc.control.report.remote(status)
+    return JobStatus(step=state.global_step, total_steps=sum(s.steps for s in h.cfg.stages), stage=row.get("stage"),
+                     tau=row.get("tau/value"), tau_version=row.get("tau/version"), reward=row.get("reward/total"),
+                     adapter_version=state.adapter_version, rollout_workers=h.pool.size,
+                     rollout_workers_live=row.get("rollout/workers_live", h.pool.live_count()),
+                     rollout_workers_serving=row.get("rollout/workers_serving"),
+                     completions_per_s=row.get("rollout/completions_per_s"),
+                     tokens_per_s=row.get("rollout/tokens_per_s"), step_seconds=row.get("time/step_s"),
+                     last_eval_a50=state.last_eval, run_dir=str(h.run_dir))
 
 
-def _write_final(svc: Services, state: DriverState) -> None:
-    if state.adapter_version > 0:
-        ray.get(svc.learner.export(state.adapter_version)).save(svc.run_dir / "adapter")
-    plot_run(svc.run_dir)
+def _failure_message(run_dir: Path, state: DriverState, exc: BaseException) -> str:
+    done = ckpt.list_checkpoints(run_dir)
+    where = (f"the last complete checkpoint is {done[-1]}; continue with: medground train --resume {run_dir}"
+             if done else "no checkpoint was written yet (checkpoint.every > 0 writes them); start the run again")
+    return f"run {run_dir.name} stopped after step {state.global_step} ({type(exc).__name__}: {exc}); {where}"
 
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _fmt(v: Any) -> str | None:
+    return None if v is None else f"{v:.3g}"

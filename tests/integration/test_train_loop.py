@@ -99,8 +99,10 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
             raise _Interrupted
 
     partial_cfg = _config(tiny_model_dir, demo_data, tmp_path / "partial", **over)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(train_loop.RunFailed, match=r"stopped after step 3 .*step-2; continue with: medground train "
+                       r"--resume") as failed:
         train_loop.run(partial_cfg, on_step=interrupt)
+    assert isinstance(failed.value.__cause__, _Interrupted)
     resumed = train_loop.run(partial_cfg, run_dir=tmp_path / "partial" / "it", resume=True)
 
     keys = ("tau/value", "tau/version", "reward/total", "reward/iou", "learner/loss", "batch/groups_seen",

@@ -4,6 +4,7 @@ are tested in tests/integration/test_operator_cli.py."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
 import time
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from services import ops
 from services.cli import app
+from services.control import JobStatus
 
 ROOT = Path(__file__).resolve().parents[3]
 runner = CliRunner()
@@ -75,13 +77,14 @@ def test_runtime_env_is_the_projects_file_plus_working_dir(gpu: bool) -> None:
 
 
 def test_status_table_names_every_field() -> None:
-    report = {"run": "demo", "run_dir": "runs/demo", "step": 12, "total_steps": 420, "stage": "grounding",
-              "tau": 0.35, "tau_version": 2, "rollout_workers": 3, "rollout_workers_live": 2,
-              "rollout_workers_serving": 2, "completions_per_s": 14.2, "tokens_per_s": 230.0, "step_seconds": 3.1,
-              "adapter_version": 13, "reward": 0.5, "last_A@0.5": 0.219, "pending_rollout_workers": None,
-              "reported_at": time.time() - 2, "age_s": 2.04}
+    report = JobStatus(run="demo", run_dir="runs/demo", step=12, total_steps=420, stage="grounding",
+                       tau=0.35, tau_version=2, rollout_workers=3, rollout_workers_live=2,
+                       rollout_workers_serving=2, completions_per_s=14.2, tokens_per_s=230.0, step_seconds=3.1,
+                       adapter_version=13, reward=0.5, last_eval_a50=0.219, pending_rollout_workers=None,
+                       reported_at=time.time() - 2, age_s=2.04)
     table = ops.format_status(report)
     for text in ("12 / 420", "grounding", "0.35 (version 2)", "3 target, 2 live, 1 starting",
                  "2 served the last step", "14.2 completions/s", "230 tokens/s", "v13", "0.219", "2.0 s ago"):
         assert text in table, (text, table)
-    assert "starting (no report yet)" in ops.format_status({"run": "demo", "pending_rollout_workers": 2})
+    assert "starting (no report yet)" in ops.format_status(JobStatus(run="demo", pending_rollout_workers=2))
+    assert json.loads(ops.to_json(report))["last_eval_a50"] == 0.219

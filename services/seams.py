@@ -1,0 +1,82 @@
+"""The driver's seams: what `services/train_loop.py` needs from the cluster, as Protocols.
+
+The Ray-backed classes satisfy them as they are (`RolloutPool`, `LearnerGroup`, `RewardClient`,
+`ControlClient`); tests give the driver in-process fakes instead (tests/unit/services/driver_fakes.py), so
+the whole loop -- stages, refills, evaluation cadence, checkpoint and resume, control requests -- runs in
+milliseconds. Artefacts cross these seams opaquely: the learner's `export` returns what the pool's
+`load_adapter` accepts (an object ref on Ray).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from learner.batch import StepMetrics, TrainBatch, TrainSample
+from rewards.scorer import ScoredBatch
+from rewards.scoring import RewardTarget, ScheduleSnapshot
+from rollout.config import SamplingConfig
+from rollout.contracts import RolloutGroup, RolloutRequest
+from services.control import JobStatus
+
+
+class Rollout(Protocol):
+    """N rollout workers behind one call (services/rollout_pool.py)."""
+
+    @property
+    def size(self) -> int: ...
+
+    last_serving: tuple[int, ...]
+
+    def generate(self, requests: Sequence[RolloutRequest], n: int | None = None,
+                 sampling: SamplingConfig | None = None) -> list[RolloutGroup]: ...
+
+    def load_adapter(self, version: int, artefact: Any) -> None: ...
+
+    def resize(self, n: int) -> None: ...
+
+    def wait_ready(self, timeout: float | None = None) -> None: ...
+
+    def live_count(self) -> int: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Learner(Protocol):
+    """The DeepSpeed ranks (services/learner_group.py)."""
+
+    def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None: ...
+
+    def set_lr(self, lr: float) -> None: ...
+
+    def grpo_step(self, batch: TrainBatch) -> StepMetrics: ...
+
+    def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics: ...
+
+    def export(self, version: int) -> Any: ...
+
+    def save_checkpoint(self, directory: Path, adapter_dir: Path | None, version: int) -> Path: ...
+
+    def load_checkpoint(self, directory: Path) -> int: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Reward(Protocol):
+    """The reward actor's client (services/reward_client.py); `state` is the schedule after the last call."""
+
+    state: dict[str, Any] | None
+
+    def score(self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int, progress: float,
+              under: ScheduleSnapshot | None = None) -> ScoredBatch: ...
+
+
+class Control(Protocol):
+    """The run's named control actor (services/control.py): operator requests in, status out."""
+
+    def take_rollout_request(self) -> int | None: ...
+
+    def report(self, status: JobStatus) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,145 @@
+"""The driver's whole loop in-process, against the fakes of driver_fakes.py: stages, dynamic-sampling refills,
+evaluation cadence, adapter pushes, checkpoint and exact resume, a resize request, a reward crash.
+(The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from driver_fakes import (
+    LocalReward,
+    QueueControl,
+    RecordingLearner,
+    ScriptedPool,
+    box_answer,
+    handles,
+    write_records,
+)
+
+from rollout.config import SamplingConfig
+from rollout.contracts import RolloutRequest
+from services import train_loop
+from services.config import RunConfig
+from services.metrics import read_metrics
+
+
+def _config(tmp_path: Path, **over: Any) -> RunConfig:
+    tree: dict[str, Any] = {
+        "name": "fake", "seed": 0, "output_dir": str(tmp_path / "runs"), "model": {"path": "unused"},
+        "data": {"manifest": "unused", "eval_split": "val"},
+        "stages": [{"name": "warm", "kind": "sft", "steps": 2, "prompts_per_step": 2, "lr": 0.01},
+                   {"name": "rl", "kind": "grpo", "steps": 3, "prompts_per_step": 2, "refill_cap": 2}],
+        "rollout": {"group_size": 4}, "reward": {"accuracy": "raw_iou", "w_recite": 0.0},
+        "eval": {"every": 2, "max_samples": 2, "overlays": 0}, "checkpoint": {"every": 0},
+    }
+    return RunConfig.model_validate(tree | over)
+
+
+def _answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
+    """Even-numbered records: every completion alike (a zero-variance group); odd: boxes that differ by the
+    request's seed and the completion index; greedy (evaluation): one box."""
+    index = int(request.prompt_id.rsplit("-", 1)[1])
+    if sampling.temperature == 0.0 or index % 2 == 0:
+        return box_answer((10, 10, 40, 50))
+    shift = int(np.random.default_rng([request.seed or 0, j]).integers(0, 20))
+    return box_answer((10 + shift, 10, 40 + shift, 50))
+
+
+def _run(cfg: RunConfig, tmp_path: Path, control: QueueControl | None = None, reward: Any = LocalReward,
+         resume: bool = False, on_step: Any = None, learner: RecordingLearner | None = None,
+         ) -> tuple[Path, ScriptedPool, RecordingLearner, QueueControl]:
+    manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
+    pool, learner, control = ScriptedPool(_answer), learner or RecordingLearner(), control or QueueControl()
+    run_dir = tmp_path / "runs" / cfg.name
+    train_loop.run(cfg, run_dir=run_dir, resume=resume, on_step=on_step,
+                   start=lambda c, d: handles(c, d, manifest, pool, learner, control, reward))
+    return run_dir, pool, learner, control
+
+
+def test_two_stages_refill_zero_variance_groups_and_push_every_grpo_step(tmp_path: Path) -> None:
+    run_dir, pool, learner, control = _run(_config(tmp_path), tmp_path)
+    rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
+    assert [rows[s]["stage"] for s in range(6)] == ["warm"] * 3 + ["rl"] * 3
+    assert learner.stages == [("sft", 0.01, False), ("grpo", 1e-4, False)]  # a fresh optimiser per stage
+    assert len(learner.sft_batches) == 2 and all(len(b) == 2 for b in learner.sft_batches)
+    grpo = [rows[s] for s in (3, 4, 5)]
+    # every GRPO step trains on exactly 2 groups of 4, all with signal; zero-variance groups were refilled
+    assert [len(b.samples) for b in learner.batches] == [8, 8, 8]
+    assert all(r["batch/groups_kept"] == 2 for r in grpo)
+    assert sum(r["batch/groups_seen"] for r in grpo) == sum(len(c) for c in pool.calls if c[0].startswith("train"))
+    assert any(r["batch/groups_seen"] > 2 for r in grpo), "no step met a zero-variance group"
+    for r in grpo:
+        seen = r["batch/groups_seen"]
+        assert r["batch/zero_variance_fraction"] == pytest.approx((seen - 2) / seen)
+    for batch in learner.batches:
+        advantages = np.array([s.advantage for s in batch.samples]).reshape(2, 4)
+        assert np.all(advantages.std(axis=1) > 0)  # no zero-variance group reached the learner
+        assert batch.sampling.temperature == 0.9
+    # SFT pushes once (its stage end, also its evaluation); GRPO after every step; each batch was sampled by
+    # the adapter live when its step began
+    assert pool.loads == [1, 2, 3, 4]
+    assert [{s.adapter_version for s in b.samples} for b in learner.batches] == [{1}, {2}, {3}]
+    assert [s for s, r in rows.items() if "eval/A@0.5" in r] == [0, 2, 4, 5]  # at start, every 2, at the end
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # the last checkpoint's adapter, v4
+    assert '"version": 4' in (run_dir / "adapter" / "medground_adapter.json").read_text()
+    assert control.reports[-1].step == 5 and control.reports[-1].adapter_version == 4
+
+
+class _Interrupted(Exception):
+    """Stands for the driver being killed right after a step."""
+
+
+def test_resume_from_a_checkpoint_gives_the_identical_next_steps(tmp_path: Path) -> None:
+    over = {"reward": {"accuracy": "medloc", "w_recite": 0.0,  # tau moves whenever its 2-group window fills
+                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6, "use_reward_condition": False,
+                                    "use_std_condition": False, "use_margin_condition": False}},
+            "checkpoint": {"every": 2, "keep": 2}, "name": "full"}
+    full_dir, _, full_learner, _ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
+
+    def interrupt(step: int, row: dict[str, Any]) -> None:
+        if step == 4:  # the checkpoint of step 4 is written before on_step: stop before step 5
+            raise _Interrupted
+
+    cfg = _config(tmp_path / "b", **over)
+    with pytest.raises(train_loop.RunFailed, match=r"stopped after step 4 .*step-4; continue with: medground train "
+                                                   r"--resume .*/full") as failed:
+        _run(cfg, tmp_path / "b", on_step=interrupt)
+    assert isinstance(failed.value.__cause__, _Interrupted)
+    resumed_dir, _, resumed_learner, _ = _run(cfg, tmp_path / "b", resume=True)
+    want = {r["step"]: r for r in read_metrics(full_dir / "metrics.jsonl")}
+    got = {r["step"]: r for r in read_metrics(resumed_dir / "metrics.jsonl")}
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3, 4, 5]
+    keys = [k for k in want[5] if k.split("/")[0] in ("reward", "tau", "batch", "learner", "eval")]
+    assert {"tau/value", "learner/loss", "batch/groups_seen"} <= set(keys)
+    for step in (5,):
+        assert {k: got[step].get(k) for k in keys} == {k: want[step][k] for k in keys}
+    assert [want[s]["tau/value"] for s in (3, 4, 5)] != [0.05] * 3, "tau never moved"
+    # the resumed learner received exactly the batch the uninterrupted one did at step 5
+    assert [s.advantage for s in resumed_learner.batches[-1].samples] == \
+        [s.advantage for s in full_learner.batches[-1].samples]
+
+
+def test_a_resize_request_applies_before_the_next_step(tmp_path: Path) -> None:
+    control = QueueControl(requests=[None, None, None, 3])  # read before steps 1, 2, 3, 4
+    run_dir, pool, _, control = _run(_config(tmp_path), tmp_path, control=control)
+    assert pool.resizes == [3]
+    assert [r.rollout_workers for r in control.reports] == [1, 1, 1, 1, 3, 3]  # at start, then steps 1..5
+    rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
+    assert rows[3]["rollout/workers"] == 1 and rows[4]["rollout/workers"] == 3
+    assert rows[4]["rollout/workers_serving"] == 3
+
+
+def test_a_reward_crash_stops_the_run_with_the_resume_command(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, checkpoint={"every": 1})
+
+    def dying(config: Any, state: Any) -> LocalReward:
+        return LocalReward(config, state, fail_at=3)  # during step 4
+
+    with pytest.raises(train_loop.RunFailed) as failed:
+        _run(cfg, tmp_path, reward=dying)
+    message = str(failed.value)
+    assert "stopped after step 3 (RuntimeError: reward actor died" in message
+    assert "checkpoints/step-3; continue with: medground train --resume" in message
