@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw
 
@@ -65,8 +65,10 @@ def _prediction(record: Record, group: RolloutGroup) -> Prediction:
     return Prediction(record, text, box, float(iou))
 
 
-def report(predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... ."""
+def report(predictions: Sequence[Prediction],
+           label_mode: Literal["normalised", "exact"] = "normalised") -> dict[str, Any]:
+    """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... . `label_mode` is the
+    classification reward's rule (reward.label_match), so eval counts as right what the reward pays for."""
     out: dict[str, Any] = {}
     grounding = [p for p in predictions if p.record.task == "grounding"]
     if grounding:
@@ -77,7 +79,7 @@ def report(predictions: Sequence[Prediction]) -> dict[str, Any]:
             out.update({prefix + k: v for k, v in metrics.items()})
     cls = [p for p in predictions if p.record.task == "classification"]
     if cls:
-        m = classification_metrics([p.label for p in cls], [p.record.label or "" for p in cls])
+        m = classification_metrics([p.label for p in cls], [p.record.label or "" for p in cls], label_mode)
         out.update({f"eval/cls/{k}": v for k, v in m.items()})
     grd = [p for p in predictions if p.record.task == "grading"]
     if grd:
