@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from services.cli import app
 from services.data import load_manifest
+from services.data.medimage import read_image
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +77,8 @@ def test_real_volumes_convert_inspect_train_and_eval(ray_local: None, tiny_model
         # radiological display: the patient's right on the image's left
         (x1, _, x2, _), width = record.boxes[0], record.width or 0
         assert ((x1 + x2) / 2 < width / 2) == (side == "right"), record.id
-        with Image.open(manifest.parent / record.image) as png:  # a real scan, windowed: not flat
-            assert png.size == (record.width, record.height) and np.asarray(png).std() > 20
+        png = read_image(manifest.parent / record.image)  # a real scan, windowed: not flat
+        assert png.size == (record.width, record.height) and png.pixels.std() > 20
 
     inspected = runner.invoke(app, ["data", "inspect", str(manifest)])
     assert inspected.exit_code == 0, inspected.output
