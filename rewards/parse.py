@@ -2,7 +2,9 @@
 
 Expected format (VLM-R1): `<think>...</think><answer>{"bbox_2d": [x1, y1, x2, y2]}</answer>`.
 Accepted inside `<answer>`: a JSON object, a bare list, a list under another key, ints/floats mixed,
-commas or spaces; the first list of exactly four numbers is the box. Classification answers are a label
+commas or spaces; the first list of exactly four numbers is the box. Qwen-VL's native grounding answer
+`(x1,y1),(x2,y2)` (Qwen-VL/Qwen2-VL papers' box format, with or without `<|box_start|>`/`<|box_end|>`) is a
+box too, in the same model convention: whichever of the two forms comes first wins. Classification answers are a label
 (`{"label": "..."}`, a JSON string, or plain text); grading answers a non-negative integer grade.
 Without an `<answer>` block there is no answer (VLM-R1 scores such completions 0 as well).
 """
@@ -25,6 +27,8 @@ _WS_ANSWER = re.compile(r"\s*+<answer>")
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
 _SEP = r"(?:\s*+,\s*+|\s++)"
 _BOX = re.compile(r"\[\s*+" + _SEP.join([_NUM] * 4) + r"\s*+\]")
+_POINT = r"\(\s*+" + _NUM + r"\s*+,\s*+" + _NUM + r"\s*+\)"
+_CORNERS = re.compile(_POINT + r"\s*+,?\s*+" + _POINT)  # Qwen's native (x1,y1),(x2,y2)
 _FIRST_NUM = re.compile(_NUM)
 # Fastest path for the batch scorer: the exact VLM-R1 format in one match. The think text may not contain
 # '<', so it ends at the first tag and the box found is the one `split_completion` + `box_numbers` find.
@@ -101,8 +105,10 @@ def _block(text: str, open_tag: str, close_tag: str) -> tuple[int, int] | None:
 
 
 def box_numbers(answer: str) -> Box | None:
-    """The first list of exactly four finite numbers in `answer`, unclipped, or None."""
-    m = _BOX.search(answer)
+    """The first list of exactly four finite numbers, or pair of corner points `(x1,y1),(x2,y2)`, in
+    `answer`, unclipped, or None."""
+    listed, corners = _BOX.search(answer), _CORNERS.search(answer)
+    m = listed if corners is None or (listed is not None and listed.start() < corners.start()) else corners
     if m is None:
         return None
     a, b, c, d = m.groups()

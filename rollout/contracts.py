@@ -7,7 +7,6 @@ turns them into tensors. Ground truth never appears here: rollout cannot leak la
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,14 +22,14 @@ FinishReason = Literal["stop", "length"]
 class RolloutRequest:
     """One prompt to sample a group for.
 
-    `image` is a PIL image or a path readable by the worker; `question` is the task text (the phrase to
+    `image` is display pixels as a PIL image (8-bit grey or RGB; services read files); `question` is the task text (the phrase to
     ground, or the question to answer); `knowledge_key` ("<modality>/<finding>") selects the prior
     knowledge injected when injection is on (None: nothing injected). `seed`, when given, fixes this
     request's sampling whatever worker serves it (so a resumed run samples what the original would).
     """
 
     prompt_id: str
-    image: Image.Image | str | Path
+    image: Image.Image
     question: str
     task: Task = "grounding"
     knowledge_key: str | None = None

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from PIL import Image
 
 Convention = Literal["input_pixels", "norm1000"]
@@ -56,20 +55,19 @@ def convention_of(family: Family) -> Convention:
     return _CONVENTIONS[family]
 
 
-def load_image(image: Image.Image | str | Path) -> Image.Image:
-    """An RGB PIL image from a PIL image or a file path (greyscale and 16-bit images become RGB)."""
-    if isinstance(image, str | Path):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        with Image.open(path) as opened:
-            image = opened.copy()
-    if image.mode in ("I", "I;16", "I;16B", "F"):
-        # 16-bit / float greyscale: stretch to 8 bits so the processor's normalisation sees [0, 255]
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(scaled.astype(np.uint8))
+def load_image(image: Image.Image) -> Image.Image:
+    """An RGB PIL image from display pixels (8-bit "L", "RGB", ...).
+
+    Rollout never opens files: services read every stored image with their one reader (windowing, palettes,
+    DICOM) and send pixels, so train, eval and serve see the same image. Deeper-than-8-bit modes are refused
+    because choosing their window is the reader's job, not the prompt builder's.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"rollout takes a PIL image, got {type(image).__name__}; read files with the data "
+                        "layer's image reader and send its pixels")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        raise ValueError(f"a {image.mode} image has more than 8 bits per pixel; window it to 8 bits first (the "
+                         "data layer's image reader does)")
     return image.convert("RGB") if image.mode != "RGB" else image
 
 

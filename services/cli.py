@@ -291,20 +291,27 @@ def data_convert(
     min_votes: Annotated[int, typer.Option(help="VinDr: radiologists needed for a fused box.")] = 1,
     task: Annotated[str, typer.Option(help="MedMNIST: classification or grading.")] = "classification",
     labels: Annotated[str | None, typer.Option(help="MedMNIST: comma list of class names by index.")] = None,
+    on_bad_record: Annotated[str, typer.Option(help="A malformed row: fail (stop, naming it) or skip (count it "
+                                               "and go on), as data.on_bad_record does for manifests.")] = "fail",
 ) -> None:
-    """Convert a published dataset format into a medground manifest."""
+    """Convert a published dataset format into a medground manifest (exit 1 when no record comes out)."""
     from services.data import write_manifest
     from services.data.converters import ConvertError, ConvertOptions, convert
     from services.data.medimage import MedicalImageError
 
+    if on_bad_record not in ("skip", "fail"):
+        _fail(f"--on-bad-record {on_bad_record!r} must be skip or fail")
     options = ConvertOptions(image_root=image_root, split=split, phrase=phrase, finding=finding, modality=modality,
                              slice=slice_, window=_pair(window, float, "--window"), min_votes=min_votes, task=task,
-                             labels=tuple(labels.split(",")) if labels else ())
+                             labels=tuple(labels.split(",")) if labels else (),
+                             on_bad_record=on_bad_record)  # type: ignore[arg-type]
     try:
         result = convert(fmt, source, out.parent, options)
         path = write_manifest(result.records, out)
     except (ConvertError, MedicalImageError, ValueError) as exc:
         _fail(str(exc))
+    for bad in result.skipped:
+        typer.echo(f"{source}: skipped {bad}", err=True)
     typer.echo(f"{fmt}: {result.summary()} -> {path}")
 
 
@@ -326,8 +333,13 @@ def data_inspect(
     except ManifestError as exc:
         _fail(str(exc))
     typer.echo(count(loaded.records).table())
-    out = contact_sheet(loaded, sheet or manifest.with_name(manifest.stem + "_sheet.png"), limit=limit)
-    typer.echo(f"contact sheet: {out}")
+    drawn = contact_sheet(loaded, sheet or manifest.with_name(manifest.stem + "_sheet.png"), limit=limit)
+    typer.echo(f"contact sheet: {drawn.path}")
+    if drawn.unreadable:  # training would stop at these records: say so now, not at the first step
+        for problem in drawn.unreadable:
+            typer.echo(f"  unreadable image: {problem}", err=True)
+        _fail(f"{len(drawn.unreadable)} of the images drawn could not be read (listed above); fix or remove "
+              "those records")
 
 
 def main() -> None:

@@ -22,16 +22,23 @@ from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.engines import stop_token_ids, vision_token_ids
 from rollout.images import ImageFrame as RolloutFrame
 from rollout.processing import PreparedPrompt
-from services.data.medimage import is_dicom, load_image
+from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
 
 
 def rollout_request(record: Record, image_path: Path, seed: int | None = None) -> RolloutRequest:
     """What rollout may see of a record: the image, the phrase/question, the task and knowledge key
-    (never boxes, labels or `meta`, which holds ground truth). Ordinary image files travel as paths;
-    DICOM is windowed here (the data layer's reader) and travels as pixels."""
-    image = load_image(image_path, record.meta.window) if is_dicom(image_path) else str(image_path)
-    return RolloutRequest(prompt_id=record.id, image=image, question=record.phrase,
+    (never boxes, labels or `meta`, which holds ground truth). The image is read here by the data layer's
+    one reader (DICOM windowed with the record's window) and travels as pixels, so rollout never opens a
+    file. A record whose stated size differs from its image is refused: its boxes would be in another
+    frame (MedicalImageError naming the record, both sizes and the fix)."""
+    image = read_image(image_path, window=record.meta.window)
+    if record.width is not None and record.height is not None and image.size != (record.width, record.height):
+        raise MedicalImageError(
+            f"record {record.id!r}: the manifest says {record.width}x{record.height} but {image_path} is "
+            f"{image.size[0]}x{image.size[1]} pixels; boxes are in stored-image pixels, so fix the record's "
+            "width/height (or leave them out: they are then read from the image)")
+    return RolloutRequest(prompt_id=record.id, image=image.to_pil(), question=record.phrase,
                           task=record.task, knowledge_key=record.knowledge_key, seed=seed)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
+from rewards import label_match
 from services.data.records import SIZE_BUCKETS, size_bucket
 
 MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
@@ -51,12 +53,14 @@ def grounding_report(ious: Sequence[float], parsed: Sequence[bool],
     return report
 
 
-def classification_metrics(pred: Sequence[str | None], truth: Sequence[str]) -> dict[str, float]:
-    """Accuracy in percent over normalised labels; an unparsable answer (None) counts as wrong."""
+def classification_metrics(pred: Sequence[str | None], truth: Sequence[str],
+                           mode: Literal["normalised", "exact"] = "normalised") -> dict[str, float]:
+    """Accuracy in percent; an unparsable answer (None) counts as wrong. Labels are compared by the
+    classification reward's own rule (`rewards.label_match`, `mode` as reward.label_match), so what the
+    reward pays for is what eval counts as right ("Pleural effusion." = "pleural effusion")."""
     if not truth:
         return {"n": 0}
-    norm = [p.strip().lower() if p is not None else None for p in pred]
-    hits = [p == t.strip().lower() for p, t in zip(norm, truth, strict=True)]
+    hits = [label_match(p, t, mode) == 1.0 for p, t in zip(pred, truth, strict=True)]
     return {"n": len(truth), "accuracy": 100.0 * float(np.mean(hits)),
             "parse_fail_pct": 100.0 * float(np.mean([p is None for p in pred]))}
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw
 
@@ -20,6 +20,7 @@ from rollout.contracts import RolloutGroup
 from rollout.images import ImageFrame as RolloutFrame
 from services.convert import reward_frame, rollout_request
 from services.data.manifest import Manifest
+from services.data.medimage import read_image
 from services.data.records import Record
 from services.eval_metrics import classification_metrics, grading_metrics, grounding_report
 
@@ -64,8 +65,10 @@ def _prediction(record: Record, group: RolloutGroup) -> Prediction:
     return Prediction(record, text, box, float(iou))
 
 
-def report(predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... ."""
+def report(predictions: Sequence[Prediction],
+           label_mode: Literal["normalised", "exact"] = "normalised") -> dict[str, Any]:
+    """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... . `label_mode` is the
+    classification reward's rule (reward.label_match), so eval counts as right what the reward pays for."""
     out: dict[str, Any] = {}
     grounding = [p for p in predictions if p.record.task == "grounding"]
     if grounding:
@@ -76,7 +79,7 @@ def report(predictions: Sequence[Prediction]) -> dict[str, Any]:
             out.update({prefix + k: v for k, v in metrics.items()})
     cls = [p for p in predictions if p.record.task == "classification"]
     if cls:
-        m = classification_metrics([p.label for p in cls], [p.record.label or "" for p in cls])
+        m = classification_metrics([p.label for p in cls], [p.record.label or "" for p in cls], label_mode)
         out.update({f"eval/cls/{k}": v for k, v in m.items()})
     grd = [p for p in predictions if p.record.task == "grading"]
     if grd:
@@ -108,11 +111,15 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
 
 
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
-    """Ground truth in green, prediction in red, IoU in the corner; one PNG per sample."""
+    """Ground truth in green, prediction in red, IoU in the corner; one PNG per sample.
+
+    The image is read as training read it (the data layer's reader, the record's window); images under
+    256 px are enlarged by a whole factor so boxes stay on pixel edges: a box (x1, y1, x2, y2) in stored
+    pixels is drawn at (x1, y1, x2, y2) * scale."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for p in [p for p in predictions if p.record.task == "grounding"][:limit]:
-        image = Image.open(manifest.image_path(p.record)).convert("RGB")
+        image = read_image(manifest.image_path(p.record), window=p.record.meta.window).to_pil().convert("RGB")
         scale = max(1, 256 // max(image.size))
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(image)

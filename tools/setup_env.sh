@@ -25,6 +25,10 @@ fi
 # the package itself is never installed (it would pull heavy dependencies).
 ls .venv/fixtures/torchxrayvision-1.5.7-*.whl >/dev/null 2>&1 ||
   "$pip" download -q --no-deps "torchxrayvision==1.5.7" -d .venv/fixtures
+# Real CT and MR volumes with lesion masks (data/*.nrrd in the source archive) for the real-pixels test
+# (tests/integration/test_real_volumes_e2e.py); the archive is read, never built or installed.
+ls .venv/fixtures/pyradiomics_bhklab-3.1.4.tar.gz >/dev/null 2>&1 ||
+  "$pip" download -q --no-deps "pyradiomics-bhklab==3.1.4" -d .venv/fixtures
 # Headless Chromium + chromedriver (Debian packages) for the Serve page test; skips when present.
 bash tools/install_browser.sh
 touch .venv/.ready

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from services.data.manifest import Manifest
+from services.data.medimage import MedicalImageError, read_image
 from services.data.records import SIZE_BUCKETS, Record, size_bucket
 
 NO_BOX = "no box"
@@ -68,12 +69,21 @@ def spread(records: list[Record], limit: int) -> list[Record]:
     return chosen[:limit]
 
 
+@dataclass(frozen=True)
+class Sheet:
+    """A written contact sheet and the drawn records whose image could not be read (one message each)."""
+
+    path: Path
+    unreadable: tuple[str, ...]
+
+
 def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns: int = 6,
-                  tile: int = 224) -> Path:
+                  tile: int = 224) -> Sheet:
     """Draw up to `limit` records (spread across the manifest) with their boxes and captions into a PNG.
 
-    Images are scaled to `tile` px on their long side; boxes are scaled with them, so what is drawn is the
-    record's stored-image box. Records whose image is missing are drawn as a labelled empty tile.
+    Images are read as training reads them (the one reader, the record's window) and scaled to `tile` px
+    on their long side; boxes are scaled with them, so what is drawn is the record's stored-image box.
+    A missing or unreadable image is drawn as a labelled empty tile and its error is returned.
     """
     chosen = spread(list(manifest.records), limit)
     rows = max(1, -(-len(chosen) // columns))
@@ -81,23 +91,26 @@ def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns:
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_h)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+    unreadable: list[str] = []
     for k, record in enumerate(chosen):
         x0, y0 = (k % columns) * tile, (k // columns) * (tile + caption_h)
         path = manifest.image_path(record)
-        if path.is_file():
-            with Image.open(path) as img:
-                thumb = img.convert("RGB")
+        try:
+            thumb = read_image(path, window=record.meta.window).to_pil().convert("RGB")
+        except MedicalImageError as exc:
+            unreadable.append(f"{record.id}: {exc}")
+            word = "missing" if not path.is_file() else "unreadable"
+            draw.text((x0 + 6, y0 + tile // 2), f"{word}: {path.name}", fill=(255, 120, 120), font=font)
+        else:
             scale = tile / max(thumb.size)
             thumb = thumb.resize((max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale))))
             sheet.paste(thumb, (x0, y0))
             for x1, y1, x2, y2 in record.boxes:
                 draw.rectangle([x0 + x1 * scale, y0 + y1 * scale, x0 + x2 * scale, y0 + y2 * scale],
                                outline=(255, 40, 40), width=2)
-        else:
-            draw.text((x0 + 6, y0 + tile // 2), f"missing: {path.name}", fill=(255, 120, 120), font=font)
         for i, line in enumerate(textwrap.wrap(_caption(record), width=tile // 6)[:2]):
             draw.text((x0 + 3, y0 + tile + 2 + 13 * i), line, fill=(230, 230, 230), font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
-    return out
+    return Sheet(out, tuple(unreadable))

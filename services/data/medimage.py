@@ -1,62 +1,69 @@
-"""Reading medical images for display and training: DICOM (pydicom) to 8-bit with the standard pipeline.
+"""The one image reader: every stored or uploaded image (training requests, eval overlays, the contact
+sheet, Serve uploads, the hybrid phantoms, mask converters) is opened here and nowhere else.
 
-DICOM order of operations (PS3.3 C.11): stored values -> modality LUT (rescale slope/intercept, e.g. to
-Hounsfield units) -> VOI window (from the config, else the file's WindowCenter/Width or VOI LUT, else a
-0.5-99.5 percentile window) -> 8-bit -> MONOCHROME1 inversion last, so bone is bright and air dark whatever
-the file's polarity. Compressed pixel data without an installed decoder is a clear error naming the
-transfer syntax and the packages that decode it. Volumes (NIfTI, NRRD) are in medvolume.py.
+`read_image` returns display pixels: (H, W) uint8 grey or (H, W, 3) uint8 RGB, bright = dense, in the
+stored image's own pixel grid (the frame record boxes use). DICOM goes through services/data/dicom.py
+(modality LUT, VOI LUT or window, palette, YBR, MONOCHROME1). Raster files (PNG, JPEG, TIFF, BMP) go
+through Pillow: palettes are applied, alpha dropped, and grey images of more than 8 bits (16-bit PNG,
+32-bit TIFF) get the same fallback window as a DICOM without one, so one radiograph looks the same
+whatever format it was stored in (docs/images.md). Everything refused is a `MedicalImageError` that names
+the file, the tag or property, and the fix; `ImageTooLarge` when a pixel limit is exceeded.
 """
 
 from __future__ import annotations
 
+import io
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+# The fallback window's percentiles: robust to a few hot or dead pixels and to burnt-in text.
+FALLBACK_PERCENTILES = (0.5, 99.5)
 
 
 class MedicalImageError(ValueError):
     """An image that cannot be read as asked; the message names the file, the reason and the fix."""
 
 
+class ImageTooLarge(MedicalImageError):
+    """An image whose header declares more pixels than the caller allows (checked before decoding)."""
+
+
 @dataclass(frozen=True)
 class MedicalImage:
-    """A display-ready image: `pixels` (H, W) uint8 grey or (H, W, 3) uint8 RGB, bright = dense."""
+    """A display-ready image: `pixels` (H, W) uint8 grey or (H, W, 3) uint8 RGB, bright = dense.
+
+    window: (center, width) applied, in modality units (HU for CT), for grey images of more than 8 bits;
+    None for 8-bit and colour images and when a VOI LUT table was applied. pixel_spacing_mm: (row, column)
+    in mm, None when unknown. photometric: the DICOM Photometric Interpretation, or Pillow's mode for other
+    files. frames: frames in the file (one was read).
+    """
 
     pixels: NDArray[np.uint8]
-    window: tuple[float, float] | None  # (center, width) applied, in modality units; None for RGB/8-bit
-    pixel_spacing_mm: tuple[float, float] | None  # (row, column); None when absent or a [0, 0] placeholder
+    window: tuple[float, float] | None
+    pixel_spacing_mm: tuple[float, float] | None
     modality: str | None
     photometric: str
     frames: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
     def to_pil(self) -> Image.Image:
         return Image.fromarray(self.pixels, mode="L" if self.pixels.ndim == 2 else "RGB")
 
 
-def is_dicom(path: str | Path) -> bool:
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    with path.open("rb") as fh:  # files without a suffix: the DICM marker after the 128-byte preamble
-        head = fh.read(132)
-    return head[128:132] == b"DICM"
-
-
-def _first(value: Any) -> float:
-    """A DICOM value that may be multi-valued (WindowCenter '[450, 200]'): its first element."""
-    try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
-
-
-def linear_window(values: NDArray[np.floating[Any]], center: float, width: float) -> NDArray[np.float64]:
+def linear_window(values: NDArray[Any], center: float, width: float) -> NDArray[np.float64]:
     """DICOM 'LINEAR' VOI function (PS3.3 C.11.2.1.2.1) mapped to [0, 1]; shapes are preserved."""
     if width < 1:
         raise MedicalImageError(f"window width {width} must be >= 1 (DICOM requires it)")
@@ -65,110 +72,155 @@ def linear_window(values: NDArray[np.floating[Any]], center: float, width: float
     return np.asarray(np.where(values <= low, 0.0, np.where(values > high, 1.0, scaled)), dtype=np.float64)
 
 
-def _decode(ds: Any, path: Path, frame: int) -> NDArray[Any]:
-    from pydicom.pixels.decoders.base import get_decoder
-
-    if "PixelData" not in ds:
-        raise MedicalImageError(f"{path} has no pixel data (a DICOM-SR, SEG or presentation state?)")
-    syntax = ds.file_meta.TransferSyntaxUID
-    if syntax.is_compressed:
-        try:
-            decoder = get_decoder(syntax)
-        except NotImplementedError:
-            raise MedicalImageError(f"{path}: pixel data uses {syntax.name} ({syntax}), which pydicom cannot "
-                                    "decode; convert the file (e.g. `gdcmconv --raw`)") from None
-        if not decoder.is_available:
-            needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-            raise MedicalImageError(f"{path}: pixel data is compressed with {syntax.name} ({syntax}) and no "
-                                    f"decoder for it is installed; install one of: {needs}")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 0 <= frame < frames:
-        raise MedicalImageError(f"{path} has {frames} frame(s); frame {frame} does not exist (0..{frames - 1})")
-    arr = np.asarray(ds.pixel_array)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if frames > 1:
-        arr = arr[frame]
-    elif samples == 1 and arr.ndim == 3:  # single frame but a frame axis anyway
-        arr = arr[0]
-    return arr
+def fallback_window(values: NDArray[Any]) -> tuple[float, float]:
+    """(center, width) spanning the 0.5-99.5 percentiles of `values`: the window of any grey image deeper
+    than 8 bits that carries none (DICOM without VOI, 16-bit PNG), so both look alike."""
+    low, high = (float(q) for q in np.percentile(np.asarray(values, dtype=np.float64), FALLBACK_PERCENTILES))
+    return (low + high) / 2, max(high - low, 1.0)
 
 
-def read_dicom(path: str | Path, window: tuple[float, float] | None = None, frame: int = 0) -> MedicalImage:
-    """Read one frame of a DICOM file as a display-ready 8-bit image.
+def to_uint8(unit: NDArray[Any]) -> NDArray[np.uint8]:
+    """Values in [0, 1] to 0..255 (rounded, clipped)."""
+    return np.asarray(np.clip(np.round(np.asarray(unit, dtype=np.float64) * 255.0), 0, 255), dtype=np.uint8)
 
-    `window` (center, width) in modality units (HU for CT) overrides the file's VOI window.
-    """
-    import pydicom
 
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM suffix, or the 'DICM' marker after the 128-byte preamble (files without a suffix)."""
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except pydicom.errors.InvalidDicomError as exc:
-        raise MedicalImageError(f"{path} is not a DICOM file: {exc}") from None
-    return dicom_to_image(ds, path, window, frame)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return head[128:132] == b"DICM"
 
 
-def dicom_to_image(ds: Any, source: str | Path, window: tuple[float, float] | None = None,
-                   frame: int = 0) -> MedicalImage:
-    """`read_dicom` for a dataset already read (e.g. an upload); `source` names it in error messages."""
-    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+def _exists(path: Path) -> None:
+    if not path.is_file():
+        raise MedicalImageError(f"image {path} does not exist; check the record's `image` and --image-root "
+                                "(relative paths resolve against the manifest's folder)")
 
+
+def read_image(source: str | Path | bytes, *, name: str | None = None, window: tuple[float, float] | None = None,
+               frame: int = 0, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> MedicalImage:
+    """Read a stored image (a path) or an upload (bytes) as display pixels.
+
+    window: (center, width) in modality units; replaces a DICOM file's own VOI transform (ignored for
+    other files). frame: which frame of a multi-frame DICOM. max_pixels: refuse (ImageTooLarge) when the
+    header declares more, before any pixel is decoded. formats: Pillow formats allowed for non-DICOM
+    input (e.g. ("PNG",) when the caller sniffed the bytes). name: what error messages call the input.
+    """
+    from services.data import dicom
+
+    if isinstance(source, bytes):
+        label = name or "upload"
+        if len(source) >= 132 and source[128:132] == b"DICM":
+            return dicom.to_display(dicom.read_dataset(source, label), label, window, frame, max_pixels)
+        return _read_raster(io.BytesIO(source), label, max_pixels, formats)
     path = Path(source)
-    arr = _decode(ds, path, frame)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    spacing_tag = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    spacing = (float(spacing_tag[0]), float(spacing_tag[1])) if spacing_tag else None
-    if spacing is not None and min(spacing) <= 0:
-        spacing = None  # [0, 0] placeholders (RG1) are not a spacing
-    common = {"pixel_spacing_mm": spacing, "modality": ds.get("Modality"), "photometric": photometric,
-              "frames": int(ds.get("NumberOfFrames", 1) or 1)}
-    if arr.ndim == 3:  # colour: pydicom already converted YBR to RGB
-        if arr.dtype != np.uint8:
-            arr = arr.astype(np.float64) * (255.0 / max(1.0, float(arr.max())))
-        return MedicalImage(np.asarray(np.clip(arr, 0, 255), dtype=np.uint8), None, **common)
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    if window is not None:
-        unit, used = linear_window(values, *window), window
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        if str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID":
-            unit = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-        else:
-            unit = linear_window(values, center, width)
-        used = (center, width)
-    elif "VOILUTSequence" in ds:
-        lut_values = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        unit, used = lut_values / float(2**bits - 1), None
-    else:
-        low, high = (float(q) for q in np.percentile(values, [0.5, 99.5]))
-        center, width = (low + high) / 2, max(high - low, 1.0)
-        unit, used = linear_window(values, center, width), (center, width)
-    pixels = np.asarray(np.clip(np.round(unit * 255.0), 0, 255), dtype=np.uint8)
-    if photometric == "MONOCHROME1":  # high stored values are dark on this kind of film: invert last
-        pixels = np.asarray(255 - pixels, dtype=np.uint8)
-    return MedicalImage(pixels, used, **common)
+    label = name or str(path)
+    _exists(path)
+    if is_dicom(path):
+        return dicom.to_display(dicom.read_dataset(path, label), label, window, frame, max_pixels)
+    with path.open("rb") as fh:
+        return _read_raster(fh, label, max_pixels, formats)
+
+
+def _open_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str, ...] | None) -> Image.Image:
+    with warnings.catch_warnings():
+        # The caller's pixel limit (checked next, from the header) decides; PIL's warning is only noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(fp, formats=list(formats) if formats else None)
+        except Image.DecompressionBombError:
+            raise ImageTooLarge(f"{name}: the header declares more pixels than Pillow's safety limit; downscale "
+                                "it first") from None
+        except UnidentifiedImageError:
+            raise MedicalImageError(f"{name} is not an image Pillow can read nor a DICOM Part 10 file; store it "
+                                    "as PNG, JPEG, TIFF or DICOM") from None
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+            raise MedicalImageError(f"{name} cannot be read ({exc}); it is damaged or truncated: send or store "
+                                    "the complete file") from None
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLarge(f"{name} declares {image.width}x{image.height} pixels, more than the limit of "
+                            f"{max_pixels}; downscale it first")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:  # truncated or damaged pixel data
+        raise MedicalImageError(f"{name}: the pixel data cannot be decoded ({exc}); the file is truncated or "
+                                "damaged: send or store the complete file") from None
+    return image
+
+
+def _read_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str, ...] | None) -> MedicalImage:
+    image = _open_raster(fp, name, max_pixels, formats)
+    mode = image.mode
+    window: tuple[float, float] | None = None
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        window = fallback_window(values)
+        pixels = to_uint8(linear_window(values, *window))
+    elif mode in ("1", "L", "LA"):
+        pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    elif mode in ("P", "PA"):  # indices into a palette: show the palette's colours
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        pixels = np.ascontiguousarray(rgb[..., 0]) if grey else rgb
+    else:  # RGB, RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return MedicalImage(pixels, window, None, None, mode, int(getattr(image, "n_frames", 1)))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of a PNG/JPEG/... (PIL) or DICOM (header only) without decoding pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedicalImageError(f"image {path} does not exist")
-    if is_dicom(path):
-        import pydicom
+    """(width, height) of a stored image from its header alone (no pixels decoded)."""
+    from services.data import dicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return int(ds.Columns), int(ds.Rows)
-    with Image.open(path) as img:
-        return img.size
+    path = Path(path)
+    _exists(path)
+    if is_dicom(path):
+        return dicom.header_size(path, str(path))
+    with path.open("rb") as fh:
+        image = _open_raster_header(fh, str(path))
+        return image.size
+
+
+def _open_raster_header(fp: Any, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise MedicalImageError(f"{name}: its size cannot be read from the header ({exc}); store it as PNG, "
+                                "JPEG, TIFF or DICOM") from None
 
 
 def load_image(path: str | Path, window: tuple[float, float] | None = None) -> Image.Image:
-    """Any stored image as a PIL image in the frame its record's boxes use (DICOM via read_dicom)."""
+    """`read_image(path, window=window)` as a PIL image ("L" or "RGB")."""
+    return read_image(path, window=window).to_pil()
+
+
+@dataclass(frozen=True)
+class LabelMask:
+    """A label image's raw values, (H, W) int64, and whether its format is lossy (JPEG)."""
+
+    values: NDArray[np.int64]
+    lossy: bool
+
+    def foreground(self) -> NDArray[np.bool_]:
+        """Lesion pixels: any non-zero label (masks store the lesion as 1, 255 or a palette index); a lossy
+        mask's compression noise around 0 and 255 is cut at half range instead."""
+        return np.asarray(self.values > 127 if self.lossy else self.values > 0)
+
+
+def read_mask(path: str | Path) -> LabelMask:
+    """A segmentation mask's label values, not display pixels: palette PNGs give their indices, grey
+    masks their values, colour masks the largest channel (any colour is foreground)."""
     path = Path(path)
-    if is_dicom(path):
-        return read_dicom(path, window).to_pil()
-    with Image.open(path) as img:
-        img.load()
-        return img.copy()
+    _exists(path)
+    with path.open("rb") as fh:
+        image = _open_raster(fh, str(path), None, None)
+        if image.mode in ("P", "PA", "L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+            band = image.getchannel(0) if image.mode in ("P", "PA", "LA") else image
+            values = np.asarray(band, dtype=np.int64)
+        else:
+            values = np.asarray(image.convert("RGB"), dtype=np.int64).max(axis=2)
+    return LabelMask(values, path.suffix.lower() in LOSSY_SUFFIXES)

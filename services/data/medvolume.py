@@ -70,6 +70,14 @@ def read_volume(path: str | Path) -> Volume:
         import nibabel as nib
 
         img: Any = nib.load(path)
+        header = img.header
+        if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+            # nibabel would fall back to a pixdim-only affine (NIfTI-1 "method 1"): a guess that flips left
+            # and right for data stored in radiological order, so refuse it.
+            raise MedicalImageError(f"{path}: qform_code and sform_code are both 0, so the header does not say "
+                                    "which way is the patient's left; set the orientation from the source "
+                                    "scanner data (e.g. nibabel's img.set_qform(affine, code=1), or "
+                                    "`fslorient -setqformcode 1` after checking it) and convert again")
         return _reorient(np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64))
     if name.endswith((".nrrd", ".nhdr")):
         import nrrd

@@ -3,8 +3,9 @@ an HTTP status (4xx) and a message that says what is wrong and what to do.
 
 The format is sniffed from the bytes (PNG and JPEG signatures, the DICOM Part 10 `DICM` marker), never
 trusted from a file name or a declared type. The pixel count is read from the header before any pixel is
-decoded, so a decompression bomb costs a header parse. DICOM goes through the data package's reader
-(modality LUT, VOI window, MONOCHROME1 inversion), as training and evaluation read it.
+decoded, so a decompression bomb costs a header parse. Every image goes through the data package's one
+reader (DICOM: modality LUT, VOI LUT or window, palette, MONOCHROME1 inversion), as training and
+evaluation read it, and what the reader refuses is a 4xx with its message.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import base64
 import binascii
 import io
 import re
-import struct
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 from PIL import Image
 
-from services.data.medimage import MedicalImageError, dicom_to_image
+from services.data.medimage import ImageTooLarge, MedicalImageError, read_image
 from services.serve.config import Limits
 
 ImageKind = Literal["png", "jpeg", "dicom"]
@@ -109,13 +108,25 @@ def _too_large(size: int, limits: Limits) -> BadInput:
 
 
 def decode_image(data: bytes, limits: Limits, name: str = "upload") -> DecodedImage:
-    """Check and decode one uploaded file (PNG, JPEG or DICOM) into an RGB image, or raise BadInput."""
+    """Check and decode one uploaded file (PNG, JPEG or DICOM) into an RGB image, or raise BadInput.
+
+    Pixels come from the data layer's one reader, as in training and evaluation: whatever it refuses (a
+    damaged stream, a compressed DICOM without a decoder, an empty or malformed tag) is a 4xx here with
+    the reader's message, which names the tag and the fix."""
     if not data:
         raise BadInput(422, "empty_image", "the image is empty (0 bytes); attach the file")
     if len(data) > limits.max_upload_bytes:
         raise _too_large(len(data), limits)
     kind = sniff(data)
-    image = _decode_dicom(data, limits, name) if kind == "dicom" else _decode_raster(data, kind, limits)
+    formats = {"png": ("PNG",), "jpeg": ("JPEG",), "dicom": None}[kind]
+    try:
+        image = read_image(data, name=name, max_pixels=limits.max_image_pixels,
+                           formats=formats).to_pil()
+    except ImageTooLarge as exc:
+        raise BadInput(413, "too_many_pixels", str(exc)) from None
+    except MedicalImageError as exc:
+        code = _dicom_code(str(exc)) if kind == "dicom" else "corrupt_image"
+        raise BadInput(422, code, str(exc)) from None
     width, height = image.size
     if min(width, height) < limits.min_image_side:
         raise BadInput(422, "image_too_small", f"the image is {width}x{height} pixels; both sides must be at least "
@@ -123,69 +134,16 @@ def decode_image(data: bytes, limits: Limits, name: str = "upload") -> DecodedIm
     if max(width, height) / min(width, height) > limits.max_aspect_ratio:
         raise BadInput(422, "bad_aspect_ratio", f"the image is {width}x{height} pixels, an aspect ratio above "
                                                 f"{limits.max_aspect_ratio:g}; crop it closer to the region")
-    rgb = image if image.mode == "RGB" else _to_rgb(image)
-    return DecodedImage(rgb, kind, width, height)
+    return DecodedImage(image.convert("RGB"), kind, width, height)
 
 
-def _check_pixels(width: int, height: int, limits: Limits, frames: int = 1) -> None:
-    if width * height * frames > limits.max_image_pixels:
-        raise BadInput(413, "too_many_pixels", f"the image declares {width}x{height}"
-                                               f"{f'x{frames} frames' if frames > 1 else ''} pixels, more than the "
-                                               f"limit of {limits.max_image_pixels}; downscale it first")
-
-
-def _decode_raster(data: bytes, kind: ImageKind, limits: Limits) -> Image.Image:
-    fmt = "PNG" if kind == "png" else "JPEG"
-    with warnings.catch_warnings():
-        # Our own pixel limit (checked next, from the header) decides; PIL's warning would only be noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-        except Image.DecompressionBombError:
-            raise BadInput(413, "too_many_pixels", f"the {fmt} header declares more than the limit of "
-                                                   f"{limits.max_image_pixels} pixels; downscale it first") from None
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "cannot parse the header"
-            raise BadInput(422, "corrupt_image", f"the {fmt} file cannot be read ({exc}); it is damaged or "
-                                                 f"truncated: send the complete file") from None
-    _check_pixels(*image.size, limits)
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:  # truncated or damaged pixel data
-        raise BadInput(422, "corrupt_image", f"the {fmt} pixel data cannot be decoded ({exc}); the file is "
-                                             f"truncated or damaged: send the complete file") from None
-    return image
-
-
-def _decode_dicom(data: bytes, limits: Limits, name: str) -> Image.Image:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, struct.error, ValueError, KeyError) as exc:
-        raise BadInput(422, "corrupt_dicom", f"the DICOM file cannot be parsed ({exc}); send a complete "
-                                             f"Part 10 file") from None
-    if "PixelData" not in ds:
-        raise BadInput(422, "dicom_without_pixels", "the DICOM file has no pixel data (a structured report, "
-                                                    "segmentation or presentation state, or a file cut short?); "
-                                                    "send a complete image object")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise BadInput(422, "corrupt_dicom", "the DICOM file lacks Rows/Columns, so its pixel data cannot be "
-                                             "read; send a valid image object")
-    _check_pixels(int(ds.Columns), int(ds.Rows), limits, int(ds.get("NumberOfFrames", 1) or 1))
-    try:
-        return dicom_to_image(ds, name).to_pil()
-    except MedicalImageError as exc:  # compressed without a decoder, bad window, ...: the reader says why
-        raise BadInput(422, "unreadable_dicom", str(exc)) from None
-    except (ValueError, EOFError) as exc:  # pixel data shorter than Rows x Columns x bits says
-        raise BadInput(422, "corrupt_dicom", f"the DICOM pixel data cannot be decoded ({exc}); the file is "
-                                             f"truncated or its header disagrees with its pixels") from None
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    from rollout.images import load_image  # the rollout side's conversion (16-bit stretch), as in training
-
-    return load_image(image)
+def _dicom_code(message: str) -> str:
+    """A short machine-readable code for the reader's DICOM refusals (the message says the rest)."""
+    if "has no pixel data" in message:
+        return "dicom_without_pixels"
+    if "does not match the header" in message or "header cannot be parsed" in message:
+        return "corrupt_dicom"
+    return "unreadable_dicom"
 
 
 def preview_png(image: Image.Image, limits: Limits) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dicom_files import real_world_variants
 from local_cluster import free_port
 from rollout_fixtures import make_lora_adapter
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
@@ -99,6 +100,20 @@ def test_png_and_dicom_boxes_are_in_original_pixels(served: Served) -> None:
         assert body["box"] == pytest.approx(_expected_box(body["text"], *size), abs=0.01)
         assert body["box"] != pytest.approx(body["model_input"]["box"], abs=0.5)  # really rescaled
         assert body["adapter_version"] == 0 and body["latency_ms"] > 0
+
+
+def test_real_world_dicom_variants_are_answered_or_refused_with_4xx(served: Served) -> None:
+    """The DICOM kinds that used to answer 500 (empty tags, no transfer syntax, JPEG Extended without a
+    decoder, a broken JPEG 2000 stream, bad value representations, ...): a box, or a 422 naming the tag."""
+    for kind, (data, fragment) in real_world_variants().items():
+        r = requests.post(f"{served.url}/v1/ground", headers=AUTH, timeout=60,
+                          files={"image": ("scan.dcm", data, "application/dicom")}, data={"phrase": "nodule"})
+        if fragment is None:
+            assert r.status_code == 200, (kind, r.text)
+            assert r.json()["box"] == pytest.approx(_expected_box(ANSWER, 16, 16), abs=0.01), kind
+        else:
+            assert r.status_code == 422, (kind, r.status_code, r.text)
+            assert fragment in r.json()["detail"], (kind, r.text)
 
 
 def test_concurrent_requests_are_all_answered(served: Served) -> None:

@@ -1,7 +1,8 @@
 """Converters from published dataset formats to medground records (`medground data convert`).
 
 Each takes (input path, manifest folder, ConvertOptions) and returns a ConvertResult: the records and
-counted notes of what was merged, skipped or clipped, which the CLI prints.
+counted notes of what was merged, skipped or clipped, which the CLI prints. A conversion that yields no
+record is an error listing those counts; a malformed row is skipped or fatal by `on_bad_record`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.data.converters import coco, masks, medmnist, mscxr, nih, rsna, vindr, vlmr1
-from services.data.converters.common import ConvertError, ConvertOptions, ConvertResult
+from services.data.converters.common import BadRow, ConvertError, ConvertOptions, ConvertResult
 
 Converter = Callable[[Path, Path, ConvertOptions], ConvertResult]
 
@@ -36,7 +37,12 @@ def convert(fmt: str, source: str | Path, out_dir: str | Path, options: ConvertO
         raise ConvertError(f"input {source} does not exist")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return FORMATS[fmt](source, out, options or ConvertOptions())
+    result = FORMATS[fmt](source, out, options or ConvertOptions())
+    if not result.records:  # an empty manifest would train on nothing and look like success
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(result.notes.items())) or "nothing was read"
+        raise ConvertError(f"{fmt}: {source} gave no records ({counts}); check --format and the input's layout "
+                           "against the format's description (`medground data convert --help`)")
+    return result
 
 
-__all__ = ["FORMATS", "ConvertError", "ConvertOptions", "ConvertResult", "convert"]
+__all__ = ["FORMATS", "BadRow", "ConvertError", "ConvertOptions", "ConvertResult", "convert"]

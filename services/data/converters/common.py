@@ -10,14 +10,26 @@ import hashlib
 import io
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from services.data.records import Record
 
 
 class ConvertError(ValueError):
     """Input that does not match the documented format; the message names the file, row and column."""
+
+
+class BadRow(ConvertError):
+    """One row or item that breaks the format: `where` (file and row/item), the `field` and the reason with
+    its fix. `ConvertResult.row` skips or raises it according to `ConvertOptions.on_bad_record`."""
+
+    def __init__(self, where: str, field: str, reason: str) -> None:
+        super().__init__(f"{where}: {field}: {reason}")
+        self.where, self.field, self.reason = where, field, reason
 
 
 @dataclass(frozen=True)
@@ -37,18 +49,32 @@ class ConvertOptions:
     fuse_iou: float = 0.4  # VinDr: IoU above which two radiologists' boxes are the same finding
     task: str = "classification"  # MedMNIST: classification or grading
     labels: tuple[str, ...] = ()  # MedMNIST: class names by index
+    on_bad_record: Literal["skip", "fail"] = "fail"  # a malformed row: stop naming it, or count it and go on
 
 
 @dataclass
 class ConvertResult:
-    """Records made and counted notes (rows read, negatives skipped, boxes merged, ...)."""
+    """Records made, counted notes (rows read, negatives skipped, boxes merged, ...) and skipped rows."""
 
     records: list[Record] = field(default_factory=list)
     notes: Counter[str] = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         notes = ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
         return f"{len(self.records)} records" + (f" ({notes})" if notes else "")
+
+    @contextmanager
+    def row(self, options: ConvertOptions) -> Iterator[None]:
+        """Run one row's conversion: a BadRow inside stops the conversion (on_bad_record=fail) or is
+        counted under "skipped (<field>)" and listed in `skipped` (skip); other errors pass through."""
+        try:
+            yield
+        except BadRow as exc:
+            if options.on_bad_record == "fail":
+                raise ConvertError(f"{exc} (or pass --on-bad-record skip to skip such rows)") from None
+            self.skipped.append(str(exc))
+            self.notes[f"skipped ({exc.field})"] += 1
 
 
 def read_table(path: str | Path) -> list[dict[str, str]]:
@@ -86,11 +112,23 @@ def require_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: 
         raise ConvertError(f"{path} is not a {fmt} table: columns {missing} are missing (found {list(rows[0])})")
 
 
-def number(value: str, path: str | Path, row: int, column: str) -> float:
+def number(value: str | None, path: str | Path, row: int, column: str) -> float:
+    """A CSV cell as a finite float, or BadRow naming the file, row and column."""
     try:
-        return float(value)
+        out = float(value) if value is not None else float("nan")
     except ValueError:
-        raise ConvertError(f"{path} row {row}: column {column!r} holds {value!r}, not a number") from None
+        out = float("nan")
+    if out != out or out in (float("inf"), float("-inf")):
+        raise BadRow(f"{path} row {row}", column, f"holds {value!r}, not a number; fix the cell or drop the row")
+    return out
+
+
+def cell(row: dict[str, str], column: str, path: str | Path, n: int) -> str:
+    """A CSV cell, stripped; BadRow when the row is too short to have it."""
+    value = row.get(column)
+    if value is None:
+        raise BadRow(f"{path} row {n}", column, "the row has fewer cells than the header; fix or drop the row")
+    return value.strip()
 
 
 def hashed_split(key: str, options: ConvertOptions) -> str:

@@ -2,8 +2,9 @@
 
 PNG: IN is a folder with `images/` and `masks/`; a mask belongs to the image whose stem it starts with
 (`ISIC_001.jpg` <- `ISIC_001_segmentation.png`, `case (1).png` <- `case (1)_mask.png`, `_mask_1.png`).
-Each mask file gives one tight box of its pixels > 127 (lossy JPEG masks are thresholded, not trusted);
-several masks of one image make one multi-box record; empty masks are counted and skipped.
+Each mask file gives one tight box of its lesion pixels: any non-zero label (masks store the lesion as 1,
+255 or a palette index), or above half range for lossy JPEG masks, whose compression noise is not a label.
+Several masks of one image make one multi-box record; empty masks are counted and skipped.
 
 Volumes: IN is a folder of `<name>_image.<ext>` + `<name>_label.<ext>` pairs (also `_mask`, `_seg`), ext one
 of .nrrd, .nii, .nii.gz. Both are reoriented to LPS+ (medvolume.py) so the written axial slice is in the
@@ -20,7 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from services.data.converters.common import ConvertError, ConvertOptions, ConvertResult, hashed_split, slug
+from services.data.converters.common import (
+    BadRow,
+    ConvertError,
+    ConvertOptions,
+    ConvertResult,
+    hashed_split,
+    slug,
+)
+from services.data.medimage import image_size, read_mask
 from services.data.records import Box, Record, RecordMeta
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -61,18 +70,18 @@ def convert_png(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertRe
             result.notes["images without mask"] += 1
             continue
         boxes: list[Box] = []
-        with Image.open(image) as im:
-            width, height = im.size
-        for m in mine:
-            with Image.open(m) as mi:
-                arr = np.asarray(mi.convert("L"))
-            if arr.shape != (height, width):
-                raise ConvertError(f"mask {m} is {arr.shape[1]}x{arr.shape[0]} but image {image} is {width}x{height}")
-            box = mask_box(arr > 127)
-            if box is None:
-                result.notes["empty masks"] += 1
-            else:
-                boxes.append(box)
+        width, height = image_size(image)
+        with result.row(options):
+            for m in mine:
+                mask = read_mask(m)
+                if mask.values.shape != (height, width):
+                    raise BadRow(str(m), "size", f"the mask is {mask.values.shape[1]}x{mask.values.shape[0]} but "
+                                 f"image {image.name} is {width}x{height}; masks must be pixel-aligned with their image")
+                box = mask_box(mask.foreground())
+                if box is None:
+                    result.notes["empty masks"] += 1
+                else:
+                    boxes.append(box)
         if not boxes:
             continue
         result.records.append(Record(

@@ -12,6 +12,7 @@ from pathlib import Path
 from services.data.converters.common import (
     ConvertOptions,
     ConvertResult,
+    cell,
     hashed_split,
     image_ref,
     number,
@@ -32,14 +33,15 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     first: dict[tuple[str, str], dict[str, str]] = {}
     sizes: dict[tuple[str, str], tuple[int, int]] = {}
     for n, row in enumerate(rows, start=2):
-        key = (row["dicom_id"].strip(), row["label_text"].strip())
-        width = int(number(row["image_width"], path, n, "image_width"))
-        height = int(number(row["image_height"], path, n, "image_height"))
-        box = xywh_to_xyxy(*(number(row[c], path, n, c) for c in ("x", "y", "w", "h")))
-        groups.setdefault(key, []).append(clip_box(box, width, height))
-        first.setdefault(key, row)
-        sizes[key] = (width, height)
         result.notes["rows"] += 1
+        with result.row(options):
+            key = (cell(row, "dicom_id", path, n), cell(row, "label_text", path, n))
+            width = int(number(row["image_width"], path, n, "image_width"))
+            height = int(number(row["image_height"], path, n, "image_height"))
+            box = xywh_to_xyxy(*(number(row[c], path, n, c) for c in ("x", "y", "w", "h")))
+            groups.setdefault(key, []).append(clip_box(box, width, height))
+            first.setdefault(key, row)
+            sizes[key] = (width, height)
     for k, (key, boxes) in enumerate(groups.items()):
         row = first[key]
         finding = row["category_name"].strip().lower()

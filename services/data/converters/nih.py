@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.data.converters.common import (
+    BadRow,
     ConvertError,
     ConvertOptions,
     ConvertResult,
@@ -36,15 +37,16 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     for n, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) < 6:
-            raise ConvertError(f"{path} row {n}: expected image, label, x, y, w, h; got {row}")
-        image, label = row[0].strip(), row[1].strip()
-        x, y, w, h = (number(row[i], path, n, ("x", "y", "w", "h")[i - 2]) for i in range(2, 6))
-        box = xywh_to_xyxy(x, y, w, h)
-        clipped = clip_box(box, NIH_SIZE, NIH_SIZE)
-        result.notes["clipped boxes"] += clipped != box
-        groups.setdefault((image, label), []).append(clipped)
         result.notes["rows"] += 1
+        with result.row(options):
+            if len(row) < 6:
+                raise BadRow(f"{path} row {n}", "row", f"expected image, label, x, y, w, h; got {row}")
+            image, label = row[0].strip(), row[1].strip()
+            x, y, w, h = (number(row[i], path, n, ("x", "y", "w", "h")[i - 2]) for i in range(2, 6))
+            box = xywh_to_xyxy(x, y, w, h)
+            clipped = clip_box(box, NIH_SIZE, NIH_SIZE)
+            result.notes["clipped boxes"] += clipped != box
+            groups.setdefault((image, label), []).append(clipped)
     root = options.image_root if options.image_root is not None else "images"
     for (image, label), boxes in groups.items():
         finding = PHRASES.get(label, label.lower())

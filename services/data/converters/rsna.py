@@ -2,7 +2,8 @@
 
 One row per box on positive patients (up to 4 rows each), one row with empty coordinates and Target 0 per
 negative patient. Positives become one grounding record per patient with all its boxes (xywh in the
-1024 x 1024 DICOM's pixels). Negatives have nothing to ground: they are counted ("negatives") and skipped.
+DICOM's pixels: 1024 x 1024 in the published set; a DICOM present beside the manifest gives its own size).
+Negatives have nothing to ground: they are counted ("negatives") and skipped.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.data.converters.common import (
-    ConvertError,
+    BadRow,
     ConvertOptions,
     ConvertResult,
+    cell,
     hashed_split,
     image_ref,
     number,
     read_table,
     require_columns,
+    size_if_present,
 )
 from services.data.records import Record, RecordMeta, clip_box, xywh_to_xyxy
 
@@ -31,23 +34,34 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     negatives: set[str] = set()
     for n, row in enumerate(rows, start=2):
-        pid = row["patientId"].strip()
         result.notes["rows"] += 1
-        if row["Target"].strip() == "0":
-            if any(row[c].strip() for c in ("x", "y", "width", "height")):
-                raise ConvertError(f"{path} row {n}: Target 0 (negative) but coordinates are given")
-            negatives.add(pid)
-            continue
-        x, y, w, h = (number(row[c], path, n, c) for c in ("x", "y", "width", "height"))
-        boxes.setdefault(pid, []).append(clip_box(xywh_to_xyxy(x, y, w, h), RSNA_SIZE, RSNA_SIZE))
+        with result.row(options):
+            pid = cell(row, "patientId", path, n)
+            if cell(row, "Target", path, n) == "0":
+                if any(cell(row, c, path, n) for c in ("x", "y", "width", "height")):
+                    raise BadRow(f"{path} row {n}", "Target", "0 (negative) but coordinates are given; fix the "
+                                 "row or drop it")
+                negatives.add(pid)
+                continue
+            x, y, w, h = (number(row[c], path, n, c) for c in ("x", "y", "width", "height"))
+            boxes.setdefault(pid, []).append(xywh_to_xyxy(x, y, w, h))
     result.notes["negatives"] = len(negatives - boxes.keys())
     root = options.image_root if options.image_root is not None else "stage_2_train_images"
     finding = options.finding or "pneumonia"
     for pid, pid_boxes in boxes.items():
+        ref = image_ref(root, f"{pid}.dcm")
+        # The published DICOMs are 1024 x 1024; a present file's own header wins (a resized copy, a phantom).
+        width, height = size_if_present(out_dir, ref) or (RSNA_SIZE, RSNA_SIZE)
+        clipped = [clip_box(b, width, height) for b in pid_boxes]
+        result.notes["clipped boxes"] += sum(c != b for c, b in zip(clipped, pid_boxes, strict=True))
+        kept = tuple(b for b in clipped if b[0] < b[2] and b[1] < b[3])
+        result.notes["boxes outside the image"] += len(clipped) - len(kept)
+        if not kept:
+            continue
         result.records.append(Record(
-            id=f"rsna:{pid}", image=image_ref(root, f"{pid}.dcm"), width=RSNA_SIZE, height=RSNA_SIZE,
+            id=f"rsna:{pid}", image=ref, width=width, height=height,
             task="grounding", phrase=options.phrase or "lung opacity suspicious for pneumonia",
-            boxes=tuple(pid_boxes), knowledge_key="cxr/pneumonia", source="rsna_pneumonia",
+            boxes=kept, knowledge_key="cxr/pneumonia", source="rsna_pneumonia",
             split=hashed_split(pid, options),
             meta=RecordMeta(modality="cxr", orientation="radiological",
                             attributes={"finding": finding, "patient_id": pid}),

@@ -17,6 +17,7 @@ from pathlib import Path
 from services.data.converters.common import (
     ConvertOptions,
     ConvertResult,
+    cell,
     hashed_split,
     image_ref,
     number,
@@ -71,18 +72,19 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     images_with_boxes: set[str] = set()
     all_images: set[str] = set()
     for n, row in enumerate(rows, start=2):
-        image, cls, rad = row["image_id"].strip(), row["class_name"].strip(), row["rad_id"].strip()
         result.notes["rows"] += 1
-        all_images.add(image)
-        if cls == NO_FINDING:
-            result.notes["no-finding rows"] += 1
-            continue
-        x1, y1, x2, y2 = (number(row[c], path, n, c) for c in ("x_min", "y_min", "x_max", "y_max"))
-        if not (x1 < x2 and y1 < y2):
-            result.notes["degenerate boxes"] += 1
-            continue
-        groups.setdefault((image, cls), []).append(((max(0.0, x1), max(0.0, y1), x2, y2), rad))
-        images_with_boxes.add(image)
+        with result.row(options):
+            image, cls, rad = (cell(row, c, path, n) for c in ("image_id", "class_name", "rad_id"))
+            all_images.add(image)
+            if cls == NO_FINDING:
+                result.notes["no-finding rows"] += 1
+                continue
+            x1, y1, x2, y2 = (number(row[c], path, n, c) for c in ("x_min", "y_min", "x_max", "y_max"))
+            if not (x1 < x2 and y1 < y2):
+                result.notes["degenerate boxes"] += 1
+                continue
+            groups.setdefault((image, cls), []).append(((max(0.0, x1), max(0.0, y1), x2, y2), rad))
+            images_with_boxes.add(image)
     result.notes["negatives"] = len(all_images - images_with_boxes)
     root = options.image_root if options.image_root is not None else "train"
     for (image, cls), boxes in sorted(groups.items()):

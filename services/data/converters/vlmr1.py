@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.data.converters.common import (
+    BadRow,
     ConvertError,
     ConvertOptions,
     ConvertResult,
@@ -43,6 +44,23 @@ def _record(k: int, image: Any, phrase: str, box: list[float], out_dir: Path, op
                   split=hashed_split(str(image), options))
 
 
+def _jsonl_item(line: str, n: int, path: Path) -> tuple[Any, str, list[float]]:
+    where = f"{path} line {n}"
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadRow(where, "json", f"not valid JSON ({exc.msg} at column {exc.colno}); fix or drop the line") from None
+    if not isinstance(item, dict) or "image" not in item:
+        raise BadRow(where, "image", "missing; each line needs image and conversations")
+    turns = item.get("conversations") or []
+    human = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
+    gpt = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
+    match = _BOX.search(gpt if isinstance(gpt, str) else "")
+    if not isinstance(human, str) or match is None:
+        raise BadRow(where, "conversations", "needs a human turn and a gpt turn holding [x1, y1, x2, y2]")
+    return item["image"], human, [float(g) for g in match.groups()]
+
+
 def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
     result = ConvertResult()
     text = Path(path).read_text(encoding="utf-8")
@@ -50,24 +68,25 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            item = json.loads(line)
-            turns = item.get("conversations") or []
-            human = next((t["value"] for t in turns if t.get("from") == "human"), None)
-            gpt = next((t["value"] for t in turns if t.get("from") == "gpt"), None)
-            match = _BOX.search(gpt or "")
-            if human is None or match is None:
-                raise ConvertError(f"{path} line {n}: needs a human turn and a gpt turn holding [x1, y1, x2, y2]")
-            result.records.append(_record(n, item["image"], human, [float(g) for g in match.groups()], out_dir,
-                                          options, f"{path} line {n}"))
+            with result.row(options):
+                image, human, box = _jsonl_item(line, n, path)
+                result.records.append(_record(n, image, human, box, out_dir, options, f"{path} line {n}"))
     else:
-        items = json.loads(text)
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConvertError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         if not isinstance(items, list):
             raise ConvertError(f"{path}: a VLM-R1 REC JSON file is a list of items")
         for n, item in enumerate(items):
-            missing = [k for k in ("image", "problem", "solution") if k not in item]
-            if missing:
-                raise ConvertError(f"{path} item {n}: missing {missing}")
-            result.records.append(_record(n, item["image"], item["problem"], item["solution"], out_dir, options,
-                                          f"{path} item {n}"))
+            with result.row(options):
+                missing = [k for k in ("image", "problem", "solution") if not isinstance(item, dict) or k not in item]
+                if missing:
+                    raise BadRow(f"{path} item {n}", ", ".join(missing), "missing; each item needs image, problem "
+                                                                        "and solution [x1, y1, x2, y2]")
+                if not (isinstance(item["solution"], list) and len(item["solution"]) == 4):
+                    raise BadRow(f"{path} item {n}", "solution", f"{item['solution']!r} is not [x1, y1, x2, y2]")
+                result.records.append(_record(n, item["image"], item["problem"], item["solution"], out_dir,
+                                              options, f"{path} item {n}"))
     result.notes["items"] = len(result.records)
     return result

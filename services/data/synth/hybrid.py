@@ -39,9 +39,9 @@ def find_rg1() -> str:
 @lru_cache(maxsize=4)
 def real_chest_base(size: int) -> tuple[F32, Scene]:
     """RG1 as an attenuation map (size, size) in [0, 1] (contrast-stretched 1-99 %) and its lung scene."""
-    from services.data.medimage import read_dicom
+    from services.data.medimage import read_image
 
-    grey = read_dicom(find_rg1()).to_pil().resize((size, size), Image.Resampling.BOX)
+    grey = read_image(find_rg1()).to_pil().resize((size, size), Image.Resampling.BOX)
     a = np.asarray(grey, dtype=np.float32) / 255.0
     low, high = (float(q) for q in np.percentile(a, [1, 99]))
     a = np.clip((a - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)

@@ -9,7 +9,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from services.data.medimage import MedicalImageError, image_size, linear_window, load_image, read_dicom
+from services.data.medimage import MedicalImageError, image_size, linear_window, load_image
+from services.data.medimage import read_image as read_dicom
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

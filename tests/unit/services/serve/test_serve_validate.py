@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from dicom_files import real_world_variants
 from PIL import Image
 
 from services.serve.config import Limits
@@ -135,3 +136,20 @@ def test_preview_is_a_png_no_larger_than_the_limit() -> None:
     image = decode_image(_png((2000, 500)), Limits(max_image_pixels=2_000_000)).image
     preview = Image.open(io.BytesIO(base64.b64decode(preview_png(image, Limits(preview_side=256)))))
     assert (preview.format, preview.size) == ("PNG", (256, 64))
+
+
+DICOM_VARIANTS = real_world_variants()
+
+
+@pytest.mark.parametrize("kind", list(DICOM_VARIANTS))
+def test_real_world_dicom_variants_decode_or_get_a_422_naming_the_tag(kind: str) -> None:
+    """The kinds of DICOM that once answered HTTP 500: each decodes, or is a 422 with the reader's message."""
+    data, fragment = DICOM_VARIANTS[kind]
+    limits = Limits(max_upload_bytes=2 * 1024 * 1024, min_image_side=8)
+    if fragment is None:
+        decoded = decode_image(data, limits, name="scan.dcm")
+        assert decoded.kind == "dicom" and decoded.image.mode == "RGB"
+        return
+    with pytest.raises(BadInput) as info:
+        decode_image(data, limits, name="scan.dcm")
+    assert info.value.status == 422 and fragment in info.value.message and info.value.message.startswith("scan.dcm")
