@@ -48,10 +48,10 @@ def corpus(n_per_kind: int = 2000, seed: int = 0) -> list[str]:
         return "".join(chars[:rng.randint(1, 30)]) + rng.choice(["", "。", "，12mm", " (CT)"])
 
     def emoji() -> str:
-        return "".join(rng.choice(EMOJI + [" ", "ok", "!", "\u200d"]) for _ in range(rng.randint(1, 12)))
+        return "".join(rng.choice([*EMOJI, " ", "ok", "!", "\u200d"]) for _ in range(rng.randint(1, 12)))
 
     def whitespace() -> str:
-        return "".join(rng.choice(WHITESPACE + ["a", "1", "。", ".", "e\u0301"]) for _ in range(rng.randint(1, 16)))
+        return "".join(rng.choice([*WHITESPACE, "a", "1", "。", ".", "e\u0301"]) for _ in range(rng.randint(1, 16)))
 
     def mixed() -> str:  # printable ASCII words and other scripts (Latin-1, Greek, Cyrillic, Arabic, Hangul)
         ranges = [(0x21, 0x7E), (0xA1, 0x17F), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A), (0xAC00, 0xD7A3)]
