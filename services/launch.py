@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from services.config import RunConfig, load_config
+from services.config import ConfigError, RunConfig, load_config
 
 # What every Ray worker process of a local run needs (the cluster's job runtime_env sets the same).
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -48,9 +48,26 @@ def train(config: Path | None, overrides: list[str], address: str | None, resume
         if config is None:
             raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
         cfg = load_config(config, overrides)
+    check_family(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     init_ray(address)
     return train_loop.run(cfg, run_dir=resume, resume=resume is not None)
+
+
+def check_family(cfg: RunConfig) -> None:
+    """`model.family` must name the family of the model directory: train, eval and serve read the family
+    from the directory's config.json (rollout.images.family_of), so a config that says otherwise would
+    build or describe a different model than the one that runs."""
+    from rollout.images import family_of
+
+    path = Path(cfg.model.path)
+    if not (path / "config.json").is_file():
+        return  # nothing built yet: ensure_inputs builds model.family, or the driver names the missing model
+    found = family_of(path)
+    if found != cfg.model.family:
+        raise ConfigError(f"model.family is {cfg.model.family!r} but {path / 'config.json'} holds a {found!r} "
+                          f"model; set model.family: {found} (or --set model.family={found}), or point "
+                          f"model.path at a {cfg.model.family} model")
 
 
 DEMO_CONFIG = Path("deploy/configs/demo.yaml")
