@@ -144,6 +144,25 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
 
 
 @app.command()
+def export(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
+           merged: Annotated[Path, typer.Option("--merged", help="Directory to write the merged model into "
+                                                "(the adapter folded into the base weights).")],
+           step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the final adapter, else the "
+                                                    "latest checkpoint).")] = None) -> None:
+    """Merge a run's adapter into its base model: a plain model directory that transformers and vLLM load
+    without LoRA (faster decoding; what deployment tools expect)."""
+    from services.merge import export_merged
+
+    try:
+        info = export_merged(run, merged, step)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    source = info["merged_from"]
+    typer.echo(f"wrote {merged}: {source['base_model']} + adapter v{source['adapter_version']} "
+               f"({source['checkpoint']}), {info['dtype']}")
+
+
+@app.command()
 def serve(
     model: Annotated[Path | None, typer.Option(help="HF model directory (or give --run-dir).")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Training run (runs/NAME): model, rollout settings, and "
