@@ -23,8 +23,8 @@ from rollout.contracts import Completion
 from rollout.images import FAMILIES, VISION_TOKENS, Family
 from rollout.processing import PreparedPrompt
 
-__all__ = ["VISION_TOKENS", "AdapterSpec", "AdapterTensors", "RolloutEngine", "make_engine", "vision_token_ids",
-           "write_adapter_dir"]
+__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "AdapterTensors", "RolloutEngine", "make_engine",
+           "vision_token_ids", "write_adapter_dir"]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 blocks (~0.54 B parameters, fp32) runs through the product path on CPU:
 
 - the driver (services.train_loop) on a local Ray: a vLLM rollout worker with LoRA enabled at rank 64;
-  the DeepSpeed learner (ZeRO-2) with MLAE rank 64 on every attention and MLP projection; one SFT step,
-  then one GRPO step whose adapter is exported (plain LoRA on the real module names) and hot-loaded into
-  the rollout worker, which samples the final evaluation with it;
+  the DeepSpeed learner (ZeRO-2) with MLAE rank 64 on every attention and MLP projection; one SFT step
+  whose adapter is exported (plain LoRA on the real module names) and hot-loaded into the rollout worker
+  (v1, which samples the GRPO groups), then one GRPO step whose adapter (v2) samples the final evaluation;
 - the Ray Serve app on the run directory: it hot-loads the run's checkpoint adapter and answers one
   request over HTTP, with the box in the uploaded image's pixels.
 
@@ -90,7 +90,10 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
     sft, grpo = rows
     assert sft["stage"] == "warmup" and sft["learner/loss"] > 0 and sft["learner/skipped"] == 0
     assert grpo["stage"] == "grounding" and grpo["learner/skipped"] == 0
-    assert grpo["batch/adapter_version_max"] == 0 and grpo["adapter_version"] == 1  # sampled by v0, pushed v1
+    # the SFT stage's adapter went out as v1 and sampled the GRPO groups (a hot-load into vLLM); the GRPO
+    # step's adapter went out as v2 and sampled the final evaluation
+    assert sft["adapter_version"] == 1 and grpo["batch/adapter_version_min"] == grpo["batch/adapter_version_max"] == 1
+    assert grpo["adapter_version"] == 2
     final_eval = read_metrics(run_dir / "metrics.jsonl")[-1]
     assert "eval/A@0.5" in final_eval
 
@@ -131,7 +134,7 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
         shutil.rmtree(tmp, ignore_errors=True)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["adapter_version"] == 1 and info["adapter"]["version"] == 1 and info["adapter"]["origin"] == "start"
+    assert body["adapter_version"] == 2 and info["adapter"]["version"] == 2 and info["adapter"]["origin"] == "start"
     assert (body["image"]["width"], body["image"]["height"]) == (300, 170)
     width, height = body["model_input"]["width"], body["model_input"]["height"]
     assert width % 28 == 0 and height % 28 == 0 and body["text"] is not None
