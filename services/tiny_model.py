@@ -160,13 +160,15 @@ def _processor(family: Family, tokenizer: Any, min_pixels: int, max_pixels: int)
     spec = FAMILIES[family]
     kw: dict[str, Any] = dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
                               patch_size=spec.patch_size, merge_size=spec.merge_size, temporal_patch_size=2)
-    if family == "qwen3_vl":
-        kw.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-        return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
-                                video_processor=Qwen3VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
-    cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
-               video_processor=Qwen2VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
+    match family:
+        case "qwen3_vl":
+            kw.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+            return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                                    video_processor=Qwen3VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
+        case "qwen2_5_vl" | "qwen2_vl":
+            cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
+            return cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                       video_processor=Qwen2VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
 
 
 def resolve_shape(family: Family = "qwen2_5_vl", size: Size = "tiny", shape: RealShape | None = None,
