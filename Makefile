@@ -8,7 +8,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve gpu-check clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -51,8 +51,14 @@ bench-vs-trl: .venv/.bench
 bench-serve: .venv/.ready
 	$(PY) -m bench.serve_load
 
+bench-shapes: .venv/.ready
+	$(PY) -m bench.shapes
+
 gpu-check:
 	bash tools/gpu_check.sh
+
+gpu-check-dry-run: .venv/.ready
+	PYTHON=$(PY) bash tools/gpu_check.sh --dry-run
 
 clean-runtime:
 	bash tools/clean_runtime.sh

@@ -14,9 +14,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SKIP = {"__init__", "__main__"}
-# Training studies (arms x seeds, 15 min to 2 h on 2 cores) and vs_trl (~10 min, needs the `bench` extra):
-# run by name or their make targets, not by --all.
-STUDIES = {"medloc_ablation", "mlae_vs_lora", "vrft_aug", "vs_trl"}
+# Training studies (arms x seeds, 15 min to 2 h on 2 cores), vs_trl (~10 min, needs the `bench` extra) and
+# shapes (real-width models, ~15 min and up to ~10 GB): run by name or their make targets, not by --all.
+STUDIES = {"medloc_ablation", "mlae_vs_lora", "vrft_aug", "vs_trl", "shapes"}
 
 
 def available() -> list[str]:

@@ -211,7 +211,7 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
         gradient_accumulation_steps=args.prompts * args.group_size // args.micro_batch,
         num_generations=args.group_size, max_completion_length=args.tokens,
         temperature=cfg.rollout.sampling.temperature, top_p=cfg.rollout.sampling.top_p,
-        generation_kwargs=equal_length_kwargs(args.tokens, vision_token_ids(processor.tokenizer), use_vllm),
+        generation_kwargs=equal_length_kwargs(args.tokens, vision_token_ids(processor.tokenizer, processor.family), use_vllm),
         use_vllm=use_vllm, vllm_mode="colocate", vllm_max_model_length=cfg.rollout.max_model_len,
         beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,

@@ -5,7 +5,7 @@ A ``TrainSample`` is one completion (GRPO) or one reference answer (SFT) with it
 services/ builds them from rollout groups; ``collate`` pads a list of them into the tensors a Qwen-VL
 forward pass takes, plus the masks the loss needs. Shapes: B samples, L = longest prompt + completion,
 T = L - 1 next-token positions (position t predicts token t + 1), P image patches, D = 3 * 2 * 14 * 14
-patch features for Qwen2/2.5-VL.
+patch features for Qwen2/2.5-VL (3 * 2 * 16 * 16 for Qwen3-VL).
 """
 
 from __future__ import annotations

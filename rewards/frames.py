@@ -1,7 +1,8 @@
 """Coordinate frames: where a box's numbers live, and the one conversion between them.
 
 Ground truth is stored in pixels of the stored image (the *original* frame). The model sees a resized
-image (Qwen2/2.5-VL `smart_resize`) and answers in its family's convention:
+image (Qwen-VL `smart_resize`: sides multiples of the family's cell, 28 px for Qwen2/2.5-VL and 32 px for
+Qwen3-VL) and answers in its family's convention:
 
 - `input_pixels` (Qwen2.5-VL): absolute pixels of the resized input, x in [0, input_width].
 - `norm1000` (Qwen2-VL, Qwen3-VL): 0..1000 units of the image, whatever its size.
@@ -19,7 +20,8 @@ from typing import Literal
 Box = tuple[float, float, float, float]
 Convention = Literal["input_pixels", "norm1000"]
 
-# Qwen2/2.5-VL image processor defaults: 14 px patches merged 2x2, so sides are multiples of 28.
+# Qwen2/2.5-VL image processor defaults: 14 px patches merged 2x2, so sides are multiples of 28
+# (Qwen3-VL: 16 px patches, factor 32; rollout's family registry passes the factor of the model's family).
 QWEN_FACTOR = 28
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 14 * 14 * 4 * 1280
@@ -33,7 +35,7 @@ def smart_resize(
     min_pixels: int = QWEN_MIN_PIXELS,
     max_pixels: int = QWEN_MAX_PIXELS,
 ) -> tuple[int, int]:
-    """The (height, width) Qwen2/2.5-VL resize an image to: sides multiples of `factor`, area in budget.
+    """The (height, width) Qwen-VL resize an image to: sides multiples of `factor`, area in budget.
 
     Same arithmetic as transformers' `qwen2_vl.image_processing_qwen2_vl.smart_resize` (a unit test checks
     it on random sizes), so the reward side knows the input frame without importing transformers.
@@ -75,7 +77,8 @@ class ImageFrame:
 
     @classmethod
     def for_image(cls, width: int, height: int, convention: Convention, **resize: int) -> ImageFrame:
-        """The frame Qwen-VL sees for a `width` x `height` image; `resize` overrides smart_resize's budget."""
+        """The frame Qwen-VL sees for a `width` x `height` image; `resize` overrides smart_resize's budget
+        and factor (`factor=32` for Qwen3-VL)."""
         in_h, in_w = smart_resize(height, width, **resize)
         return cls(float(width), float(height), float(in_w), float(in_h), convention)
 

@@ -58,7 +58,8 @@ class RolloutGroup:
 
     - `prompt_token_ids`: int64 (P,), the prompt as the processor expanded it (image pads included);
       the engine saw exactly these ids (checked per call by the vLLM engine).
-    - `pixel_values`: float32 (num_patches, 3 * 2 * 14 * 14); `image_grid_thw`: int64 (1, 3);
+    - `pixel_values`: float32 (num_patches, 3 * 2 * patch * patch; patch 14 or 16 by family);
+      `image_grid_thw`: int64 (1, 3);
       `mm_token_type_ids`: int64 (P,), 1 on image tokens (extend with zeros over completion tokens).
     - `injected_knowledge`: the prior-knowledge text put in the prompt (recitation reward), or None.
     - `adapter_version`: the LoRA adapter version that sampled the group (0: the base model).

@@ -9,6 +9,7 @@ from typing import Any
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import Completion, FinishReason
 from rollout.engines import AdapterSpec, vision_token_ids
+from rollout.images import family_of
 from rollout.processing import PreparedPrompt
 
 
@@ -28,7 +29,7 @@ class HfEngine:
         self.base.eval()  # type: ignore[no-untyped-call]
         self.model: Any = self.base
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.bad_words = [[i] for i in vision_token_ids(self.tokenizer)]
+        self.bad_words = [[i] for i in vision_token_ids(self.tokenizer, family_of(model_dir))]
         eos = self.base.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = self.base.generation_config.pad_token_id

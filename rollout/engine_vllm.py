@@ -10,6 +10,7 @@ from typing import Any
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import Completion
 from rollout.engines import AdapterSpec, vision_token_ids
+from rollout.images import family_of
 from rollout.processing import PreparedPrompt, image_size_kwargs
 
 _SUPPRESS = -100.0  # logit bias for vision tokens: exp(-100) is zero in float32 after softmax
@@ -42,7 +43,7 @@ class VllmEngine:
 
             envs.disable_envs_cache()
         self.tokenizer = self.llm.get_tokenizer()
-        self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer)}
+        self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer, family_of(model_dir))}
         self.adapter_version = 0
         self._lora: Any = None  # the live vllm LoRARequest, or None for the base model
 

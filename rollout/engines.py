@@ -21,11 +21,11 @@ import numpy as np
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import Completion
+from rollout.images import FAMILIES, VISION_TOKENS, Family
 from rollout.processing import PreparedPrompt
 
-# Model-side vision tokens: a random or young policy can emit them and they break the learner's next
-# forward pass (ENVIRONMENT.md), so both engines forbid them.
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "AdapterTensors", "RolloutEngine", "make_engine",
+           "vision_token_ids", "write_adapter_dir"]
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,15 @@ class RolloutEngine(Protocol):
         ...
 
 
-def vision_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of the vision special tokens in `tokenizer`; a tokenizer lacking them is not a Qwen-VL one."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
-    unknown = [t for t, i in zip(VISION_TOKENS, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
+def vision_token_ids(tokenizer: Any, family: Family) -> list[int]:
+    """Ids of the family's vision special tokens in `tokenizer` (a random or young policy can emit them and
+    they break the learner's next forward pass, so both engines forbid them); a tokenizer lacking them is
+    not a Qwen-VL one."""
+    tokens = FAMILIES[family].vision_tokens
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+    unknown = [t for t, i in zip(tokens, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
     if unknown:
-        raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5-VL models only")
+        raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5/3-VL models only")
     return [int(i) for i in ids]
 
 

@@ -20,7 +20,8 @@ from rollout.prompts import Prompt
 @dataclass(frozen=True, eq=False)
 class PreparedPrompt:
     """A prompt ready for an engine. Shapes: `prompt_token_ids` int64 (P,), `pixel_values` float32
-    (num_patches, 1176), `image_grid_thw` int64 (1, 3), `mm_token_type_ids` int64 (P,)."""
+    (num_patches, 3 * 2 * patch * patch: 1176 for Qwen2/2.5-VL, 1536 for Qwen3-VL), `image_grid_thw`
+    int64 (1, 3), `mm_token_type_ids` int64 (P,)."""
 
     prompt: Prompt
     chat_text: str

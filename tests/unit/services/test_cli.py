@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from services.cli import app
 
 runner = CliRunner()
-COMMANDS = ["train", "eval", "serve", "scale", "status", "data", "init-model", "validate-config", "submit"]
+COMMANDS = ["train", "eval", "serve", "scale", "status", "data", "init-model", "validate-config", "submit",
+            "export"]
 
 
 def test_help_lists_every_command() -> None:
