@@ -21,6 +21,7 @@ from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.engines import stop_token_ids, vision_token_ids
 from rollout.images import ImageFrame as RolloutFrame
+from rollout.images import family_of
 from rollout.processing import PreparedPrompt
 from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
@@ -65,7 +66,8 @@ def _image_inputs(group: RolloutGroup | PreparedPrompt) -> dict[str, Any]:
 def sampling_spec(sampling: SamplingConfig, model_dir: str | Path, tokenizer: Any) -> SamplingSpec:
     """The rollout engines' sampling distribution as the learner recomputes it: temperature, the vision
     tokens both engines suppress, and the end tokens `min_new_tokens` forbids."""
-    return SamplingSpec(temperature=sampling.temperature, suppressed_token_ids=tuple(vision_token_ids(tokenizer)),
+    suppressed = tuple(vision_token_ids(tokenizer, family_of(model_dir)))
+    return SamplingSpec(temperature=sampling.temperature, suppressed_token_ids=suppressed,
                         min_new_tokens=sampling.min_new_tokens, eos_token_ids=stop_token_ids(model_dir, tokenizer))
 
 

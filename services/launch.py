@@ -160,7 +160,7 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     finally:
         pool.shutdown()
     metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records),
-               **evaluation.report(predictions)}
+               **evaluation.report(predictions, cfg.reward.label_match)}
     path = evaluation.write_predictions(predictions, run_dir / "eval" / f"cli-{label}.jsonl")
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics, path

@@ -417,7 +417,7 @@ def _apply_control(h: RunHandles) -> None:
 
 def _evaluate(h: RunHandles, step: int) -> dict[str, Any]:
     preds = evaluation.predict(h.pool, h.manifest, h.eval_records, h.cfg.rollout.sampling.max_new_tokens)
-    row = evaluation.report(preds)
+    row = evaluation.report(preds, h.cfg.reward.label_match)
     evaluation.write_predictions(preds, h.run_dir / "eval" / f"step-{step}.jsonl")
     if h.cfg.eval.overlays:
         evaluation.write_overlays(preds, h.manifest, h.run_dir / "samples" / f"step-{step}", h.cfg.eval.overlays)

@@ -28,7 +28,6 @@ from services.data.medimage import (
     MedicalImage,
     MedicalImageError,
     fallback_window,
-    linear_window,
     to_uint8,
 )
 
@@ -222,8 +221,8 @@ def _voi(values: NDArray[Any], ds: Any, name: str) -> tuple[NDArray[np.float64],
             raise MedicalImageError(f"{name}: the window in (0028,1050)/(0028,1051)/(0028,1056) cannot be "
                                     f"applied ({exc}); {_FIX_HEADER}, or pass a window") from None
         return np.clip((out - y_min) / (y_max - y_min), 0.0, 1.0), (center, width)
-    window = fallback_window(values)
-    return linear_window(values, *window), window
+    unit, window = fallback_window(values)
+    return unit, window
 
 
 def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, frame: int = 0,

@@ -72,11 +72,16 @@ def linear_window(values: NDArray[Any], center: float, width: float) -> NDArray[
     return np.asarray(np.where(values <= low, 0.0, np.where(values > high, 1.0, scaled)), dtype=np.float64)
 
 
-def fallback_window(values: NDArray[Any]) -> tuple[float, float]:
-    """(center, width) spanning the 0.5-99.5 percentiles of `values`: the window of any grey image deeper
-    than 8 bits that carries none (DICOM without VOI, 16-bit PNG), so both look alike."""
-    low, high = (float(q) for q in np.percentile(np.asarray(values, dtype=np.float64), FALLBACK_PERCENTILES))
-    return (low + high) / 2, max(high - low, 1.0)
+def fallback_window(values: NDArray[Any]) -> tuple[NDArray[np.float64], tuple[float, float]]:
+    """The window of any grey image deeper than 8 bits that carries none (DICOM without VOI, 16-bit PNG),
+    so both look alike: the 0.5-99.5 percentiles of `values` stretched linearly onto [0, 1]. Returns the
+    unit image and the window as (center, width). Not DICOM's LINEAR function: its width >= 1 rule is for
+    windows stored in files, and a modality range narrower than 1 (a small rescale slope) must still span
+    the display; a constant image maps to 0."""
+    v = np.asarray(values, dtype=np.float64)
+    low, high = (float(q) for q in np.percentile(v, FALLBACK_PERCENTILES))
+    unit = np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(v)
+    return unit, ((low + high) / 2, high - low)
 
 
 def to_uint8(unit: NDArray[Any]) -> NDArray[np.uint8]:
@@ -156,9 +161,8 @@ def _read_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str,
     mode = image.mode
     window: tuple[float, float] | None = None
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        window = fallback_window(values)
-        pixels = to_uint8(linear_window(values, *window))
+        unit, window = fallback_window(np.asarray(image, dtype=np.float64))
+        pixels = to_uint8(unit)
     elif mode in ("1", "L", "LA"):
         pixels = np.asarray(image.convert("L"), dtype=np.uint8)
     elif mode in ("P", "PA"):  # indices into a palette: show the palette's colours

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from services.data.medimage import MedicalImageError, linear_window
+from services.data.medimage import MedicalImageError, fallback_window, linear_window
 
 # NRRD `space` values -> sign flips that take that space's coordinates to RAS.
 _NRRD_TO_RAS = {
@@ -96,10 +96,11 @@ def read_volume(path: str | Path) -> Volume:
 
 
 def to_uint8(slice_: NDArray[Any], window: tuple[float, float] | None) -> tuple[NDArray[np.uint8], tuple[float, float]]:
-    """Window a slice (given window, else 0.5-99.5 percentiles) to 8-bit; returns pixels and the window."""
+    """Window a slice (the given window, else the reader's fallback window) to 8-bit; returns pixels and
+    the window."""
     values = np.asarray(slice_, dtype=np.float64)
     if window is None:
-        low, high = (float(q) for q in np.percentile(values, [0.5, 99.5]))
-        window = ((low + high) / 2, max(high - low, 1.0))
-    unit = linear_window(values, *window)
+        unit, window = fallback_window(values)
+    else:
+        unit = linear_window(values, *window)
     return np.asarray(np.round(unit * 255.0), dtype=np.uint8), window
