@@ -53,6 +53,11 @@ class RolloutConfig(_Strict):
                           "worker, but binds that process's threads to cores: use it in dedicated processes "
                           "such as worker actors); false runs it in a child process (overlaps scheduling on GPUs).")
     max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die mid-call.")
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner: 0 generates each batch with "
+        "the adapter just pushed (synchronous); 1 generates the next batch with adapter v while the learner takes "
+        "its step (overlapped generation; the ratio is then taken against v). Steps that evaluate or checkpoint "
+        "drain the pipeline, so resume stays exact.")
     gpu_memory_utilization: float = Field(
         0.85, gt=0.0, le=1.0, description="Fraction of each GPU's memory vLLM may take (ignored on CPU, where "
                                           "kv_cache_gib sizes the cache); lower it when learners share GPUs.")

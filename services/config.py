@@ -35,6 +35,10 @@ class ModelConfig(_Strict):
         "(checked when a run starts): qwen2_5_vl answers in input pixels (28 px cells), qwen2_vl in 0..1000 "
         "(28 px cells), qwen3_vl in 0..1000 (32 px cells). `medground init-model` builds this family when "
         "the path holds no model yet.")
+    base: str | None = Field(
+        None, description="A base recipe (deploy/configs/bases/*.yaml, services/pretrain.py): `model.path` is then "
+        "the pretrained CPU base that recipe builds -- built when the path is missing or was built from another "
+        "recipe, reused otherwise. None: model.path is used as it is (or a random small model is built there).")
 
 
 class DataConfig(_Strict):

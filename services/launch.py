@@ -74,13 +74,22 @@ DEMO_CONFIG = Path("deploy/configs/demo.yaml")
 
 
 def ensure_inputs(cfg: RunConfig, preset: str, **knobs: Any) -> None:
-    """Build the small random model and write the synthetic data set (preset `preset`, seed 0) that `cfg`
-    names, each only when missing: what `make demo` and the benches need on a fresh machine."""
+    """Build the model and write the synthetic data set (preset `preset`, seed 0) that `cfg` names, each only
+    when missing: what `make demo` and the benches need on a fresh machine. With `model.base`, the model is
+    that recipe's pretrained base (rebuilt when the directory was built from another recipe); otherwise a
+    random small model."""
     from services.data.synth import make_spec, write_dataset
     from services.tiny_model import build_model_dir
 
     model = Path(cfg.model.path)
-    if not (model / "config.json").is_file():
+    if cfg.model.base is not None:
+        from services.pretrain import build_base, is_built, load_recipe
+
+        recipe = load_recipe(cfg.model.base)
+        if not is_built(recipe, model):
+            print(f"building the pretrained base {cfg.model.base} into {model} (once; cached by its recipe)")
+            build_base(recipe, model)
+    elif not (model / "config.json").is_file():
         print(f"building the small random model in {model}")
         build_model_dir(model, cfg.model.family, "small", seed=0, min_pixels=cfg.rollout.min_pixels,
                         max_pixels=cfg.rollout.max_pixels)
