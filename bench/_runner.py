@@ -21,7 +21,20 @@ from typing import Any
 
 import yaml
 
-from bench._arms import Arm, Row, Study, aggregate, arm_tree, markdown_table, summarise, tree_key, warm_tree
+from bench._arms import (
+    Arm,
+    Row,
+    Study,
+    aggregate,
+    arm_tree,
+    markdown_table,
+    seed_overrides,
+    summarise,
+    training_seconds,
+    tree_key,
+    warm_tree,
+)
+from services.config import apply_overrides
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench"
@@ -95,6 +108,49 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
     return cache[key]
 
 
+def _evaluate_model(base: Row, study: Study, seed: int) -> Row:
+    """The held-out metrics of the model itself (no adapter): the starting point of a study without warm
+    stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool)."""
+    from rollout.knowledge import load_knowledge
+    from services import evaluation
+    from services.config import RunConfig
+    from services.data.manifest import load_manifest
+    from services.rollout_pool import RolloutPool
+
+    cfg = RunConfig.model_validate(apply_overrides(base, [*study.common, *seed_overrides(seed)]))
+    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
+    records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
+    pool = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
+    try:
+        pool.wait_ready()
+        report = evaluation.report(evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens),
+                                   cfg.reward.label_match)
+    finally:
+        pool.shutdown()
+    return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0, "sft_steps": 0,
+            "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
+            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []}, "step_s_median": None}
+
+
+def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Row) -> tuple[Row, Row]:
+    """Give an SFT arm the training seconds its matched arm took: steps = seconds / (SFT seconds per step),
+    the latter measured once per study by a short run of the same stage (its first step, which pays for
+    start-up effects, left out)."""
+    from services.metrics import read_metrics
+
+    if not calibration:
+        probe = apply_overrides(tree, ["stages.0.steps=9", "eval.every=0", "eval.max_samples=1",
+                                       "checkpoint.every=0", "eval.overlays=0"])
+        run_dir = RUNS / study.name / f"{arm.name}-calibration"
+        _train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)
+        steps = [r["time/step_s"] - r.get("time/eval_s", 0.0)
+                 for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
+        calibration = {"sft_step_s": sorted(steps)[len(steps) // 2], "steps_measured": len(steps)}
+    steps = max(1, round(matched["train_s"] / calibration["sft_step_s"]))
+    log.info("arm %s: %d SFT steps in the %.0f s %s trained", arm.name, steps, matched["train_s"], arm.equal_time_as)
+    return apply_overrides(tree, [f"stages.0.steps={steps}"]), calibration
+
+
 def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
               prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
     """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
@@ -109,23 +165,32 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
 
     cache: dict[str, tuple[Path, Row]] = {}
     per_arm: dict[str, list[Row]] = {a.name: [] for a in study.arms}
+    calibration: Row = {}
     try:
         for seed in study.seeds:
             for arm in study.arms:
-                ckpt, warm = _warm(base, study, arm, seed, cache)
+                if study.warm_stages:
+                    ckpt, warm = _warm(base, study, arm, seed, cache)
+                    start: str | None = str(ckpt.resolve())
+                else:  # arms start from the (pretrained) model itself
+                    ckpt, warm, start = None, {"wall_s": 0.0}, None
                 if not arm.train:
-                    row = {**warm, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
-                    if study.extra is not None:
+                    row = warm if study.warm_stages else _evaluate_model(base, study, seed)
+                    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
+                    if study.extra is not None and ckpt is not None:
                         row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
                     per_arm[arm.name].append(row)
                     continue
-                tree = arm_tree(base, study, arm, seed, str(ckpt.resolve()))
+                tree = arm_tree(base, study, arm, seed, start)
+                if arm.equal_time_as is not None:
+                    tree, calibration = _equal_time(tree, study, arm, per_arm[arm.equal_time_as][-1], calibration)
                 run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
                 tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
                 log.info("arm %s seed %d", arm.name, seed)
                 wall = _train(tree, run_dir)
-                summary = summarise(read_metrics(run_dir / "metrics.jsonl"), study.metrics)
-                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"])
+                rows = read_metrics(run_dir / "metrics.jsonl")
+                summary = summarise(rows, study.metrics)
+                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows))
                 if study.extra is not None:
                     summary["extra"] = study.extra(run_dir)
                 per_arm[arm.name].append(summary)
@@ -143,6 +208,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                  for a in study.arms],
         "aggregate": aggregates, "runs": per_arm,
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
+        "equal_time_calibration": calibration,
         **machine_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     RESULTS.mkdir(exist_ok=True)
