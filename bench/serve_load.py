@@ -100,7 +100,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
             num_replicas=1, autoscaling_config=None,
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1},
             user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "watch_interval_s": 0})
         started = time.perf_counter()
         serve.run(deployment.bind({"model_path": str(model), "max_new_tokens": args.max_new_tokens}),

@@ -118,7 +118,7 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1},
             user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "watch_interval_s": 0.0})
         serve.run(deployment.bind({"run_dir": str(run_dir), "max_new_tokens": 24}), name="real-width",
                   route_prefix="/")

@@ -39,7 +39,9 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def vllm_core(tiny_model_dir: Path, knowledge: KnowledgeBase) -> Iterator[RolloutWorkerCore]:
-    core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), knowledge)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # a shell default must not mask rollout.kv_cache_gib
+        core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), knowledge)
     yield core
     core.close()
 
@@ -79,6 +81,11 @@ def test_vllm_samples_groups_of_g_with_logprobs(vllm_core: RolloutWorkerCore) ->
         assert group.injected_knowledge is not None and "nodule on chest x-ray" in group.injected_knowledge
         prompt_text = vllm_core.processor.tokenizer.decode(group.prompt_token_ids)
         assert "Prior knowledge: " + group.injected_knowledge in prompt_text
+
+
+def test_kv_cache_size_is_the_configs(vllm_core: RolloutWorkerCore) -> None:
+    cache = vllm_core.engine.llm.llm_engine.vllm_config.cache_config  # type: ignore[attr-defined]
+    assert cache.kv_cache_memory_bytes == CONFIG.kv_cache_gib * 2**30, "rollout.kv_cache_gib was ignored"
 
 
 def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerCore, adapter_dir: Path) -> None:

@@ -63,8 +63,7 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {
-                "MEDGROUND_SERVE_TOKEN": TOKEN, "VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"MEDGROUND_SERVE_TOKEN": TOKEN}}},
             user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "watch_interval_s": 1.0})
         serve.run(deployment.bind({"run_dir": str(run_dir), "limits": {"max_upload_bytes": MAX_UPLOAD}}),
                   name="medground", route_prefix="/")
