@@ -30,7 +30,7 @@ from rewards import (
     RewardConfig,
     RewardScorer,
     RewardTarget,
-    iou,
+    best_iou,
     parse_answer,
     to_original,
 )
@@ -68,7 +68,7 @@ def plain_scorer(groups: list[tuple[list[str], RewardTarget]], tau: float, cfg: 
         for text in texts:
             parsed = parse_answer(text, "grounding", target.frame)
             box = None if parsed is None or parsed.box is None else to_original(parsed.box, target.frame)
-            v = 0.0 if box is None else max(iou(box, gt) for gt in target.boxes)
+            v = best_iou(box, target.boxes)
             fmt = 1.0 if parsed is not None and parsed.format_ok else 0.0
             acc = 1.0 if v >= tau else 0.0
             task = cfg.w_acc * acc + cfg.w_format * fmt

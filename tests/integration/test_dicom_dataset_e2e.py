@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 from dicom_files import dataset, palette, write
-from local_cluster import free_port
 from PIL import Image
 from typer.testing import CliRunner
 
+from learner.engine import free_port
 from services.cli import app
 from services.data import load_manifest
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_cluster import free_port
 from serve_fixtures import png_bytes
 
+from learner.engine import free_port
 from rollout.images import FAMILIES
 from services.config import RunConfig
 from services.metrics import read_metrics

@@ -15,7 +15,7 @@ from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
-from services.rollout_pool import RolloutPool, contiguous_shards
+from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # two workers must fit the 2-CPU test Ray beside other actors
@@ -26,13 +26,6 @@ GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("pool-adapters") / "v1")
-
-
-def test_contiguous_shards() -> None:
-    # 5 over 2: sizes 3 and 2; 2 over 3: two shards of one, the empty third dropped
-    assert contiguous_shards(5, 2) == [range(0, 3), range(3, 5)]
-    assert contiguous_shards(2, 3) == [range(0, 1), range(1, 2)]
-    assert contiguous_shards(0, 2) == []
 
 
 def _pids(pool: RolloutPool) -> set[int]:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from dicom_files import real_world_variants
-from local_cluster import free_port
 from rollout_fixtures import make_lora_adapter
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
 import rewards
+from learner.engine import free_port
 
 pytestmark = pytest.mark.integration
 requests = pytest.importorskip("requests")
