@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from learner.export import LoraArtefact
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutRequest
 from rollout.core import RolloutWorkerCore
-from rollout.engines import AdapterTensors
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 
@@ -37,8 +37,8 @@ def _requests(count: int) -> list[RolloutRequest]:
             for i in range(count)]
 
 
-def _adapter(model_dir: Path, version: int) -> AdapterTensors:
-    """A rank-8 LoRA on q/k/v/o with random non-zero B, as the learner would ship it (numpy tensors)."""
+def _adapter(model_dir: Path, version: int) -> LoraArtefact:
+    """A rank-8 LoRA on q/k/v/o with random non-zero B, as the learner ships it (its LoraArtefact)."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForImageTextToText
@@ -50,12 +50,12 @@ def _adapter(model_dir: Path, version: int) -> AdapterTensors:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    tensors = {k: v.numpy() for k, v in get_peft_model_state_dict(model).items()}
+    tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     with tempfile.TemporaryDirectory() as tmp:  # PEFT's own serialisation of the config (key names included)
         model.save_pretrained(tmp)
         peft_config = json.loads((Path(tmp) / "adapter_config.json").read_text())
     # PEFT's saved keys drop the adapter name; get_peft_model_state_dict does the same
-    return AdapterTensors(version=version, tensors=tensors, peft_config=peft_config)
+    return LoraArtefact(version=version, tensors=tensors, peft_config=peft_config)
 
 
 def _throughput(core: RolloutWorkerCore, requests: list[RolloutRequest], group: int,

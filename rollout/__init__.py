@@ -6,12 +6,12 @@ modules (`rollout.core.RolloutWorkerCore`, `rollout.worker.RolloutWorker`).
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import Completion, RolloutGroup, RolloutRequest
-from rollout.engines import AdapterSpec, AdapterTensors
+from rollout.engines import AdapterSpec
 from rollout.images import ImageFrame
 from rollout.knowledge import KnowledgeBase, load_knowledge
 from rollout.prompts import Prompt, build_prompt
 
 __all__ = [
-    "AdapterSpec", "AdapterTensors", "Completion", "ImageFrame", "KnowledgeBase", "Prompt", "RolloutConfig",
+    "AdapterSpec", "Completion", "ImageFrame", "KnowledgeBase", "Prompt", "RolloutConfig",
     "RolloutGroup", "RolloutRequest", "SamplingConfig", "build_prompt", "load_knowledge",
 ]

@@ -49,7 +49,7 @@ class RolloutPool:
         self._adapter_ref: ray.ObjectRef[Any] | None = None  # None: the base model
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
-        self.replaced = 0  # workers replaced after dying mid-call (a metric)
+        self.replaced = 0  # workers replaced after dying mid-call (tests read it: the death landed mid-call)
         self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
         self.resize(config.num_workers if num_workers is None else num_workers)
 

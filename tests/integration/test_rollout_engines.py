@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rollout_fixtures import KNOWLEDGE_YAML, adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import KNOWLEDGE_YAML, adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
@@ -90,14 +90,14 @@ def test_kv_cache_size_is_the_configs(vllm_core: RolloutWorkerCore) -> None:
 
 def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerCore, adapter_dir: Path) -> None:
     base = _greedy_tokens(vllm_core)
-    assert vllm_core.load_adapter(adapter_tensors(adapter_dir, version=1)) == 1
+    assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=1)) == 1
     adapted = vllm_core.generate(requests(2), n=1, sampling=GREEDY)
     assert all(g.adapter_version == 1 for g in adapted)
     assert [g.completions[0].token_ids for g in adapted] != base
     assert vllm_core.load_adapter(None) == 0
     assert _greedy_tokens(vllm_core) == base
     # a second non-zero version replaces the first under a new LoRA id
-    assert vllm_core.load_adapter(adapter_tensors(adapter_dir, version=2)) == 2
+    assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=2)) == 2
     assert [g.completions[0].token_ids for g in vllm_core.generate(requests(2), n=1, sampling=GREEDY)] == \
         [g.completions[0].token_ids for g in adapted]
     vllm_core.load_adapter(AdapterSpec(0, None))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
@@ -36,7 +36,7 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
     pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}))
     try:
         pool.wait_ready()
-        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
         victim = ray.get(pool.handles()[0].pid.remote())
         reqs = requests(16)
         out: list[list[RolloutGroup]] = []
@@ -63,7 +63,7 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
 def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
     pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), num_workers=1)
     try:
-        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
         reqs = requests(4)
         alone = pool.generate(reqs, n=2, sampling=GREEDY)
         pool.resize(2)
