@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from driver_fakes import LocalReward, QueueControl, RecordingLearner, ScriptedPool, box_answer, handles, write_records
+from driver_fakes import (
+    LocalReward,
+    QueueControl,
+    RecordingLearner,
+    ScriptedPool,
+    box_answer,
+    handles,
+    write_records,
+)
 
 from services import train_loop
 from services.config import RunConfig
