@@ -37,11 +37,16 @@ def main() -> int:
         args.out.write_text(json.dumps({
             "committed": str(args.committed), "fresh": str(args.fresh), "abs_tol": args.abs_tol, "keys": list(KEYS),
             "verdict": verdict, "mismatches": bad,
-            "fresh_wall_s_total": new.get("wall_s_total"),
-            # the machine record (bench/_machine.py); results written before it kept the load at the top level
-            "fresh_load_before": new.get("machine", {}).get("load_before", new.get("loadavg_1_5_15")),
+            "fresh_wall_s_total": new.get("wall_s_total"), "fresh_load_before": _load_before(new),
         }, indent=1) + "\n")
     return 1 if bad else 0
+
+
+def _load_before(result: dict[str, object]) -> object:
+    """The load average at a study's start: in its machine record (bench/_machine.py), or at the top level
+    in results written before that record existed (where `machine` was a one-line string)."""
+    record = result.get("machine")
+    return record.get("load_before") if isinstance(record, dict) else result.get("loadavg_1_5_15")
 
 
 if __name__ == "__main__":

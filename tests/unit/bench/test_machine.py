@@ -31,3 +31,10 @@ def test_results_paths() -> None:
     assert machine.results_path("learner") == machine.RESULTS / "learner.json"
     assert machine.results_path("learner", gpu=True).name == "learner_gpu.json"
     assert machine.results_path("study", suffix=".md").name == "study.md"
+
+
+def test_check_reads_the_load_of_either_schema() -> None:
+    from bench.check import _load_before
+
+    assert _load_before({"machine": {"load_before": [1.0, 2.0, 3.0]}}) == [1.0, 2.0, 3.0]
+    assert _load_before({"machine": "x86_64, 2 CPUs", "loadavg_1_5_15": [0.5, 0.4, 0.3]}) == [0.5, 0.4, 0.3]
