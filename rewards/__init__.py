@@ -1,5 +1,12 @@
 """rewards: pure scoring for medground (boxes, frames, parsing, reward terms, the MedLoc-R1 schedule).
 
+boxes.py (IoU, best IoU over several truths, clipping, the box of a mask), frames.py (coordinate frames and
+the one conversion to original pixels), parse.py (model text -> box, label or grade), terms.py (recitation
+BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), schedule.py (the MedLoc-R1
+threshold schedule), scorer.py (RewardScorer: scoring plus the schedule's state), config.py (RewardConfig,
+ScheduleConfig), trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
+that imports ray). The maths and its sources: docs/algorithms.md.
+
 Usable on its own, for example as a plain reward function:
 
 >>> from rewards import ImageFrame, RewardConfig, RewardScorer, RewardTarget

@@ -2,7 +2,7 @@
 
 Boxes come from the lesion's geometry, never from thresholding the noisy rendering, so a box does not move
 with contrast or noise: the analytic extent for round lesions and blobs, the support mask for effusion and
-pneumothorax (research/data.md section 3.2).
+pneumothorax (the box a segmentation mask of the finding would give).
 """
 
 from __future__ import annotations
