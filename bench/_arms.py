@@ -53,8 +53,9 @@ class Study:
 
 
 def seed_overrides(seed: int) -> list[str]:
-    """One seed drives data order, sampling, adapter init, masks and the engine's own seed."""
-    return [f"seed={seed}", f"learner.seed={seed}", f"learner.mlae.seed={seed}", f"rollout.seed={seed}"]
+    """One seed drives data order, sampling, adapter init, masks and the engine's own seed (the run config
+    derives learner.seed, learner.mlae.seed and rollout.seed from `seed`)."""
+    return [f"seed={seed}"]
 
 
 def _select_stages(tree: Row, names: Sequence[str]) -> Row:

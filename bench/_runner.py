@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from bench import _machine as machine
 from bench._arms import (
     Arm,
     Row,
@@ -35,21 +35,10 @@ from bench._arms import (
     warm_tree,
 )
 from services.config import apply_overrides
+from services.data.records import SIZE_BUCKETS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench"
 log = logging.getLogger("bench")
-
-
-def _machine() -> Row:
-    """The machine and how busy it was before the study started (the study itself keeps ~2 cores busy, so
-    only the load at the start tells whether other work shared the machine)."""
-    load = os.getloadavg()
-    busy = load[0] >= 1.0
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only (no GPU)",
-            "shared": (f"other work was running at the start (1-min load {load[0]:.2f}); wall times are upper bounds"
-                       if busy else f"quiet at the start (1-min load {load[0]:.2f})"),
-            "loadavg_1_5_15": [round(x, 2) for x in load]}
 
 
 def _start_ray() -> str:
@@ -79,8 +68,11 @@ def _train(tree: Row, run_dir: Path) -> float:
 
 
 def _checkpoint_of(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts and (run_dir / "resolved_config.json").is_file() else None
+    """The run's latest complete checkpoint (services.checkpointing), None when it has none."""
+    from services.checkpointing import list_checkpoints
+
+    done = list_checkpoints(run_dir) if (run_dir / "resolved_config.json").is_file() else []
+    return done[-1] if done else None
 
 
 def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[Path, Row]]) -> tuple[Path, Row]:
@@ -159,7 +151,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
     prepare(base)
-    started, machine_start = time.perf_counter(), _machine()
+    started, record = time.perf_counter(), machine.start()
     temp = _start_ray()
     import ray
 
@@ -209,18 +201,17 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         "aggregate": aggregates, "runs": per_arm,
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
         "equal_time_calibration": calibration,
-        **machine_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine.finish(record),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{out_stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    machine.write_json(result, machine.results_path(out_stem))
     table = markdown_table([(a.name, aggregates[a.name]) for a in study.arms], columns)
     md = [f"# {out_stem}", "", description, "", table, "",
           f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
-          f"on {machine_start['machine']}, {machine_start['shared']}. Deviations:", *[f"- {d}" for d in deviations], ""]
-    (RESULTS / f"{out_stem}.md").write_text("\n".join(md))
-    plot_study(result, RESULTS / out_stem)
+          f"on {machine.describe(record)}. Deviations:", *[f"- {d}" for d in deviations], ""]
+    machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
+    plot_study(result, machine.RESULTS / out_stem)
     print(table)
-    print(f"wrote {RESULTS / (out_stem + '.json')} ({total / 60:.1f} min)")
+    print(f"wrote {machine.results_path(out_stem)} ({total / 60:.1f} min)")
     return result
 
 
@@ -252,7 +243,7 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
-    buckets = ["all", "<0.5%", "0.5-2%", "2-10%", ">10%"]
+    buckets = ["all", *(name for name, _, _ in SIZE_BUCKETS)]
     aggs: dict[str, Row] = result["aggregate"]
     if any(f"eval/{b}/mIoU" in agg for agg in aggs.values() for b in buckets[1:]):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)

@@ -31,8 +31,10 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import random
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -53,10 +55,15 @@ _KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live versio
 
 
 def free_port() -> int:
-    """An unused TCP port on this host (for MASTER_PORT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    """An unused TCP port on this host in 20000-29999 (MASTER_PORT here; tests and benches use it for their
+    own Ray heads and Serve): above Ray's worker ports (10002-19999) and below the kernel's ephemeral range,
+    from which other clusters on a shared machine take their random ports."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.bind(("", port))
+            return port
 
 
 def deepspeed_config(cfg: LearnerConfig, world_size: int, bf16: bool) -> dict[str, Any]:

@@ -26,8 +26,9 @@ class VllmEngine:
     """
 
     def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
-        # Read by vLLM when the engine starts, so they must be set before LLM() (not at import).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        # Read by vLLM when the engine starts, so they must be set before LLM() (not at import). The config
+        # decides the CPU KV cache: a value already in the environment (a shell default) must not mask it.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
         previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.engine_in_process else "1"
         try:

@@ -13,13 +13,12 @@ from typing import Any
 
 from learner.batch import TrainSample
 from rewards.config import RewardConfig
-from rollout.images import convention_of, family_of
+from rollout.images import family_of
 from rollout.knowledge import load_knowledge
 from rollout.processing import PromptProcessor
-from rollout.prompts import build_prompt
 from services.config import RunConfig
 from services.control import ControlClient
-from services.convert import reference_answer, rollout_request, sampling_spec, sft_sample
+from services.convert import prepared_prompt, reference_answer, sampling_spec, sft_sample
 from services.data.manifest import load_manifest
 from services.data.records import Record
 from services.learner_group import LearnerGroup
@@ -46,9 +45,8 @@ def start_handles(cfg: RunConfig, run_dir: Path) -> RunHandles:
 
     def sft(record: Record) -> TrainSample:
         """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
-        prompt = build_prompt(rollout_request(record, manifest.image_path(record)), convention_of(processor.family),
-                              knowledge, cfg.rollout.inject_knowledge)
-        prepared = processor.prepare(prompt)
+        prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
+                                   cfg.rollout.inject_knowledge)
         return sft_sample(prepared, reference_answer(record, prepared.frame), processor.tokenizer)
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,

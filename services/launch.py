@@ -16,9 +16,11 @@ from typing import Any
 
 from services.config import ConfigError, RunConfig, load_config
 
-# What every Ray worker process of a local run needs (the cluster's job runtime_env sets the same).
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
+# The one CPU environment: what every process of a local run needs (the driver and each Ray worker); tests
+# and benchmarks import it, deploy/jobs/runtime_env_cpu.yaml sets the same on a cluster. The vLLM KV cache
+# is not here: the engine sets it from rollout.kv_cache_gib (docs/environment.md).
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def init_ray(address: str | None) -> None:

@@ -1,7 +1,7 @@
 """The driver's handle on the reward actor: scores batches and recreates the actor after a crash.
 
 The actor's state (the MedLoc-R1 window and tau) is read back after every call, so a replacement actor
-continues the schedule exactly where the dead one stopped (ALGORITHMS.md section 2, checkpointed state).
+continues the schedule exactly where the dead one stopped (docs/algorithms.md, "MedLoc-R1").
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ class RewardClient:
     def __init__(self, config: RewardConfig, state: dict[str, Any] | None = None) -> None:
         self.config = config
         self.state = state
-        self.restarts = 0
         self._actor = create_reward_actor(config, state)
 
     def score(self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int, progress: float,
@@ -35,7 +34,6 @@ class RewardClient:
             scored, state = self._call(groups, step, progress, under)
         except ray.exceptions.RayActorError as exc:
             log.warning("reward actor died (%s); recreating it from the state after the last batch", exc)
-            self.restarts += 1
             self._actor = create_reward_actor(self.config, self.state)
             scored, state = self._call(groups, step, progress, under)
         self.state = state
@@ -47,7 +45,3 @@ class RewardClient:
         state_ref = self._actor.state_dict.remote()  # actor calls run in order: the state after this batch
         scored, state = ray.get([scored_ref, state_ref])
         return scored, state
-
-    def kill(self) -> None:
-        """For tests and shutdown."""
-        ray.kill(self._actor)

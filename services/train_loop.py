@@ -394,6 +394,8 @@ class GroupSelection:
             "rollout/workers_serving": len(serving), "rollout/serving_serials": ",".join(map(str, serving)),
             "rollout/completions_per_s": len(completions) / gen_s,
             "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / gen_s,
+            "rollout/prompt_tokens": sum(len(g.prompt_token_ids) for g in self.seen),
+            "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
             "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
             / max(len(completions), 1),
             **{f"time/{k}_s": v for k, v in self.timer.seconds.items()}}  # when it was made, maybe overlapped

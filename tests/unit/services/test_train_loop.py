@@ -1,6 +1,6 @@
 """The driver's whole loop in-process, against the fakes of driver_fakes.py: stages, dynamic-sampling refills,
 evaluation cadence, adapter pushes, checkpoint and exact resume, a resize request, a reward crash.
-(The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop.py.)"""
+(The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop_e2e.py.)"""
 
 from __future__ import annotations
 
