@@ -61,7 +61,7 @@ from services.convert import reward_target, rollout_request
 from services.data.manifest import Manifest
 from services.data.records import Record
 from services.metrics import MetricsWriter, PhaseTimer
-from services.sampler import PromptSampler
+from services.sampler import PromptSampler, stage_sampler
 from services.seams import Control, Learner, Reward, Rollout
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,7 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
     for stage_index in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[stage_index]
-        sampler = PromptSampler(h.manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.task),
-                                seed=cfg.seed * 1000 + stage_index)
+        sampler = stage_sampler(h.manifest, cfg, stage_index)
         if stage.name in state.samplers:
             sampler.load_state_dict(state.samplers[stage.name])
         producer = None
