@@ -26,7 +26,11 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   is multiplied by ``world_size`` before backward.
 - A torch AdamW is passed in (DeepSpeed's own Adam JIT-compiles for minutes); ZeRO offload then needs
   ``zero_force_ds_cpu_optimizer: false``.
-- The first collective JIT-compiles a DeepSpeed op on CPU (~30 s once, cached in TORCH_EXTENSIONS_DIR).
+- On CPU, DeepSpeed's shared-memory all-reduce op is switched off before the process group starts: it
+  serves only DeepSpeed-Inference's ``inference_all_reduce`` (training collectives go through gloo), and
+  loading it JIT-compiles under a file lock that a process killed mid-load (a learner actor stopped by a
+  test, a fault, ``ray stop``) leaves behind, after which every later learner start waits on it forever
+  (torch's ``FileBaton`` has no timeout).
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ def _init_distributed(rank: int, world_size: int, backend: str) -> bool:
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
     os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each rank its own GPU, visible as device 0
+    if backend == "gloo":  # see the module docstring: the op is unused in training and its lock can go stale
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
                                rank=rank, world_size=world_size)
     return True

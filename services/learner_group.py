@@ -5,9 +5,7 @@ loss normalisation by global counts makes M shards equal to one batch), runs the
 once, and after each step rank 0 exports the adapter in LoRA form: ``export`` returns the object ref of
 that one object-store copy, which rollout workers load by reference (no per-parameter RPC).
 
-Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``). The first step on a fresh CPU
-machine waits ~30 s while DeepSpeed JIT-compiles its shared-memory comm op (cached under
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``).
 """
 
 from __future__ import annotations
