@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -55,15 +55,52 @@ def _start_ray() -> str:
     return temp
 
 
+class _SharedPool:
+    """Rollout workers kept up across a study's runs of one model and rollout config: a study is dozens of
+    short runs, and each would otherwise start its vLLM engines again (~25 s each on CPU). Every run begins
+    on the base model (adapter reset) and cannot shut the workers down; the study does, at its end."""
+
+    pools: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def shutdown(self) -> None:
+        """The study owns the workers (close_all)."""
+
+    @classmethod
+    def get(cls, cfg: Any) -> _SharedPool:
+        from rollout.knowledge import load_knowledge
+        from services.rollout_pool import RolloutPool
+
+        key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json")], sort_keys=True)
+        if key not in cls.pools:
+            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir))
+        pool = cls.pools[key]
+        pool.load_adapter(0, None)
+        return cls(pool)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for pool in cls.pools.values():
+            pool.shutdown()
+        cls.pools.clear()
+
+
 def _train(tree: Row, run_dir: Path) -> float:
-    """Validate and run one config tree into `run_dir` (replaced); returns its wall seconds."""
+    """Validate and run one config tree into `run_dir` (replaced) on the study's shared rollout workers;
+    returns its wall seconds."""
     from services import train_loop
     from services.config import RunConfig
+    from services.handles import start_handles
 
     cfg = RunConfig.model_validate(tree)
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.perf_counter()
-    train_loop.run(cfg, run_dir=run_dir)
+    train_loop.run(cfg, run_dir=run_dir, start=lambda c, d: start_handles(c, d, pool=_SharedPool.get(c)))
     return time.perf_counter() - t
 
 
@@ -103,22 +140,17 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
 def _evaluate_model(base: Row, study: Study, seed: int) -> Row:
     """The held-out metrics of the model itself (no adapter): the starting point of a study without warm
     stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool)."""
-    from rollout.knowledge import load_knowledge
     from services import evaluation
     from services.config import RunConfig
     from services.data.manifest import load_manifest
-    from services.rollout_pool import RolloutPool
 
     cfg = RunConfig.model_validate(apply_overrides(base, [*study.common, *seed_overrides(seed)]))
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
-    pool = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
-    try:
-        pool.wait_ready()
-        report = evaluation.report(evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens),
-                                   cfg.reward.label_match)
-    finally:
-        pool.shutdown()
+    pool = _SharedPool.get(cfg)  # on the base model
+    pool.wait_ready()
+    report = evaluation.report(evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens),
+                               cfg.reward.label_match)
     return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0, "sft_steps": 0,
             "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
             "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []}, "step_s_median": None}
@@ -188,6 +220,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                 per_arm[arm.name].append(summary)
                 log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
     finally:
+        _SharedPool.close_all()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
     total = time.perf_counter() - started

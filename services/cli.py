@@ -138,7 +138,7 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (o
 
 @app.command()
 def demo(overrides: Overrides = None) -> None:
-    """The main job: a short SFT + GRPO run on the small tiny model and synthetic phantoms."""
+    """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms."""
     from services.launch import demo as run_demo
 
     try:

@@ -25,19 +25,23 @@ from services.learner_group import LearnerGroup
 from services.metrics import MetricsWriter
 from services.reward_client import RewardClient
 from services.rollout_pool import RolloutPool
+from services.seams import Rollout
 from services.train_loop import RunHandles
 
 
-def start_handles(cfg: RunConfig, run_dir: Path) -> RunHandles:
+def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) -> RunHandles:
     """Start the cluster side of a run (the learner before the rollout workers: the learner's placement
-    group takes its CPUs first, so the workers never starve it) and return the handles."""
+    group takes its CPUs first, so the workers never starve it) and return the handles. `pool`: rollout
+    workers already up for this model and rollout config (benchmarks run many short runs on one pool; the
+    caller resets its adapter and owns its shutdown)."""
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
     processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
                                 cfg.rollout.max_pixels)
     control = ControlClient(cfg.name)
     learner = LearnerGroup(cfg.model.path, cfg.learner)
-    pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
+    if pool is None:
+        pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
     pool.wait_ready()
 
     def reward(config: RewardConfig, state: dict[str, Any] | None) -> RewardClient:

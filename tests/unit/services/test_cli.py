@@ -11,7 +11,7 @@ from services.cli import app
 
 runner = CliRunner()
 COMMANDS = {"train", "demo", "eval", "serve", "scale", "status", "data", "init-model", "validate-config", "submit",
-            "export"}
+            "export", "pretrain-base"}
 
 
 def test_the_registered_commands_are_the_documented_ones() -> None:
