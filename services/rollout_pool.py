@@ -152,8 +152,15 @@ class RolloutPool:
         return len(done)
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every worker has started and loaded the current adapter (errors propagate)."""
-        ray.get([w.ready for w in self._workers], timeout=timeout)
+        """Block until every worker has started and loaded the current adapter (errors propagate), for at most
+        `timeout` seconds (default rollout.start_timeout_s); then TimeoutError."""
+        limit = self.config.start_timeout_s if timeout is None else timeout
+        done, starting = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=limit)
+        ray.get(done)
+        if starting:
+            raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
+                               f"{limit:.0f} s; check that the cluster has room for them (rollout.cpus_per_worker / "
+                               f"gpus_per_worker) and read the workers' logs")
 
     def take_faults(self) -> dict[str, int]:
         """Faults since the last call, as metrics (`rollout/worker_timeouts`, ...; zeros included)."""

@@ -1,5 +1,5 @@
-"""Helpers of the fault tests: watch a process (busy, gone) and end every process of a throwaway Ray by an
-environment marker. Not collected (no test_ prefix)."""
+"""Helpers of the fault tests: watch a process (busy, gone) and end every process of a throwaway Ray found
+by an environment marker and ancestry. Not collected (no test_ prefix)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def gone(pid: int, timeout: float = 60.0) -> bool:
 
 
 def pids_with_env(marker: str) -> list[int]:
-    """Processes whose environment holds `marker` (e.g. "RAY_TMPDIR=/tmp/mg-x"): everything a throwaway Ray
-    started, agents and workers included, whatever they renamed themselves to."""
+    """Processes whose environment holds `marker` (e.g. "RAY_TMPDIR=/tmp/mg-x"): what a throwaway Ray's
+    driver started (GCS, raylet, workers). Ray's agents get an environment of their own: see process_tree."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
@@ -50,9 +50,28 @@ def pids_with_env(marker: str) -> list[int]:
     return found
 
 
-def kill_with_env(marker: str, grace: float = 10.0) -> list[int]:
-    """SIGCONT, SIGTERM, then SIGKILL every process with `marker` in its environment; returns those found."""
-    pids = pids_with_env(marker)
+def process_tree(marker: str) -> set[int]:
+    """`pids_with_env(marker)` and every process below them (the raylet's dashboard and runtime-env agents).
+    Take it while the Ray is up: an orphan loses its ancestry."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), pids_with_env(marker)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def kill_with_env(marker: str, also: set[int] | None = None, grace: float = 10.0) -> set[int]:
+    """SIGCONT, SIGTERM, then SIGKILL `process_tree(marker)` and the processes `also` (a tree taken earlier);
+    returns those found."""
+    pids = process_tree(marker) | (also or set())
     for sig in (signal.SIGCONT, signal.SIGTERM):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -60,7 +79,7 @@ def kill_with_env(marker: str, grace: float = 10.0) -> list[int]:
     deadline = time.monotonic() + grace
     while any(not gone(p, timeout=0) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for pid in pids_with_env(marker):
+    for pid in pids | process_tree(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
