@@ -2,13 +2,13 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py services/config.py services/data
+PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py learner/durable.py services/config.py services/data
 export DS_ACCELERATOR ?= cpu
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -53,6 +53,9 @@ bench-serve: .venv/.ready
 
 bench-shapes: .venv/.ready
 	$(PY) -m bench.shapes
+
+bench-faults: .venv/.ready
+	$(PY) -m bench.faults
 
 gpu-check:
 	bash tools/gpu_check.sh
