@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"__init__", "__main__"}
+SKIP = {"__init__", "__main__", "check"}  # check compares two study results; it measures nothing
 # Training studies (arms x seeds, 15 min to 2 h on 2 cores), vs_trl (~10 min, needs the `bench` extra),
 # shapes (real-width models, ~15 min and up to ~10 GB) and faults (~15 min of runs, clusters and kills): run
 # by name or their make targets, not by --all.

@@ -25,7 +25,9 @@ class Arm:
     """One named variant: `overrides` (`a.b=value`, stage indices relative to the arm's own stages) on the
     base config; `stages` names the base stages it runs (default: every stage after the warm start);
     `warm` overrides also apply to its warm start (e.g. the adapter kind), so arms differing there get
-    their own warm start; `train=False` evaluates the warm start itself (no stage runs)."""
+    their own warm start; `train=False` evaluates the warm start itself (no stage runs), or the model when
+    the study has no warm stages; `equal_time_as` makes the arm's single stage as many steps as fit in the
+    training seconds of that arm (run earlier, same seed), at a seconds-per-step measured once per study."""
 
     name: str
     overrides: tuple[str, ...] = ()
@@ -33,6 +35,7 @@ class Arm:
     warm: tuple[str, ...] = ()
     train: bool = True
     note: str = ""
+    equal_time_as: str | None = None  # an SFT arm given the training seconds that arm took (same seed)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class Study:
 
 
 def seed_overrides(seed: int) -> list[str]:
-    """One seed drives data order, sampling, adapter init, masks and the engine's own seed."""
-    return [f"seed={seed}", f"learner.seed={seed}", f"learner.mlae.seed={seed}", f"rollout.seed={seed}"]
+    """One seed drives data order, sampling, adapter init, masks and the engine's own seed (the run config
+    derives learner.seed, learner.mlae.seed and rollout.seed from `seed`)."""
+    return [f"seed={seed}"]
 
 
 def _select_stages(tree: Row, names: Sequence[str]) -> Row:
@@ -68,12 +72,18 @@ def warm_tree(base: Row, study: Study, arm: Arm, seed: int) -> Row:
     return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), "eval.at_start=false"])
 
 
-def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str) -> Row:
-    """The arm's config tree: its stages, started from the warm checkpoint, no evaluation at the start."""
+def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str | None) -> Row:
+    """The arm's config tree: its stages, started from the warm checkpoint (or the model itself when the
+    study has no warm stages), no evaluation at the start."""
     names = arm.stages or tuple(s["name"] for s in base["stages"] if s["name"] not in study.warm_stages)
     tree = _select_stages(apply_overrides(base, list(study.common)), names)
-    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides,
-                                  "eval.at_start=false", f"init_from={init_from}"])
+    start = [f"init_from={init_from}"] if init_from is not None else []
+    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides, "eval.at_start=false", *start])
+
+
+def training_seconds(rows: Sequence[Row]) -> float:
+    """Seconds a run spent in its steps, evaluation excluded (what an equal-time arm is given)."""
+    return sum(r["time/step_s"] - r.get("time/eval_s", 0.0) for r in rows if "time/step_s" in r)
 
 
 def tree_key(tree: Row) -> str:

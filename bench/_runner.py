@@ -11,32 +11,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from bench._arms import Arm, Row, Study, aggregate, arm_tree, markdown_table, summarise, tree_key, warm_tree
+from bench import _machine as machine
+from bench._arms import (
+    Arm,
+    Row,
+    Study,
+    aggregate,
+    arm_tree,
+    markdown_table,
+    seed_overrides,
+    summarise,
+    training_seconds,
+    tree_key,
+    warm_tree,
+)
+from services.config import apply_overrides
+from services.data.records import SIZE_BUCKETS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench"
 log = logging.getLogger("bench")
-
-
-def _machine() -> Row:
-    """The machine and how busy it was before the study started (the study itself keeps ~2 cores busy, so
-    only the load at the start tells whether other work shared the machine)."""
-    load = os.getloadavg()
-    busy = load[0] >= 1.0
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only (no GPU)",
-            "shared": (f"other work was running at the start (1-min load {load[0]:.2f}); wall times are upper bounds"
-                       if busy else f"quiet at the start (1-min load {load[0]:.2f})"),
-            "loadavg_1_5_15": [round(x, 2) for x in load]}
 
 
 def _start_ray() -> str:
@@ -53,21 +55,61 @@ def _start_ray() -> str:
     return temp
 
 
+class _SharedPool:
+    """Rollout workers kept up across a study's runs of one model and rollout config: a study is dozens of
+    short runs, and each would otherwise start its vLLM engines again (~25 s each on CPU). Every run begins
+    on the base model (adapter reset) and cannot shut the workers down; the study does, at its end."""
+
+    pools: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def shutdown(self) -> None:
+        """The study owns the workers (close_all)."""
+
+    @classmethod
+    def get(cls, cfg: Any) -> _SharedPool:
+        from rollout.knowledge import load_knowledge
+        from services.rollout_pool import RolloutPool
+
+        key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json")], sort_keys=True)
+        if key not in cls.pools:
+            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir))
+        pool = cls.pools[key]
+        pool.load_adapter(0, None)
+        return cls(pool)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for pool in cls.pools.values():
+            pool.shutdown()
+        cls.pools.clear()
+
+
 def _train(tree: Row, run_dir: Path) -> float:
-    """Validate and run one config tree into `run_dir` (replaced); returns its wall seconds."""
+    """Validate and run one config tree into `run_dir` (replaced) on the study's shared rollout workers;
+    returns its wall seconds."""
     from services import train_loop
     from services.config import RunConfig
+    from services.handles import start_handles
 
     cfg = RunConfig.model_validate(tree)
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.perf_counter()
-    train_loop.run(cfg, run_dir=run_dir)
+    train_loop.run(cfg, run_dir=run_dir, start=lambda c, d: start_handles(c, d, pool=_SharedPool.get(c)))
     return time.perf_counter() - t
 
 
 def _checkpoint_of(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts and (run_dir / "resolved_config.json").is_file() else None
+    """The run's latest complete checkpoint (services.checkpointing), None when it has none."""
+    from services.checkpointing import list_checkpoints
+
+    done = list_checkpoints(run_dir) if (run_dir / "resolved_config.json").is_file() else []
+    return done[-1] if done else None
 
 
 def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[Path, Row]]) -> tuple[Path, Row]:
@@ -95,6 +137,44 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
     return cache[key]
 
 
+def _evaluate_model(base: Row, study: Study, seed: int) -> Row:
+    """The held-out metrics of the model itself (no adapter): the starting point of a study without warm
+    stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool)."""
+    from services import evaluation
+    from services.config import RunConfig
+    from services.data.manifest import load_manifest
+
+    cfg = RunConfig.model_validate(apply_overrides(base, [*study.common, *seed_overrides(seed)]))
+    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
+    records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
+    pool = _SharedPool.get(cfg)  # on the base model
+    pool.wait_ready()
+    report = evaluation.report(evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens),
+                               cfg.reward.label_match)
+    return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0, "sft_steps": 0,
+            "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
+            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []}, "step_s_median": None}
+
+
+def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Row) -> tuple[Row, Row]:
+    """Give an SFT arm the training seconds its matched arm took: steps = seconds / (SFT seconds per step),
+    the latter measured once per study by a short run of the same stage (its first step, which pays for
+    start-up effects, left out)."""
+    from services.metrics import read_metrics
+
+    if not calibration:
+        probe = apply_overrides(tree, ["stages.0.steps=9", "eval.every=0", "eval.max_samples=1",
+                                       "checkpoint.every=0", "eval.overlays=0"])
+        run_dir = RUNS / study.name / f"{arm.name}-calibration"
+        _train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)
+        steps = [r["time/step_s"] - r.get("time/eval_s", 0.0)
+                 for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
+        calibration = {"sft_step_s": sorted(steps)[len(steps) // 2], "steps_measured": len(steps)}
+    steps = max(1, round(matched["train_s"] / calibration["sft_step_s"]))
+    log.info("arm %s: %d SFT steps in the %.0f s %s trained", arm.name, steps, matched["train_s"], arm.equal_time_as)
+    return apply_overrides(tree, [f"stages.0.steps={steps}"]), calibration
+
+
 def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
               prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
     """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
@@ -103,34 +183,44 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
     prepare(base)
-    started, machine_start = time.perf_counter(), _machine()
+    started, record = time.perf_counter(), machine.start()
     temp = _start_ray()
     import ray
 
     cache: dict[str, tuple[Path, Row]] = {}
     per_arm: dict[str, list[Row]] = {a.name: [] for a in study.arms}
+    calibration: Row = {}
     try:
         for seed in study.seeds:
             for arm in study.arms:
-                ckpt, warm = _warm(base, study, arm, seed, cache)
+                if study.warm_stages:
+                    ckpt, warm = _warm(base, study, arm, seed, cache)
+                    start: str | None = str(ckpt.resolve())
+                else:  # arms start from the (pretrained) model itself
+                    ckpt, warm, start = None, {"wall_s": 0.0}, None
                 if not arm.train:
-                    row = {**warm, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
-                    if study.extra is not None:
+                    row = warm if study.warm_stages else _evaluate_model(base, study, seed)
+                    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
+                    if study.extra is not None and ckpt is not None:
                         row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
                     per_arm[arm.name].append(row)
                     continue
-                tree = arm_tree(base, study, arm, seed, str(ckpt.resolve()))
+                tree = arm_tree(base, study, arm, seed, start)
+                if arm.equal_time_as is not None:
+                    tree, calibration = _equal_time(tree, study, arm, per_arm[arm.equal_time_as][-1], calibration)
                 run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
                 tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
                 log.info("arm %s seed %d", arm.name, seed)
                 wall = _train(tree, run_dir)
-                summary = summarise(read_metrics(run_dir / "metrics.jsonl"), study.metrics)
-                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"])
+                rows = read_metrics(run_dir / "metrics.jsonl")
+                summary = summarise(rows, study.metrics)
+                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows))
                 if study.extra is not None:
                     summary["extra"] = study.extra(run_dir)
                 per_arm[arm.name].append(summary)
                 log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
     finally:
+        _SharedPool.close_all()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
     total = time.perf_counter() - started
@@ -143,18 +233,18 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                  for a in study.arms],
         "aggregate": aggregates, "runs": per_arm,
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
-        **machine_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "equal_time_calibration": calibration,
+        "machine": machine.finish(record),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{out_stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    machine.write_json(result, machine.results_path(out_stem))
     table = markdown_table([(a.name, aggregates[a.name]) for a in study.arms], columns)
     md = [f"# {out_stem}", "", description, "", table, "",
           f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
-          f"on {machine_start['machine']}, {machine_start['shared']}. Deviations:", *[f"- {d}" for d in deviations], ""]
-    (RESULTS / f"{out_stem}.md").write_text("\n".join(md))
-    plot_study(result, RESULTS / out_stem)
+          f"on {machine.describe(record)}. Deviations:", *[f"- {d}" for d in deviations], ""]
+    machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
+    plot_study(result, machine.RESULTS / out_stem)
     print(table)
-    print(f"wrote {RESULTS / (out_stem + '.json')} ({total / 60:.1f} min)")
+    print(f"wrote {machine.results_path(out_stem)} ({total / 60:.1f} min)")
     return result
 
 
@@ -186,7 +276,7 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
-    buckets = ["all", "<0.5%", "0.5-2%", "2-10%", ">10%"]
+    buckets = ["all", *(name for name, _, _ in SIZE_BUCKETS)]
     aggs: dict[str, Row] = result["aggregate"]
     if any(f"eval/{b}/mIoU" in agg for agg in aggs.values() for b in buckets[1:]):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)

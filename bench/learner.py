@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,13 +27,12 @@ from typing import Any
 
 import torch
 
+from bench import _machine as machine
 from learner import grpo
 from learner.batch import Collated, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
 from learner.export import export_lora
 from learner.policy import build_policy
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_batch(model_dir: Path, n: int, completion_len: int, image_px: int, seed: int = 0) -> list[TrainSample]:
@@ -122,20 +119,6 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return times
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "torch": torch.__version__,
-                            # a shared box's other work shows here; step times are only comparable within a run
-                            "load_average_1m": os.getloadavg()[0]}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    import deepspeed
-    import transformers
-
-    info.update(deepspeed=deepspeed.__version__, transformers=transformers.__version__)
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -148,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each contender)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    record = machine.start()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("bench.learner --device cuda: torch sees no CUDA device")
@@ -193,22 +177,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overhead = rows["deepspeed ZeRO-2"]["step_s_median"] / rows["plain torch"]["step_s_median"] - 1.0
     result = {
         "question": "DeepSpeed learner step vs a plain torch loop, same model and batch",
-        "machine": machine(device), "device": args.device, "precision": "bf16" if cuda else "fp32",
+        "machine": machine.finish(record), "device": args.device, "precision": "bf16" if cuda else "fp32",
         "model": f"qwen2_5_vl {size} (random weights)", "adapter": cfg.adapter, "batch": batch, "micro_batch": micro,
         "completion_len": args.completion_len, "image_px": args.image_px, "tokens_per_step": tokens,
         "loss_tokens_per_step": loss_tokens, "warmup": args.warmup, "steps": args.steps, "results": rows,
         "deepspeed_overhead": overhead, "date": time.strftime("%Y-%m-%d"),
     }
-    where = result["machine"].get("gpu", f"{result['machine']['cpus']} CPUs")
+    where = result["machine"]["gpu"] or f"{result['machine']['cores']} cores"
     print(f"learner step, qwen2_5_vl {size}, batch {batch} (micro {micro}), {tokens} tokens/step, "
           f"{args.device} {result['precision']} on {where}")
     print(f"{'engine':<18}{'step s (median)':>17}{'tokens/s':>12}{'loss tok/s':>12}")
     for name, r in rows.items():
         print(f"{name:<18}{r['step_s_median']:>17.4f}{r['tokens_per_s']:>12.0f}{r['loss_tokens_per_s']:>12.0f}")
     print(f"DeepSpeed overhead: {overhead:+.1%} step time")
-    out = args.out or RESULTS / ("learner_gpu.json" if cuda else "learner.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = machine.write_json(result, args.out or machine.results_path("learner", gpu=cuda))
     print(f"wrote {out}")
     return result
 

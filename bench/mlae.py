@@ -16,9 +16,6 @@ Writes bench/results/mlae.json with the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import _machine as machine
 from learner.config import MLAEConfig
 from learner.mlae import apply_mlae
 
-RESULTS = Path(__file__).resolve().parent / "results" / "mlae.json"
 RANK = 8
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # name -> (batch, sequence length)
@@ -137,14 +134,6 @@ def bench_config(name: str, repeats: int) -> dict[str, Any]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    import transformers
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=12)
@@ -153,7 +142,8 @@ def main() -> None:
                         help="torch threads; 1 makes process CPU time a clean measure of work on a shared machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {"machine": machine(), "configs": {}}
+    record = machine.start()
+    result: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "configs": {}}
     for name in args.configs.split(","):
         result["configs"][name] = bench_config(name, args.repeats)
     print(f"{'config':<7} {'variant':<10} {'CPU ms':>9} {'wall ms':>9} {'vs LoRA':>8} {'saved MB':>9} {'trainable':>10}")
@@ -162,11 +152,10 @@ def main() -> None:
             print(f"{name:<7} {key:<10} {v['fwd_bwd_cpu_ms_median']:>9.1f} {v['fwd_bwd_wall_ms_median']:>9.1f} "
                   f"{v['overhead_vs_lora_pct']:>7.1f}% "
                   f"{v['saved_activation_mb']:>9.2f} {v['trainable_params']:>10,}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = machine.write_json({**result, "machine": machine.finish(record)}, machine.results_path("mlae"))
     worst = max(v["overhead_vs_lora_pct"] for c in result["configs"].values()
                 for k, v in c["variants"].items() if k != "lora")
-    print(f"MLAE worst median overhead vs PEFT LoRA: {worst:+.1f} % (target <= 10 %); wrote {RESULTS}")
+    print(f"MLAE worst median overhead vs PEFT LoRA: {worst:+.1f} % (target <= 10 %); wrote {out}")
 
 
 if __name__ == "__main__":

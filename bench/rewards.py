@@ -12,25 +12,22 @@ Targets: >= 100k completions/s at batch 1024, < 20 ms actor latency at 512.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import _machine as machine
 from rewards import (
     ImageFrame,
     RewardBreakdown,
     RewardConfig,
     RewardScorer,
     RewardTarget,
-    iou,
+    best_iou,
     parse_answer,
     to_original,
 )
@@ -68,7 +65,7 @@ def plain_scorer(groups: list[tuple[list[str], RewardTarget]], tau: float, cfg: 
         for text in texts:
             parsed = parse_answer(text, "grounding", target.frame)
             box = None if parsed is None or parsed.box is None else to_original(parsed.box, target.frame)
-            v = 0.0 if box is None else max(iou(box, gt) for gt in target.boxes)
+            v = best_iou(box, target.boxes)
             fmt = 1.0 if parsed is not None and parsed.format_ok else 0.0
             acc = 1.0 if v >= tau else 0.0
             task = cfg.w_acc * acc + cfg.w_format * fmt
@@ -86,18 +83,10 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def machine() -> dict[str, Any]:
-    import ray
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "ray": ray.__version__, "load_avg_at_start": os.getloadavg(),
-            "note": "2-core dev box shared with other jobs; medians of repeated calls"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run); writes nothing "
+                        "to bench/results")
     args = parser.parse_args()
     import ray
 
@@ -105,7 +94,7 @@ def main() -> None:
 
     sizes = [64, 1024] if args.quick else [64, 256, 512, 1024, 2048, 4096]
     repeats = 5 if args.quick else 25
-    info = machine()
+    record = machine.start()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = RewardConfig(w_recite=0.0)  # no knowledge injected: the recitation term is measured separately below
     actor = create_reward_actor(cfg)
@@ -146,11 +135,12 @@ def main() -> None:
                f"{at_1024['plain_python_per_s']:,.0f}/s); 512-step latency {latency['median_ms']:.1f} ms"
                if at_1024 else "")
     print(summary)
-    out = Path(__file__).parent / "results" / "rewards.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "group_size": G, "rows": rows, "latency_512": latency,
-                               "recitation": recitation, "summary": summary}, indent=2) + "\n")
     ray.shutdown()
+    result = {"group_size": G, "rows": rows, "latency_512": latency, "recitation": recitation, "summary": summary,
+              "note": "medians of repeated calls", "machine": machine.finish(record)}
+    print(machine.describe(result["machine"]))
+    if not args.quick:
+        print(f"wrote {machine.write_json(result, machine.results_path('rewards'))}")
 
 
 if __name__ == "__main__":

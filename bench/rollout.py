@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,12 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench import _machine as machine
+from learner.export import LoraArtefact
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutRequest
 from rollout.core import RolloutWorkerCore
-from rollout.engines import AdapterTensors
-
-RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 
 
 def _requests(count: int) -> list[RolloutRequest]:
@@ -37,8 +34,8 @@ def _requests(count: int) -> list[RolloutRequest]:
             for i in range(count)]
 
 
-def _adapter(model_dir: Path, version: int) -> AdapterTensors:
-    """A rank-8 LoRA on q/k/v/o with random non-zero B, as the learner would ship it (numpy tensors)."""
+def _adapter(model_dir: Path, version: int) -> LoraArtefact:
+    """A rank-8 LoRA on q/k/v/o with random non-zero B, as the learner ships it (its LoraArtefact)."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForImageTextToText
@@ -50,12 +47,12 @@ def _adapter(model_dir: Path, version: int) -> AdapterTensors:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    tensors = {k: v.numpy() for k, v in get_peft_model_state_dict(model).items()}
+    tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     with tempfile.TemporaryDirectory() as tmp:  # PEFT's own serialisation of the config (key names included)
         model.save_pretrained(tmp)
         peft_config = json.loads((Path(tmp) / "adapter_config.json").read_text())
     # PEFT's saved keys drop the adapter name; get_peft_model_state_dict does the same
-    return AdapterTensors(version=version, tensors=tensors, peft_config=peft_config)
+    return LoraArtefact(version=version, tensors=tensors, peft_config=peft_config)
 
 
 def _throughput(core: RolloutWorkerCore, requests: list[RolloutRequest], group: int,
@@ -83,21 +80,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adapter-loads", type=int, default=5)
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-    import torch
-    import vllm
-
-    from services.tiny_model import build_model_dir, parameter_count
+    from services.tiny_model import build_model_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as workdir:
-        run(args, build_model_dir(Path(workdir) / "model", "qwen2_5_vl", args.size, seed=0),
-            torch.__version__, vllm.__version__, parameter_count)
+        run(args, build_model_dir(Path(workdir) / "model", "qwen2_5_vl", args.size, seed=0))
 
 
-def run(args: argparse.Namespace, model_dir: Path, torch_version: str, vllm_version: str,
-        parameter_count: Any) -> None:
+def run(args: argparse.Namespace, model_dir: Path) -> None:
     """Measure both engines on the model in `model_dir` and write the results."""
+    from services.tiny_model import parameter_count
+
+    record = machine.start()
     requests = _requests(args.prompts)
     sampling = SamplingConfig(temperature=0.9, max_new_tokens=args.max_new_tokens)
     config = RolloutConfig(max_model_len=1024)
@@ -137,17 +130,13 @@ def run(args: argparse.Namespace, model_dir: Path, torch_version: str, vllm_vers
 
     result = {
         "benchmark": "rollout", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
-                    "torch": torch_version, "vllm": vllm_version},
+        "machine": machine.finish(record),
         "setup": {"model": f"qwen2_5_vl/{args.size}", "parameters": parameter_count(model_dir),
                   "prompts": args.prompts, "group_size": args.group, "max_new_tokens": args.max_new_tokens,
                   "temperature": 0.9, "repeats": args.repeats, "adapter_loads": args.adapter_loads},
         "engines": rows, "vllm_over_hf_tokens_per_s": ratio,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {machine.write_json(result, machine.results_path('rollout'))}")
 
 
 if __name__ == "__main__":

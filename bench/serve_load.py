@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -24,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "results" / "serve_load.json"
+from bench import _machine as machine
 
 
 def _png(seed: int) -> bytes:
@@ -84,23 +81,23 @@ def main() -> None:
     import requests
     from ray import serve
 
+    from learner.engine import free_port
+    from services.launch import CPU_ENV
     from services.serve.app import GroundingDeployment
     from services.tiny_model import build_model_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="mgs-bench-", dir="/tmp"))  # Ray socket paths must stay short
     rows = []
-    load_before = os.getloadavg()
+    record = machine.start()
     try:
         model = build_model_dir(tmp / "model", "qwen2_5_vl", "tiny", seed=0)
         ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=str(tmp / "ray"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+                 _temp_dir=str(tmp / "ray"), runtime_env={"env_vars": CPU_ENV})
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
             num_replicas=1, autoscaling_config=None,
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1},
             user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "watch_interval_s": 0})
         started = time.perf_counter()
         serve.run(deployment.bind({"model_path": str(model), "max_new_tokens": args.max_new_tokens}),
@@ -120,18 +117,16 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only",
         "setup": f"tiny random Qwen2.5-VL, vLLM-cpu engine, 1 replica (1 CPU), max batch 8, wait 20 ms, "
                  f"max_new_tokens {args.max_new_tokens}, 256x256 PNG multipart, clients in the same process",
         "seconds_per_row": args.seconds, "replica_startup_s": round(startup, 1), "rows": rows,
-        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "machine": machine.finish(record),
         "notes": "Clients run in the bench's own process on the same cores as the replica, Serve's proxy and "
                  "controller: on 2 cores they compete. A load average well above the core count before the run "
                  "means other work shared the machine; compare rows of one run only.",
     }
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"replica start-up {startup:.1f} s; wrote {OUT}")
+    out = machine.write_json(result, machine.results_path("serve_load"))
+    print(f"replica start-up {startup:.1f} s; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import _machine as machine
+
 SYNC_SHAPES = ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen3_vl_4b", "qwen3_vl_8b")
 
 
@@ -166,16 +167,6 @@ def _extrapolate(rows: list[dict[str, Any]], full_layers: dict[str, int]) -> lis
     return out
 
 
-def _machine(device: str) -> dict[str, Any]:
-    import torch
-
-    from bench.learner import machine
-
-    if device == "cuda" and not torch.cuda.is_available():  # --dry-run on a CPU machine
-        return {**machine(torch.device("cpu")), "gpu": "none (dry run)"}
-    return machine(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -205,11 +196,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from services.model_shapes import REAL
 
+    record = machine.start()
     shapes = args.shapes or (["qwen2_5_vl_3b"] if cuda else ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
     ranks = args.ranks or ([16, 64] if cuda else [64])
     result: dict[str, Any] = {
         "question": "learner step and generation at real width; adapter bytes per push vs full-weight sync",
-        "machine": _machine(args.device), "device": args.device, "precision": "bf16" if cuda else "fp32",
+        "machine": record, "device": args.device, "precision": "bf16" if cuda else "fp32",
         "date": time.strftime("%Y-%m-%d"), "sync": sync_table(),
         "batch": batch, "completion_len": args.completion_len, "image_px": args.image_px, "steps": args.steps}
     print(f"{'shape':<15}{'layers':>7}{'params':>15}{'full bf16':>11}{'LoRA r16':>10}{'r16/full':>9}"
@@ -256,15 +248,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["measured"] = rows
     result["extrapolated"] = [] if cuda else _extrapolate(rows, {s: REAL[s].layers for s in shapes})  # type: ignore[index]
     print(f"\n{'shape':<15}{'layers':>7}{'rank':>5}{'SFT s':>8}{'GRPO s':>8}{'learner tok/s':>14}{'gen tok/s':>10}"
-          f"{'peak GiB':>9}   ({args.device}, {result['machine'].get('gpu', str(result['machine']['cpus']) + ' CPUs')})")
+          f"{'peak GiB':>9}   ({args.device}, {record['gpu'] or str(record['cores']) + ' cores'})")
     for row in rows:
         print(_row_line(row))
     for est in result["extrapolated"]:
         print(f"{est['shape']:<15}{est['layers']:>7}{est['rank']:>5}{est['sft_step_s']:>8.2f}{est['grpo_step_s']:>8.2f}"
               f"{'':>14}{'':>10}{est['peak_rss_gib']:>9.2f}   extrapolated from {est['extrapolated_from_layers']} layers")
-    out = args.out or RESULTS / ("shapes_gpu.json" if cuda else "shapes.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["machine"] = machine.finish(record)
+    out = machine.write_json(result, args.out or machine.results_path("shapes", gpu=cuda))
     print(f"wrote {out}")
     return result
 

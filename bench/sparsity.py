@@ -3,7 +3,7 @@
 A mock policy predicts the ground-truth box with Gaussian corner jitter (pixels), jitter shrinking linearly
 as "training" goes on (40 px -> 4 px over the run), on a 1024 x 1024 image, for several target sizes.
 Every completion has the right format, so a group's rewards vary only through the accuracy term; a group
-is zero-variance when its G rewards are all equal (ALGORITHMS.md section 1, eps 1e-6). The same groups
+is zero-variance when its G rewards are all equal (docs/algorithms.md, "GRPO": spread <= 1e-6). The same groups
 are scored under fixed tau = 0.5, the schedule (defaults: N = 30, piecewise 0.3 -> 0.8) and raw IoU.
 
     python -m bench.sparsity [--quick]
@@ -12,14 +12,11 @@ are scored under fixed tau = 0.5, the schedule (defaults: N = 30, piecewise 0.3 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import _machine as machine
 from rewards import ImageFrame, RewardConfig, RewardScorer, RewardTarget
 
 G = 8
@@ -71,8 +68,9 @@ def cell(r: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a shorter run (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="a shorter run (smoke test); writes nothing")
     args = parser.parse_args()
+    record = machine.start()
     steps, per_step = (60, 8) if args.quick else (300, 16)
     rows: list[dict[str, Any]] = []
     print(f"zero-variance groups (G = {G}), {steps} steps x {per_step} groups, jitter 40 -> 4 px: "
@@ -86,12 +84,10 @@ def main() -> None:
         f, m, r = res["fixed"], res["medloc"], res["raw_iou"]
         print(f"{side:>7} {row['area_pct']:>6.2f} | {cell(f):>24} | {cell(m):>24} {m['final_tau']:>7.2f} | "
               f"{r['zero_var']:>7.1%} | {f['mean_iou']:.3f}")
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
-    out = Path(__file__).parent / "results" / "sparsity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "group_size": G, "steps": steps, "groups_per_step": per_step,
-                               "jitter_px": [40.0, 4.0], "rows": rows}, indent=2) + "\n")
+    result = {"group_size": G, "steps": steps, "groups_per_step": per_step, "jitter_px": [40.0, 4.0], "rows": rows,
+              "machine": machine.finish(record)}
+    if not args.quick:
+        print(f"wrote {machine.write_json(result, machine.results_path('sparsity'))}")
 
 
 if __name__ == "__main__":

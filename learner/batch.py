@@ -10,6 +10,7 @@ patch features for Qwen2/2.5-VL (3 * 2 * 16 * 16 for Qwen3-VL).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -214,6 +215,21 @@ def micro_batches(samples: Sequence[TrainSample], size: int) -> list[list[TrainS
     return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
 
 
+def contiguous_shards(count: int, parts: int) -> list[range]:
+    """Split ``range(count)`` into ``parts`` contiguous ranges whose sizes differ by at most one, the larger
+    first; empty ones are dropped. The one even split: learner ranks (``shard``) and rollout workers
+    (services/rollout_pool.py) both use it.
+
+    >>> contiguous_shards(5, 2)
+    [range(0, 3), range(3, 5)]
+    """
+    if parts < 1:
+        raise ValueError(f"need at least one part, got {parts}")
+    base, extra = divmod(count, parts)
+    bounds = list(itertools.accumulate([base + (1 if i < extra else 0) for i in range(parts)], initial=0))
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def shard(samples: Sequence[TrainSample], world_size: int) -> list[list[TrainSample]]:
     """Split a global batch into ``world_size`` contiguous shards whose sizes differ by at most one.
 
@@ -222,11 +238,4 @@ def shard(samples: Sequence[TrainSample], world_size: int) -> list[list[TrainSam
     if len(samples) < world_size:
         raise ValueError(f"a global batch of {len(samples)} samples cannot feed {world_size} learner ranks: "
                          "give at least one sample per rank (raise prompts_per_step or lower learner.num_ranks)")
-    base, extra = divmod(len(samples), world_size)
-    out: list[list[TrainSample]] = []
-    start = 0
-    for r in range(world_size):
-        n = base + (1 if r < extra else 0)
-        out.append(list(samples[start : start + n]))
-        start += n
-    return out
+    return [list(samples[r.start : r.stop]) for r in contiguous_shards(len(samples), world_size)]

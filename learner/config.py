@@ -12,7 +12,7 @@ class _Strict(BaseModel):
 
 
 class MLAEConfig(_Strict):
-    """Masked LoRA experts (ALGORITHMS.md section 5)."""
+    """Masked LoRA experts (docs/algorithms.md, "MLAE")."""
 
     rank: int = Field(8, ge=1, description="r: rank-1 experts per adapted layer.")
     alpha: float = Field(1.0, gt=0.0, description="Initial per-expert scale lambda_i (no alpha/r scaling).")
@@ -23,7 +23,8 @@ class MLAEConfig(_Strict):
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj"), description="Language-model projections to adapt."
     )
-    seed: int = Field(0, description="Seed of the fixed mask.")
+    seed: int = Field(0, description="Seed of the fixed mask's expert choice (default in a run: derived from the "
+                      "run's `seed`).")
 
 
 class GRPOConfig(_Strict):
@@ -64,7 +65,8 @@ class LearnerConfig(_Strict):
     lora_alpha: float = Field(
         16.0, gt=0.0, description="Plain-LoRA scaling numerator (scaling = lora_alpha / mlae.rank); unused by MLAE."
     )
-    seed: int = Field(0, description="Seeds adapter initialisation (identical on every rank) and masks.")
+    seed: int = Field(0, description="Seeds adapter initialisation and the stochastic MLAE masks, identical on every "
+                      "rank (default in a run: derived from the run's `seed`).")
     num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors in one placement group).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate on the adapter.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

@@ -26,13 +26,19 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   is multiplied by ``world_size`` before backward.
 - A torch AdamW is passed in (DeepSpeed's own Adam JIT-compiles for minutes); ZeRO offload then needs
   ``zero_force_ds_cpu_optimizer: false``.
-- The first collective JIT-compiles a DeepSpeed op on CPU (~30 s once, cached in TORCH_EXTENSIONS_DIR).
+- On CPU, DeepSpeed's shared-memory all-reduce op is switched off before the process group starts: it
+  serves only DeepSpeed-Inference's ``inference_all_reduce`` (training collectives go through gloo), and
+  loading it JIT-compiles under a file lock that a process killed mid-load (a learner actor stopped by a
+  test, a fault, ``ray stop``) leaves behind, after which every later learner start waits on it forever
+  (torch's ``FileBaton`` has no timeout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import random
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -53,10 +59,15 @@ _KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live versio
 
 
 def free_port() -> int:
-    """An unused TCP port on this host (for MASTER_PORT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    """An unused TCP port on this host in 20000-29999 (MASTER_PORT here; tests and benches use it for their
+    own Ray heads and Serve): above Ray's worker ports (10002-19999) and below the kernel's ephemeral range,
+    from which other clusters on a shared machine take their random ports."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.bind(("", port))
+            return port
 
 
 def deepspeed_config(cfg: LearnerConfig, world_size: int, bf16: bool) -> dict[str, Any]:
@@ -95,6 +106,8 @@ def _init_distributed(rank: int, world_size: int, backend: str) -> bool:
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
     os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each rank its own GPU, visible as device 0
+    if backend == "gloo":  # see the module docstring: the op is unused in training and its lock can go stale
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
                                rank=rank, world_size=world_size)
     return True

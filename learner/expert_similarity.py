@@ -1,4 +1,4 @@
-"""Expert similarity of a LoRA-form adapter: the MLAE paper's diversity measure (ALGORITHMS.md section 5).
+"""Expert similarity of a LoRA-form adapter: the MLAE paper's diversity measure (docs/algorithms.md, "MLAE").
 
 Each adapted layer `delta_W = sum_i b_i a_i^T` is r rank-1 experts. The cosine similarity of two experts,
 as flattened matrices, factorises: cos(b_i a_i^T, b_j a_j^T) = cos(a_i, a_j) * cos(b_i, b_j), so it is

@@ -1,6 +1,6 @@
 """Adapter export: an MLAE (or plain LoRA) PEFT model becomes a standard LoRA adapter.
 
-This is the weight-sync contract of ARCHITECTURE.md: after each step the learner exports the adapter, ships
+This is the weight-sync contract of docs/architecture.md ("Backends"): after each step the learner exports the adapter, ships
 one `LoraArtefact` through the object store, and rollout workers (vLLM's LoRA loader) and serving load it.
 
 MLAE layer `B diag(lambda * m_fixed) A` (scaling 1) -> LoRA with A' = A, B' = B diag(lambda * m_fixed),

@@ -1,4 +1,4 @@
-"""GRPO math as pure torch functions (ALGORITHMS.md section 1).
+"""GRPO math as pure torch functions (docs/algorithms.md, "GRPO").
 
 Shapes: B sequences (or B prompt groups of G completions for advantages), T completion-aligned token
 positions. Every function takes and returns tensors; none holds state or knows about DeepSpeed, so the

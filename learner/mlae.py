@@ -1,4 +1,4 @@
-"""MLAE (masked LoRA experts, ALGORITHMS.md section 5) as a LoRA layer inside PEFT.
+"""MLAE (masked LoRA experts; docs/algorithms.md, "MLAE"; arXiv 2405.18897) as a LoRA layer inside PEFT.
 
 Per adapted linear layer with rank r: `y = W x + B diag(lambda * m) A x`, where column i of B and row i of A
 form the rank-1 expert i, lambda (shape (r,), float32, initialised to alpha) are learnable per-expert scales

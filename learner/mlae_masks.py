@@ -1,4 +1,4 @@
-"""MLAE expert masks as pure functions (ALGORITHMS.md section 5).
+"""MLAE expert masks as pure functions (docs/algorithms.md, "MLAE").
 
 A mask is a float vector of shape (r,) over the r rank-1 experts of one adapted layer. It multiplies the
 per-expert scales lambda, so a zero entry removes an expert from the forward pass and, because the product
@@ -11,8 +11,9 @@ is zero, from the backward pass too: a dropped expert gets exactly zero gradient
 - mixed: the product of the two.
 
 Layer-wise rates follow the schedules of the paper's ablation as a third-party re-implementation writes them
-(research/papers.md section 3): with pos = layer / (L - 1), increasing gives rate * pos, decreasing
-rate * (1 - pos). The stated rate is therefore the rate of the last (increasing) or first (decreasing) layer.
+(github.com/EWitting/csir-biomass, `MLAE_README.md`; the paper's own definitions were not available): with
+pos = layer / (L - 1), increasing gives rate * pos, decreasing rate * (1 - pos). The stated rate is
+therefore the rate of the last (increasing) or first (decreasing) layer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One function, ``build_policy``, decides which adapter (MLAE or plain PEFT LoRA, the baseline) so the
 engine, the benchmark and tests build the same thing. The vision tower is never adapted: vLLM applies
-LoRA to the language model only (ALGORITHMS.md section 5).
+LoRA to the language model only (docs/algorithms.md, "MLAE").
 """
 
 from __future__ import annotations

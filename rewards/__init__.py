@@ -1,5 +1,12 @@
 """rewards: pure scoring for medground (boxes, frames, parsing, reward terms, the MedLoc-R1 schedule).
 
+boxes.py (IoU, best IoU over several truths, clipping, the box of a mask), frames.py (coordinate frames and
+the one conversion to original pixels), parse.py (model text -> box, label or grade), terms.py (recitation
+BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), schedule.py (the MedLoc-R1
+threshold schedule), scorer.py (RewardScorer: scoring plus the schedule's state), config.py (RewardConfig,
+ScheduleConfig), trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
+that imports ray). The maths and its sources: docs/algorithms.md.
+
 Usable on its own, for example as a plain reward function:
 
 >>> from rewards import ImageFrame, RewardConfig, RewardScorer, RewardTarget
@@ -16,7 +23,7 @@ Usable on its own, for example as a plain reward function:
 
 No Ray here: the actor lives in `rewards.actor` and is imported only by the code that starts it.
 """
-from rewards.boxes import iou, iou_pairs, max_iou
+from rewards.boxes import best_iou, clip_box, iou, iou_pairs, mask_box, max_iou
 from rewards.config import RewardConfig, ScheduleConfig
 from rewards.frames import Box, ImageFrame, from_original, smart_resize, to_original
 from rewards.parse import ParsedAnswer, parse_answer
@@ -37,6 +44,7 @@ from rewards.trl_reward import MedgroundReward
 __all__ = [
     "Box", "ImageFrame", "MedgroundReward", "ParsedAnswer", "RaiseRecord", "RewardBreakdown", "RewardColumns", "RewardConfig",
     "RewardScorer", "RewardTarget", "ScheduleConfig", "ScheduleSnapshot", "ScheduleStats", "ScoredBatch",
-    "ThresholdSchedule", "from_original", "grade_reward", "iou", "iou_pairs", "label_match", "max_iou",
+    "ThresholdSchedule", "best_iou", "clip_box", "from_original", "grade_reward", "iou", "iou_pairs", "label_match",
+    "mask_box", "max_iou",
     "parse_answer", "recitation", "score_columns", "score_group", "score_groups", "smart_resize", "to_original",
 ]

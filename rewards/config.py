@@ -1,6 +1,7 @@
 """Configuration of the reward actor: term weights, accuracy mode, and the MedLoc-R1 schedule.
 
-Every default is ALGORITHMS.md's (sections 2 and 3); a field's description gives its unit and range.
+Defaults and their sources: docs/algorithms.md, "MedLoc-R1" and "Rewards"; a field's description gives its unit
+and range.
 Tables (the P/S thresholds, piecewise steps, stepped stages) are tuples of rows sorted by their first
 column; a row applies from its first value upwards, until the next row starts.
 """
@@ -27,7 +28,7 @@ def _check_sorted_from_zero(rows: tuple[tuple[float, ...], ...], name: str, firs
 
 
 class ScheduleConfig(_Strict):
-    """MedLoc-R1 performance-aware IoU threshold schedule (ALGORITHMS.md section 2)."""
+    """MedLoc-R1 performance-aware IoU threshold schedule (docs/algorithms.md, "MedLoc-R1")."""
 
     window: int = Field(30, ge=2, description="Window length N in prompt groups [paper].")
     tau0: float = Field(0.3, gt=0.0, lt=1.0, description="Initial IoU threshold, in (0, 1).")

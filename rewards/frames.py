@@ -7,7 +7,7 @@ Qwen3-VL) and answers in its family's convention:
 - `input_pixels` (Qwen2.5-VL): absolute pixels of the resized input, x in [0, input_width].
 - `norm1000` (Qwen2-VL, Qwen3-VL): 0..1000 units of the image, whatever its size.
 
-Boxes are `(x1, y1, x2, y2)` floats. IoU is always computed in the original frame (ARCHITECTURE.md,
+Boxes are `(x1, y1, x2, y2)` floats. IoU is always computed in the original frame (docs/architecture.md,
 "Coordinate frames"). Pure: math only.
 """
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from rewards.boxes import clip_box
 from rewards.frames import Box, ImageFrame
 
 Task = Literal["grounding", "classification", "grading"]
@@ -123,16 +124,12 @@ def finite_box(x1: float, y1: float, x2: float, y2: float) -> Box | None:
     return None
 
 
-def clip_box(box: Box, frame: ImageFrame | None) -> Box | None:
+def clip_answer_box(box: Box, frame: ImageFrame | None) -> Box | None:
     """Clip to the image in the model's convention; None unless x1 < x2 and y1 < y2 afterwards.
 
     Corners given in the wrong order are rejected, not repaired: the reward should not do the model's work.
     """
-    x1, y1, x2, y2 = box
-    if frame is not None:
-        w, h = frame.model_extent
-        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
-        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+    x1, y1, x2, y2 = box if frame is None else clip_box(box, *frame.model_extent)
     if x1 < x2 and y1 < y2:
         return x1, y1, x2, y2
     return None
@@ -200,7 +197,7 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
     match task:
         case "grounding":
             raw = box_numbers(answer)
-            box = None if raw is None else clip_box(raw, frame)
+            box = None if raw is None else clip_answer_box(raw, frame)
             return None if box is None else ParsedAnswer(think, tags_ok, box=box)
         case "classification":
             label = parse_label(answer)

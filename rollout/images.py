@@ -1,7 +1,7 @@
 """Images for rollout: loading, the model families, and the coordinate frame of what the model sees.
 
 The frame is read from the processor's output (`image_grid_thw` x patch size), never recomputed here, so
-it cannot drift from the resize the model saw. The family decides the box convention (ARCHITECTURE.md,
+it cannot drift from the resize the model saw. The family decides the box convention (docs/architecture.md,
 "Coordinate frames"): Qwen2.5-VL answers in pixels of the resized input, Qwen2-VL and Qwen3-VL in
 0..1000 units.
 

@@ -1,4 +1,4 @@
-"""Prior knowledge for VRFT-Aug injection (ALGORITHMS.md section 4), read from YAML files.
+"""Prior knowledge for VRFT-Aug injection (docs/algorithms.md, "VRFT-Aug"), read from YAML files.
 
 Each file in a folder holds `{version: 1, entries: {"<modality>/<finding>": {modality, finding,
 appearance, location}}}`. Files are read in name order; a later file may add keys, but a key defined in

@@ -1,5 +1,5 @@
 """Prompt building: per-task templates in the model's coordinate convention, VLM-R1 think/answer format,
-and VRFT-Aug prior-knowledge injection (ALGORITHMS.md sections 3 and 4).
+and VRFT-Aug prior-knowledge injection (docs/algorithms.md, "Rewards" and "VRFT-Aug").
 
 Pure: the chat template itself is applied by the processor (rollout/processing.py), so that the text the
 engine reads and the ids the learner trains on come from one place.

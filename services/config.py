@@ -35,6 +35,10 @@ class ModelConfig(_Strict):
         "(checked when a run starts): qwen2_5_vl answers in input pixels (28 px cells), qwen2_vl in 0..1000 "
         "(28 px cells), qwen3_vl in 0..1000 (32 px cells). `medground init-model` builds this family when "
         "the path holds no model yet.")
+    base: str | None = Field(
+        None, description="A base recipe (deploy/configs/bases/*.yaml, services/pretrain.py): `model.path` is then "
+        "the pretrained CPU base that recipe builds -- built when the path is missing or was built from another "
+        "recipe, reused otherwise. None: model.path is used as it is (or a random small model is built there).")
 
 
 class DataConfig(_Strict):
@@ -81,7 +85,8 @@ class CheckpointConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field("run", min_length=1, description="Run name: runs/<name>/ and the control actor's name.")
-    seed: int = Field(0, description="Seeds data order, sampling and masks.")
+    seed: int = Field(0, description="The run's one seed: prompt order, each request's sampling seed, and (unless "
+                      "set) learner.seed, learner.mlae.seed and rollout.seed, which default to it.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
     model: ModelConfig
     data: DataConfig
@@ -96,6 +101,21 @@ class RunConfig(_Strict):
         "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "
         "(e.g. GRPO arms sharing one SFT warm start). The learner must match the run that wrote it (adapter kind, "
         "rank, num_ranks). Ignored on resume.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_seeds(cls, data: Any) -> Any:
+        """learner.seed, learner.mlae.seed and rollout.seed default to the run's `seed`; one set explicitly
+        overrides it for that part alone (and `resolved_config.json` records every value)."""
+        if not isinstance(data, dict) or not isinstance(data.get("seed", 0), int):
+            return data  # pydantic reports the malformed tree or seed
+        seed = data.get("seed", 0)
+        learner = _seeded(data.get("learner"), seed)
+        if isinstance(learner, dict):
+            learner["mlae"] = _seeded(learner.get("mlae"), seed)
+        elif isinstance(learner, LearnerConfig):
+            learner = learner.model_copy(update={"mlae": _seeded(learner.mlae, seed)})
+        return {**data, "learner": learner, "rollout": _seeded(data.get("rollout"), seed)}
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:
@@ -126,6 +146,17 @@ class RunConfig(_Strict):
                              "the sampled distribution, which the learner's log-probs do not mirror; keep "
                              "rollout.sampling.top_p=1.0 for training (evaluation decodes greedily anyway)")
         return self
+
+
+def _seeded(section: Any, seed: int) -> Any:
+    """A config section (absent, a mapping or a model) with `seed` filled in unless it sets its own."""
+    if section is None:
+        return {"seed": seed}
+    if isinstance(section, dict):
+        return {"seed": seed, **section}
+    if isinstance(section, BaseModel) and "seed" not in section.model_fields_set:
+        return section.model_copy(update={"seed": seed})
+    return section
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class JobStatus:
     tau_version: int | None = None
     reward: float | None = None  # mean total reward of the last step's completions
     adapter_version: int | None = None  # the adapter the rollout workers serve
+    staleness: float | None = None  # adapter versions the last batch lagged the learner (0: synchronous)
     rollout_workers: int | None = None  # the pool's target size
     rollout_workers_live: int | None = None
     rollout_workers_serving: int | None = None  # workers that served the last step

@@ -1,7 +1,8 @@
 """Conversions between the packages' contracts: the only place where one package's type becomes another's.
 
-record -> RolloutRequest (no ground truth crosses), record + group -> RewardTarget, group + rewards ->
-TrainSamples (GRPO), record -> TrainSample with the reference answer (SFT), rollout frame -> rewards frame,
+record -> RolloutRequest (no ground truth crosses), record -> the prepared prompt a rollout worker builds,
+record + group -> RewardTarget, group + rewards -> TrainSamples (GRPO), record -> TrainSample with the
+reference answer (SFT), rollout frame -> rewards frame,
 (the learner's LoraArtefact reaches rollout workers as it is: they accept its shape).
 """
 
@@ -21,8 +22,10 @@ from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.engines import stop_token_ids, vision_token_ids
 from rollout.images import ImageFrame as RolloutFrame
-from rollout.images import family_of
-from rollout.processing import PreparedPrompt
+from rollout.images import convention_of, family_of
+from rollout.knowledge import KnowledgeBase
+from rollout.processing import PreparedPrompt, PromptProcessor
+from rollout.prompts import build_prompt
 from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
 
@@ -99,6 +102,16 @@ def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_
     if record.task == "classification":
         return think + "<answer>" + json.dumps({"label": record.label}) + "</answer>"
     return think + "<answer>" + json.dumps({"grade": record.grade}) + "</answer>"
+
+
+def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor, knowledge: KnowledgeBase | None,
+                    inject_knowledge: bool) -> PreparedPrompt:
+    """The prompt a rollout worker builds for `record` (rollout.core: build_prompt, then the processor), built
+    here with the same processor: the SFT sample's prompt, and what a benchmark feeding another trainer
+    (bench/vs_trl.py) gives it. `prepared.prompt` holds the messages, the image and the injected knowledge."""
+    prompt = build_prompt(rollout_request(record, image_path), convention_of(processor.family), knowledge,
+                          inject_knowledge)
+    return processor.prepare(prompt)
 
 
 def sft_sample(prepared: PreparedPrompt, answer: str, tokenizer: Any) -> TrainSample:

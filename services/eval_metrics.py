@@ -1,4 +1,4 @@
-"""Held-out grounding and classification metrics (ALGORITHMS.md section 6), as pure functions.
+"""Held-out grounding and classification metrics (docs/algorithms.md, "Evaluation"), as pure functions.
 
 Inputs are per-sample IoUs (0 for an unparsable answer), a parse flag and the ground-truth box's area
 relative to the image, so train-time evaluation, `medground eval` and the benchmarks share one definition.

@@ -1,4 +1,4 @@
-"""Held-out evaluation with greedy decoding through the rollout pool (ALGORITHMS.md section 6).
+"""Held-out evaluation with greedy decoding through the rollout pool (docs/algorithms.md, "Evaluation").
 
 What is evaluated is what is served: the same prompt builder, parser and frame conversion. Grounding
 metrics are reported overall and per target-size bucket; prediction overlays go to `samples/`.
@@ -61,8 +61,7 @@ def _prediction(record: Record, group: RolloutGroup) -> Prediction:
         return Prediction(record, text, None, 0.0, label=parsed.label if parsed else None,
                           grade=parsed.grade if parsed else None)
     _, box = grounding_answer(text, group.frame)
-    iou = max(rewards.iou(box, gt) for gt in record.boxes) if box is not None else 0.0
-    return Prediction(record, text, box, float(iou))
+    return Prediction(record, text, box, rewards.best_iou(box, record.boxes))
 
 
 def report(predictions: Sequence[Prediction],
@@ -97,7 +96,7 @@ def centre_box_baseline(records: Sequence[Record], fraction: float = 0.5) -> dic
             continue
         w, h = r.width, r.height
         box = (w * (1 - fraction) / 2, h * (1 - fraction) / 2, w * (1 + fraction) / 2, h * (1 + fraction) / 2)
-        preds.append(Prediction(r, "", box, max(float(rewards.iou(box, gt)) for gt in r.boxes)))
+        preds.append(Prediction(r, "", box, rewards.best_iou(box, r.boxes)))
     return {k.replace("eval/", "baseline/centre/"): v for k, v in report(preds).items()}
 
 

@@ -13,32 +13,35 @@ from typing import Any
 
 from learner.batch import TrainSample
 from rewards.config import RewardConfig
-from rollout.images import convention_of, family_of
+from rollout.images import family_of
 from rollout.knowledge import load_knowledge
 from rollout.processing import PromptProcessor
-from rollout.prompts import build_prompt
 from services.config import RunConfig
 from services.control import ControlClient
-from services.convert import reference_answer, rollout_request, sampling_spec, sft_sample
+from services.convert import prepared_prompt, reference_answer, sampling_spec, sft_sample
 from services.data.manifest import load_manifest
 from services.data.records import Record
 from services.learner_group import LearnerGroup
 from services.metrics import MetricsWriter
 from services.reward_client import RewardClient
 from services.rollout_pool import RolloutPool
+from services.seams import Rollout
 from services.train_loop import RunHandles
 
 
-def start_handles(cfg: RunConfig, run_dir: Path) -> RunHandles:
+def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) -> RunHandles:
     """Start the cluster side of a run (the learner before the rollout workers: the learner's placement
-    group takes its CPUs first, so the workers never starve it) and return the handles."""
+    group takes its CPUs first, so the workers never starve it) and return the handles. `pool`: rollout
+    workers already up for this model and rollout config (benchmarks run many short runs on one pool; the
+    caller resets its adapter and owns its shutdown)."""
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
     processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
                                 cfg.rollout.max_pixels)
     control = ControlClient(cfg.name)
     learner = LearnerGroup(cfg.model.path, cfg.learner)
-    pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
+    if pool is None:
+        pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
     pool.wait_ready()
 
     def reward(config: RewardConfig, state: dict[str, Any] | None) -> RewardClient:
@@ -46,9 +49,8 @@ def start_handles(cfg: RunConfig, run_dir: Path) -> RunHandles:
 
     def sft(record: Record) -> TrainSample:
         """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
-        prompt = build_prompt(rollout_request(record, manifest.image_path(record)), convention_of(processor.family),
-                              knowledge, cfg.rollout.inject_knowledge)
-        prepared = processor.prepare(prompt)
+        prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
+                                   cfg.rollout.inject_knowledge)
         return sft_sample(prepared, reference_answer(record, prepared.frame), processor.tokenizer)
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,

@@ -23,9 +23,11 @@ from typing import Any
 
 from services.config import ConfigError, RunConfig, load_config
 
-# What every Ray worker process of a local run needs (the cluster's job runtime_env sets the same).
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
+# The one CPU environment: what every process of a local run needs (the driver and each Ray worker); tests
+# and benchmarks import it, deploy/jobs/runtime_env_cpu.yaml sets the same on a cluster. The vLLM KV cache
+# is not here: the engine sets it from rollout.kv_cache_gib (docs/environment.md).
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 log = logging.getLogger(__name__)
@@ -128,13 +130,22 @@ DEMO_CONFIG = Path("deploy/configs/demo.yaml")
 
 
 def ensure_inputs(cfg: RunConfig, preset: str, **knobs: Any) -> None:
-    """Build the small random model and write the synthetic data set (preset `preset`, seed 0) that `cfg`
-    names, each only when missing: what `make demo` and the benches need on a fresh machine."""
+    """Build the model and write the synthetic data set (preset `preset`, seed 0) that `cfg` names, each only
+    when missing: what `make demo` and the benches need on a fresh machine. With `model.base`, the model is
+    that recipe's pretrained base (rebuilt when the directory was built from another recipe); otherwise a
+    random small model."""
     from services.data.synth import make_spec, write_dataset
     from services.tiny_model import build_model_dir
 
     model = Path(cfg.model.path)
-    if not (model / "config.json").is_file():
+    if cfg.model.base is not None:
+        from services.pretrain import build_base, is_built, load_recipe
+
+        recipe = load_recipe(cfg.model.base)
+        if not is_built(recipe, model):
+            print(f"building the pretrained base {cfg.model.base} into {model} (once; cached by its recipe)")
+            build_base(recipe, model)
+    elif not (model / "config.json").is_file():
         print(f"building the small random model in {model}")
         build_model_dir(model, cfg.model.family, "small", seed=0, min_pixels=cfg.rollout.min_pixels,
                         max_pixels=cfg.rollout.max_pixels)
@@ -145,11 +156,15 @@ def ensure_inputs(cfg: RunConfig, preset: str, **knobs: Any) -> None:
 
 
 def demo(overrides: list[str]) -> dict[str, Any]:
-    """Build the demo model and data when missing, train, and summarise where everything is."""
+    """Build the demo's base and data when missing, train, and summarise where everything is, with the
+    held-out numbers at the start and the end of GRPO and their standard errors."""
+    import time
+
     from services.metrics import read_metrics
 
+    t0 = time.perf_counter()
     cfg = load_config(DEMO_CONFIG, overrides)
-    ensure_inputs(cfg, "demo")
+    ensure_inputs(cfg, "demo", splits={"train": 2000, "val": 200, "test": 0})
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always starts fresh
@@ -158,12 +173,20 @@ def demo(overrides: list[str]) -> dict[str, Any]:
     evals = [r for r in rows if "eval/A@0.5" in r]
     summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"), "plots": str(run_dir / "plots"),
                "adapter": str(run_dir / "adapter"), "samples": str(run_dir / "samples"),
-               "A@0.5 start": evals[0]["eval/A@0.5"], "A@0.5 end": evals[-1]["eval/A@0.5"],
-               "mIoU start": evals[0]["eval/mIoU"], "mIoU end": evals[-1]["eval/mIoU"],
+               "held-out images": evals[-1].get("eval/n"),
+               "A@0.5 start": _with_se(evals[0], "A@0.5"), "A@0.5 end": _with_se(evals[-1], "A@0.5"),
+               "A@0.8 start": _with_se(evals[0], "A@0.8"), "A@0.8 end": _with_se(evals[-1], "A@0.8"),
+               "mIoU start": _with_se(evals[0], "mIoU", 3), "mIoU end": _with_se(evals[-1], "mIoU", 3),
                "centre-box A@0.5": rows[0].get("baseline/centre/A@0.5"),
-               "centre-box mIoU": rows[0].get("baseline/centre/mIoU")}
+               "centre-box mIoU": rows[0].get("baseline/centre/mIoU"),
+               "minutes": round((time.perf_counter() - t0) / 60, 1)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _with_se(row: dict[str, Any], metric: str, digits: int = 1) -> str:
+    """'59.5 ± 3.5': a held-out metric and its standard error (services/eval_metrics.py)."""
+    return f"{row[f'eval/{metric}']:.{digits}f} ± {row[f'eval/{metric}_se']:.{digits}f}"
 
 
 def run_adapter(run_dir: Path, step: int | None) -> tuple[Path, str]:

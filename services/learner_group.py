@@ -10,9 +10,7 @@ others (they would wait for it inside a collective until gloo's or NCCL's timeou
 raises ``LearnerRankLost``. A rank cannot rejoin its process group, so the run stops, naming its last
 checkpoint (README, "Reliability").
 
-Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``). The first step on a fresh CPU
-machine waits ~30 s while DeepSpeed JIT-compiles its shared-memory comm op (cached under
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``).
 """
 
 from __future__ import annotations

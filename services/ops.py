@@ -123,7 +123,8 @@ def format_status(s: JobStatus) -> str:
             ("workers", worker_line),
             ("throughput", f"{num(s.completions_per_s)} completions/s, {num(s.tokens_per_s)} "
                            f"tokens/s (last step {num(s.step_seconds)} s)"),
-            ("adapter", f"v{s.adapter_version}"),
+            ("adapter", f"v{s.adapter_version}" + ("" if s.staleness is None else
+                                                     f" (last batch {s.staleness:.3g} versions behind)")),
             ("reward", num(s.reward)),
             ("A@0.5", f"{num(s.last_eval_a50)} (last held-out eval)"),
             ("reported", f"{num(s.age_s, '.1f')} s ago")]

@@ -1,7 +1,7 @@
 """The driver's handle on the reward actor: scores batches and recreates the actor after a crash or a hang.
 
 The actor's state (the MedLoc-R1 window and tau) is read back after every call, so a replacement actor
-continues the schedule exactly where the dead one stopped (ALGORITHMS.md section 2, checkpointed state).
+continues the schedule exactly where the dead one stopped (docs/algorithms.md, "MedLoc-R1").
 A batch the actor has not answered within `reward.call_timeout_s` counts as a hang: the actor is killed and
 its replacement scores the batch from the state before it, so the schedule sees every batch exactly once
 (README, "Reliability").
@@ -32,7 +32,6 @@ class RewardClient:
     def __init__(self, config: RewardConfig, state: dict[str, Any] | None = None) -> None:
         self.config = config
         self.state = state
-        self.restarts = 0
         self.faults = FaultLog("reward", FAULT_KINDS)
         self._actor = create_reward_actor(config, state)
 
@@ -53,7 +52,6 @@ class RewardClient:
             ray.kill(self._actor)  # a no-op for a dead actor; ends a hung one (Ray also ends a stopped process)
             self.faults.record(kind, self._name(), f"{what}; recreated it from the state after the last batch",
                                len(groups))
-            self.restarts += 1
             self._actor = create_reward_actor(self.config, self.state)
             try:
                 scored, state = self._call(groups, step, progress, under)

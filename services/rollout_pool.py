@@ -31,6 +31,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from learner.batch import contiguous_shards
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.knowledge import KnowledgeBase
@@ -42,16 +43,6 @@ FAULT_KINDS = ("worker_death", "worker_timeout", "load_timeout", "load_refusal")
 
 class AdapterLoadError(RuntimeError):
     """Workers refused an adapter; every worker still serves the previous one."""
-
-
-def contiguous_shards(count: int, parts: int) -> list[range]:
-    """Split range(count) into `parts` contiguous ranges whose sizes differ by at most one (empty ones
-    dropped). Example: 5 over 2 -> [range(0, 3), range(3, 5)]."""
-    if parts < 1:
-        raise ValueError(f"need at least one part, got {parts}")
-    base, extra = divmod(count, parts)
-    bounds = list(itertools.accumulate([base + (1 if i < extra else 0) for i in range(parts)], initial=0))
-    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 @dataclass(eq=False)
@@ -127,7 +118,7 @@ class RolloutPool:
         self._adapter_ref: ray.ObjectRef[Any] | None = None  # None: the base model
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
-        self.replaced = 0  # workers replaced after dying or hanging (a metric)
+        self.replaced = 0  # workers replaced after dying or hanging (tests read it: the fault landed mid-call)
         self.faults = FaultLog("rollout", FAULT_KINDS)
         self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
         self.resize(config.num_workers if num_workers is None else num_workers)

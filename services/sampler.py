@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from services.config import RunConfig
+    from services.data.manifest import Manifest
+    from services.data.records import Record
 
 T = TypeVar("T")
 
@@ -46,3 +51,12 @@ class PromptSampler(Generic[T]):
                              f"{len(self.items)}: resume with the same data, or start a new run")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self.epoch)
+
+
+def stage_sampler(manifest: Manifest, cfg: RunConfig, stage_index: int) -> PromptSampler[Record]:
+    """Stage `stage_index`'s prompts in the driver's order: the records of its split (default: the run's
+    data.train_split) and task, permuted from the run's `seed` and the stage's index. One definition for the
+    driver and for benchmarks that give another trainer the same prompts (bench/vs_trl.py)."""
+    stage = cfg.stages[stage_index]
+    return PromptSampler(manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.task),
+                         seed=cfg.seed * 1000 + stage_index)

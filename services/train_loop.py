@@ -35,6 +35,8 @@ import itertools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ from services.convert import reward_target, rollout_request
 from services.data.manifest import Manifest
 from services.data.records import Record
 from services.metrics import MetricsWriter, PhaseTimer
-from services.sampler import PromptSampler
+from services.sampler import PromptSampler, stage_sampler
 from services.seams import Control, Learner, Reward, Rollout
 
 log = logging.getLogger(__name__)
@@ -164,23 +166,25 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
     for stage_index in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[stage_index]
-        sampler = PromptSampler(h.manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.task),
-                                seed=cfg.seed * 1000 + stage_index)
+        sampler = stage_sampler(h.manifest, cfg, stage_index)
         if stage.name in state.samplers:
             sampler.load_state_dict(state.samplers[stage.name])
-        reward = h.reward(stage.reward or cfg.reward, state.reward_state) if stage.kind == "grpo" else None
+        producer = None
+        if stage.kind == "grpo":
+            first_step = sum(s.steps for s in cfg.stages[:stage_index])
+            producer = Producer(h, stage, first_step, sampler, h.reward(stage.reward or cfg.reward, state.reward_state))
         if state.step_in_stage == 0:  # a fresh stage: lr, fresh optimiser moments, the KL reference
             h.learner.begin_stage(stage.kind, stage.lr or cfg.learner.lr, stage.carry_optimizer)
         else:  # resumed mid-stage: moments and reference come from the checkpoint
             h.learner.set_lr(stage.lr or cfg.learner.lr)
         while state.step_in_stage < stage.steps:
             timer = PhaseTimer()
-            _apply_control(h)
             # ---- step
-            if reward is not None:
-                row = grpo_step(h, stage, sampler, reward, state, timer)
-                state.reward_state = reward.state
+            if producer is not None:
+                row = grpo_step(h, stage, producer, state, timer, prefetch=_may_prefetch(cfg, stage, state))
+                state.reward_state = producer.reward.state
             else:
+                _apply_control(h)
                 row = sft_step(h, stage, sampler, timer)
             state.step_in_stage += 1
             state.global_step += 1
@@ -200,7 +204,7 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
             row.update({"stage": stage.name, "stage_step": state.step_in_stage,
                         "adapter_version": state.adapter_version, "rollout/workers": h.pool.size,
                         "rollout/workers_live": h.pool.live_count(), **timer.row(),
-                        **h.pool.take_faults(), **(reward.take_faults() if reward is not None else {})})
+                        **h.pool.take_faults(), **(producer.reward.take_faults() if producer is not None else {})})
             h.writer.log(state.global_step, row)
             # ---- checkpoint
             if stage_done:
@@ -216,37 +220,89 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
                 on_step(state.global_step, row)
             if stage_done:
                 break
+        if producer is not None:
+            producer.close()
     bar.close()
+
+
+def _may_prefetch(cfg: RunConfig, stage: StageConfig, state: DriverState) -> bool:
+    """Whether this step may generate the next step's batch while it learns (rollout.max_staleness = 1):
+    not across a stage's end, and not past a step that evaluates or checkpoints -- those drain the pipeline,
+    so a run resumed from a checkpoint generates the next batch exactly as the uninterrupted run did."""
+    step = state.global_step + 1
+    return (cfg.rollout.max_staleness >= 1 and state.step_in_stage + 1 < stage.steps
+            and not _due(cfg.eval.every, step) and not _due(cfg.checkpoint.every, step))
 
 
 # -------------------------------------------------------------------------------------------------------
 # One step of each kind.
 
 
-def grpo_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], reward: Reward,
-              state: DriverState, timer: PhaseTimer) -> dict[str, Any]:
-    """One GRPO step, phase by phase in the order of the diagram; returns its metric row."""
-    step = GroupSelection(wanted=stage.prompts_per_step, drop_zero_variance=stage.drop_zero_variance)
-    progress = state.step_in_stage / stage.steps
-    records = sampler.take(stage.prompts_per_step)  # prompts: the records' images and phrases only
-    for refill in range(1 + stage.refill_cap):
-        with timer.phase("generate"):  # RolloutPool: G completions per prompt, adapter version v
-            groups = h.pool.generate(_requests(h, records, state.global_step, refill))
-        with timer.phase("reward"):  # RewardActor: rewards under one tau, then the MedLoc-R1 window
-            scored = reward.score(_targets(records, groups), state.global_step, progress, under=step.tau)
-        step.add(groups, scored)  # dynamic sampling: keep groups with task signal
-        if step.full:
-            break
-        records = sampler.take(step.room)
+def grpo_step(h: RunHandles, stage: StageConfig, producer: Producer, state: DriverState, timer: PhaseTimer,
+              prefetch: bool = False) -> dict[str, Any]:
+    """One GRPO step in the order of the diagram; with `prefetch`, the next step's batch is generated by the
+    current adapter while the learner trains on this one (rollout.max_staleness = 1). Returns its metric row."""
+    with timer.phase("wait"):  # prompts -> RolloutPool -> RewardActor -> groups with task signal
+        step = producer.take(state.global_step)
+    if prefetch:
+        producer.prefetch(state.global_step + 1)  # the next batch, sampled by adapter v while we learn
     batch = TrainBatch(advantaged_samples(step.kept, h.cfg.learner.grpo), h.sampling)
     metrics = None
     if batch.samples:
         with timer.phase("learner"):  # LearnerGroup: the GRPO update on the adapter
             metrics = h.learner.grpo_step(batch)
         check_adapter_sync(metrics, h.cfg.learner.grpo, state.adapter_version)
-    with timer.phase("sync"):  # export adapter v+1, live on every rollout worker
+    with timer.phase("sync"):  # export adapter v+1, live on every rollout worker once the next batch is made
+        producer.drain()
         publish_adapter(h, state)
-    return step.metrics(h.pool.last_serving, state.adapter_version - 1, timer) | _learner_row(metrics)
+    return step.metrics(h.pool.last_serving, state.adapter_version - 1) | _learner_row(metrics)
+
+
+class Producer:
+    """Makes a GRPO stage's batches in generation order: prompts (no ground truth) -> G completions each ->
+    rewards under one tau -> the groups kept for the learner (`produce`). `prefetch` makes the next one in a
+    background thread while the learner trains (rollout.max_staleness = 1); `drain` waits for it, so the
+    adapter push that follows never lands mid-batch and every batch is sampled by exactly one version."""
+
+    def __init__(self, h: RunHandles, stage: StageConfig, first_step: int, sampler: PromptSampler[Record],
+                 reward: Reward) -> None:
+        self.h, self.stage, self.first_step, self.sampler, self.reward = h, stage, first_step, sampler, reward
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="producer")
+        self._next: Future[GroupSelection] | None = None
+
+    def take(self, step: int) -> GroupSelection:
+        if self._next is not None:
+            made, self._next = self._next.result(), None
+            return made
+        return self.produce(step)
+
+    def prefetch(self, step: int) -> None:
+        self._next = self._thread.submit(self.produce, step)
+
+    def drain(self) -> None:
+        if self._next is not None:
+            futures.wait([self._next])
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    def produce(self, step: int) -> GroupSelection:
+        """The batch of global step `step` (0-based), generated by the adapter live now."""
+        h, stage = self.h, self.stage
+        _apply_control(h)  # a resize lands while the pool is idle, before a generation starts
+        made = GroupSelection(wanted=stage.prompts_per_step, drop_zero_variance=stage.drop_zero_variance)
+        progress = (step - self.first_step) / stage.steps  # the fraction of the stage done (stepped tau)
+        records = self.sampler.take(stage.prompts_per_step)
+        for refill in range(1 + stage.refill_cap):
+            with made.timer.phase("generate"):  # RolloutPool: G completions per prompt
+                groups = h.pool.generate(_requests(h, records, step, refill))
+            with made.timer.phase("reward"):  # RewardActor: rewards under one tau, then the MedLoc-R1 window
+                scored = self.reward.score(_targets(records, groups), step, progress, under=made.tau)
+            made.add(groups, scored)  # dynamic sampling: keep groups with task signal
+            if made.full:
+                break
+            records = self.sampler.take(made.room)
+        return made
 
 
 def sft_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], timer: PhaseTimer) -> dict[str, Any]:
@@ -297,6 +353,7 @@ class GroupSelection:
     zero_variance: int = 0
     schedule: ScheduleSnapshot | None = None  # after the last round was observed
     raises: list[RaiseRecord] = field(default_factory=list)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # its generate and reward seconds
 
     @property
     def room(self) -> int:
@@ -319,8 +376,9 @@ class GroupSelection:
         self.schedule = scored.schedule
         self.raises += scored.raises
 
-    def metrics(self, serving: Sequence[int], version: int, timer: PhaseTimer) -> dict[str, Any]:
-        """The step's reward, batch and rollout rows (the learner's come from its StepMetrics)."""
+    def metrics(self, serving: Sequence[int], version: int) -> dict[str, Any]:
+        """The step's reward, batch and rollout rows (the learner's come from its StepMetrics); `version` is
+        the learner's adapter version when it trained on this batch."""
         for r in self.raises:
             log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
         cat = {k: np.concatenate([getattr(c, k) for c in self.columns])
@@ -332,19 +390,22 @@ class GroupSelection:
             row |= {f"tau/{k}": v for k, v in asdict(self.schedule.stats).items()
                     if k not in ("tau", "version") and isinstance(v, int | float)}
         completions = [c for g in self.seen for c in g.completions]
-        gen_s = max(timer.seconds.get("generate", 0.0), 1e-9)
+        gen_s = max(self.timer.seconds.get("generate", 0.0), 1e-9)
         versions = [g.adapter_version for g in self.seen]
         return row | {
             "batch/groups_seen": len(self.seen), "batch/groups_kept": len(self.kept),
             "batch/zero_variance_fraction": self.zero_variance / max(len(self.seen), 1),
-            "batch/adapter_version_lag": float(np.mean([version - k.group.adapter_version for k in self.kept]))
-            if self.kept else 0.0,
+            "batch/staleness": float(np.mean([version - k.group.adapter_version for k in self.kept]))
+            if self.kept else 0.0,  # adapter versions between the sampling policy and the learner's
             "batch/adapter_version_min": min(versions), "batch/adapter_version_max": max(versions),
             "rollout/workers_serving": len(serving), "rollout/serving_serials": ",".join(map(str, serving)),
             "rollout/completions_per_s": len(completions) / gen_s,
             "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / gen_s,
+            "rollout/prompt_tokens": sum(len(g.prompt_token_ids) for g in self.seen),
+            "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
             "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
-            / max(len(completions), 1)}
+            / max(len(completions), 1),
+            **{f"time/{k}_s": v for k, v in self.timer.seconds.items()}}  # when it was made, maybe overlapped
 
 
 def _per_group(column: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -475,7 +536,8 @@ def _status(h: RunHandles, state: DriverState, row: dict[str, Any]) -> JobStatus
     """What `medground status` shows (the control actor stamps the time)."""
     return JobStatus(step=state.global_step, total_steps=sum(s.steps for s in h.cfg.stages), stage=row.get("stage"),
                      tau=row.get("tau/value"), tau_version=row.get("tau/version"), reward=row.get("reward/total"),
-                     adapter_version=state.adapter_version, rollout_workers=h.pool.size,
+                     adapter_version=state.adapter_version, staleness=row.get("batch/staleness"),
+                     rollout_workers=h.pool.size,
                      rollout_workers_live=row.get("rollout/workers_live", h.pool.live_count()),
                      rollout_workers_serving=row.get("rollout/workers_serving"),
                      completions_per_s=row.get("rollout/completions_per_s"),

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from services.launch import CPU_ENV
+
+for _key, _value in CPU_ENV.items():  # the product's one CPU environment, as `medground train` sets it
+    os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_MARK = Path(os.environ.get("TMPDIR", "/tmp")) / f"medground-test-start-{os.getpid()}"
@@ -53,9 +52,7 @@ def ray_local() -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
-                                           "TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": CPU_ENV})
     yield
     ray.shutdown()
 

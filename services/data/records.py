@@ -1,7 +1,8 @@
 """The canonical record: one (image, phrase or question) pair with its ground truth.
 
 Boxes are float `x1, y1, x2, y2` in pixels of the stored image (origin top-left, pixel i spans [i, i+1)),
-the one frame every converter writes and every consumer reads (ARCHITECTURE.md, "Coordinate frames").
+the one frame every converter writes and every consumer reads (docs/architecture.md, "Coordinate frames").
+Box primitives (clipping, IoU, the tight box of a mask) live in rewards/boxes.py.
 Model-specific frames (smart_resize input pixels, 0..1000 units) live in rewards/frames.py, never here.
 Importable without torch, pyarrow or any image library.
 """
@@ -18,7 +19,7 @@ Attribute = str | int | float | bool | list[str] | list[int] | list[float]
 TASKS: tuple[Task, ...] = ("grounding", "classification", "grading")
 
 # Relative box area buckets (box area / image area) of the small-target benchmark and of `data inspect`;
-# ALGORITHMS.md "evaluation by target size". Upper bounds are exclusive.
+# docs/algorithms.md, "Evaluation". Upper bounds are exclusive.
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("<0.5%", 0.0, 0.005),
     ("0.5-2%", 0.005, 0.02),
@@ -142,13 +143,3 @@ def size_bucket(relative_area: float) -> str:
 def xywh_to_xyxy(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
     """(x, y, w, h) top-left + size, as in COCO, NIH, RSNA and MS-CXR, to (x1, y1, x2, y2)."""
     return (float(x), float(y), float(x) + float(w), float(y) + float(h))
-
-
-def clip_box(
-    box: tuple[float, float, float, float], width: int | None, height: int | None
-) -> tuple[float, float, float, float]:
-    """Clip a box to [0, width] x [0, height] (a side with unknown size is clipped at 0 only)."""
-    x1, y1, x2, y2 = box
-    w = float("inf") if width is None else float(width)
-    h = float("inf") if height is None else float(height)
-    return (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,19 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from learner.engine import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A free port in 20000-29999: above Ray's worker ports (10002-19999) and below the kernel's ephemeral
-    range, from which other clusters on this machine take their random ports."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 30000)
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind(("127.0.0.1", port))
-            return port
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

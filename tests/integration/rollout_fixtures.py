@@ -3,14 +3,13 @@ images, requests and a small knowledge folder. Not collected (no test_ prefix)."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from learner.export import LoraArtefact
 from rollout.contracts import RolloutRequest
-from rollout.engines import AdapterTensors
 
 KNOWLEDGE_YAML = """\
 version: 1
@@ -44,12 +43,9 @@ def make_lora_adapter(model_dir: Path, out: Path, seed: int = 1, scale: float = 
     return out
 
 
-def adapter_tensors(adapter_dir: Path, version: int) -> AdapterTensors:
-    """The adapter directory as the in-memory artefact that travels through Ray (numpy tensors)."""
-    from safetensors.numpy import load_file
-
-    return AdapterTensors(version=version, tensors=load_file(str(adapter_dir / "adapter_model.safetensors")),
-                          peft_config=json.loads((adapter_dir / "adapter_config.json").read_text()))
+def adapter_artefact(adapter_dir: Path, version: int) -> LoraArtefact:
+    """The adapter directory as the in-memory artefact that travels through Ray (the learner's type)."""
+    return LoraArtefact.load(adapter_dir, version=version)
 
 
 def image(seed: int, size: tuple[int, int] = (130, 90)) -> Image.Image:

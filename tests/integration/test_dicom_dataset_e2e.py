@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 from dicom_files import dataset, palette, write
-from local_cluster import free_port
 from PIL import Image
 from typer.testing import CliRunner
 
+from learner.engine import free_port
 from services.cli import app
 from services.data import load_manifest
 
@@ -176,7 +176,7 @@ def _serve_one(run_dir: Path, dicom: Path) -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}})
+            ray_actor_options={"num_cpus": 0.5})
         serve.run(deployment.bind({"run_dir": str(run_dir), "adapter_path": str(run_dir / "adapter")}),
                   name="medground-e2e", route_prefix="/")
         response = requests.post(f"http://127.0.0.1:{port}/v1/ground", timeout=120,

@@ -1,5 +1,5 @@
 """A frame test per model family: the same image and box give the same original-pixel box through train,
-eval and serve (ARCHITECTURE.md, "Coordinate frames").
+eval and serve (docs/architecture.md, "Coordinate frames").
 
 For each family (Qwen2.5-VL: input pixels, 28 px cells; Qwen2-VL: 0..1000, 28 px; Qwen3-VL: 0..1000,
 32 px) and a few image sizes:

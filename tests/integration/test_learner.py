@@ -226,3 +226,26 @@ def test_truncated_completions_can_be_masked_from_the_loss(tiny_model_dir: Path)
     # equal up to float noise of padding the micro-batch to another length; unmasked it trains
     assert _max_diff(adapters[0], adapters[1]) < 2e-5
     assert _max_diff(adapters[2], adapters[1]) > 1e-3
+
+
+def test_process_group_starts_past_a_stale_extension_lock(tmp_path: Path) -> None:
+    """A process killed while DeepSpeed loads its CPU shared-memory comm op leaves torch's build lock
+    behind; a later learner start must not wait on it (it waited forever and a CI run timed out). The op
+    is switched off on CPU, so a process group starts with a stale lock in place (learner/engine.py)."""
+    import os
+    import subprocess
+    import sys
+
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"  # where torch builds it under TORCH_EXTENSIONS_DIR
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    code = ("from learner.engine import _init_distributed\n"
+            "import torch, torch.distributed as dist\n"
+            "assert _init_distributed(0, 1, 'gloo')\n"
+            "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n"
+            "dist.destroy_process_group()\n")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2], check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert lock.exists() and not (lock.parent / "deepspeed_shm_comm.so").exists()  # neither taken nor built

@@ -4,22 +4,17 @@ and equals the trained model (base + exported LoRA logits within 1e-5, fp32)."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from learner.engine import free_port
+
 pytestmark = pytest.mark.integration
 
 WORLD = 2
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _probe_ids() -> torch.Tensor:
@@ -74,7 +69,7 @@ def test_zero_ranks_train_mlae_and_rank0_exports_a_complete_equal_adapter(
 
     from learner.export import LoraArtefact
 
-    mp.start_processes(_rank, args=(_free_port(), stage, str(tiny_model_dir), str(tmp_path)), nprocs=WORLD,
+    mp.start_processes(_rank, args=(free_port(), stage, str(tiny_model_dir), str(tmp_path)), nprocs=WORLD,
                        join=True, start_method="spawn")
 
     artefact = LoraArtefact.load(tmp_path / "adapter")

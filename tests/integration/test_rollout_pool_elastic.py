@@ -4,12 +4,11 @@ workers that are up, work goes to them, the unplaced worker is reported as not l
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import ray
-from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from services.rollout_pool import RolloutPool
@@ -20,6 +19,9 @@ CONFIG = RolloutConfig(engine="hf", max_model_len=512, cpus_per_worker=1.5, num_
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 
+# A regression stalls forever (it waited on a worker that can never start): the timeout turns that into a
+# failure instead of a hung suite, without timing anything that passes.
+@pytest.mark.timeout(600)
 def test_an_unplaceable_worker_neither_stalls_nor_serves(ray_local: None, tiny_model_dir: Path,
                                                          tmp_path: Path) -> None:
     adapter = make_lora_adapter(tiny_model_dir, tmp_path / "v1")
@@ -28,16 +30,17 @@ def test_an_unplaceable_worker_neither_stalls_nor_serves(ray_local: None, tiny_m
         pool.wait_ready(timeout=300)
         pool.resize(2)
         assert (pool.size, pool.live_count()) == (2, 1)
-        t = time.monotonic()
-        pool.load_adapter(1, ray.put(adapter_tensors(adapter, version=1)))  # would block forever before
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter, version=1)))  # would block forever before
         groups = pool.generate(requests(3), n=2, sampling=GREEDY)
-        assert time.monotonic() - t < 120
         assert [g.adapter_version for g in groups] == [1, 1, 1]
         assert pool.last_serving == (0,), "only the worker that is up may take work"
         assert pool.live_count() == 1
-        t = time.monotonic()
-        pool.resize(1)  # the unplaced worker goes without waiting for a close it can never run
-        assert time.monotonic() - t < 10
+        waits: list[object] = []
+        real_get = ray.get
+        with pytest.MonkeyPatch.context() as patch:  # count the waits instead of timing them
+            patch.setattr(ray, "get", lambda *a, **kw: waits.append(a) or real_get(*a, **kw))
+            pool.resize(1)  # the unplaced worker goes without waiting for a close it can never run
+        assert not waits, "removing a worker that never started must not wait on it"
         assert (pool.size, pool.live_count()) == (1, 1)
     finally:
         pool.shutdown()

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from dicom_files import real_world_variants
-from local_cluster import free_port
 from rollout_fixtures import make_lora_adapter
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
 import rewards
+from learner.engine import free_port
 
 pytestmark = pytest.mark.integration
 requests = pytest.importorskip("requests")
@@ -63,8 +63,7 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {
-                "MEDGROUND_SERVE_TOKEN": TOKEN, "VLLM_CPU_KVCACHE_SPACE": "1"}}},
+            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"MEDGROUND_SERVE_TOKEN": TOKEN}}},
             user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "watch_interval_s": 1.0})
         serve.run(deployment.bind({"run_dir": str(run_dir), "limits": {"max_upload_bytes": MAX_UPLOAD}}),
                   name="medground", route_prefix="/")

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
@@ -25,7 +26,7 @@ from services.data.converters.common import (
     size_if_present,
     slug,
 )
-from services.data.records import Box, Record, RecordMeta, clip_box, xywh_to_xyxy
+from services.data.records import Box, Record, RecordMeta, xywh_to_xyxy
 
 
 def _require(item: Any, key: str, where: str) -> Any:

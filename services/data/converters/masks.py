@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from rewards.boxes import mask_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
@@ -35,15 +36,6 @@ from services.data.records import Box, Record, RecordMeta
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz")
 LABEL_TAGS = ("_label", "_mask", "_seg")
-
-
-def mask_box(mask: NDArray[np.bool_]) -> Box | None:
-    """Tight box of a boolean mask (H, W): pixel i spans [i, i + 1), so x2 = last column + 1."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
 def _ref(path: Path, out_dir: Path) -> str:

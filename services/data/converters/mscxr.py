@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     ConvertOptions,
     ConvertResult,
@@ -20,7 +21,7 @@ from services.data.converters.common import (
     require_columns,
     slug,
 )
-from services.data.records import Box, Record, RecordMeta, clip_box, xywh_to_xyxy
+from services.data.records import Box, Record, RecordMeta, xywh_to_xyxy
 
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
@@ -19,7 +20,7 @@ from services.data.converters.common import (
     read_rows,
     slug,
 )
-from services.data.records import Record, RecordMeta, clip_box, xywh_to_xyxy
+from services.data.records import Record, RecordMeta, xywh_to_xyxy
 
 NIH_SIZE = 1024
 # The table's labels as a radiologist would phrase them.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertOptions,
@@ -22,7 +23,7 @@ from services.data.converters.common import (
     require_columns,
     size_if_present,
 )
-from services.data.records import Record, RecordMeta, clip_box, xywh_to_xyxy
+from services.data.records import Record, RecordMeta, xywh_to_xyxy
 
 RSNA_SIZE = 1024
 

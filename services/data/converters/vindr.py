@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     ConvertOptions,
     ConvertResult,
@@ -26,7 +27,7 @@ from services.data.converters.common import (
     size_if_present,
     slug,
 )
-from services.data.records import Box, Record, RecordMeta, clip_box
+from services.data.records import Box, Record, RecordMeta
 
 NO_FINDING = "No finding"
 COLUMNS = ("image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max")

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
@@ -23,7 +24,7 @@ from services.data.converters.common import (
     image_ref,
     size_if_present,
 )
-from services.data.records import Record, clip_box
+from services.data.records import Record
 
 _BOX = re.compile(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
 

@@ -2,7 +2,7 @@
 
 Boxes come from the lesion's geometry, never from thresholding the noisy rendering, so a box does not move
 with contrast or noise: the analytic extent for round lesions and blobs, the support mask for effusion and
-pneumothorax (research/data.md section 3.2).
+pneumothorax (the box a segmentation mask of the finding would give).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rewards.boxes import clip_box, mask_box
 from services.data.synth.phantom import F32, Lung, Mask, Scene, grid, smooth_noise, window
 
 Box = tuple[float, float, float, float]
@@ -52,16 +53,8 @@ def _zone(lung: Lung, v_centre: float) -> str:
 
 def _clip_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Box:
     # Rounded to 1/1000 px: exact enough for any IoU, and manifests stay readable.
-    return (round(max(0.0, x1), 3), round(max(0.0, y1), 3), round(min(float(width), x2), 3),
-            round(min(float(height), y2), 3))
-
-
-def _mask_box(mask: Mask) -> Box | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    cx1, cy1, cx2, cy2 = clip_box((x1, y1, x2, y2), width, height)
+    return (round(cx1, 3), round(cy1, 3), round(cx2, 3), round(cy2, 3))
 
 
 def _pick_centre(rng: np.random.Generator, field: Mask, half_w: float, half_h: float) -> tuple[float, float]:
@@ -152,7 +145,7 @@ def _effusion(a: F32, field: Mask, lung: Lung, area: float, contrast: float, u: 
     # Meniscus: the fluid climbs the lateral chest wall.
     lateral = np.clip(np.abs(u - lung.cx) / lung.rx, 0.0, 1.0) * (np.sign(u - lung.cx) == (-1 if lung.side == "right" else 1))
     mask = field & (v >= (level / height) - 0.03 * lateral**2)
-    box = _mask_box(mask)
+    box = mask_box(mask)
     if box is None:
         return None
     a[mask] = np.maximum(a[mask], np.float32(0.14 + contrast + 0.2))
@@ -168,7 +161,7 @@ def _pneumothorax(a: F32, field: Mask, lung: Lung, area: float, contrast: float,
     lateral = np.clip(np.abs(u - lung.cx) / lung.rx, 0.0, 1.0)
     edge = (level / height) + 0.02 * lateral**2
     mask = field & (v <= edge)
-    box = _mask_box(mask)
+    box = mask_box(mask)
     if box is None:
         return None
     # No lung markings beyond the pleural line: the cap is flat and darker; the line itself is bright.

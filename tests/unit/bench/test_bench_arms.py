@@ -19,6 +19,7 @@ from bench._arms import (
     tree_key,
     warm_tree,
 )
+from services.config import RunConfig
 
 BASE = {"name": "b", "model": {"path": "m"}, "data": {"manifest": "d.jsonl"},
         "stages": [{"name": "warm", "kind": "sft", "steps": 5}, {"name": "g", "kind": "grpo", "steps": 3},
@@ -30,7 +31,9 @@ def test_warm_and_arm_trees() -> None:
     arm = Arm("x", ("stages.0.kind=sft",), stages=("g",), warm=("learner.adapter=lora",))
     warm = warm_tree(BASE, STUDY, arm, seed=3)
     assert [s["name"] for s in warm["stages"]] == ["warm"]
-    assert warm["seed"] == 3 and warm["learner"]["seed"] == 3 and warm["learner"]["adapter"] == "lora"
+    assert warm["seed"] == 3 and warm["learner"]["adapter"] == "lora"
+    seeds = RunConfig.model_validate(warm)
+    assert (seeds.learner.seed, seeds.learner.mlae.seed, seeds.rollout.seed) == (3, 3, 3)
     assert warm["eval"]["at_start"] is False
     tree = arm_tree(BASE, STUDY, arm, seed=3, init_from="ck")
     assert tree["stages"] == [{"name": "g", "kind": "sft", "steps": 2}]  # common uses base indices, arm its own

@@ -1,4 +1,4 @@
-"""bench/vs_trl's pure parts: step-time summaries, the ratio of medians, and the turn-taking baton."""
+"""bench/vs_trl's pure parts: step-time summaries, the ratio of medians, the turn-taking baton, token means."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from bench.vs_trl import Baton, equal_length_kwargs, phase_medians, ratio, summarise
+from bench._turns import Baton, phase_medians, ratio, summarise
+from bench.vs_trl import Recorder, equal_length_kwargs
 
 
 def test_summarise_by_hand() -> None:
@@ -75,3 +76,10 @@ def test_equal_length_kwargs_speak_each_engines_terms() -> None:
     # suppress_tokens (what medground's vLLM and hf engines do for the same two rules)
     assert equal_length_kwargs(64, [7, 9], use_vllm=True) == {"min_tokens": 64, "logit_bias": {7: -100.0, 9: -100.0}}
     assert equal_length_kwargs(64, [7, 9], use_vllm=False) == {"min_new_tokens": 64, "suppress_tokens": [7, 9]}
+
+
+def test_recorder_token_means() -> None:
+    # 2 prompts of 30 and 34 tokens, 4 completions of 8 tokens: means 32 and 8 (equal work: 8 = --tokens)
+    rec = Recorder([], prompts=2, prompt_tokens=64, completions=4, completion_tokens=32)
+    assert rec.tokens() == {"completion_tokens_mean": 8.0, "prompt_tokens_mean": 32.0}
+    assert Recorder([]).tokens() == {"completion_tokens_mean": 0.0, "prompt_tokens_mean": 0.0}

@@ -20,6 +20,7 @@ import yaml
 from services import ops
 from services.cli import app
 from services.config import RunConfig, load_config
+from services.launch import CPU_ENV
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -193,6 +194,8 @@ def test_job_runtime_envs_are_what_submit_sends() -> None:
         assert set(env) <= {"excludes", "env_vars", "working_dir", "pip", "py_modules"}
         assert {".venv", ".git", "runs", "models", "data"} <= set(env["excludes"])
         assert all(isinstance(v, str) for v in env["env_vars"].values()), "env vars must be strings"
+    # a CPU cluster's jobs run with the environment of a local run: the one dict, not a copy that drifts
+    assert ops.runtime_env(False, ROOT)["env_vars"] == CPU_ENV
 
 
 def _serve_port() -> int:

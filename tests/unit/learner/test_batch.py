@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.batch import TrainSample, collate, micro_batches, shard
+from learner.batch import TrainSample, collate, contiguous_shards, micro_batches, shard
 
 
 def _image_sample(prompt_len: int, completion: tuple[int, ...], patches: int) -> TrainSample:
@@ -65,3 +65,12 @@ def test_micro_batches_and_shard() -> None:
     assert [x.prompt_ids[0] for s in shards for x in s] == list(range(1, 8))  # order preserved
     with pytest.raises(ValueError, match="at least one sample per rank"):
         shard(samples[:1], 2)
+
+
+def test_contiguous_shards() -> None:
+    # 5 over 2: sizes 3 and 2; 2 over 3: two shards of one, the empty third dropped
+    assert contiguous_shards(5, 2) == [range(0, 3), range(3, 5)]
+    assert contiguous_shards(2, 3) == [range(0, 1), range(1, 2)]
+    assert contiguous_shards(0, 2) == []
+    with pytest.raises(ValueError, match="at least one part"):
+        contiguous_shards(3, 0)

@@ -1,4 +1,5 @@
-"""IoU: hand values, properties (symmetric, in [0, 1], 1 only for equal boxes), vectorised vs scalar loop."""
+"""Box primitives: IoU hand values and properties (symmetric, in [0, 1], 1 only for equal boxes), vectorised vs
+scalar, the best IoU over several truths, clipping, the tight box of a mask."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rewards import iou, iou_pairs, max_iou
+from rewards import best_iou, clip_box, iou, iou_pairs, mask_box, max_iou
 
 
 def test_hand_values() -> None:
@@ -58,6 +59,20 @@ def test_vectorised_equals_loop() -> None:
     gt[::5, 2] = np.nan  # padded rows: targets with fewer boxes
     pred[::7] = np.nan  # unparsable predictions
     got = max_iou(pred, gt)
-    want = [max((iou(tuple(p), tuple(g)) for g in gs if not np.isnan(g).any()), default=0.0) for p, gs in zip(pred, gt, strict=True)]
+    want = [best_iou(None if np.isnan(p).any() else tuple(p), [tuple(g) for g in gs if not np.isnan(g).any()])
+            for p, gs in zip(pred, gt, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     np.testing.assert_allclose(iou_pairs(pred, gt[:, 0]), [iou(tuple(p), tuple(g)) for p, g in zip(pred, gt[:, 0], strict=True)])
+
+
+def test_best_iou_clip_and_mask_box_hand_values() -> None:
+    # (0,0,2,2) vs (1,0,2,2): intersection 1x2 = 2, union 4 + 2 - 2 = 4 -> 0.5; the far box gives 0.
+    assert best_iou((0, 0, 2, 2), [(10, 10, 12, 12), (1, 0, 2, 2)]) == 0.5
+    assert best_iou(None, [(0, 0, 1, 1)]) == 0.0 and best_iou((0, 0, 1, 1), []) == 0.0
+    assert clip_box((-5, 3, 120, 90), 100, 80) == (0, 3, 100, 80)
+    assert clip_box((-5, -1, 120, 90), None, None) == (0, 0, 120, 90)  # unknown size: clipped at 0 only
+    assert clip_box((50, 10, 40, 20), 100, 80) == (50, 10, 40, 20)  # never reordered
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[2:4, 3:7] = True  # rows 2-3, columns 3-6: pixel i spans [i, i + 1)
+    assert mask_box(mask) == (3.0, 2.0, 7.0, 4.0)
+    assert mask_box(np.zeros((3, 3), dtype=bool)) is None

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from learner.config import LearnerConfig
+from rollout.config import RolloutConfig
 from services.config import ConfigError, RunConfig, apply_overrides, load_config, write_resolved
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "deploy" / "configs").glob("*.yaml"))
@@ -17,10 +20,10 @@ def test_configs_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_validates(path: Path) -> None:
-    cfg = load_config(path)
-    assert isinstance(cfg, RunConfig)
-    assert cfg.stages, f"{path.name} has no stages"
+def test_every_shipped_config_validates_and_resumes_as_itself(path: Path) -> None:
+    cfg = load_config(path)  # raises ConfigError naming the field when a shipped file is broken
+    # a resumed run re-reads its resolved_config.json: the dump must validate back to the same tree
+    assert RunConfig.model_validate(json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -117,3 +120,16 @@ def test_grpo_stages_refuse_settings_that_cannot_learn(tmp_path: Path, override:
     # the same settings are fine for a run without GRPO (SFT, or evaluation-only settings)
     sft = _write(tmp_path, MINIMAL.replace("kind: grpo", "kind: sft"))
     assert load_config(sft, [override]).stages[0].kind == "sft"
+
+
+def test_the_run_seed_drives_every_seed_unless_one_is_set(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL)
+    cfg = load_config(path, ["seed=7"])
+    assert (cfg.learner.seed, cfg.learner.mlae.seed, cfg.rollout.seed) == (7, 7, 7)
+    own = load_config(path, ["seed=7", "learner.mlae.seed=2", "rollout.seed=5"])
+    assert (own.learner.seed, own.learner.mlae.seed, own.rollout.seed) == (7, 2, 5)
+    # sections given as models (benchmarks, tests) derive the same way, keeping what they set
+    built = RunConfig.model_validate({**yaml.safe_load(MINIMAL), "seed": 4,
+                                      "learner": LearnerConfig(lr=1e-3), "rollout": RolloutConfig(seed=9)})
+    assert (built.learner.seed, built.learner.mlae.seed, built.rollout.seed, built.learner.lr) == (4, 4, 9, 1e-3)
+    assert json.loads(write_resolved(cfg, tmp_path / "run").read_text())["learner"]["mlae"]["seed"] == 7

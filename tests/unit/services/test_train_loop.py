@@ -1,6 +1,6 @@
 """The driver's whole loop in-process, against the fakes of driver_fakes.py: stages, dynamic-sampling refills,
 evaluation cadence, adapter pushes, checkpoint and exact resume, a resize request, a reward crash.
-(The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop.py.)"""
+(The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -193,3 +193,39 @@ def test_a_stop_request_between_steps_checkpoints_that_step_and_resumes_identica
     assert sorted(got) == sorted(want) == [0, 1, 2, 3, 4, 5]
     keys = [k for k in want[5] if k.split("/")[0] in ("reward", "tau", "batch", "learner", "eval")]
     assert {k: got[5].get(k) for k in keys} == {k: want[5][k] for k in keys}
+def test_overlapped_generation_trains_each_batch_one_version_behind(tmp_path: Path) -> None:
+    """rollout.max_staleness = 1: while the learner takes step t, the pool makes step t+1's batch with the
+    adapter of step t (one version behind); a step that evaluates drains the pipeline, so the batch after it
+    is fresh. Every batch is sampled by exactly one version."""
+    cfg = _config(tmp_path, rollout={"group_size": 4, "max_staleness": 1},
+                  stages=[{"name": "rl", "kind": "grpo", "steps": 6, "prompts_per_step": 2, "refill_cap": 2}],
+                  eval={"every": 3, "max_samples": 2, "overlays": 0})
+    run_dir, pool, learner, _ = _run(cfg, tmp_path)
+    rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
+    # step 1 is made synchronously; steps 2-3 were prefetched; step 3 evaluates, so step 4 is fresh again
+    assert [rows[s]["batch/staleness"] for s in range(1, 7)] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert [{s.adapter_version for s in b.samples} for b in learner.batches] == [{0}, {0}, {1}, {3}, {3}, {4}]
+    assert pool.loads == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
+    over = {"rollout": {"group_size": 4, "max_staleness": 1}, "checkpoint": {"every": 2, "keep": 2},
+            "stages": [{"name": "rl", "kind": "grpo", "steps": 6, "prompts_per_step": 2, "refill_cap": 2}],
+            "eval": {"every": 0, "max_samples": 2, "overlays": 0}, "name": "full"}
+    full_dir, _, full_learner, _ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
+
+    def interrupt(step: int, row: dict[str, Any]) -> None:
+        if step == 5:
+            raise _Interrupted
+
+    cfg = _config(tmp_path / "b", **over)
+    with pytest.raises(train_loop.RunFailed):
+        _run(cfg, tmp_path / "b", on_step=interrupt)
+    resumed_dir, _, resumed_learner, _ = _run(cfg, tmp_path / "b", resume=True)
+    want = {r["step"]: r for r in read_metrics(full_dir / "metrics.jsonl")}
+    got = {r["step"]: r for r in read_metrics(resumed_dir / "metrics.jsonl")}
+    keys = [k for k in want[6] if k.split("/")[0] in ("reward", "tau", "batch", "learner")]
+    for step in (5, 6):
+        assert {k: got[step].get(k) for k in keys} == {k: want[step][k] for k in keys}, step
+    assert [(s.adapter_version, s.advantage) for b in resumed_learner.batches for s in b.samples] == \
+        [(s.adapter_version, s.advantage) for b in full_learner.batches[-2:] for s in b.samples]

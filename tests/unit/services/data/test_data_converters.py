@@ -1,6 +1,6 @@
 """Converters on hand-made fixtures of formats that cannot be had offline (credentialed or download-only).
 
-Each fixture follows the published format (research/data.md section 1.2 and 4.2); expected boxes carry
+Each fixture follows the published format its converter's docstring names; expected boxes carry
 their arithmetic.
 """
 

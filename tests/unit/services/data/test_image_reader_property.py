@@ -85,8 +85,9 @@ def _build(h: dict[str, Any]) -> tuple[bytes, np.ndarray | None]:
         ds.SamplesPerPixel = None
     data = to_bytes(ds)
     if h["fault"] == "rescale slope not a number":
-        ds.RescaleSlope, ds.RescaleIntercept = 1.25, 0
-        data = with_invalid_text(to_bytes(ds), "1.25", "one.")
+        # 4 decimals: no window value (rounded to 2) can hold the same text (hypothesis found width 1.25)
+        ds.RescaleSlope, ds.RescaleIntercept = 1.2345, 0
+        data = with_invalid_text(to_bytes(ds), "1.2345", "one.23")
     return data, expected
 
 

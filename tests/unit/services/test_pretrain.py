@@ -1,0 +1,52 @@
+"""The pretrained-base recipe: a stable cache key, clear errors, the base's own reasoning text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rollout.knowledge import load_knowledge
+from services.config import ConfigError
+from services.data.records import Record, RecordMeta
+from services.pretrain import RECIPE_FILE, BaseRecipe, is_built, load_recipe, own_think
+
+ROOT = Path(__file__).resolve().parents[3]
+RECIPES = sorted((ROOT / "deploy" / "configs" / "bases").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_validate(path: Path) -> None:
+    assert load_recipe(path).digest() == load_recipe(path).digest()
+
+
+def test_the_digest_keys_every_field(tmp_path: Path) -> None:
+    base = BaseRecipe()
+    assert len({base.digest(), base.model_copy(update={"steps": 1999}).digest(),
+                base.model_copy(update={"data_knobs": {"noise_std": 0.05}}).digest()}) == 3
+    (tmp_path / RECIPE_FILE).write_text(json.dumps({"digest": base.digest()}))
+    assert is_built(base, tmp_path) and not is_built(base.model_copy(update={"lr": 1e-3}), tmp_path)
+    assert not is_built(base, tmp_path / "missing")
+
+
+def test_recipe_errors_name_the_field_and_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 10\n")
+    with pytest.raises(ConfigError, match=r"stepz: unknown key; did you mean 'steps'"):
+        load_recipe(bad)
+
+
+def test_own_think_says_where_and_sometimes_recites_the_knowledge() -> None:
+    knowledge = load_knowledge(ROOT / "deploy" / "knowledge")
+    meta = RecordMeta(attributes={"finding": "mass", "side": "left", "zone": "upper"})
+    record = Record(id="r", image="x.png", width=100, height=100, phrase="small left mass",
+                    boxes=((1.0, 1.0, 9.0, 9.0),), knowledge_key="cxr/mass", meta=meta)
+    assert own_think(record, knowledge, recite=False) == "left lung, upper zone."
+    recited = own_think(record, knowledge, recite=True)
+    opening = " ".join(knowledge.entries["cxr/mass"].appearance.split()[:8]).rstrip(",;.")
+    assert recited == f"{opening}. left lung, upper zone."
+    plain = record.model_copy(update={"meta": RecordMeta(), "knowledge_key": None})
+    assert own_think(plain, knowledge, recite=True) == "small left mass."

@@ -1,0 +1,41 @@
+"""Prompt order: `stage_sampler` is the order the driver trains on (bench/vs_trl.py feeds TRL the same
+prompts through it), and the driver's row counts the tokens of the rollouts it trains on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from driver_fakes import (
+    LocalReward,
+    QueueControl,
+    RecordingLearner,
+    ScriptedPool,
+    box_answer,
+    handles,
+    write_records,
+)
+
+from services import train_loop
+from services.config import RunConfig
+from services.metrics import read_metrics
+from services.sampler import stage_sampler
+
+
+def test_stage_sampler_is_the_drivers_prompt_order(tmp_path: Path) -> None:
+    cfg = RunConfig.model_validate({
+        "name": "order", "seed": 3, "output_dir": str(tmp_path / "runs"), "model": {"path": "unused"},
+        "data": {"manifest": "unused", "eval_split": "val"},
+        "stages": [{"name": "warm", "kind": "sft", "steps": 1, "prompts_per_step": 2},
+                   {"name": "rl", "kind": "grpo", "steps": 3, "prompts_per_step": 2, "refill_cap": 0,
+                    "drop_zero_variance": False}],
+        "rollout": {"group_size": 2}, "reward": {"w_recite": 0.0},
+        "eval": {"at_start": False, "max_samples": 1, "overlays": 0}})
+    manifest = write_records(tmp_path / "data", n_train=5, n_val=1)
+    pool = ScriptedPool(lambda *_: box_answer((10, 10, 40, 50)), group_size=2)
+    run_dir = train_loop.run(cfg, run_dir=tmp_path / "run", start=lambda c, d: handles(
+        c, d, manifest, pool, RecordingLearner(), QueueControl(), LocalReward))
+    trained = [i for call in pool.calls for i in call if i.startswith("train-")]  # not the evaluation's
+    assert trained == [r.id for r in stage_sampler(manifest, cfg, 1).take(6)]
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rollout/prompt_tokens" in r]
+    # each step: 2 groups, 5 prompt tokens each; 2 completions of 3 tokens per group (driver_fakes)
+    assert [(r["rollout/prompt_tokens"], r["rollout/completion_tokens"]) for r in rows] == [(10, 12)] * 3
