@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -32,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from fault_helpers import wait_busy  # noqa: E402
 
-from bench._runner import _machine, _start_ray  # noqa: E402
+from bench import _machine as machine  # noqa: E402
+from bench._runner import _start_ray  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results" / "faults.json"
+OUT = machine.results_path("faults")
 WORK = Path("runs") / "bench" / "faults"
 PER_REQUEST_S = 2.0  # rollout.call_timeout_s of the hung-worker row: a shard of 8 requests gets 16 s
 Row = dict[str, Any]
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> Row:
     parser.add_argument("--only", nargs="*", choices=NAMES, default=list(NAMES), help="which faults to run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    started, machine = time.time(), _machine()
+    started, record = time.time(), machine.start()
     model, manifest, adapters = _inputs()
     rows: list[Row] = []
     if {"rollout", "reward", "learner"} & set(args.only):
@@ -287,11 +287,10 @@ def main(argv: list[str] | None = None) -> Row:
         "acceptance": {"requests_lost_all_zero": all(r["requests_lost"] == 0 for r in rows),
                        "hung_worker_detected_within_deadline_plus_10s": None if hung is None
                        else hung["within_deadline_plus_10s"]},
-        "wall_s": time.time() - started, **machine, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+        "wall_s": time.time() - started, "machine": machine.finish(record)}
+    machine.write_json(result, OUT)
     print(result["table"])
-    print(f"wrote {OUT} ({result['wall_s'] / 60:.1f} min; {machine['shared']})")
+    print(f"wrote {OUT} ({result['wall_s'] / 60:.1f} min; {machine.describe(record)})")
     return result
 
 
