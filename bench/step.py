@@ -3,7 +3,7 @@
 Runs a shortened demo (`deploy/configs/demo.yaml` with few steps, same model, data, batch and G) on the
 embedded Ray, then reads the run's metrics: generate, reward, learner, sync (adapter export + hot-load)
 and everything else. Orchestration overhead = (step - generate - reward scoring - learner) / step.
-Writes bench/results/step.json. Usage: python -m bench.step [--grpo-steps N] [--sft-steps N]
+Writes bench/results/step.json. Usage: python -m bench.step [--grpo-steps N]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ PHASES = ("time/generate_s", "time/reward_s", "time/learner_s", "time/sync_s", "
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--grpo-steps", type=int, default=6)
-    parser.add_argument("--sft-steps", type=int, default=5)
     args = parser.parse_args()
     from services.launch import demo
     from services.metrics import read_metrics
@@ -29,12 +28,12 @@ def main() -> None:
     record = machine.start()
     run_dir = Path("runs") / "bench-step"
     shutil.rmtree(run_dir, ignore_errors=True)
-    demo(["name=bench-step", f"stages.0.steps={args.sft_steps}", f"stages.1.steps={args.grpo_steps}",
+    demo(["name=bench-step", f"stages.0.steps={args.grpo_steps}",
           "eval.every=0", "eval.max_samples=8", "checkpoint.every=0"])
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r]
     result: dict[str, object] = {"config": "deploy/configs/demo.yaml (shortened)"}
     print(f"{'stage':10s} {'phase':18s} {'median s':>9s} {'share':>7s}")
-    for stage in ("warmup", "grounding"):
+    for stage in dict.fromkeys(r["stage"] for r in rows):
         steps = [r for r in rows if r["stage"] == stage and "eval/A@0.5" not in r][1:]  # skip the first (warm-up)
         if not steps:
             continue

@@ -65,7 +65,7 @@ def medground_config(args: argparse.Namespace, work: Path, engine: str, steps: i
 
     tree = yaml.safe_load(Path("deploy/configs/demo.yaml").read_text())
     tree.update(name=f"vs-trl-{engine}", output_dir=str(work / "runs"))
-    tree["model"]["path"] = str(work / "model")
+    tree["model"] = {"path": str(work / "model"), "family": tree["model"]["family"]}  # its own random model
     tree["data"]["manifest"] = str(work / "data" / "manifest.jsonl")
     tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps, "prompts_per_step": args.prompts,
                        "lr": args.lr, "refill_cap": 0, "drop_zero_variance": False}]

@@ -25,8 +25,7 @@ def test_ray_job_submit_runs_training(tiny_model_dir: Path, tmp_path: Path) -> N
         entry = [str(BIN / "python"), "-m", "services.cli", "train", "deploy/configs/demo.yaml",
                  "--set", f"model.path={tiny_model_dir}", "--set", f"data.manifest={manifest}",
                  "--set", f"output_dir={tmp_path / 'runs'}", "--set", "name=job",
-                 "--set", "stages.0.steps=1", "--set", "stages.0.prompts_per_step=2",
-                 "--set", "stages.1.steps=1", "--set", "stages.1.prompts_per_step=2",
+                 "--set", "stages.0.steps=2", "--set", "stages.0.prompts_per_step=2",
                  "--set", "rollout.group_size=2", "--set", "rollout.max_lora_rank=16",
                  "--set", "rollout.sampling.max_new_tokens=8", "--set", "rollout.cpus_per_worker=0.5",
                  "--set", "learner.cpus_per_rank=0.5", "--set", "eval.max_samples=2", "--set", "eval.every=0",
@@ -39,7 +38,7 @@ def test_ray_job_submit_runs_training(tiny_model_dir: Path, tmp_path: Path) -> N
         assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
         run_dir = tmp_path / "runs" / "job"
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert [r["step"] for r in rows] == [0, 1, 2]  # the evaluation at the start, two GRPO steps
         assert (run_dir / "adapter" / "adapter_config.json").is_file()
         assert (run_dir / "resolved_config.json").is_file()
         print(f"job finished in {time.time() - t0:.0f} s")
