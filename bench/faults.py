@@ -117,7 +117,7 @@ def _cut_call(pool: Any, victim: int, sig: signal.Signals, reqs: list[Any], samp
 def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
     """A worker stopped mid-generate, then an adapter the engine refuses, on one pool of 2 vLLM workers."""
     import ray
-    from rollout_fixtures import adapter_tensors
+    from rollout_fixtures import adapter_artefact
 
     from rollout.config import RolloutConfig, SamplingConfig
     from services.rollout_pool import AdapterLoadError, RolloutPool
@@ -128,7 +128,7 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
     pool = RolloutPool(model, cfg)
     rows = []
     try:
-        pool.load_adapter(1, ray.put(adapter_tensors(adapters["v1"], version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
         pool.wait_ready()
         reqs = _requests(16)
         t = time.time()
@@ -149,7 +149,7 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
         before = pool.generate(reqs[:4], n=2, sampling=greedy)
         t = time.time()
         try:
-            pool.load_adapter(2, ray.put(adapter_tensors(adapters["r16"], version=2)))
+            pool.load_adapter(2, ray.put(adapter_artefact(adapters["r16"], version=2)))
             raise RuntimeError("the rank-16 adapter was not refused")
         except AdapterLoadError as exc:
             detect, reason = time.time() - t, str(exc).split(": ", 1)[1].split(". Every")[0]

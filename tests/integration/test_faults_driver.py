@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import ray
 from fault_helpers import gone
-from test_train_loop import _config, demo_data  # noqa: F401  (a fixture)
+from test_train_loop_e2e import _config, demo_data  # noqa: F401  (a fixture)
 
 from services import train_loop
 from services.train_loop import RunHandles

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 from fault_helpers import gone, wait_busy
-from rollout_fixtures import adapter_tensors, make_lora_adapter, requests
+from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
@@ -55,7 +55,7 @@ def rank16_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 def pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
     pool = RolloutPool(tiny_model_dir, CONFIG)
     try:
-        pool.load_adapter(1, ray.put(adapter_tensors(adapters["v1"], version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
         pool.wait_ready(timeout=300)
         yield pool
     finally:
@@ -105,18 +105,18 @@ def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_on
 
 def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapters: dict[str, Path],
                                                         rank16_adapter: Path) -> None:
-    pool.load_adapter(2, ray.put(adapter_tensors(adapters["v2"], version=2)))
+    pool.load_adapter(2, ray.put(adapter_artefact(adapters["v2"], version=2)))
     reqs = requests(4)
     before = pool.generate(reqs, n=2, sampling=GREEDY)
     with pytest.raises(AdapterLoadError, match=r"adapter v3 failed to load on rollout worker\(s\) \[\d+, \d+\]: .*LoRA "
                                                r"rank 16 is greater than max_lora_rank 8.*serves adapter v2 again"):
-        pool.load_adapter(3, ray.put(adapter_tensors(rank16_adapter, version=3)))
+        pool.load_adapter(3, ray.put(adapter_artefact(rank16_adapter, version=3)))
     assert pool.adapter_version == 2
     after = pool.generate(reqs, n=2, sampling=GREEDY)
     assert all(g.adapter_version == 2 for g in after)
     assert [g.completions for g in after] == [g.completions for g in before]  # v2's answers, not the base model's
     assert pool.take_faults()["rollout/load_refusals"] == 2
-    pool.load_adapter(4, ray.put(adapter_tensors(adapters["v1"], version=4)))  # the pool takes the next one
+    pool.load_adapter(4, ray.put(adapter_artefact(adapters["v1"], version=4)))  # the pool takes the next one
     assert {g.adapter_version for g in pool.generate(reqs, n=1, sampling=GREEDY)} == {4}
 
 
@@ -129,7 +129,7 @@ def test_a_worker_stopped_during_an_adapter_load_is_replaced(ray_local: None, ti
         victim = _pid(hf, 1)
         os.kill(victim, signal.SIGSTOP)
         t = time.monotonic()
-        hf.load_adapter(1, ray.put(adapter_tensors(adapters["v1"], version=1)))
+        hf.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
         waited = time.monotonic() - t
         assert waited < 5.0 + 10.0, f"the load waited {waited:.0f} s for a stopped worker"
         assert hf.take_faults()["rollout/load_timeouts"] == 1
