@@ -15,28 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fault_helpers import kill_with_env, pids_with_env, process_tree, wait_busy
+from fault_helpers import KEYS, TREE, kill_with_env, pids_with_env, process_tree, wait_busy
 
 Row = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TREE: dict[str, Any] = {  # tests/integration/test_faults_process.py's run: checkpoints at 1, 2, 4 and 5
-    "name": "faults", "seed": 0,
-    "stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 0.1},
-               {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1,
-                "drop_zero_variance": False}],
-    "rollout": {"num_workers": 1, "group_size": 4, "cpus_per_worker": 0.25, "max_model_len": 512,
-                "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
-    "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3,
-                "grpo": {"reference": "base", "beta": 0.5}},
-    "reward": {"accuracy": "medloc", "w_recite": -1.0,
-               "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.5, "use_reward_condition": False,
-                            "use_std_condition": False, "use_margin_condition": False}},
-    "eval": {"every": 0, "max_samples": 2, "overlays": 0},
-    "checkpoint": {"every": 2, "keep": 2},
-}
-KEYS = ("tau/value", "tau/version", "reward/total", "reward/iou", "learner/loss", "batch/groups_seen",
-        "adapter_version")
 
 
 def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[..., int]) -> Row:

@@ -26,32 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
-from fault_helpers import gone, kill_with_env, process_tree
+from fault_helpers import KEYS, TREE, gone, kill_with_env, process_tree
 from local_cluster import BIN, ROOT
 
 from services.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-# One SFT step, then four GRPO steps whose tau, rewards and learner state all depend on what came before
-# (the setup of tests/integration/test_train_loop.py's in-process resume test); checkpoints at 1 (the SFT
-# stage's end), 2, 4 and 5, the last two kept.
-TREE: dict[str, Any] = {
-    "name": "faults", "seed": 0,
-    "stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 0.1},
-               {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1,
-                "drop_zero_variance": False}],
-    "rollout": {"num_workers": 1, "group_size": 4, "cpus_per_worker": 0.25, "max_model_len": 512,
-                "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
-    "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3,
-                "grpo": {"reference": "base", "beta": 0.5}},
-    "reward": {"accuracy": "medloc", "w_recite": -1.0,
-               "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.5, "use_reward_condition": False,
-                            "use_std_condition": False, "use_margin_condition": False}},
-    "eval": {"every": 0, "max_samples": 2, "overlays": 0},
-    "checkpoint": {"every": 2, "keep": 2},
-}
-KEYS = ("tau/value", "tau/version", "reward/total", "reward/iou", "learner/loss", "batch/groups_seen",
-        "adapter_version")
 
 
 class Driver:
