@@ -2,12 +2,12 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py services/config.py services/data
+PURE := rewards rollout learner/config.py learner/grpo.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py learner/durable.py services/config.py services/data
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -52,6 +52,9 @@ bench-serve: .venv/.ready
 
 bench-shapes: .venv/.ready
 	$(PY) -m bench.shapes
+
+bench-faults: .venv/.ready
+	$(PY) -m bench.faults
 
 gpu-check:
 	bash tools/gpu_check.sh

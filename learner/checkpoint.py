@@ -1,7 +1,7 @@
 """Learner checkpoints: DeepSpeed state of every rank, RNG states, the adapter copies, and the adapter.
 
-Everything goes to ``<directory>.tmp`` first and is renamed when complete, so a crash leaves either the
-previous checkpoint or the new one, never half of one. All ranks call; the directory must be on storage
+Everything goes to ``<directory>.tmp`` first, is fsynced, and is renamed when complete (learner/durable.py),
+so a crash leaves either the previous checkpoint or the new one, never half of one. All ranks call; the directory must be on storage
 every rank sees. The adapter is written once, by rank 0, under the version number the driver gave it:
 the same number rollout workers and Serve know it by.
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from learner import durable
 
 if TYPE_CHECKING:
     from learner.engine import LearnerEngine
@@ -59,11 +61,7 @@ def save(engine: LearnerEngine, directory: Path, adapter_dir: Path | None, versi
         (tmp / STATE_FILE).write_text(json.dumps(
             {"steps": engine.steps, "world_size": engine.world_size, "adapter": engine.cfg.adapter,
              "adapter_version": version}) + "\n")
-        old = final.with_name(final.name + ".old")
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        durable.replace_dir(tmp, final)
     engine.barrier()
     return final
 

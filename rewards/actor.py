@@ -2,7 +2,8 @@
 
 `num_cpus=0`: scoring is light and must not take one of a small machine's CPUs from rollout or learner.
 Crash recovery: the driver keeps the last `state_dict()` (it is in every checkpoint) and calls
-`create_reward_actor(config, state)` to get an actor that continues the schedule exactly.
+`create_reward_actor(config, state)` to get an actor that continues the schedule exactly. The actor is
+placed on the caller's node when it can be (a lost worker node then never takes the reward with it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ def create_reward_actor(
     config: RewardConfig, state: dict[str, Any] | None = None, name: str | None = None
 ) -> Any:
     """Start a RewardActor, restored from `state` when given; returns the actor handle once it is ready."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     options: dict[str, Any] = {} if name is None else {"name": name}
+    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     handle: Any = RewardActor.options(**options).remote(config)  # type: ignore[attr-defined]
     if state is not None:
         ray.get(handle.load_state_dict.remote(state))

@@ -95,6 +95,10 @@ class RewardConfig(_Strict):
         "whitespace removed ('Pleural effusion.' == 'pleural  effusion'); `exact` compares stripped strings.",
     )
     schedule: ScheduleConfig = ScheduleConfig()
+    call_timeout_s: float = Field(
+        60.0, gt=0.0, description="Deadline in seconds for the reward actor to score one batch; an actor that has "
+        "not answered by then is killed and a new one, restored from the state after the last batch, scores it "
+        "(scoring is pure CPU work, milliseconds per group).")
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:

@@ -55,7 +55,21 @@ class RolloutConfig(_Strict):
         True, description="Run vLLM's engine core inside the worker process (starts in seconds, dies with the "
                           "worker, but binds that process's threads to cores: use it in dedicated processes "
                           "such as worker actors); false runs it in a child process (overlaps scheduling on GPUs).")
-    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die mid-call.")
+    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die or hang mid-call.")
+    call_timeout_s: float = Field(
+        60.0, gt=0.0, description="Generation deadline in seconds per request (G completions): a worker that has "
+        "not answered a shard of k requests within k * call_timeout_s of starting it is killed and replaced, and "
+        "the shard goes to the other workers (a hung engine, a stopped process, a lost node). Raise it for long "
+        "completions or slow models; one request's G completions must fit in it with room to spare.")
+    load_timeout_s: float = Field(
+        120.0, gt=0.0, description="Adapter load deadline in seconds: a worker that has not switched to a new "
+        "adapter by then is killed and replaced (its replacement starts on that adapter).")
+    start_timeout_s: float = Field(
+        900.0, gt=0.0, description="Seconds a call waits for at least one worker to be up (engine started, adapter "
+        "loaded) when none is, e.g. after every worker was replaced; then it stops with an error naming the cause.")
+    scheduling: Literal["default", "spread"] = Field(
+        "default", description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
+        "(across nodes, so a lost node costs as few workers as possible; replacements go to surviving nodes).")
     max_staleness: int = Field(
         0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner: 0 generates each batch with "
         "the adapter just pushed (synchronous); 1 generates the next batch with adapter v while the learner takes "

@@ -61,23 +61,29 @@ class RolloutWorkerCore:
         """Make an adapter live (None or version 0: the base model); returns the live version.
 
         Tensors are written to a worker-local PEFT directory first; the previous one is deleted once the
-        engine has switched, since vLLM reads the files when the adapter is added.
+        engine has switched, since vLLM reads the files when the adapter is added. A load that fails raises
+        with the previous adapter still live (the engines keep it) and its directory kept.
         """
         previous = self._adapter_dir
+        new_dir = None
         if adapter is None:
             spec = AdapterSpec(0, None)
-            self._adapter_dir = None
         elif isinstance(adapter, AdapterSpec):
             spec = adapter
-            self._adapter_dir = None
         elif isinstance(adapter, AdapterPayload):
-            self._adapter_dir = self._adapter_root / f"v{adapter.version}-{os.getpid()}-{id(adapter)}"
-            spec = write_adapter_dir(adapter, self._adapter_dir)
+            new_dir = self._adapter_root / f"v{adapter.version}-{os.getpid()}-{id(adapter)}"
+            spec = write_adapter_dir(adapter, new_dir)
         else:
             raise TypeError(f"load_adapter takes None, an AdapterSpec or an in-memory adapter (version, tensors, "
                             f"peft_config), got {type(adapter).__name__}")
-        self.engine.load_adapter(spec)
-        if previous is not None and previous != self._adapter_dir:
+        try:
+            self.engine.load_adapter(spec)
+        except BaseException:
+            if new_dir is not None:
+                shutil.rmtree(new_dir, ignore_errors=True)
+            raise
+        self._adapter_dir = new_dir
+        if previous is not None and previous != new_dir:
             shutil.rmtree(previous, ignore_errors=True)
         return self.engine.adapter_version
 

@@ -34,6 +34,7 @@ class HfEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = self.base.generation_config.pad_token_id
         self.adapter_version = 0
+        self._spec = AdapterSpec(0, None)  # the live adapter (version 0: the base model)
 
     def generate(self, prompts: Sequence[PreparedPrompt], n: int,
                  sampling: SamplingConfig) -> list[tuple[Completion, ...]]:
@@ -73,7 +74,18 @@ class HfEngine:
         return Completion(text=text, token_ids=tuple(tokens), logprobs=tuple(logprobs), finish_reason=reason)
 
     def load_adapter(self, adapter: AdapterSpec) -> None:
-        """Unwrap the previous adapter (no merge) and wrap the base model with the new one."""
+        """Switch to `adapter` (unwrap the previous one, no merge, and wrap the base with the new one). A load
+        that fails puts the previous adapter back before raising, so the engine keeps serving it (PEFT wraps
+        the base in place, so the two cannot be held side by side as vLLM's two slots do)."""
+        previous = self._spec
+        try:
+            self._wrap(adapter)
+        except Exception as exc:  # re-raised below, after the previous adapter is live again
+            self._wrap(previous)
+            raise RuntimeError(f"transformers could not load adapter v{adapter.version} from {adapter.path}: "
+                               f"{exc}; adapter v{previous.version} stays live") from exc
+
+    def _wrap(self, adapter: AdapterSpec) -> None:
         from peft import PeftModel
 
         if self.model is not self.base:
@@ -81,6 +93,7 @@ class HfEngine:
             self.model = self.base
         if adapter.path is not None:
             self.model = PeftModel.from_pretrained(self.base, adapter.path, is_trainable=False).eval()
+        self._spec = adapter
         self.adapter_version = adapter.version
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ _SUPPRESS = -100.0  # logit bias for vision tokens: exp(-100) is zero in float32
 
 
 class VllmEngine:
-    """One `vllm.LLM` with LoRA enabled (at most one adapter live).
+    """One `vllm.LLM` with LoRA enabled: one adapter live, two LoRA slots so a swap has no gap.
 
     Log-probs are vLLM's "processed" log-probs: of the distribution each token was sampled from (after the
     vision-token logit bias, min-tokens masking and temperature), which the learner recomputes for GRPO's
@@ -47,6 +48,7 @@ class VllmEngine:
         self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer, family_of(model_dir))}
         self.adapter_version = 0
         self._lora: Any = None  # the live vllm LoRARequest, or None for the base model
+        self._lora_ids = itertools.count(1)  # vLLM ids are never reused, so no cache entry outlives its weights
 
     @staticmethod
     def _start(model_dir: str | Path, config: RolloutConfig, seed: int) -> Any:
@@ -61,7 +63,7 @@ class VllmEngine:
             # only, with a budget of at least one full context.
             cpu = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(config.max_model_len, 4096)}
         return LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
-                   enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=1,
+                   enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=2,
                    logprobs_mode="processed_logprobs",
                    seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
                    gpu_memory_utilization=config.gpu_memory_utilization,
@@ -102,20 +104,32 @@ class VllmEngine:
                           finish_reason=reason)
 
     def load_adapter(self, adapter: AdapterSpec) -> None:
-        """Drop the live adapter and register the new one under a new LoRA id (= its version)."""
+        """Make `adapter` live: add it in the free slot, switch to it, then remove the old one.
+
+        A load that fails (vLLM refuses the files: a rank above max_lora_rank, unknown modules, a missing
+        file) raises with the old adapter still loaded and live, so the worker keeps serving it
+        (docs: README "Reliability"). Each load takes a fresh LoRA id: vLLM keys its prefix cache by adapter.
+        """
         from vllm.lora.request import LoRARequest
 
         engine = self.llm.llm_engine
-        if self._lora is not None:
-            # max_loras=1: free the slot first; nothing generates between these calls.
-            engine.remove_lora(self._lora.lora_int_id)
-            self._lora = None
+        previous = self._lora
+        request = None
         if adapter.path is not None:
-            request = LoRARequest(f"v{adapter.version}", adapter.version, adapter.path)
-            if not engine.add_lora(request):
-                raise RuntimeError(f"vLLM refused adapter v{adapter.version} at {adapter.path}")
-            self._lora = request
-        self.adapter_version = adapter.version
+            lora_id = next(self._lora_ids)
+            request = LoRARequest(f"v{adapter.version}-{lora_id}", lora_id, adapter.path)
+            try:
+                added = engine.add_lora(request)
+            except Exception as exc:  # re-raised with what stays live; vLLM raises ValueError and its own types
+                raise RuntimeError(f"vLLM could not load adapter v{adapter.version} from {adapter.path}: {exc}; "
+                                   f"adapter v{self.adapter_version} stays live") from exc
+            if not added:
+                raise RuntimeError(f"vLLM refused adapter v{adapter.version} at {adapter.path}; adapter "
+                                   f"v{self.adapter_version} stays live")
+        # nothing generates between these lines (one actor call at a time): the switch is one assignment
+        self._lora, self.adapter_version = request, adapter.version
+        if previous is not None:
+            engine.remove_lora(previous.lora_int_id)
 
     def close(self) -> None:
         """Shut the engine down (its child processes, when not in-process)."""

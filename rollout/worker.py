@@ -36,5 +36,10 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> str:
+        """This worker's process and node, for the pool's log lines about it."""
+        ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        return f"pid {os.getpid()} on {ip}, node {ray.get_runtime_context().get_node_id()[:8]}"
+
     def close(self) -> None:
         self.core.close()

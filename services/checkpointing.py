@@ -1,5 +1,7 @@
-"""Run checkpoints: `runs/<name>/checkpoints/step-N/`, written under a temporary name and renamed when
-complete, so a crash mid-write never leaves a checkpoint that looks whole.
+"""Run checkpoints: `runs/<name>/checkpoints/step-N/`, written under a temporary name, fsynced, marked
+`COMPLETE` and renamed when complete, so a crash mid-write (a killed driver, a dead learner rank, a lost
+node) never leaves a checkpoint that looks whole: `--resume` takes the newest complete one and the debris
+of an unfinished write is removed by the next write (README, "Reliability").
 
 Contents: `learner/` (DeepSpeed state of every rank, RNG), `adapter/` (the exported PEFT LoRA adapter),
 `reward_state.json` (the MedLoc-R1 window, tau and history), `driver_state.json` (stage, step, adapter
@@ -17,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from learner import durable
+
 COMPLETE_MARK = "COMPLETE"
 
 
@@ -25,20 +29,23 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 
 def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int) -> Path:
-    """Create `step-N` atomically: `fill(tmp_dir)` writes the parts, then the directory is renamed."""
+    """Create `step-N` atomically: `fill(tmp_dir)` writes the parts, then the mark, then the rename; older
+    checkpoints beyond `keep` go (renamed away first, so none is ever seen half deleted)."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for debris in root.glob(".*step-*"):  # .tmp-step-N, .old-step-N, .step-N.old: left by a killed write
+        shutil.rmtree(debris)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     fill(tmp)
     (tmp / COMPLETE_MARK).write_text(f"{step}\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    durable.replace_dir(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
+        gone = old.with_name(f".old-{old.name}")
+        old.rename(gone)
+        durable.fsync_dir(root)
+        shutil.rmtree(gone)
     return final
 
 
@@ -47,7 +54,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if (p / COMPLETE_MARK).is_file()]
+    done = [p for p in root.glob("step-*") if p.name.removeprefix("step-").isdigit() and (p / COMPLETE_MARK).is_file()]
     return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))
 
 
@@ -72,6 +79,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Inside a checkpoint's temporary directory (fsynced with it before the rename)."""
     path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_default) + "\n")
 
 

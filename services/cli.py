@@ -126,25 +126,41 @@ def validate_config(
 def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (omit with --resume).")] = None,
           overrides: Overrides = None, address: Address = None,
           resume: Annotated[Path | None, typer.Option(help="Run directory to resume (runs/<name>).")] = None) -> None:
-    """Run a training job (local Ray by default; `ray job submit` runs this same command)."""
+    """Run a training job (local Ray by default; `ray job submit` runs this same command). SIGTERM or Ctrl-C
+    finishes the step, checkpoints it and stops (a second one stops at once)."""
     from services.launch import train as run_training
+    from services.train_loop import RunFailed
 
     try:
         run_dir = run_training(config, overrides or [], address, resume)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
+    except RunFailed as exc:
+        _stopped(exc)
     typer.echo(f"run finished: {run_dir}")
+
+
+def _stopped(exc: BaseException) -> NoReturn:
+    """A run that stopped: its message (the step, the last checkpoint, the resume command); exit 143 (128 +
+    SIGTERM) when a signal stopped it, else 1."""
+    from services.train_loop import StopRequested
+
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(143 if isinstance(exc.__cause__, StopRequested) else 1)
 
 
 @app.command()
 def demo(overrides: Overrides = None) -> None:
     """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms."""
     from services.launch import demo as run_demo
+    from services.train_loop import RunFailed
 
     try:
         summary = run_demo(overrides or [])
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    except RunFailed as exc:
+        _stopped(exc)
     typer.echo("\ndemo finished:")
     for key, value in summary.items():
         typer.echo(f"  {key:18s} {value if not isinstance(value, float) else round(value, 3)}")

@@ -77,8 +77,10 @@ class ControlState:
 
 def start_control_actor(run_name: str) -> Any:
     """Create (or replace) the run's named control actor; detached from the driver's lifetime is not wanted,
-    so it dies with the job."""
+    so it dies with the job. It lives on the driver's node: a lost worker node must cost only the workers
+    on it, and the driver's node going takes the run anyway (README, "Reliability")."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(ControlState)
     try:
@@ -87,7 +89,9 @@ def start_control_actor(run_name: str) -> Any:
         old = None
     if old is not None:
         ray.kill(old)
-    return actor_cls.options(name=actor_name(run_name), namespace=NAMESPACE).remote(run_name)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return actor_cls.options(name=actor_name(run_name), namespace=NAMESPACE,
+                             scheduling_strategy=here).remote(run_name)
 
 
 class ControlClient:

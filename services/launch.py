@@ -2,7 +2,11 @@
 
 `ray job submit` runs `medground train CONFIG` on the cluster's head; there Ray is already up
 (RAY_ADDRESS is set by the job), so `ray.init()` joins it. Locally, an embedded Ray is started with the
-machine's CPUs and the environment CPU engines need.
+machine's CPUs and the environment CPU engines need, and shut down when the run ends, however it ends.
+
+SIGTERM (systemd, Kubernetes, `ray job stop`) and Ctrl-C during `medground train`: the first lets the step
+finish, writes a checkpoint of it and stops (exit 143, naming the checkpoint and the resume command); a
+second stops at once. Either way the local Ray this process started is shut down (README, "Reliability").
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from services.config import ConfigError, RunConfig, load_config
@@ -23,18 +30,58 @@ CPU_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_O
            "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def init_ray(address: str | None) -> None:
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray; True when this call started
+    one (the caller then owns its shutdown)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address is None and "RAY_ADDRESS" not in os.environ:
         for key, value in CPU_ENV.items():
             os.environ.setdefault(key, value)
         ray.init(include_dashboard=False, runtime_env={"env_vars": CPU_ENV},
                  log_to_driver=os.environ.get("MEDGROUND_RAY_LOGS", "0") == "1")
-    else:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"))
+        return True
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"))
+    return False
+
+
+class GracefulStop:
+    """SIGTERM and SIGINT handlers for the driver: the first signal asks for a stop at the next step
+    boundary (`check`, the driver's on_step callback, raises StopRequested there), a second raises
+    KeyboardInterrupt at once. Installed after ray.init, whose own SIGTERM handler exits on the spot."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to it only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"{name} received twice: stopping now, without a checkpoint of this step")
+        self.requested = name
+        log.warning("%s received: finishing this step, writing a checkpoint of it, then stopping "
+                    "(send it again to stop at once)", name)
+
+    def check(self, step: int, row: dict[str, Any]) -> None:
+        from services.train_loop import StopRequested
+
+        if self.requested is not None:
+            raise StopRequested(f"{self.requested} received")
 
 
 def train(config: Path | None, overrides: list[str], address: str | None, resume: Path | None) -> Path:
@@ -52,8 +99,15 @@ def train(config: Path | None, overrides: list[str], address: str | None, resume
         cfg = load_config(config, overrides)
     check_family(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    init_ray(address)
-    return train_loop.run(cfg, run_dir=resume, resume=resume is not None)
+    started = init_ray(address)
+    try:
+        with GracefulStop() as stop:
+            return train_loop.run(cfg, run_dir=resume, resume=resume is not None, on_step=stop.check)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def check_family(cfg: RunConfig) -> None:

@@ -5,6 +5,11 @@ loss normalisation by global counts makes M shards equal to one batch), runs the
 once, and after each step rank 0 exports the adapter in LoRA form: ``export`` returns the object ref of
 that one object-store copy, which rollout workers load by reference (no per-parameter RPC).
 
+A rank that dies stops the group: every call waits on all ranks at once and, when one is gone, kills the
+others (they would wait for it inside a collective until gloo's or NCCL's timeout, 30 min by default) and
+raises ``LearnerRankLost``. A rank cannot rejoin its process group, so the run stops, naming its last
+checkpoint (README, "Reliability").
+
 Ranks use gloo on CPU and NCCL on GPU (``learner.gpus_per_rank > 0``).
 """
 
@@ -15,12 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from learner.batch import StepMetrics, TrainBatch, TrainSample, shard
 from learner.config import LearnerConfig
 from learner.worker import LearnerWorker
+
+
+class LearnerRankLost(RuntimeError):
+    """A learner rank died; the other ranks were stopped with it."""
 
 
 class LearnerGroup:
@@ -58,42 +68,75 @@ class LearnerGroup:
     def num_ranks(self) -> int:
         return len(self._workers)
 
+    def _all(self, refs: list[Any], what: str) -> list[Any]:
+        """Every rank's result of one call; a dead rank stops the whole group (see the module docstring)."""
+        if not self._workers:
+            raise LearnerRankLost(f"the learner group was stopped after a rank died; it cannot run {what}")
+        try:
+            return list(ray.get(refs))
+        except RayActorError as exc:
+            dead = self._dead_ranks()
+            for w in self._workers:
+                ray.kill(w)
+            self._workers = []
+            raise LearnerRankLost(
+                f"learner rank(s) {dead} died during {what} ({type(exc).__name__}); the other ranks were stopped, "
+                f"since a rank cannot rejoin its process group") from exc
+
+    def _dead_ranks(self) -> list[int]:
+        """Ranks whose actor is gone: their ping fails at once, while live ranks (busy in a collective) do
+        not answer within the grace period."""
+        pings = [w.__ray_ready__.remote() for w in self._workers]
+        done, _ = ray.wait(pings, num_returns=len(pings), timeout=5.0)
+        dead = []
+        for rank, ping in enumerate(pings):
+            if ping in done:
+                try:
+                    ray.get(ping)
+                except RayActorError:
+                    dead.append(rank)
+        return dead
+
     def grpo_step(self, batch: TrainBatch) -> StepMetrics:
         """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly."""
         shards = shard(batch.samples, self.num_ranks)
-        metrics: list[StepMetrics] = ray.get(
-            [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w, s in zip(self._workers, shards, strict=True)])
+        metrics: list[StepMetrics] = self._all(
+            [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w, s in zip(self._workers, shards, strict=True)],
+            "grpo_step")
         return metrics[0]  # already reduced over ranks; rank 0's wall time stands for the step
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One SFT optimiser step (cross-entropy on ``completion_ids``) over the global batch."""
         shards = shard(samples, self.num_ranks)
-        metrics: list[StepMetrics] = ray.get([w.sft_step.remote(s) for w, s in zip(self._workers, shards, strict=True)])
+        metrics: list[StepMetrics] = self._all([w.sft_step.remote(s) for w, s in zip(self._workers, shards, strict=True)],
+                                               "sft_step")
         return metrics[0]
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None:
         """A stage's first step is next: its lr, fresh optimiser moments unless carried, the KL reference."""
-        ray.get([w.begin_stage.remote(kind, lr, carry_optimizer) for w in self._workers])
+        self._all([w.begin_stage.remote(kind, lr, carry_optimizer) for w in self._workers], "begin_stage")
 
     def set_lr(self, lr: float) -> None:
-        ray.get([w.set_lr.remote(lr) for w in self._workers])
+        self._all([w.set_lr.remote(lr) for w in self._workers], "set_lr")
 
     def export(self, version: int) -> ray.ObjectRef:
         """Object ref of the ``LoraArtefact`` (rank 0's return value: the one object-store copy)."""
         refs = [w.export.remote(version) for w in self._workers]
-        ray.get(refs[1:])  # the other ranks only take part in ZeRO-3 gathers; wait so errors surface
+        self._all(refs[1:], "export")  # the other ranks only take part in ZeRO-3 gathers; wait so errors surface
         ray.wait([refs[0]], fetch_local=False)
+        self._all([self._workers[0].__ray_ready__.remote()], "export")  # rank 0 alive, without fetching its artefact
         return refs[0]
 
     def save_checkpoint(self, directory: str | Path, adapter_dir: str | Path | None, version: int) -> Path:
         """DeepSpeed state, RNG states and adapter copies under ``directory``, written atomically; rank 0 also
         writes the adapter, as ``version``, to ``adapter_dir``."""
         adapter = None if adapter_dir is None else str(adapter_dir)
-        return Path(ray.get([w.save_checkpoint.remote(str(directory), adapter, version) for w in self._workers])[0])
+        return Path(self._all([w.save_checkpoint.remote(str(directory), adapter, version) for w in self._workers],
+                              "save_checkpoint")[0])
 
     def load_checkpoint(self, directory: str | Path) -> int:
         """Restore every rank from ``directory``; returns the learner's step count."""
-        return int(ray.get([w.load_checkpoint.remote(str(directory)) for w in self._workers])[0])
+        return int(self._all([w.load_checkpoint.remote(str(directory)) for w in self._workers], "load_checkpoint")[0])
 
     def shutdown(self) -> None:
         """Leave the process group on every rank, then free the actors and the placement group."""

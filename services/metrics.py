@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from learner import durable
 
 PLOTS: dict[str, tuple[str, ...]] = {
     "reward": ("reward/total", "reward/acc", "reward/format"),
@@ -65,16 +68,20 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows written after the checkpoint's step so the log has no duplicates."""
+        """On resume, drop rows written after the checkpoint's step (and a row torn by a crash) so the log has
+        no duplicates; the file is replaced atomically, so a crash here leaves the old one."""
         if not self.path.exists():
             return
         rows = [r for r in read_metrics(self.path) if int(r.get("step", -1)) <= step]
-        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        durable.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def log(self, step: int, row: dict[str, Any]) -> None:
+        """Append one row, on disk before the step's checkpoint can name it (fsync)."""
         clean = {"step": step, **{k: _jsonable(v) for k, v in row.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(clean, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if self._tb is not None:
             for key, value in clean.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
@@ -100,7 +107,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a last line cut short by a crash mid-append is left out (a resume
+    rewrites the file without it), any other bad line is an error."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number < len(lines):
+                raise ValueError(f"{path} line {number} is not a JSON metrics row ({exc}); fix or remove it") from exc
+    return rows
 
 
 def plot_run(run_dir: str | Path, plots: dict[str, tuple[str, ...]] = PLOTS) -> list[Path]:

@@ -1,41 +1,63 @@
-"""The driver's handle on the reward actor: scores batches and recreates the actor after a crash.
+"""The driver's handle on the reward actor: scores batches and recreates the actor after a crash or a hang.
 
 The actor's state (the MedLoc-R1 window and tau) is read back after every call, so a replacement actor
 continues the schedule exactly where the dead one stopped (docs/algorithms.md, "MedLoc-R1").
+A batch the actor has not answered within `reward.call_timeout_s` counts as a hang: the actor is killed and
+its replacement scores the batch from the state before it, so the schedule sees every batch exactly once
+(README, "Reliability").
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from rewards.actor import create_reward_actor
 from rewards.config import RewardConfig
 from rewards.scorer import ScoredBatch
 from rewards.scoring import RewardTarget, ScheduleSnapshot
+from services.fault_log import FaultLog
 
-log = logging.getLogger(__name__)
+FAULT_KINDS = ("actor_death", "actor_timeout")
+
+
+class RewardUnavailable(RuntimeError):
+    """The reward actor failed twice on one batch (the original and its replacement)."""
 
 
 class RewardClient:
     def __init__(self, config: RewardConfig, state: dict[str, Any] | None = None) -> None:
         self.config = config
         self.state = state
+        self.faults = FaultLog("reward", FAULT_KINDS)
         self._actor = create_reward_actor(config, state)
+
+    def take_faults(self) -> dict[str, int]:
+        """Faults since the last call, as metrics (`reward/actor_timeouts`, ...; zeros included)."""
+        return self.faults.take()
 
     def score(self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int, progress: float,
               under: ScheduleSnapshot | None = None) -> ScoredBatch:
-        """Score a batch (under the current tau, or `under`); if the actor died, start a new one from the last
-        state and score again."""
+        """Score a batch (under the current tau, or `under`); if the actor died or hung, start a new one from
+        the state after the last batch and score again (once: a second failure raises RewardUnavailable)."""
         try:
             scored, state = self._call(groups, step, progress, under)
-        except ray.exceptions.RayActorError as exc:
-            log.warning("reward actor died (%s); recreating it from the state after the last batch", exc)
+        except (RayActorError, TimeoutError) as exc:
+            kind, what = (("actor_timeout", f"did not score {len(groups)} groups of step {step} within reward."
+                           f"call_timeout_s={self.config.call_timeout_s:g} s") if isinstance(exc, TimeoutError)
+                          else ("actor_death", f"died scoring step {step} ({type(exc).__name__})"))
+            ray.kill(self._actor)  # a no-op for a dead actor; ends a hung one (Ray also ends a stopped process)
+            self.faults.record(kind, self._name(), f"{what}; recreated it from the state after the last batch",
+                               len(groups))
             self._actor = create_reward_actor(self.config, self.state)
-            scored, state = self._call(groups, step, progress, under)
+            try:
+                scored, state = self._call(groups, step, progress, under)
+            except (RayActorError, TimeoutError) as again:
+                raise RewardUnavailable(f"the reward actor failed on step {step} twice ({exc}; then {again}); check "
+                                        f"the actor's log (ray logs) and reward.call_timeout_s") from again
         self.state = state
         return scored
 
@@ -43,5 +65,15 @@ class RewardClient:
               under: ScheduleSnapshot | None) -> tuple[ScoredBatch, dict[str, Any]]:
         scored_ref = self._actor.score_batch.remote(list(groups), step, progress, under)
         state_ref = self._actor.state_dict.remote()  # actor calls run in order: the state after this batch
+        done, _ = ray.wait([scored_ref, state_ref], num_returns=2, timeout=self.config.call_timeout_s)
+        if len(done) < 2:
+            raise TimeoutError(f"no answer within {self.config.call_timeout_s:g} s")
         scored, state = ray.get([scored_ref, state_ref])
         return scored, state
+
+    def _name(self) -> str:
+        return f"reward actor {self._actor._actor_id.hex()}"
+
+    def kill(self) -> None:
+        """For tests and shutdown."""
+        ray.kill(self._actor)

@@ -1,39 +1,108 @@
 """The rollout pool: N rollout worker actors behind one `generate` call, elastic between calls.
 
-- Requests are split into contiguous shards, one per ready worker; results come back in request order.
-- A worker that dies mid-call (`RayActorError`) is replaced; its shard is retried on the surviving
-  workers (or on the replacement when none survive), up to `rollout.max_attempts` tries per request.
+- Requests are split into contiguous shards, one per ready worker; results come back in request order,
+  each request answered exactly once (a shard's result is used only from the worker it was last sent to).
+- A worker that dies mid-call (`RayActorError`) or does not answer a shard of k requests within
+  k * `rollout.call_timeout_s` of starting it (a hung engine, a stopped process, a lost node) is killed and
+  replaced; its shards go to the surviving workers (or to the replacement once it is up), up to
+  `rollout.max_attempts` tries per request. Each such fault is a log line naming the worker and a count in
+  `take_faults()`, which the driver puts in the step's metrics row (README, "Reliability").
 - Every worker loads the current adapter before any work: a new worker's first actor task is the
   adapter load, and Ray runs one caller's tasks on an actor in submission order.
-- `resize(n)` adds or removes workers between calls; `load_adapter` pushes one object ref to all. A worker
-  still starting (or waiting for resources the cluster does not have yet) is not waited for: the load is
-  queued behind its start-up, and it takes work once its last queued load has finished.
+- `load_adapter` waits for the workers that are up, each for at most `rollout.load_timeout_s`; one that
+  does not switch in time is replaced. One that refuses the adapter keeps serving the previous one (the
+  engines add the new adapter before removing the old), every worker is put back on the previous adapter,
+  and `AdapterLoadError` says why.
+- `resize(n)` adds or removes workers between calls. A worker still starting (or waiting for resources
+  the cluster does not have yet) is not waited for: the load is queued behind its start-up, and it takes
+  work once its last queued load has finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from learner.batch import contiguous_shards
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.knowledge import KnowledgeBase
 from rollout.worker import RolloutWorker
+from services.fault_log import FaultLog
+
+FAULT_KINDS = ("worker_death", "worker_timeout", "load_timeout", "load_refusal")
 
 
-@dataclass
+class AdapterLoadError(RuntimeError):
+    """Workers refused an adapter; every worker still serves the previous one."""
+
+
+@dataclass(eq=False)
 class _Worker:
     handle: Any  # ActorHandle[RolloutWorker]
     ready: ray.ObjectRef[Any]  # resolves once the engine is up and the current adapter is loaded
     serial: int
+    where: ray.ObjectRef[Any]  # "pid P on node ..." once the actor is up (for log lines)
+
+    def name(self) -> str:
+        done, _ = ray.wait([self.where], timeout=0)
+        if done:
+            with contextlib.suppress(RayActorError, RayTaskError):
+                return f"rollout worker {self.serial} ({ray.get(self.where)})"
+        return f"rollout worker {self.serial} (not started)"
+
+
+@dataclass(eq=False)
+class _Shard:
+    worker: _Worker
+    indices: list[int]
+    budget_s: float
+    started: float | None  # when it reached the head of its worker's queue (time.monotonic())
+
+
+@dataclass
+class _InFlight:
+    """One `generate` call's shards. An actor runs one call at a time in submission order, so a shard's
+    clock starts when the shard before it on the same worker has finished, not when it was sent."""
+
+    shards: dict[ray.ObjectRef[Any], _Shard] = field(default_factory=dict)
+    queues: dict[int, list[ray.ObjectRef[Any]]] = field(default_factory=dict)  # by worker serial
+
+    def add(self, ref: ray.ObjectRef[Any], worker: _Worker, indices: list[int], budget_s: float) -> None:
+        queue = self.queues.setdefault(worker.serial, [])
+        self.shards[ref] = _Shard(worker, indices, budget_s, None if queue else time.monotonic())
+        queue.append(ref)
+
+    def pop(self, ref: ray.ObjectRef[Any]) -> _Shard:
+        shard = self.shards.pop(ref)
+        queue = self.queues[shard.worker.serial]
+        queue.remove(ref)
+        if queue and self.shards[queue[0]].started is None:
+            self.shards[queue[0]].started = time.monotonic()
+        if not queue:
+            del self.queues[shard.worker.serial]
+        return shard
+
+    def drop(self, worker: _Worker) -> list[int]:
+        """Forget every shard sent to `worker` (running and queued); returns their request indices."""
+        return [i for ref in list(self.queues.get(worker.serial, [])) for i in self.pop(ref).indices]
+
+    def _heads(self) -> list[_Shard]:
+        return [self.shards[q[0]] for q in self.queues.values()]
+
+    def next_deadline(self) -> float:
+        return min(s.started + s.budget_s for s in self._heads() if s.started is not None)
+
+    def expired(self, now: float) -> list[_Shard]:
+        return [s for s in self._heads() if s.started is not None and now >= s.started + s.budget_s]
 
 
 class RolloutPool:
@@ -49,7 +118,8 @@ class RolloutPool:
         self._adapter_ref: ray.ObjectRef[Any] | None = None  # None: the base model
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
-        self.replaced = 0  # workers replaced after dying mid-call (tests read it: the death landed mid-call)
+        self.replaced = 0  # workers replaced after dying or hanging (tests read it: the fault landed mid-call)
+        self.faults = FaultLog("rollout", FAULT_KINDS)
         self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
         self.resize(config.num_workers if num_workers is None else num_workers)
 
@@ -73,8 +143,19 @@ class RolloutPool:
         return len(done)
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every worker has started and loaded the current adapter (errors propagate)."""
-        ray.get([w.ready for w in self._workers], timeout=timeout)
+        """Block until every worker has started and loaded the current adapter (errors propagate), for at most
+        `timeout` seconds (default rollout.start_timeout_s); then TimeoutError."""
+        limit = self.config.start_timeout_s if timeout is None else timeout
+        done, starting = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=limit)
+        ray.get(done)
+        if starting:
+            raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
+                               f"{limit:.0f} s; check that the cluster has room for them (rollout.cpus_per_worker / "
+                               f"gpus_per_worker) and read the workers' logs")
+
+    def take_faults(self) -> dict[str, int]:
+        """Faults since the last call, as metrics (`rollout/worker_timeouts`, ...; zeros included)."""
+        return self.faults.take()
 
     # -- membership ------------------------------------------------------------------------------------
 
@@ -83,10 +164,13 @@ class RolloutPool:
         options: dict[str, Any] = {"num_cpus": self.config.cpus_per_worker}
         if self.config.gpus_per_worker > 0:
             options["num_gpus"] = self.config.gpus_per_worker
+        if self.config.scheduling == "spread":
+            options["scheduling_strategy"] = "SPREAD"
         handle = RolloutWorker.options(**options).remote(  # type: ignore[attr-defined]
             self.model_dir, self.config, self._knowledge_ref, self.config.seed + serial)
+        where = handle.where.remote()
         ready = handle.load_adapter.remote(self._adapter_ref)
-        return _Worker(handle=handle, ready=ready, serial=serial)
+        return _Worker(handle=handle, ready=ready, serial=serial, where=where)
 
     def resize(self, n: int) -> None:
         """Grow to or shrink to n workers; call between `generate` calls. New workers start in the
@@ -108,57 +192,122 @@ class RolloutPool:
                 ray.get(worker.handle.close.remote(), timeout=60)
         ray.kill(worker.handle)
 
-    def _replace(self, dead: _Worker) -> None:
-        if dead in self._workers:
-            self._workers[self._workers.index(dead)] = self._spawn()
-            self.replaced += 1
-            ray.kill(dead.handle)  # a no-op for a dead actor; stops one that only lost its connection
+    def _replace(self, dead: _Worker, kind: str, detail: str, requests: int = 0) -> None:
+        """Kill `dead` (a no-op when it is dead; Ray also ends a stopped process) and start a worker in its
+        place, which loads the current adapter first; logs and counts the fault once per worker."""
+        if dead not in self._workers:
+            return  # already replaced: another of its shards reported the same fault
+        ray.kill(dead.handle)
+        new = self._spawn()
+        self._workers[self._workers.index(dead)] = new
+        self.replaced += 1
+        self.faults.record(kind, dead.name(), f"{detail}; killed it, rollout worker {new.serial} starts in its "
+                           f"place on adapter v{self._adapter_version}", requests)
 
     def _ready_workers(self) -> list[_Worker]:
-        """Workers that are up; waits for the first one when none is, so a call never starves."""
-        done, _ = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=0)
-        if not done:
-            done, _ = ray.wait([w.ready for w in self._workers], num_returns=1)
-        ready = set(done)
-        ray.get(list(ready))  # a worker that failed to start is a loud error (bad model dir, bad adapter)
-        return [w for w in self._workers if w.ready in ready]
+        """Workers that are up; waits for the first one when none is (at most rollout.start_timeout_s). A
+        worker that died while starting is replaced; one that failed to start is a loud error (bad model
+        dir, bad adapter)."""
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            refs = [w.ready for w in self._workers]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if not done:
+                done, _ = ray.wait(refs, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+            if not done:
+                raise TimeoutError(f"none of the {len(refs)} rollout workers came up within rollout.start_timeout_s="
+                                   f"{self.config.start_timeout_s:.0f} s; check that the cluster has room for a worker "
+                                   f"(rollout.cpus_per_worker / gpus_per_worker) and read the workers' logs")
+            ready, finished = [], set(done)
+            for w in [w for w in self._workers if w.ready in finished]:
+                try:
+                    ray.get(w.ready)
+                    ready.append(w)
+                except RayActorError as exc:
+                    self._replace(w, "worker_death", f"died while starting ({type(exc).__name__})")
+            if ready:
+                return ready
 
     # -- work ------------------------------------------------------------------------------------------
 
     def load_adapter(self, version: int, artefact: Any) -> None:
         """Make adapter `version` live on every worker. `artefact`: an object ref of the learner's exported
         `LoraArtefact` (or an `AdapterSpec`), or such an object in memory (put into the object store once
-        here); None with version 0 for the base model. Blocks until all have switched."""
+        here); None with version 0 for the base model. Blocks until all that were up have switched (each
+        for at most rollout.load_timeout_s); raises AdapterLoadError, with every worker back on the
+        previous adapter, when a worker refuses it."""
         artefact_ref = artefact if artefact is None or isinstance(artefact, ray.ObjectRef) else ray.put(artefact)
         if (version == 0) != (artefact_ref is None):
             raise ValueError(f"version {version} with artefact {artefact_ref}: version 0 has no artefact, "
                              f"versions >= 1 need one")
-        self._adapter_version, self._adapter_ref = version, artefact_ref
+        previous = self._adapter_version, self._adapter_ref
         done, _ = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=0)
         finished = set(done)
-        up = {id(w) for w in self._workers if w.ready in finished}
+        # wait for the workers that were up; one still starting (a new vLLM engine, or an actor waiting for
+        # a node) would stall the step, and `_ready_workers` gives it work only once this load is done
+        up = [w for w in self._workers if w.ready in finished]
+        before = {w.serial: w.ready for w in up}
+        self._adapter_version, self._adapter_ref = version, artefact_ref
         for w in self._workers:
             # chained behind the start-up task, so a starting worker also ends on this adapter
             w.ready = w.handle.load_adapter.remote(artefact_ref)
-        loaded = []
-        # wait for the workers that were up; one still starting (a new vLLM engine, or an actor waiting for
-        # a node) would stall the step, and `_ready_workers` gives it work only once this load is done
-        for w in [w for w in self._workers if id(w) in up]:
-            try:
-                loaded.append(ray.get(w.ready))
-            except RayActorError:
-                self._replace(w)  # the replacement's first task loads this same adapter
+        loaded, refused = self._await_loads(up, version)
+        if refused:
+            self._roll_back(version, previous, refused, before)
         wrong = [v for v in loaded if v != version]
         if wrong:
             raise RuntimeError(f"workers report adapter versions {wrong} after loading {version}; the artefact's "
                                f"version field disagrees with the version passed to load_adapter")
+
+    def _await_loads(self, workers: list[_Worker], version: int) -> tuple[list[int], dict[int, str]]:
+        """Wait for `workers`' pending loads; returns the versions they report and, by serial, the reason
+        of each worker that refused. Dead workers and those past rollout.load_timeout_s are replaced."""
+        pending = {w.ready: w for w in workers}
+        deadline = time.monotonic() + self.config.load_timeout_s
+        loaded: list[int] = []
+        refused: dict[int, str] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=len(pending),
+                               timeout=max(deadline - time.monotonic(), 0.0))
+            for ref in done:
+                w = pending.pop(ref)
+                try:
+                    loaded.append(ray.get(ref))
+                except RayActorError as exc:
+                    self._replace(w, "worker_death", f"died loading adapter v{version} ({type(exc).__name__})")
+                except RayTaskError as exc:
+                    refused[w.serial] = str(exc.cause if exc.cause is not None else exc).splitlines()[-1]
+                    self.faults.record("load_refusal", w.name(), refused[w.serial])
+            if pending and time.monotonic() >= deadline:
+                for w in pending.values():
+                    self._replace(w, "load_timeout", f"did not switch to adapter v{version} within "
+                                  f"rollout.load_timeout_s={self.config.load_timeout_s:g} s")
+                pending.clear()
+        return loaded, refused
+
+    def _roll_back(self, version: int, previous: tuple[int, ray.ObjectRef[Any] | None], refused: dict[int, str],
+                   before: dict[int, ray.ObjectRef[Any]]) -> None:
+        """Put every worker back on the previous adapter and raise AdapterLoadError."""
+        self._adapter_version, self._adapter_ref = previous
+        for w in self._workers:
+            if w.serial in refused:
+                w.ready = before[w.serial]  # its engine kept the previous adapter live
+            else:  # it switched, or is still starting, or replaced one that hung: back to the previous one
+                w.ready = w.handle.load_adapter.remote(previous[1])
+        self._await_loads([w for w in self._workers if w.serial in before and w.serial not in refused], previous[0])
+        reason = next(iter(refused.values()))
+        raise AdapterLoadError(
+            f"adapter v{version} failed to load on rollout worker(s) {sorted(refused)}: {reason}. Every worker "
+            f"serves adapter v{previous[0]} again (a load adds the new adapter before removing the old one). "
+            f"Common causes: the adapter's rank exceeds rollout.max_lora_rank, or it adapts modules the engine "
+            f"cannot (learner.mlae.target_modules).")
 
     def generate(self, requests: Sequence[RolloutRequest], n: int | None = None,
                  sampling: SamplingConfig | None = None) -> list[RolloutGroup]:
         """One group per request, in request order, each sampled by exactly one worker."""
         results: list[RolloutGroup | None] = [None] * len(requests)
         attempts = [0] * len(requests)
-        pending: dict[ray.ObjectRef[Any], tuple[_Worker, list[int]]] = {}
+        flight = _InFlight()
 
         def submit(indices: Sequence[int]) -> None:
             workers = self._ready_workers()
@@ -167,27 +316,46 @@ class RolloutPool:
                 for i in idx:
                     attempts[i] += 1
                 ref = worker.handle.generate.remote([requests[i] for i in idx], n, sampling)
-                pending[ref] = (worker, idx)
+                flight.add(ref, worker, idx, self.config.call_timeout_s * len(idx))
+
+        def retry(indices: list[int], cause: str) -> None:
+            exhausted = [requests[i].prompt_id for i in indices if attempts[i] >= self.config.max_attempts]
+            if exhausted:
+                raise RuntimeError(f"requests {exhausted[:5]} failed on {self.config.max_attempts} workers in a row "
+                                   f"(rollout.max_attempts); last fault: {cause}")
+            submit(indices)  # to the surviving workers (or the replacement once it is up)
 
         serving: set[int] = set()
         if requests:
             submit(list(range(len(requests))))
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            worker, idx = pending.pop(ref)
-            try:
-                groups = ray.get(ref)
-            except RayActorError as exc:
-                self._replace(worker)
-                exhausted = [requests[i].prompt_id for i in idx if attempts[i] >= self.config.max_attempts]
-                if exhausted:
-                    raise RuntimeError(f"requests {exhausted[:5]} failed on {self.config.max_attempts} workers "
-                                       f"in a row (rollout.max_attempts); last error: {exc}") from exc
-                # the retry goes to surviving workers (or the replacement once it is up)
-                submit(list(idx))
+        while flight.shards:
+            done, _ = ray.wait(list(flight.shards), num_returns=1,
+                               timeout=max(flight.next_deadline() - time.monotonic(), 0.0))
+            if not done:  # a worker's current shard is past its deadline: replace it, resend all it holds
+                lost, who = [], []
+                for late in flight.expired(time.monotonic()):
+                    dropped = flight.drop(late.worker)
+                    self._replace(late.worker, "worker_timeout", f"did not answer {len(late.indices)} requests within "
+                                  f"{late.budget_s:g} s (rollout.call_timeout_s={self.config.call_timeout_s:g} per "
+                                  f"request); {len(dropped)} requests sent to other workers", len(dropped))
+                    lost += dropped
+                    who.append(late.worker.name())
+                if lost:
+                    retry(lost, f"{', '.join(who)} timed out")
                 continue
-            serving.add(worker.serial)
-            for i, group in zip(idx, groups, strict=True):
+            shard = flight.pop(done[0])
+            try:
+                groups = ray.get(done[0])
+            except RayActorError as exc:
+                lost = [*shard.indices, *flight.drop(shard.worker)]  # its queued shards will never run either
+                self._replace(shard.worker, "worker_death", f"died mid-call ({type(exc).__name__}); {len(lost)} "
+                              f"requests sent to other workers", len(lost))
+                retry(lost, f"{shard.worker.name()} died: {exc}")
+                continue
+            serving.add(shard.worker.serial)
+            for i, group in zip(shard.indices, groups, strict=True):
+                if results[i] is not None:
+                    raise RuntimeError(f"request {requests[i].prompt_id} answered twice; a bug in RolloutPool")
                 results[i] = group
         self.last_serving = tuple(sorted(serving))
         missing = [requests[i].prompt_id for i, g in enumerate(results) if g is None]

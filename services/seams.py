@@ -40,6 +40,10 @@ class Rollout(Protocol):
 
     def live_count(self) -> int: ...
 
+    def take_faults(self) -> dict[str, int]:
+        """Counts of the faults handled since the last call (workers replaced, requests resent), as metrics."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -70,6 +74,10 @@ class Reward(Protocol):
 
     def score(self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int, progress: float,
               under: ScheduleSnapshot | None = None) -> ScoredBatch: ...
+
+    def take_faults(self) -> dict[str, int]:
+        """Counts of the faults handled since the last call (actors replaced), as metrics."""
+        ...
 
 
 class Control(Protocol):

@@ -107,6 +107,11 @@ class RunFailed(RuntimeError):
     """A run stopped on an error; the message names the step, the last complete checkpoint and how to resume."""
 
 
+class StopRequested(Exception):
+    """Raised by an `on_step` callback between steps (SIGTERM or Ctrl-C, services/launch.py): the run
+    checkpoints the step it has just finished, then stops with RunFailed naming it."""
+
+
 # -------------------------------------------------------------------------------------------------------
 # The run.
 
@@ -144,6 +149,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
         h.control.report(_status(h, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}))
         _train_stages(h, state, on_step)
         _write_final(h)
+    except StopRequested as exc:  # between steps: the state is one whole step, so keep it
+        raise RunFailed(_failure_message(run_dir, state, _save_on_stop(h, state) or exc)) from exc
     except Exception as exc:
         raise RunFailed(_failure_message(run_dir, state, exc)) from exc
     finally:
@@ -196,7 +203,8 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
             # ---- log
             row.update({"stage": stage.name, "stage_step": state.step_in_stage,
                         "adapter_version": state.adapter_version, "rollout/workers": h.pool.size,
-                        "rollout/workers_live": h.pool.live_count(), **timer.row()})
+                        "rollout/workers_live": h.pool.live_count(), **timer.row(),
+                        **h.pool.take_faults(), **(producer.reward.take_faults() if producer is not None else {})})
             h.writer.log(state.global_step, row)
             # ---- checkpoint
             if stage_done:
@@ -495,6 +503,17 @@ def _checkpoint(h: RunHandles, state: DriverState) -> Path:
         ckpt.write_json(d / "reward_state.json", driver.pop("reward_state"))
         ckpt.write_json(d / "driver_state.json", {**driver, "rng": ckpt.rng_state()})
     return ckpt.write_checkpoint(h.run_dir, state.global_step, fill, h.cfg.checkpoint.keep)
+
+
+def _save_on_stop(h: RunHandles, state: DriverState) -> Exception | None:
+    """A stopped run's final checkpoint (unless this step has one); the error when it cannot be written."""
+    if f"step-{state.global_step}" in {c.name for c in ckpt.list_checkpoints(h.run_dir)}:
+        return None
+    try:
+        _checkpoint(h, state)
+    except Exception as exc:  # reported in RunFailed's message in place of the stop request
+        return exc
+    return None
 
 
 def _restore_state(run_dir: Path) -> tuple[DriverState, Path]:

@@ -7,8 +7,10 @@ Ray Serve config file (deploy/serve/serve_config.yaml), deployed through the Ser
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -38,12 +40,15 @@ def load_serve_config(path: Path, host: str | None, port: int | None) -> Any:
 
 def serve_forever(args: dict[str, Any] | None, config_file: Path | None, host: str, port: int,
                   address: str | None, on_ready: Any = print) -> None:
-    """Deploy and block; Ctrl-C deletes the app (and stops the local Ray this started)."""
+    """Deploy and block; Ctrl-C or SIGTERM deletes the app (and stops the local Ray this started)."""
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run FILE` uses to deploy a config
 
     ray.init(address=address or "local", namespace="serve", log_to_driver=True)
+    # After ray.init, whose own SIGTERM handler exits mid-shutdown: a SIGTERM to `medground serve` left Ray's
+    # dashboard and runtime-env agents running. Now it stops as Ctrl-C does, through the finally below.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if config_file is not None:
             config = load_serve_config(config_file, host, port)
@@ -67,6 +72,10 @@ def serve_forever(args: dict[str, Any] | None, config_file: Path | None, host: s
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _wait_running(names: list[str], timeout_s: float = 900.0) -> None:

@@ -8,6 +8,7 @@ Not collected (no test_ prefix).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -73,8 +74,9 @@ def stop_cluster(temp_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def head_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A 2-CPU head on 127.0.0.1 with token auth, on free ports; yields the env and the addresses."""
+def head_cluster(tmp_path: Path, num_cpus: float = 2) -> Iterator[dict[str, Any]]:
+    """A head (2 CPUs unless told) on 127.0.0.1 with token auth, on free ports; yields the env and the
+    addresses."""
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
@@ -89,12 +91,38 @@ def head_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             start = run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-                          "--num-cpus", "2", "--temp-dir", temp_dir], env, 180)
+                          "--num-cpus", str(num_cpus), "--temp-dir", temp_dir], env, 180)
             if start.returncode == 0:
                 break
             stop_cluster(temp_dir)
         assert start.returncode == 0, start.stderr[-3000:]
         yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def worker_node(cluster: dict[str, Any], num_cpus: float, resources: dict[str, float]) -> Iterator[dict[str, Any]]:
+    """A second node of `cluster` on this machine (`ray start --address`), on free ports and its own temp dir;
+    every process it starts carries `marker` in its environment (`MEDGROUND_TEST_NODE=<temp dir>`), so a test
+    can end exactly that node's processes to make the cluster lose it. Yields the marker and the temp dir."""
+    temp_dir = tempfile.mkdtemp(prefix="mg-node-", dir="/tmp")
+    marker = f"MEDGROUND_TEST_NODE={temp_dir}"
+    env = {**cluster["env"], "MEDGROUND_TEST_NODE": temp_dir}
+    try:
+        for _attempt in range(3):
+            ports = [str(free_port()) for _ in range(6)]
+            start = run([str(BIN / "ray"), "start", "--address", cluster["gcs"], "--node-ip-address", "127.0.0.1",
+                         "--num-cpus", str(num_cpus), "--resources", json.dumps(resources), "--temp-dir", temp_dir,
+                         "--node-manager-port", ports[0], "--object-manager-port", ports[1],
+                         "--dashboard-agent-listen-port", ports[2], "--dashboard-agent-grpc-port", ports[3],
+                         "--runtime-env-agent-port", ports[4], "--metrics-export-port", ports[5]], env, 180)
+            if start.returncode == 0:
+                break
+            stop_cluster(temp_dir)
+        assert start.returncode == 0, start.stderr[-3000:]
+        yield {"marker": marker, "temp_dir": temp_dir}
     finally:
         stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

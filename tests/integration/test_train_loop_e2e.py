@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_helpers import TREE as RESUME_TREE
 
 from services.config import RunConfig
 from services.metrics import read_metrics
@@ -75,23 +76,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
                                                                      demo_data: Path, tmp_path: Path) -> None:
     from services import train_loop
 
-    over = {"stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 0.1},
-                       {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1,
-                        "drop_zero_variance": False}],
-            "rollout": {"num_workers": 1, "group_size": 4, "cpus_per_worker": 0.25, "max_model_len": 512,
-                        "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
-            # A random model answers nothing parsable, so every group's task reward is 0 and its advantage
-            # too: the learner's steps come from the KL term toward the base, which the SFT step moved the
-            # adapter away from (kept groups, reference=base), so learner state must resume exactly as well.
-            "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3,
-                        "grpo": {"reference": "base", "beta": 0.5}},
-            # IoU is 0: with the three conditions switched off the schedule raises whenever its 2-group
-            # window fills, which makes tau's path depend on the restored window.
-            "reward": {"accuracy": "medloc", "w_recite": -1.0,
-                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.5, "use_reward_condition": False,
-                                    "use_std_condition": False, "use_margin_condition": False}},
-            "eval": {"every": 0, "max_samples": 2, "overlays": 0},
-            "checkpoint": {"every": 2, "keep": 2}}
+    over = {k: v for k, v in RESUME_TREE.items() if k not in ("name", "seed")}  # the fault tests' run too
     full = train_loop.run(_config(tiny_model_dir, demo_data, tmp_path / "full", **over))
 
     def interrupt(step: int, row: dict[str, Any]) -> None:

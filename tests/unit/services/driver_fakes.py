@@ -49,7 +49,9 @@ def write_records(folder: Path, n_train: int, n_val: int) -> Manifest:
 
 @dataclass
 class ScriptedPool:
-    """Answers every request with `answer(request, j, adapter_version, sampling)` for j < n."""
+    """Answers every request with `answer(request, j, adapter_version, sampling)` for j < n. `hung` maps a
+    generate call's index to the workers that timed out in it (reported by `take_faults`, as RolloutPool
+    does); loading a version in `refuse` fails as a refused adapter does, the previous one staying live."""
 
     answer: Answer
     group_size: int = 4
@@ -59,6 +61,9 @@ class ScriptedPool:
     resizes: list[int] = field(default_factory=list)
     calls: list[tuple[str, ...]] = field(default_factory=list)  # prompt ids of each generate call
     last_serving: tuple[int, ...] = ()
+    hung: dict[int, int] = field(default_factory=dict)
+    refuse: set[int] = field(default_factory=set)
+    _timeouts: int = 0
 
     @property
     def size(self) -> int:
@@ -68,6 +73,7 @@ class ScriptedPool:
                  sampling: SamplingConfig | None = None) -> list[RolloutGroup]:
         sampling = sampling or SamplingConfig(temperature=0.9)
         n = n or self.group_size
+        self._timeouts += self.hung.get(len(self.calls), 0)
         self.calls.append(tuple(r.prompt_id for r in requests))
         self.last_serving = tuple(range(self.workers))
         return [RolloutGroup(
@@ -80,6 +86,9 @@ class ScriptedPool:
 
     def load_adapter(self, version: int, artefact: Any) -> None:
         assert artefact.version == version, "the pushed artefact carries another version"
+        if version in self.refuse:
+            raise RuntimeError(f"adapter v{version} failed to load on rollout worker(s) [0]: LoRA rank 16 is greater "
+                               f"than max_lora_rank 8. Every worker serves adapter v{self.version} again")
         self.version = version
         self.loads.append(version)
 
@@ -92,6 +101,11 @@ class ScriptedPool:
 
     def live_count(self) -> int:
         return self.workers
+
+    def take_faults(self) -> dict[str, int]:
+        row = {"rollout/worker_timeouts": self._timeouts, "rollout/requests_resent": 0}
+        self._timeouts = 0
+        return row
 
     def shutdown(self) -> None:
         return None
@@ -167,6 +181,9 @@ class LocalReward:
         scored = self.scorer.score_batch(groups, step, progress, under)
         self.state = self.scorer.state_dict()
         return scored
+
+    def take_faults(self) -> dict[str, int]:
+        return {"reward/actor_timeouts": 0, "reward/actor_deaths": 0}
 
 
 @dataclass

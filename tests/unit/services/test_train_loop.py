@@ -145,6 +145,54 @@ def test_a_reward_crash_stops_the_run_with_the_resume_command(tmp_path: Path) ->
     assert "checkpoints/step-3; continue with: medground train --resume" in message
 
 
+def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) -> None:
+    manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
+    # generate calls: 0 the evaluation at start, 1 step 1, 2 step 2, 3 the evaluation after step 2, 4 step 3, ...
+    pool = ScriptedPool(_answer, hung={1: 1, 4: 2})
+    run_dir = tmp_path / "runs" / "fake"
+    train_loop.run(_config(tmp_path, stages=[{"name": "rl", "kind": "grpo", "steps": 3, "prompts_per_step": 2,
+                                              "refill_cap": 0}]), run_dir=run_dir,
+                   start=lambda c, d: handles(c, d, manifest, pool, RecordingLearner(), QueueControl()))
+    rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
+    assert [rows[s]["rollout/worker_timeouts"] for s in (1, 2, 3)] == [1, 0, 2]
+    assert all(rows[s]["reward/actor_timeouts"] == 0 for s in (1, 2, 3))
+
+
+def test_a_refused_adapter_stops_the_run_with_the_reason_and_the_previous_adapter_live(tmp_path: Path) -> None:
+    manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
+    pool = ScriptedPool(_answer, refuse={3})  # SFT publishes v1, GRPO steps v2, v3, ...
+    cfg = _config(tmp_path, checkpoint={"every": 1})
+    with pytest.raises(train_loop.RunFailed) as failed:
+        train_loop.run(cfg, run_dir=tmp_path / "runs" / "fake",
+                       start=lambda c, d: handles(c, d, manifest, pool, RecordingLearner(), QueueControl()))
+    message = str(failed.value)
+    assert "stopped after step 3 (RuntimeError: adapter v3 failed to load" in message
+    assert "LoRA rank 16 is greater than max_lora_rank 8" in message
+    assert "checkpoints/step-3; continue with: medground train --resume" in message
+    assert pool.version == 2 and pool.loads == [1, 2]
+
+
+def test_a_stop_request_between_steps_checkpoints_that_step_and_resumes_identically(tmp_path: Path) -> None:
+    over = {"reward": {"accuracy": "medloc", "w_recite": 0.0,
+                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6, "use_reward_condition": False,
+                                    "use_std_condition": False, "use_margin_condition": False}},
+            "checkpoint": {"every": 0}, "name": "stop"}  # no checkpoint before the end, but for the stop's
+    full_dir, *_ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
+
+    def sigterm(step: int, row: dict[str, Any]) -> None:
+        if step == 4:
+            raise train_loop.StopRequested("SIGTERM received")
+
+    cfg = _config(tmp_path / "b", **over)
+    with pytest.raises(train_loop.RunFailed, match=r"stopped after step 4 \(StopRequested: SIGTERM received\); the "
+                                                   r"last complete checkpoint is .*step-4; continue with"):
+        _run(cfg, tmp_path / "b", on_step=sigterm)
+    resumed_dir, *_ = _run(cfg, tmp_path / "b", resume=True)
+    want = {r["step"]: r for r in read_metrics(full_dir / "metrics.jsonl")}
+    got = {r["step"]: r for r in read_metrics(resumed_dir / "metrics.jsonl")}
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3, 4, 5]
+    keys = [k for k in want[5] if k.split("/")[0] in ("reward", "tau", "batch", "learner", "eval")]
+    assert {k: got[5].get(k) for k in keys} == {k: want[5][k] for k in keys}
 def test_overlapped_generation_trains_each_batch_one_version_behind(tmp_path: Path) -> None:
     """rollout.max_staleness = 1: while the learner takes step t, the pool makes step t+1's batch with the
     adapter of step t (one version behind); a step that evaluates drains the pipeline, so the batch after it

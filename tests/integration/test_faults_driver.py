@@ -1,0 +1,79 @@
+"""Faults that stop a run, on the real driver, learner and rollout workers: a learner rank killed between
+steps stops the run within seconds (its peer would otherwise wait in a collective for 30 min) naming the last
+checkpoint and the resume command; an adapter the engine refuses stops the run with the engine's reason, the
+workers still on the previous adapter (issue 21, faults 7 and 6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from fault_helpers import gone
+from test_train_loop_e2e import _config, demo_data  # noqa: F401  (a fixture)
+
+from services import train_loop
+from services.train_loop import RunHandles
+
+pytestmark = pytest.mark.integration
+
+
+def _pid(actor: Any) -> int:
+    return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+
+
+def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(ray_local: None, tiny_model_dir: Path,
+                                                                     demo_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    from services.handles import start_handles
+
+    cfg = _config(tiny_model_dir, demo_data, tmp_path, **{
+        "stages": [{"name": "warmup", "kind": "sft", "steps": 4, "prompts_per_step": 2, "lr": 1e-3}],
+        "rollout": {"engine": "hf", "num_workers": 1, "cpus_per_worker": 0.25, "max_model_len": 512},
+        "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},
+        "checkpoint": {"every": 2, "keep": 2}})
+    live: dict[str, Any] = {}
+
+    def start(c: Any, d: Path) -> RunHandles:
+        live["h"] = start_handles(c, d)
+        return live["h"]
+
+    def kill_rank(step: int, row: dict[str, Any]) -> None:
+        if step == 2:  # step-2 is on disk; rank 0 will wait for rank 1 in step 3's first collective
+            ranks = live["h"].learner._workers
+            live["pids"] = [_pid(r) for r in ranks]
+            os.kill(live["pids"][1], signal.SIGKILL)
+            live["killed"] = time.monotonic()
+
+    with pytest.raises(train_loop.RunFailed) as failed:
+        train_loop.run(cfg, on_step=kill_rank, start=start)
+    stopped_after = time.monotonic() - live["killed"]
+    message = str(failed.value)
+    assert "stopped after step 2 (LearnerRankLost: learner rank(s) [1] died during sft_step" in message, message
+    assert f"the last complete checkpoint is {tmp_path / 'it' / 'checkpoints' / 'step-2'}; continue with: " \
+           f"medground train --resume {tmp_path / 'it'}" in message
+    assert stopped_after < 60.0, f"the run took {stopped_after:.0f} s to stop after a rank died"
+    assert gone(live["pids"][0]), "the surviving rank was left waiting in its collective"
+
+
+def test_an_adapter_the_engine_refuses_stops_the_run_with_the_reason(ray_local: None, tiny_model_dir: Path,
+                                                                     demo_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    # a rank-16 adapter for engines that take rank 8 at most: the first push (at the SFT stage's end) is refused
+    cfg = _config(tiny_model_dir, demo_data, tmp_path, **{
+        "stages": [{"name": "warmup", "kind": "sft", "steps": 2, "prompts_per_step": 2, "lr": 1e-3},
+                   {"name": "grounding", "kind": "grpo", "steps": 1, "prompts_per_step": 2}],
+        "rollout": {"num_workers": 1, "group_size": 2, "cpus_per_worker": 0.25, "max_model_len": 512,
+                    "max_lora_rank": 8, "sampling": {"temperature": 1.0, "max_new_tokens": 8}},
+        "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 4, "mlae": {"rank": 16}},
+        "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},
+        "checkpoint": {"every": 1}})
+    with pytest.raises(train_loop.RunFailed) as failed:
+        train_loop.run(cfg)
+    message = str(failed.value)
+    assert "stopped after step 2 (AdapterLoadError: adapter v1 failed to load on rollout worker(s) [0]" in message
+    assert "LoRA rank 16 is greater than max_lora_rank 8" in message
+    assert "Every worker serves adapter v0 again" in message
+    assert "checkpoints/step-1; continue with: medground train --resume" in message

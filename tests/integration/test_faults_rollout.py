@@ -1,0 +1,144 @@
+"""Rollout faults that do not raise, on real workers: a vLLM worker stopped (SIGSTOP) mid-generate is killed
+and replaced and its requests answered by the others, each exactly once; a worker stopped during an adapter
+load is replaced within `rollout.load_timeout_s`; an adapter the engine refuses leaves the previous one
+live (issue 21, faults 1 and 6; the run-level stop with the reason: test_faults_driver.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from fault_helpers import gone, wait_busy
+from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
+
+from rollout.config import RolloutConfig, SamplingConfig
+from rollout.contracts import RolloutGroup, RolloutRequest
+from services.rollout_pool import AdapterLoadError, RolloutPool
+
+pytestmark = pytest.mark.integration
+# Two workers beside other actors on the 2-CPU test Ray. A shard of 8 requests (4 completions of exactly 64
+# tokens each) takes a few seconds here; 2.5 s per request gives it a 20 s deadline.
+CONFIG = RolloutConfig(engine="vllm", max_model_len=512, cpus_per_worker=0.25, num_workers=2, call_timeout_s=2.5,
+                       load_timeout_s=10.0)
+SAMPLING = SamplingConfig(temperature=0.9, max_new_tokens=64, min_new_tokens=64)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fault-adapters")
+    return {"v1": make_lora_adapter(tiny_model_dir, folder / "v1", seed=1),
+            "v2": make_lora_adapter(tiny_model_dir, folder / "v2", seed=2)}
+
+
+@pytest.fixture(scope="module")
+def rank16_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid PEFT LoRA of rank 16: vLLM refuses it with rollout.max_lora_rank 8."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    out = tmp_path_factory.mktemp("rank16") / "v3"
+    get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"])).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
+    pool = RolloutPool(tiny_model_dir, CONFIG)
+    try:
+        pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
+        pool.wait_ready(timeout=300)
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def _seeded(count: int) -> list[RolloutRequest]:
+    return [dataclasses.replace(r, seed=1000 + i) for i, r in enumerate(requests(count))]
+
+
+def _pid(pool: RolloutPool, index: int) -> int:
+    return int(ray.get(pool.handles()[index].pid.remote()))
+
+
+def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_once(pool: RolloutPool) -> None:
+    reqs = _seeded(16)
+    reference = pool.generate(reqs, n=4, sampling=SAMPLING)
+    pool.take_faults()
+    victim = _pid(pool, 0)
+    out: list[list[RolloutGroup]] = []
+    call = threading.Thread(target=lambda: out.append(pool.generate(reqs, n=4, sampling=SAMPLING)))
+    call.start()
+    wait_busy(victim)  # the stop lands while its engine generates
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        call.join(timeout=240)
+        assert not call.is_alive(), "generate did not return after a worker hung"
+    finally:
+        if not gone(victim, timeout=0):
+            os.kill(victim, signal.SIGCONT)  # never leave a stopped process behind, whatever failed
+    faults = pool.take_faults()
+    assert faults["rollout/worker_timeouts"] == 1, f"the stop landed after the call: make the call longer ({faults})"
+    assert faults["rollout/requests_resent"] == 8
+    groups = out[0]
+    # every request answered exactly once, in request order, by adapter v1, as the fault-free call answered
+    assert [g.prompt_id for g in groups] == [r.prompt_id for r in reqs]
+    assert all(len(g.completions) == 4 and g.adapter_version == 1 for g in groups)
+    assert [g.completions for g in groups] == [g.completions for g in reference]
+    assert pool.last_serving == (1,), "the stopped worker's requests must come from the other worker"
+    event = pool.faults.events[-1]
+    assert event.kind == "worker_timeout" and f"pid {victim} on " in event.who and "within 20 s" in event.detail
+    assert gone(victim), "the stopped worker's process was not ended"
+    pool.wait_ready(timeout=300)  # the replacement came up on the current adapter
+    assert victim not in {_pid(pool, 0), _pid(pool, 1)}
+    assert ray.get([h.adapter_version.remote() for h in pool.handles()]) == [1, 1]
+
+
+def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapters: dict[str, Path],
+                                                        rank16_adapter: Path) -> None:
+    pool.load_adapter(2, ray.put(adapter_artefact(adapters["v2"], version=2)))
+    reqs = requests(4)
+    before = pool.generate(reqs, n=2, sampling=GREEDY)
+    with pytest.raises(AdapterLoadError, match=r"adapter v3 failed to load on rollout worker\(s\) \[\d+, \d+\]: .*LoRA "
+                                               r"rank 16 is greater than max_lora_rank 8.*serves adapter v2 again"):
+        pool.load_adapter(3, ray.put(adapter_artefact(rank16_adapter, version=3)))
+    assert pool.adapter_version == 2
+    after = pool.generate(reqs, n=2, sampling=GREEDY)
+    assert all(g.adapter_version == 2 for g in after)
+    assert [g.completions for g in after] == [g.completions for g in before]  # v2's answers, not the base model's
+    assert pool.take_faults()["rollout/load_refusals"] == 2
+    pool.load_adapter(4, ray.put(adapter_artefact(adapters["v1"], version=4)))  # the pool takes the next one
+    assert {g.adapter_version for g in pool.generate(reqs, n=1, sampling=GREEDY)} == {4}
+
+
+def test_a_worker_stopped_during_an_adapter_load_is_replaced(ray_local: None, tiny_model_dir: Path,
+                                                             adapters: dict[str, Path]) -> None:
+    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf", "load_timeout_s": 5.0}))
+    victim = None
+    try:
+        hf.wait_ready(timeout=300)
+        victim = _pid(hf, 1)
+        os.kill(victim, signal.SIGSTOP)
+        t = time.monotonic()
+        hf.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
+        waited = time.monotonic() - t
+        assert waited < 5.0 + 10.0, f"the load waited {waited:.0f} s for a stopped worker"
+        assert hf.take_faults()["rollout/load_timeouts"] == 1
+        assert gone(victim)
+        groups = hf.generate(requests(3), n=1, sampling=GREEDY)
+        assert [g.adapter_version for g in groups] == [1, 1, 1]
+        hf.wait_ready(timeout=300)
+        assert ray.get([h.adapter_version.remote() for h in hf.handles()]) == [1, 1]
+    finally:
+        if victim is not None and not gone(victim, timeout=0):
+            os.kill(victim, signal.SIGCONT)
+        hf.shutdown()
