@@ -143,15 +143,21 @@ class RolloutPool:
         return len(done)
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every worker has started and loaded the current adapter (errors propagate), for at most
-        `timeout` seconds (default rollout.start_timeout_s); then TimeoutError."""
+        """Block until every worker has started and loaded the current adapter, for at most `timeout` seconds
+        (default rollout.start_timeout_s; then TimeoutError). A worker that dies before it is up (its node was
+        lost: Ray may place a replacement on a node it has not yet declared dead) is replaced; a failed
+        start-up (bad model dir, bad adapter) raises."""
         limit = self.config.start_timeout_s if timeout is None else timeout
-        done, starting = ray.wait([w.ready for w in self._workers], num_returns=len(self._workers), timeout=limit)
-        ray.get(done)
-        if starting:
-            raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
-                               f"{limit:.0f} s; check that the cluster has room for them (rollout.cpus_per_worker / "
-                               f"gpus_per_worker) and read the workers' logs")
+        deadline = time.monotonic() + limit
+        while True:
+            refs = [w.ready for w in self._workers]
+            done, starting = ray.wait(refs, num_returns=len(refs), timeout=max(deadline - time.monotonic(), 0.0))
+            if len(self._settle(done)) == len(self._workers):
+                return
+            if starting and time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
+                                   f"{limit:.0f} s; check that the cluster has room for them (rollout.cpus_per_worker "
+                                   f"/ gpus_per_worker) and read the workers' logs")
 
     def take_faults(self) -> dict[str, int]:
         """Faults since the last call, as metrics (`rollout/worker_timeouts`, ...; zeros included)."""
@@ -218,15 +224,24 @@ class RolloutPool:
                 raise TimeoutError(f"none of the {len(refs)} rollout workers came up within rollout.start_timeout_s="
                                    f"{self.config.start_timeout_s:.0f} s; check that the cluster has room for a worker "
                                    f"(rollout.cpus_per_worker / gpus_per_worker) and read the workers' logs")
-            ready, finished = [], set(done)
-            for w in [w for w in self._workers if w.ready in finished]:
-                try:
-                    ray.get(w.ready)
-                    ready.append(w)
-                except RayActorError as exc:
-                    self._replace(w, "worker_death", f"died while starting ({type(exc).__name__})")
+            ready = self._settle(done)
             if ready:
                 return ready
+
+    def _settle(self, done: list[ray.ObjectRef[Any]]) -> list[_Worker]:
+        """The workers whose start-up (or adapter load) finished in `done` and succeeded. One that died without
+        failing its own start-up (its node was lost, or it was killed, possibly before it ever ran) is
+        replaced; a start-up that failed (bad model dir, bad adapter) raises."""
+        finished, ready = set(done), []
+        for w in [w for w in self._workers if w.ready in finished]:
+            try:
+                ray.get(w.ready)
+                ready.append(w)
+            except RayActorError as exc:
+                if exc.actor_init_failed:
+                    raise
+                self._replace(w, "worker_death", f"died while starting ({type(exc).__name__})")
+        return ready
 
     # -- work ------------------------------------------------------------------------------------------
 

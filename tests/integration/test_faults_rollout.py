@@ -142,3 +142,24 @@ def test_a_worker_stopped_during_an_adapter_load_is_replaced(ray_local: None, ti
         if victim is not None and not gone(victim, timeout=0):
             os.kill(victim, signal.SIGCONT)
         hf.shutdown()
+
+
+def test_a_worker_that_dies_before_it_is_up_is_replaced_and_a_failed_start_raises(
+        ray_local: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """After a node is lost Ray may place a replacement on that node before declaring it dead; the actor then
+    dies before it ever runs. `wait_ready` replaces such a worker (seen in bench/faults' lost-node run),
+    while a worker whose own start-up fails (here: no model at the path) still raises."""
+    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf", "num_workers": 1}))
+    try:
+        ray.kill(hf.handles()[0])  # before its start-up task ran
+        hf.wait_ready(timeout=300)
+        assert hf.take_faults()["rollout/worker_deaths"] == 1 and hf.size == 1
+        assert [g.adapter_version for g in hf.generate(requests(2), n=1, sampling=GREEDY)] == [0, 0]
+    finally:
+        hf.shutdown()
+    broken = RolloutPool(tmp_path / "no-model", CONFIG.model_copy(update={"engine": "hf", "num_workers": 1}))
+    try:
+        with pytest.raises(ray.exceptions.RayActorError, match="no-model"):
+            broken.wait_ready(timeout=300)
+    finally:
+        broken.shutdown()
