@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -55,6 +55,10 @@ bench-shapes: .venv/.ready
 
 bench-faults: .venv/.ready
 	$(PY) -m bench.faults
+
+# the study base (deploy/configs/bases/study.yaml) into models/base-study: ~15 min on 2 cores, once (cached by recipe)
+base: .venv/.ready
+	$(PY) -m services.cli pretrain-base deploy/configs/bases/study.yaml models/base-study
 
 gpu-check:
 	bash tools/gpu_check.sh
