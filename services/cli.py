@@ -119,7 +119,8 @@ def validate_config(
         _fail(str(exc))
     if show:
         typer.echo(cfg.model_dump_json(indent=2))
-    typer.echo(f"{config}: valid ({len(cfg.stages)} stages: {', '.join(s.name for s in cfg.stages)})")
+    n = len(cfg.stages)
+    typer.echo(f"{config}: valid ({n} stage{'' if n == 1 else 's'}: {', '.join(s.name for s in cfg.stages)})")
 
 
 @app.command()

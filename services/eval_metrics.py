@@ -41,6 +41,18 @@ def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str
     }
 
 
+def paired_change(before: Sequence[float], after: Sequence[float], threshold: float | None) -> tuple[float, float]:
+    """The change of a held-out metric between two evaluations of the same images, and its standard error
+    from the per-image differences (paired: tighter than the two unpaired errors). `before`/`after`: IoUs in
+    the same image order; `threshold`: A@threshold in percent points, or None for mIoU. Raises ValueError
+    when the two lists differ in length or hold fewer than two images."""
+    b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if b.shape != a.shape or b.size < 2:
+        raise ValueError(f"paired change needs the same >= 2 images in both evaluations, got {b.size} and {a.size}")
+    d = (100.0 * ((a >= threshold).astype(float) - (b >= threshold).astype(float))) if threshold is not None else a - b
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
 def grounding_report(ious: Sequence[float], parsed: Sequence[bool],
                      relative_areas: Sequence[float]) -> dict[str, dict[str, float]]:
     """Metrics over all samples (`all`) and per size bucket (only buckets with samples)."""

@@ -174,14 +174,32 @@ def demo(overrides: list[str]) -> dict[str, Any]:
     summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"), "plots": str(run_dir / "plots"),
                "adapter": str(run_dir / "adapter"), "samples": str(run_dir / "samples"),
                "held-out images": evals[-1].get("eval/n"),
+               "A@0.3 start": f"{evals[0]['eval/A@0.3']:.1f}", "A@0.3 end": f"{evals[-1]['eval/A@0.3']:.1f}",
                "A@0.5 start": _with_se(evals[0], "A@0.5"), "A@0.5 end": _with_se(evals[-1], "A@0.5"),
                "A@0.8 start": _with_se(evals[0], "A@0.8"), "A@0.8 end": _with_se(evals[-1], "A@0.8"),
                "mIoU start": _with_se(evals[0], "mIoU", 3), "mIoU end": _with_se(evals[-1], "mIoU", 3),
                "centre-box A@0.5": rows[0].get("baseline/centre/A@0.5"),
                "centre-box mIoU": rows[0].get("baseline/centre/mIoU"),
+               **_paired_changes(run_dir / "eval", evals[0]["step"], evals[-1]["step"]),
                "minutes": round((time.perf_counter() - t0) / 60, 1)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
+    """'change A@0.5': '-4.0 ± 2.3' from the per-image predictions of two evaluations (the same images)."""
+    from services.eval_metrics import paired_change
+
+    def ious(step: int) -> list[float]:
+        rows = [json.loads(line) for line in (eval_dir / f"step-{step}.jsonl").read_text().splitlines()]
+        return [r["iou"] for r in sorted(rows, key=lambda r: r["id"])]
+
+    before, after = ious(first), ious(last)
+    out = {}
+    for name, threshold, digits in (("A@0.3", 0.3, 1), ("A@0.5", 0.5, 1), ("A@0.8", 0.8, 1), ("mIoU", None, 3)):
+        mean, se = paired_change(before, after, threshold)
+        out[f"change {name}"] = f"{mean:+.{digits}f} ± {se:.{digits}f} (paired)"
+    return out
 
 
 def _with_se(row: dict[str, Any], metric: str, digits: int = 1) -> str:

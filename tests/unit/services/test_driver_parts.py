@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rollout.images import ImageFrame
 from services import checkpointing as ckpt
 from services.convert import SFT_THINK, reference_answer
 from services.data.records import Record
-from services.eval_metrics import grading_metrics, grounding_metrics, grounding_report
+from services.eval_metrics import grading_metrics, grounding_metrics, grounding_report, paired_change
 from services.sampler import PromptSampler
 from services.train_loop import sampling_seed
 
@@ -79,3 +81,15 @@ def test_grading_metrics_count_unparsed_as_worst() -> None:
     m = grading_metrics([1, 3, None], [1, 2, 0])
     assert m["accuracy"] == pytest.approx(100 / 3)
     assert m["mean_abs_grade_error"] == pytest.approx(1.0)
+
+
+def test_paired_change_takes_the_error_from_per_image_differences() -> None:
+
+    before = [0.2, 0.6, 0.55, 0.1]  # A@0.5: 50 %; mIoU 0.3625
+    after = [0.6, 0.4, 0.55, 0.1]   # image 1 crosses 0.5, image 2 falls below it: A@0.5 still 50 %
+    mean, se = paired_change(before, after, 0.5)
+    assert mean == 0.0 and math.isclose(se, 100 * math.sqrt(2 / 3) / 2)  # differences +100, -100, 0, 0
+    mean, se = paired_change(before, after, None)
+    assert math.isclose(mean, 0.05) and math.isclose(se, float(np.std([0.4, -0.2, 0, 0], ddof=1)) / 2)
+    with pytest.raises(ValueError, match="same >= 2 images"):
+        paired_change([0.1, 0.2], [0.1], 0.5)
