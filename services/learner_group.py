@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -74,8 +74,12 @@ class LearnerGroup:
             raise LearnerRankLost(f"the learner group was stopped after a rank died; it cannot run {what}")
         try:
             return list(ray.get(refs))
-        except RayActorError as exc:
+        except (RayActorError, RayTaskError) as exc:
+            # a live rank's collective can fail first ("connection reset by peer") and be the error ray.get
+            # raises: whichever error comes first, a dead rank means the group is lost
             dead = self._dead_ranks()
+            if isinstance(exc, RayTaskError) and not dead:
+                raise  # a rank's own error (a bug, bad input): the ranks are alive
             for w in self._workers:
                 ray.kill(w)
             self._workers = []

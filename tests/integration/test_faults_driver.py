@@ -77,3 +77,35 @@ def test_an_adapter_the_engine_refuses_stops_the_run_with_the_reason(ray_local: 
     assert "LoRA rank 16 is greater than max_lora_rank 8" in message
     assert "Every worker serves adapter v0 again" in message
     assert "checkpoints/step-1; continue with: medground train --resume" in message
+
+
+def test_a_live_ranks_collective_error_after_a_rank_died_is_still_a_lost_rank(ray_local: None) -> None:
+    """The race seen in CI: rank 0's collective fails ("connection reset by peer") and ray.get raises that
+    task error before Ray reports rank 1 dead. The group still stops as LearnerRankLost; a task error with
+    every rank alive is re-raised as it is (a bug, not a lost rank)."""
+    from ray.exceptions import RayTaskError
+
+    from services.learner_group import LearnerGroup, LearnerRankLost
+
+    @ray.remote
+    class Rank:
+        def fail(self) -> None:
+            raise RuntimeError("Connection reset by peer")
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    def group(ranks: list[Any]) -> LearnerGroup:
+        g = object.__new__(LearnerGroup)
+        g._workers = ranks
+        return g
+
+    alive, dying = Rank.remote(), Rank.remote()
+    pid = ray.get(dying.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    with pytest.raises(LearnerRankLost, match=r"learner rank\(s\) \[1\] died during sft_step \(RayTaskError"):
+        group([alive, dying])._all([alive.fail.remote()], "sft_step")
+    healthy = [Rank.remote(), Rank.remote()]
+    with pytest.raises(RayTaskError, match="Connection reset by peer"):
+        group(healthy)._all([healthy[0].fail.remote()], "sft_step")
