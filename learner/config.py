@@ -78,8 +78,9 @@ class LearnerConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     cpus_per_rank: float = Field(1.0, gt=0.0, description="Ray CPUs per learner rank.")
     torch_threads: int = Field(0, ge=0, description="CPU threads of a rank's torch ops (0: Ray's default, one "
-                               "per reserved CPU). The driver is synchronous, so on a small CPU box the learner "
-                               "can use every core while rollout workers wait.")
+                               "per reserved CPU). With rollout.max_staleness 0 the rollout workers wait while "
+                               "the learner trains, so on a small CPU box it may use every core; with overlap "
+                               "split the cores with rollout.torch_threads.")
     gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPUs per learner rank.")
     mlae: MLAEConfig = MLAEConfig()
     grpo: GRPOConfig = GRPOConfig()

@@ -37,6 +37,12 @@ class RolloutConfig(_Strict):
     group_size: int = Field(8, ge=1, description="G: completions per prompt [paper: 8].")
     sampling: SamplingConfig = SamplingConfig()
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads of each worker's engine (0: Ray's default, one per reserved CPU). "
+        "On a CPU machine the cores follow the schedule: with max_staleness 0 the learner waits while the pool "
+        "generates, so a worker may use every core (set it to the core count); with overlap the worker and "
+        "the learner run at once, so split the cores between them (learner.torch_threads). Set before the "
+        "engine starts; no effect on GPU generation.")
     gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per worker (0 on CPU machines).")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one worker.")
     min_pixels: int = Field(56 * 56, ge=28 * 28, description="smart_resize lower pixel budget of the model input.")

@@ -21,6 +21,10 @@ class RolloutWorker:
 
     def __init__(self, model_dir: str | Path, config: RolloutConfig, knowledge: KnowledgeBase | None,
                  seed: int) -> None:
+        if config.torch_threads > 0:  # before the engine starts: vLLM's CPU worker pins the count at start-up
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         self.core = RolloutWorkerCore(model_dir, config, knowledge, seed)
 
     def generate(self, requests: Sequence[RolloutRequest], n: int | None,

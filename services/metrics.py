@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,19 +33,25 @@ class PhaseTimer:
 
     A phase entered again (a refill round) accumulates. `row()` gives `time/<phase>_s` for each phase,
     `time/step_s` since the timer was made, and `time/other_s`, the part of the step no phase covered.
+    `spans` keeps each phase's interval as `[lane, phase, start, end]` in Unix seconds, so the timers of
+    two threads (the driver and the overlapped producer) line up on one timeline (`timeline.jsonl`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lane: str = "driver") -> None:
+        self.lane = lane
         self.seconds: dict[str, float] = {}
+        self.spans: list[list[Any]] = []
+        self.started = time.time()
         self._start = time.perf_counter()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
+        t, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+            self.spans.append([self.lane, name, wall, wall + time.perf_counter() - t])
 
     def row(self) -> dict[str, float]:
         total = time.perf_counter() - self._start
@@ -61,6 +67,7 @@ class MetricsWriter:
         self.plots = plots
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
+        self.timeline = self.run_dir / "timeline.jsonl"
         self._tb: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -70,10 +77,10 @@ class MetricsWriter:
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows written after the checkpoint's step (and a row torn by a crash) so the log has
         no duplicates; the file is replaced atomically, so a crash here leaves the old one."""
-        if not self.path.exists():
-            return
-        rows = [r for r in read_metrics(self.path) if int(r.get("step", -1)) <= step]
-        durable.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        for path in (self.path, self.timeline):
+            if path.exists():
+                rows = [r for r in read_metrics(path) if int(r.get("step", -1)) <= step]
+                durable.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         """Append one row, on disk before the step's checkpoint can name it (fsync)."""
@@ -87,6 +94,14 @@ class MetricsWriter:
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+
+    def log_timeline(self, step: int, start: float, spans: Iterable[Sequence[Any]]) -> None:
+        """Append the step's phase intervals to `timeline.jsonl`: `{"step", "start", "end", "spans": [[lane,
+        phase, start, end], ...]}` in Unix seconds (the overlapped producer's spans may start in an earlier
+        step's window). `bench/step` draws it; a diagnostic, so not fsynced."""
+        line = {"step": step, "start": start, "end": time.time(), "spans": [list(s) for s in spans]}
+        with self.timeline.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def plot(self) -> list[Path]:
         """The run's PNG plots from metrics.jsonl (none when made with plots=False)."""

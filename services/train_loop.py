@@ -205,6 +205,7 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
                         "adapter_version": state.adapter_version, "rollout/workers": h.pool.size,
                         "rollout/workers_live": h.pool.live_count(), **timer.row(),
                         **h.pool.take_faults(), **(producer.reward.take_faults() if producer is not None else {})})
+            h.writer.log_timeline(state.global_step, timer.started, row.pop("time/spans", []) + timer.spans)
             h.writer.log(state.global_step, row)
             # ---- checkpoint
             if stage_done:
@@ -353,7 +354,7 @@ class GroupSelection:
     zero_variance: int = 0
     schedule: ScheduleSnapshot | None = None  # after the last round was observed
     raises: list[RaiseRecord] = field(default_factory=list)
-    timer: PhaseTimer = field(default_factory=PhaseTimer)  # its generate and reward seconds
+    timer: PhaseTimer = field(default_factory=lambda: PhaseTimer("producer"))  # its generate and reward seconds
 
     @property
     def room(self) -> int:
@@ -405,7 +406,8 @@ class GroupSelection:
             "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
             "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
             / max(len(completions), 1),
-            **{f"time/{k}_s": v for k, v in self.timer.seconds.items()}}  # when it was made, maybe overlapped
+            **{f"time/{k}_s": v for k, v in self.timer.seconds.items()},  # when it was made, maybe overlapped
+            "time/spans": self.timer.spans}
 
 
 def _per_group(column: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -72,11 +72,16 @@ class _Interrupted(Exception):
     """Stands for the driver being killed right after a step."""
 
 
+@pytest.mark.parametrize("staleness", [0, 1])
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: None, tiny_model_dir: Path,
-                                                                     demo_data: Path, tmp_path: Path) -> None:
+                                                                     demo_data: Path, tmp_path: Path,
+                                                                     staleness: int) -> None:
+    """With staleness 1, step 3 generates step 4's batch while it learns (step 4 checkpoints, so it drains):
+    the interrupted step 3 is redone with its prefetch, and steps 4-5 match the uninterrupted run."""
     from services import train_loop
 
     over = {k: v for k, v in RESUME_TREE.items() if k not in ("name", "seed")}  # the fault tests' run too
+    over["rollout"] = {**over["rollout"], "max_staleness": staleness}
     full = train_loop.run(_config(tiny_model_dir, demo_data, tmp_path / "full", **over))
 
     def interrupt(step: int, row: dict[str, Any]) -> None:
@@ -102,6 +107,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(ray_local: N
                 assert got[step].get(key) is None, (step, key)
             else:
                 assert got[step].get(key) == pytest.approx(expected, rel=1e-5, abs=1e-6), (step, key)
+    assert [want[s]["batch/staleness"] for s in (2, 3, 4, 5)] == [0, 0, staleness, 0]
     assert [want[s]["tau/value"] for s in (2, 3, 4, 5)] != [want[2]["tau/value"]] * 4, "tau never moved"
     assert all(want[s]["learner/loss"] > 1e-5 for s in (2, 3, 4, 5)), "the learner did not train"
 

@@ -4,6 +4,7 @@ evaluation cadence, adapter pushes, checkpoint and exact resume, a resize reques
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,13 @@ def test_overlapped_generation_trains_each_batch_one_version_behind(tmp_path: Pa
     assert [rows[s]["batch/staleness"] for s in range(1, 7)] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
     assert [{s.adapter_version for s in b.samples} for b in learner.batches] == [{0}, {0}, {1}, {3}, {3}, {4}]
     assert pool.loads == [1, 2, 3, 4, 5, 6]
+    # the timeline: a prefetched batch was generated inside the previous step's window, a fresh one in its own
+    lines = {t["step"]: t for t in map(json.loads, (run_dir / "timeline.jsonl").read_text().splitlines())}
+    assert sorted(lines) == [1, 2, 3, 4, 5, 6]
+    for step, prefetched in ((2, True), (3, True), (4, False), (5, True)):
+        first_generate = min(s[2] for s in lines[step]["spans"] if s[:2] == ["producer", "generate"])
+        assert (first_generate < lines[step]["start"]) is prefetched, step
+        assert any(s[:2] == ["driver", "learner"] for s in lines[step]["spans"])
 
 
 def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
@@ -229,3 +237,5 @@ def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
         assert {k: got[step].get(k) for k in keys} == {k: want[step][k] for k in keys}, step
     assert [(s.adapter_version, s.advantage) for b in resumed_learner.batches for s in b.samples] == \
         [(s.adapter_version, s.advantage) for b in full_learner.batches[-2:] for s in b.samples]
+    timeline = [json.loads(x)["step"] for x in (resumed_dir / "timeline.jsonl").read_text().splitlines()]
+    assert timeline == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were cut and written once
