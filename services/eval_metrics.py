@@ -20,7 +20,7 @@ MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.5
 
 def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str, float]:
     """A@0.3, A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent, n = len(ious),
-    and standard errors: `A@0.5_se` = 100 sqrt(p (1 - p) / n) (binomial), `mIoU_se` = std / sqrt(n)."""
+    and standard errors: `A@t_se` = 100 sqrt(p (1 - p) / n) (binomial), `mIoU_se` = std / sqrt(n)."""
     iou = np.asarray(ious, dtype=np.float64)
     if iou.size == 0:
         return {"n": 0}
@@ -30,6 +30,7 @@ def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str
     return {
         "n": int(n),
         "A@0.3": 100.0 * at[0.3],
+        "A@0.3_se": 100.0 * math.sqrt(at[0.3] * (1.0 - at[0.3]) / n),
         "A@0.5": 100.0 * at[0.5],
         "A@0.5_se": 100.0 * math.sqrt(at[0.5] * (1.0 - at[0.5]) / n),
         "A@0.8": 100.0 * at[0.8],

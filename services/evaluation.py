@@ -109,6 +109,13 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
     return path
 
 
+def read_ious(path: Path) -> dict[str, float]:
+    """The IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record id;
+    an unparsable answer has IoU 0."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["id"]: float(r["iou"] or 0.0) for r in rows if isinstance(r["truth"], list)}
+
+
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
     """Ground truth in green, prediction in red, IoU in the corner; one PNG per sample.
 

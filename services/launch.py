@@ -189,12 +189,10 @@ def demo(overrides: list[str]) -> dict[str, Any]:
 def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
     """'change A@0.5': '-4.0 ± 2.3' from the per-image predictions of two evaluations (the same images)."""
     from services.eval_metrics import paired_change
+    from services.evaluation import read_ious
 
-    def ious(step: int) -> list[float]:
-        rows = [json.loads(line) for line in (eval_dir / f"step-{step}.jsonl").read_text().splitlines()]
-        return [r["iou"] for r in sorted(rows, key=lambda r: r["id"])]
-
-    before, after = ious(first), ious(last)
+    start, end = read_ious(eval_dir / f"step-{first}.jsonl"), read_ious(eval_dir / f"step-{last}.jsonl")
+    before, after = [start[k] for k in sorted(start)], [end[k] for k in sorted(start)]
     out = {}
     for name, threshold, digits in (("A@0.3", 0.3, 1), ("A@0.5", 0.5, 1), ("A@0.8", 0.8, 1), ("mIoU", None, 3)):
         mean, se = paired_change(before, after, threshold)
