@@ -22,6 +22,8 @@ def held_out(run: Path) -> tuple[int, dict[str, float], dict[str, float]]:
     """A run's last evaluated step and the per-image IoUs (by record id) of its first and last evaluation."""
     from services.evaluation import read_ious
 
+    if not run.is_dir():
+        raise SystemExit(f"{run} is not a run directory (it does not exist); pass runs/<name> of a finished run")
     steps = sorted(int(p.stem.removeprefix("step-")) for p in (run / "eval").glob("step-*.jsonl"))
     if len(steps) < 2:
         raise SystemExit(f"{run} has {len(steps)} held-out evaluation(s); a comparison needs its start and end")
@@ -94,8 +96,14 @@ def main() -> None:
     parser.add_argument("--labels", default="A,B")
     parser.add_argument("--out", type=Path, required=True, help="path without suffix")
     args = parser.parse_args()
-    runs = dict(zip(args.labels.split(","), args.runs, strict=True))
-    result = compare(runs)
+    labels = args.labels.split(",")
+    if len(labels) != 2:
+        parser.error(f"--labels needs two names separated by a comma, got {args.labels!r}")
+    runs = dict(zip(labels, args.runs, strict=True))
+    try:
+        result = compare(runs)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     for label, row in result["runs"].items():
         print(f"{label} ({row['run']}, {row['held_out_images']} held-out images, {row['steps']} steps)")
         for name, _, d in METRICS:

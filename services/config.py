@@ -178,17 +178,20 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path, value = parse_override(item)
         node: Any = out
         for part in path[:-1]:
-            node = node[_index(part, item)] if isinstance(node, list) else node.setdefault(part, {})
+            node = node[_index(part, item, node)] if isinstance(node, list) else node.setdefault(part, {})
         if isinstance(node, list):
-            node[_index(path[-1], item)] = value
+            node[_index(path[-1], item, node)] = value
         else:
             node[path[-1]] = value
     return out
 
 
-def _index(part: str, item: str) -> int:
+def _index(part: str, item: str, items: list[Any]) -> int:
     if not part.isdigit():
         raise ConfigError(f"override {item!r}: {part!r} addresses a list, so it must be an index like 0")
+    if int(part) >= len(items):
+        raise ConfigError(f"override {item!r}: index {part} is past the end of a list of {len(items)} "
+                          f"(valid: 0..{len(items) - 1}); add the item to the YAML to override it")
     return int(part)
 
 
@@ -220,8 +223,12 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def explain(error: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     """Turn pydantic's errors into one message naming each field, the rule and the fix."""
     lines = [f"invalid configuration in {source}:"]
-    for err in error.errors():
+    errors = error.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    for err in errors:
         loc = tuple(err["loc"])
+        if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
+            continue  # a section failing only because of a field inside it, which has its own line
         dotted = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
@@ -230,6 +237,9 @@ def explain(error: ValidationError, model: type[BaseModel], source: str) -> Conf
             lines.append(f"  {dotted}: unknown key; {hint}")
         elif err["type"] == "missing":
             lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set {dotted}=...")
+        elif isinstance(err.get("input"), dict):
+            # a rule across several fields (a model validator): its message names them; the input is a section
+            lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
     return ConfigError("\n".join(lines))
@@ -238,6 +248,8 @@ def explain(error: ValidationError, model: type[BaseModel], source: str) -> Conf
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply `--set` overrides, validate, and return the frozen tree."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; name a YAML run config in it (e.g. {path / 'demo.yaml'})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; the shipped ones are in deploy/configs/")
     try:

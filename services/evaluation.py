@@ -111,9 +111,17 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
 
 def read_ious(path: Path) -> dict[str, float]:
     """The IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record id;
-    an unparsable answer has IoU 0."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: float(r["iou"] or 0.0) for r in rows if isinstance(r["truth"], list)}
+    an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
+    out = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line) if line.strip() else None
+            if row is not None and isinstance(row["truth"], list):
+                out[str(row["id"])] = float(row["iou"] or 0.0)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file was written by "
+                             f"an evaluation: re-run it (medground eval) rather than edit it") from exc
+    return out
 
 
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:

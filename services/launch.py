@@ -174,7 +174,7 @@ def demo(overrides: list[str]) -> dict[str, Any]:
     summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"), "plots": str(run_dir / "plots"),
                "adapter": str(run_dir / "adapter"), "samples": str(run_dir / "samples"),
                "held-out images": evals[-1].get("eval/n"),
-               "A@0.3 start": f"{evals[0]['eval/A@0.3']:.1f}", "A@0.3 end": f"{evals[-1]['eval/A@0.3']:.1f}",
+               "A@0.3 start": _with_se(evals[0], "A@0.3"), "A@0.3 end": _with_se(evals[-1], "A@0.3"),
                "A@0.5 start": _with_se(evals[0], "A@0.5"), "A@0.5 end": _with_se(evals[-1], "A@0.5"),
                "A@0.8 start": _with_se(evals[0], "A@0.8"), "A@0.8 end": _with_se(evals[-1], "A@0.8"),
                "mIoU start": _with_se(evals[0], "mIoU", 3), "mIoU end": _with_se(evals[-1], "mIoU", 3),

@@ -11,6 +11,10 @@ if [ "${1:-}" = "--newer" ] && [ -e "${2:-}" ]; then
 else
   [ -x .venv/bin/ray ] && timeout 60 .venv/bin/ray stop --force >/dev/null 2>&1
   rm -rf /tmp/ray/session_* 2>/dev/null
+  # what a killed rollout worker, base build or test start-up leaves (their owners remove them on a clean
+  # exit); only here, where no run is left alive: a live worker keeps writing adapter versions into its own
+  find /tmp -maxdepth 1 \( -name 'medground-adapters-*' -o -name 'medground-base-*' \
+    -o -name 'medground-test-start-*' \) -user "$(id -u)" -exec rm -rf {} + 2>/dev/null
 fi
 uid=$(id -u)
 # Files a live process still maps, holds open or listens on belong to someone's running engine (another

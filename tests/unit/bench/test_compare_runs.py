@@ -42,3 +42,12 @@ def test_runs_on_different_images_are_refused(tmp_path: Path) -> None:
     b = _run(tmp_path / "b", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     with pytest.raises(SystemExit, match="different held-out images"):
         compare({"A": a, "B": b})
+
+
+def test_a_missing_run_and_a_corrupt_predictions_file_are_named(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a", [0.5, 0.5], [0.5, 0.5])
+    with pytest.raises(SystemExit, match="does not exist"):
+        compare({"A": a, "B": tmp_path / "missing"})
+    (a / "eval" / "step-30.jsonl").write_text('{"id": "img-0", "iou": 0.5, "truth": [[0, 0, 1, 1]]}\n{"id": ')
+    with pytest.raises(ValueError, match=r"step-30.jsonl line 2 is not a prediction row"):
+        compare({"A": a, "B": a})

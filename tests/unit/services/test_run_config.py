@@ -60,6 +60,7 @@ def test_bad_value_and_missing_field_are_named(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "model: required field is missing" in msg
     assert "stages.0.steps: Input should be greater than or equal to 1" in msg
+    assert "  stages: " not in msg  # the list fails only because of its item, which has its own line
 
 
 def test_overrides_apply_to_nested_fields_and_list_items(tmp_path: Path) -> None:
@@ -76,6 +77,8 @@ def test_override_syntax_errors_are_explained() -> None:
         apply_overrides({}, ["learner.lr"])
     with pytest.raises(ConfigError, match="must be an index"):
         apply_overrides({"stages": [{}]}, ["stages.first.steps=3"])
+    with pytest.raises(ConfigError, match=r"index 5 is past the end of a list of 1 \(valid: 0..0\)"):
+        apply_overrides({"stages": [{}]}, ["stages.5.steps=3"])
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
@@ -102,6 +105,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a directory; name a YAML run config in it"):
+        load_config(tmp_path)
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "a: [1, 2\n"))
     with pytest.raises(ConfigError, match="mapping at the top level"):
@@ -115,8 +120,10 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 ])
 def test_grpo_stages_refuse_settings_that_cannot_learn(tmp_path: Path, override: str, match: str) -> None:
     path = _write(tmp_path, MINIMAL)
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as refused:
         load_config(path, [override])
+    # one line naming the rule, not the whole section the validator received
+    assert str(refused.value).splitlines()[1].startswith("  config: ") and "{" not in str(refused.value)
     # the same settings are fine for a run without GRPO (SFT, or evaluation-only settings)
     sft = _write(tmp_path, MINIMAL.replace("kind: grpo", "kind: sft"))
     assert load_config(sft, [override]).stages[0].kind == "sft"
