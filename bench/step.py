@@ -10,7 +10,7 @@ Reads each run's `timeline.jsonl` (every phase's interval, driver and producer t
 median step, the phases, and the orchestration overhead: the share of a step's wall time in which no
 generate, reward-scoring or learner interval is running (`busy_share`). Draws the phases over time of both
 runs (bench/results/step_timeline.png). Writes bench/results/step.json.
-Usage: python -m bench.step [--grpo-steps N] [--cores N]
+Usage: python -m bench.step [--grpo-steps N] [--cores N] [--overlap-threads R,L] [--only 0|1]
 """
 
 from __future__ import annotations
