@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-METRICS = (("A@0.3", 0.3, 1), ("A@0.5", 0.5, 1), ("A@0.8", 0.8, 1), ("mIoU", None, 3))
+DIGITS = {"A@0.3": 1, "A@0.5": 1, "A@0.8": 1, "mIoU": 3}  # the metrics of eval_metrics.PAIRED_METRICS
 CURVES = ("reward/acc", "reward/iou", "tau/value")
 
 
@@ -31,32 +31,26 @@ def held_out(run: Path) -> tuple[int, dict[str, float], dict[str, float]]:
 
 
 def compare(runs: dict[str, Path]) -> dict[str, Any]:
-    from services.eval_metrics import grounding_metrics, paired_change
+    from services.eval_metrics import grounding_metrics, paired_changes
 
     out: dict[str, Any] = {"runs": {}}
     ends: dict[str, dict[str, float]] = {}
     for label, run in runs.items():
         last, before, after = held_out(run)
-        if sorted(before) != sorted(after):
+        if before.keys() != after.keys():
             raise SystemExit(f"{run}: the start and end evaluations cover different images")
-        ids = sorted(before)
-        start = grounding_metrics([before[i] for i in ids], [True] * len(ids))
-        end = grounding_metrics([after[i] for i in ids], [True] * len(ids))
-        row: dict[str, Any] = {"run": str(run), "held_out_images": len(ids), "steps": last}
-        for name, threshold, _ in METRICS:
-            mean, se = paired_change([before[i] for i in ids], [after[i] for i in ids], threshold)
+        start, end = (grounding_metrics(list(x.values()), [True] * len(x)) for x in (before, after))
+        row: dict[str, Any] = {"run": str(run), "held_out_images": len(before), "steps": last}
+        for name, (mean, se) in paired_changes(before, after).items():
             row[name] = {"start": start[name], "start_se": start[f"{name}_se"], "end": end[name],
                          "end_se": end[f"{name}_se"], "change": mean, "change_se": se}
         out["runs"][label] = row
         ends[label] = after
     (a, b) = list(runs)
-    if sorted(ends[a]) != sorted(ends[b]):
+    if ends[a].keys() != ends[b].keys():
         raise SystemExit("the two runs were evaluated on different held-out images")
-    ids = sorted(ends[a])
     out[f"{b} - {a} at the end (paired)"] = {
-        name: dict(zip(("difference", "se"), paired_change([ends[a][i] for i in ids], [ends[b][i] for i in ids],
-                                                           threshold), strict=True))
-        for name, threshold, _ in METRICS}
+        name: {"difference": mean, "se": se} for name, (mean, se) in paired_changes(ends[a], ends[b]).items()}
     return out
 
 
@@ -74,7 +68,7 @@ def draw(runs: dict[str, Path], result: dict[str, Any], path: Path) -> None:
         for ax, key in zip(axes[:2], CURVES[:2], strict=True):
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, lw=1)
             ax.set_title(f"training {key}", fontsize=9)
-    names = [m for m, _, _ in METRICS[:3]]
+    names = ["A@0.3", "A@0.5", "A@0.8"]
     width = 0.8 / (2 * len(runs))
     for k, (label, row) in enumerate(result["runs"].items()):
         for j, when in enumerate(("start", "end")):
@@ -106,7 +100,7 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     for label, row in result["runs"].items():
         print(f"{label} ({row['run']}, {row['held_out_images']} held-out images, {row['steps']} steps)")
-        for name, _, d in METRICS:
+        for name, d in DIGITS.items():
             m = row[name]
             print(f"  {name:6s} {m['start']:.{d}f} ± {m['start_se']:.{d}f} -> {m['end']:.{d}f} ± {m['end_se']:.{d}f}"
                   f"   change {m['change']:+.{d}f} ± {m['change_se']:.{d}f} (paired)")

@@ -7,7 +7,7 @@ relative to the image, so train-time evaluation, `medground eval` and the benchm
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -52,6 +52,20 @@ def paired_change(before: Sequence[float], after: Sequence[float], threshold: fl
         raise ValueError(f"paired change needs the same >= 2 images in both evaluations, got {b.size} and {a.size}")
     d = (100.0 * ((a >= threshold).astype(float) - (b >= threshold).astype(float))) if threshold is not None else a - b
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+PAIRED_METRICS: tuple[tuple[str, float | None], ...] = (("A@0.3", 0.3), ("A@0.5", 0.5), ("A@0.8", 0.8), ("mIoU", None))
+
+
+def paired_changes(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """`paired_change` of A@0.3, A@0.5, A@0.8 and mIoU between two evaluations given as IoU by record id
+    (`services.evaluation.read_ious`). Raises ValueError when they cover different images."""
+    if before.keys() != after.keys():
+        raise ValueError(f"the two evaluations cover different held-out images ({len(before)} and {len(after)}, "
+                         f"{len(before.keys() & after.keys())} shared); compare evaluations of the same split")
+    ids = sorted(before)
+    b, a = [before[i] for i in ids], [after[i] for i in ids]
+    return {name: paired_change(b, a, threshold) for name, threshold in PAIRED_METRICS}
 
 
 def grounding_report(ious: Sequence[float], parsed: Sequence[bool],

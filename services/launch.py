@@ -188,16 +188,13 @@ def demo(overrides: list[str]) -> dict[str, Any]:
 
 def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
     """'change A@0.5': '-4.0 ± 2.3' from the per-image predictions of two evaluations (the same images)."""
-    from services.eval_metrics import paired_change
+    from services.eval_metrics import paired_changes
     from services.evaluation import read_ious
 
-    start, end = read_ious(eval_dir / f"step-{first}.jsonl"), read_ious(eval_dir / f"step-{last}.jsonl")
-    before, after = [start[k] for k in sorted(start)], [end[k] for k in sorted(start)]
-    out = {}
-    for name, threshold, digits in (("A@0.3", 0.3, 1), ("A@0.5", 0.5, 1), ("A@0.8", 0.8, 1), ("mIoU", None, 3)):
-        mean, se = paired_change(before, after, threshold)
-        out[f"change {name}"] = f"{mean:+.{digits}f} ± {se:.{digits}f} (paired)"
-    return out
+    changes = paired_changes(read_ious(eval_dir / f"step-{first}.jsonl"), read_ious(eval_dir / f"step-{last}.jsonl"))
+    digits = {"mIoU": 3}
+    return {f"change {name}": f"{mean:+.{digits.get(name, 1)}f} ± {se:.{digits.get(name, 1)}f} (paired)"
+            for name, (mean, se) in changes.items()}
 
 
 def _with_se(row: dict[str, Any], metric: str, digits: int = 1) -> str:

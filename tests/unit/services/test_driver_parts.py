@@ -13,7 +13,13 @@ from rollout.images import ImageFrame
 from services import checkpointing as ckpt
 from services.convert import SFT_THINK, reference_answer
 from services.data.records import Record
-from services.eval_metrics import grading_metrics, grounding_metrics, grounding_report, paired_change
+from services.eval_metrics import (
+    grading_metrics,
+    grounding_metrics,
+    grounding_report,
+    paired_change,
+    paired_changes,
+)
 from services.sampler import PromptSampler
 from services.train_loop import sampling_seed
 
@@ -93,3 +99,15 @@ def test_paired_change_takes_the_error_from_per_image_differences() -> None:
     assert math.isclose(mean, 0.05) and math.isclose(se, float(np.std([0.4, -0.2, 0, 0], ddof=1)) / 2)
     with pytest.raises(ValueError, match="same >= 2 images"):
         paired_change([0.1, 0.2], [0.1], 0.5)
+
+
+def test_paired_changes_align_images_by_id_and_refuse_other_images() -> None:
+    before = {"b": 0.6, "a": 0.2, "c": 0.55, "d": 0.1}
+    after = {"a": 0.6, "b": 0.4, "c": 0.55, "d": 0.1}  # the same images in another order
+    changes = paired_changes(before, after)
+    assert list(changes) == ["A@0.3", "A@0.5", "A@0.8", "mIoU"]
+    # by id: a 0.2 -> 0.6, b 0.6 -> 0.4, c and d unchanged -- the pairs of the test above
+    assert changes["A@0.5"] == paired_change([0.2, 0.6, 0.55, 0.1], [0.6, 0.4, 0.55, 0.1], 0.5)
+    assert math.isclose(changes["mIoU"][0], 0.05)
+    with pytest.raises(ValueError, match=r"different held-out images \(4 and 3, 3 shared\)"):
+        paired_changes(before, {"a": 0.6, "b": 0.4, "c": 0.5})
