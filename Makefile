@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -31,6 +31,9 @@ bench: .venv/.ready
 
 bench-medloc: .venv/.ready
 	$(PY) -m bench.medloc_ablation
+
+bench-medloc-main: .venv/.ready
+	$(PY) -m bench.medloc_ablation --main
 
 bench-medloc-reduced: .venv/.ready
 	$(PY) -m bench.medloc_ablation --reduced

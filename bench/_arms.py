@@ -9,9 +9,10 @@ seeds; only the arm's overrides differ. `bench/_runner.py` does the running (one
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,10 @@ class Study:
     common: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU")
     extra: Callable[[Any], Row] | None = field(default=None, compare=False)  # run_dir -> extra metrics
+    # Relative-area edges of the study's own size buckets (a set whose targets all fall in one of the global
+    # SIZE_BUCKETS, e.g. 11-20 %, is split finer): final metrics per bucket, `eval/<bucket>/...`.
+    size_edges: tuple[float, ...] = ()
+    paired_against: str | None = None  # an arm every other arm is compared with, image by image, per seed
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -99,6 +104,39 @@ def tree_key(tree: Row) -> str:
 
 # -------------------------------------------------------------------------------------------------------
 # One run's metrics -> one summary.
+
+
+def bucket_name(low: float, high: float) -> str:
+    return f"{100 * low:g}-{100 * high:g}%"
+
+
+def size_bucket_metrics(ious: Mapping[str, float], areas: Mapping[str, float], edges: Sequence[float]) -> Row:
+    """Final held-out metrics per relative-area bucket [edges[i], edges[i+1]) of a study's own set, keyed
+    `eval/<low>-<high>%/<metric>` (A@t in percent with its standard error, mIoU): `ious` and `areas` (box
+    area / image area) by record id, as `services.evaluation.read_ious` gives the first. Raises ValueError
+    for a held-out record outside the edges, which would otherwise drop out of every bucket unseen."""
+    from services.eval_metrics import grounding_metrics
+
+    out: Row = {}
+    outside = [i for i in ious if not edges[0] <= areas[i] < edges[-1]]
+    if outside:
+        raise ValueError(f"{len(outside)} held-out targets (e.g. {outside[0]}, area {areas[outside[0]]:.4f}) lie "
+                         f"outside the study's size edges {list(edges)}; widen them")
+    for low, high in itertools.pairwise(edges):
+        ids = sorted(i for i in ious if low <= areas[i] < high)
+        if ids:
+            metrics = grounding_metrics([ious[i] for i in ids], [True] * len(ids))
+            out.update({f"eval/{bucket_name(low, high)}/{k}": v for k, v in metrics.items() if k != "parse_fail_pct"})
+    return out
+
+
+def pooled_change(per_seed: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Mean over seeds of paired changes (mean, standard error) and the standard error of that mean,
+    sqrt(sum se_i^2) / n: the seeds' runs are independent, each change is paired over the same images."""
+    if not per_seed:
+        raise ValueError("no seeds to pool")
+    n = len(per_seed)
+    return sum(m for m, _ in per_seed) / n, math.sqrt(sum(se * se for _, se in per_seed)) / n
 
 
 def summarise(rows: Sequence[Row], metrics: Sequence[str]) -> Row:

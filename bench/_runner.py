@@ -8,6 +8,7 @@ config, so any study whose warm config is equal (a seed, the same adapter) reuse
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -27,8 +28,11 @@ from bench._arms import (
     Study,
     aggregate,
     arm_tree,
+    bucket_name,
     markdown_table,
+    pooled_change,
     seed_overrides,
+    size_bucket_metrics,
     summarise,
     training_seconds,
     tree_key,
@@ -137,9 +141,10 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
     return cache[key]
 
 
-def _evaluate_model(base: Row, study: Study, seed: int) -> Row:
+def _evaluate_model(base: Row, study: Study, seed: int, run_dir: Path) -> Row:
     """The held-out metrics of the model itself (no adapter): the starting point of a study without warm
-    stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool)."""
+    stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool); its
+    predictions go to `run_dir`/eval/step-0.jsonl like a run's."""
     from services import evaluation
     from services.config import RunConfig
     from services.data.manifest import load_manifest
@@ -149,11 +154,55 @@ def _evaluate_model(base: Row, study: Study, seed: int) -> Row:
     records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
     pool = _SharedPool.get(cfg)  # on the base model
     pool.wait_ready()
-    report = evaluation.report(evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens),
-                               cfg.reward.label_match)
+    predictions = evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    evaluation.write_predictions(predictions, run_dir / "eval" / "step-0.jsonl")
+    report = evaluation.report(predictions, cfg.reward.label_match)
     return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0, "sft_steps": 0,
             "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
             "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []}, "step_s_median": None}
+
+
+def _final_ious(run_dir: Path) -> dict[str, float]:
+    """IoU by held-out record id of the run's last evaluation (eval/step-N.jsonl with the largest N)."""
+    from services.evaluation import read_ious
+
+    files = sorted((run_dir / "eval").glob("step-*.jsonl"), key=lambda p: int(p.stem.removeprefix("step-")))
+    if not files:
+        raise FileNotFoundError(f"{run_dir} has no evaluation (eval/step-N.jsonl); the arm did not finish")
+    return read_ious(files[-1])
+
+
+def _paired(study: Study, per_arm: dict[str, list[Row]]) -> Row:
+    """Every arm against `study.paired_against`, image by image on the same held-out set: per seed the
+    paired change (arm - reference) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds."""
+    from services.eval_metrics import paired_changes
+
+    ref = study.paired_against
+    assert ref is not None
+    out: Row = {}
+    for name, rows in per_arm.items():
+        if name == ref:
+            continue
+        per_seed = {}
+        for row, ref_row in zip(rows, per_arm[ref], strict=True):
+            before, after = _final_ious(Path(ref_row["run_dir"])), _final_ious(Path(row["run_dir"]))
+            per_seed[str(row["seed"])] = paired_changes(before, after)
+        metrics = next(iter(per_seed.values())).keys()
+        out[name] = {"per_seed": per_seed,
+                     "pooled": {m: pooled_change([c[m] for c in per_seed.values()]) for m in metrics}}
+    return out
+
+
+def _paired_table(paired: Row, reference: str) -> str:
+    head = f"| arm - {reference} | A@0.3 | A@0.5 | A@0.8 | mIoU | A@0.5 by seed |"
+    rows = [head, "|---|---:|---:|---:|---:|---|"]
+    for name, p in paired.items():
+        cells = [f"{p['pooled'][m][0]:+.{3 if m == 'mIoU' else 1}f} ± {p['pooled'][m][1]:.{3 if m == 'mIoU' else 1}f}"
+                 for m in ("A@0.3", "A@0.5", "A@0.8", "mIoU")]
+        seeds = ", ".join(f"{c['A@0.5'][0]:+.1f} ± {c['A@0.5'][1]:.1f}" for c in p["per_seed"].values())
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(rows)
 
 
 def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Row) -> tuple[Row, Row]:
@@ -183,6 +232,12 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
     prepare(base)
+    areas: dict[str, float] = {}
+    if study.size_edges:
+        from services.data.manifest import load_manifest
+
+        held_out = load_manifest(base["data"]["manifest"]).with_sizes().select(split=base["data"]["eval_split"])
+        areas = {r.id: r.relative_area() or 0.0 for r in held_out}
     started, record = time.perf_counter(), machine.start()
     temp = _start_ray()
     import ray
@@ -198,9 +253,13 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                     start: str | None = str(ckpt.resolve())
                 else:  # arms start from the (pretrained) model itself
                     ckpt, warm, start = None, {"wall_s": 0.0}, None
+                run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
                 if not arm.train:
-                    row = warm if study.warm_stages else _evaluate_model(base, study, seed)
-                    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"]}
+                    row = warm if study.warm_stages else _evaluate_model(base, study, seed, run_dir)
+                    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"], "run_dir": str(run_dir)}
+                    if study.size_edges and not study.warm_stages:
+                        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), areas,
+                                                                              study.size_edges)}
                     if study.extra is not None and ckpt is not None:
                         row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
                     per_arm[arm.name].append(row)
@@ -208,13 +267,15 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                 tree = arm_tree(base, study, arm, seed, start)
                 if arm.equal_time_as is not None:
                     tree, calibration = _equal_time(tree, study, arm, per_arm[arm.equal_time_as][-1], calibration)
-                run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
                 tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
                 log.info("arm %s seed %d", arm.name, seed)
                 wall = _train(tree, run_dir)
                 rows = read_metrics(run_dir / "metrics.jsonl")
                 summary = summarise(rows, study.metrics)
-                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows))
+                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows),
+                               run_dir=str(run_dir))
+                if study.size_edges:
+                    summary["final"].update(size_bucket_metrics(_final_ious(run_dir), areas, study.size_edges))
                 if study.extra is not None:
                     summary["extra"] = study.extra(run_dir)
                 per_arm[arm.name].append(summary)
@@ -225,6 +286,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         shutil.rmtree(temp, ignore_errors=True)
     total = time.perf_counter() - started
     aggregates = {name: aggregate(rows) for name, rows in per_arm.items()}
+    paired = _paired(study, per_arm) if study.paired_against else {}
     result: Row = {
         "study": study.name, "description": description, "config": study.config, "seeds": list(study.seeds),
         "common_overrides": list(study.common), "deviations": list(deviations),
@@ -234,6 +296,8 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         "aggregate": aggregates, "runs": per_arm,
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
         "equal_time_calibration": calibration,
+        "size_edges": list(study.size_edges),
+        "paired_against": study.paired_against, "paired": paired,
         "machine": machine.finish(record),
     }
     machine.write_json(result, machine.results_path(out_stem))
@@ -241,9 +305,15 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     md = [f"# {out_stem}", "", description, "", table, "",
           f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
           f"on {machine.describe(record)}. Deviations:", *[f"- {d}" for d in deviations], ""]
+    if paired:
+        md += [f"Paired changes against `{study.paired_against}` on the same held-out images: mean over seeds "
+               "± its standard error (per seed: mean of per-image differences ± their standard error).", "",
+               _paired_table(paired, study.paired_against), ""]
     machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
     plot_study(result, machine.RESULTS / out_stem)
     print(table)
+    if paired:
+        print(_paired_table(paired, study.paired_against or ""))
     print(f"wrote {machine.results_path(out_stem)} ({total / 60:.1f} min)")
     return result
 
@@ -276,7 +346,9 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
-    buckets = ["all", *(name for name, _, _ in SIZE_BUCKETS)]
+    edges = result.get("size_edges") or []
+    buckets = ["all", *([bucket_name(lo, hi) for lo, hi in itertools.pairwise(edges)] if edges
+                        else [name for name, _, _ in SIZE_BUCKETS])]
     aggs: dict[str, Row] = result["aggregate"]
     if any(f"eval/{b}/mIoU" in agg for agg in aggs.values() for b in buckets[1:]):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)

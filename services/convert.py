@@ -28,6 +28,7 @@ from rollout.processing import PreparedPrompt, PromptProcessor
 from rollout.prompts import build_prompt
 from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
+from services.pretrain import own_think, recites
 
 
 def rollout_request(record: Record, image_path: Path, seed: int | None = None) -> RolloutRequest:
@@ -90,6 +91,17 @@ def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[Train
 # The warm start teaches the answer format and the box; a short fixed think keeps the target's tokens on
 # what matters (repeating the phrase cost ~8 hard tokens per answer and taught nothing spatial).
 SFT_THINK = "Locate the finding in the image."
+
+
+def sft_think(record: Record, knowledge: KnowledgeBase, recite_fraction: float | None, seed: int) -> str:
+    """The think text of an SFT stage's reference answer. On a pretrained CPU base (`recite_fraction` is its
+    recipe's; None without `model.base`) a grounding target keeps the base's own reasoning as its pretraining
+    wrote it (services/pretrain.own_think, quoting the knowledge for a fixed `recite_fraction` of records):
+    the fixed SFT_THINK would pull the base toward another answer style (measured: 479 such SFT steps cost
+    the study base 17 points of A@0.5, docs/RESULTS.md). Otherwise SFT_THINK."""
+    if recite_fraction is None or record.task != "grounding":
+        return SFT_THINK
+    return own_think(record, knowledge, recites(record.id, recite_fraction, seed))
 
 
 def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_THINK) -> str:

@@ -18,11 +18,12 @@ from rollout.knowledge import load_knowledge
 from rollout.processing import PromptProcessor
 from services.config import RunConfig
 from services.control import ControlClient
-from services.convert import prepared_prompt, reference_answer, sampling_spec, sft_sample
+from services.convert import prepared_prompt, reference_answer, sampling_spec, sft_sample, sft_think
 from services.data.manifest import load_manifest
 from services.data.records import Record
 from services.learner_group import LearnerGroup
 from services.metrics import MetricsWriter
+from services.pretrain import load_recipe
 from services.reward_client import RewardClient
 from services.rollout_pool import RolloutPool
 from services.seams import Rollout
@@ -47,11 +48,13 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) ->
     def reward(config: RewardConfig, state: dict[str, Any] | None) -> RewardClient:
         return RewardClient(config, state)
 
+    recite_fraction = load_recipe(cfg.model.base).recite_fraction if cfg.model.base else None
+
     def sft(record: Record) -> TrainSample:
         """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
         prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
                                    cfg.rollout.inject_knowledge)
-        return sft_sample(prepared, reference_answer(record, prepared.frame), processor.tokenizer)
+        return sft_sample(prepared, reference_answer(record, prepared.frame, sft_think(record, knowledge, recite_fraction, cfg.seed)), processor.tokenizer)
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,
                       sampling=sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer),

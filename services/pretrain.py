@@ -23,6 +23,7 @@ import math
 import shutil
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,13 @@ def own_think(record: Any, knowledge: Any, recite: bool) -> str:
         words = knowledge.entries[record.knowledge_key].appearance.split()
         return " ".join(words[:RECITED_WORDS]).rstrip(",;.") + ". " + where
     return where
+
+
+def recites(record_id: str, fraction: float, seed: int) -> bool:
+    """Whether the reference answer of an adapter SFT stage on a base quotes the knowledge: a fixed draw per
+    (run seed, record), true for `fraction` of records (the recipe's recite_fraction), so a resumed run
+    writes the same targets."""
+    return zlib.crc32(f"{seed}:{record_id}".encode()) / 2**32 < fraction
 
 
 def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[str, Any]:

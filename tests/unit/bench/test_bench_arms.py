@@ -91,3 +91,43 @@ def test_sft_only_key_ignores_sampling_temperature() -> None:
     assert tree_key(sft) == tree_key(hot) != tree_key(longer)
     grpo = {**sft, "stages": [{"name": "g", "kind": "grpo"}]}
     assert tree_key(grpo) != tree_key({**hot, "stages": grpo["stages"]})
+
+
+def test_every_shipped_study_builds_valid_run_configs() -> None:
+    """Each arm x seed of the committed studies validates as a RunConfig (a study whose arms name a stage or
+    field its config no longer has fails here, not an hour into a run)."""
+    from pathlib import Path
+
+    import yaml
+
+    from bench import medloc_ablation, mlae_vs_lora
+
+    for study in (medloc_ablation.study("all"), mlae_vs_lora.study((0, 1))):
+        base = yaml.safe_load(Path(study.config).read_text())
+        for seed in study.seeds:
+            for arm in study.arms:
+                if arm.train:
+                    cfg = RunConfig.model_validate(arm_tree(base, study, arm, seed, init_from=None))
+                    assert cfg.seed == seed and cfg.stages
+
+
+def test_size_bucket_metrics_split_a_studys_own_set_and_refuse_targets_outside_it() -> None:
+    from bench._arms import size_bucket_metrics
+
+    ious = {"a": 0.9, "b": 0.4, "c": 0.6, "d": 0.2}
+    areas = {"a": 0.11, "b": 0.14, "c": 0.16, "d": 0.19}
+    out = size_bucket_metrics(ious, areas, (0.10, 0.15, 0.20))
+    assert out["eval/10-15%/n"] == 2 and out["eval/10-15%/A@0.5"] == 50.0
+    assert out["eval/15-20%/A@0.5"] == 50.0 and math.isclose(out["eval/15-20%/mIoU"], 0.4)
+    assert math.isclose(out["eval/10-15%/A@0.5_se"], 100 * math.sqrt(0.25 / 2))
+    with pytest.raises(ValueError, match="outside the study's size edges"):
+        size_bucket_metrics({**ious, "e": 0.5}, {**areas, "e": 0.25}, (0.10, 0.15, 0.20))
+
+
+def test_pooled_change_averages_seeds_and_combines_their_errors() -> None:
+    from bench._arms import pooled_change
+
+    mean, se = pooled_change([(2.0, 1.0), (4.0, 1.0), (0.0, 2.0)])
+    assert mean == 2.0 and math.isclose(se, math.sqrt(6.0) / 3)
+    with pytest.raises(ValueError, match="no seeds"):
+        pooled_change([])

@@ -9,8 +9,9 @@ import pytest
 
 from rollout.knowledge import load_knowledge
 from services.config import ConfigError
+from services.convert import SFT_THINK, sft_think
 from services.data.records import Record, RecordMeta
-from services.pretrain import RECIPE_FILE, BaseRecipe, is_built, load_recipe, own_think
+from services.pretrain import RECIPE_FILE, BaseRecipe, is_built, load_recipe, own_think, recites
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "deploy" / "configs" / "bases").glob("*.yaml"))
@@ -50,3 +51,23 @@ def test_own_think_says_where_and_sometimes_recites_the_knowledge() -> None:
     assert recited == f"{opening}. left lung, upper zone."
     plain = record.model_copy(update={"meta": RecordMeta(), "knowledge_key": None})
     assert own_think(plain, knowledge, recite=True) == "small left mass."
+
+
+def test_sft_targets_on_a_base_keep_its_own_reasoning_and_recite_for_a_fixed_share_of_records() -> None:
+    knowledge = load_knowledge(ROOT / "deploy" / "knowledge")
+    meta = RecordMeta(attributes={"finding": "mass", "side": "left", "zone": "upper"})
+    records = [Record(id=f"r{i}", image="x.png", width=100, height=100, phrase="small left mass",
+                      boxes=((1.0, 1.0, 9.0, 9.0),), knowledge_key="cxr/mass", meta=meta) for i in range(2000)]
+    # Without a base recipe: the fixed warm-start think.
+    assert sft_think(records[0], knowledge, None, seed=0) == SFT_THINK
+    thinks = [sft_think(r, knowledge, 0.3, seed=0) for r in records]
+    assert set(thinks) == {own_think(records[0], knowledge, recite=False), own_think(records[0], knowledge, recite=True)}
+    share = sum(t != "left lung, upper zone." for t in thinks) / len(thinks)
+    assert 0.27 < share < 0.33  # the recipe's recite_fraction, drawn per record
+    # The same record gets the same target on every call (a resumed run trains on the same answers) ...
+    assert [sft_think(r, knowledge, 0.3, seed=0) for r in records] == thinks
+    # ... and another run seed draws other records.
+    assert [sft_think(r, knowledge, 0.3, seed=1) for r in records] != thinks
+    assert [recites(r.id, 0.0, 0) for r in records[:50]] == [False] * 50
+    graded = records[0].model_copy(update={"task": "grading", "grade": 2, "boxes": ()})
+    assert sft_think(graded, knowledge, 0.3, seed=0) == SFT_THINK
