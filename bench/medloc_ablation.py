@@ -12,6 +12,7 @@ own style; every arm is compared with it image by image. Writes bench/results/me
 
     python -m bench.medloc_ablation --reduced     # the base and the 5 main arms, seed 0
     python -m bench.medloc_ablation --main        # the same, 3 seeds: criteria (a)-(c) of issue 18
+    python -m bench.medloc_ablation --ablations   # the schedule and its 4 ablations, seed 0
     python -m bench.medloc_ablation               # 10 rows, 3 seeds: the full study
 """
 
@@ -68,7 +69,11 @@ def prepare(tree: Row) -> None:
 
 
 def study(arms: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> Study:
-    """`arms`: "main" (the base and the 5 main arms) or "all" (with the schedule's ablations)."""
+    """`arms`: "main" (the base and the 5 main arms, each compared with the SFT arm), "ablations" (the
+    schedule and its ablations, compared with the schedule) or "all"."""
+    if arms == "ablations":
+        return Study("medloc_ablation", CONFIG, (MAIN[0], *ABLATIONS), seeds=seeds, warm_stages=(),
+                     size_edges=SIZE_EDGES, paired_against="medloc")
     chosen = (BASE, *MAIN) if arms == "main" else (BASE, *MAIN, *ABLATIONS)
     return Study("medloc_ablation", CONFIG, chosen, seeds=seeds, warm_stages=(), size_edges=SIZE_EDGES,
                  paired_against="sft")
@@ -81,16 +86,19 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--reduced", action="store_true", help="the base and the 5 main arms, seed 0")
     mode.add_argument("--main", action="store_true", help="the base and the 5 main arms, seeds 0 1 2")
+    mode.add_argument("--ablations", action="store_true", help="the schedule and its 4 ablations, seed 0")
     args = parser.parse_args()
     from bench._runner import run_study
 
-    s = study("main" if args.reduced or args.main else "all", (0,) if args.reduced else (0, 1, 2))
+    arms = "main" if args.reduced or args.main else "ablations" if args.ablations else "all"
+    s = study(arms, (0,) if args.reduced or args.ablations else (0, 1, 2))
     stage = yaml.safe_load(Path(CONFIG).read_text())["stages"][0]
     desc = (f"MedLoc-R1 study on the pretrained CPU base ({stage['steps']} GRPO steps of {stage['prompts_per_step']} "
             f"prompts x G = 8, {len(s.seeds)} seed(s), every arm from the base itself; targets 11-20 % of the image). "
             f"Held-out metrics on 400 images in percent (mIoU in [0, 1]); zero-var groups: fraction of GRPO groups "
             f"whose 8 task rewards were all equal; raises: tau raises of the schedule.")
-    stem = "medloc_ablation_reduced" if args.reduced else "medloc_ablation_main" if args.main else "medloc_ablation"
+    stem = {"main": "medloc_ablation_main" if args.main else "medloc_ablation_reduced",
+            "ablations": "medloc_ablation_conditions", "all": "medloc_ablation"}[arms]
     run_study(s, stem, COLUMNS, prepare, desc, DEVIATIONS)
 
 

@@ -95,11 +95,12 @@ SFT_THINK = "Locate the finding in the image."
 
 def sft_think(record: Record, knowledge: KnowledgeBase, recite_fraction: float | None, seed: int) -> str:
     """The think text of an SFT stage's reference answer. On a pretrained CPU base (`recite_fraction` is its
-    recipe's; None without `model.base`) a grounding target keeps the base's own reasoning as its pretraining
+    recipe's; None without `model.base`) every target keeps the base's own reasoning as its pretraining
     wrote it (services/pretrain.own_think, quoting the knowledge for a fixed `recite_fraction` of records):
     the fixed SFT_THINK would pull the base toward another answer style (measured: 479 such SFT steps cost
-    the study base 17 points of A@0.5, docs/RESULTS.md). Otherwise SFT_THINK."""
-    if recite_fraction is None or record.task != "grounding":
+    the study base 17 points of A@0.5, docs/RESULTS.md), and a policy whose thinks vary is one whose
+    recitation a reward can change (VRFT-Aug). Otherwise SFT_THINK."""
+    if recite_fraction is None:
         return SFT_THINK
     return own_think(record, knowledge, recites(record.id, recite_fraction, seed))
 

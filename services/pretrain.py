@@ -91,12 +91,15 @@ def is_built(recipe: BaseRecipe, model_dir: str | Path) -> bool:
 
 
 def own_think(record: Any, knowledge: Any, recite: bool) -> str:
-    """The base's short reasoning for a grounding record: where it looks (the patient side and lung zone
-    of synthetic records, else the phrase), sometimes opening with the first words of the finding's
-    appearance from the knowledge file (what VRFT-Aug's recitation reward measures)."""
+    """The base's short reasoning for a record: where it looks (the patient side and lung zone of synthetic
+    records; else a grounding record's phrase, or "both lung fields." for an image-level question such as a
+    grade of a normal image), sometimes opening with the first words of the appearance text of the record's
+    knowledge entry (what VRFT-Aug's recitation reward measures)."""
     attrs = record.meta.attributes
-    where = f"{attrs['side']} lung, {attrs['zone']} zone." if "side" in attrs and "zone" in attrs else \
-        f"{record.phrase}."
+    if "side" in attrs and "zone" in attrs:
+        where = f"{attrs['side']} lung, {attrs['zone']} zone."
+    else:
+        where = f"{record.phrase}." if record.task == "grounding" else "both lung fields."
     if recite and record.knowledge_key is not None and record.knowledge_key in knowledge.entries:
         words = knowledge.entries[record.knowledge_key].appearance.split()
         return " ".join(words[:RECITED_WORDS]).rstrip(",;.") + ". " + where

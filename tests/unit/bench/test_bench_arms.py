@@ -100,14 +100,19 @@ def test_every_shipped_study_builds_valid_run_configs() -> None:
 
     import yaml
 
-    from bench import medloc_ablation, mlae_vs_lora
+    from bench import medloc_ablation, mlae_vs_lora, vrft_aug
 
-    for study in (medloc_ablation.study("all"), mlae_vs_lora.study((0, 1))):
+    studies = (medloc_ablation.study("all"), medloc_ablation.study("ablations", (0,)), mlae_vs_lora.study((0, 1)),
+               vrft_aug.study((0,)))
+    for study in studies:
         base = yaml.safe_load(Path(study.config).read_text())
         for seed in study.seeds:
             for arm in study.arms:
+                if study.warm_stages:
+                    assert RunConfig.model_validate(warm_tree(base, study, arm, seed)).stages
                 if arm.train:
-                    cfg = RunConfig.model_validate(arm_tree(base, study, arm, seed, init_from=None))
+                    start = "warm/checkpoint" if study.warm_stages else None
+                    cfg = RunConfig.model_validate(arm_tree(base, study, arm, seed, init_from=start))
                     assert cfg.seed == seed and cfg.stages
 
 

@@ -69,5 +69,10 @@ def test_sft_targets_on_a_base_keep_its_own_reasoning_and_recite_for_a_fixed_sha
     # ... and another run seed draws other records.
     assert [sft_think(r, knowledge, 0.3, seed=1) for r in records] != thinks
     assert [recites(r.id, 0.0, 0) for r in records[:50]] == [False] * 50
-    graded = records[0].model_copy(update={"task": "grading", "grade": 2, "boxes": ()})
-    assert sft_think(graded, knowledge, 0.3, seed=0) == SFT_THINK
+    # A grading record's think says where it looks too; a normal image's (no side, no zone) looks at both.
+    graded = records[0].model_copy(update={"task": "grading", "grade": 2, "boxes": (),
+                                           "knowledge_key": "cxr/chest-radiograph"})
+    assert own_think(graded, knowledge, recite=False) == "left lung, upper zone."
+    normal = graded.model_copy(update={"grade": 0, "meta": RecordMeta()})
+    assert own_think(normal, knowledge, recite=False) == "both lung fields."
+    assert own_think(normal, knowledge, recite=True).endswith(". both lung fields.")
