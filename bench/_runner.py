@@ -77,11 +77,15 @@ class _SharedPool:
 
     @classmethod
     def get(cls, cfg: Any) -> _SharedPool:
+        """The pool for this model and rollout config; one at a time: the private cluster has the CPUs of one
+        pool and one learner, so a run that needs another config (another seed, prompts without knowledge)
+        shuts the previous pool down first."""
         from rollout.knowledge import load_knowledge
         from services.rollout_pool import RolloutPool
 
         key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json")], sort_keys=True)
         if key not in cls.pools:
+            cls.close_all()
             cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir))
         pool = cls.pools[key]
         pool.load_adapter(0, None)
@@ -94,18 +98,28 @@ class _SharedPool:
         cls.pools.clear()
 
 
+FINISHED = "bench_run.json"  # written when an arm's run has finished: its config's key and wall seconds
+
+
 def _train(tree: Row, run_dir: Path) -> float:
-    """Validate and run one config tree into `run_dir` (replaced) on the study's shared rollout workers;
-    returns its wall seconds."""
+    """Validate and run one config tree into `run_dir` on the study's shared rollout workers; returns its
+    wall seconds. A run that already finished with exactly this config (`bench_run.json`, e.g. before a
+    study was interrupted) is kept, not run again; anything else in `run_dir` is replaced."""
     from services import train_loop
     from services.config import RunConfig
     from services.handles import start_handles
 
     cfg = RunConfig.model_validate(tree)
+    done = run_dir / FINISHED
+    if done.is_file() and json.loads(done.read_text())["key"] == tree_key(tree):
+        log.info("reusing the finished run %s", run_dir)
+        return float(json.loads(done.read_text())["wall_s"])
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.perf_counter()
     train_loop.run(cfg, run_dir=run_dir, start=lambda c, d: start_handles(c, d, pool=_SharedPool.get(c)))
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    done.write_text(json.dumps({"key": tree_key(tree), "wall_s": wall}) + "\n")
+    return wall
 
 
 def _checkpoint_of(run_dir: Path) -> Path | None:
@@ -213,9 +227,9 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
 
     if not calibration:
         probe = apply_overrides(tree, ["stages.0.steps=9", "eval.every=0", "eval.max_samples=1",
-                                       "checkpoint.every=0", "eval.overlays=0"])
+                                       "checkpoint.every=0", "eval.overlays=0", "seed=0"])
         run_dir = RUNS / study.name / f"{arm.name}-calibration"
-        _train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)
+        _train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)  # kept when finished
         steps = [r["time/step_s"] - r.get("time/eval_s", 0.0)
                  for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
         calibration = {"sft_step_s": sorted(steps)[len(steps) // 2], "steps_measured": len(steps)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -96,8 +97,6 @@ def test_sft_only_key_ignores_sampling_temperature() -> None:
 def test_every_shipped_study_builds_valid_run_configs() -> None:
     """Each arm x seed of the committed studies validates as a RunConfig (a study whose arms name a stage or
     field its config no longer has fails here, not an hour into a run)."""
-    from pathlib import Path
-
     import yaml
 
     from bench import medloc_ablation, mlae_vs_lora, vrft_aug
@@ -136,3 +135,25 @@ def test_pooled_change_averages_seeds_and_combines_their_errors() -> None:
     assert mean == 2.0 and math.isclose(se, math.sqrt(6.0) / 3)
     with pytest.raises(ValueError, match="no seeds"):
         pooled_change([])
+
+
+def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted study resumes from its finished arms: a run directory whose bench_run.json carries the
+    config's key is reused (no Ray, no training); a config that changed since is run again."""
+    import json
+
+    from bench import _runner
+
+    tree = {**BASE, "name": "r"}
+    run_dir = tmp_path / "arm-s0"
+    run_dir.mkdir()
+    (run_dir / _runner.FINISHED).write_text(json.dumps({"key": tree_key(tree), "wall_s": 12.5}))
+    assert _runner._train(tree, run_dir) == 12.5
+    started = []
+    def run(cfg: RunConfig, run_dir: Path, start: object) -> None:  # what train_loop.run leaves: the directory
+        run_dir.mkdir(parents=True)
+        started.append(cfg.name)
+
+    monkeypatch.setattr("services.train_loop.run", run)
+    _runner._train({**tree, "seed": 1}, run_dir)
+    assert started == ["r"] and json.loads((run_dir / _runner.FINISHED).read_text())["key"] != tree_key(tree)
