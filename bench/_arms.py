@@ -54,7 +54,7 @@ class Study:
     # Relative-area edges of the study's own size buckets (a set whose targets all fall in one of the global
     # SIZE_BUCKETS, e.g. 11-20 %, is split finer): final metrics per bucket, `eval/<bucket>/...`.
     size_edges: tuple[float, ...] = ()
-    paired_against: str | None = None  # an arm every other arm is compared with, image by image, per seed
+    paired_against: tuple[str, ...] = ()  # arms every other arm is compared with, image by image, per seed
 
 
 def seed_overrides(seed: int) -> list[str]:

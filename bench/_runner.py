@@ -187,13 +187,11 @@ def _final_ious(run_dir: Path) -> dict[str, float]:
     return read_ious(files[-1])
 
 
-def _paired(study: Study, per_arm: dict[str, list[Row]]) -> Row:
-    """Every arm against `study.paired_against`, image by image on the same held-out set: per seed the
-    paired change (arm - reference) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds."""
+def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
+    """Every arm against the arm `ref`, image by image on the same held-out set: per seed the paired change
+    (arm - ref) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds."""
     from services.eval_metrics import paired_changes
 
-    ref = study.paired_against
-    assert ref is not None
     out: Row = {}
     for name, rows in per_arm.items():
         if name == ref:
@@ -300,7 +298,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         shutil.rmtree(temp, ignore_errors=True)
     total = time.perf_counter() - started
     aggregates = {name: aggregate(rows) for name, rows in per_arm.items()}
-    paired = _paired(study, per_arm) if study.paired_against else {}
+    paired = {ref: _paired(study, per_arm, ref) for ref in study.paired_against}
     result: Row = {
         "study": study.name, "description": description, "config": study.config, "seeds": list(study.seeds),
         "common_overrides": list(study.common), "deviations": list(deviations),
@@ -311,7 +309,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
         "equal_time_calibration": calibration,
         "size_edges": list(study.size_edges),
-        "paired_against": study.paired_against, "paired": paired,
+        "paired_against": list(study.paired_against), "paired": paired,
         "machine": machine.finish(record),
     }
     machine.write_json(result, machine.results_path(out_stem))
@@ -319,15 +317,14 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     md = [f"# {out_stem}", "", description, "", table, "",
           f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
           f"on {machine.describe(record)}. Deviations:", *[f"- {d}" for d in deviations], ""]
-    if paired:
-        md += [f"Paired changes against `{study.paired_against}` on the same held-out images: mean over seeds "
-               "± its standard error (per seed: mean of per-image differences ± their standard error).", "",
-               _paired_table(paired, study.paired_against), ""]
+    for ref, table in paired.items():
+        md += [f"Paired changes against `{ref}` on the same held-out images: mean over seeds ± its standard error "
+               "(per seed: mean of per-image differences ± their standard error).", "", _paired_table(table, ref), ""]
     machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
     plot_study(result, machine.RESULTS / out_stem)
     print(table)
-    if paired:
-        print(_paired_table(paired, study.paired_against or ""))
+    for ref, table in paired.items():
+        print(_paired_table(table, ref))
     print(f"wrote {machine.results_path(out_stem)} ({total / 60:.1f} min)")
     return result
 

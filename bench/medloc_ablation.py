@@ -73,10 +73,10 @@ def study(arms: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> Study:
     schedule and its ablations, compared with the schedule) or "all"."""
     if arms == "ablations":
         return Study("medloc_ablation", CONFIG, (MAIN[0], *ABLATIONS), seeds=seeds, warm_stages=(),
-                     size_edges=SIZE_EDGES, paired_against="medloc")
+                     size_edges=SIZE_EDGES, paired_against=("medloc",))
     chosen = (BASE, *MAIN) if arms == "main" else (BASE, *MAIN, *ABLATIONS)
     return Study("medloc_ablation", CONFIG, chosen, seeds=seeds, warm_stages=(), size_edges=SIZE_EDGES,
-                 paired_against="sft")
+                 paired_against=("base", "sft"))
 
 
 def main() -> None:

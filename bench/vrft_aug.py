@@ -2,14 +2,13 @@
 and grounding-first curriculum versus grading only, on a synthetic grading task whose grade is the
 lesion's size (grade 0 none, 1-3 by relative area; deploy/configs/bench_vrft.yaml).
 
-Every arm starts from the pretrained CPU base (which grounds, and writes reasoning of its own that sometimes
-quotes the knowledge) after the same short adapter SFT on grading that teaches the grade's answer format in
-the base's think style, except `no_knowledge`, whose prompts differ and so has its own warm start. The
+Every arm starts from the same SFT warm start (grounding, then a short grading SFT that teaches the answer
+format), except `no_knowledge`, whose prompts differ and so has its own warm start without knowledge. The
 grading arms run the same GRPO steps on the same prompts; `grounding_first` runs GRPO on grounding first
 (extra steps) and then the same grading steps. Reports held-out grading accuracy and mean absolute grade
 error (and the grounding metrics on the same images). Writes bench/results/vrft_aug.json/.md and plots.
 
-    python -m bench.vrft_aug            # 6 rows, seed 0
+    python -m bench.vrft_aug            # 6 rows, seed 0: about 15 min on 2 quiet cores
     python -m bench.vrft_aug --seeds 0 1 2
 """
 
@@ -35,11 +34,12 @@ COLUMNS = (("grade acc %", "eval/grade/accuracy", 1), ("mean abs grade error", "
            ("zero-var groups", "zero_variance_fraction", 2))
 METRICS = ("eval/grade/accuracy", "eval/grade/mean_abs_grade_error", "eval/A@0.5", "eval/mIoU")
 DEVIATIONS = (
-    "synthetic phantoms with a size grade (0-3), not MedMNIST; the pretrained 3.6M-parameter CPU base, not "
-    "Qwen2.5-VL; the task-level knowledge text describes chest radiographs in general, not the grade thresholds",
-    "warm start: 30 adapter SFT steps on grading (8 prompts per step; teaches the format); then 12 GRPO steps of "
-    "4 prompts x G = 8 per stage, at T = 0.9",
+    "synthetic phantoms with a size grade (0-3), not MedMNIST; a random 3.6M-parameter Qwen2.5-VL; the task-level "
+    "knowledge text describes chest radiographs in general, not the grade thresholds",
+    "warm start: 100 SFT steps on grounding, 30 on grading (8 prompts per step; teaches the formats); then 6 GRPO "
+    "steps of 4 prompts x G = 8 per stage",
     "the MFRS graded reward (2^(-2d)) scores grades in every arm; recitation = BLEU(think, injected knowledge)",
+    "sampling temperature 0.1, as in bench_medloc (the small warm-started model's samples rarely parse at 0.3)",
 )
 
 
@@ -50,7 +50,7 @@ def prepare(tree: Row) -> None:
 
 
 def study(seeds: tuple[int, ...]) -> Study:
-    return Study("vrft_aug", CONFIG, ARMS, seeds=seeds, warm_stages=("warm_grade",), metrics=METRICS)
+    return Study("vrft_aug", CONFIG, ARMS, seeds=seeds, warm_stages=("warm_ground", "warm_grade"), metrics=METRICS)
 
 
 def main() -> None:
