@@ -54,7 +54,8 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) ->
         """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
         prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
                                    cfg.rollout.inject_knowledge)
-        return sft_sample(prepared, reference_answer(record, prepared.frame, sft_think(record, knowledge, recite_fraction, cfg.seed)), processor.tokenizer)
+        think = sft_think(record, knowledge, recite_fraction, cfg.seed)
+        return sft_sample(prepared, reference_answer(record, prepared.frame, think), processor.tokenizer)
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,
                       sampling=sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer),
