@@ -157,6 +157,7 @@ def summarise(rows: Sequence[Row], metrics: Sequence[str]) -> Row:
                 "tau_raises": int(grpo[-1].get("tau/version", 0)) if grpo else None,
                 "tau_window_final": {k: grpo[-1][f"tau/{k}"] for k in ("r_bar", "sigma", "margin")
                                      if grpo and f"tau/{k}" in grpo[-1]},
+                "kl_final": grpo[-1].get("learner/kl") if grpo else None,
                 "path": {"tau": taus, "zero_variance": [r["batch/zero_variance_fraction"] for r in grpo],
                          "reward_acc": [r.get("reward/acc") for r in grpo],
                          "reward_iou": [r.get("reward/iou") for r in grpo]},

@@ -7,8 +7,8 @@ Every arm starts from the same pretrained CPU base (deploy/configs/bases/study.y
 runs the same GRPO budget on the same prompts in the same order with the same sampling seeds, and is
 evaluated greedily on the same 400 held-out images (one standard error of A@0.5 at most 2.5 points). The
 SFT arm trains for as many seconds as the schedule arm of its seed did, on reference answers in the base's
-own style; every arm is compared with it image by image. Writes bench/results/medloc_ablation[_main|_reduced]
-.json/.md and plots.
+own style; every arm is compared with it image by image. Writes bench/results/medloc_ablation[_main|_reduced|
+_conditions].json/.md and plots.
 
     python -m bench.medloc_ablation --reduced     # the base and the 5 main arms, seed 0
     python -m bench.medloc_ablation --main        # the same, 3 seeds: criteria (a)-(c) of issue 18
