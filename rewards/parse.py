@@ -153,8 +153,14 @@ def parse_label(answer: str) -> str | None:
     return text if 0 < len(text) <= MAX_LABEL_CHARS else None
 
 
-def parse_grade(answer: str) -> int | None:
-    """An ordinal grade: `{"grade": n}` or the first number in the text, if a whole number in [0, 1000]."""
+def parse_grade(answer: str, max_grade: int | None = None) -> int | None:
+    """An ordinal grade: `{"grade": n}` or the first number in the text, if a whole number in [0, max_grade]
+    (the question's scale; 1000 when unknown). A number off the scale is no answer: it earns no format
+    reward and counts as unparsable in evaluation, rather than as a large but finite error.
+
+    >>> parse_grade('{"grade": 2}', max_grade=3), parse_grade("grade 20", max_grade=3)
+    (2, None)
+    """
     text = answer.strip()
     value: object = None
     if text[:1] == "{":
@@ -172,13 +178,16 @@ def parse_grade(answer: str) -> int | None:
         value = None if m is None else float(m.group(1))
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if not (math.isfinite(value) and float(value).is_integer() and 0 <= value <= MAX_GRADE):
+    top = MAX_GRADE if max_grade is None else max_grade
+    if not (math.isfinite(value) and float(value).is_integer() and 0 <= value <= top):
         return None
     return int(value)
 
 
-def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None = None) -> ParsedAnswer | None:
+def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None = None,
+                 max_grade: int | None = None) -> ParsedAnswer | None:
     """Parse one completion; None when it has no usable answer for `task`. Never raises on model text.
+    `max_grade`: the top of a grading question's scale (`parse_grade`).
 
     With a `frame`, a box is clipped to the image in the model's convention (`frame.model_extent`);
     without one it is only checked for order. Convert it with `rewards.to_original` before IoU.
@@ -203,6 +212,6 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
             label = parse_label(answer)
             return None if label is None else ParsedAnswer(think, tags_ok, label=label)
         case "grading":
-            grade = parse_grade(answer)
+            grade = parse_grade(answer, max_grade)
             return None if grade is None else ParsedAnswer(think, tags_ok, grade=grade)
     raise ValueError(f"unknown task {task!r}; use 'grounding', 'classification' or 'grading'")

@@ -37,7 +37,8 @@ class RewardTarget:
 
     boxes: ground-truth (x1, y1, x2, y2) in original-image pixels; a prediction's IoU is its best over
     them, since one phrase can name several regions (MS-CXR "bilateral effusions" has two boxes).
-    label (classification), grade (grading, integer >= 0), knowledge: the injected prior-knowledge text
+    label (classification), grade (grading, integer >= 0), max_grade (grading: the top of the question's
+    scale; a parsed grade above it is no answer, `parse_grade`; None: 1000), knowledge: the injected prior-knowledge text
     ("" when none; what the recitation reward compares against). frame: required for grounding.
     """
 
@@ -47,6 +48,7 @@ class RewardTarget:
     grade: int | None = None
     knowledge: str = ""
     frame: ImageFrame | None = None
+    max_grade: int | None = None
 
     def __post_init__(self) -> None:
         if self.task == "grounding":
@@ -61,6 +63,9 @@ class RewardTarget:
         elif self.task == "grading":
             if self.grade is None or isinstance(self.grade, bool) or not 0 <= self.grade <= 1000:
                 raise ValueError(f"a grading RewardTarget needs an integer grade in [0, 1000], got {self.grade!r}")
+            if self.max_grade is not None and not self.grade <= self.max_grade <= 1000:
+                raise ValueError(f"max_grade {self.max_grade!r} must be an integer in [grade, 1000] "
+                                 f"(grade {self.grade}); it is the top of the question's grade scale")
         else:
             raise ValueError(f"unknown task {self.task!r}; use 'grounding', 'classification' or 'grading'")
 
@@ -72,7 +77,7 @@ class RewardTarget:
             "convention": self.frame.convention,
         }
         return {"task": self.task, "boxes": [list(b) for b in self.boxes], "label": self.label,
-                "grade": self.grade, "knowledge": self.knowledge, "frame": frame}
+                "grade": self.grade, "max_grade": self.max_grade, "knowledge": self.knowledge, "frame": frame}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RewardTarget:
@@ -83,6 +88,7 @@ class RewardTarget:
             label=d.get("label"),
             grade=None if d.get("grade") is None else int(d["grade"]),
             knowledge=d.get("knowledge") or "",
+            max_grade=None if d.get("max_grade") is None else int(d["max_grade"]),
             frame=None if frame is None else ImageFrame(**frame),
         )
 
@@ -203,7 +209,7 @@ def score_columns(
                     fmt.append(tags_ok and label is not None)
                     r_grade.append(label_match(label, target.label or "", config.label_match))
                 else:
-                    grade = None if answer is None else parse_grade(answer)
+                    grade = None if answer is None else parse_grade(answer, target.max_grade)
                     fmt.append(tags_ok and grade is not None)
                     r_grade.append(grade_reward(grade, target.grade or 0, config.grade_formula))
         offsets.append(offsets[-1] + len(completions))

@@ -56,7 +56,8 @@ def reward_frame(frame: RolloutFrame) -> rf.ImageFrame:
 def reward_target(record: Record, frame: RolloutFrame, injected_knowledge: str | None) -> RewardTarget:
     """The ground truth a group is scored against (boxes in original pixels, the frame of the prompt)."""
     return RewardTarget(task=record.task, boxes=tuple(tuple(map(float, b)) for b in record.boxes),  # type: ignore[misc]
-                        label=record.label, grade=record.grade, knowledge=injected_knowledge or "",
+                        label=record.label, grade=record.grade, max_grade=record.max_grade,
+                        knowledge=injected_knowledge or "",
                         frame=reward_frame(frame))
 
 

@@ -57,7 +57,7 @@ def grounding_answer(text: str, frame: RolloutFrame) -> tuple[rewards.ParsedAnsw
 def _prediction(record: Record, group: RolloutGroup) -> Prediction:
     text = group.completions[0].text
     if record.task != "grounding":
-        parsed = rewards.parse_answer(text, record.task, reward_frame(group.frame))
+        parsed = rewards.parse_answer(text, record.task, reward_frame(group.frame), record.max_grade)
         return Prediction(record, text, None, 0.0, label=parsed.label if parsed else None,
                           grade=parsed.grade if parsed else None)
     _, box = grounding_answer(text, group.frame)

@@ -67,6 +67,16 @@ def test_labels_and_grades() -> None:
         assert parse_answer(f"<think>t</think><answer>{bad}</answer>", "grading") is None
 
 
+def test_a_grade_off_the_questions_scale_is_no_answer() -> None:
+    # A garbled answer such as "grade 20" on a 0-3 scale must not count as a finite error of 17 (the
+    # VRFT-Aug bench once scored it so); on the scale, the top grade still parses.
+    assert parse_answer("<think>t</think><answer>grade 20</answer>", "grading", max_grade=3) is None
+    assert parse_answer('<think>t</think><answer>{"grade": 4}</answer>', "grading", max_grade=3) is None
+    top = parse_answer('<think>t</think><answer>{"grade": 3}</answer>', "grading", max_grade=3)
+    assert top is not None and top.grade == 3
+    assert parse_answer("<think>t</think><answer>20</answer>", "grading").grade == 20  # type: ignore[union-attr]
+
+
 def test_think_text_without_tags_is_what_was_written() -> None:
     parsed = parse_answer("opacity in the left lung <answer>[1,2,3,4]</answer>", "grounding", FRAME)
     assert parsed is not None and parsed.think == "opacity in the left lung "

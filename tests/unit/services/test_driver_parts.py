@@ -89,6 +89,29 @@ def test_grading_metrics_count_unparsed_as_worst() -> None:
     assert m["mean_abs_grade_error"] == pytest.approx(1.0)
 
 
+def test_evaluation_counts_a_grade_off_the_scale_as_unparsable() -> None:
+    # "grade 20" on a 0-3 question is garbage, not an error of 19: the record's max_grade bounds the answer.
+    from rollout.contracts import Completion, RolloutGroup
+    from services.evaluation import _prediction, report
+
+    def predict(answer: str, grade: int) -> object:
+        record = Record(id=f"r{answer}", image="x.png", task="grading", phrase="Grade it from 0 to 3.", grade=grade,
+                        max_grade=3, width=8, height=8)
+        group = RolloutGroup(prompt_id=record.id, task="grading",
+                             completions=(Completion(f"<think>t</think><answer>{answer}</answer>", (5,), (-1.0,),
+                                                     "stop"),),
+                             prompt_token_ids=np.arange(3), frame=ImageFrame(8, 8, 8, 8, "input_pixels"),
+                             injected_knowledge=None, adapter_version=0, pixel_values=np.zeros((4, 6), np.float32),
+                             image_grid_thw=np.array([[1, 2, 2]]), mm_token_type_ids=np.zeros(3, np.int64))
+        return _prediction(record, group)
+
+    preds = [predict("grade 20", 1), predict('{"grade": 3}', 3), predict("0", 0)]
+    assert [p.grade for p in preds] == [None, 3, 0]  # type: ignore[attr-defined]
+    m = report(preds)  # type: ignore[arg-type]
+    assert m["eval/grade/parse_fail_pct"] == pytest.approx(100 / 3)
+    assert m["eval/grade/mean_abs_grade_error"] == pytest.approx(1.0)  # worst error 3 - 0 = 3 for the garbage, / 3
+
+
 def test_paired_change_takes_the_error_from_per_image_differences() -> None:
 
     before = [0.2, 0.6, 0.55, 0.1]  # A@0.5: 50 %; mIoU 0.3625
