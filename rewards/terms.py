@@ -25,14 +25,24 @@ def _bleu() -> Any:
 
 
 def recitation(think: str, knowledge: str) -> float:
-    """VRFT-Aug recitation: sentence BLEU of the reasoning against the injected knowledge, in [0, 1].
+    """VRFT-Aug recitation: sentence BLEU of the reasoning against the injected knowledge, without the
+    brevity penalty, in [0, 1]: how much of the think repeats the knowledge (docs/algorithms.md, "Rewards").
 
-    sacrebleu's 13a tokenisation; 0 when either text is empty. The sign lives in the weight w_recite.
+    The geometric mean of the think's 1- to 4-gram precisions against the knowledge (sacrebleu, 13a
+    tokenisation, effective order, exp smoothing); 0 when either text is empty. The sign lives in the weight
+    w_recite. BLEU's brevity penalty is left out because it scores the think's length against the
+    knowledge's, not what it quotes. Against the 67-word chest-radiograph knowledge, the think "A frontal
+    radiograph shows air-filled lungs as dark. left lung, upper zone." (its first 8 words quoted) scores 0.007
+    with the penalty and 0.54 without; "left lung, upper zone." scores 0.00005 and 0.11.
     """
     if not think.strip() or not knowledge.strip():
         return 0.0
-    score = float(_bleu().sentence_score(think, [knowledge]).score) / 100.0
-    return min(max(score, 0.0), 1.0)
+    bleu = _bleu()
+    stats = bleu.sentence_score(think, [knowledge])
+    # The same n-gram statistics with the reference length set to the think's: brevity penalty 1.
+    score = bleu.compute_bleu(stats.counts, stats.totals, stats.sys_len, stats.sys_len, smooth_method=bleu.smooth_method,
+                              smooth_value=bleu.smooth_value, effective_order=True).score / 100.0
+    return min(max(float(score), 0.0), 1.0)
 
 
 def grade_reward(pred: int | None, true: int, formula: Literal["exp2", "inverse_square"] = "exp2") -> float:

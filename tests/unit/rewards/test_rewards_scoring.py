@@ -72,6 +72,18 @@ def test_terms_hand_values() -> None:
     assert recitation("", "anything") == 0.0
 
 
+def test_recitation_measures_the_quote_not_the_thinks_length() -> None:
+    # BLEU's brevity penalty would score a short think near 0 whether it quotes or not (0.007 vs 0.00005 for
+    # the two thinks below against this knowledge): without it, quoting is what moves the score.
+    knowledge = ("A frontal radiograph shows air-filled lungs as dark fields crossed by ribs, with the bright heart, "
+                 "mediastinum and spine between them; an abnormality is a region that is brighter or darker than the "
+                 "lung around it.")
+    quoting = recitation("A frontal radiograph shows air-filled lungs as dark. left lung, upper zone.", knowledge)
+    own = recitation("left lung, upper zone.", knowledge)
+    assert quoting > 0.4 and own < 0.2
+    assert recitation(knowledge, knowledge) == pytest.approx(1.0)
+
+
 def test_classification_grading_and_recitation() -> None:
     know = "a pneumothorax appears as a dark rim of air without lung markings"
     cls = RewardTarget("classification", label="Pneumothorax", knowledge=know)
@@ -89,6 +101,10 @@ def test_classification_grading_and_recitation() -> None:
     grd = RewardTarget("grading", grade=3)
     out = score_group(["<think>t</think><answer>2</answer>", "<answer>3</answer>"], grd, ScheduleSnapshot(0.3, 0), cfg)
     assert [b.r_grade for b in out] == [0.25, 1.0] and [b.r_format for b in out] == [1.0, 0.0]
+    scaled = RewardTarget("grading", grade=3, max_grade=3)  # "5" is off the 0-3 scale: no answer, no format reward
+    out = score_group(["<think>t</think><answer>5</answer>", "<think>t</think><answer>3</answer>"], scaled,
+                      ScheduleSnapshot(0.3, 0), cfg)
+    assert [b.r_grade for b in out] == [0.0, 1.0] and [b.r_format for b in out] == [0.0, 1.0]
 
 
 def test_target_validation() -> None:
@@ -98,6 +114,10 @@ def test_target_validation() -> None:
         RewardTarget("grounding", boxes=((5.0, 0.0, 1.0, 1.0),), frame=FRAME)
     with pytest.raises(ValueError, match="grade"):
         RewardTarget("grading", grade=-1)
+    with pytest.raises(ValueError, match="max_grade"):
+        RewardTarget("grading", grade=3, max_grade=2)
+    scaled = RewardTarget("grading", grade=1, max_grade=3)
+    assert RewardTarget.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
     assert RewardTarget.from_dict(json.loads(json.dumps(GT.to_dict()))) == GT
 
 
