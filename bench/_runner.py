@@ -179,9 +179,9 @@ def _evaluate_model(base: Row, study: Study, seed: int, run_dir: Path) -> Row:
 
 def _final_ious(run_dir: Path) -> dict[str, float]:
     """IoU by held-out record id of the run's last evaluation (eval/step-N.jsonl with the largest N)."""
-    from services.evaluation import read_ious
+    from services.evaluation import eval_files, read_ious
 
-    files = sorted((run_dir / "eval").glob("step-*.jsonl"), key=lambda p: int(p.stem.removeprefix("step-")))
+    files = eval_files(run_dir)
     if not files:
         raise FileNotFoundError(f"{run_dir} has no evaluation (eval/step-N.jsonl); the arm did not finish")
     return read_ious(files[-1])

@@ -20,14 +20,14 @@ CURVES = ("reward/acc", "reward/iou", "tau/value")
 
 def held_out(run: Path) -> tuple[int, dict[str, float], dict[str, float]]:
     """A run's last evaluated step and the per-image IoUs (by record id) of its first and last evaluation."""
-    from services.evaluation import read_ious
+    from services.evaluation import eval_files, read_ious
 
     if not run.is_dir():
         raise SystemExit(f"{run} is not a run directory (it does not exist); pass runs/<name> of a finished run")
-    steps = sorted(int(p.stem.removeprefix("step-")) for p in (run / "eval").glob("step-*.jsonl"))
-    if len(steps) < 2:
-        raise SystemExit(f"{run} has {len(steps)} held-out evaluation(s); a comparison needs its start and end")
-    return steps[-1], read_ious(run / "eval" / f"step-{steps[0]}.jsonl"), read_ious(run / "eval" / f"step-{steps[-1]}.jsonl")
+    files = eval_files(run)
+    if len(files) < 2:
+        raise SystemExit(f"{run} has {len(files)} held-out evaluation(s); a comparison needs its start and end")
+    return int(files[-1].stem.removeprefix("step-")), read_ious(files[0]), read_ious(files[-1])
 
 
 def compare(runs: dict[str, Path]) -> dict[str, Any]:

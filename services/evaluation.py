@@ -109,6 +109,14 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
     return path
 
 
+def eval_files(run_dir: Path) -> list[Path]:
+    """The held-out prediction files a training run wrote (eval/step-N.jsonl, `write_predictions`), in step
+    order: the first is the run's starting point when it evaluated at its start, the last its end."""
+    files = (run_dir / "eval").glob("step-*.jsonl")
+    return sorted((p for p in files if p.stem.removeprefix("step-").isdigit()),
+                  key=lambda p: int(p.stem.removeprefix("step-")))
+
+
 def read_ious(path: Path) -> dict[str, float]:
     """The IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record id;
     an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
