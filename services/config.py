@@ -49,6 +49,9 @@ class DataConfig(_Strict):
     knowledge_dir: str = Field("deploy/knowledge", description="Folder of prior-knowledge YAML files (VRFT-Aug).")
 
 
+TaskName = Literal["grounding", "classification", "grading"]
+
+
 class StageConfig(_Strict):
     """One stage of a run: SFT warm start or GRPO, with its own data, reward mix and length."""
 
@@ -56,7 +59,10 @@ class StageConfig(_Strict):
     kind: Literal["sft", "grpo"] = Field(..., description="Supervised warm start or GRPO.")
     steps: int = Field(..., ge=1, description="Optimiser steps in this stage.")
     prompts_per_step: int = Field(8, ge=1, description="Prompt groups per GRPO step (batch size for SFT).")
-    task: Literal["grounding", "classification", "grading"] = Field("grounding", description="Records used.")
+    task: TaskName | list[TaskName] = Field(
+        "grounding", description="Records used: one task, or a list whose records are mixed in one permuted "
+        "order (an SFT warm start that teaches a new answer format without losing another: on a grounding "
+        "base, grading SFT alone replaced every box answer with a grade, docs/RESULTS.md, VRFT-Aug).")
     train_split: str | None = Field(None, description="Manifest split this stage trains on (default: the run's "
                                     "data.train_split); the records also match the stage's task.")
     reward: RewardConfig | None = Field(None, description="Overrides the run's reward mix for this stage.")
@@ -68,6 +74,18 @@ class StageConfig(_Strict):
                                      "does (equal-work benchmarks).")
     carry_optimizer: bool = Field(False, description="Keep the optimiser's moments from the previous stage (or "
                                   "init_from); by default every stage starts a fresh AdamW, as TRL and verl start RL.")
+
+    @model_validator(mode="after")
+    def _tasks_listed_once(self) -> StageConfig:
+        if isinstance(self.task, list) and (not self.task or len(set(self.task)) != len(self.task)):
+            raise ValueError(f"task: {self.task} must name each task once (one task, or a non-empty list such "
+                             f"as [grounding, grading])")
+        return self
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The stage's tasks as a tuple (one for a single `task`)."""
+        return (self.task,) if isinstance(self.task, str) else tuple(self.task)
 
 
 class EvalConfig(_Strict):

@@ -58,5 +58,5 @@ def stage_sampler(manifest: Manifest, cfg: RunConfig, stage_index: int) -> Promp
     data.train_split) and task, permuted from the run's `seed` and the stage's index. One definition for the
     driver and for benchmarks that give another trainer the same prompts (bench/vs_trl.py)."""
     stage = cfg.stages[stage_index]
-    return PromptSampler(manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.task),
+    return PromptSampler(manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.tasks),
                          seed=cfg.seed * 1000 + stage_index)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,10 +56,11 @@ class Manifest:
         image = Path(record.image)
         return image if image.is_absolute() else self.root / image
 
-    def select(self, split: str | None = None, task: str | None = None) -> tuple[Record, ...]:
-        """Records of one split and/or task, in manifest order."""
+    def select(self, split: str | None = None, task: str | Collection[str] | None = None) -> tuple[Record, ...]:
+        """Records of one split and/or task (or any of several tasks), in manifest order."""
+        tasks = None if task is None else {task} if isinstance(task, str) else set(task)
         return tuple(r for r in self.records
-                     if (split is None or r.split == split) and (task is None or r.task == task))
+                     if (split is None or r.split == split) and (tasks is None or r.task in tasks))
 
     def with_sizes(self) -> Manifest:
         """Fill unknown width/height from image headers (PIL for PNG/JPEG, pydicom for DICOM)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from driver_fakes import (
     LocalReward,
     QueueControl,
@@ -39,3 +42,25 @@ def test_stage_sampler_is_the_drivers_prompt_order(tmp_path: Path) -> None:
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rollout/prompt_tokens" in r]
     # each step: 2 groups, 5 prompt tokens each; 2 completions of 3 tokens per group (driver_fakes)
     assert [(r["rollout/prompt_tokens"], r["rollout/completion_tokens"]) for r in rows] == [(10, 12)] * 3
+
+
+def test_a_stage_over_several_tasks_mixes_their_records(tmp_path: Path) -> None:
+    # VRFT-Aug's warm start on a grounding base: grading and grounding records in one permuted order, so a
+    # new answer format is learned without losing the other (grading SFT alone lost every box answer).
+    from services.data.manifest import Manifest
+    from services.data.records import Record
+
+    grounding = write_records(tmp_path / "data", n_train=4, n_val=0).records
+    grading = tuple(Record(id=f"grade-{i}", image="img.png", width=32, height=32, task="grading", phrase="Grade it.",
+                           grade=i % 4, max_grade=3) for i in range(4))
+    manifest = Manifest(tmp_path / "data" / "manifest.jsonl", grounding + grading)
+    tree = {"name": "mixed", "model": {"path": "unused"}, "data": {"manifest": "unused"},
+            "stages": [{"name": "warm", "kind": "sft", "steps": 1, "task": ["grounding", "grading"]}]}
+    cfg = RunConfig.model_validate(tree)
+    assert cfg.stages[0].tasks == ("grounding", "grading")
+    order = stage_sampler(manifest, cfg, 0).take(8)
+    assert sorted(r.id for r in order) == sorted(r.id for r in grounding + grading)
+    only = RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": "grading"}]})
+    assert {r.task for r in stage_sampler(manifest, only, 0).take(4)} == {"grading"}
+    with pytest.raises(ValidationError, match="each task once"):
+        RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": ["grading", "grading"]}]})
