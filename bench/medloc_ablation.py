@@ -69,14 +69,17 @@ def prepare(tree: Row) -> None:
 
 
 def study(arms: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> Study:
-    """`arms`: "main" (the base and the 5 main arms, each compared with the SFT arm), "ablations" (the
-    schedule and its ablations, compared with the schedule) or "all"."""
+    """`arms`: "main" (the base and the 5 main arms, each compared with the base and the SFT arm),
+    "ablations" (the schedule and its ablations, compared with the schedule) or "all" (every arm, compared
+    with all three)."""
     if arms == "ablations":
         return Study("medloc_ablation", CONFIG, (MAIN[0], *ABLATIONS), seeds=seeds, warm_stages=(),
                      size_edges=SIZE_EDGES, paired_against=("medloc",))
-    chosen = (BASE, *MAIN) if arms == "main" else (BASE, *MAIN, *ABLATIONS)
-    return Study("medloc_ablation", CONFIG, chosen, seeds=seeds, warm_stages=(), size_edges=SIZE_EDGES,
-                 paired_against=("base", "sft"))
+    if arms == "main":
+        return Study("medloc_ablation", CONFIG, (BASE, *MAIN), seeds=seeds, warm_stages=(), size_edges=SIZE_EDGES,
+                     paired_against=("base", "sft"))
+    return Study("medloc_ablation", CONFIG, (BASE, *MAIN, *ABLATIONS), seeds=seeds, warm_stages=(),
+                 size_edges=SIZE_EDGES, paired_against=("base", "sft", "medloc"))
 
 
 def main() -> None:

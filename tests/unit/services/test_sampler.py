@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from driver_fakes import (
     LocalReward,
     QueueControl,
@@ -17,6 +15,7 @@ from driver_fakes import (
     handles,
     write_records,
 )
+from pydantic import ValidationError
 
 from services import train_loop
 from services.config import RunConfig
