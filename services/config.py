@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learner.config import LearnerConfig
 from rewards.config import RewardConfig
@@ -50,6 +50,7 @@ class DataConfig(_Strict):
 
 
 TaskName = Literal["grounding", "classification", "grading"]
+TASK_NAMES = ("grounding", "classification", "grading")
 
 
 class StageConfig(_Strict):
@@ -75,12 +76,18 @@ class StageConfig(_Strict):
     carry_optimizer: bool = Field(False, description="Keep the optimiser's moments from the previous stage (or "
                                   "init_from); by default every stage starts a fresh AdamW, as TRL and verl start RL.")
 
-    @model_validator(mode="after")
-    def _tasks_listed_once(self) -> StageConfig:
-        if isinstance(self.task, list) and (not self.task or len(set(self.task)) != len(self.task)):
-            raise ValueError(f"task: {self.task} must name each task once (one task, or a non-empty list such "
-                             f"as [grounding, grading])")
-        return self
+    @field_validator("task", mode="before")
+    @classmethod
+    def _known_tasks(cls, value: Any) -> Any:
+        """One line per mistake (pydantic would name both branches of the union)."""
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list names no records; give one task or a list such as [grounding, grading]")
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str) or item not in TASK_NAMES:
+                raise ValueError(f"{item!r} is not a task; use {', '.join(TASK_NAMES)} (one, or a list of them)")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"{value} must name each task once (one task, or a list such as [grounding, grading])")
+        return value
 
     @property
     def tasks(self) -> tuple[str, ...]:

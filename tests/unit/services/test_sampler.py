@@ -61,5 +61,10 @@ def test_a_stage_over_several_tasks_mixes_their_records(tmp_path: Path) -> None:
     assert sorted(r.id for r in order) == sorted(r.id for r in grounding + grading)
     only = RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": "grading"}]})
     assert {r.task for r in stage_sampler(manifest, only, 0).take(4)} == {"grading"}
-    with pytest.raises(ValidationError, match="each task once"):
-        RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": ["grading", "grading"]}]})
+    for bad, message in ((["grading", "grading"], "each task once"), ([], "empty list"),
+                         (["grounding", "nonsense"], "'nonsense' is not a task"), ([["grading"]], "is not a task"),
+                         (None, "None is not a task")):
+        with pytest.raises(ValidationError, match=message) as err:
+            RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": bad}]})
+        on_task = [e for e in err.value.errors() if e["loc"][:3] == ("stages", 0, "task")]
+        assert len(on_task) == 1  # one line, not one per branch of the union
