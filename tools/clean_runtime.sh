@@ -18,7 +18,12 @@ else
 fi
 uid=$(id -u)
 # Files a live process still maps, holds open or listens on belong to someone's running engine (another
-# test session, a benchmark, a served app on the same machine): never delete those.
+# test session, a benchmark, a served app on the same machine): never delete those. Only files older than
+# the snapshot below are candidates: one created while it is taken (an engine starting in another session
+# creates its semaphore, then its child opens it) is not in the snapshot yet, and deleting it broke that
+# engine's start ("SemLock._rebuild: FileNotFoundError").
+snapshot=$(mktemp)
+trap 'rm -f "$snapshot"' EXIT
 in_use=$( { cat /proc/[0-9]*/maps 2>/dev/null | awk '$6 ~ /^\/dev\/shm\// {print $6}'
             ls -l /proc/[0-9]*/fd 2>/dev/null | grep -o '/dev/shm/[^ ]*'
             awk 'NR > 1 && $8 ~ /^\// {print $8}' /proc/net/unix 2>/dev/null; } | sort -u )
@@ -27,6 +32,6 @@ remove_unused() {
     grep -qxF -- "$path" <<<"$in_use" || rm -f -- "$path"
   done
 }
-find /dev/shm -maxdepth 1 \( -name 'psm_*' -o -name 'sem.mp-*' -o -name 'vllm*' -o -name 'deepspeed_allreduce_buffer_*' \) -user "$uid" "${newer[@]}" -print0 2>/dev/null | remove_unused
-find /tmp -maxdepth 1 -type s -user "$uid" "${newer[@]}" -print0 2>/dev/null | remove_unused
+find /dev/shm -maxdepth 1 \( -name 'psm_*' -o -name 'sem.mp-*' -o -name 'vllm*' -o -name 'deepspeed_allreduce_buffer_*' \) -user "$uid" "${newer[@]}" ! -newer "$snapshot" -print0 2>/dev/null | remove_unused
+find /tmp -maxdepth 1 -type s -user "$uid" "${newer[@]}" ! -newer "$snapshot" -print0 2>/dev/null | remove_unused
 exit 0
