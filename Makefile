@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -19,6 +19,10 @@ demo: .venv/.ready
 
 test: .venv/.ready lint
 	$(PYTEST) -m "not slow and not gpu" --timeout=900 tests
+
+# the edit loop: pure unit tests and the architecture rules, no Ray, no engines (about a minute)
+test-unit: .venv/.ready
+	$(PYTEST) -m "not slow and not gpu" --timeout=300 tests/unit tests/architecture
 
 test-slow: .venv/.ready
 	$(PYTEST) -m "slow and not gpu" --timeout=3600 tests

@@ -29,10 +29,11 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
     from local_cluster import head_cluster, worker_node
 
     from rollout.config import RolloutConfig, SamplingConfig
+    from services.config import PoolConfig
     from services.rollout_pool import RolloutPool
 
-    cfg = RolloutConfig(engine="vllm", max_model_len=512, cpus_per_worker=0.5, num_workers=2, scheduling="spread",
-                        call_timeout_s=2.0)
+    cfg = RolloutConfig(engine="vllm", max_model_len=512)
+    pool_cfg = PoolConfig(cpus_per_worker=0.5, num_workers=2, scheduling="spread", call_timeout_s=2.0)
     sampling = SamplingConfig(temperature=0.9, max_new_tokens=64, min_new_tokens=64)
     saved = dict(os.environ)
     tmp = Path(tempfile.mkdtemp(prefix="mgb-node-"))
@@ -40,7 +41,7 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
         with head_cluster(tmp) as cluster, worker_node(cluster, num_cpus=1, resources={"victim": 1}) as node:
             os.environ.update({k: cluster["env"][k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
             ray.init(address=cluster["gcs"])
-            pool = RolloutPool(model, cfg)
+            pool = RolloutPool(model, cfg, pool_cfg)
             try:
                 pool.wait_ready()
                 reqs = requests(16)
@@ -59,7 +60,7 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
                 event = next(e for e in pool.faults.events if e.kind in ("worker_death", "worker_timeout"))
                 pool.wait_ready(timeout=600)
                 return {"fault": "node lost", "injected": "SIGKILL to every process of the second node while its "
-                        "worker generates", "deadline_s": cfg.call_timeout_s * 8, "detect_s": event.at - t_fault,
+                        "worker generates", "deadline_s": pool_cfg.call_timeout_s * 8, "detect_s": event.at - t_fault,
                         "recover_s": t_end - event.at, "requests_lost": lost(reqs, want, out[0]), "steps_lost": 0,
                         "outcome": f"{event.kind.replace('_', ' ')}: {event.detail}; the replacement came up on "
                                    f"the head"}

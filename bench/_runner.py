@@ -61,35 +61,27 @@ def _start_ray() -> str:
 
 class _SharedPool:
     """Rollout workers kept up across a study's runs of one model and rollout config: a study is dozens of
-    short runs, and each would otherwise start its vLLM engines again (~25 s each on CPU). Every run begins
-    on the base model (adapter reset) and cannot shut the workers down; the study does, at its end."""
+    short runs, each lent the pool (services.handles.BorrowedPool: it starts on the base model and cannot
+    shut the workers down); the study shuts them down at its end (close_all)."""
 
     pools: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-    def shutdown(self) -> None:
-        """The study owns the workers (close_all)."""
-
     @classmethod
-    def get(cls, cfg: Any) -> _SharedPool:
+    def get(cls, cfg: Any) -> Any:
         """The pool for this model and rollout config; one at a time: the private cluster has the CPUs of one
         pool and one learner, so a run that needs another config (another seed, prompts without knowledge)
         shuts the previous pool down first."""
         from rollout.knowledge import load_knowledge
         from services.rollout_pool import RolloutPool
 
-        key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json")], sort_keys=True)
+        key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json"),
+                          cfg.pool.model_dump(mode="json")], sort_keys=True)
         if key not in cls.pools:
             cls.close_all()
-            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir))
-        pool = cls.pools[key]
-        pool.load_adapter(0, None)
-        return cls(pool)
+            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir))
+        from services.handles import BorrowedPool
+
+        return BorrowedPool(cls.pools[key])
 
     @classmethod
     def close_all(cls) -> None:

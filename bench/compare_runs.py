@@ -1,7 +1,7 @@
 """Two training runs on the same held-out images, side by side: start and end held-out metrics with their
 standard errors, each run's paired start-to-end change, the paired end-to-end difference between the runs,
 and the training reward per step (a before/after figure for a change to training behaviour, or a parity
-check such as `rollout.max_staleness` 0 vs 1 on the demo config).
+check such as `max_staleness` 0 vs 1 on the demo config).
 
 Usage: python -m bench.compare_runs RUN_A RUN_B --labels A,B --out bench/results/NAME
 Writes NAME.json and NAME.png.

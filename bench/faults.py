@@ -38,7 +38,7 @@ from bench._runner import _start_ray  # noqa: E402
 
 OUT = machine.results_path("faults")
 WORK = Path("runs") / "bench" / "faults"
-PER_REQUEST_S = 2.0  # rollout.call_timeout_s of the hung-worker row: a shard of 8 requests gets 16 s
+PER_REQUEST_S = 2.0  # pool.call_timeout_s of the hung-worker row: a shard of 8 requests gets 16 s
 Row = dict[str, Any]
 
 
@@ -122,12 +122,13 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
     from rollout_fixtures import adapter_artefact
 
     from rollout.config import RolloutConfig, SamplingConfig
+    from services.config import PoolConfig
     from services.rollout_pool import AdapterLoadError, RolloutPool
 
-    cfg = RolloutConfig(engine="vllm", max_model_len=512, cpus_per_worker=0.25, num_workers=2,
-                        call_timeout_s=PER_REQUEST_S)
+    cfg = RolloutConfig(engine="vllm", max_model_len=512)
+    pool_cfg = PoolConfig(cpus_per_worker=0.25, num_workers=2, call_timeout_s=PER_REQUEST_S)
     sampling = SamplingConfig(temperature=0.9, max_new_tokens=64, min_new_tokens=64)
-    pool = RolloutPool(model, cfg)
+    pool = RolloutPool(model, cfg, pool_cfg)
     rows = []
     try:
         pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
@@ -140,7 +141,7 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
         victim = int(ray.get(pool.handles()[0].pid.remote()))
         got, t_fault, t_end = _cut_call(pool, victim, signal.SIGSTOP, reqs, sampling)
         event = next(e for e in pool.faults.events if e.kind == "worker_timeout")
-        deadline = cfg.call_timeout_s * 8
+        deadline = pool_cfg.call_timeout_s * 8
         rows.append(_row("rollout worker hung", "SIGSTOP to a vLLM worker mid-generate (16 requests, 2 workers)",
                          event.at - t_fault, t_end - event.at, _lost(reqs, want, got), 0,
                          f"killed and replaced; its 8 requests answered by the other worker; the call took "
@@ -207,7 +208,7 @@ def learner_rank(model: Path, manifest: Path) -> Row:
         "name": "rank", "output_dir": str(run_dir.parent), "model": {"path": str(model), "family": "qwen2_5_vl"},
         "data": {"manifest": str(manifest)},
         "stages": [{"name": "warmup", "kind": "sft", "steps": 4, "prompts_per_step": 2, "lr": 1e-3}],
-        "rollout": {"engine": "hf", "num_workers": 1, "cpus_per_worker": 0.25, "max_model_len": 512},
+        "rollout": {"engine": "hf", "max_model_len": 512}, "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
         "learner": {"num_ranks": 2, "cpus_per_rank": 0.25, "micro_batch_size": 4},
         "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},
         "checkpoint": {"every": 2}})

@@ -2,7 +2,7 @@
 
 Runs a shortened demo (`deploy/configs/demo.yaml`: same base, data, batch and G, few steps, no evaluation
 or checkpoint in between) on the embedded Ray twice, with the CPU threads that fit each schedule:
-- staleness 0 (`rollout.max_staleness=0`): generate, then learn; the phase that runs gets both cores
+- staleness 0 (`max_staleness=0`): generate, then learn; the phase that runs gets both cores
   (`rollout.torch_threads=2`, `learner.torch_threads=2`);
 - staleness 1: the pool generates batch t+1 with adapter v while the learner takes step t; the cores are
   split (one thread each).
@@ -50,7 +50,7 @@ def run(name: str, staleness: int, threads: tuple[int, int], steps: int) -> dict
     run_dir = Path("runs") / name
     shutil.rmtree(run_dir, ignore_errors=True)
     demo([f"name={name}", f"stages.0.steps={steps}", "eval.every=0", "eval.max_samples=8", "checkpoint.every=0",
-          f"rollout.max_staleness={staleness}", f"rollout.torch_threads={threads[0]}",
+          f"max_staleness={staleness}", f"rollout.torch_threads={threads[0]}",
           f"learner.torch_threads={threads[1]}"])
     rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
     lines = [json.loads(x) for x in (run_dir / "timeline.jsonl").read_text().splitlines()]

@@ -62,12 +62,12 @@ def recitation_of(run_dir: Path) -> Row:
     from rewards import recitation
     from rewards.parse import split_completion
     from rollout.knowledge import load_knowledge
-    from services.config import RunConfig
+    from services.config import load_run_config
     from services.data.manifest import load_manifest
     from services.evaluation import eval_files
     from services.metrics import read_metrics
 
-    cfg = RunConfig.model_validate(json.loads((run_dir / "resolved_config.json").read_text()))
+    cfg = load_run_config(run_dir)
     knowledge = load_knowledge(cfg.data.knowledge_dir)
     records = {r.id: r for r in load_manifest(cfg.data.manifest).select(split=cfg.data.eval_split)}
     files = eval_files(run_dir)

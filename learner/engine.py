@@ -55,8 +55,6 @@ from learner.batch import Collated, SamplingSpec, StepMetrics, TrainBatch, Train
 from learner.config import LearnerConfig
 from learner.policy import build_policy
 
-_KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live version and the one before
-
 
 def free_port() -> int:
     """An unused TCP port on this host in 20000-29999 (MASTER_PORT here; tests and benches use it for their
@@ -137,7 +135,7 @@ class LearnerEngine:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
-        self.copies = AdapterCopies(params, keep=_KEPT_VERSIONS)  # the objects DeepSpeed holds (ZeRO shards)
+        self.copies = AdapterCopies(params, keep=cfg.kept_versions)  # the objects DeepSpeed holds (ZeRO shards)
         self.steps = 0
         self._checked_version = -1  # the newest behaviour version the sync alarm has read
 

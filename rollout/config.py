@@ -1,4 +1,7 @@
-"""Configuration of rollout: engine, pool size, sampling, image budget and prompts."""
+"""Configuration of a rollout engine: backend, sampling, image budget, prompts and what each engine may use.
+
+How many engines run, where, and when one is declared lost is the pool's (services/config.py `PoolConfig`).
+"""
 
 from __future__ import annotations
 
@@ -27,23 +30,17 @@ class SamplingConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
+    """One rollout engine (every worker of a pool runs one): what it samples and how it prompts."""
+
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm (the product) or hf (transformers reference).")
-    num_workers: int = Field(1, ge=1, description="Rollout workers in the pool (resizable while a run is live).")
-    resize_wait_s: float = Field(
-        0.0, ge=0.0, description="Seconds the driver waits, after `medground scale rollout` adds workers, for them "
-                                 "to be up before the next step (0: carry on; each joins once its engine is up with "
-                                 "the current adapter). Waiting fixes the step a resize lands on; not waiting keeps "
-                                 "the learner busy while a new engine (or node) starts.")
     group_size: int = Field(8, ge=1, description="G: completions per prompt [paper: 8].")
     sampling: SamplingConfig = SamplingConfig()
-    cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")
     torch_threads: int = Field(
         0, ge=0, description="CPU threads of each worker's engine (0: Ray's default, one per reserved CPU). "
         "On a CPU machine the cores follow the schedule: with max_staleness 0 the learner waits while the pool "
         "generates, so a worker may use every core (set it to the core count); with overlap the worker and "
         "the learner run at once, so split the cores between them (learner.torch_threads). Set before the "
         "engine starts; no effect on GPU generation.")
-    gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per worker (0 on CPU machines).")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one worker.")
     min_pixels: int = Field(56 * 56, ge=28 * 28, description="smart_resize lower pixel budget of the model input.")
     max_pixels: int = Field(112 * 112, ge=28 * 28, description="smart_resize upper pixel budget of the model input.")
@@ -61,35 +58,12 @@ class RolloutConfig(_Strict):
         True, description="Run vLLM's engine core inside the worker process (starts in seconds, dies with the "
                           "worker, but binds that process's threads to cores: use it in dedicated processes "
                           "such as worker actors); false runs it in a child process (overlaps scheduling on GPUs).")
-    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die or hang mid-call.")
-    call_timeout_s: float = Field(
-        60.0, gt=0.0, description="Generation deadline in seconds per request (G completions): a worker that has "
-        "not answered a shard of k requests within k * call_timeout_s of starting it is killed and replaced, and "
-        "the shard goes to the other workers (a hung engine, a stopped process, a lost node). Raise it for long "
-        "completions or slow models; one request's G completions must fit in it with room to spare.")
-    load_timeout_s: float = Field(
-        120.0, gt=0.0, description="Adapter load deadline in seconds: a worker that has not switched to a new "
-        "adapter by then is killed and replaced (its replacement starts on that adapter).")
-    start_timeout_s: float = Field(
-        900.0, gt=0.0, description="Seconds a call waits for at least one worker to be up (engine started, adapter "
-        "loaded) when none is, e.g. after every worker was replaced; then it stops with an error naming the cause.")
-    scheduling: Literal["default", "spread"] = Field(
-        "default", description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
-        "(across nodes, so a lost node costs as few workers as possible; replacements go to surviving nodes).")
-    max_staleness: int = Field(
-        0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner: 0 generates each batch with "
-        "the adapter just pushed (synchronous); 1 generates the next batch with adapter v while the learner takes "
-        "its step (overlapped generation; the ratio is then taken against v). Steps that evaluate or checkpoint "
-        "drain the pipeline, so resume stays exact.")
     gpu_memory_utilization: float = Field(
         0.85, gt=0.0, le=1.0, description="Fraction of each GPU's memory vLLM may take (ignored on CPU, where "
                                           "kv_cache_gib sizes the cache); lower it when learners share GPUs.")
 
     @model_validator(mode="after")
-    def _tensor_parallel_fits(self) -> RolloutConfig:
-        if self.tensor_parallel_size > 1 and self.gpus_per_worker != self.tensor_parallel_size:
-            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} needs gpus_per_worker="
-                             f"{self.tensor_parallel_size} (one GPU per shard), got {self.gpus_per_worker}")
+    def _pixel_budget(self) -> RolloutConfig:
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
         return self

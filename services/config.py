@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,66 @@ class _Strict(BaseModel):
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message says which field, why, and how to fix it."""
+
+
+class PoolConfig(_Strict):
+    """The rollout pool (services' RolloutPool): how many engines run, where, what each reserves, and when a
+    worker counts as lost (README, "Reliability"). What each engine samples is `rollout` (RolloutConfig)."""
+
+    num_workers: int = Field(1, ge=1, description="Rollout workers in the pool (resizable while a run is live).")
+    resize_wait_s: float = Field(
+        0.0, ge=0.0, description="Seconds the driver waits, after `medground scale rollout` adds workers, for them "
+                                 "to be up before the next step (0: carry on; each joins once its engine is up with "
+                                 "the current adapter). Waiting fixes the step a resize lands on; not waiting keeps "
+                                 "the learner busy while a new engine (or node) starts.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per worker (0 on CPU machines).")
+    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die or hang mid-call.")
+    call_timeout_s: float = Field(
+        60.0, gt=0.0, description="Generation deadline in seconds per request (G completions): a worker that has "
+        "not answered a shard of k requests within k * call_timeout_s of starting it is killed and replaced, and "
+        "the shard goes to the other workers (a hung engine, a stopped process, a lost node). Raise it for long "
+        "completions or slow models; one request's G completions must fit in it with room to spare.")
+    load_timeout_s: float = Field(
+        120.0, gt=0.0, description="Adapter load deadline in seconds: a worker that has not switched to a new "
+        "adapter by then is killed and replaced (its replacement starts on that adapter).")
+    start_timeout_s: float = Field(
+        900.0, gt=0.0, description="Seconds a call waits for at least one worker to be up (engine started, adapter "
+        "loaded) when none is, e.g. after every worker was replaced; then it stops with an error naming the cause.")
+    scheduling: Literal["default", "spread"] = Field(
+        "default", description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
+        "(across nodes, so a lost node costs as few workers as possible; replacements go to surviving nodes).")
+
+
+# Keys that moved to the section where they act (0.2): a config that still has them at the old place is read
+# with them at the new one, and a warning names the move (resolved configs of older runs keep working).
+MOVED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    **{("rollout", k): ("pool", k) for k in PoolConfig.model_fields},
+    ("rollout", "max_staleness"): ("max_staleness",),
+}
+
+
+def migrate_moved_keys(tree: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`tree` with every key of MOVED_KEYS at its new place, and one note per key moved. A key set at both
+    places is a contradiction: ConfigError naming both."""
+    out: dict[str, Any] = json.loads(json.dumps(tree, default=str))
+    notes: list[str] = []
+    for old, new in MOVED_KEYS.items():
+        parent = out.get(old[0])
+        if not isinstance(parent, dict) or old[1] not in parent:
+            continue
+        value = parent.pop(old[1])
+        target = out
+        for part in new[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                return out, notes  # a malformed section: validation names it
+        if new[-1] in target:
+            raise ConfigError(f"{'.'.join(old)} and {'.'.join(new)} are both set; {'.'.join(old)} moved to "
+                              f"{'.'.join(new)}: keep only {'.'.join(new)}")
+        target[new[-1]] = value
+        notes.append(f"{'.'.join(old)} is now {'.'.join(new)}: read it there (update the config)")
+    return out, notes
 
 
 class ModelConfig(_Strict):
@@ -117,6 +178,13 @@ class RunConfig(_Strict):
     data: DataConfig
     stages: tuple[StageConfig, ...] = Field(..., min_length=1, description="Stages run in order.")
     rollout: RolloutConfig = RolloutConfig()
+    pool: PoolConfig = PoolConfig()
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner (the driver's schedule): 0 "
+        "generates each batch with the adapter just pushed (synchronous); 1 generates the next batch with adapter "
+        "v while the learner takes its step (overlapped generation; the ratio is then taken against v, which the "
+        "learner keeps: learner.kept_versions >= max_staleness + 1). Steps that evaluate or checkpoint drain the "
+        "pipeline, so resume stays exact.")
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     eval: EvalConfig = EvalConfig()
@@ -141,6 +209,20 @@ class RunConfig(_Strict):
         elif isinstance(learner, LearnerConfig):
             learner = learner.model_copy(update={"mlae": _seeded(learner.mlae, seed)})
         return {**data, "learner": learner, "rollout": _seeded(data.get("rollout"), seed)}
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> RunConfig:
+        """Rules across sections: each names both fields and the fix."""
+        r, p = self.rollout, self.pool
+        if r.tensor_parallel_size > 1 and p.gpus_per_worker != r.tensor_parallel_size:
+            raise ValueError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs pool.gpus_per_worker="
+                             f"{r.tensor_parallel_size} (one GPU per shard), got {p.gpus_per_worker}")
+        if self.learner.kept_versions < self.max_staleness + 1:
+            raise ValueError(f"max_staleness={self.max_staleness} trains on batches sampled by the adapter "
+                             f"{self.max_staleness} version(s) back, but learner.kept_versions="
+                             f"{self.learner.kept_versions} keeps too few to take their ratio; set "
+                             f"learner.kept_versions={self.max_staleness + 1}")
+        return self
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> RunConfig:
@@ -283,11 +365,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, found {type(tree).__name__}")
-    tree = apply_overrides(tree, overrides or [])
+    return validate_tree(apply_overrides(tree, overrides or []), str(path))
+
+
+def validate_tree(tree: dict[str, Any], source: str) -> RunConfig:
+    """Validate a config tree (a YAML's, or a run's resolved_config.json): moved keys are read at their new
+    place with a warning each (FutureWarning, shown once), errors become one ConfigError."""
+    tree, notes = migrate_moved_keys(tree)
+    for note in notes:
+        warnings.warn(f"{source}: {note}", FutureWarning, stacklevel=3)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise explain(exc, RunConfig, str(path)) from None
+        raise explain(exc, RunConfig, source) from None
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was started with (`RUN_DIR/resolved_config.json`): what resume, eval, export and
+    serve read. Written by an older release, its moved keys are read at their new place."""
+    resolved = Path(run_dir) / "resolved_config.json"
+    if not resolved.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no resolved_config.json); give runs/NAME")
+    return validate_tree(json.loads(resolved.read_text()), str(resolved))
 
 
 def write_resolved(config: RunConfig, run_dir: str | Path) -> Path:

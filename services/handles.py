@@ -30,20 +30,40 @@ from services.seams import Rollout
 from services.train_loop import RunHandles
 
 
-def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) -> RunHandles:
+class BorrowedPool:
+    """A rollout pool lent to one run: the run starts on the base model (adapter v0) and cannot shut the
+    workers down; the lender does. Benchmarks and tests run many short runs on one pool, each of which would
+    otherwise start its vLLM engines again (~25 s each on CPU)."""
+
+    def __init__(self, pool: RolloutPool) -> None:
+        self._pool = pool
+        pool.load_adapter(0, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def shutdown(self) -> None:
+        """The lender owns the workers."""
+
+
+def start_handles(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None = None) -> RunHandles:
     """Start the cluster side of a run (the learner before the rollout workers: the learner's placement
     group takes its CPUs first, so the workers never starve it) and return the handles. `pool`: rollout
-    workers already up for this model and rollout config (benchmarks run many short runs on one pool; the
-    caller resets its adapter and owns its shutdown)."""
+    workers already up for exactly this model, knowledge and rollout config (a run on another config would
+    sample from another distribution than the one the learner recomputes: ValueError)."""
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
+    lent = None if pool is None else (pool.model_dir, pool.config, pool.knowledge and dict(pool.knowledge.entries))
+    if lent is not None and lent != (cfg.model.path, cfg.rollout, dict(knowledge.entries)):
+        raise ValueError(f"the lent rollout pool runs {pool.model_dir} with another rollout config or knowledge "
+                         f"than run {cfg.name!r} ({cfg.model.path}); lend a pool started with the run's own "
+                         "model.path, rollout section and data.knowledge_dir")
     processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
                                 cfg.rollout.max_pixels)
     control = ControlClient(cfg.name)
     learner = LearnerGroup(cfg.model.path, cfg.learner)
-    if pool is None:
-        pool = RolloutPool(cfg.model.path, cfg.rollout, knowledge)
-    pool.wait_ready()
+    workers: Rollout = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, knowledge) if pool is None else pool
+    workers.wait_ready()
 
     def reward(config: RewardConfig, state: dict[str, Any] | None) -> RewardClient:
         return RewardClient(config, state)
@@ -59,6 +79,6 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: Rollout | None = None) ->
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,
                       sampling=sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer),
-                      pool=pool, learner=learner, control=control, reward=reward, sft_sample=sft,
+                      pool=workers, learner=learner, control=control, reward=reward, sft_sample=sft,
                       writer=MetricsWriter(run_dir),
                       eval_records=manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples])

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from services.config import ConfigError, RunConfig, load_config
+from services.config import ConfigError, RunConfig, load_config, load_run_config
 
 # The one CPU environment: what every process of a local run needs (the driver and each Ray worker); tests
 # and benchmarks import it, deploy/jobs/runtime_env_cpu.yaml sets the same on a cluster. The vLLM KV cache
@@ -89,10 +89,7 @@ def train(config: Path | None, overrides: list[str], address: str | None, resume
     from services import train_loop
 
     if resume is not None:
-        resolved = resume / "resolved_config.json"
-        if not resolved.is_file():
-            raise FileNotFoundError(f"{resume} is not a run directory (no resolved_config.json)")
-        cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
+        cfg = load_run_config(resume)
     else:
         if config is None:
             raise ValueError("give a CONFIG file, or --resume RUN_DIR to continue a run")
@@ -231,10 +228,7 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     from services.data.manifest import load_manifest
     from services.rollout_pool import RolloutPool
 
-    resolved = run_dir / "resolved_config.json"
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
-    cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
+    cfg = load_run_config(run_dir)
     adapter, label = run_adapter(run_dir, step)
     artefact = LoraArtefact.load(adapter)  # a clear error when the checkpoint or its adapter is missing
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
@@ -242,7 +236,7 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     if not records:
         raise ValueError(f"the manifest {cfg.data.manifest} has no records in split {cfg.data.eval_split!r}")
     init_ray(address)
-    pool = RolloutPool(cfg.model.path, cfg.rollout, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
+    pool = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
     try:
         pool.load_adapter(artefact.version, ray.put(artefact))
         pool.wait_ready()

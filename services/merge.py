@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from services.config import RunConfig
+from services.config import load_run_config
 
 # Files of a model directory that describe how to read and prompt the model rather than its weights.
 PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -34,10 +34,7 @@ def export_merged(run_dir: Path, out: Path, step: int | None = None) -> dict[str
     from learner.export import LoraArtefact
     from services.launch import run_adapter
 
-    resolved = run_dir / "resolved_config.json"
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no resolved_config.json)")
-    cfg = RunConfig.model_validate(json.loads(resolved.read_text()))
+    cfg = load_run_config(run_dir)
     adapter, label = run_adapter(run_dir, step)
     artefact = LoraArtefact.load(adapter)  # names a missing file, and gives the version
     base_dir = Path(cfg.model.path)

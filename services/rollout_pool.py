@@ -3,13 +3,13 @@
 - Requests are split into contiguous shards, one per ready worker; results come back in request order,
   each request answered exactly once (a shard's result is used only from the worker it was last sent to).
 - A worker that dies mid-call (`RayActorError`) or does not answer a shard of k requests within
-  k * `rollout.call_timeout_s` of starting it (a hung engine, a stopped process, a lost node) is killed and
+  k * `pool.call_timeout_s` of starting it (a hung engine, a stopped process, a lost node) is killed and
   replaced; its shards go to the surviving workers (or to the replacement once it is up), up to
-  `rollout.max_attempts` tries per request. Each such fault is a log line naming the worker and a count in
+  `pool.max_attempts` tries per request. Each such fault is a log line naming the worker and a count in
   `take_faults()`, which the driver puts in the step's metrics row (README, "Reliability").
 - Every worker loads the current adapter before any work: a new worker's first actor task is the
   adapter load, and Ray runs one caller's tasks on an actor in submission order.
-- `load_adapter` waits for the workers that are up, each for at most `rollout.load_timeout_s`; one that
+- `load_adapter` waits for the workers that are up, each for at most `pool.load_timeout_s`; one that
   does not switch in time is replaced. One that refuses the adapter keeps serving the previous one (the
   engines add the new adapter before removing the old), every worker is put back on the previous adapter,
   and `AdapterLoadError` says why.
@@ -36,6 +36,7 @@ from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.knowledge import KnowledgeBase
 from rollout.worker import RolloutWorker
+from services.config import PoolConfig
 from services.fault_log import FaultLog
 
 FAULT_KINDS = ("worker_death", "worker_timeout", "load_timeout", "load_refusal")
@@ -108,10 +109,11 @@ class _InFlight:
 class RolloutPool:
     """N `RolloutWorker` actors sharing one model directory, one knowledge base and one adapter."""
 
-    def __init__(self, model_dir: str | Path, config: RolloutConfig, knowledge: KnowledgeBase | None = None,
-                 num_workers: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, config: RolloutConfig, pool: PoolConfig,
+                 knowledge: KnowledgeBase | None = None, num_workers: int | None = None) -> None:
         self.model_dir = str(model_dir)
-        self.config = config
+        self.config = config  # what every engine runs
+        self.pool = pool  # how many, where, and their deadlines
         self.knowledge = knowledge
         self._knowledge_ref = ray.put(knowledge)
         self._adapter_version = 0
@@ -121,7 +123,7 @@ class RolloutPool:
         self.replaced = 0  # workers replaced after dying or hanging (tests read it: the fault landed mid-call)
         self.faults = FaultLog("rollout", FAULT_KINDS)
         self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
-        self.resize(config.num_workers if num_workers is None else num_workers)
+        self.resize(pool.num_workers if num_workers is None else num_workers)
 
     @property
     def size(self) -> int:
@@ -144,10 +146,10 @@ class RolloutPool:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every worker has started and loaded the current adapter, for at most `timeout` seconds
-        (default rollout.start_timeout_s; then TimeoutError). A worker that dies before it is up (its node was
+        (default pool.start_timeout_s; then TimeoutError). A worker that dies before it is up (its node was
         lost: Ray may place a replacement on a node it has not yet declared dead) is replaced; a failed
         start-up (bad model dir, bad adapter) raises."""
-        limit = self.config.start_timeout_s if timeout is None else timeout
+        limit = self.pool.start_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
             refs = [w.ready for w in self._workers]
@@ -156,7 +158,7 @@ class RolloutPool:
                 return
             if starting and time.monotonic() >= deadline:
                 raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
-                                   f"{limit:.0f} s; check that the cluster has room for them (rollout.cpus_per_worker "
+                                   f"{limit:.0f} s; check that the cluster has room for them (pool.cpus_per_worker "
                                    f"/ gpus_per_worker) and read the workers' logs")
 
     def take_faults(self) -> dict[str, int]:
@@ -167,10 +169,10 @@ class RolloutPool:
 
     def _spawn(self) -> _Worker:
         serial = next(self._serials)
-        options: dict[str, Any] = {"num_cpus": self.config.cpus_per_worker}
-        if self.config.gpus_per_worker > 0:
-            options["num_gpus"] = self.config.gpus_per_worker
-        if self.config.scheduling == "spread":
+        options: dict[str, Any] = {"num_cpus": self.pool.cpus_per_worker}
+        if self.pool.gpus_per_worker > 0:
+            options["num_gpus"] = self.pool.gpus_per_worker
+        if self.pool.scheduling == "spread":
             options["scheduling_strategy"] = "SPREAD"
         handle = RolloutWorker.options(**options).remote(  # type: ignore[attr-defined]
             self.model_dir, self.config, self._knowledge_ref, self.config.seed + serial)
@@ -211,19 +213,19 @@ class RolloutPool:
                            f"place on adapter v{self._adapter_version}", requests)
 
     def _ready_workers(self) -> list[_Worker]:
-        """Workers that are up; waits for the first one when none is (at most rollout.start_timeout_s). A
+        """Workers that are up; waits for the first one when none is (at most pool.start_timeout_s). A
         worker that died while starting is replaced; one that failed to start is a loud error (bad model
         dir, bad adapter)."""
-        deadline = time.monotonic() + self.config.start_timeout_s
+        deadline = time.monotonic() + self.pool.start_timeout_s
         while True:
             refs = [w.ready for w in self._workers]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             if not done:
                 done, _ = ray.wait(refs, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
             if not done:
-                raise TimeoutError(f"none of the {len(refs)} rollout workers came up within rollout.start_timeout_s="
-                                   f"{self.config.start_timeout_s:.0f} s; check that the cluster has room for a worker "
-                                   f"(rollout.cpus_per_worker / gpus_per_worker) and read the workers' logs")
+                raise TimeoutError(f"none of the {len(refs)} rollout workers came up within pool.start_timeout_s="
+                                   f"{self.pool.start_timeout_s:.0f} s; check that the cluster has room for a worker "
+                                   f"(pool.cpus_per_worker / gpus_per_worker) and read the workers' logs")
             ready = self._settle(done)
             if ready:
                 return ready
@@ -249,7 +251,7 @@ class RolloutPool:
         """Make adapter `version` live on every worker. `artefact`: an object ref of the learner's exported
         `LoraArtefact` (or an `AdapterSpec`), or such an object in memory (put into the object store once
         here); None with version 0 for the base model. Blocks until all that were up have switched (each
-        for at most rollout.load_timeout_s); raises AdapterLoadError, with every worker back on the
+        for at most pool.load_timeout_s); raises AdapterLoadError, with every worker back on the
         previous adapter, when a worker refuses it."""
         artefact_ref = artefact if artefact is None or isinstance(artefact, ray.ObjectRef) else ray.put(artefact)
         if (version == 0) != (artefact_ref is None):
@@ -276,9 +278,9 @@ class RolloutPool:
 
     def _await_loads(self, workers: list[_Worker], version: int) -> tuple[list[int], dict[int, str]]:
         """Wait for `workers`' pending loads; returns the versions they report and, by serial, the reason
-        of each worker that refused. Dead workers and those past rollout.load_timeout_s are replaced."""
+        of each worker that refused. Dead workers and those past pool.load_timeout_s are replaced."""
         pending = {w.ready: w for w in workers}
-        deadline = time.monotonic() + self.config.load_timeout_s
+        deadline = time.monotonic() + self.pool.load_timeout_s
         loaded: list[int] = []
         refused: dict[int, str] = {}
         while pending:
@@ -296,7 +298,7 @@ class RolloutPool:
             if pending and time.monotonic() >= deadline:
                 for w in pending.values():
                     self._replace(w, "load_timeout", f"did not switch to adapter v{version} within "
-                                  f"rollout.load_timeout_s={self.config.load_timeout_s:g} s")
+                                  f"pool.load_timeout_s={self.pool.load_timeout_s:g} s")
                 pending.clear()
         return loaded, refused
 
@@ -331,13 +333,13 @@ class RolloutPool:
                 for i in idx:
                     attempts[i] += 1
                 ref = worker.handle.generate.remote([requests[i] for i in idx], n, sampling)
-                flight.add(ref, worker, idx, self.config.call_timeout_s * len(idx))
+                flight.add(ref, worker, idx, self.pool.call_timeout_s * len(idx))
 
         def retry(indices: list[int], cause: str) -> None:
-            exhausted = [requests[i].prompt_id for i in indices if attempts[i] >= self.config.max_attempts]
+            exhausted = [requests[i].prompt_id for i in indices if attempts[i] >= self.pool.max_attempts]
             if exhausted:
-                raise RuntimeError(f"requests {exhausted[:5]} failed on {self.config.max_attempts} workers in a row "
-                                   f"(rollout.max_attempts); last fault: {cause}")
+                raise RuntimeError(f"requests {exhausted[:5]} failed on {self.pool.max_attempts} workers in a row "
+                                   f"(pool.max_attempts); last fault: {cause}")
             submit(indices)  # to the surviving workers (or the replacement once it is up)
 
         serving: set[int] = set()
@@ -351,7 +353,7 @@ class RolloutPool:
                 for late in flight.expired(time.monotonic()):
                     dropped = flight.drop(late.worker)
                     self._replace(late.worker, "worker_timeout", f"did not answer {len(late.indices)} requests within "
-                                  f"{late.budget_s:g} s (rollout.call_timeout_s={self.config.call_timeout_s:g} per "
+                                  f"{late.budget_s:g} s (pool.call_timeout_s={self.pool.call_timeout_s:g} per "
                                   f"request); {len(dropped)} requests sent to other workers", len(dropped))
                     lost += dropped
                     who.append(late.worker.name())

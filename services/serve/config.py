@@ -7,13 +7,13 @@ and watch (user config, applied live by Ray Serve's `reconfigure`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollout.config import RolloutConfig
+from services.config import load_run_config
 
 
 class _Strict(BaseModel):
@@ -86,15 +86,11 @@ def resolve(args: ServeArgs) -> ResolvedModel:
     model_path = args.model_path
     knowledge_dir = args.knowledge_dir
     if args.run_dir is not None:
-        resolved = Path(args.run_dir) / "resolved_config.json"
-        if not resolved.is_file():
-            raise FileNotFoundError(f"{resolved} does not exist; run_dir must be a training run directory "
-                                    f"(runs/<name>) or pass model_path instead")
-        run = json.loads(resolved.read_text())
-        tree = dict(run.get("rollout", {}))
-        model_path = model_path or run["model"]["path"]
-        if knowledge_dir is None and tree.get("inject_knowledge", True):
-            knowledge_dir = run.get("data", {}).get("knowledge_dir")
+        run = load_run_config(args.run_dir)
+        tree = run.rollout.model_dump()
+        model_path = model_path or run.model.path
+        if knowledge_dir is None and run.rollout.inject_knowledge:
+            knowledge_dir = run.data.knowledge_dir
     tree.update(args.rollout)
     if args.engine is not None:
         tree["engine"] = args.engine

@@ -20,7 +20,8 @@ TREE: dict[str, Any] = {
     "stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 0.1},
                {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 1,
                 "drop_zero_variance": False}],
-    "rollout": {"num_workers": 1, "group_size": 4, "cpus_per_worker": 0.25, "max_model_len": 512,
+    "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
+    "rollout": {"group_size": 4, "max_model_len": 512,
                 "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
     # A random model answers nothing parsable, so every group's task reward is 0 and its advantage too: the
     # learner's steps come from the KL term toward the base, which the SFT step moved the adapter away from

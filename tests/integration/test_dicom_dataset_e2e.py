@@ -1,8 +1,9 @@
 """A DICOM dataset end to end: a small VinDr-CXR-format set of generated DICOM files (MONOCHROME1 and 2,
 12- and 16-bit, rescaled, windowed, several windows with LINEAR_EXACT, a palette, an empty-tag file and one
-without a transfer syntax) goes through `data convert --format vindr`, `data inspect`, a short
-`medground train` with eval overlays, and a Serve request with one of its files. Every file shows its
-dense "lesion" bright, and the boxes drawn on the overlays sit where the records say.
+without a transfer syntax) goes through `data convert --format vindr`, `data inspect` and the held-out
+prediction path with its overlays (the slow tier adds a short `medground train` and a Serve request with one
+of its files). Every file shows its dense "lesion" bright, and the boxes drawn on the overlays sit where the
+records say.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def _config(tmp: Path, model: Path, manifest: Path) -> Path:
         "data": {"manifest": str(manifest), "train_split": "train", "eval_split": "train"},
         "stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 4, "lr": 1e-3},
                    {"name": "grounding", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "refill_cap": 0}],
-        "rollout": {"num_workers": 1, "group_size": 2, "cpus_per_worker": 0.25, "max_model_len": 512,
+        "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
+        "rollout": {"group_size": 2, "max_model_len": 512,
                     "sampling": {"temperature": 1.0, "max_new_tokens": 8}},
         "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 4, "lr": 1e-3},
         "reward": {"accuracy": "raw_iou", "w_recite": 0.0},
@@ -118,12 +120,10 @@ def _config(tmp: Path, model: Path, manifest: Path) -> Path:
     return path
 
 
-def test_vindr_dicom_set_converts_inspects_trains_and_serves(ray_local: None, tiny_model_dir: Path,
-                                                               tmp_path: Path) -> None:
-    data = tmp_path / "vindr"
+def _convert_and_inspect(data: Path) -> dict[str, Any]:
+    """The set through `data convert --format vindr` and `data inspect`; returns image id -> record."""
     boxes = _files(data / "train")
     _csv(data / "train.csv", boxes)
-
     converted = runner.invoke(app, ["data", "convert", "--format", "vindr", "--split", "train",
                                     str(data / "train.csv"), str(data / "manifest.jsonl")])
     assert converted.exit_code == 0, converted.output
@@ -138,13 +138,11 @@ def test_vindr_dicom_set_converts_inspects_trains_and_serves(ray_local: None, ti
     assert inspected.exit_code == 0, inspected.output
     sheet = np.asarray(Image.open(data / "manifest_sheet.png").convert("L"))
     assert sheet.shape == (2 * (224 + 30), 6 * 224) and sheet[:224, : 6 * 224].std() > 20  # tiles drawn
+    return records
 
-    trained = runner.invoke(app, ["train", str(_config(tmp_path, tiny_model_dir, data / "manifest.jsonl"))])
-    assert trained.exit_code == 0, trained.output
-    run_dir = tmp_path / "runs" / "dicom-e2e"
-    overlays = sorted((run_dir / "samples").glob("step-*/*.png"))
-    last_step = max(p.parent.name for p in overlays)
-    drawn = [p for p in overlays if p.parent.name == last_step]
+
+def _check_overlays(drawn: list[Path], records: dict[str, Any]) -> None:
+    """Each overlay draws its record's box where the record says, around the file's dense (bright) lesion."""
     assert len(drawn) == len(records)
     for path in drawn:
         record = records[path.stem.split("_")[1]]
@@ -162,6 +160,31 @@ def test_vindr_dicom_set_converts_inspects_trains_and_serves(ray_local: None, ti
         away[:12, :60] = False  # the IoU caption
         assert inside > grey[away].mean() + 60, (path.name, inside, grey[away].mean())  # the dense lesion is bright
 
+
+def test_vindr_dicom_set_converts_inspects_and_is_predicted_on(shared_pool: Any, tmp_path: Path) -> None:
+    """Convert, inspect, then the held-out prediction path (the shared rollout pool, the base model) with its
+    overlays: every file read by the one reader, every box where its record says."""
+    from services import evaluation
+
+    data = tmp_path / "vindr"
+    records = _convert_and_inspect(data)
+    manifest = load_manifest(data / "manifest.jsonl")
+    predictions = evaluation.predict(shared_pool, manifest, list(records.values()), max_new_tokens=8)
+    assert [p.record.id for p in predictions] == [r.id for r in records.values()]
+    _check_overlays(evaluation.write_overlays(predictions, manifest, tmp_path / "overlays", 8), records)
+
+
+@pytest.mark.slow  # the same files through a whole `medground train` and a Serve request
+def test_vindr_dicom_set_converts_inspects_trains_and_serves(ray_local: None, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    data = tmp_path / "vindr"
+    records = _convert_and_inspect(data)
+    trained = runner.invoke(app, ["train", str(_config(tmp_path, tiny_model_dir, data / "manifest.jsonl"))])
+    assert trained.exit_code == 0, trained.output
+    run_dir = tmp_path / "runs" / "dicom-e2e"
+    overlays = sorted((run_dir / "samples").glob("step-*/*.png"))
+    last_step = max(p.parent.name for p in overlays)
+    _check_overlays([p for p in overlays if p.parent.name == last_step], records)
     _serve_one(run_dir, data / "train" / "m1-12bit-nowindow.dicom")
 
 

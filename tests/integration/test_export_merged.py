@@ -77,7 +77,9 @@ def test_merged_directory_is_a_plain_model(merged_dir: Path, tiny_model_dir: Pat
     assert json.loads((merged_dir / "config.json").read_text())["model_type"] == "qwen2_5_vl"
 
 
-@pytest.mark.parametrize("engine", ["hf", "vllm"])
+# transformers proves the weights equal the adapter path's; vLLM loading the merged directory (a plain model
+# directory, as every engine test loads) is the slow tier's: its two engine starts cost ~40 s.
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])
 def test_merged_greedy_answers_equal_the_adapter_path(engine: str, merged_dir: Path, run_dir: Path,
                                                       tiny_model_dir: Path) -> None:
     with_adapter = _answers(tiny_model_dir, engine, run_dir / "adapter")

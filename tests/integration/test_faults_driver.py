@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 from fault_helpers import gone
-from test_train_loop_e2e import _config, demo_data  # noqa: F401  (a fixture)
+from run_configs import run_config
 
 from services import train_loop
 from services.train_loop import RunHandles
@@ -26,19 +27,17 @@ def _pid(actor: Any) -> int:
     return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
 
 
-def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(ray_local: None, tiny_model_dir: Path,
-                                                                     demo_data: Path, tmp_path: Path) -> None:  # noqa: F811
-    from services.handles import start_handles
-
-    cfg = _config(tiny_model_dir, demo_data, tmp_path, **{
+def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(lend_pool: Callable[..., Any],
+                                                                     tiny_model_dir: Path, demo_data: Path,
+                                                                     tmp_path: Path) -> None:
+    cfg = run_config(tiny_model_dir, demo_data, tmp_path, **{
         "stages": [{"name": "warmup", "kind": "sft", "steps": 4, "prompts_per_step": 2, "lr": 1e-3}],
-        "rollout": {"engine": "hf", "num_workers": 1, "cpus_per_worker": 0.25, "max_model_len": 512},
         "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},
         "checkpoint": {"every": 2, "keep": 2}})
     live: dict[str, Any] = {}
 
     def start(c: Any, d: Path) -> RunHandles:
-        live["h"] = start_handles(c, d)
+        live["h"] = lend_pool(c, d)
         return live["h"]
 
     def kill_rank(step: int, row: dict[str, Any]) -> None:
@@ -59,13 +58,16 @@ def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(ray_local: 
     assert gone(live["pids"][0]), "the surviving rank was left waiting in its collective"
 
 
+@pytest.mark.slow  # the same stop against fakes: tests/unit/services/test_train_loop.py; the refusal on real
+# engines: tests/integration/test_faults_rollout.py
 def test_an_adapter_the_engine_refuses_stops_the_run_with_the_reason(ray_local: None, tiny_model_dir: Path,
-                                                                     demo_data: Path, tmp_path: Path) -> None:  # noqa: F811
+                                                                     demo_data: Path, tmp_path: Path) -> None:
     # a rank-16 adapter for engines that take rank 8 at most: the first push (at the SFT stage's end) is refused
-    cfg = _config(tiny_model_dir, demo_data, tmp_path, **{
+    cfg = run_config(tiny_model_dir, demo_data, tmp_path, **{
         "stages": [{"name": "warmup", "kind": "sft", "steps": 2, "prompts_per_step": 2, "lr": 1e-3},
                    {"name": "grounding", "kind": "grpo", "steps": 1, "prompts_per_step": 2}],
-        "rollout": {"num_workers": 1, "group_size": 2, "cpus_per_worker": 0.25, "max_model_len": 512,
+        "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
+        "rollout": {"group_size": 2, "max_model_len": 512,
                     "max_lora_rank": 8, "sampling": {"temperature": 1.0, "max_new_tokens": 8}},
         "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 4, "mlae": {"rank": 16}},
         "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},

@@ -1,6 +1,6 @@
 """Rollout faults that do not raise, on real workers: a vLLM worker stopped (SIGSTOP) mid-generate is killed
 and replaced and its requests answered by the others, each exactly once; a worker stopped during an adapter
-load is replaced within `rollout.load_timeout_s`; an adapter the engine refuses leaves the previous one
+load is replaced within `pool.load_timeout_s`; an adapter the engine refuses leaves the previous one
 live (issue 21, faults 1 and 6; the run-level stop with the reason: test_faults_driver.py)."""
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
+from services.config import PoolConfig
 from services.rollout_pool import AdapterLoadError, RolloutPool
 
 pytestmark = pytest.mark.integration
 # Two workers beside other actors on the 2-CPU test Ray. A shard of 8 requests (4 completions of exactly 64
 # tokens each) takes a few seconds here; 2.5 s per request gives it a 20 s deadline.
-CONFIG = RolloutConfig(engine="vllm", max_model_len=512, cpus_per_worker=0.25, num_workers=2, call_timeout_s=2.5,
-                       load_timeout_s=10.0)
+CONFIG = RolloutConfig(engine="vllm", max_model_len=512)
+POOL = PoolConfig(cpus_per_worker=0.25, num_workers=2, call_timeout_s=2.5, load_timeout_s=10.0)
 SAMPLING = SamplingConfig(temperature=0.9, max_new_tokens=64, min_new_tokens=64)
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
@@ -53,7 +54,7 @@ def rank16_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
-    pool = RolloutPool(tiny_model_dir, CONFIG)
+    pool = RolloutPool(tiny_model_dir, CONFIG, POOL)
     try:
         pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
         pool.wait_ready(timeout=300)
@@ -122,7 +123,8 @@ def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapt
 
 def test_a_worker_stopped_during_an_adapter_load_is_replaced(ray_local: None, tiny_model_dir: Path,
                                                              adapters: dict[str, Path]) -> None:
-    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf", "load_timeout_s": 5.0}))
+    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}),
+                     POOL.model_copy(update={"load_timeout_s": 5.0}))
     victim = None
     try:
         hf.wait_ready(timeout=300)
@@ -149,7 +151,7 @@ def test_a_worker_that_dies_before_it_is_up_is_replaced_and_a_failed_start_raise
     """After a node is lost Ray may place a replacement on that node before declaring it dead; the actor then
     dies before it ever runs. `wait_ready` replaces such a worker (seen in bench/faults' lost-node run),
     while a worker whose own start-up fails (here: no model at the path) still raises."""
-    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf", "num_workers": 1}))
+    hf = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), POOL, num_workers=1)
     try:
         ray.kill(hf.handles()[0])  # before its start-up task ran
         hf.wait_ready(timeout=300)
@@ -157,7 +159,7 @@ def test_a_worker_that_dies_before_it_is_up_is_replaced_and_a_failed_start_raise
         assert [g.adapter_version for g in hf.generate(requests(2), n=1, sampling=GREEDY)] == [0, 0]
     finally:
         hf.shutdown()
-    broken = RolloutPool(tmp_path / "no-model", CONFIG.model_copy(update={"engine": "hf", "num_workers": 1}))
+    broken = RolloutPool(tmp_path / "no-model", CONFIG.model_copy(update={"engine": "hf"}), POOL, num_workers=1)
     try:
         with pytest.raises(ray.exceptions.RayActorError, match="no-model"):
             broken.wait_ready(timeout=300)

@@ -1,7 +1,9 @@
 """The operator CLI against a real cluster: `medground submit` a training job to a `ray start --head` on
-loopback, read `medground status` while it runs, scale its rollout pool 1 -> 2 -> 1 with
-`medground scale rollout`, and check that every step completed, the metrics show the worker counts, and the
-added worker sampled with the current adapter. Every command runs in its own process, through --address.
+loopback (what `ray job submit --working-dir . --runtime-env deploy/jobs/runtime_env_cpu.yaml -- medground
+train CONFIG` does: the same job server call), read `medground status` while it runs, scale its rollout pool
+1 -> 2 -> 1 with `medground scale rollout`, and check that every step completed, the metrics show the worker
+counts, and the added worker sampled with the current adapter; then `medground eval` the finished run. Every
+command runs in its own process, through --address.
 
 Teardown stops only this test's cluster: the processes whose command line names its own temp dir (never
 `ray stop`, which would stop every Ray on a shared machine).
@@ -24,7 +26,7 @@ from services.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 # A tiny step takes ~0.4 s and each CLI call a few seconds (a new process joins the cluster): enough steps
-# that the shrink lands while the job runs. The added worker's start is waited for (rollout.resize_wait_s).
+# that the shrink lands while the job runs. The added worker's start is waited for (pool.resize_wait_s).
 GRPO_STEPS = 50
 
 
@@ -72,7 +74,7 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
             "output_dir": tmp_path / "runs", "stages.0.steps": GRPO_STEPS, "stages.0.prompts_per_step": 2,
             "stages.0.refill_cap": 0,
             "rollout.group_size": 2, "rollout.max_lora_rank": 16, "rollout.sampling.max_new_tokens": 8,
-            "rollout.cpus_per_worker": 0.5, "rollout.resize_wait_s": 300, "learner.cpus_per_rank": 0.5,
+            "pool.cpus_per_worker": 0.5, "pool.resize_wait_s": 300, "learner.cpus_per_rank": 0.5,
             "learner.torch_threads": 1,
             "eval.at_start": False, "eval.every": 0, "eval.max_samples": 2, "eval.overlays": 0,
             "checkpoint.every": 0}
@@ -138,6 +140,7 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert grpo[-1]["rollout/workers"] == grpo[-1]["rollout/workers_serving"] == 1
     assert grpo[-1]["rollout/serving_serials"] == "0"
     assert (tmp_path / "runs" / "ops" / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "runs" / "ops" / "resolved_config.json").read_text())["pool"]["resize_wait_s"] == 300
 
     # `medground eval RUN_DIR`: the final adapter on the held-out split, on the same cluster
     run_dir = tmp_path / "runs" / "ops"

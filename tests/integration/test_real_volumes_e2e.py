@@ -1,6 +1,7 @@
 """Real pixels end to end: the CT and MR volumes with lesion masks that the `pyradiomics-bhklab` source
 archive ships (data/lung1, lung2, brain1, brain2: real scans, NRRD, LPS) go through `data convert
---format volumes`, `data inspect`, a short `medground train` and `medground eval`. The side written in each
+--format volumes`, `data inspect` and the held-out prediction path (the slow tier: a short `medground
+train` and `medground eval`). The side written in each
 phrase ("on the patient's left side") is checked against the volume's own orientation by an independent
 computation: the lesion's centroid and the body's centroid in the NRRD's world coordinates (LPS: +x is the
 patient's left), from pynrrd and numpy only, never through the converter's reorientation.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,9 +62,7 @@ def patient_side(image_path: Path, label_path: Path) -> str:
     return "left" if lesion_x > body_x else "right"
 
 
-def test_real_volumes_convert_inspect_train_and_eval(ray_local: None, tiny_model_dir: Path, volumes: Path,
-                                                     tmp_path: Path) -> None:
-    manifest = tmp_path / "data" / "manifest.jsonl"
+def _convert_and_inspect(volumes: Path, manifest: Path) -> list[Any]:
     converted = runner.invoke(app, ["data", "convert", "--format", "volumes", "--slice", "all", "--split", "train",
                                     "--finding", "lesion", str(volumes), str(manifest)])
     assert converted.exit_code == 0, converted.output
@@ -82,14 +82,35 @@ def test_real_volumes_convert_inspect_train_and_eval(ray_local: None, tiny_model
 
     inspected = runner.invoke(app, ["data", "inspect", str(manifest)])
     assert inspected.exit_code == 0, inspected.output
+    return list(records)
 
+
+def test_real_volumes_convert_inspect_and_are_predicted_on(shared_pool: Any, volumes: Path, tmp_path: Path) -> None:
+    """Convert and inspect, then the held-out prediction path (the shared rollout pool, the base model) on
+    the real slices: every slice read, prompted and answered, and scored in its own frame."""
+    from services import evaluation
+
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    records = _convert_and_inspect(volumes, manifest)
+    predictions = evaluation.predict(shared_pool, load_manifest(manifest), records[:4], max_new_tokens=8)
+    assert [p.record.id for p in predictions] == [r.id for r in records[:4]]
+    assert all(0.0 <= p.iou <= 1.0 for p in predictions)
+    assert evaluation.report(predictions, "exact")["eval/n"] == 4
+
+
+@pytest.mark.slow  # the same slices through a whole `medground train` and `medground eval`
+def test_real_volumes_convert_inspect_train_and_eval(ray_local: None, tiny_model_dir: Path, volumes: Path,
+                                                     tmp_path: Path) -> None:
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    _convert_and_inspect(volumes, manifest)
     tree = {
         "name": "real-volumes", "seed": 0, "output_dir": str(tmp_path / "runs"),
         "model": {"path": str(tiny_model_dir), "family": "qwen2_5_vl"},
         "data": {"manifest": str(manifest), "train_split": "train", "eval_split": "train"},
         "stages": [{"name": "warmup", "kind": "sft", "steps": 2, "prompts_per_step": 4, "lr": 1e-3},
                    {"name": "grounding", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "refill_cap": 0}],
-        "rollout": {"num_workers": 1, "group_size": 2, "cpus_per_worker": 0.25, "max_model_len": 512,
+        "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
+        "rollout": {"group_size": 2, "max_model_len": 512,
                     "sampling": {"temperature": 1.0, "max_new_tokens": 8}},
         "learner": {"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 4, "lr": 1e-3},
         "reward": {"accuracy": "raw_iou", "w_recite": 0.0},

@@ -15,11 +15,13 @@ from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
+from services.config import PoolConfig
 from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # two workers must fit the 2-CPU test Ray beside other actors
-CONFIG = RolloutConfig(max_model_len=512, cpus_per_worker=0.25, num_workers=2)
+CONFIG = RolloutConfig(max_model_len=512)
+POOL = PoolConfig(cpus_per_worker=0.25, num_workers=2)
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 
@@ -33,7 +35,7 @@ def _pids(pool: RolloutPool) -> set[int]:
 
 
 def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
-    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}))
+    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), POOL)
     try:
         pool.wait_ready()
         pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
@@ -61,7 +63,7 @@ def test_worker_killed_mid_call_loses_no_request(ray_local: None, tiny_model_dir
 
 
 def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
-    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), num_workers=1)
+    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), POOL, num_workers=1)
     try:
         pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))
         reqs = requests(4)

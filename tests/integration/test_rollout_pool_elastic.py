@@ -11,11 +11,13 @@ import ray
 from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
+from services.config import PoolConfig
 from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # 1.5 CPUs per worker on the 2-CPU test Ray: the first worker fits, a second can never be placed
-CONFIG = RolloutConfig(engine="hf", max_model_len=512, cpus_per_worker=1.5, num_workers=1)
+CONFIG = RolloutConfig(engine="hf", max_model_len=512)
+POOL = PoolConfig(cpus_per_worker=1.5, num_workers=1)
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 
 
@@ -25,7 +27,7 @@ GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
 def test_an_unplaceable_worker_neither_stalls_nor_serves(ray_local: None, tiny_model_dir: Path,
                                                          tmp_path: Path) -> None:
     adapter = make_lora_adapter(tiny_model_dir, tmp_path / "v1")
-    pool = RolloutPool(tiny_model_dir, CONFIG)
+    pool = RolloutPool(tiny_model_dir, CONFIG, POOL)
     try:
         pool.wait_ready(timeout=300)
         pool.resize(2)

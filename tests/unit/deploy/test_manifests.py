@@ -157,17 +157,17 @@ def test_kuberay_manifests_use_the_dockerfile_image_and_gpus(path: Path) -> None
 def test_rayjob_runs_an_existing_config_that_fits_its_cluster() -> None:
     job = _yaml(RAYJOB)["spec"]
     cfg = _check_entrypoint(job["entrypoint"])
-    assert cfg.rollout.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0, "a GPU job trains on GPUs"
+    assert cfg.pool.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0, "a GPU job trains on GPUs"
     groups = _cluster_spec(RAYJOB)["workerGroupSpecs"]
     gpus = sum(_group_gpus(g) * g["replicas"] for g in groups)
-    need = cfg.rollout.num_workers * cfg.rollout.gpus_per_worker + cfg.learner.num_ranks * cfg.learner.gpus_per_rank
+    need = cfg.pool.num_workers * cfg.pool.gpus_per_worker + cfg.learner.num_ranks * cfg.learner.gpus_per_rank
     assert gpus >= need, f"{gpus} GPUs in the worker groups, {need} needed by the config"
     # the learner's ranks PACK onto one node when one group holds them all
     assert any(_group_gpus(g) >= cfg.learner.num_ranks * cfg.learner.gpus_per_rank for g in groups)
     for group in groups:
         gpus_per_pod = _group_gpus(group)
         cpus = min(float(c["resources"]["limits"]["cpu"]) for c in _containers(group))
-        need_cpu = max(cfg.rollout.cpus_per_worker, cfg.learner.cpus_per_rank) * max(gpus_per_pod, 1)
+        need_cpu = max(cfg.pool.cpus_per_worker, cfg.learner.cpus_per_rank) * max(gpus_per_pod, 1)
         assert cpus >= min(need_cpu, cfg.learner.cpus_per_rank * cfg.learner.num_ranks), (group["groupName"], cpus)
 
 
@@ -180,7 +180,7 @@ def test_cluster_launcher_installs_the_gpu_extra_with_gpu_workers() -> None:
     assert any(t["resources"].get("GPU", 0) > 0 for t in types.values()), "no GPU worker type"
     cfg = load_config(DEPLOY / "configs" / "gpu.yaml")
     max_gpus = sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0) for t in types.values())
-    assert max_gpus >= cfg.rollout.num_workers + cfg.learner.num_ranks
+    assert max_gpus >= cfg.pool.num_workers + cfg.learner.num_ranks
     setup = " ".join(cluster["setup_commands"])
     assert "[gpu]" in setup and "pip install" in setup
     start = " ".join(cluster["head_start_ray_commands"])

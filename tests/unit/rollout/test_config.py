@@ -8,12 +8,6 @@ from pydantic import ValidationError
 from rollout.config import RolloutConfig, SamplingConfig
 
 
-def test_tensor_parallel_needs_one_gpu_per_shard() -> None:
-    assert RolloutConfig(tensor_parallel_size=2, gpus_per_worker=2).tensor_parallel_size == 2
-    with pytest.raises(ValidationError, match="needs gpus_per_worker=2"):
-        RolloutConfig(tensor_parallel_size=2, gpus_per_worker=1)
-
-
 def test_pixel_budget_order() -> None:
     with pytest.raises(ValidationError, match="exceeds max_pixels"):
         RolloutConfig(min_pixels=112 * 112, max_pixels=56 * 56)

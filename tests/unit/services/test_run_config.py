@@ -10,7 +10,14 @@ import yaml
 
 from learner.config import LearnerConfig
 from rollout.config import RolloutConfig
-from services.config import ConfigError, RunConfig, apply_overrides, load_config, write_resolved
+from services.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    load_run_config,
+    write_resolved,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "deploy" / "configs").glob("*.yaml"))
 
@@ -140,3 +147,44 @@ def test_the_run_seed_drives_every_seed_unless_one_is_set(tmp_path: Path) -> Non
                                       "learner": LearnerConfig(lr=1e-3), "rollout": RolloutConfig(seed=9)})
     assert (built.learner.seed, built.learner.mlae.seed, built.rollout.seed, built.learner.lr) == (4, 4, 9, 1e-3)
     assert json.loads(write_resolved(cfg, tmp_path / "run").read_text())["learner"]["mlae"]["seed"] == 7
+
+
+def test_pool_fields_and_staleness_live_where_they_act(tmp_path: Path) -> None:
+    """The engine's fields are `rollout` (rollout/), the pool's are `pool` (services/), staleness is the
+    driver's: a config of an older release is read with each moved key at its new place and one warning
+    per key; a key set at both places is refused."""
+    old = MINIMAL + "rollout: {num_workers: 2, call_timeout_s: 9, max_staleness: 1, group_size: 4}\n"
+    with pytest.warns(FutureWarning) as caught:
+        cfg = load_config(_write(tmp_path, old))
+    assert (cfg.pool.num_workers, cfg.pool.call_timeout_s, cfg.max_staleness, cfg.rollout.group_size) == (2, 9, 1, 4)
+    notes = sorted(str(w.message).split(": ", 1)[1] for w in caught)
+    assert notes == ["rollout.call_timeout_s is now pool.call_timeout_s: read it there (update the config)",
+                     "rollout.max_staleness is now max_staleness: read it there (update the config)",
+                     "rollout.num_workers is now pool.num_workers: read it there (update the config)"]
+    with pytest.raises(ConfigError, match=r"rollout.num_workers and pool.num_workers are both set"):
+        load_config(_write(tmp_path, MINIMAL + "rollout: {num_workers: 2}\npool: {num_workers: 3}\n"))
+    # a run directory written before the move still resumes, evaluates and serves
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    tree = json.loads(json.dumps(RunConfig.model_validate(yaml.safe_load(MINIMAL)).model_dump(mode="json")))
+    tree["rollout"]["num_workers"] = tree.pop("pool")["num_workers"]
+    (run_dir / "resolved_config.json").write_text(json.dumps(tree))
+    with pytest.warns(FutureWarning, match="rollout.num_workers is now pool.num_workers"):
+        assert load_run_config(run_dir).pool.num_workers == 1
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("max_staleness=1", None),
+    ("learner.kept_versions=1", None),
+    ("max_staleness=1 learner.kept_versions=1", r"max_staleness=1 .* learner.kept_versions=1 keeps too few .* "
+                                                r"set learner.kept_versions=2"),
+    ("rollout.tensor_parallel_size=2 pool.gpus_per_worker=1",
+     r"rollout.tensor_parallel_size=2 needs pool.gpus_per_worker=2 \(one GPU per shard\), got 1"),
+])
+def test_rules_across_sections_name_both_fields(tmp_path: Path, override: str, match: str | None) -> None:
+    path = _write(tmp_path, MINIMAL)
+    if match is None:
+        load_config(path, override.split())
+    else:
+        with pytest.raises(ConfigError, match=match):
+            load_config(path, override.split())

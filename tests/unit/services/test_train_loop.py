@@ -195,10 +195,10 @@ def test_a_stop_request_between_steps_checkpoints_that_step_and_resumes_identica
     keys = [k for k in want[5] if k.split("/")[0] in ("reward", "tau", "batch", "learner", "eval")]
     assert {k: got[5].get(k) for k in keys} == {k: want[5][k] for k in keys}
 def test_overlapped_generation_trains_each_batch_one_version_behind(tmp_path: Path) -> None:
-    """rollout.max_staleness = 1: while the learner takes step t, the pool makes step t+1's batch with the
+    """max_staleness = 1: while the learner takes step t, the pool makes step t+1's batch with the
     adapter of step t (one version behind); a step that evaluates drains the pipeline, so the batch after it
     is fresh. Every batch is sampled by exactly one version."""
-    cfg = _config(tmp_path, rollout={"group_size": 4, "max_staleness": 1},
+    cfg = _config(tmp_path, rollout={"group_size": 4}, max_staleness=1,
                   stages=[{"name": "rl", "kind": "grpo", "steps": 6, "prompts_per_step": 2, "refill_cap": 2}],
                   eval={"every": 3, "max_samples": 2, "overlays": 0})
     run_dir, pool, learner, _ = _run(cfg, tmp_path)
@@ -217,7 +217,7 @@ def test_overlapped_generation_trains_each_batch_one_version_behind(tmp_path: Pa
 
 
 def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
-    over = {"rollout": {"group_size": 4, "max_staleness": 1}, "checkpoint": {"every": 2, "keep": 2},
+    over = {"rollout": {"group_size": 4}, "max_staleness": 1, "checkpoint": {"every": 2, "keep": 2},
             "stages": [{"name": "rl", "kind": "grpo", "steps": 6, "prompts_per_step": 2, "refill_cap": 2}],
             "eval": {"every": 0, "max_samples": 2, "overlays": 0}, "name": "full"}
     full_dir, _, full_learner, _ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
@@ -239,3 +239,39 @@ def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
         [(s.adapter_version, s.advantage) for b in full_learner.batches[-2:] for s in b.samples]
     timeline = [json.loads(x)["step"] for x in (resumed_dir / "timeline.jsonl").read_text().splitlines()]
     assert timeline == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were cut and written once
+
+
+def test_a_classification_stage_continues_from_the_grounding_stages_adapter(tmp_path: Path) -> None:
+    """VRFT-Aug's perception-driven refinement: a classification GRPO stage starts from the adapter the
+    grounding stage pushed (the version keeps counting), trains on classification records only, is scored by
+    the label reward, and the held-out evaluation reports both tasks."""
+    from services.data.manifest import Manifest
+
+    grounding = write_records(tmp_path / "data", n_train=4, n_val=1)
+    labelled = [r.model_copy(update={"id": f"cls-{r.id}", "task": "classification", "boxes": (), "label": "nodule",
+                                     "choices": ("nodule", "effusion")}) for r in grounding.records]
+    manifest = Manifest(grounding.path, grounding.records + tuple(labelled))
+
+    def answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
+        if request.task == "grounding":
+            return _answer(request, j, version, sampling)
+        label = "nodule" if sampling.temperature == 0.0 or j % 2 == 0 else "effusion"  # half of each group right
+        return '<think>t</think><answer>{"label": "' + label + '"}</answer>'
+
+    cfg = _config(tmp_path, stages=[
+        {"name": "ground", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "refill_cap": 2},
+        {"name": "classify", "kind": "grpo", "steps": 1, "prompts_per_step": 2, "task": "classification"}],
+        eval={"every": 0, "max_samples": 4, "overlays": 0})
+    pool, learner = ScriptedPool(answer), RecordingLearner()
+    rows: list[dict[str, Any]] = []
+    train_loop.run(cfg, run_dir=tmp_path / "runs" / "fake", on_step=lambda s, r: rows.append(r),
+                   start=lambda c, d: handles(c, d, manifest, pool, learner, QueueControl()))
+    assert [r["stage"] for r in rows] == ["ground", "classify"]
+    assert learner.stages == [("grpo", 1e-4, False), ("grpo", 1e-4, False)]
+    assert rows[1]["batch/adapter_version_min"] == rows[0]["adapter_version"] == 1
+    assert rows[1]["adapter_version"] == 2
+    trained_on = [c for c in pool.calls if c[0].startswith(("train", "cls-train"))]
+    assert all(p.startswith("cls-") for p in trained_on[-1]) and not trained_on[0][0].startswith("cls-")
+    # the label reward (the graded column: label match for classification): 2 of each group's 4 answers right
+    assert (rows[1]["reward/grade"], rows[1]["reward/acc"]) == (pytest.approx(0.5), 0.0)
+    assert rows[1]["eval/cls/accuracy"] == 100.0 and "eval/A@0.5" in rows[1]  # percent, as A@0.5
