@@ -115,7 +115,7 @@ def size_bucket_metrics(ious: Mapping[str, float], areas: Mapping[str, float], e
     `eval/<low>-<high>%/<metric>` (A@t in percent with its standard error, mIoU): `ious` and `areas` (box
     area / image area) by record id, as `services.evaluation.read_ious` gives the first. Raises ValueError
     for a held-out record outside the edges, which would otherwise drop out of every bucket unseen."""
-    from services.eval_metrics import grounding_metrics
+    from services.evaluation.metrics import grounding_metrics
 
     out: Row = {}
     outside = [i for i in ious if not edges[0] <= areas[i] < edges[-1]]

@@ -29,8 +29,8 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
     from local_cluster import head_cluster, worker_node
 
     from rollout.config import RolloutConfig, SamplingConfig
+    from services.cluster.rollout_pool import RolloutPool
     from services.config import PoolConfig
-    from services.rollout_pool import RolloutPool
 
     cfg = RolloutConfig(engine="vllm", max_model_len=512)
     pool_cfg = PoolConfig(cpus_per_worker=0.5, num_workers=2, scheduling="spread", call_timeout_s=2.0)
@@ -115,7 +115,7 @@ class _Driver:
 
 
 def _rows(run_dir: Path) -> dict[int, dict[str, Any]]:
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     path = run_dir / "metrics.jsonl"
     return {r["step"]: r for r in read_metrics(path)} if path.is_file() else {}

@@ -49,7 +49,7 @@ def _start_ray() -> str:
     """A private local Ray (own temp dir, short path for its sockets): never joins or stops anyone else's."""
     import ray
 
-    from services.launch import CPU_ENV
+    from services.cluster.startup import CPU_ENV
 
     for key, value in CPU_ENV.items():
         os.environ.setdefault(key, value)
@@ -61,7 +61,7 @@ def _start_ray() -> str:
 
 class _SharedPool:
     """Rollout workers kept up across a study's runs of one model and rollout config: a study is dozens of
-    short runs, each lent the pool (services.handles.BorrowedPool: it starts on the base model and cannot
+    short runs, each lent the pool (services.training.handles.BorrowedPool: it starts on the base model and cannot
     shut the workers down); the study shuts them down at its end (close_all)."""
 
     pools: ClassVar[dict[str, Any]] = {}
@@ -72,14 +72,14 @@ class _SharedPool:
         pool and one learner, so a run that needs another config (another seed, prompts without knowledge)
         shuts the previous pool down first."""
         from rollout.knowledge import load_knowledge
-        from services.rollout_pool import RolloutPool
+        from services.cluster.rollout_pool import RolloutPool
 
         key = json.dumps([cfg.model.path, cfg.data.knowledge_dir, cfg.rollout.model_dump(mode="json"),
                           cfg.pool.model_dump(mode="json")], sort_keys=True)
         if key not in cls.pools:
             cls.close_all()
             cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir))
-        from services.handles import BorrowedPool
+        from services.training.handles import BorrowedPool
 
         return BorrowedPool(cls.pools[key])
 
@@ -97,9 +97,9 @@ def _train(tree: Row, run_dir: Path) -> float:
     """Validate and run one config tree into `run_dir` on the study's shared rollout workers; returns its
     wall seconds. A run that already finished with exactly this config (`bench_run.json`, e.g. before a
     study was interrupted) is kept, not run again; anything else in `run_dir` is replaced."""
-    from services import train_loop
     from services.config import RunConfig
-    from services.handles import start_handles
+    from services.training import train_loop
+    from services.training.handles import start_handles
 
     cfg = RunConfig.model_validate(tree)
     done = run_dir / FINISHED
@@ -130,7 +130,7 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
     run_dir = RUNS / "warm" / f"warm-s{seed}-{key}"  # shared by studies: equal configs reuse one warm start
     tree = {**tree, "name": f"bench-warm-s{seed}-{key}"}
     ckpt = _checkpoint_of(run_dir)
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     if ckpt is not None and (run_dir / "metrics.jsonl").is_file():
         log.info("reusing warm start %s", ckpt)
@@ -182,7 +182,7 @@ def _final_ious(run_dir: Path) -> dict[str, float]:
 def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
     """Every arm against the arm `ref`, image by image on the same held-out set: per seed the paired change
     (arm - ref) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds."""
-    from services.eval_metrics import paired_changes
+    from services.evaluation.metrics import paired_changes
 
     out: Row = {}
     for name, rows in per_arm.items():
@@ -213,7 +213,7 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
     """Give an SFT arm the training seconds its matched arm took: steps = seconds / (SFT seconds per step),
     the latter measured once per study by a short run of the same stage (its first step, which pays for
     start-up effects, left out)."""
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     if not calibration:
         probe = apply_overrides(tree, ["stages.0.steps=9", "eval.every=0", "eval.max_samples=1",
@@ -231,7 +231,7 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
 def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
               prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
     """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
@@ -376,8 +376,8 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
 
 
 def ensure_inputs(tree: Row, preset: str, **knobs: Any) -> None:
-    """The study's model and data set, built when missing (services.launch.ensure_inputs on its config)."""
+    """The study's model and data set, built when missing (services.training.launch.ensure_inputs on its config)."""
     from services.config import RunConfig
-    from services.launch import ensure_inputs as ensure
+    from services.training.launch import ensure_inputs as ensure
 
     ensure(RunConfig.model_validate(tree), preset, **knobs)

@@ -31,7 +31,7 @@ def held_out(run: Path) -> tuple[int, dict[str, float], dict[str, float]]:
 
 
 def compare(runs: dict[str, Path]) -> dict[str, Any]:
-    from services.eval_metrics import grounding_metrics, paired_changes
+    from services.evaluation.metrics import grounding_metrics, paired_changes
 
     out: dict[str, Any] = {"runs": {}}
     ends: dict[str, dict[str, float]] = {}
@@ -60,7 +60,7 @@ def draw(runs: dict[str, Path], result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for label, run in runs.items():

@@ -54,7 +54,7 @@ def _inputs() -> tuple[Path, Path, dict[str, Path]]:
     from rollout_fixtures import make_lora_adapter
 
     from services.data.synth import make_spec, write_dataset
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     model = WORK / "tiny-qwen2_5_vl"
     if not (model / "config.json").is_file():
@@ -122,8 +122,8 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
     from rollout_fixtures import adapter_artefact
 
     from rollout.config import RolloutConfig, SamplingConfig
+    from services.cluster.rollout_pool import AdapterLoadError, RolloutPool
     from services.config import PoolConfig
-    from services.rollout_pool import AdapterLoadError, RolloutPool
 
     cfg = RolloutConfig(engine="vllm", max_model_len=512)
     pool_cfg = PoolConfig(cpus_per_worker=0.25, num_workers=2, call_timeout_s=PER_REQUEST_S)
@@ -172,7 +172,7 @@ def reward_hang() -> Row:
     from test_reward_actor import BATCHES
 
     from rewards import RewardConfig, RewardScorer, ScheduleConfig
-    from services.reward_client import RewardClient
+    from services.cluster.reward_client import RewardClient
 
     cfg = RewardConfig(schedule=ScheduleConfig(window=4), call_timeout_s=3.0)
     reference = RewardScorer(cfg)
@@ -199,9 +199,9 @@ def reward_hang() -> Row:
 def learner_rank(model: Path, manifest: Path) -> Row:
     import ray
 
-    from services import train_loop
     from services.config import RunConfig
-    from services.handles import start_handles
+    from services.training import train_loop
+    from services.training.handles import start_handles
 
     run_dir = WORK / "runs" / "rank"
     cfg = RunConfig.model_validate({

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = LearnerConfig(micro_batch_size=micro, zero_stage=2, precision="bf16" if cuda else "fp32",
                         grpo={"reference": "base"})  # type: ignore[arg-type]
 
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", "qwen2_5_vl", size, seed=0)

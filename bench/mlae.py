@@ -57,7 +57,7 @@ def _models(name: str, tmp: Path) -> dict[str, nn.Module]:
     from transformers import AutoModelForImageTextToText
 
     if name == "tiny":
-        from services.tiny_model import build_model_dir
+        from services.models.tiny import build_model_dir
 
         model_dir = build_model_dir(tmp / "tiny", "qwen2_5_vl", "tiny", seed=0)
 

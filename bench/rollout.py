@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adapter-loads", type=int, default=5)
     args = parser.parse_args()
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as workdir:
         run(args, build_model_dir(Path(workdir) / "model", "qwen2_5_vl", args.size, seed=0))
@@ -88,7 +88,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, model_dir: Path) -> None:
     """Measure both engines on the model in `model_dir` and write the results."""
-    from services.tiny_model import parameter_count
+    from services.models.tiny import parameter_count
 
     record = machine.start()
     requests = _requests(args.prompts)

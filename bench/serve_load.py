@@ -82,9 +82,9 @@ def main() -> None:
     from ray import serve
 
     from learner.engine import free_port
-    from services.launch import CPU_ENV
+    from services.cluster.startup import CPU_ENV
+    from services.models.tiny import build_model_dir
     from services.serve.app import GroundingDeployment
-    from services.tiny_model import build_model_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="mgs-bench-", dir="/tmp"))  # Ray socket paths must stay short
     rows = []

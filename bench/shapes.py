@@ -44,8 +44,8 @@ def sync_table() -> list[dict[str, Any]]:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from services.model_shapes import REAL, lora_bytes
-    from services.tiny_model import SPECIAL_TOKENS, model_config
+    from services.models.shapes import REAL, lora_bytes
+    from services.models.tiny import SPECIAL_TOKENS, model_config
 
     ids = {t: 151643 + i for i, t in enumerate(SPECIAL_TOKENS)}
     rows = []
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(res))
         return res
 
-    from services.model_shapes import REAL
+    from services.models.shapes import REAL
 
     record = machine.start()
     shapes = args.shapes or (["qwen2_5_vl_3b"] if cuda else ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.dry_run:
         return result
 
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="medground-shapes-") as tmp:

@@ -44,8 +44,8 @@ def busy_share(start: float, end: float, spans: Sequence[Sequence[Any]]) -> floa
 
 def run(name: str, staleness: int, threads: tuple[int, int], steps: int) -> dict[str, Any]:
     """One shortened demo; returns its steady-state steps (the first and the final-evaluation step left out)."""
-    from services.launch import demo
-    from services.metrics import read_metrics
+    from services.training.demo import demo
+    from services.training.metrics import read_metrics
 
     run_dir = Path("runs") / name
     shutil.rmtree(run_dir, ignore_errors=True)

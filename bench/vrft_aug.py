@@ -65,7 +65,7 @@ def recitation_of(run_dir: Path) -> Row:
     from services.config import load_run_config
     from services.data.manifest import load_manifest
     from services.evaluation import eval_files
-    from services.metrics import read_metrics
+    from services.training.metrics import read_metrics
 
     cfg = load_run_config(run_dir)
     knowledge = load_knowledge(cfg.data.knowledge_dir)

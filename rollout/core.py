@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
-from rollout.engines import AdapterPayload, AdapterSpec, RolloutEngine, make_engine, write_adapter_dir
+from rollout.engines import AdapterPayload, AdapterSpec, RolloutEngine, write_adapter_dir
 from rollout.images import convention_of, family_of
 from rollout.knowledge import KnowledgeBase
 from rollout.processing import PromptProcessor
@@ -91,3 +91,16 @@ class RolloutWorkerCore:
         """Release the engine and the local adapter files."""
         self.engine.close()
         shutil.rmtree(self._adapter_root, ignore_errors=True)
+
+
+def make_engine(model_dir: str | Path, config: RolloutConfig, seed: int) -> RolloutEngine:
+    """The engine named by `config.engine`."""
+    match config.engine:
+        case "vllm":
+            from rollout.engine_vllm import VllmEngine
+
+            return VllmEngine(model_dir, config, seed)
+        case "hf":
+            from rollout.engine_hf import HfEngine
+
+            return HfEngine(model_dir, config, seed)

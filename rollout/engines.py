@@ -19,12 +19,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rollout.config import RolloutConfig, SamplingConfig
+from rollout.config import SamplingConfig
 from rollout.contracts import Completion
 from rollout.images import FAMILIES, VISION_TOKENS, Family
 from rollout.processing import PreparedPrompt
 
-__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "RolloutEngine", "make_engine",
+__all__ = ["VISION_TOKENS", "AdapterPayload", "AdapterSpec", "RolloutEngine",
            "vision_token_ids", "write_adapter_dir"]
 
 
@@ -123,16 +123,3 @@ def write_adapter_dir(adapter: AdapterPayload, out: str | Path) -> AdapterSpec:
     save_file(tensors, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(dict(adapter.peft_config), indent=2, default=list))
     return AdapterSpec(version=adapter.version, path=str(out))
-
-
-def make_engine(model_dir: str | Path, config: RolloutConfig, seed: int) -> RolloutEngine:
-    """The engine named by `config.engine`."""
-    match config.engine:
-        case "vllm":
-            from rollout.engine_vllm import VllmEngine
-
-            return VllmEngine(model_dir, config, seed)
-        case "hf":
-            from rollout.engine_hf import HfEngine
-
-            return HfEngine(model_dir, config, seed)

@@ -95,3 +95,17 @@ def _default(obj: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def run_adapter(run_dir: Path, step: int | None) -> tuple[Path, str]:
+    """The adapter directory of a run and its label: checkpoint `step`, else the final `adapter/`, else the
+    latest complete checkpoint's (`medground eval` and `medground export` pick the same one)."""
+    if step is not None:
+        return run_dir / "checkpoints" / f"step-{step}" / "adapter", f"step-{step}"
+    if (run_dir / "adapter").is_dir():
+        return run_dir / "adapter", "final"
+    try:
+        latest = latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir} has no adapter/ and no checkpoint yet; train first") from None
+    return latest / "adapter", latest.name

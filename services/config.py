@@ -97,7 +97,7 @@ class ModelConfig(_Strict):
         "(28 px cells), qwen3_vl in 0..1000 (32 px cells). `medground init-model` builds this family when "
         "the path holds no model yet.")
     base: str | None = Field(
-        None, description="A base recipe (deploy/configs/bases/*.yaml, services/pretrain.py): `model.path` is then "
+        None, description="A base recipe (deploy/configs/bases/*.yaml, services/models/pretrain.py): `model.path` is then "
         "the pretrained CPU base that recipe builds -- built when the path is missing or was built from another "
         "recipe, reused otherwise. None: model.path is used as it is (or a random small model is built there).")
 
@@ -194,6 +194,14 @@ class RunConfig(_Strict):
         "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "
         "(e.g. GRPO arms sharing one SFT warm start). The learner must match the run that wrote it (adapter kind, "
         "rank, num_ranks). Ignored on resume.")
+
+    def lr_of(self, stage: StageConfig) -> float:
+        """The learning rate `stage` trains at: its own `lr`, else learner.lr."""
+        return self.learner.lr if stage.lr is None else stage.lr
+
+    def reward_of(self, stage: StageConfig) -> RewardConfig:
+        """The reward mix `stage` is scored with: its own `reward`, else the run's."""
+        return self.reward if stage.reward is None else stage.reward
 
     @model_validator(mode="before")
     @classmethod

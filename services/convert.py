@@ -8,7 +8,6 @@ reference answer (SFT), rollout frame -> rewards frame,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from rollout.processing import PreparedPrompt, PromptProcessor
 from rollout.prompts import build_prompt
 from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
-from services.pretrain import own_think, recites
 
 
 def rollout_request(record: Record, image_path: Path, seed: int | None = None) -> RolloutRequest:
@@ -87,35 +85,6 @@ def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[Train
                         sampling_logprobs=c.logprobs, adapter_version=group.adapter_version,
                         truncated=c.finish_reason == "length", **image)
             for c, a in zip(group.completions, advantages, strict=True)]
-
-
-# The warm start teaches the answer format and the box; a short fixed think keeps the target's tokens on
-# what matters (repeating the phrase cost ~8 hard tokens per answer and taught nothing spatial).
-SFT_THINK = "Locate the finding in the image."
-
-
-def sft_think(record: Record, knowledge: KnowledgeBase, recite_fraction: float | None, seed: int) -> str:
-    """The think text of an SFT stage's reference answer. On a pretrained CPU base (`recite_fraction` is its
-    recipe's; None without `model.base`) every target keeps the base's own reasoning as its pretraining
-    wrote it (services/pretrain.own_think, quoting the knowledge for a fixed `recite_fraction` of records):
-    the fixed SFT_THINK would pull the base toward another answer style (measured: 479 such SFT steps cost
-    the study base 17 points of A@0.5, docs/RESULTS.md), and a policy whose thinks vary is one whose
-    recitation a reward can change (VRFT-Aug). Otherwise SFT_THINK."""
-    if recite_fraction is None:
-        return SFT_THINK
-    return own_think(record, knowledge, recites(record.id, recite_fraction, seed))
-
-
-def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_THINK) -> str:
-    """The SFT target: a think block (default: a short fixed one) and the answer in the model's own
-    convention (VLM-R1 format)."""
-    think = f"<think>{think_text}</think>"
-    if record.task == "grounding":
-        box = rf.from_original(record.boxes[0], reward_frame(frame))
-        return think + "<answer>" + json.dumps({"bbox_2d": [round(v) for v in box]}) + "</answer>"
-    if record.task == "classification":
-        return think + "<answer>" + json.dumps({"label": record.label}) + "</answer>"
-    return think + "<answer>" + json.dumps({"grade": record.grade}) + "</answer>"
 
 
 def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor, knowledge: KnowledgeBase | None,

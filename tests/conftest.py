@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launch import CPU_ENV
+from services.cluster.startup import CPU_ENV
 
 for _key, _value in CPU_ENV.items():  # the product's one CPU environment, as `medground train` sets it
     os.environ.setdefault(_key, _value)
@@ -25,7 +25,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL (answers in input pixels), built once per test session."""
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", "qwen2_5_vl", "tiny", seed=0)
 
@@ -33,7 +33,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2-VL (answers in 0..1000 units), built once per test session."""
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_vl", "qwen2_vl", "tiny", seed=0)
 
@@ -41,7 +41,7 @@ def tiny_qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3-VL (16 px patches, 32 px cells, answers in 0..1000 units), built once per session."""
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen3_vl", "qwen3_vl", "tiny", seed=0)
 

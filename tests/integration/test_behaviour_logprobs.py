@@ -80,7 +80,7 @@ def test_sync_alarm_quiet_when_synced_and_trips_on_a_stale_worker(core: RolloutW
     """MLAE p = 0.5: the training forward's mask noise is ~0.7 nats/token, the alarm's eval-mode reading of a
     synced batch ~1e-6. A worker that reports adapter v+1 but still samples with v trips it in one step."""
     from services.convert import grpo_samples, sampling_spec
-    from services.train_loop import AdapterSyncError, check_adapter_sync
+    from services.training.train_loop import AdapterSyncError, check_adapter_sync
 
     engine: Any = learner
     sampling = SamplingConfig(temperature=0.9, max_new_tokens=12)

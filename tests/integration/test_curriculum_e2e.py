@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_curriculum_grounding_then_classification(lend_pool: Callable[..., Any], tiny_model_dir: Path,
                                                   tmp_path: Path) -> None:
-    from services import train_loop
     from services.data.synth import make_spec, write_dataset
+    from services.training import train_loop
 
     manifest = write_dataset(make_spec("demo", splits={"train": 8, "val": 2, "test": 0},
                                        tasks=["grounding", "classification"]),

@@ -17,8 +17,8 @@ import ray
 from fault_helpers import gone
 from run_configs import run_config
 
-from services import train_loop
-from services.train_loop import RunHandles
+from services.training import train_loop
+from services.training.seams import RunHandles
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_a_live_ranks_collective_error_after_a_rank_died_is_still_a_lost_rank(ra
     every rank alive is re-raised as it is (a bug, not a lost rank)."""
     from ray.exceptions import RayTaskError
 
-    from services.learner_group import LearnerGroup, LearnerRankLost
+    from services.cluster.learner_group import LearnerGroup, LearnerRankLost
 
     @ray.remote
     class Rank:

@@ -22,7 +22,7 @@ import yaml
 from fault_helpers import pids_with_env, process_tree, wait_busy
 from local_cluster import BIN, ROOT, head_cluster, worker_node
 
-from services.metrics import read_metrics
+from services.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The learner's 1.5 CPUs fit only the 3-CPU head, so it never sits on the node the test takes away; each

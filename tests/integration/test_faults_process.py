@@ -29,7 +29,7 @@ import yaml
 from fault_helpers import KEYS, TREE, gone, kill_with_env, process_tree
 from local_cluster import BIN, ROOT
 
-from services.metrics import read_metrics
+from services.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

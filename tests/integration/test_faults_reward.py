@@ -15,7 +15,7 @@ from fault_helpers import gone
 from test_reward_actor import BATCHES
 
 from rewards import RewardConfig, RewardScorer, ScheduleConfig
-from services.reward_client import RewardClient
+from services.cluster.reward_client import RewardClient
 
 pytestmark = pytest.mark.integration
 CONFIG = RewardConfig(schedule=ScheduleConfig(window=4), call_timeout_s=3.0)

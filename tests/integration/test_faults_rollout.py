@@ -20,8 +20,8 @@ from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
+from services.cluster.rollout_pool import AdapterLoadError, RolloutPool
 from services.config import PoolConfig
-from services.rollout_pool import AdapterLoadError, RolloutPool
 
 pytestmark = pytest.mark.integration
 # Two workers beside other actors on the 2-CPU test Ray. A shard of 8 requests (4 completions of exactly 64

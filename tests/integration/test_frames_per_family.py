@@ -28,12 +28,12 @@ from rollout.contracts import Completion
 from rollout.core import RolloutWorkerCore
 from rollout.images import FAMILIES, family_of
 from rollout.processing import PreparedPrompt
-from services.convert import reference_answer
 from services.data.manifest import Manifest
 from services.data.records import Record
 from services.evaluation import predict
 from services.serve.config import ServeArgs
 from services.serve.core import GroundingService
+from services.targets import reference_answer
 
 pytestmark = pytest.mark.integration
 SIZES = [(300, 170), (97, 211), (640, 480)]

@@ -31,7 +31,7 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_pat
 
     from learner.batch import SamplingSpec
     from learner.engine import LearnerEngine
-    from services.learner_group import LearnerGroup
+    from services.cluster.learner_group import LearnerGroup
 
     samples = make_samples(tiny_model_dir, [1.0, -0.5, 0.25, -1.0, 0.7])
     spec = SamplingSpec()

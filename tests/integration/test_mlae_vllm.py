@@ -36,7 +36,7 @@ def test_vllm_serves_exported_mlae_adapter_like_transformers(tiny_model_dir: Pat
     from learner.config import MLAEConfig
     from learner.export import export_lora
     from learner.mlae import apply_mlae
-    from services.tiny_model import VISION_TOKENS
+    from services.models.tiny import VISION_TOKENS
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     banned = [processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]

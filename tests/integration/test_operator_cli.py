@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from local_cluster import BIN, ROOT, head_cluster, run
 
-from services.metrics import read_metrics
+from services.training.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 # A tiny step takes ~0.4 s and each CLI call a few seconds (a new process joins the cluster): enough steps

@@ -2,7 +2,7 @@
 128, 2 KV heads, MLP 11008, vocab 151,936, the real Qwen tokenizer) cut to 2 text layers and 2 vision
 blocks (~0.54 B parameters, fp32) runs through the product path on CPU:
 
-- the driver (services.train_loop) on a local Ray: a vLLM rollout worker with LoRA enabled at rank 64;
+- the driver (services.training.train_loop) on a local Ray: a vLLM rollout worker with LoRA enabled at rank 64;
   the DeepSpeed learner (ZeRO-2) with MLAE rank 64 on every attention and MLP projection; one SFT step
   whose adapter is exported (plain LoRA on the real module names) and hot-loaded into the rollout worker
   (v1, which samples the GRPO groups), then one GRPO step whose adapter (v2) samples the final evaluation;
@@ -27,7 +27,7 @@ from serve_fixtures import png_bytes
 from learner.engine import free_port
 from rollout.images import FAMILIES
 from services.config import RunConfig
-from services.metrics import read_metrics
+from services.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RANK = 64
@@ -36,7 +36,7 @@ HIDDEN, KV, MLP = 2048, 2 * 128, 11008
 
 @pytest.fixture(scope="module")
 def model_3b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("models") / "qwen2_5_vl_3b-2l", shape="qwen2_5_vl_3b",
                            layers=2, vision_layers=2)
@@ -78,8 +78,8 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
     from ray import serve
     from safetensors import safe_open
 
-    from services import train_loop
     from services.serve.app import GroundingDeployment
+    from services.training import train_loop
 
     text = json.loads((model_3b / "config.json").read_text())["text_config"]
     assert (text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"],

@@ -15,8 +15,8 @@ from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
+from services.cluster.rollout_pool import RolloutPool
 from services.config import PoolConfig
-from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # two workers must fit the 2-CPU test Ray beside other actors

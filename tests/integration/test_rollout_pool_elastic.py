@@ -11,8 +11,8 @@ import ray
 from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
 from rollout.config import RolloutConfig, SamplingConfig
+from services.cluster.rollout_pool import RolloutPool
 from services.config import PoolConfig
-from services.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.integration
 # 1.5 CPUs per worker on the 2-CPU test Ray: the first worker fits, a second can never be placed

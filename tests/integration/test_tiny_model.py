@@ -47,7 +47,7 @@ def test_tiny_model_directory(family_dir: Path) -> None:
 def test_seeded_build_is_reproducible(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     a = load_file(build_model_dir(tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(build_model_dir(tmp_path / "b", seed=3) / "model.safetensors")

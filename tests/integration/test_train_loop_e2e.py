@@ -19,7 +19,7 @@ from fault_helpers import KEYS
 from fault_helpers import TREE as RESUME_TREE
 from run_configs import run_config
 
-from services.metrics import read_metrics
+from services.training.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def full_run(lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Pat
     """The fault tests' run (one SFT step, four GRPO steps whose tau, rewards and learner state depend on what
     came before; checkpoints at 1, 2, 4, 5) on 2 workers and 2 ranks with max_staleness 1: step 3 generates
     step 4's batch while it learns (steps 2 and 4 checkpoint, so they drain the pipeline)."""
-    from services import train_loop
+    from services.training import train_loop
 
     over = {k: v for k, v in RESUME_TREE.items() if k not in ("name", "seed", "rollout", "pool")}
     over |= {"max_staleness": 1, "learner": {**RESUME_TREE["learner"], "num_ranks": 2},
@@ -71,8 +71,8 @@ def test_resume_from_the_runs_checkpoint_reproduces_the_rest(full_run: tuple[Pat
     resumes to the same steps 3-5: learner, adapter versions, MedLoc-R1 window and tau, data order, sampling
     seeds and the overlapped step's prefetch. (A real `kill -9` mid-step: tests/integration/test_faults_process.py,
     slow tier.)"""
-    from services import train_loop
     from services.config import load_run_config
+    from services.training import train_loop
 
     full, _ = full_run
     partial = tmp_path / "it"

@@ -24,7 +24,7 @@ def test_grpo_trainer_calls_the_reward_per_group(tmp_path: Path, monkeypatch: py
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from services.tiny_model import build_tokenizer
+    from services.models.tiny import build_tokenizer
 
     tok = build_tokenizer(512, seed=0)
     model = Qwen2ForCausalLM(Qwen2Config(
@@ -58,7 +58,7 @@ def test_mixed_task_rows_without_a_target_are_none_inside_grpo_trainer(tmp_path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from services.tiny_model import build_tokenizer
+    from services.models.tiny import build_tokenizer
 
     tok = build_tokenizer(512, seed=0)
     model = Qwen2ForCausalLM(Qwen2Config(

@@ -154,6 +154,6 @@ def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, mon
         run_dir.mkdir(parents=True)
         started.append(cfg.name)
 
-    monkeypatch.setattr("services.train_loop.run", run)
+    monkeypatch.setattr("services.training.train_loop.run", run)
     _runner._train({**tree, "seed": 1}, run_dir)
     assert started == ["r"] and json.loads((run_dir / _runner.FINISHED).read_text())["key"] != tree_key(tree)

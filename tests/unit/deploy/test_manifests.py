@@ -17,10 +17,9 @@ import pytest
 import typer
 import yaml
 
-from services import ops
-from services.cli import app
+from services.cli import app, ops
+from services.cluster.startup import CPU_ENV
 from services.config import RunConfig, load_config
-from services.launch import CPU_ENV
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"

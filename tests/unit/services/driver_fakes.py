@@ -1,4 +1,4 @@
-"""In-process stand-ins for the driver's seams (services/seams.py), so `train_loop.run` runs in milliseconds:
+"""In-process stand-ins for the driver's seams (services/training/seams.py), so `train_loop.run` runs in milliseconds:
 a scripted rollout pool, a learner that records what it is given, the real reward scorer without an actor,
 and a control queue. Not collected (no test_ prefix)."""
 
@@ -22,12 +22,12 @@ from rewards.scoring import RewardTarget, ScheduleSnapshot
 from rollout.config import SamplingConfig
 from rollout.contracts import Completion, RolloutGroup, RolloutRequest
 from rollout.images import ImageFrame
+from services.cluster.control import JobStatus
 from services.config import RunConfig
-from services.control import JobStatus
 from services.data.manifest import Manifest
 from services.data.records import Record
-from services.metrics import MetricsWriter
-from services.train_loop import RunHandles
+from services.training.metrics import MetricsWriter
+from services.training.seams import RunHandles
 
 SIZE = 100  # images are SIZE x SIZE, seen as they are (input pixels = original pixels)
 Answer = Callable[[RolloutRequest, int, int, SamplingConfig], str]  # (request, j, adapter version) -> text

@@ -14,9 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from learner.engine import free_port
-from services import ops
-from services.cli import app
-from services.control import JobStatus
+from services.cli import app, ops
+from services.cluster.control import JobStatus
 
 ROOT = Path(__file__).resolve().parents[3]
 runner = CliRunner()

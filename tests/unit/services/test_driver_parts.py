@@ -11,17 +11,17 @@ import pytest
 
 from rollout.images import ImageFrame
 from services import checkpointing as ckpt
-from services.convert import SFT_THINK, reference_answer
 from services.data.records import Record
-from services.eval_metrics import (
+from services.evaluation.metrics import (
     grading_metrics,
     grounding_metrics,
     grounding_report,
     paired_change,
     paired_changes,
 )
-from services.sampler import PromptSampler
-from services.train_loop import sampling_seed
+from services.targets import SFT_THINK, reference_answer
+from services.training.producer import sampling_seed
+from services.training.sampler import PromptSampler
 
 
 def test_sampler_is_a_seeded_permutation_per_epoch_and_resumes_exactly() -> None:
@@ -92,7 +92,7 @@ def test_grading_metrics_count_unparsed_as_worst() -> None:
 def test_evaluation_counts_a_grade_off_the_scale_as_unparsable() -> None:
     # "grade 20" on a 0-3 question is garbage, not an error of 19: the record's max_grade bounds the answer.
     from rollout.contracts import Completion, RolloutGroup
-    from services.evaluation import _prediction, report
+    from services.evaluation.heldout import _prediction, report
 
     def predict(answer: str, grade: int) -> object:
         record = Record(id=f"r{answer}", image="x.png", task="grading", phrase="Grade it from 0 to 3.", grade=grade,

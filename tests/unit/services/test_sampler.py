@@ -17,10 +17,10 @@ from driver_fakes import (
 )
 from pydantic import ValidationError
 
-from services import train_loop
 from services.config import RunConfig
-from services.metrics import read_metrics
-from services.sampler import stage_sampler
+from services.training import train_loop
+from services.training.metrics import read_metrics
+from services.training.sampler import stage_sampler
 
 
 def test_stage_sampler_is_the_drivers_prompt_order(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from driver_fakes import (
 
 from rollout.config import SamplingConfig
 from rollout.contracts import RolloutRequest
-from services import train_loop
 from services.config import RunConfig
-from services.metrics import read_metrics
+from services.training import train_loop
+from services.training.metrics import read_metrics
 
 
 def _config(tmp_path: Path, **over: Any) -> RunConfig:

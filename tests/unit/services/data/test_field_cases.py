@@ -207,7 +207,7 @@ def test_trl_reward_returns_none_for_rows_without_a_target() -> None:
 
 
 def test_eval_counts_as_right_what_the_classification_reward_pays_for() -> None:
-    from services.eval_metrics import classification_metrics
+    from services.evaluation.metrics import classification_metrics
 
     assert rewards.label_match("Pleural effusion.", "pleural effusion") == 1.0
     assert classification_metrics(["Pleural effusion.", "  PNEUMOTHORAX ", None],

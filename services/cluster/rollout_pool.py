@@ -36,8 +36,8 @@ from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from rollout.knowledge import KnowledgeBase
 from rollout.worker import RolloutWorker
+from services.cluster.fault_log import FaultLog
 from services.config import PoolConfig
-from services.fault_log import FaultLog
 
 FAULT_KINDS = ("worker_death", "worker_timeout", "load_timeout", "load_refusal")
 

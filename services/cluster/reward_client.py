@@ -19,7 +19,7 @@ from rewards.actor import create_reward_actor
 from rewards.config import RewardConfig
 from rewards.scorer import ScoredBatch
 from rewards.scoring import RewardTarget, ScheduleSnapshot
-from services.fault_log import FaultLog
+from services.cluster.fault_log import FaultLog
 
 FAULT_KINDS = ("actor_death", "actor_timeout")
 

@@ -23,7 +23,6 @@ import math
 import shutil
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 RECIPE_FILE = "base_recipe.json"
-RECITED_WORDS = 8  # words of the knowledge's appearance sentence a reciting think opens with
 REPORT_FILE = "base_report.json"
 
 
@@ -42,7 +40,7 @@ class BaseRecipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     family: Literal["qwen2_5_vl", "qwen2_vl"] = Field("qwen2_5_vl", description="Model family (box convention).")
-    size: Literal["tiny", "small"] = Field("small", description="Model dims (services/tiny_model.py DIMS).")
+    size: Literal["tiny", "small"] = Field("small", description="Model dims (services/models/tiny.py DIMS).")
     seed: int = Field(0, description="Seeds the initial weights and the order of training samples.")
     data_preset: str = Field("demo", description="Synthetic preset (`medground data synth --preset`).")
     data_knobs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset's knobs.")
@@ -90,29 +88,6 @@ def is_built(recipe: BaseRecipe, model_dir: str | Path) -> bool:
     return stored.is_file() and json.loads(stored.read_text()).get("digest") == recipe.digest()
 
 
-def own_think(record: Any, knowledge: Any, recite: bool) -> str:
-    """The base's short reasoning for a record: where it looks (the patient side and lung zone of synthetic
-    records; else a grounding record's phrase, or "both lung fields." for an image-level question such as a
-    grade of a normal image), sometimes opening with the first words of the appearance text of the record's
-    knowledge entry (what VRFT-Aug's recitation reward measures)."""
-    attrs = record.meta.attributes
-    if "side" in attrs and "zone" in attrs:
-        where = f"{attrs['side']} lung, {attrs['zone']} zone."
-    else:
-        where = f"{record.phrase}." if record.task == "grounding" else "both lung fields."
-    if recite and record.knowledge_key is not None and record.knowledge_key in knowledge.entries:
-        words = knowledge.entries[record.knowledge_key].appearance.split()
-        return " ".join(words[:RECITED_WORDS]).rstrip(",;.") + ". " + where
-    return where
-
-
-def recites(record_id: str, fraction: float, seed: int) -> bool:
-    """Whether the reference answer of an adapter SFT stage on a base quotes the knowledge: a fixed draw per
-    (run seed, record), true for `fraction` of records (the recipe's recite_fraction), so a resumed run
-    writes the same targets."""
-    return zlib.crc32(f"{seed}:{record_id}".encode()) / 2**32 < fraction
-
-
 def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[str, Any]:
     """Build the base into `out` (replacing what is there) and return its report.
 
@@ -122,7 +97,7 @@ def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[st
 
     from rollout.knowledge import load_knowledge
     from services.data.synth import make_spec, write_dataset
-    from services.tiny_model import build_model_dir
+    from services.models.tiny import build_model_dir
 
     t0 = time.perf_counter()
     torch.set_num_threads(recipe.threads)
@@ -161,8 +136,9 @@ def _train(recipe: BaseRecipe, model_dir: Path, manifest: Path, knowledge: Any, 
     from rollout.images import convention_of
     from rollout.processing import PromptProcessor
     from rollout.prompts import build_prompt
-    from services.convert import reference_answer, rollout_request, sft_sample
+    from services.convert import rollout_request, sft_sample
     from services.data.manifest import load_manifest
+    from services.targets import own_think, reference_answer
 
     data = load_manifest(manifest).with_sizes()
     records = data.select(split="train", task="grounding")
@@ -228,7 +204,7 @@ def measure_base(model_dir: Path, manifest: Path, recipe: BaseRecipe, samples_n:
     from services import evaluation
     from services.convert import grpo_samples, rollout_request
     from services.data.manifest import load_manifest
-    from services.eval_metrics import grounding_metrics
+    from services.evaluation.metrics import grounding_metrics
 
     data = load_manifest(manifest).with_sizes()
     held_out = data.select(split="val", task="grounding")

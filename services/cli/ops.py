@@ -1,7 +1,7 @@
 """Operating a training job from another process: `medground status`, `scale rollout` and `submit`.
 
 `status` and `scale` join the cluster as a Ray driver (the GCS address, `HOST:6379`, or `ray://HOST:10001`)
-and talk to the run's named control actor (services/control.py); the training driver applies a resize
+and talk to the run's named control actor (services/cluster/control.py); the training driver applies a resize
 between steps. `submit` talks to the job server on the dashboard (`http://HOST:8265`), like `ray job submit`.
 Both follow Ray 2.60's token authentication: `RAY_AUTH_MODE` and `RAY_AUTH_TOKEN(_PATH)` as on the cluster.
 """
@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from services.control import NAMESPACE, JobStatus, find_control_actor
+from services.cluster.control import NAMESPACE, JobStatus, find_control_actor
 
 DASHBOARD_PORT = 8265  # Ray's default dashboard / job server port (deploy/ manifests expose the same)
 GCS_PORT = 6379

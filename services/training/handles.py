@@ -1,9 +1,9 @@
-"""The run's handles on a Ray cluster: what `services.train_loop.run` starts by default.
+"""The run's handles on a Ray cluster: what `services.training.train_loop.run` starts by default.
 
 Everything heavy starts here: the control actor, the learner ranks, the rollout workers (their engines
 up before the first step), plus the local pieces the driver itself uses (the manifest, SFT samples built
 with the workers' prompt builder and processor, the metrics writer). Ray must be initialised by the caller
-(services/launch.py).
+(services/training/launch.py).
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from rewards.config import RewardConfig
 from rollout.images import family_of
 from rollout.knowledge import load_knowledge
 from rollout.processing import PromptProcessor
+from services.cluster.control import ControlClient
+from services.cluster.learner_group import LearnerGroup
+from services.cluster.reward_client import RewardClient
+from services.cluster.rollout_pool import RolloutPool
 from services.config import RunConfig
-from services.control import ControlClient
-from services.convert import prepared_prompt, reference_answer, sampling_spec, sft_sample, sft_think
+from services.convert import prepared_prompt, sampling_spec, sft_sample
 from services.data.manifest import load_manifest
 from services.data.records import Record
-from services.learner_group import LearnerGroup
-from services.metrics import MetricsWriter
-from services.pretrain import load_recipe
-from services.reward_client import RewardClient
-from services.rollout_pool import RolloutPool
-from services.seams import Rollout
-from services.train_loop import RunHandles
+from services.models.pretrain import load_recipe
+from services.targets import reference_answer, sft_think
+from services.training.metrics import MetricsWriter
+from services.training.seams import Rollout, RunHandles
 
 
 class BorrowedPool:

@@ -1,4 +1,4 @@
-"""The driver's seams: what `services/train_loop.py` needs from the cluster, as Protocols.
+"""The driver's seams: what `services/training/train_loop.py` needs from the cluster, as Protocols.
 
 The Ray-backed classes satisfy them as they are (`RolloutPool`, `LearnerGroup`, `RewardClient`,
 `ControlClient`); tests give the driver in-process fakes instead (tests/unit/services/driver_fakes.py), so
@@ -9,20 +9,28 @@ milliseconds. Artefacts cross these seams opaquely: the learner's `export` retur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from learner.batch import StepMetrics, TrainBatch, TrainSample
+from learner.batch import SamplingSpec, StepMetrics, TrainBatch, TrainSample
+from rewards.config import RewardConfig
 from rewards.scorer import ScoredBatch
 from rewards.scoring import RewardTarget, ScheduleSnapshot
 from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
-from services.control import JobStatus
+from services.cluster.control import JobStatus
+from services.config import RunConfig
+from services.data.manifest import Manifest
+from services.data.records import Record
+
+if TYPE_CHECKING:
+    from services.training.metrics import MetricsWriter
 
 
 class Rollout(Protocol):
-    """N rollout workers behind one call (services/rollout_pool.py)."""
+    """N rollout workers behind one call (services/cluster/rollout_pool.py)."""
 
     @property
     def size(self) -> int: ...
@@ -48,7 +56,7 @@ class Rollout(Protocol):
 
 
 class Learner(Protocol):
-    """The DeepSpeed ranks (services/learner_group.py)."""
+    """The DeepSpeed ranks (services/cluster/learner_group.py)."""
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool) -> None: ...
 
@@ -68,7 +76,7 @@ class Learner(Protocol):
 
 
 class Reward(Protocol):
-    """The reward actor's client (services/reward_client.py); `state` is the schedule after the last call."""
+    """The reward actor's client (services/cluster/reward_client.py); `state` is the schedule after the last call."""
 
     state: dict[str, Any] | None
 
@@ -81,10 +89,33 @@ class Reward(Protocol):
 
 
 class Control(Protocol):
-    """The run's named control actor (services/control.py): operator requests in, status out."""
+    """The run's named control actor (services/cluster/control.py): operator requests in, status out."""
 
     def take_rollout_request(self) -> int | None: ...
 
     def report(self, status: JobStatus) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class RunHandles:
+    """The live parts of a run: cluster handles (the seams above) and local helpers."""
+
+    cfg: RunConfig
+    run_dir: Path
+    manifest: Manifest
+    sampling: SamplingSpec  # the rollout engines' sampling distribution, as the learner recomputes it
+    pool: Rollout
+    learner: Learner
+    control: Control
+    reward: Callable[[RewardConfig, dict[str, Any] | None], Reward]  # a reward client for a stage
+    sft_sample: Callable[[Record], TrainSample]  # a record's prompt and reference answer, tokenised
+    writer: MetricsWriter
+    eval_records: tuple[Record, ...]
+
+    def close(self) -> None:
+        self.writer.close()
+        self.pool.shutdown()
+        self.learner.shutdown()
+        self.control.close()

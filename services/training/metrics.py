@@ -1,4 +1,5 @@
-"""Run metrics: one JSON line per step in `metrics.jsonl`, the same scalars in TensorBoard, PNG plots.
+"""Run metrics: one JSON line per step in `metrics.jsonl`, the same scalars in TensorBoard, PNG plots, and
+the step's row itself, built here only (verl's `metric_utils`: free functions of what the step made).
 
 A metric row is a flat dict of floats/ints/strings keyed like `reward/total`, `tau/value`,
 `time/generate_s`, `eval/A@0.5`; plots are drawn from the JSONL file, so they can be redrawn for any run.
@@ -12,10 +13,20 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from learner import durable
+from learner.batch import StepMetrics
+from services.cluster.control import JobStatus
+
+if TYPE_CHECKING:
+    from services.training.producer import GroupSelection
+    from services.training.run_state import DriverState
+    from services.training.seams import RunHandles
 
 PLOTS: dict[str, tuple[str, ...]] = {
     "reward": ("reward/total", "reward/acc", "reward/format"),
@@ -57,6 +68,80 @@ class PhaseTimer:
         total = time.perf_counter() - self._start
         out = {f"time/{name}_s": s for name, s in self.seconds.items()}
         return out | {"time/step_s": total, "time/other_s": max(total - sum(self.seconds.values()), 0.0)}
+
+
+# -------------------------------------------------------------------------------------------------------
+# The step's row.
+
+
+def batch_row(sel: GroupSelection, version: int) -> dict[str, Any]:
+    """A GRPO batch's reward, tau, batch and rollout metrics; `version` is the learner's adapter version when
+    it trained on this batch. `tau/scored_under` is the threshold every round was scored under, `tau/value`
+    the schedule's after observing them (they differ on a step that raised tau)."""
+    cat = {k: np.concatenate([getattr(c, k) for c in sel.columns])
+           for k in ("total", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
+    row: dict[str, Any] = {f"reward/{k.removeprefix('r_')}": float(v.mean()) for k, v in cat.items()}
+    assert sel.schedule is not None and sel.tau is not None
+    row |= {"tau/value": sel.schedule.tau, "tau/version": sel.schedule.version,
+            "tau/scored_under": sel.tau.tau, "tau/scored_under_version": sel.tau.version}
+    if sel.schedule.stats is not None:
+        row |= {f"tau/{k}": v for k, v in asdict(sel.schedule.stats).items()
+                if k not in ("tau", "version") and isinstance(v, int | float)}
+    completions = [c for g in sel.seen for c in g.completions]
+    gen_s = max(sel.timer.seconds.get("generate", 0.0), 1e-9)
+    versions = [g.adapter_version for g in sel.seen]
+    return row | {
+        "batch/groups_seen": len(sel.seen), "batch/groups_kept": len(sel.kept),
+        "batch/zero_variance_fraction": sel.zero_variance / max(len(sel.seen), 1),
+        "batch/staleness": float(np.mean([version - k.group.adapter_version for k in sel.kept]))
+        if sel.kept else 0.0,  # adapter versions between the sampling policy and the learner's
+        "batch/adapter_version_min": min(versions), "batch/adapter_version_max": max(versions),
+        "rollout/workers_serving": len(sel.serving), "rollout/serving_serials": ",".join(map(str, sel.serving)),
+        "rollout/completions_per_s": len(completions) / gen_s,
+        "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / gen_s,
+        "rollout/prompt_tokens": sum(len(g.prompt_token_ids) for g in sel.seen),
+        "rollout/completion_tokens": sum(len(c.token_ids) for c in completions),
+        "rollout/truncated_fraction": sum(c.finish_reason == "length" for c in completions)
+        / max(len(completions), 1),
+        **{f"time/{k}_s": v for k, v in sel.timer.seconds.items()}}  # when it was made, maybe overlapped
+
+
+def learner_row(m: StepMetrics | None) -> dict[str, Any]:
+    """The learner's step metrics as `learner/*` (`learner/skipped` 1 when no group reached it)."""
+    if m is None:
+        return {"learner/skipped": 1}
+    row = {f"learner/{k}": v for k, v in asdict(m).items() if k != "seconds" and v is not None}
+    return row | {"learner/skipped": 0}
+
+
+def run_row(h: RunHandles, state: DriverState, stage: str, timer: PhaseTimer,
+            *faults: dict[str, int]) -> dict[str, Any]:
+    """What every step logs: where the run is, the pool's size, the phase seconds, the fault counts (summed
+    over the dicts given: the batch's generation, the rest of the step)."""
+    counts: dict[str, int] = {}
+    for part in faults:
+        for key, n in part.items():
+            counts[key] = counts.get(key, 0) + n
+    return {"stage": stage, "stage_step": state.step_in_stage, "adapter_version": state.adapter_version,
+            "rollout/workers": h.pool.size, "rollout/workers_live": h.pool.live_count(), **timer.row(), **counts}
+
+
+def status_from(h: RunHandles, state: DriverState, row: dict[str, Any]) -> JobStatus:
+    """What `medground status` shows (the control actor stamps the time): the tau the last step was scored
+    under, its throughput and the workers that served it."""
+    return JobStatus(step=state.global_step, total_steps=sum(s.steps for s in h.cfg.stages), stage=row.get("stage"),
+                     tau=row.get("tau/scored_under"), tau_version=row.get("tau/scored_under_version"),
+                     reward=row.get("reward/total"), adapter_version=state.adapter_version,
+                     staleness=row.get("batch/staleness"), rollout_workers=h.pool.size,
+                     rollout_workers_live=row.get("rollout/workers_live", h.pool.live_count()),
+                     rollout_workers_serving=row.get("rollout/workers_serving"),
+                     completions_per_s=row.get("rollout/completions_per_s"),
+                     tokens_per_s=row.get("rollout/tokens_per_s"), step_seconds=row.get("time/step_s"),
+                     last_eval_a50=state.last_eval, run_dir=str(h.run_dir))
+
+
+# -------------------------------------------------------------------------------------------------------
+# Writing and drawing.
 
 
 class MetricsWriter:

@@ -32,7 +32,7 @@ def export_merged(run_dir: Path, out: Path, step: int | None = None) -> dict[str
     from transformers import AutoModelForImageTextToText
 
     from learner.export import LoraArtefact
-    from services.launch import run_adapter
+    from services.checkpointing import run_adapter
 
     cfg = load_run_config(run_dir)
     adapter, label = run_adapter(run_dir, step)

@@ -95,7 +95,7 @@ def start_control_actor(run_name: str) -> Any:
 
 
 class ControlClient:
-    """The driver's side of the control actor (the `Control` seam of services/seams.py)."""
+    """The driver's side of the control actor (the `Control` seam of services/training/seams.py)."""
 
     def __init__(self, run_name: str) -> None:
         self._actor = start_control_actor(run_name)

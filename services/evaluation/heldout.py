@@ -22,7 +22,7 @@ from services.convert import reward_frame, rollout_request
 from services.data.manifest import Manifest
 from services.data.medimage import read_image
 from services.data.records import Record
-from services.eval_metrics import classification_metrics, grading_metrics, grounding_report
+from services.evaluation.metrics import classification_metrics, grading_metrics, grounding_report
 
 GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64)
 

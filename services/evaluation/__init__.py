@@ -1,0 +1,20 @@
+"""Held-out evaluation: heldout.py (greedy prediction through a rollout pool, the report, prediction files,
+overlays), metrics.py (the pure metrics: accuracy at IoU thresholds, size buckets, standard errors, paired
+changes), run.py (`medground eval RUN`). What is evaluated is what is served: the same prompt builder,
+parser and frame conversion (docs/algorithms.md, "Evaluation")."""
+
+from services.evaluation.heldout import (
+    GREEDY,
+    Prediction,
+    centre_box_baseline,
+    eval_files,
+    grounding_answer,
+    predict,
+    read_ious,
+    report,
+    write_overlays,
+    write_predictions,
+)
+
+__all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "grounding_answer", "predict", "read_ious",
+           "report", "write_overlays", "write_predictions"]

@@ -1,0 +1,46 @@
+"""`medground eval RUN`: a run's adapter on its held-out split, through the same prediction path as training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from services.checkpointing import run_adapter
+from services.cluster.startup import init_ray
+from services.config import load_run_config
+from services.evaluation import heldout
+
+
+def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
+                 address: str | None) -> tuple[dict[str, Any], Path]:
+    """Greedy held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings
+    and eval split, one rollout worker, the same prediction path as training. Returns (metrics, the
+    predictions file under RUN_DIR/eval/)."""
+    import ray
+
+    from learner.export import LoraArtefact
+    from rollout.knowledge import load_knowledge
+    from services.cluster.rollout_pool import RolloutPool
+    from services.data.manifest import load_manifest
+
+    cfg = load_run_config(run_dir)
+    adapter, label = run_adapter(run_dir, step)
+    artefact = LoraArtefact.load(adapter)  # a clear error when the checkpoint or its adapter is missing
+    manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
+    records = manifest.select(split=cfg.data.eval_split)[:max_samples or cfg.eval.max_samples]
+    if not records:
+        raise ValueError(f"the manifest {cfg.data.manifest} has no records in split {cfg.data.eval_split!r}")
+    init_ray(address)
+    pool = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
+    try:
+        pool.load_adapter(artefact.version, ray.put(artefact))
+        pool.wait_ready()
+        predictions = heldout.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
+    finally:
+        pool.shutdown()
+    metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records),
+               **heldout.report(predictions, cfg.reward.label_match)}
+    path = heldout.write_predictions(predictions, run_dir / "eval" / f"cli-{label}.jsonl")
+    path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics, path
