@@ -383,8 +383,12 @@ class GroupSelection:
         for r in self.raises:
             log.info("tau raised %.2f -> %.2f at step %d (%s)", r.old_tau, r.new_tau, r.step, r)
         cat = {k: np.concatenate([getattr(c, k) for c in self.columns])
-               for k in ("total", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
-        row: dict[str, Any] = {f"reward/{k.removeprefix('r_')}": float(v.mean()) for k, v in cat.items()}
+               for k in ("weighted", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
+        cat |= {k: np.concatenate([c.extra[k] for c in self.columns]) for k in self.columns[0].extra}
+        # reward/total: the weighted sum of the terms, whatever reward.aggregation combines for the advantage;
+        # reward/<name>: a user's term (reward.extra_terms)
+        row: dict[str, Any] = {"reward/" + ("total" if k == "weighted" else k.removeprefix("r_")):
+                               float(v.mean()) for k, v in cat.items()}
         assert self.schedule is not None
         row |= {"tau/value": self.schedule.tau, "tau/version": self.schedule.version}
         if self.schedule.stats is not None:

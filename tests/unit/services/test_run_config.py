@@ -166,3 +166,14 @@ def test_objective_contradictions_are_one_line(tmp_path: Path, overrides: list[s
         load_config(_write(tmp_path, MINIMAL), overrides)
     lines = str(refused.value).splitlines()
     assert len(lines) == 2 and lines[1].startswith("  learner.grpo: ") and "{" not in lines[1]
+
+
+def test_an_extra_term_that_does_not_import_is_one_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "reward: {extra_terms: [{fn: 'no_such_pkg_xyz.terms:f', name: a}]}\n")
+    with pytest.raises(ConfigError, match="does not import") as refused:
+        load_config(path)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  reward.extra_terms.0: ")
+    assert "no_such_pkg_xyz" in lines[1]
+    ok = load_config(path, ["reward.extra_terms.0.fn=deploy.examples.box_terms:oversized_box_penalty"])
+    assert ok.reward.extra_terms[0].name == "a"

@@ -4,6 +4,7 @@ evaluation cadence, adapter pushes, checkpoint and exact resume, a resize reques
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,28 @@ def test_resume_is_exact_with_overlapped_generation(tmp_path: Path) -> None:
         [(s.adapter_version, s.advantage) for b in full_learner.batches[-2:] for s in b.samples]
     timeline = [json.loads(x)["step"] for x in (resumed_dir / "timeline.jsonl").read_text().splitlines()]
     assert timeline == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were cut and written once
+
+
+def test_user_terms_and_correction_statistics_reach_the_metrics_row(tmp_path: Path) -> None:
+    """reward.extra_terms columns are logged as reward/<name>; under normalize_then_sum reward/total is still
+    the weighted sum of the terms; StepMetrics' correction_* fields arrive as learner/correction_*."""
+
+    class CorrectingLearner(RecordingLearner):
+        def grpo_step(self, batch: Any) -> Any:
+            metrics = super().grpo_step(batch)
+            return dataclasses.replace(metrics, correction_kl=0.01, correction_token_fraction=0.25)
+
+    term = {"fn": "deploy.examples.box_terms:oversized_box_penalty", "weight": 0.5, "name": "oversized_box"}
+    reward = {"accuracy": "raw_iou", "w_recite": 0.0, "aggregation": "normalize_then_sum",
+              "extra_terms": [term]}
+    cfg = _config(tmp_path, reward=reward)
+    run_dir, _, learner, _ = _run(cfg, tmp_path, learner=CorrectingLearner())
+    grpo = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("stage") == "rl"]
+    assert len(grpo) == 3
+    for r in grpo:
+        assert r["reward/oversized_box"] <= 0.0
+        assert r["reward/total"] == pytest.approx(r["reward/acc"] + 0.5 * r["reward/format"]
+                                                  + 0.5 * r["reward/oversized_box"])
+        assert (r["learner/correction_kl"], r["learner/correction_token_fraction"]) == (0.01, 0.25)
+    advantages = np.array([s.advantage for s in learner.batches[0].samples]).reshape(2, 4)
+    assert np.all(advantages.std(axis=1) > 0)
