@@ -271,8 +271,8 @@ def score_columns(
     if config.extra_terms:  # 4. The user's terms, over the parsed columns.
         seen = _scored_completions(groups, thinks, format_ok, pred_box, iou, r_acc, r_grd)
         targets = [target for completions, target in groups for _ in completions]
-        for t in config.extra_terms:
-            terms[t.name] = term_values(t.name, t.fn, load_term(t.fn), seen, targets)
+        for term in config.extra_terms:
+            terms[term.name] = term_values(term.name, term.fn, load_term(term.fn), seen, targets)
     weighted, task, total = _combine(terms, offs, config)
     return RewardColumns(total, weighted, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok, offs,
                          tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms})
