@@ -1,12 +1,13 @@
 """The rollout-vs-learner correction (TIS / MIS) as pure torch functions (docs/algorithms.md, "Rollout
 correction").
 
-vLLM and the learner never give identical log-probs of the same tokens (bf16 kernels, batch-dependent
-numerics), and an overlapped batch was sampled by the previous adapter. The engines' behaviour log-probs
-(``logp_rollout``) and the learner's log-probs of the version that sampled the batch (``logp``, logp_old)
-give an importance ratio ``r = exp(logp - logp_rollout)`` per token, or its product per sequence; its
+vLLM and the learner never give identical log-probs of the same tokens under the same adapter (bf16
+kernels, batch-dependent numerics). The engines' behaviour log-probs (``logp_rollout``) and the learner's
+log-probs under the version that sampled the batch (``logp``, logp_old) give an importance ratio
+``r = exp(logp - logp_rollout)`` per token, or its product per sequence (policy lag between versions is the
+PPO ratio's part: logp_old is taken under the sampling version, learner/engine.py); its
 truncation (TIS: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
-training") or a mask outside ``[low, cap]`` (MIS: Liu et al. 2025, "When speed kills stability:
+training") or a mask outside ``[low, cap]`` (MIS: Liu, Li et al. 2025, "When speed kills stability:
 demystifying RL collapse from the training-inference mismatch") weights the clipped surrogate, detached.
 TRL (``vllm_importance_sampling_mode``), verl (rollout correction) and ms-swift
 (``rollout_importance_sampling_mode``) name the same four modes.

@@ -1,7 +1,7 @@
 """How reward terms combine into the one reward the advantage is computed from (`reward.aggregation`).
 
-`sum` (default): `total = sum_k w_k r_k`. `normalize_then_sum` (GDPO: Liu et al. 2026, "GDPO: group reward-
-decoupled normalization policy optimization for multi-reward RL", arXiv 2601.05242; TRL
+`sum` (default): `total = sum_k w_k r_k`. `normalize_then_sum` (GDPO, "Group reward-Decoupled Normalization
+Policy Optimization for multi-reward RL optimization", arXiv 2601.05242; TRL
 `multi_objective_aggregation="normalize_then_sum"`): each term is standardised within its prompt group
 first, `z_k = (r_k - mean_group r_k) / (std_group r_k + eps)` with the unbiased std, as the advantage is,
 and `total = sum_k w_k z_k`. A term that saturates (the format term once every answer parses) then stops
