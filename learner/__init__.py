@@ -1,7 +1,8 @@
 """learner: optimisation of the adapter on a frozen Qwen-VL (GRPO and SFT), one DeepSpeed rank per process.
 
 grpo.py (the GRPO maths as pure torch functions: advantages, sampling-distribution log-probs, clipped
-surrogate, k3 KL, aggregation; docs/algorithms.md), batch.py (TrainSample, TrainBatch, SamplingSpec,
+surrogate, GSPO's sequence surrogate, k3 KL, aggregation; docs/algorithms.md), correction.py (the
+rollout-vs-learner correction, TIS/MIS, and its statistics), batch.py (TrainSample, TrainBatch, SamplingSpec,
 StepMetrics, collation into Collated tensors, micro-batches and the even split), config.py (LearnerConfig,
 GRPOConfig, MLAEConfig), mlae_masks.py (pure expert masks), mlae.py (MLAE as a PEFT LoRA layer),
 policy.py (the base model plus its adapter), adapter_copies.py (the KL reference and earlier versions as

@@ -108,6 +108,10 @@ class StepMetrics:
     ``ratio_*`` and ``clip_fraction`` describe rho = exp(logp - logp_old) (exactly 1 and 0 on-policy);
     ``truncated`` counts completions masked from the loss for hitting the length cap; ``grad_norm`` is the global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
     not report it); ``seconds`` is this step's wall time.
+    ``correction_*`` (None when ``grpo.rollout_correction`` is none; learner/correction.py): the ratio of
+    learner to engine probability the mode applies (per token, or per sequence) before truncation or
+    masking, its mean/min/max; the fractions of loss tokens and of sequences truncated or masked; and the
+    k3 estimate of KL(rollout || learner) per known token (nats).
     """
 
     loss: float
@@ -123,6 +127,12 @@ class StepMetrics:
     seconds: float
     logprob_mismatch: float | None = None
     truncated: int = 0
+    correction_ratio_mean: float | None = None
+    correction_ratio_min: float | None = None
+    correction_ratio_max: float | None = None
+    correction_token_fraction: float | None = None
+    correction_sequence_fraction: float | None = None
+    correction_kl: float | None = None
 
 
 @dataclass(frozen=True)

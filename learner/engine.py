@@ -11,9 +11,13 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   ``logp.detach()``, so the ratio is exactly 1; otherwise (``updates_per_batch > 1``, or a stale batch) a
   no-grad forward under a saved copy of the version that sampled the batch, with the same MLAE mask
   draw as the gradient pass, so the ratio measures the weights' drift and not mask noise.
+- The rollout correction (``grpo.rollout_correction``, learner/correction.py) weights the surrogate by the
+  learner's probability of each token under the version that sampled it over the engine's. When a training
+  forward draws an MLAE mask, that log-prob comes from an extra eval-mode forward: the mask is no mismatch.
 - The KL reference is a frozen copy of the adapter as the GRPO stage began (``grpo.reference``), swapped
   into the adapter's parameters for a no-grad forward under the same mask draw (KL is exactly 0 at the
-  stage's first step); ``base`` switches the adapter off instead. No second model in memory.
+  stage's first step); ``base`` switches the adapter off instead. No second model in memory; with
+  ``beta = 0`` no reference forward and no copy.
 - The sync alarm's reading (``logprob_mismatch``) comes from an eval-mode forward (no MLAE mask) of the
   first micro-batch after each adapter version change; the training forward's mask noise would hide a
   failed sync (0.7 nats/token at p = 0.5).
@@ -49,7 +53,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from learner import checkpoint, grpo
+from learner import checkpoint, correction, grpo
 from learner.adapter_copies import AdapterCopies
 from learner.batch import Collated, SamplingSpec, StepMetrics, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
@@ -204,32 +208,31 @@ class LearnerEngine:
         batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions)
         mismatch = self._sync_reading(batches[0], batch.sampling)
         sums: dict[str, float] = {}
-        rmin, rmax = float("inf"), float("-inf")
+        lows, highs = {"ratio": float("inf")}, {"ratio": float("-inf")}  # running minima and maxima
         for _ in range(g.updates_per_batch):
-            step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling)
+            step_sums = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling, lows, highs)
             sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
-            rmin, rmax = min(rmin, lo), max(rmax, hi)
         keys = list(sums)
         total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
-        (rmin,) = self._all_reduce([rmin], dist.ReduceOp.MIN)
-        (rmax,) = self._all_reduce([rmax], dist.ReduceOp.MAX)
+        low = dict(zip(lows, self._all_reduce(list(lows.values()), dist.ReduceOp.MIN), strict=True))
+        high = dict(zip(highs, self._all_reduce(list(highs.values()), dist.ReduceOp.MAX), strict=True))
         k = g.updates_per_batch
         denom = max(n_tok, 1.0) * k
         return StepMetrics(
             loss=total["loss"] / k, kl=total["kl"] / denom, clip_fraction=total["clipped"] / denom,
             entropy=total["entropy"] / denom, ratio_mean=total["ratio"] / denom if n_tok else 1.0,
-            ratio_min=rmin if n_tok else 1.0, ratio_max=rmax if n_tok else 1.0,
+            ratio_min=low["ratio"] if n_tok else 1.0, ratio_max=high["ratio"] if n_tok else 1.0,
             grad_norm=self._grad_norm(), sequences=int(n_seq), tokens=int(n_tok),
             seconds=time.perf_counter() - t0, logprob_mismatch=mismatch,
-            truncated=int(total["truncated"] / k))
+            truncated=int(total["truncated"] / k), **correction.step_metrics(total, low, high))
 
     def _grpo_update(self, batches: list[Collated], n_seq: float, n_tok: float, n_mb: int,
-                     sampling: SamplingSpec) -> tuple[dict[str, float], float, float]:
-        """One optimiser step over the micro-batches; returns this rank's metric sums and ratio range."""
+                     sampling: SamplingSpec, lo: dict[str, float], hi: dict[str, float]) -> dict[str, float]:
+        """One optimiser step over the micro-batches: this rank's metric sums (extremes into lo, hi)."""
         g = self.cfg.grpo
+        correct = g.rollout_correction != "none"
         self.ds_engine.train()
         sums = dict.fromkeys(("loss", "kl", "clipped", "ratio", "entropy", "truncated"), 0.0)
-        rmin, rmax = float("inf"), float("-inf")
         for i in range(n_mb):
             # Ranks with fewer micro-batches repeat their last one at weight 0 to join every reduction.
             batch, weight = (batches[i], 1.0) if i < len(batches) else (batches[-1], 0.0)
@@ -240,14 +243,22 @@ class LearnerEngine:
                 with torch.no_grad(), self._reference_policy():
                     ref = self._logprobs(batch, sampling)  # [B, T]
                 checkpoint.set_rng_state(rng)
+            # The policy the engines sampled: the training forward's logp_old, unless it draws an MLAE mask.
+            sampled = self._stale_logprobs(batch, sampling, rng, sampled=True) \
+                if correct and self.cfg.stochastic_train_forward else None
             stale = self._stale_logprobs(batch, sampling, rng)  # rows of older versions, or None
             logits = self._logits(batch, sampling)  # [B, T, V] of the sampling distribution
             logp = grpo.token_logprobs(logits, batch.targets.to(self.device))  # [B, T]
             logp_old = logp.detach() if stale is None else torch.where(stale[0][:, None], stale[1], logp.detach())
+            weights, stats = correction.weigh(
+                logp_old if sampled is None else sampled[1], batch.sampling_logprobs.to(self.device),
+                batch.sampling_mask.to(self.device), mask, g.rollout_correction, g.rollout_correction_cap,
+                g.rollout_correction_low) if correct else (None, None)
             parts = grpo.grpo_loss(
                 logp, logp_old, ref, batch.advantages.to(self.device), mask,
                 eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
-                num_sequences=n_seq, num_tokens=n_tok)
+                num_sequences=n_seq, num_tokens=n_tok, ratio_level=g.ratio_level, correction=weights,
+                constant_length=g.constant_length)
             self.ds_engine.backward(parts.loss * (weight * self.world_size))
             if weight == 0.0:
                 continue
@@ -259,26 +270,38 @@ class LearnerEngine:
             sums["ratio"] += parts.ratio_sum
             sums["entropy"] += float((ent * mask).sum())
             sums["truncated"] += float((batch.truncated & (batch.loss_mask.sum(dim=1) == 0)).sum())
-            rmin, rmax = min(rmin, parts.ratio_min), max(rmax, parts.ratio_max)
+            lo["ratio"], hi["ratio"] = min(lo["ratio"], parts.ratio_min), max(hi["ratio"], parts.ratio_max)
+            if stats is not None:
+                correction.accumulate(stats, sums, lo, hi)
+        if correct:  # a step whose correction dropped every token stops here, before the optimiser moves
+            counts = self._all_reduce([sums.get("rc_tokens", 0.0), sums.get("rc_tokens_affected", 0.0)],
+                                      dist.ReduceOp.SUM)
+            correction.require_kept(*counts, g.rollout_correction, g.rollout_correction_cap,
+                                    g.rollout_correction_low)
         self._optimizer_step()
-        return sums, rmin, rmax
+        return sums
 
-    def _stale_logprobs(self, batch: Collated, sampling: SamplingSpec,
-                        rng: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _stale_logprobs(self, batch: Collated, sampling: SamplingSpec, rng: dict[str, Any],
+                        sampled: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For rows sampled by a version the weights no longer are: ``(rows [B] bool, logp_old [B, T])``,
-        each from a no-grad forward under that version with this micro-batch's mask draw."""
+        each from a no-grad forward under that version with this micro-batch's mask draw. ``sampled``: every
+        row, in eval mode (no MLAE mask): the policy the engines sampled (for the rollout correction)."""
         versions = batch.adapter_version.to(self.device)  # [B]
-        stale = sorted({int(v) for v in versions.tolist()} - {self.copies.live_version})
+        stale = sorted({int(v) for v in versions.tolist()} - {None if sampled else self.copies.live_version})
         if not stale:
             return None
         rows = torch.zeros_like(versions, dtype=torch.bool)  # [B]
         values = torch.zeros(batch.loss_mask.shape, dtype=torch.float32, device=self.device)  # [B, T]
-        for v in stale:
-            with torch.no_grad(), self.copies.as_version(v):
-                lp = self._logprobs(batch, sampling)  # [B, T]
-            checkpoint.set_rng_state(rng)
-            values = torch.where((versions == v)[:, None], lp, values)
-            rows |= versions == v
+        self.ds_engine.train(not sampled)
+        try:
+            for v in stale:
+                with torch.no_grad(), self.copies.as_version(v):
+                    lp = self._logprobs(batch, sampling)  # [B, T]
+                checkpoint.set_rng_state(rng)
+                values = torch.where((versions == v)[:, None], lp, values)
+                rows |= versions == v
+        finally:
+            self.ds_engine.train()
         return rows, values
 
     def _sync_reading(self, batch: Collated, sampling: SamplingSpec) -> float | None:
@@ -362,13 +385,16 @@ class LearnerEngine:
     # ---- stages, export, checkpoints --------------------------------------------------------------------
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool = False) -> None:
-        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO the KL
-        reference copied from the adapter as it is now. Call at a stage's first step, not on resume."""
+        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO with
+        ``beta > 0`` and ``reference: stage_start`` the KL reference copied from the adapter as it is now
+        (none is kept otherwise). Call at a stage's first step, not on resume."""
         self.set_lr(lr)
         if not carry_optimizer:
             self._reset_optimizer()
-        if kind == "grpo":
+        if kind == "grpo" and self.cfg.grpo.beta > 0.0 and self.cfg.grpo.reference == "stage_start":
             self.copies.set_reference()
+        elif kind == "grpo":  # no KL, or the base as reference: no adapter copy to hold
+            self.copies.reference = None
 
     def _reset_optimizer(self) -> None:
         """Drop AdamW's moments and step counts: the next step is a fresh optimiser's first (TRL and verl
@@ -419,3 +445,4 @@ class LearnerEngine:
 
             deepspeed.comm.destroy_process_group()
             self._owns_group = False
+

@@ -8,6 +8,9 @@ Loss normalisation is by *global* counts passed in by the caller (number of sequ
 loss token, or number of loss tokens, summed over micro-batches and ranks). The per-micro-batch losses then
 add up to the full-batch loss exactly, which is what makes gradient accumulation and several data-parallel
 ranks equal to one big batch.
+
+The rollout-vs-learner correction's weights (``learner/correction.py``) multiply the surrogate through
+``grpo_loss(correction=...)``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 
 from learner.batch import SamplingSpec
 
-Aggregation = Literal["grpo", "dapo"]
+Aggregation = Literal["grpo", "dapo", "dr_grpo"]
+RatioLevel = Literal["token", "sequence"]
 RewardScaling = Literal["group", "batch", "none"]
 SUPPRESS_BIAS = -100.0  # the engines' logit bias on vision tokens (rollout/engine_vllm.py)
 KL_LOG_RATIO_CLAMP = 20.0  # |ref - logp| bound before exp, and the k3 cap below (as verl's low_var_kl)
@@ -176,21 +180,53 @@ def clipped_surrogate(
     return loss, ratio.detach(), clipped
 
 
+def sequence_surrogate(
+    logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float,
+    eps_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GSPO's sequence-level surrogate (Zheng et al. 2025, arXiv 2507.18071, eq. 5-7), as ``[B, T]`` tokens.
+
+    ``s_i = exp(mean_t m_t (logp - logp_old))`` (the geometric mean of the token ratios of sequence i) is
+    clipped per sequence: ``-min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i)``, the same value on every
+    token of the sequence, so a sequence-mean aggregation gives GSPO's per-sequence objective and its
+    gradient ``A_i grad s_i = A_i s_i mean_t grad logp_t``. Shapes as :func:`clipped_surrogate`, and
+    ``mask [B, T]``.
+    """
+    m = mask.to(logp.dtype)
+    log_s = ((logp - logp_old) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # [B]
+    ratio = torch.exp(log_s)[:, None].expand_as(logp)  # [B, T], gradient through every masked token
+    adv = advantages[:, None].to(ratio.dtype)  # [B, 1]
+    unclipped = ratio * adv  # [B, T]
+    clipped_val = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv  # [B, T]
+    return -torch.minimum(unclipped, clipped_val), ratio.detach(), clipped_val < unclipped
+
+
 def aggregate(
-    loss_tok: torch.Tensor, mask: torch.Tensor, mode: Aggregation, num_sequences: float, num_tokens: float
+    loss_tok: torch.Tensor, mask: torch.Tensor, mode: Aggregation, num_sequences: float, num_tokens: float,
+    constant_length: float | None = None,
 ) -> torch.Tensor:
     """Reduce per-token losses ``[B, T]`` under ``mask [B, T]`` to this micro-batch's share of the loss.
 
     GRPO: each sequence's token-mean, summed, divided by ``num_sequences`` (global count of sequences with
-    at least one loss token). DAPO: all masked tokens summed, divided by ``num_tokens`` (global). A sequence
-    with an empty mask contributes exactly 0; zero global counts give 0, never NaN.
+    at least one loss token). DAPO: all masked tokens summed, divided by ``num_tokens`` (global). Dr. GRPO
+    (Liu et al. 2025, arXiv 2503.20783, eq. 3): all masked tokens summed, divided by the constant
+    ``constant_length * num_sequences`` (the completion-length budget), so no length enters the weights.
+    A sequence with an empty mask contributes exactly 0; zero global counts give 0, never NaN.
     """
     mask = mask.to(loss_tok.dtype)
-    if mode == "grpo":
-        per_seq_tokens = mask.sum(dim=1)  # [B]
-        per_seq = (loss_tok * mask).sum(dim=1) / per_seq_tokens.clamp(min=1.0)  # [B]
-        return per_seq.sum() / max(num_sequences, 1.0)
-    return (loss_tok * mask).sum() / max(num_tokens, 1.0)
+    match mode:
+        case "grpo":
+            per_seq_tokens = mask.sum(dim=1)  # [B]
+            per_seq = (loss_tok * mask).sum(dim=1) / per_seq_tokens.clamp(min=1.0)  # [B]
+            return per_seq.sum() / max(num_sequences, 1.0)
+        case "dapo":
+            return (loss_tok * mask).sum() / max(num_tokens, 1.0)
+        case "dr_grpo":
+            if constant_length is None or constant_length <= 0:
+                raise ValueError(f"aggregation dr_grpo needs constant_length > 0 (the completion-length "
+                                 f"budget, rollout.sampling.max_new_tokens), got {constant_length}")
+            return (loss_tok * mask).sum() / (constant_length * max(num_sequences, 1.0))
+    raise ValueError(f"unknown aggregation {mode!r}; use grpo, dapo or dr_grpo")
 
 
 @dataclass(frozen=True)
@@ -223,17 +259,28 @@ def grpo_loss(
     mode: Aggregation,
     num_sequences: float,
     num_tokens: float,
+    ratio_level: RatioLevel = "token",
+    correction: torch.Tensor | None = None,
+    constant_length: float | None = None,
 ) -> LossParts:
-    """The GRPO loss of one micro-batch: clipped surrogate plus ``beta * k3 KL``, aggregated.
+    """The GRPO loss of one micro-batch: (corrected) clipped surrogate plus ``beta * k3 KL``, aggregated.
 
     Args:
         logp: ``[B, T]`` current log-probs (with gradient). logp_old: ``[B, T]`` (detached).
         ref_logp: ``[B, T]`` reference log-probs (the stage's starting adapter, or the base), or None when
             ``beta == 0``.
         advantages: ``[B]``. mask: ``[B, T]`` 1 on completion tokens that carry loss.
-        num_sequences / num_tokens: global normalisers (see :func:`aggregate`).
+        num_sequences / num_tokens / constant_length: normalisers (see :func:`aggregate`).
+        ratio_level: ``token`` (GRPO's per-token ratio) or ``sequence`` (GSPO, :func:`sequence_surrogate`).
+        correction: ``[B, T]`` detached weights of :func:`rollout_correction`, multiplying the surrogate (not
+            the KL term), or None for none.
     """
-    surrogate, ratio, clipped = clipped_surrogate(logp, logp_old, advantages, eps_low, eps_high)
+    if ratio_level == "sequence":
+        surrogate, ratio, clipped = sequence_surrogate(logp, logp_old, advantages, mask, eps_low, eps_high)
+    else:
+        surrogate, ratio, clipped = clipped_surrogate(logp, logp_old, advantages, eps_low, eps_high)
+    if correction is not None:
+        surrogate = surrogate * correction.detach()  # [B, T]
     if beta > 0.0:
         if ref_logp is None:
             raise ValueError("grpo_loss: beta > 0 needs ref_logp (the reference policy's log-probs)")
@@ -242,7 +289,7 @@ def grpo_loss(
     else:
         kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
         loss_tok = surrogate
-    loss = aggregate(loss_tok, mask, mode, num_sequences, num_tokens)
+    loss = aggregate(loss_tok, mask, mode, num_sequences, num_tokens, constant_length)
     m = mask.bool()
     n = float(m.sum().item())
     big = torch.finfo(ratio.dtype).max

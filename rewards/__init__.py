@@ -2,9 +2,11 @@
 
 boxes.py (IoU, best IoU over several truths, clipping, the box of a mask), frames.py (coordinate frames and
 the one conversion to original pixels), parse.py (model text -> box, label or grade), terms.py (recitation
-BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), schedule.py (the MedLoc-R1
-threshold schedule), scorer.py (RewardScorer: scoring plus the schedule's state), config.py (RewardConfig,
-ScheduleConfig), trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
+BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), aggregate.py (how the terms
+combine: the weighted sum or GDPO's normalize_then_sum), extra_terms.py (reward terms a user adds:
+ScoredCompletion, loading and checking them), schedule.py (the MedLoc-R1 threshold schedule), scorer.py
+(RewardScorer: scoring plus the schedule's state), config.py (RewardConfig, ExtraTerm, ScheduleConfig),
+trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
 that imports ray). The maths and its sources: docs/algorithms.md.
 
 Usable on its own, for example as a plain reward function:
@@ -24,7 +26,8 @@ Usable on its own, for example as a plain reward function:
 No Ray here: the actor lives in `rewards.actor` and is imported only by the code that starts it.
 """
 from rewards.boxes import best_iou, clip_box, iou, iou_pairs, mask_box, max_iou
-from rewards.config import RewardConfig, ScheduleConfig
+from rewards.config import ExtraTerm, RewardConfig, ScheduleConfig
+from rewards.extra_terms import RewardTermError, ScoredCompletion
 from rewards.frames import Box, ImageFrame, from_original, smart_resize, to_original
 from rewards.parse import ParsedAnswer, parse_answer
 from rewards.schedule import RaiseRecord, ScheduleStats, ThresholdSchedule
@@ -42,8 +45,10 @@ from rewards.terms import grade_reward, label_match, recitation
 from rewards.trl_reward import MedgroundReward
 
 __all__ = [
-    "Box", "ImageFrame", "MedgroundReward", "ParsedAnswer", "RaiseRecord", "RewardBreakdown", "RewardColumns", "RewardConfig",
-    "RewardScorer", "RewardTarget", "ScheduleConfig", "ScheduleSnapshot", "ScheduleStats", "ScoredBatch",
+    "Box", "ExtraTerm", "ImageFrame", "MedgroundReward",
+    "ParsedAnswer", "RaiseRecord", "RewardBreakdown", "RewardColumns", "RewardConfig",
+    "RewardScorer", "RewardTarget", "RewardTermError", "ScheduleConfig", "ScheduleSnapshot", "ScheduleStats",
+    "ScoredBatch", "ScoredCompletion",
     "ThresholdSchedule", "best_iou", "clip_box", "from_original", "grade_reward", "iou", "iou_pairs", "label_match",
     "mask_box", "max_iou",
     "parse_answer", "recitation", "score_columns", "score_group", "score_groups", "smart_resize", "to_original",

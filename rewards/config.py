@@ -70,8 +70,36 @@ class ScheduleConfig(_Strict):
         return self
 
 
+# reward/<name> metric keys already taken by the built-in columns and the reward client's fault counts.
+RESERVED_TERM_NAMES = frozenset({"total", "task", "weighted", "acc", "format", "recite", "grade", "iou",
+                                 "actor_deaths", "actor_timeouts", "requests_resent"})
+
+
+class ExtraTerm(_Strict):
+    """A reward term the user adds (docs/algorithms.md, "Reward terms you add"; rewards/extra_terms.py)."""
+
+    fn: str = Field(..., description="'package.module:function', a pure function (completions, targets) -> "
+                    "list[float] over the batch's ScoredCompletion and RewardTarget lists; imported (and its "
+                    "signature checked) when the config is validated, called in the reward actor.")
+    weight: float = Field(1.0, description="Its weight w in the total (negative: a penalty).")
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]*$",
+                      description="Its column, logged as reward/<name> (lower case, digits, underscores).")
+    task: bool = Field(False, description="Counts as task signal for dynamic sampling's zero-variance rule, "
+                       "as accuracy, format and grade do; false (default): a shaping term, as recitation.")
+
+    @model_validator(mode="after")
+    def _importable(self) -> ExtraTerm:
+        from rewards.extra_terms import load_term  # imports the user's module: here, not at package import
+
+        if self.name in RESERVED_TERM_NAMES:
+            raise ValueError(f"name {self.name!r} is a built-in reward column; choose another name")
+        load_term(self.fn, where=f"term {self.name!r}")
+        return self
+
+
 class RewardConfig(_Strict):
-    """Which reward terms are on and how they combine: total = sum_k w_k * r_k."""
+    """Which reward terms are on and how they combine: total = sum_k w_k * r_k (or of their group-standardised
+    values, `aggregation: normalize_then_sum`)."""
 
     accuracy: Literal["medloc", "fixed", "raw_iou", "stepped"] = Field(
         "medloc", description="Accuracy reward: MedLoc-R1 schedule, fixed tau, continuous IoU, or tau by progress."
@@ -94,6 +122,16 @@ class RewardConfig(_Strict):
         description="Classification match: `normalised` compares case-folded labels with punctuation and extra "
         "whitespace removed ('Pleural effusion.' == 'pleural  effusion'); `exact` compares stripped strings.",
     )
+    aggregation: Literal["sum", "normalize_then_sum"] = Field(
+        "sum", description="How the terms combine into the reward the advantage is computed from: their "
+        "weighted sum, or the weighted sum of each term standardised within its group (GDPO; TRL "
+        "multi_objective_aggregation='normalize_then_sum'). Dynamic sampling looks at the raw task terms "
+        "either way.")
+    term_eps: float = Field(1e-4, gt=0.0, description="Added to each term's group std under "
+                            "normalize_then_sum (as learner.grpo.adv_eps in the advantage).")
+    extra_terms: tuple[ExtraTerm, ...] = Field(
+        (), description="Reward terms you add: [{fn: 'package.module:function', weight: w, name: n}], each "
+        "adding w * fn(...) to the total and logged as reward/<name>.")
     schedule: ScheduleConfig = ScheduleConfig()
     call_timeout_s: float = Field(
         60.0, gt=0.0, description="Deadline in seconds for the reward actor to score one batch; an actor that has "
@@ -105,4 +143,7 @@ class RewardConfig(_Strict):
         _check_sorted_from_zero(self.stepped_stages, "reward.stepped_stages", "progress_from")
         if any(not (0.0 < tau <= 1.0) or p > 1.0 for p, tau in self.stepped_stages):
             raise ValueError(f"reward.stepped_stages needs progress in [0, 1] and tau in (0, 1], got {self.stepped_stages}")
+        names = [t.name for t in self.extra_terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward.extra_terms names {names} repeat one; give each term its own name")
         return self

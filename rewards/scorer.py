@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from rewards.config import RewardConfig
+from rewards.extra_terms import load_term
 from rewards.schedule import RaiseRecord, ThresholdSchedule
 from rewards.scoring import RewardBreakdown, RewardColumns, RewardTarget, ScheduleSnapshot, score_columns
 
@@ -48,6 +49,8 @@ class RewardScorer:
     def __init__(self, config: RewardConfig | None = None) -> None:
         self.config = config if config is not None else RewardConfig()
         self.schedule = ThresholdSchedule(self.config.schedule)
+        for term in self.config.extra_terms:  # import the user's terms here, in the actor, before any batch
+            load_term(term.fn, where=f"reward term {term.name!r}")
 
     def snapshot(self, progress: float = 0.0) -> ScheduleSnapshot:
         """The tau completions are scored under now; `progress` in [0, 1] matters in `stepped` mode only."""

@@ -1,22 +1,26 @@
 """Scoring: the target contract, the per-completion breakdown, and the batch scorer (pure, vectorised).
 
 `score_groups` scores a whole batch in one pass: a regex parse per completion, then one numpy pass for
-clipping, the frame conversion and max-IoU over every completion at once. `score_group` is the same code
-for one group. Neither touches the schedule: the caller passes the tau snapshot to score under.
+clipping, the frame conversion and max-IoU over every completion at once; the user's terms
+(`reward.extra_terms`) then see the parsed columns, and the terms combine as `reward.aggregation` says.
+`score_group` is the same code for one group. Neither touches the schedule: the caller passes the tau
+snapshot to score under.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from rewards.aggregate import normalize_then_sum
 from rewards.boxes import FloatArray, max_iou
 from rewards.config import RewardConfig
+from rewards.extra_terms import ScoredCompletion, load_term, term_values
 from rewards.frames import Box, ImageFrame
 from rewards.parse import (
     FAST_GROUNDING,
@@ -95,10 +99,13 @@ class RewardTarget:
 
 @dataclass(frozen=True)
 class RewardBreakdown:
-    """One completion's reward: total = w_acc*r_acc + w_format*r_format + w_recite*r_recite + w_grade*r_grade.
+    """One completion's reward: total = w_acc*r_acc + w_format*r_format + w_recite*r_recite + w_grade*r_grade
+    (plus the user's terms; under `normalize_then_sum` the sum of the group-standardised terms instead).
 
-    task: the part of the total that carries the task, total - w_recite*r_recite (recitation is shaping:
-    a group whose task part is all equal holds no task signal, however its BLEU differs). iou: best IoU over the target's boxes in original pixels (0 when unparsable or not grounding);
+    task: the part of the weighted sum that carries the task, without w_recite*r_recite and the user's
+    shaping terms (recitation is shaping: a group whose task part is all equal holds no task signal, however
+    its BLEU differs). iou: best IoU over the target's boxes in original pixels (0 when unparsable or not
+    grounding);
     pred_box: the parsed box in original pixels, or None; tau / tau_version: the threshold it was scored
     under (tau None in raw_iou mode).
     """
@@ -130,11 +137,16 @@ class RewardColumns:
     """A scored batch as columns (cheap to ship between processes; the driver's advantages want arrays).
 
     N completions, groups laid out contiguously: group g is rows offsets[g]:offsets[g+1].
-    total, task, r_acc, r_format, r_recite, r_grade, iou: float64 [N] (task: see RewardBreakdown); pred_box: float64 [N, 4] in original
-    pixels, NaN rows where no box; format_ok: bool [N]; offsets: int64 [n_groups + 1].
+    total, weighted, task, r_acc, r_format, r_recite, r_grade, iou: float64 [N]. weighted: sum_k w_k r_k
+    over every term (the user's included); total: what the advantage is computed from, equal to weighted
+    under `reward.aggregation: sum`, the sum of the group-standardised weighted terms under
+    `normalize_then_sum`; task: see RewardBreakdown. pred_box: float64 [N, 4] in original pixels, NaN rows
+    where no box; format_ok: bool [N]; offsets: int64 [n_groups + 1]; extra: each user term's unweighted
+    values [N] by name (`reward.extra_terms`).
     """
 
     total: FloatArray
+    weighted: FloatArray
     task: FloatArray
     r_acc: FloatArray
     r_format: FloatArray
@@ -146,6 +158,7 @@ class RewardColumns:
     offsets: npt.NDArray[np.int64]
     tau: float | None
     tau_version: int
+    extra: Mapping[str, FloatArray] = field(default_factory=dict)
 
     @property
     def num_groups(self) -> int:
@@ -253,10 +266,56 @@ def score_columns(
                 for j in range(offsets[g], offsets[g + 1]):
                     r_rec[j] = recitation(thinks[j], target.knowledge)
     r_grd = np.asarray(r_grade, dtype=np.float64)
-    task = config.w_acc * r_acc + config.w_format * r_format + config.w_grade * r_grd
-    total = task + config.w_recite * r_rec
-    return RewardColumns(total, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok,
-                         np.asarray(offsets, dtype=np.int64), tau, snapshot.version)
+    offs = np.asarray(offsets, dtype=np.int64)
+    terms = {"acc": r_acc, "format": r_format, "grade": r_grd, "recite": r_rec}
+    if config.extra_terms:  # 4. The user's terms, over the parsed columns.
+        seen = _scored_completions(groups, thinks, format_ok, pred_box, iou, r_acc, r_grd)
+        targets = [target for completions, target in groups for _ in completions]
+        for term in config.extra_terms:
+            terms[term.name] = term_values(term.name, term.fn, load_term(term.fn), seen, targets)
+    weighted, task, total = _combine(terms, offs, config)
+    return RewardColumns(total, weighted, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok, offs,
+                         tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms})
+
+
+def _scored_completions(groups: Sequence[tuple[Sequence[str], RewardTarget]], thinks: list[str],
+                        format_ok: npt.NDArray[np.bool_], pred_box: FloatArray, iou: FloatArray,
+                        r_acc: FloatArray, r_grade: FloatArray) -> list[ScoredCompletion]:
+    """What the user's terms see of each completion, in batch order (rewards/extra_terms.py)."""
+    out: list[ScoredCompletion] = []
+    for g, (completions, target) in enumerate(groups):
+        for text in completions:
+            j = len(out)
+            b = pred_box[j].tolist()
+            box = None if math.isnan(b[0]) else (b[0], b[1], b[2], b[3])
+            out.append(ScoredCompletion(text if isinstance(text, str) else "", thinks[j], target.task, g,
+                                        bool(format_ok[j]), box, float(iou[j]), float(r_acc[j]),
+                                        float(r_grade[j])))
+    return out
+
+
+def _combine(terms: dict[str, FloatArray], offsets: npt.NDArray[np.int64],
+             config: RewardConfig) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``(weighted, task, total)``, each ``[N]``, from every term's values by name (``reward.aggregation``).
+
+    task sums the task terms (accuracy, format, grade, the user's with ``task: true``) in that order and
+    weighted adds the shaping terms to it, so without user terms both are bit-identical to the plain sums.
+    """
+    weights = {"acc": config.w_acc, "format": config.w_format, "grade": config.w_grade}
+    weights |= {t.name: t.weight for t in config.extra_terms if t.task}
+    shaping = {"recite": config.w_recite} | {t.name: t.weight for t in config.extra_terms if not t.task}
+    task = np.zeros(int(offsets[-1]))
+    for k, w in weights.items():
+        task = task + w * terms[k]
+    weighted = task
+    for k, w in shaping.items():
+        weighted = weighted + w * terms[k]
+    if config.aggregation == "sum":
+        return weighted, task, weighted
+    weights |= shaping
+    names = list(weights)
+    return weighted, task, normalize_then_sum(np.stack([terms[k] for k in names], axis=1),
+                                              np.array([weights[k] for k in names]), offsets, config.term_eps)
 
 
 def score_groups(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from learner.config import LearnerConfig
+from learner.config import LOSS_PRESETS, LearnerConfig
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -217,6 +217,29 @@ class RunConfig(_Strict):
         elif isinstance(learner, LearnerConfig):
             learner = learner.model_copy(update={"mlae": _seeded(learner.mlae, seed)})
         return {**data, "learner": learner, "rollout": _seeded(data.get("rollout"), seed)}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dr_grpo_length(cls, data: Any) -> Any:
+        """dr_grpo's constant normaliser defaults to the completion-length budget,
+        rollout.sampling.max_new_tokens (Dr. GRPO's MAX_TOKENS), filled here so `validate-config --show` and
+        resolved_config.json show it."""
+        if not isinstance(data, dict) or not isinstance(data.get("learner"), dict):
+            return data
+        learner: dict[str, Any] = data["learner"]
+        grpo = learner.get("grpo")
+        if not isinstance(grpo, dict) or grpo.get("constant_length") is not None:
+            return data
+        preset = LOSS_PRESETS.get(grpo.get("loss", "grpo"), {})
+        if grpo.get("aggregation", preset.get("aggregation")) != "dr_grpo":
+            return data
+        try:
+            rollout = data.get("rollout")
+            length = (rollout if isinstance(rollout, RolloutConfig)
+                      else RolloutConfig.model_validate(rollout or {})).sampling.max_new_tokens
+        except ValidationError:
+            return data  # pydantic reports the rollout section's own errors
+        return {**data, "learner": {**learner, "grpo": {**grpo, "constant_length": length}}}
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:

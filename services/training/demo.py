@@ -57,5 +57,5 @@ def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
 
 
 def _with_se(row: dict[str, Any], metric: str, digits: int = 1) -> str:
-    """'59.5 ± 3.5': a held-out metric and its standard error (services/eval_metrics.py)."""
+    """'59.5 ± 3.5': a held-out metric and its standard error (services/evaluation/metrics.py)."""
     return f"{row[f'eval/{metric}']:.{digits}f} ± {row[f'eval/{metric}_se']:.{digits}f}"

@@ -79,8 +79,12 @@ def batch_row(sel: GroupSelection, version: int) -> dict[str, Any]:
     it trained on this batch. `tau/scored_under` is the threshold every round was scored under, `tau/value`
     the schedule's after observing them (they differ on a step that raised tau)."""
     cat = {k: np.concatenate([getattr(c, k) for c in sel.columns])
-           for k in ("total", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
-    row: dict[str, Any] = {f"reward/{k.removeprefix('r_')}": float(v.mean()) for k, v in cat.items()}
+           for k in ("weighted", "r_acc", "r_format", "r_recite", "r_grade", "iou")}
+    cat |= {k: np.concatenate([c.extra[k] for c in sel.columns]) for k in sel.columns[0].extra}
+    # reward/total: the weighted sum of the terms, whatever reward.aggregation combines for the advantage;
+    # reward/<name>: a user's term (reward.extra_terms)
+    row: dict[str, Any] = {"reward/" + ("total" if k == "weighted" else k.removeprefix("r_")): float(v.mean())
+                           for k, v in cat.items()}
     assert sel.schedule is not None and sel.tau is not None
     row |= {"tau/value": sel.schedule.tau, "tau/version": sel.schedule.version,
             "tau/scored_under": sel.tau.tau, "tau/scored_under_version": sel.tau.version}

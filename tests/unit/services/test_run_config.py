@@ -188,3 +188,40 @@ def test_rules_across_sections_name_both_fields(tmp_path: Path, override: str, m
     else:
         with pytest.raises(ConfigError, match=match):
             load_config(path, override.split())
+
+
+def test_dr_grpo_length_is_the_completion_budget_unless_set(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL)
+    cfg = load_config(path, ["learner.grpo.loss=dr_grpo", "rollout.sampling.max_new_tokens=96"])
+    assert (cfg.learner.grpo.aggregation, cfg.learner.grpo.constant_length) == ("dr_grpo", 96)
+    assert load_config(path, ["learner.grpo.aggregation=dr_grpo"]).learner.grpo.constant_length == 64
+    own = load_config(path, ["learner.grpo.loss=dr_grpo", "learner.grpo.constant_length=200"])
+    assert own.learner.grpo.constant_length == 200
+    # the resolved dump (what --show prints and a resume reads) holds the expansion and validates to itself
+    dumped = json.loads(write_resolved(cfg, tmp_path / "run").read_text())["learner"]["grpo"]
+    assert (dumped["scale_rewards"], dumped["constant_length"]) == ("none", 96)
+    assert RunConfig.model_validate(json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["learner.grpo.loss=gspo", "learner.grpo.rollout_correction=token_truncate"], "GSPO replaces token-level"),
+    (["learner.grpo.loss=gspo", "learner.grpo.aggregation=dapo"], "set aggregation=grpo"),
+    (["learner.grpo.rollout_correction_low=0.5"], "drops tokens in the mask modes only"),
+    (["learner.grpo.constant_length=32"], "only dr_grpo divides by it"),
+])
+def test_objective_contradictions_are_one_line(tmp_path: Path, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as refused:
+        load_config(_write(tmp_path, MINIMAL), overrides)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  learner.grpo: ") and "{" not in lines[1]
+
+
+def test_an_extra_term_that_does_not_import_is_one_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "reward: {extra_terms: [{fn: 'no_such_pkg_xyz.terms:f', name: a}]}\n")
+    with pytest.raises(ConfigError, match="does not import") as refused:
+        load_config(path)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  reward.extra_terms.0: ")
+    assert "no_such_pkg_xyz" in lines[1]
+    ok = load_config(path, ["reward.extra_terms.0.fn=deploy.examples.box_terms:oversized_box_penalty"])
+    assert ok.reward.extra_terms[0].name == "a"

@@ -4,6 +4,7 @@ evaluation cadence, adapter pushes, checkpoint and exact resume, a resize reques
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,28 @@ def test_a_classification_stage_continues_from_the_grounding_stages_adapter(tmp_
     # the label reward (the graded column: label match for classification): 2 of each group's 4 answers right
     assert (rows[1]["reward/grade"], rows[1]["reward/acc"]) == (pytest.approx(0.5), 0.0)
     assert rows[1]["eval/cls/accuracy"] == 100.0 and "eval/A@0.5" in rows[1]  # percent, as A@0.5
+
+
+def test_user_terms_and_correction_statistics_reach_the_metrics_row(tmp_path: Path) -> None:
+    """reward.extra_terms columns are logged as reward/<name>; under normalize_then_sum reward/total is still
+    the weighted sum of the terms; StepMetrics' correction_* fields arrive as learner/correction_*."""
+
+    class CorrectingLearner(RecordingLearner):
+        def grpo_step(self, batch: Any) -> Any:
+            metrics = super().grpo_step(batch)
+            return dataclasses.replace(metrics, correction_kl=0.01, correction_token_fraction=0.25)
+
+    term = {"fn": "deploy.examples.box_terms:oversized_box_penalty", "weight": 0.5, "name": "oversized_box"}
+    reward = {"accuracy": "raw_iou", "w_recite": 0.0, "aggregation": "normalize_then_sum",
+              "extra_terms": [term]}
+    cfg = _config(tmp_path, reward=reward)
+    run_dir, _, learner, _ = _run(cfg, tmp_path, learner=CorrectingLearner())
+    grpo = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("stage") == "rl"]
+    assert len(grpo) == 3
+    for r in grpo:
+        assert r["reward/oversized_box"] <= 0.0
+        assert r["reward/total"] == pytest.approx(r["reward/acc"] + 0.5 * r["reward/format"]
+                                                  + 0.5 * r["reward/oversized_box"])
+        assert (r["learner/correction_kl"], r["learner/correction_token_fraction"]) == (0.01, 0.25)
+    advantages = np.array([s.advantage for s in learner.batches[0].samples]).reshape(2, 4)
+    assert np.all(advantages.std(axis=1) > 0)
