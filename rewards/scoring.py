@@ -178,6 +178,19 @@ class RewardColumns:
         return [self.group(g) for g in range(self.num_groups)]
 
 
+@dataclass
+class _Parsed:
+    """Step 1 of scoring: every completion parsed, in batch order (N completions, K of grounding groups)."""
+
+    thinks: list[str] = field(default_factory=list)
+    fmt: list[bool] = field(default_factory=list)  # tags in order and a payload (boxes: validity added later)
+    r_grade: list[float] = field(default_factory=list)  # grade (MFRS) or label-match term; 0 for grounding
+    raw: list[Box] = field(default_factory=list)  # [K] raw boxes of grounding completions, NaN when unparsable
+    grounding_rows: list[int] = field(default_factory=list)  # completion index of each raw box
+    group_of_row: list[int] = field(default_factory=list)  # group index of each raw box
+    offsets: list[int] = field(default_factory=lambda: [0])
+
+
 def score_columns(
     groups: Sequence[tuple[Sequence[str], RewardTarget]],
     snapshot: ScheduleSnapshot,
@@ -186,20 +199,44 @@ def score_columns(
     """Score every completion of every group under one tau snapshot, as columns."""
     if config.accuracy != "raw_iou" and snapshot.tau is None:
         raise ValueError(f"accuracy mode {config.accuracy!r} needs a snapshot with a tau; only raw_iou has none")
-    # 1. Parse (Python, one regex match per completion on the fast path).
-    thinks: list[str] = []
-    fmt: list[bool] = []
-    r_grade: list[float] = []
-    raw: list[Box] = []  # [K] raw boxes of grounding completions, NaN when unparsable
-    grounding_rows: list[int] = []  # completion index of each raw box
-    group_of_row: list[int] = []  # group index of each raw box
-    offsets = [0]
+    parsed = _parse(groups, config)  # 1. Parse (Python, one regex match per completion on the fast path).
+    iou, pred_box, format_ok, is_grounding = _grounding_ious(groups, parsed)  # 2. IoU, vectorised.
+    # 3. Combine the terms.
+    tau = snapshot.tau
+    if config.accuracy == "raw_iou":
+        r_acc = np.where(is_grounding, iou, 0.0)
+    else:
+        r_acc = (is_grounding & (iou >= (tau if tau is not None else math.inf))).astype(np.float64)
+    r_format = format_ok.astype(np.float64)
+    offsets = parsed.offsets
+    r_rec = np.zeros(len(parsed.fmt))
+    if config.w_recite != 0.0:  # BLEU only when it can change the total: it dominates the cost
+        for g, (_, target) in enumerate(groups):
+            if target.knowledge:
+                for j in range(offsets[g], offsets[g + 1]):
+                    r_rec[j] = recitation(parsed.thinks[j], target.knowledge)
+    r_grd = np.asarray(parsed.r_grade, dtype=np.float64)
+    offs = np.asarray(offsets, dtype=np.int64)
+    terms = {"acc": r_acc, "format": r_format, "grade": r_grd, "recite": r_rec}
+    if config.extra_terms:  # 4. The user's terms, over the parsed columns.
+        seen = _scored_completions(groups, parsed.thinks, format_ok, pred_box, iou, r_acc, r_grd)
+        targets = [target for completions, target in groups for _ in completions]
+        for term in config.extra_terms:
+            terms[term.name] = term_values(term.name, term.fn, load_term(term.fn), seen, targets)
+    weighted, task, total = _combine(terms, offs, config)
+    return RewardColumns(total, weighted, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok, offs,
+                         tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms})
+
+
+def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardConfig) -> _Parsed:
+    """Every completion's think and answer; a grounding answer's raw box (model frame, unclipped)."""
+    out = _Parsed()
     nan_box = (math.nan, math.nan, math.nan, math.nan)
     fast = FAST_GROUNDING.fullmatch
     for g, (completions, target) in enumerate(groups):
         if target.task == "grounding":
-            grounding_rows.extend(range(offsets[-1], offsets[-1] + len(completions)))
-            group_of_row.extend([g] * len(completions))
+            out.grounding_rows.extend(range(out.offsets[-1], out.offsets[-1] + len(completions)))
+            out.group_of_row.extend([g] * len(completions))
             for text in completions:
                 m = fast(text) if isinstance(text, str) else None
                 if m is not None:
@@ -209,73 +246,57 @@ def score_columns(
                 else:
                     think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
                     box = None if answer is None else box_numbers(answer)
-                thinks.append(think)
-                raw.append(nan_box if box is None else box)
-                fmt.append(tags_ok)  # and-ed with box validity below
-            r_grade.extend([0.0] * len(completions))
+                out.thinks.append(think)
+                out.raw.append(nan_box if box is None else box)
+                out.fmt.append(tags_ok)  # and-ed with box validity in _grounding_ious
+            out.r_grade.extend([0.0] * len(completions))
         else:
             for text in completions:
                 think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
-                thinks.append(think)
+                out.thinks.append(think)
                 if target.task == "classification":
                     label = None if answer is None else parse_label(answer)
-                    fmt.append(tags_ok and label is not None)
-                    r_grade.append(label_match(label, target.label or "", config.label_match))
+                    out.fmt.append(tags_ok and label is not None)
+                    out.r_grade.append(label_match(label, target.label or "", config.label_match))
                 else:
                     grade = None if answer is None else parse_grade(answer, target.max_grade)
-                    fmt.append(tags_ok and grade is not None)
-                    r_grade.append(grade_reward(grade, target.grade or 0, config.grade_formula))
-        offsets.append(offsets[-1] + len(completions))
-    n = len(fmt)
+                    out.fmt.append(tags_ok and grade is not None)
+                    out.r_grade.append(grade_reward(grade, target.grade or 0, config.grade_formula))
+        out.offsets.append(out.offsets[-1] + len(completions))
+    return out
+
+
+def _grounding_ious(groups: Sequence[tuple[Sequence[str], RewardTarget]], parsed: _Parsed,
+                    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Clip every raw box to the model's extent, map it into original pixels and take its best IoU over the
+    group's truths, all at once: ``(iou [N], pred_box [N, 4] NaN when none, format_ok [N], is_grounding [N])``."""
+    n = len(parsed.fmt)
     iou = np.zeros(n)
     pred_box = np.full((n, 4), np.nan)
-    format_ok = np.asarray(fmt, dtype=bool)
+    format_ok = np.asarray(parsed.fmt, dtype=bool)
     is_grounding = np.zeros(n, dtype=bool)
-    # 2. Clip, convert and IoU for all grounding completions at once (numpy).
-    if raw:
-        rows = np.asarray(grounding_rows)
-        gid = np.asarray(group_of_row)
-        frames = [t.frame for _, t in groups]
-        ext = np.array([f.model_extent if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
-        scale = np.array([f.to_original_scale if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
-        m_max = max(len(t.boxes) for _, t in groups)
-        gt = np.full((len(groups), max(m_max, 1), 4), np.nan)  # [n_groups, M, 4], NaN padding
-        for g, (_, t) in enumerate(groups):
-            if t.boxes:
-                gt[g, : len(t.boxes)] = t.boxes
-        arr = np.asarray(raw, dtype=np.float64)  # [K, 4]
-        arr = np.minimum(np.maximum(arr, 0.0), np.concatenate([ext, ext], axis=1))  # NaN stays NaN
-        valid = (arr[:, 0] < arr[:, 2]) & (arr[:, 1] < arr[:, 3])  # [K]; False for NaN rows
-        orig = arr * np.concatenate([scale, scale], axis=1)  # [K, 4] original pixels
-        orig[~valid] = np.nan
-        iou[rows] = np.where(valid, max_iou(orig, gt[gid]), 0.0)
-        pred_box[rows] = orig
-        format_ok[rows] &= valid
-        is_grounding[rows] = True
-    # 3. Combine the terms.
-    tau = snapshot.tau
-    if config.accuracy == "raw_iou":
-        r_acc = np.where(is_grounding, iou, 0.0)
-    else:
-        r_acc = (is_grounding & (iou >= (tau if tau is not None else math.inf))).astype(np.float64)
-    r_format = format_ok.astype(np.float64)
-    r_rec = np.zeros(n)
-    if config.w_recite != 0.0:  # BLEU only when it can change the total: it dominates the cost
-        for g, (_, target) in enumerate(groups):
-            if target.knowledge:
-                for j in range(offsets[g], offsets[g + 1]):
-                    r_rec[j] = recitation(thinks[j], target.knowledge)
-    r_grd = np.asarray(r_grade, dtype=np.float64)
-    offs = np.asarray(offsets, dtype=np.int64)
-    terms = {"acc": r_acc, "format": r_format, "grade": r_grd, "recite": r_rec}
-    if config.extra_terms:  # 4. The user's terms, over the parsed columns.
-        seen = _scored_completions(groups, thinks, format_ok, pred_box, iou, r_acc, r_grd)
-        targets = [target for completions, target in groups for _ in completions]
-        for term in config.extra_terms:
-            terms[term.name] = term_values(term.name, term.fn, load_term(term.fn), seen, targets)
-    weighted, task, total = _combine(terms, offs, config)
-    return RewardColumns(total, weighted, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok, offs,
-                         tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms})
+    if not parsed.raw:
+        return iou, pred_box, format_ok, is_grounding
+    rows = np.asarray(parsed.grounding_rows)
+    gid = np.asarray(parsed.group_of_row)
+    frames = [t.frame for _, t in groups]
+    ext = np.array([f.model_extent if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
+    scale = np.array([f.to_original_scale if f is not None else (1.0, 1.0) for f in frames])[gid]  # [K, 2]
+    m_max = max(len(t.boxes) for _, t in groups)
+    gt = np.full((len(groups), max(m_max, 1), 4), np.nan)  # [n_groups, M, 4], NaN padding
+    for g, (_, t) in enumerate(groups):
+        if t.boxes:
+            gt[g, : len(t.boxes)] = t.boxes
+    arr = np.asarray(parsed.raw, dtype=np.float64)  # [K, 4]
+    arr = np.minimum(np.maximum(arr, 0.0), np.concatenate([ext, ext], axis=1))  # NaN stays NaN
+    valid = (arr[:, 0] < arr[:, 2]) & (arr[:, 1] < arr[:, 3])  # [K]; False for NaN rows
+    orig = arr * np.concatenate([scale, scale], axis=1)  # [K, 4] original pixels
+    orig[~valid] = np.nan
+    iou[rows] = np.where(valid, max_iou(orig, gt[gid]), 0.0)
+    pred_box[rows] = orig
+    format_ok[rows] &= valid
+    is_grounding[rows] = True
+    return iou, pred_box, format_ok, is_grounding
 
 
 def _scored_completions(groups: Sequence[tuple[Sequence[str], RewardTarget]], thinks: list[str],

@@ -27,7 +27,7 @@ from services.cluster.control import NAMESPACE, JobStatus, find_control_actor
 
 DASHBOARD_PORT = 8265  # Ray's default dashboard / job server port (deploy/ manifests expose the same)
 GCS_PORT = 6379
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AUTH_HINT = "RAY_AUTH_MODE and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) must match the cluster's"
 
 

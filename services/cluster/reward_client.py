@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rewards.actor import create_reward_actor
 from rewards.config import RewardConfig
+from rewards.extra_terms import RewardTermError
 from rewards.scorer import ScoredBatch
 from rewards.scoring import RewardTarget, ScheduleSnapshot
 from services.cluster.fault_log import FaultLog
@@ -68,7 +69,12 @@ class RewardClient:
         done, _ = ray.wait([scored_ref, state_ref], num_returns=2, timeout=self.config.call_timeout_s)
         if len(done) < 2:
             raise TimeoutError(f"no answer within {self.config.call_timeout_s:g} s")
-        scored, state = ray.get([scored_ref, state_ref])
+        try:
+            scored, state = ray.get([scored_ref, state_ref])
+        except RayTaskError as exc:  # a user's term refused a row: its one line, not the actor's traceback
+            if isinstance(exc.cause, RewardTermError):
+                raise RewardTermError(str(exc.cause)) from None
+            raise
         return scored, state
 
     def _name(self) -> str:

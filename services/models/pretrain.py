@@ -23,6 +23,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,7 +112,7 @@ def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[st
         spec = make_spec(recipe.data_preset, **recipe.data_knobs).model_copy(
             update={"splits": {"train": recipe.train_images, "val": recipe.held_out_images}})
         manifest = write_dataset(spec, work / "data", seed=recipe.data_seed)
-        knowledge = load_knowledge(Path(__file__).resolve().parents[1] / "deploy" / "knowledge")
+        knowledge = load_knowledge(Path(__file__).resolve().parents[2] / "deploy" / "knowledge")
         log(f"base {recipe.digest()}: {recipe.train_images} images written in {time.perf_counter() - t0:.0f} s")
         curve = _train(recipe, model_dir, manifest, knowledge, log)
         trained_s = time.perf_counter() - t0
@@ -196,19 +197,17 @@ def measure_base(model_dir: Path, manifest: Path, recipe: BaseRecipe, samples_n:
     from transformers import AutoModelForImageTextToText
 
     import rewards
-    from learner import grpo
-    from learner.batch import collate
     from rollout.config import RolloutConfig, SamplingConfig
     from rollout.core import RolloutWorkerCore
     from rollout.knowledge import load_knowledge
     from services import evaluation
-    from services.convert import grpo_samples, rollout_request
+    from services.convert import rollout_request
     from services.data.manifest import load_manifest
     from services.evaluation.metrics import grounding_metrics
 
     data = load_manifest(manifest).with_sizes()
     held_out = data.select(split="val", task="grounding")
-    knowledge = load_knowledge(Path(__file__).resolve().parents[1] / "deploy" / "knowledge")
+    knowledge = load_knowledge(Path(__file__).resolve().parents[2] / "deploy" / "knowledge")
     engine = RolloutConfig(engine="vllm", engine_in_process=False, min_pixels=recipe.min_pixels,
                            max_pixels=recipe.max_pixels, max_model_len=1024)
     core = RolloutWorkerCore(model_dir, engine, knowledge)
@@ -228,21 +227,8 @@ def measure_base(model_dir: Path, manifest: Path, recipe: BaseRecipe, samples_n:
             _, box = evaluation.grounding_answer(c.text, group.frame)
             sampled_parsed.append(box is not None)
             sampled_iou.append(max(rewards.iou(box, gt) for gt in record.boxes) if box is not None else 0.0)
-    # Entropy of the T = 1 distribution over the base's own greedy answers (teacher-forced).
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    tokenizer = core.processor.tokenizer
-    digits = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
-    ent_all, ent_digit = [], []
-    with torch.no_grad():
-        for group in own:
-            (sample,) = grpo_samples(group, [0.0])
-            batch = collate([sample], int(model.config.text_config.pad_token_id or 0))
-            inputs = batch.model_inputs(torch.device("cpu"), torch.float32)
-            ent = grpo.token_entropy(model(**inputs, use_cache=False).logits[:, :-1])[0]  # [T]
-            mask = batch.loss_mask[0].bool()
-            ent_all.extend(ent[mask].tolist())
-            targets = batch.targets[0][mask].tolist()
-            ent_digit.extend(e for e, t in zip(ent[mask].tolist(), targets, strict=True) if t in digits)
+    ent_all, ent_digit = _answer_entropy(model, core.processor.tokenizer, own)
     report = evaluation.report(greedy)
     sampled = grounding_metrics(sampled_iou, sampled_parsed)
     return {
@@ -254,3 +240,27 @@ def measure_base(model_dir: Path, manifest: Path, recipe: BaseRecipe, samples_n:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
+
+def _answer_entropy(model: Any, tokenizer: Any, own: Sequence[Any]) -> tuple[list[float], list[float]]:
+    """Per-token entropy (nats) of the T = 1 distribution over the base's own greedy answers, teacher-forced:
+    every answer token, and the box's digit tokens."""
+    import torch
+
+    from learner import grpo
+    from learner.batch import collate
+    from services.convert import grpo_samples
+
+    digits = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    ent_all: list[float] = []
+    ent_digit: list[float] = []
+    with torch.no_grad():
+        for group in own:
+            (sample,) = grpo_samples(group, [0.0])
+            batch = collate([sample], int(model.config.text_config.pad_token_id or 0))
+            inputs = batch.model_inputs(torch.device("cpu"), torch.float32)
+            ent = grpo.token_entropy(model(**inputs, use_cache=False).logits[:, :-1])[0]  # [T]
+            mask = batch.loss_mask[0].bool()
+            ent_all.extend(ent[mask].tolist())
+            targets = batch.targets[0][mask].tolist()
+            ent_digit.extend(e for e, t in zip(ent[mask].tolist(), targets, strict=True) if t in digits)
+    return ent_all, ent_digit

@@ -61,7 +61,7 @@ def _corpus(seed: int) -> list[str]:
     sides, zones = ["left", "right"], ["upper", "middle", "lower"]
     fixed = [FORMAT_INSTRUCTION, *(task_instruction(t, c) for t in ("grounding", "classification", "grading")
                                    for c in ("input_pixels", "norm1000"))]
-    knowledge_dir = Path(__file__).resolve().parents[1] / "deploy" / "knowledge"
+    knowledge_dir = Path(__file__).resolve().parents[2] / "deploy" / "knowledge"
     if knowledge_dir.is_dir():
         from rollout.knowledge import load_knowledge
 

@@ -109,17 +109,7 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
     for stage_index in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[stage_index]
-        sampler = stage_sampler(h.manifest, cfg, stage_index)
-        if stage.name in state.samplers:
-            sampler.load_state_dict(state.samplers[stage.name])
-        producer = None
-        if stage.kind == "grpo":
-            first_step = sum(s.steps for s in cfg.stages[:stage_index])
-            producer = Producer(h, stage, first_step, sampler, h.reward(cfg.reward_of(stage), state.reward_state))
-        if state.step_in_stage == 0:  # a fresh stage: lr, fresh optimiser moments, the KL reference
-            h.learner.begin_stage(stage.kind, cfg.lr_of(stage), stage.carry_optimizer)
-        else:  # resumed mid-stage: moments and reference come from the checkpoint
-            h.learner.set_lr(cfg.lr_of(stage))
+        sampler, producer = _begin_stage(h, state, stage_index)
         while state.step_in_stage < stage.steps:
             timer = PhaseTimer()
             # ---- step
@@ -166,6 +156,25 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
         if producer is not None:
             producer.close()
     bar.close()
+
+
+def _begin_stage(h: RunHandles, state: DriverState, stage_index: int) -> tuple[PromptSampler[Record], Producer | None]:
+    """A stage's prompt order (restored when resumed), its batch source (GRPO) and the learner set for it: a
+    fresh stage gets its lr, fresh optimiser moments and the KL reference; a resumed one only its lr (the
+    moments and the reference come from the checkpoint)."""
+    cfg, stage = h.cfg, h.cfg.stages[stage_index]
+    sampler = stage_sampler(h.manifest, cfg, stage_index)
+    if stage.name in state.samplers:
+        sampler.load_state_dict(state.samplers[stage.name])
+    producer = None
+    if stage.kind == "grpo":
+        first_step = sum(s.steps for s in cfg.stages[:stage_index])
+        producer = Producer(h, stage, first_step, sampler, h.reward(cfg.reward_of(stage), state.reward_state))
+    if state.step_in_stage == 0:
+        h.learner.begin_stage(stage.kind, cfg.lr_of(stage), stage.carry_optimizer)
+    else:
+        h.learner.set_lr(cfg.lr_of(stage))
+    return sampler, producer
 
 
 def _may_prefetch(cfg: RunConfig, stage: StageConfig, state: DriverState) -> bool:

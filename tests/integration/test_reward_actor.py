@@ -58,3 +58,20 @@ def test_actor_scores_checkpoints_and_recovers(ray_local: None) -> None:
         assert mine.groups == ref.groups and mine.schedule == ref.schedule and mine.raises == ref.raises
     assert any(b.raises for b in expected[3:])  # tau rises after the restart too: the resume is tested for real
     ray.kill(revived, no_restart=True)
+
+
+def test_a_user_term_that_refuses_a_row_stops_the_batch_with_one_line(ray_local: None) -> None:
+    """reward.extra_terms run inside the actor; a term's error reaches the driver as its own one line
+    (RewardTermError naming the term, the row and the value), not the actor's traceback."""
+    from rewards.extra_terms import RewardTermError
+    from services.cluster.reward_client import RewardClient
+
+    cfg = RewardConfig.model_validate({"extra_terms": [{"fn": "fault_helpers:nan_on_the_second_row", "name": "bad"}]})
+    client = RewardClient(cfg)
+    try:
+        with pytest.raises(RewardTermError) as refused:
+            client.score(BATCHES[0], step=0, progress=0.0)
+        assert "\n" not in str(refused.value) and "bad" in str(refused.value) and "nan" in str(refused.value)
+        assert client.take_faults() == {"reward/actor_deaths": 0, "reward/actor_timeouts": 0}  # not a crash
+    finally:
+        client.kill()
