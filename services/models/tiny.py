@@ -47,6 +47,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The shipped knowledge texts join the tiny BPE tokenizer's corpus (so injected knowledge tokenises compactly).
+KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "knowledge"
+
 
 def _corpus(seed: int) -> list[str]:
     """Text shaped like what the model reads and writes (our prompt templates, the synthetic phrase
@@ -61,11 +64,10 @@ def _corpus(seed: int) -> list[str]:
     sides, zones = ["left", "right"], ["upper", "middle", "lower"]
     fixed = [FORMAT_INSTRUCTION, *(task_instruction(t, c) for t in ("grounding", "classification", "grading")
                                    for c in ("input_pixels", "norm1000"))]
-    knowledge_dir = Path(__file__).resolve().parents[2] / "deploy" / "knowledge"
-    if knowledge_dir.is_dir():
+    if KNOWLEDGE_DIR.is_dir():  # absent outside a checkout (an installed wheel): the corpus lacks its texts
         from rollout.knowledge import load_knowledge
 
-        kb = load_knowledge(knowledge_dir)
+        kb = load_knowledge(KNOWLEDGE_DIR)
         fixed += [kb.text(key) for key in sorted(kb.entries)]
     lines = []
     for i in range(4000):

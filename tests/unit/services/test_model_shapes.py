@@ -99,3 +99,11 @@ def test_run_refuses_a_model_of_another_family(tmp_path: Path) -> None:
     check_family(RunConfig.model_validate(tree))
     tree["model"]["path"] = str(tmp_path / "not-built")  # type: ignore[index]
     check_family(RunConfig.model_validate(tree))  # nothing to compare yet
+
+
+def test_the_tiny_tokenizer_corpus_reads_the_shipped_knowledge() -> None:
+    """The tiny BPE is trained on the knowledge texts of this checkout: a moved module that lost the path
+    would silently build another tokenizer (and another demo base)."""
+    from services.models.tiny import KNOWLEDGE_DIR
+
+    assert KNOWLEDGE_DIR.is_dir() and sorted(p.name for p in KNOWLEDGE_DIR.glob("*.yaml"))
