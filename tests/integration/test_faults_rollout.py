@@ -106,6 +106,9 @@ def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_on
 
 def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapters: dict[str, Path],
                                                         rank16_adapter: Path) -> None:
+    # the short deadline was the stop test's subject; here a cold replacement's first generate on two busy
+    # cores must not count as a hang (it did: 2 requests took over 5 s), or only one worker is left to refuse
+    pool.pool = pool.pool.model_copy(update={"call_timeout_s": 60.0})
     pool.load_adapter(2, ray.put(adapter_artefact(adapters["v2"], version=2)))
     reqs = requests(4)
     before = pool.generate(reqs, n=2, sampling=GREEDY)

@@ -55,8 +55,9 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
         model = teach_fixed_answer(tiny_model_dir, tmp / "model")
         run_dir = tmp / "run"
         run_dir.mkdir()
-        (run_dir / "resolved_config.json").write_text(json.dumps(
-            {"model": {"path": str(model)}, "rollout": {"engine": "vllm", **RESIZE}, "data": {}}))
+        (run_dir / "resolved_config.json").write_text(json.dumps(  # a run's config: what serve reads of it
+            {"model": {"path": str(model)}, "rollout": {"engine": "vllm", **RESIZE},
+             "data": {"manifest": "unused.jsonl"}, "stages": [{"name": "g", "kind": "grpo", "steps": 1}]}))
         if own_ray:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                      _temp_dir=str(tmp / "ray"))
