@@ -1,17 +1,20 @@
 """services: the composition root, the only package that imports rewards, rollout and learner.
 
-The run: config.py (RunConfig, the whole typed tree; --set overrides), launch.py (Ray start-up, train,
-demo, evaluate a run; CPU_ENV), train_loop.py (the driver: a GRPO step as named phases, the stage loop),
-seams.py (the driver's Protocols), handles.py (the Ray-backed handles a run starts), convert.py (contract
-to contract: record -> request, target, samples), sampler.py (seeded prompt order), checkpointing.py (run
-checkpoints on disk), metrics.py (metrics.jsonl, TensorBoard, plots, PhaseTimer), evaluation.py and
-eval_metrics.py (held-out prediction and its pure metrics).
-The cluster: rollout_pool.py (N rollout workers, elastic), learner_group.py (M DeepSpeed ranks),
-reward_client.py (the reward actor, recreated after a crash), control.py (the named control actor and
-JobStatus).
-Operating and tools: cli.py (`medground ...`), ops.py (status, scale, submit against a cluster),
-merge.py (a merged export), tiny_model.py, model_shapes.py and qwen_tokenizer.py (random models of the
-real families and shapes, offline tokenizers).
-Subpackages: data/ (records, manifests, image readers, converters, synthetic data; docs/images.md) and
-serve/ (the Ray Serve app).
+One subpackage per job, each a floor that imports only the floors below it (pyproject.toml's layers
+contract; docs/architecture.md):
+- cli/: `medground ...` (main.py; data.py for `medground data`; ops.py: status, scale, submit on a cluster).
+- serve/: the Ray Serve app, its HTTP layer and page.
+- training/: the driver: train_loop.py (the run, one step of each kind), producer.py (the GRPO batch source),
+  run_state.py (state, checkpoints, failure text), seams.py (Protocols, RunHandles), handles.py (the
+  Ray-backed handles), sampler.py, metrics.py (metrics.jsonl, TensorBoard, plots, the step's row),
+  launch.py (`medground train`), demo.py (`make demo`).
+- models/: tiny.py, shapes.py, qwen_tokenizer.py, pretrain.py (the CPU bases), merge.py (merged export).
+- evaluation/: heldout.py (prediction, report, files, overlays), metrics.py (pure metrics), run.py
+  (`medground eval`).
+- cluster/: rollout_pool.py, learner_group.py, reward_client.py, control.py (JobStatus), fault_log.py,
+  startup.py (Ray start-up, CPU_ENV).
+- targets.py (SFT reference answers and thinks); convert.py (contract to contract: record -> request,
+  target, samples); checkpointing.py (run checkpoints on disk, a run's adapter); config.py (RunConfig, the
+  whole typed tree; --set overrides; moved keys).
+- data/: records, manifests, image readers, converters, synthetic data (docs/images.md).
 """
