@@ -162,6 +162,12 @@ class EvalConfig(_Strict):
     at_start: bool = Field(True, description="Evaluate before the first step (benchmarks whose arms share one "
                            "warm start evaluate it once and switch this off).")
     overlays: int = Field(8, ge=0, description="Prediction overlay images written to samples/ per evaluation.")
+    samples: int = Field(4, ge=0, description="k: completions sampled per held-out grounding image beside the greedy "
+                         "answer, for pass@1 (mean accuracy over the k) and pass@k (any of k) at IoU 0.3/0.5/0.8 "
+                         "(`eval/sampled/...`); 0 evaluates greedy only. Each costs about one greedy answer.")
+    sample_temperature: float | None = Field(
+        None, gt=0.0, description="Temperature of the sampled evaluation (default: rollout.sampling.temperature, "
+        "what GRPO samples at); top-p and the length cap are rollout.sampling's.")
 
 
 class CheckpointConfig(_Strict):

@@ -8,13 +8,18 @@ from services.evaluation.heldout import (
     Prediction,
     centre_box_baseline,
     eval_files,
+    evaluate,
     grounding_answer,
     predict,
+    predict_sampled,
     read_ious,
+    read_sampled_ious,
     report,
+    sample_config,
     write_overlays,
     write_predictions,
 )
 
-__all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "grounding_answer", "predict", "read_ious",
-           "report", "write_overlays", "write_predictions"]
+__all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "evaluate", "grounding_answer", "predict",
+           "predict_sampled", "read_ious", "read_sampled_ious", "report", "sample_config", "write_overlays",
+           "write_predictions"]

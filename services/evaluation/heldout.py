@@ -1,4 +1,5 @@
-"""Held-out evaluation with greedy decoding through the rollout pool (docs/algorithms.md, "Evaluation").
+"""Held-out evaluation through the rollout pool (docs/algorithms.md, "Evaluation"): the greedy answer of each
+record, and k samples per grounding record at the training temperature (pass@1, pass@k).
 
 What is evaluated is what is served: the same prompt builder, parser and frame conversion. Grounding
 metrics are reported overall and per target-size bucket; prediction overlays go to `samples/`.
@@ -7,22 +8,29 @@ metrics are reported overall and per target-size bucket; prediction overlays go 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 import rewards
 from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup
 from rollout.images import ImageFrame as RolloutFrame
+from services.config import RunConfig
 from services.convert import reward_frame, rollout_request
 from services.data.manifest import Manifest
 from services.data.medimage import read_image
 from services.data.records import Record
-from services.evaluation.metrics import classification_metrics, grading_metrics, grounding_report
+from services.evaluation.metrics import (
+    classification_metrics,
+    grading_metrics,
+    grounding_report,
+    sampled_metrics,
+)
 
 GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64)
 
@@ -45,6 +53,40 @@ def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_to
     return [_prediction(r, g) for r, g in zip(records, groups, strict=True)]
 
 
+def evaluate(pool: Any, manifest: Manifest, records: Sequence[Record], cfg: RunConfig,
+             path: Path) -> tuple[dict[str, Any], list[Prediction]]:
+    """One held-out evaluation as a run configures it: greedy answers, `eval.samples` samples per grounding
+    record at the training distribution (the same draws at every evaluation of a run), the report row, and
+    the predictions written to `path`. Returns (row, greedy predictions)."""
+    preds = predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
+    sampled = predict_sampled(pool, manifest, records, cfg.eval.samples,
+                              sample_config(cfg.rollout.sampling, cfg.eval.sample_temperature), cfg.seed)
+    write_predictions(preds, path, sampled)
+    return report(preds, cfg.reward.label_match, sampled), preds
+
+
+def sample_config(sampling: SamplingConfig, temperature: float | None) -> SamplingConfig:
+    """The sampled evaluation's distribution: training's (`rollout.sampling`), at `temperature` if given."""
+    return sampling if temperature is None else sampling.model_copy(update={"temperature": temperature})
+
+
+def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k: int, sampling: SamplingConfig,
+                    seed: int) -> dict[str, tuple[float, ...]]:
+    """The IoU of each of `k` completions sampled with `sampling` for every grounding record (0 when one does
+    not parse), by record id. Request i's seed comes from (`seed`, i) alone, so every evaluation of these
+    records draws with the same random numbers: two checkpoints, or two arms of a study, are compared on
+    the same draws (a paired comparison, not two independent samples)."""
+    grounding = [r for r in records if r.task == "grounding"]
+    if not grounding or k < 1:
+        return {}
+    seeds = np.random.SeedSequence([seed, 0x5EED]).generate_state(len(grounding))
+    groups: list[RolloutGroup] = pool.generate(
+        [rollout_request(r, manifest.image_path(r), int(s)) for r, s in zip(grounding, seeds, strict=True)],
+        n=k, sampling=sampling)
+    return {r.id: tuple(rewards.best_iou(grounding_answer(c.text, g.frame)[1], r.boxes) for c in g.completions)
+            for r, g in zip(grounding, groups, strict=True)}
+
+
 def grounding_answer(text: str, frame: RolloutFrame) -> tuple[rewards.ParsedAnswer | None, rewards.Box | None]:
     """The parsed answer (box in the model's convention, clipped) and its box in original pixels, or None:
     the one path from model text to a box that evaluation and the Serve app share."""
@@ -65,10 +107,14 @@ def _prediction(record: Record, group: RolloutGroup) -> Prediction:
 
 
 def report(predictions: Sequence[Prediction],
-           label_mode: Literal["normalised", "exact"] = "normalised") -> dict[str, Any]:
+           label_mode: Literal["normalised", "exact"] = "normalised",
+           sampled: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... . `label_mode` is the
-    classification reward's rule (reward.label_match), so eval counts as right what the reward pays for."""
+    classification reward's rule (reward.label_match), so eval counts as right what the reward pays for.
+    `sampled` (`predict_sampled`) adds `eval/sampled/A@0.5` (pass@1), `eval/sampled/pass@k/A@0.5`, ... ."""
     out: dict[str, Any] = {}
+    if sampled:
+        out.update({f"eval/sampled/{k}": v for k, v in sampled_metrics(list(sampled.values())).items()})
     grounding = [p for p in predictions if p.record.task == "grounding"]
     if grounding:
         areas = [p.record.relative_area() or 0.0 for p in grounding]
@@ -100,11 +146,16 @@ def centre_box_baseline(records: Sequence[Record], fraction: float = 0.5) -> dic
     return {k.replace("eval/", "baseline/centre/"): v for k, v in report(preds).items()}
 
 
-def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
-    """One JSON line per held-out sample: the model's text, the parsed box (original pixels) and IoU."""
+def write_predictions(predictions: Sequence[Prediction], path: Path,
+                      sampled: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """One JSON line per held-out sample: the model's greedy text, the parsed box (original pixels) and IoU,
+    and the IoUs of its k sampled completions (`sampled_iou`, when sampled)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    sampled = sampled or {}
     rows = [{"id": p.record.id, "text": p.text, "box": p.box, "iou": p.iou, "label": p.label, "grade": p.grade,
-             "truth": list(p.record.boxes) or p.record.label or p.record.grade} for p in predictions]
+             "truth": list(p.record.boxes) or p.record.label or p.record.grade,
+             **({"sampled_iou": list(sampled[p.record.id])} if p.record.id in sampled else {})}
+            for p in predictions]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -118,14 +169,25 @@ def eval_files(run_dir: Path) -> list[Path]:
 
 
 def read_ious(path: Path) -> dict[str, float]:
-    """The IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record id;
-    an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
-    out = {}
+    """The greedy IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record
+    id; an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
+    return {i: float(row["iou"] or 0.0) for i, row in _grounding_rows(path)}
+
+
+def read_sampled_ious(path: Path) -> dict[str, tuple[float, ...]]:
+    """The IoUs of each held-out grounding sample's k sampled completions (`write_predictions`), by record id;
+    empty when the evaluation drew none (eval.samples = 0)."""
+    return {i: tuple(float(v) for v in row["sampled_iou"]) for i, row in _grounding_rows(path) if "sampled_iou" in row}
+
+
+def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    out = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
             row = json.loads(line) if line.strip() else None
             if row is not None and isinstance(row["truth"], list):
-                out[str(row["id"])] = float(row["iou"] or 0.0)
+                float(row["iou"] or 0.0)
+                out.append((str(row["id"]), row))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file was written by "
                              f"an evaluation: re-run it (medground eval) rather than edit it") from exc

@@ -42,6 +42,31 @@ def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str
     }
 
 
+def sampled_metrics(ious: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Accuracy of k samples per image (docs/algorithms.md, "Sampled accuracy"): `ious [n][k]` (0 for an
+    unparsable sample). `A@t` is pass@1, the mean over images of the fraction of its k samples with IoU >= t;
+    `pass@k/A@t` the fraction of images with at least one such sample (exactly k drawn: the plain estimate);
+    `mIoU` the mean IoU over every sample; all in percent but mIoU, each with its standard error over images
+    (`_se`: the std of the per-image values / sqrt(n)), and `n`, `k`."""
+    iou = np.asarray(ious, dtype=np.float64)
+    if iou.size == 0:
+        return {"n": 0}
+    if iou.ndim != 2:
+        raise ValueError(f"sampled IoUs must be [images, samples], got shape {iou.shape}")
+    n, k = iou.shape
+    out: dict[str, float] = {"n": int(n), "k": int(k)}
+
+    def mean_se(per_image: np.ndarray, scale: float) -> tuple[float, float]:
+        se = float(per_image.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        return scale * float(per_image.mean()), scale * se
+
+    for t in (0.3, 0.5, 0.8):
+        out[f"A@{t}"], out[f"A@{t}_se"] = mean_se((iou >= t).mean(axis=1), 100.0)
+        out[f"pass@k/A@{t}"], out[f"pass@k/A@{t}_se"] = mean_se((iou >= t).any(axis=1).astype(float), 100.0)
+    out["mIoU"], out["mIoU_se"] = mean_se(iou.mean(axis=1), 1.0)
+    return out
+
+
 def paired_change(before: Sequence[float], after: Sequence[float], threshold: float | None) -> tuple[float, float]:
     """The change of a held-out metric between two evaluations of the same images, and its standard error
     from the per-image differences (paired: tighter than the two unpaired errors). `before`/`after`: IoUs in
@@ -66,6 +91,24 @@ def paired_changes(before: Mapping[str, float], after: Mapping[str, float]) -> d
     ids = sorted(before)
     b, a = [before[i] for i in ids], [after[i] for i in ids]
     return {name: paired_change(b, a, threshold) for name, threshold in PAIRED_METRICS}
+
+
+def paired_sampled_changes(before: Mapping[str, Sequence[float]],
+                           after: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """The change of sampled pass@1 at IoU 0.3/0.5/0.8 (percent points) and of sampled mIoU between two
+    evaluations of the same images (k IoUs per image, by record id, `read_sampled_ious`), with the standard
+    error of the per-image differences. Raises ValueError when they cover different images."""
+    if before.keys() != after.keys() or len(before) < 2:
+        raise ValueError(f"the two sampled evaluations cover different held-out images ({len(before)} and "
+                         f"{len(after)}); compare evaluations of the same split with eval.samples > 0")
+    ids = sorted(before)
+    b = np.asarray([before[i] for i in ids], dtype=np.float64)  # [n, k]
+    a = np.asarray([after[i] for i in ids], dtype=np.float64)  # [n, k']
+    out = {}
+    for name, t in PAIRED_METRICS:
+        d = (100.0 * ((a >= t).mean(axis=1) - (b >= t).mean(axis=1))) if t is not None else a.mean(1) - b.mean(1)
+        out[name] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)))
+    return out
 
 
 def grounding_report(ious: Sequence[float], parsed: Sequence[bool],

@@ -14,8 +14,8 @@ from services.evaluation import heldout
 
 def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
                  address: str | None) -> tuple[dict[str, Any], Path]:
-    """Greedy held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings
-    and eval split, one rollout worker, the same prediction path as training. Returns (metrics, the
+    """Held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings, eval split
+    and sampled evaluation, one rollout worker, the same prediction path as training. Returns (metrics, the
     predictions file under RUN_DIR/eval/)."""
     import ray
 
@@ -36,11 +36,10 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     try:
         pool.load_adapter(artefact.version, ray.put(artefact))
         pool.wait_ready()
-        predictions = heldout.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
+        path = run_dir / "eval" / f"cli-{label}.jsonl"
+        row, _ = heldout.evaluate(pool, manifest, records, cfg, path)
     finally:
         pool.shutdown()
-    metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records),
-               **heldout.report(predictions, cfg.reward.label_match)}
-    path = heldout.write_predictions(predictions, run_dir / "eval" / f"cli-{label}.jsonl")
+    metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records), **row}
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics, path

@@ -40,6 +40,7 @@ def demo(overrides: list[str]) -> dict[str, Any]:
                "centre-box A@0.5": rows[0].get("baseline/centre/A@0.5"),
                "centre-box mIoU": rows[0].get("baseline/centre/mIoU"),
                **_paired_changes(run_dir / "eval", evals[0]["step"], evals[-1]["step"]),
+               **_sampled(evals[0], evals[-1], run_dir / "eval"),
                "minutes": round((time.perf_counter() - t0) / 60, 1)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -54,6 +55,23 @@ def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
     digits = {"mIoU": 3}
     return {f"change {name}": f"{mean:+.{digits.get(name, 1)}f} ± {se:.{digits.get(name, 1)}f} (paired)"
             for name, (mean, se) in changes.items()}
+
+
+def _sampled(first: dict[str, Any], last: dict[str, Any], eval_dir: Path) -> dict[str, str]:
+    """Sampled pass@1 (k samples per image at the training temperature) at the start and the end, and their
+    paired changes: where GRPO moves the samples before it moves the greedy answer."""
+    from services.evaluation.heldout import read_sampled_ious
+    from services.evaluation.metrics import paired_sampled_changes
+
+    if "eval/sampled/A@0.5" not in last:
+        return {}
+    out = {f"sampled {m} {when}": _with_se(row, f"sampled/{m}", 3 if m == "mIoU" else 1)
+           for m in ("A@0.3", "A@0.5", "A@0.8", "mIoU") for when, row in (("start", first), ("end", last))}
+    before, after = (read_sampled_ious(eval_dir / f"step-{r['step']}.jsonl") for r in (first, last))
+    for name, (mean, se) in paired_sampled_changes(before, after).items():
+        digits = 3 if name == "mIoU" else 1
+        out[f"change sampled {name}"] = f"{mean:+.{digits}f} ± {se:.{digits}f} (paired)"
+    return out
 
 
 def _with_se(row: dict[str, Any], metric: str, digits: int = 1) -> str:

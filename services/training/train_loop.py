@@ -244,9 +244,10 @@ def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> 
 
 
 def _evaluate(h: RunHandles, step: int) -> dict[str, Any]:
-    preds = evaluation.predict(h.pool, h.manifest, h.eval_records, h.cfg.rollout.sampling.max_new_tokens)
-    row = evaluation.report(preds, h.cfg.reward.label_match)
-    evaluation.write_predictions(preds, h.run_dir / "eval" / f"step-{step}.jsonl")
+    """Greedy answers and k samples per held-out record (the same draws at every evaluation), reported and
+    written to `eval/step-N.jsonl`."""
+    row, preds = evaluation.evaluate(h.pool, h.manifest, h.eval_records, h.cfg,
+                                     h.run_dir / "eval" / f"step-{step}.jsonl")
     if h.cfg.eval.overlays:
         evaluation.write_overlays(preds, h.manifest, h.run_dir / "samples" / f"step-{step}", h.cfg.eval.overlays)
     return row

@@ -134,3 +134,35 @@ def test_paired_changes_align_images_by_id_and_refuse_other_images() -> None:
     assert math.isclose(changes["mIoU"][0], 0.05)
     with pytest.raises(ValueError, match=r"different held-out images \(4 and 3, 3 shared\)"):
         paired_changes(before, {"a": 0.6, "b": 0.4, "c": 0.5})
+
+
+def test_sampled_accuracy_is_pass_at_1_and_pass_at_k_over_images() -> None:
+    """Three images, k = 4 samples each (IoUs by hand):
+    image a: 0.9, 0.6, 0.2, 0.0 -> at 0.5: 2/4 right; at 0.8: 1/4; at 0.3: 2/4; any at 0.5: yes
+    image b: 0.4, 0.4, 0.4, 0.4 -> at 0.5: 0/4; at 0.3: 4/4; any at 0.5: no
+    image c: 0.0, 0.0, 0.0, 0.55 -> at 0.5: 1/4; at 0.3: 1/4; any at 0.5: yes
+    pass@1 at 0.5 = mean(0.5, 0, 0.25) = 25 %; pass@4 at 0.5 = 2/3 = 66.7 %; pass@1 at 0.3 = mean(.5, 1, .25)
+    = 58.3 %; mIoU = mean of all twelve = (1.7 + 1.6 + 0.55) / 12 = 0.3208."""
+    from services.evaluation.metrics import paired_sampled_changes, sampled_metrics
+
+    ious = [[0.9, 0.6, 0.2, 0.0], [0.4, 0.4, 0.4, 0.4], [0.0, 0.0, 0.0, 0.55]]
+    m = sampled_metrics(ious)
+    assert (m["n"], m["k"]) == (3, 4)
+    assert m["A@0.5"] == pytest.approx(25.0) and m["pass@k/A@0.5"] == pytest.approx(200 / 3)
+    assert m["A@0.3"] == pytest.approx(175 / 3) and m["A@0.8"] == pytest.approx(25 / 3)
+    assert m["mIoU"] == pytest.approx(3.85 / 12)
+    # SE over images: per-image pass@1 at 0.5 is (0.5, 0, 0.25): std (ddof 1) 0.25, / sqrt(3), in percent
+    assert m["A@0.5_se"] == pytest.approx(100 * 0.25 / 3 ** 0.5)
+    # the obvious loop agrees on random input
+    rng = np.random.default_rng(0)
+    big = rng.random((50, 6))
+    loop = 100 * sum(sum(v >= 0.5 for v in row) / 6 for row in big) / 50
+    assert sampled_metrics(big.tolist())["A@0.5"] == pytest.approx(loop)
+    assert sampled_metrics(big.tolist())["pass@k/A@0.5"] == pytest.approx(100 * np.mean([any(r >= 0.5) for r in big]))
+    # paired: the same draws before and after; image b's samples all move to 0.6 (+100 points at 0.5 for b)
+    before = {"a": ious[0], "b": ious[1], "c": ious[2]}
+    after = {**before, "b": [0.6] * 4}
+    mean, se = paired_sampled_changes(before, after)["A@0.5"]
+    assert mean == pytest.approx(100 / 3) and se == pytest.approx(100 / 3)  # diffs (0, 100, 0): std 57.7 / sqrt 3
+    with pytest.raises(ValueError, match="different held-out images"):
+        paired_sampled_changes(before, {"a": ious[0], "b": ious[1]})

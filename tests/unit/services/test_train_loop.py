@@ -85,6 +85,14 @@ def test_two_stages_refill_zero_variance_groups_and_push_every_grpo_step(tmp_pat
     assert pool.loads == [1, 2, 3, 4]
     assert [{s.adapter_version for s in b.samples} for b in learner.batches] == [{1}, {2}, {3}]
     assert [s for s, r in rows.items() if "eval/A@0.5" in r] == [0, 2, 4, 5]  # at start, every 2, at the end
+    # beside the greedy answer, eval.samples = 4 samples per image at the training temperature, the same draws
+    # at every evaluation (the fake answers greedy with the truth's box and samples with seeded shifts)
+    assert rows[5]["eval/sampled/k"] == 4 and rows[5]["eval/sampled/n"] == 2
+    assert rows[5]["eval/sampled/A@0.5"] <= rows[5]["eval/sampled/pass@k/A@0.5"] <= 100.0
+    sampled = [json.loads(line)["sampled_iou"] for line in (run_dir / "eval" / "step-5.jsonl").read_text().splitlines()]
+    assert [len(s) for s in sampled] == [4, 4]
+    assert sampled == [json.loads(line)["sampled_iou"] for line in
+                       (run_dir / "eval" / "step-2.jsonl").read_text().splitlines()]  # the fake does not learn
     assert (run_dir / "adapter" / "adapter_config.json").is_file()  # the last checkpoint's adapter, v4
     assert '"version": 4' in (run_dir / "adapter" / "medground_adapter.json").read_text()
     assert control.reports[-1].step == 5 and control.reports[-1].adapter_version == 4
@@ -149,8 +157,9 @@ def test_a_reward_crash_stops_the_run_with_the_resume_command(tmp_path: Path) ->
 
 def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) -> None:
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
-    # generate calls: 0 the evaluation at start, 1 step 1, 2 step 2, 3 the evaluation after step 2, 4 step 3, ...
-    pool = ScriptedPool(_answer, hung={1: 1, 4: 2})
+    # generate calls: 0-1 the evaluation at start (greedy, sampled), 2 step 1, 3 step 2, 4-5 the evaluation after
+    # step 2, 6 step 3
+    pool = ScriptedPool(_answer, hung={2: 1, 6: 2})
     run_dir = tmp_path / "runs" / "fake"
     train_loop.run(_config(tmp_path, stages=[{"name": "rl", "kind": "grpo", "steps": 3, "prompts_per_step": 2,
                                               "refill_cap": 0}]), run_dir=run_dir,
