@@ -4,10 +4,13 @@
 Crash recovery: the driver keeps the last `state_dict()` (it is in every checkpoint) and calls
 `create_reward_actor(config, state)` to get an actor that continues the schedule exactly. The actor is
 placed on the caller's node when it can be (a lost worker node then never takes the reward with it).
+A user's reward terms (`reward.extra_terms`) import in the actor as they import where the run starts: the
+caller's working directory and PYTHONPATH go with it (a job's working_dir is on every actor's path anyway).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -26,6 +29,9 @@ def create_reward_actor(
 
     options: dict[str, Any] = {} if name is None else {"name": name}
     options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    if config.extra_terms:  # `package.module:function` resolves in the actor as it did in validate-config
+        path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+        options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
     handle: Any = RewardActor.options(**options).remote(config)  # type: ignore[attr-defined]
     if state is not None:
         ray.get(handle.load_state_dict.remote(state))

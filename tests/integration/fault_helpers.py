@@ -101,8 +101,3 @@ def kill_with_env(marker: str, also: set[int] | None = None, grace: float = 10.0
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
-
-
-def nan_on_the_second_row(completions: Any, targets: Any) -> list[float]:
-    """A user's reward term (reward.extra_terms) that has no value for row 1 of every batch."""
-    return [float("nan") if i == 1 else 0.0 for i in range(len(completions))]

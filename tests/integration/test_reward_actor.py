@@ -66,7 +66,7 @@ def test_a_user_term_that_refuses_a_row_stops_the_batch_with_one_line(ray_local:
     from rewards.extra_terms import RewardTermError
     from services.cluster.reward_client import RewardClient
 
-    cfg = RewardConfig.model_validate({"extra_terms": [{"fn": "fault_helpers:nan_on_the_second_row", "name": "bad"}]})
+    cfg = RewardConfig.model_validate({"extra_terms": [{"fn": "tests.integration.user_terms:nan_on_the_second_row", "name": "bad"}]})
     client = RewardClient(cfg)
     try:
         with pytest.raises(RewardTermError) as refused:
