@@ -34,19 +34,19 @@ bench: .venv/.ready
 	$(PY) -m bench --all
 
 bench-medloc: .venv/.ready
-	$(PY) -m bench.medloc_ablation
+	$(PY) -m bench.studies.medloc_ablation
 
 bench-medloc-main: .venv/.ready
-	$(PY) -m bench.medloc_ablation --main
+	$(PY) -m bench.studies.medloc_ablation --main
 
 bench-medloc-reduced: .venv/.ready
-	$(PY) -m bench.medloc_ablation --reduced
+	$(PY) -m bench.studies.medloc_ablation --reduced
 
 bench-mlae-lora: .venv/.ready
-	$(PY) -m bench.mlae_vs_lora
+	$(PY) -m bench.studies.mlae_vs_lora
 
 bench-vrft: .venv/.ready
-	$(PY) -m bench.vrft_aug
+	$(PY) -m bench.studies.vrft_aug
 
 .venv/.bench: .venv/.ready pyproject.toml
 	.venv/bin/pip install -q -e ".[bench]" && touch $@

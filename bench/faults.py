@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from fault_helpers import wait_busy  # noqa: E402
 
-from bench import _machine as machine  # noqa: E402
-from bench._runner import _start_ray  # noqa: E402
+from bench import machine  # noqa: E402
 
 OUT = machine.results_path("faults")
 WORK = Path("runs") / "bench" / "faults"
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> Row:
     model, manifest, adapters = _inputs()
     rows: list[Row] = []
     if {"rollout", "reward", "learner"} & set(args.only):
-        temp = _start_ray()
+        temp = machine.start_ray()
         try:
             if "rollout" in args.only:
                 rows += rollout_faults(model, adapters)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench import _machine as machine
+from bench import machine
 from learner import grpo
 from learner.batch import Collated, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import _machine as machine
+from bench import machine
 from learner.config import MLAEConfig
 from learner.mlae import apply_mlae
 

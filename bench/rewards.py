@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import _machine as machine
+from bench import machine
 from rewards import (
     ImageFrame,
     RewardBreakdown,

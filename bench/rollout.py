@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench import _machine as machine
+from bench import machine
 from learner.export import LoraArtefact
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutRequest

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import _machine as machine
+from bench import machine
 
 
 def _png(seed: int) -> bytes:

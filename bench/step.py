@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import _machine as machine
+from bench import machine
 
 WORK = ("generate", "reward", "learner")  # the phases that do the step's work; the rest is orchestration
 COLOURS = {"generate": "tab:blue", "reward": "tab:orange", "learner": "tab:green", "sync": "tab:red",

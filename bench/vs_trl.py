@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _machine as machine
+from bench import machine
 from bench._turns import Baton, phase_medians, ratio, summarise
 from services.cluster.startup import CPU_ENV
 

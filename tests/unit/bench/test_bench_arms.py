@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench._arms import (
+from bench.studies.arms import (
     Arm,
     Study,
     aggregate,
@@ -99,7 +99,7 @@ def test_every_shipped_study_builds_valid_run_configs() -> None:
     field its config no longer has fails here, not an hour into a run)."""
     import yaml
 
-    from bench import medloc_ablation, mlae_vs_lora, vrft_aug
+    from bench.studies import medloc_ablation, mlae_vs_lora, vrft_aug
 
     studies = (medloc_ablation.study("all"), medloc_ablation.study("ablations", (0,)), mlae_vs_lora.study((0, 1)),
                vrft_aug.study((0,)))
@@ -116,7 +116,7 @@ def test_every_shipped_study_builds_valid_run_configs() -> None:
 
 
 def test_size_bucket_metrics_split_a_studys_own_set_and_refuse_targets_outside_it() -> None:
-    from bench._arms import size_bucket_metrics
+    from bench.studies.arms import size_bucket_metrics
 
     ious = {"a": 0.9, "b": 0.4, "c": 0.6, "d": 0.2}
     areas = {"a": 0.11, "b": 0.14, "c": 0.16, "d": 0.19}
@@ -129,7 +129,7 @@ def test_size_bucket_metrics_split_a_studys_own_set_and_refuse_targets_outside_i
 
 
 def test_pooled_change_averages_seeds_and_combines_their_errors() -> None:
-    from bench._arms import pooled_change
+    from bench.studies.arms import pooled_change
 
     mean, se = pooled_change([(2.0, 1.0), (4.0, 1.0), (0.0, 2.0)])
     assert mean == 2.0 and math.isclose(se, math.sqrt(6.0) / 3)
@@ -142,18 +142,18 @@ def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, mon
     config's key is reused (no Ray, no training); a config that changed since is run again."""
     import json
 
-    from bench import _runner
+    from bench.studies import runner
 
     tree = {**BASE, "name": "r"}
     run_dir = tmp_path / "arm-s0"
     run_dir.mkdir()
-    (run_dir / _runner.FINISHED).write_text(json.dumps({"key": tree_key(tree), "wall_s": 12.5}))
-    assert _runner._train(tree, run_dir) == 12.5
+    (run_dir / runner.FINISHED).write_text(json.dumps({"key": tree_key(tree), "wall_s": 12.5}))
+    assert runner.train(tree, run_dir) == 12.5
     started = []
     def run(cfg: RunConfig, run_dir: Path, start: object) -> None:  # what train_loop.run leaves: the directory
         run_dir.mkdir(parents=True)
         started.append(cfg.name)
 
     monkeypatch.setattr("services.training.train_loop.run", run)
-    _runner._train({**tree, "seed": 1}, run_dir)
-    assert started == ["r"] and json.loads((run_dir / _runner.FINISHED).read_text())["key"] != tree_key(tree)
+    runner.train({**tree, "seed": 1}, run_dir)
+    assert started == ["r"] and json.loads((run_dir / runner.FINISHED).read_text())["key"] != tree_key(tree)

@@ -1,4 +1,4 @@
-"""bench/compare_runs.py: start/end metrics, paired changes and the paired end difference of two runs."""
+"""bench/studies/compare_runs.py: start/end metrics, paired changes and the paired end difference of two runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare_runs import compare
+from bench.studies.compare_runs import compare
 
 
 def _run(root: Path, start: list[float], end: list[float]) -> Path:

@@ -1,11 +1,11 @@
-"""bench/_machine.py: every bench records the machine under one key schema, and names results one way."""
+"""bench/machine.py: every bench records the machine under one key schema, and names results one way."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bench import _machine as machine
+from bench import machine
 
 KEYS = {"platform", "python", "cpu_model", "cores", "gpu", "versions", "load_before", "load_after"}
 
@@ -34,7 +34,7 @@ def test_results_paths() -> None:
 
 
 def test_check_reads_the_load_of_either_schema() -> None:
-    from bench.check import _load_before
+    from bench.studies.check import load_before
 
-    assert _load_before({"machine": {"load_before": [1.0, 2.0, 3.0]}}) == [1.0, 2.0, 3.0]
-    assert _load_before({"machine": "x86_64, 2 CPUs", "loadavg_1_5_15": [0.5, 0.4, 0.3]}) == [0.5, 0.4, 0.3]
+    assert load_before({"machine": {"load_before": [1.0, 2.0, 3.0]}}) == [1.0, 2.0, 3.0]
+    assert load_before({"machine": "x86_64, 2 CPUs", "loadavg_1_5_15": [0.5, 0.4, 0.3]}) == [0.5, 0.4, 0.3]

@@ -1,6 +1,6 @@
 """Does a fresh study run match the committed one within the seeds' spread?
 
-    python -m bench.check bench/results/medloc_ablation_reduced.json /tmp/fresh.json [--abs-tol 3]
+    python -m bench.studies.check bench/results/medloc_ablation_conditions.json /tmp/fresh.json [--abs-tol 3]
 
 Compares every arm's headline metrics (the study's table columns present in both) and exits 1 on a
 mismatch. With one seed the spread is 0, so `--abs-tol` (in the metric's units: percent points for A@t,
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench._arms import compare
+from bench.studies.arms import compare
 
 KEYS = ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU", "eval/grade/accuracy",
         "eval/grade/mean_abs_grade_error", "zero_variance_fraction", "tau_final")
@@ -37,13 +37,13 @@ def main() -> int:
         args.out.write_text(json.dumps({
             "committed": str(args.committed), "fresh": str(args.fresh), "abs_tol": args.abs_tol, "keys": list(KEYS),
             "verdict": verdict, "mismatches": bad,
-            "fresh_wall_s_total": new.get("wall_s_total"), "fresh_load_before": _load_before(new),
+            "fresh_wall_s_total": new.get("wall_s_total"), "freshload_before": load_before(new),
         }, indent=1) + "\n")
     return 1 if bad else 0
 
 
-def _load_before(result: dict[str, object]) -> object:
-    """The load average at a study's start: in its machine record (bench/_machine.py), or at the top level
+def load_before(result: dict[str, object]) -> object:
+    """The load average at a study's start: in its machine record (bench/machine.py), or at the top level
     in results written before that record existed (where `machine` was a one-line string)."""
     record = result.get("machine")
     return record.get("load_before") if isinstance(record, dict) else result.get("loadavg_1_5_15")

@@ -10,10 +10,10 @@ SFT arm trains for as many seconds as the schedule arm of its seed did, on refer
 own style; every arm is compared with it image by image. Writes bench/results/medloc_ablation[_main|_reduced|
 _conditions].json/.md and plots.
 
-    python -m bench.medloc_ablation --reduced     # the base and the 5 main arms, seed 0
-    python -m bench.medloc_ablation --main        # the same, 3 seeds: criteria (a)-(c) of issue 18
-    python -m bench.medloc_ablation --ablations   # the schedule and its 4 ablations, seed 0
-    python -m bench.medloc_ablation               # 10 rows, 3 seeds: the full study
+    python -m bench.studies.medloc_ablation --reduced    # the base and the 5 main arms, seed 0
+    python -m bench.studies.medloc_ablation --main       # the same, 3 seeds: criteria (a)-(c) of issue 18
+    python -m bench.studies.medloc_ablation --ablations  # the schedule and its 4 ablations, seed 0
+    python -m bench.studies.medloc_ablation              # 10 rows, 3 seeds: the full study
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench._arms import Arm, Row, Study
+from bench.studies.arms import Arm, Row, Study
 
 CONFIG = "deploy/configs/bench_medloc.yaml"
 
@@ -63,7 +63,7 @@ DEVIATIONS = (
 
 
 def prepare(tree: Row) -> None:
-    from bench._runner import ensure_inputs
+    from bench.studies.runner import ensure_inputs
 
     ensure_inputs(tree, "demo", splits={"train": 2000, "test": 400}, area_buckets=((0.11, 0.20),))
 
@@ -91,7 +91,7 @@ def main() -> None:
     mode.add_argument("--main", action="store_true", help="the base and the 5 main arms, seeds 0 1 2")
     mode.add_argument("--ablations", action="store_true", help="the schedule and its 4 ablations, seed 0")
     args = parser.parse_args()
-    from bench._runner import run_study
+    from bench.studies.runner import run_study
 
     arms = "main" if args.reduced or args.main else "ablations" if args.ablations else "all"
     s = study(arms, (0,) if args.reduced or args.ablations else (0, 1, 2))

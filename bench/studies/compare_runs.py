@@ -3,7 +3,7 @@ standard errors, each run's paired start-to-end change, the paired end-to-end di
 and the training reward per step (a before/after figure for a change to training behaviour, or a parity
 check such as `max_staleness` 0 vs 1 on the demo config).
 
-Usage: python -m bench.compare_runs RUN_A RUN_B --labels A,B --out bench/results/NAME
+Usage: python -m bench.studies.compare_runs RUN_A RUN_B --labels A,B --out bench/results/NAME
 Writes NAME.json and NAME.png.
 """
 

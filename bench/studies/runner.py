@@ -1,6 +1,6 @@
 """Arms x seeds studies, the running half: one private Ray session for every run of a study, warm starts
-cached on disk (one per seed and warm-override set), each arm's run read back into bench/_arms summaries,
-then JSON + Markdown + plots under bench/results/.
+cached on disk (one per seed and warm-override set), each arm's run read back into `bench.studies.arms`
+summaries, then JSON + Markdown + plots under bench/results/.
 
 Runs land in runs/bench/<study>/ (ignored by git); warm starts in runs/bench/warm/, named by a hash of their
 config, so any study whose warm config is equal (a seed, the same adapter) reuses the one already there.
@@ -11,9 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from bench import _machine as machine
-from bench._arms import (
+from bench import machine
+from bench.studies.arms import (
     Arm,
     Row,
     Study,
@@ -43,20 +41,6 @@ from services.data.records import SIZE_BUCKETS
 
 RUNS = Path("runs") / "bench"
 log = logging.getLogger("bench")
-
-
-def _start_ray() -> str:
-    """A private local Ray (own temp dir, short path for its sockets): never joins or stops anyone else's."""
-    import ray
-
-    from services.cluster.startup import CPU_ENV
-
-    for key, value in CPU_ENV.items():
-        os.environ.setdefault(key, value)
-    temp = tempfile.mkdtemp(prefix="mgb", dir="/tmp")
-    ray.init(address="local", _temp_dir=temp, include_dashboard=False, runtime_env={"env_vars": CPU_ENV},
-             log_to_driver=os.environ.get("MEDGROUND_RAY_LOGS", "0") == "1")
-    return temp
 
 
 class _SharedPool:
@@ -93,7 +77,7 @@ class _SharedPool:
 FINISHED = "bench_run.json"  # written when an arm's run has finished: its config's key and wall seconds
 
 
-def _train(tree: Row, run_dir: Path) -> float:
+def train(tree: Row, run_dir: Path) -> float:
     """Validate and run one config tree into `run_dir` on the study's shared rollout workers; returns its
     wall seconds. A run that already finished with exactly this config (`bench_run.json`, e.g. before a
     study was interrupted) is kept, not run again; anything else in `run_dir` is replaced."""
@@ -137,7 +121,7 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[P
         wall = json.loads((run_dir / "bench_wall.json").read_text())["wall_s"]
     else:
         log.info("warm start %s", run_dir)
-        wall = _train(tree, run_dir)
+        wall = train(tree, run_dir)
         (run_dir / "bench_wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
         ckpt = _checkpoint_of(run_dir)
         assert ckpt is not None, f"the warm start {run_dir} wrote no checkpoint"
@@ -219,7 +203,7 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
         probe = apply_overrides(tree, ["stages.0.steps=9", "eval.every=0", "eval.max_samples=1",
                                        "checkpoint.every=0", "eval.overlays=0", "seed=0"])
         run_dir = RUNS / study.name / f"{arm.name}-calibration"
-        _train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)  # kept when finished
+        train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)  # kept when finished
         steps = [r["time/step_s"] - r.get("time/eval_s", 0.0)
                  for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
         calibration = {"sft_step_s": sorted(steps)[len(steps) // 2], "steps_measured": len(steps)}
@@ -243,7 +227,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         held_out = load_manifest(base["data"]["manifest"]).with_sizes().select(split=base["data"]["eval_split"])
         areas = {r.id: r.relative_area() or 0.0 for r in held_out}
     started, record = time.perf_counter(), machine.start()
-    temp = _start_ray()
+    temp = machine.start_ray()
     import ray
 
     cache: dict[str, tuple[Path, Row]] = {}
@@ -273,7 +257,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
                     tree, calibration = _equal_time(tree, study, arm, per_arm[arm.equal_time_as][-1], calibration)
                 tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
                 log.info("arm %s seed %d", arm.name, seed)
-                wall = _train(tree, run_dir)
+                wall = train(tree, run_dir)
                 rows = read_metrics(run_dir / "metrics.jsonl")
                 summary = summarise(rows, study.metrics)
                 summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows),

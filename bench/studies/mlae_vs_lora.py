@@ -5,8 +5,8 @@ prompts, sampling seeds and budget) with each adapter, trained from the first GR
 of each adapted layer, from the exported adapter; learner/expert_similarity.py). Writes
 bench/results/mlae_vs_lora.json/.md and plots.
 
-    python -m bench.mlae_vs_lora                     # 3 adapters, seeds 0 1 2 (about 11 min a seed)
-    python -m bench.mlae_vs_lora --seeds 0
+    python -m bench.studies.mlae_vs_lora             # 3 adapters, seeds 0 1 2 (about 11 min a seed)
+    python -m bench.studies.mlae_vs_lora --seeds 0
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench._arms import Arm, Row, Study
-from bench.medloc_ablation import CONFIG, prepare
+from bench.studies.arms import Arm, Row, Study
+from bench.studies.medloc_ablation import CONFIG, prepare
 
 # Rank 16 on q/k/v/o and the MLP for all three (the bench config); LoRA scaling lora_alpha / r = 16 / 16 = 1,
 # MLAE's lambda starts at alpha = 1: the same initial update scale.
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     import yaml
 
-    from bench._runner import run_study
+    from bench.studies.runner import run_study
 
     stage = yaml.safe_load(Path(CONFIG).read_text())["stages"][0]
     desc = ("MLAE vs plain LoRA vs MLAE p = 0 (rank 16, q/k/v/o + MLP) on the pretrained CPU base: the MedLoc-R1 "

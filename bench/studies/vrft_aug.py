@@ -11,8 +11,8 @@ grading arms run the same GRPO steps on the same prompts; `grounding_first` runs
 error, the grounding metrics on the same images, and how much the policy recites the knowledge (greedy
 held-out thinks; sampled completions during GRPO). Writes bench/results/vrft_aug.json/.md and plots.
 
-    python -m bench.vrft_aug            # 6 rows, seed 0
-    python -m bench.vrft_aug --seeds 0 1 2
+    python -m bench.studies.vrft_aug    # 6 rows, seed 0
+    python -m bench.studies.vrft_aug --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench._arms import Arm, Row, Study
+from bench.studies.arms import Arm, Row, Study
 
 CONFIG = "deploy/configs/bench_vrft.yaml"
 GRADE = ("grade",)
@@ -89,7 +89,7 @@ def recitation_of(run_dir: Path) -> Row:
 
 
 def prepare(tree: Row) -> None:
-    from bench._runner import ensure_inputs
+    from bench.studies.runner import ensure_inputs
 
     ensure_inputs(tree, "demo-grading", tasks=("grounding", "grading"), splits={"train": 3000, "val": 400, "test": 0})
 
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
-    from bench._runner import run_study
+    from bench.studies.runner import run_study
 
     desc = ("VRFT-Aug strategies on the pretrained CPU base and a synthetic size-grading task (grade 0-3; held-out: "
             "the grading and grounding records of 400 val images). Grade accuracy in percent; mean absolute grade "

@@ -1,5 +1,5 @@
-"""What every benchmark records the same way: the machine it ran on and how busy it was, under one key
-schema, and where its results go.
+"""What every benchmark and study does the same way: record the machine it ran on and how busy it was, under
+one key schema, name where its results go, and start a Ray of its own.
 
     record = start()                                   # at the start, before any work
     ...
@@ -10,6 +10,8 @@ device 0, or None), `versions` (torch, vllm, ray, deepspeed, transformers, peft,
 installed distribution's version, None when absent), `load_before` and `load_after` (the 1, 5 and 15-minute load
 averages). On a shared machine the load before the run is what tells a quiet run from a crowded one: the
 bench itself keeps the cores busy, so the load after mostly measures the bench.
+
+`start_ray()` starts a private local Ray (its own temp dir) that never joins or stops another session's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,21 @@ def write_json(result: Row, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def start_ray() -> str:
+    """A private local Ray (own temp dir, short path for its sockets): never joins or stops anyone else's.
+    Returns the temp dir; the caller shuts Ray down and removes it."""
+    import ray
+
+    from services.cluster.startup import CPU_ENV
+
+    for key, value in CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    temp = tempfile.mkdtemp(prefix="mgb", dir="/tmp")
+    ray.init(address="local", _temp_dir=temp, include_dashboard=False, runtime_env={"env_vars": CPU_ENV},
+             log_to_driver=os.environ.get("MEDGROUND_RAY_LOGS", "0") == "1")
+    return temp
 
 
 def _load() -> list[float]:

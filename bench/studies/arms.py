@@ -3,7 +3,7 @@ run's metrics become one row of a table (mean and spread over seeds).
 
 A study runs its base config's warm-start stages once per seed (and per distinct `Arm.warm` overrides),
 then every arm's stages from that checkpoint (`init_from`) with the same model, data order, budget and
-seeds; only the arm's overrides differ. `bench/_runner.py` does the running (one Ray session for all).
+seeds; only the arm's overrides differ. `bench/studies/runner.py` does the running (one Ray session for all).
 """
 
 from __future__ import annotations
