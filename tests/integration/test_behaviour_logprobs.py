@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 from learner_samples import make_samples
-from rollout_fixtures import requests
 
+from bench.faults.inputs import requests
 from learner.batch import TrainBatch
 from learner.config import LearnerConfig
 from rollout.config import RolloutConfig, SamplingConfig

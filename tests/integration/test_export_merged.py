@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rollout_fixtures import requests
 from typer.testing import CliRunner
 
+from bench.faults.inputs import requests
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
 from rollout.engines import AdapterSpec

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import ray
-from fault_helpers import gone
 from run_configs import run_config
 
+from bench.faults.helpers import gone
 from services.training import train_loop
 from services.training.seams import RunHandles
 

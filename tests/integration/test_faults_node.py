@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fault_helpers import pids_with_env, process_tree, wait_busy
-from local_cluster import BIN, ROOT, head_cluster, worker_node
 
+from bench.faults.cluster import BIN, ROOT, head_cluster, worker_node
+from bench.faults.helpers import pids_with_env, process_tree, wait_busy
 from services.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fault_helpers import KEYS, TREE, gone, kill_with_env, process_tree
-from local_cluster import BIN, ROOT
 
+from bench.faults.cluster import BIN, ROOT
+from bench.faults.helpers import KEYS, TREE, gone, kill_with_env, process_tree
 from services.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

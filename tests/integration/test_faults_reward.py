@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import ray
-from fault_helpers import gone
-from test_reward_actor import BATCHES
 
+from bench.faults.helpers import gone
+from bench.faults.inputs import REWARD_BATCHES
 from rewards import RewardConfig, RewardScorer, ScheduleConfig
 from services.cluster.reward_client import RewardClient
 
@@ -28,16 +28,16 @@ def _pid(actor: Any) -> int:
 @pytest.mark.parametrize("fault", ["hang", "death"])
 def test_a_hung_or_dead_reward_actor_is_replaced_with_the_schedule_intact(ray_local: None, fault: str) -> None:
     reference = RewardScorer(CONFIG)
-    expected = [reference.score_batch(b, step=i) for i, b in enumerate(BATCHES)]
+    expected = [reference.score_batch(b, step=i) for i, b in enumerate(REWARD_BATCHES)]
     client = RewardClient(CONFIG)
     try:
-        got = [client.score(b, i, 0.0) for i, b in enumerate(BATCHES[:3])]
+        got = [client.score(b, i, 0.0) for i, b in enumerate(REWARD_BATCHES[:3])]
         victim = _pid(client._actor)
         os.kill(victim, signal.SIGSTOP if fault == "hang" else signal.SIGKILL)
         t = time.monotonic()
-        got.append(client.score(BATCHES[3], 3, 0.0))
+        got.append(client.score(REWARD_BATCHES[3], 3, 0.0))
         waited = time.monotonic() - t
-        got += [client.score(b, i, 0.0) for i, b in enumerate(BATCHES[4:], start=4)]
+        got += [client.score(b, i, 0.0) for i, b in enumerate(REWARD_BATCHES[4:], start=4)]
         faults = client.take_faults()
         assert faults == ({"reward/actor_timeouts": 1, "reward/actor_deaths": 0, "reward/requests_resent": 3}
                           if fault == "hang" else

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import ray
-from fault_helpers import gone, wait_busy
-from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
+from bench.faults.helpers import gone, wait_busy
+from bench.faults.inputs import adapter_artefact, make_lora_adapter, requests
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup, RolloutRequest
 from services.cluster.rollout_pool import AdapterLoadError, RolloutPool

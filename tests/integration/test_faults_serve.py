@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fault_helpers import gone, kill_with_env, process_tree
-from local_cluster import BIN, ROOT, free_port
+
+from bench.faults.cluster import BIN, ROOT
+from bench.faults.helpers import gone, kill_with_env, process_tree
+from learner.engine import free_port
 
 pytestmark = pytest.mark.integration
 

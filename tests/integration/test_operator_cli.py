@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_cluster import BIN, ROOT, head_cluster, run
 
+from bench.faults.cluster import BIN, ROOT, head_cluster, run
 from services.training.metrics import read_metrics
 
 pytestmark = pytest.mark.integration

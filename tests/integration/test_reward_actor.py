@@ -7,18 +7,10 @@ import time
 
 import pytest
 
-from rewards import ImageFrame, RewardConfig, RewardScorer, RewardTarget, ScheduleConfig
+from bench.faults.inputs import REWARD_BATCHES
+from rewards import RewardConfig, RewardScorer, ScheduleConfig
 
 pytestmark = pytest.mark.integration
-
-FRAME = ImageFrame(200.0, 100.0, 400.0, 200.0, "input_pixels")
-TARGET = RewardTarget("grounding", boxes=((10.0, 10.0, 50.0, 50.0),), frame=FRAME, knowledge="round opacity")
-
-
-def group(x2: int) -> tuple[list[str], RewardTarget]:
-    # Model boxes (20, 20, x2, 100) -> original (10, 10, x2/2, 50): IoU (x2/2 - 10) / 40; 4 of 5 parse,
-    # so a group's mean reward is 0.8 while its IoUs clear tau: enough (P = 0.80) for the schedule to move.
-    return [f"<think>look</think><answer>{{\"bbox_2d\": [20, 20, {x2}, 100]}}</answer>"] * 4 + ["oops"], TARGET
 
 
 def actor_died(handle: object, attempts: int = 50) -> bool:
@@ -34,9 +26,6 @@ def actor_died(handle: object, attempts: int = 50) -> bool:
     return False
 
 
-BATCHES = [[group(100), group(90), group(80)] for _ in range(6)]
-
-
 def test_actor_scores_checkpoints_and_recovers(ray_local: None) -> None:
     import ray
 
@@ -44,15 +33,15 @@ def test_actor_scores_checkpoints_and_recovers(ray_local: None) -> None:
 
     cfg = RewardConfig(schedule=ScheduleConfig(window=4))
     reference = RewardScorer(cfg)
-    expected = [reference.score_batch(b, step=i) for i, b in enumerate(BATCHES)]
+    expected = [reference.score_batch(b, step=i) for i, b in enumerate(REWARD_BATCHES)]
 
     actor = create_reward_actor(cfg)
-    got = [ray.get(actor.score_batch.remote(b, i)) for i, b in enumerate(BATCHES[:3])]
+    got = [ray.get(actor.score_batch.remote(b, i)) for i, b in enumerate(REWARD_BATCHES[:3])]
     state = json.loads(json.dumps(ray.get(actor.state_dict.remote())))  # what a checkpoint stores
     ray.kill(actor, no_restart=True)
     assert actor_died(actor)
     revived = create_reward_actor(cfg, state=state)
-    got += [ray.get(revived.score_batch.remote(b, i)) for i, b in enumerate(BATCHES[3:], start=3)]
+    got += [ray.get(revived.score_batch.remote(b, i)) for i, b in enumerate(REWARD_BATCHES[3:], start=3)]
 
     for mine, ref in zip(got, expected, strict=True):
         assert mine.groups == ref.groups and mine.schedule == ref.schedule and mine.raises == ref.raises
@@ -70,7 +59,7 @@ def test_a_user_term_that_refuses_a_row_stops_the_batch_with_one_line(ray_local:
     client = RewardClient(cfg)
     try:
         with pytest.raises(RewardTermError) as refused:
-            client.score(BATCHES[0], step=0, progress=0.0)
+            client.score(REWARD_BATCHES[0], step=0, progress=0.0)
         assert "\n" not in str(refused.value) and "bad" in str(refused.value) and "nan" in str(refused.value)
         assert client.take_faults() == {"reward/actor_deaths": 0, "reward/actor_timeouts": 0}  # not a crash
     finally:

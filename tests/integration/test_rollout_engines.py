@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rollout_fixtures import KNOWLEDGE_YAML, adapter_artefact, make_lora_adapter, requests
 
+from bench.faults.inputs import adapter_artefact, make_lora_adapter, requests
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
 from rollout.engines import VISION_TOKENS, AdapterSpec
@@ -23,6 +23,16 @@ GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 # cores and freeze vLLM's settings, which slows and breaks later engines of the session (worker actors,
 # each a process of its own, use the in-process default).
 CONFIG = RolloutConfig(max_model_len=512, engine_in_process=False)
+# The knowledge entry that `requests(..., knowledge=True)` asks for.
+KNOWLEDGE_YAML = """\
+version: 1
+entries:
+  chest_xray/nodule:
+    modality: chest x-ray
+    finding: nodule
+    appearance: A small round well defined opacity.
+    location: the upper lung zones
+"""
 
 
 @pytest.fixture(scope="module")

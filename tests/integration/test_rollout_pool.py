@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import ray
-from rollout_fixtures import adapter_artefact, make_lora_adapter, requests
 
+from bench.faults.inputs import adapter_artefact, make_lora_adapter, requests
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.contracts import RolloutGroup
 from services.cluster.rollout_pool import RolloutPool

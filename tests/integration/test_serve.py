@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 from dicom_files import real_world_variants
-from rollout_fixtures import make_lora_adapter
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
 import rewards
+from bench.faults.inputs import make_lora_adapter
 from learner.engine import free_port
 
 pytestmark = pytest.mark.integration

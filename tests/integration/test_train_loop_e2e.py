@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_helpers import KEYS
-from fault_helpers import TREE as RESUME_TREE
 from run_configs import run_config
 
+from bench.faults.helpers import KEYS
+from bench.faults.helpers import TREE as RESUME_TREE
 from services.training.metrics import read_metrics
 
 pytestmark = pytest.mark.integration

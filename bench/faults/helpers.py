@@ -1,5 +1,6 @@
-"""Helpers of the fault tests: watch a process (busy, gone) and end every process of a throwaway Ray found
-by an environment marker and ancestry. Not collected (no test_ prefix)."""
+"""What the fault bench and the fault tests (tests/integration/test_faults_*.py) share: watch a process
+(busy, gone), find the processes of a throwaway Ray by an environment marker and their ancestry and end them,
+and the small training run (TREE, compared on KEYS) whose driver both kill and resume."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
-
-from local_cluster import _with_descendants
 
 # One SFT step, then four GRPO steps whose tau, rewards and learner state all depend on what came before
 # (the setup of tests/integration/test_train_loop_e2e.py's in-process resume test); checkpoints at 1 (the
@@ -80,10 +79,28 @@ def pids_with_env(marker: str) -> list[int]:
     return found
 
 
+def with_descendants(pids: list[int]) -> set[int]:
+    """`pids` and every process below them (Ray's workers rename themselves `ray::...`, so only their
+    ancestry, the raylet, ties them to their cluster)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
 def process_tree(marker: str) -> set[int]:
     """`pids_with_env(marker)` and every process below them (the raylet's dashboard and runtime-env agents).
     Take it while the Ray is up: an orphan loses its ancestry."""
-    return _with_descendants(pids_with_env(marker))
+    return with_descendants(pids_with_env(marker))
 
 
 def kill_with_env(marker: str, also: set[int] | None = None, grace: float = 10.0) -> set[int]:

@@ -1,8 +1,8 @@
-"""A throwaway `ray start --head` on loopback for tests that need a real cluster (job submit, the operator
-CLI): token auth, free ports, its own short temp dir, and a teardown that stops only this cluster.
+"""A throwaway `ray start --head` on loopback, and a second node joined to it, for the fault bench's lost node
+and the tests that need a real cluster (job submit, the operator CLI, a lost node): token auth, free
+ports, its own short temp dir, and a teardown that stops only this cluster.
 
 Never `ray stop`: it stops every Ray on the machine, including other test sessions and benchmarks.
-Not collected (no test_ prefix).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.faults.helpers import with_descendants
 from learner.engine import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,30 +42,12 @@ def _pids_of(marker: str) -> list[int]:
     return pids
 
 
-def _with_descendants(pids: list[int]) -> set[int]:
-    """`pids` and every process below them (Ray's workers rename themselves `ray::...`, so only their
-    ancestry, the raylet, ties them to this cluster)."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = set(), list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
 def stop_cluster(temp_dir: str) -> None:
     """SIGTERM, then SIGKILL, every process of this cluster: those that name its temp dir (GCS, raylet,
     dashboard, ...) and their descendants (workers, actors, the job's driver)."""
-    pids = _with_descendants(_pids_of(temp_dir))  # taken first: orphans lose their ancestry
+    pids = with_descendants(_pids_of(temp_dir))  # taken first: orphans lose their ancestry
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        pids |= _with_descendants(_pids_of(temp_dir))
+        pids |= with_descendants(_pids_of(temp_dir))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

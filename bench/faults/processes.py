@@ -1,5 +1,5 @@
-"""bench/faults.py's faults that need more than one process: a node lost mid-generate (a two-node cluster on
-this machine) and `kill -9` of a `medground train` driver, mid-step and mid-checkpoint, then `--resume`."""
+"""Faults of whole processes: a node lost mid-generate (a two-node cluster on this machine) and `kill -9` of a
+`medground train` driver, mid-step and mid-checkpoint, then `--resume`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -15,18 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fault_helpers import KEYS, TREE, kill_with_env, pids_with_env, process_tree, wait_busy
 
-Row = dict[str, Any]
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from bench.faults.cluster import BIN, ROOT, head_cluster, worker_node
+from bench.faults.helpers import KEYS, TREE, kill_with_env, pids_with_env, process_tree, wait_busy
+from bench.faults.inputs import seeded_requests
+from bench.faults.rows import Row, requests_lost
 
 
-def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[..., int]) -> Row:
+def lost_node(model: Path) -> Row:
     """Two vLLM workers spread over a head and a second node; every process of the second node SIGKILLed
     while its worker generates. Runs as a driver of that cluster (call with no Ray initialised)."""
     import ray
-    from local_cluster import head_cluster, worker_node
 
     from rollout.config import RolloutConfig, SamplingConfig
     from services.cluster.rollout_pool import RolloutPool
@@ -44,7 +42,7 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
             pool = RolloutPool(model, cfg, pool_cfg)
             try:
                 pool.wait_ready()
-                reqs = requests(16)
+                reqs = seeded_requests(16)
                 want = pool.generate(reqs, n=4, sampling=sampling)
                 victims = [p for p in pids_with_env(node["marker"])
                            if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::RolloutWorker")]
@@ -61,7 +59,7 @@ def lost_node(model: Path, requests: Callable[[int], list[Any]], lost: Callable[
                 pool.wait_ready(timeout=600)
                 return {"fault": "node lost", "injected": "SIGKILL to every process of the second node while its "
                         "worker generates", "deadline_s": pool_cfg.call_timeout_s * 8, "detect_s": event.at - t_fault,
-                        "recover_s": t_end - event.at, "requests_lost": lost(reqs, want, out[0]), "steps_lost": 0,
+                        "recover_s": t_end - event.at, "requests_lost": requests_lost(reqs, want, out[0]), "steps_lost": 0,
                         "outcome": f"{event.kind.replace('_', ' ')}: {event.detail}; the replacement came up on "
                                    f"the head"}
             finally:
