@@ -27,7 +27,8 @@ def available() -> dict[str, str]:
     found = {p.stem: f"bench.{p.stem}" for p in HERE.glob("*.py")
              if p.stem not in SHARED and not p.stem.startswith("_")}
     found |= {p.parent.name: f"bench.{p.parent.name}" for p in HERE.glob("*/__main__.py")}
-    studies = {p.stem: f"bench.studies.{p.stem}" for p in (HERE / "studies").glob("*.py") if p.stem not in TOOLS}
+    studies = {p.stem: f"bench.studies.{p.stem}" for p in (HERE / "studies").glob("*.py")
+               if p.stem not in TOOLS}
     return dict(sorted(found.items())) | dict(sorted(studies.items()))
 
 

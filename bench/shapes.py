@@ -167,7 +167,7 @@ def _extrapolate(rows: list[dict[str, Any]], full_layers: dict[str, int]) -> lis
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--shapes", nargs="+", default=None, help="default: 3b and 7b on CPU, 3b on CUDA")
@@ -183,14 +183,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # child process: a model dir
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
     cuda = args.device == "cuda"
     os.environ["DS_ACCELERATOR"] = args.device
-    batch = args.batch or (8 if cuda else 2)
-    gen_tokens = args.gen_tokens or (128 if cuda else 16)
+    args.batch = args.batch or (8 if cuda else 2)
+    args.gen_tokens = args.gen_tokens or (128 if cuda else 16)
     if args.measure is not None:  # the child: one configuration, JSON on the last line of stdout
-        res = measure(args.measure, args.rank, args.device, batch, args.completion_len, args.image_px, args.steps,
-                      gen_tokens)
+        res = measure(args.measure, args.rank, args.device, args.batch, args.completion_len, args.image_px,
+                      args.steps, args.gen_tokens)
         print(json.dumps(res))
         return res
 
@@ -203,24 +207,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "question": "learner step and generation at real width; adapter bytes per push vs full-weight sync",
         "machine": record, "device": args.device, "precision": "bf16" if cuda else "fp32",
         "date": time.strftime("%Y-%m-%d"), "sync": sync_table(),
-        "batch": batch, "completion_len": args.completion_len, "image_px": args.image_px, "steps": args.steps}
-    print(f"{'shape':<15}{'layers':>7}{'params':>15}{'full bf16':>11}{'LoRA r16':>10}{'r16/full':>9}"
-          f"{'LoRA r64':>10}{'r64/full':>9}")
-    for r in result["sync"]:
-        print(f"{r['shape']:<15}{r['layers']:>7}{r['parameters']:>15,}{r['full_weights_bf16_bytes'] / 2**30:>9.2f}Gi"
-              f"{r['lora_r16_bytes'] / 2**20:>8.0f}Mi{r['lora_r16_share_of_full']:>9.1%}"
-              f"{r['lora_r64_bytes'] / 2**20:>8.0f}Mi{r['lora_r64_share_of_full']:>9.1%}")
+        "batch": args.batch, "completion_len": args.completion_len, "image_px": args.image_px,
+        "steps": args.steps}
+    _print_sync(result["sync"])
     plan = [(s, n, r) for s in shapes for n in (args.layers or ([REAL[s].layers] if cuda else [1, 2]))  # type: ignore[index]
             for r in ranks]
     vision = args.vision_layers or (None if cuda else 2)
     print(f"plan: {len(plan)} runs: " + ", ".join(f"{s} {n} layers rank {r}" for s, n, r in plan)
-          + f"; {vision or 'all'} vision blocks, batch {batch}, {args.image_px} px images, {args.device}")
+          + f"; {vision or 'all'} vision blocks, batch {args.batch}, {args.image_px} px images, "
+          f"{args.device}")
     if args.dry_run:
         return result
+    rows = _run_plan(plan, vision, args)
+    result["measured"] = rows
+    depths = {s: REAL[s].layers for s in shapes}  # type: ignore[index]
+    result["extrapolated"] = [] if cuda else _extrapolate(rows, depths)
+    _print_measured(rows, result["extrapolated"], args.device, record)
+    result["machine"] = machine.finish(record)
+    out = machine.write_json(result, args.out or machine.results_path("shapes", gpu=cuda))
+    print(f"wrote {out}")
+    return result
 
+
+def _run_plan(plan: list[tuple[str, int, int]], vision: int | None,
+              args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each (shape, text layers, rank) measured in a child process (a clean peak RSS), on a model built
+    for it (one on disk at a time)."""
+    from services.models.shapes import REAL
     from services.models.tiny import build_model_dir
 
-    rows = []
+    cuda, rows = args.device == "cuda", []
     with tempfile.TemporaryDirectory(prefix="medground-shapes-") as tmp:
         built: dict[tuple[str, int], Path] = {}
         for shape, layers, rank in plan:
@@ -234,9 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     dtype="bfloat16" if cuda else "float32", device="cuda" if cuda else "cpu",
                     min_pixels=args.image_px ** 2, max_pixels=args.image_px ** 2)
                 print(f"built {shape} ({layers} layers) in {time.perf_counter() - t0:.0f} s", flush=True)
-            cmd = [sys.executable, "-m", "bench.shapes", "--measure", str(built[(shape, layers)]), "--rank", str(rank),
-                   "--device", args.device, "--batch", str(batch), "--completion-len", str(args.completion_len),
-                   "--image-px", str(args.image_px), "--steps", str(args.steps), "--gen-tokens", str(gen_tokens)]
+            cmd = [sys.executable, "-m", "bench.shapes", "--measure", str(built[(shape, layers)]),
+                   "--rank", str(rank), "--device", args.device, "--batch", str(args.batch),
+                   "--completion-len", str(args.completion_len), "--image-px", str(args.image_px),
+                   "--steps", str(args.steps), "--gen-tokens", str(args.gen_tokens)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -245,19 +262,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "rank": rank, **json.loads(proc.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(_row_line(row), flush=True)
-    result["measured"] = rows
-    result["extrapolated"] = [] if cuda else _extrapolate(rows, {s: REAL[s].layers for s in shapes})  # type: ignore[index]
+    return rows
+
+
+def _print_sync(rows: list[dict[str, Any]]) -> None:
+    print(f"{'shape':<15}{'layers':>7}{'params':>15}{'full bf16':>11}{'LoRA r16':>10}{'r16/full':>9}"
+          f"{'LoRA r64':>10}{'r64/full':>9}")
+    for r in rows:
+        print(f"{r['shape']:<15}{r['layers']:>7}{r['parameters']:>15,}{r['full_weights_bf16_bytes'] / 2**30:>9.2f}Gi"
+              f"{r['lora_r16_bytes'] / 2**20:>8.0f}Mi{r['lora_r16_share_of_full']:>9.1%}"
+              f"{r['lora_r64_bytes'] / 2**20:>8.0f}Mi{r['lora_r64_share_of_full']:>9.1%}")
+
+
+def _print_measured(rows: list[dict[str, Any]], extrapolated: list[dict[str, Any]], device: str,
+                    record: dict[str, Any]) -> None:
     print(f"\n{'shape':<15}{'layers':>7}{'rank':>5}{'SFT s':>8}{'GRPO s':>8}{'learner tok/s':>14}{'gen tok/s':>10}"
-          f"{'peak GiB':>9}   ({args.device}, {record['gpu'] or str(record['cores']) + ' cores'})")
+          f"{'peak GiB':>9}   ({device}, {record['gpu'] or str(record['cores']) + ' cores'})")
     for row in rows:
         print(_row_line(row))
-    for est in result["extrapolated"]:
+    for est in extrapolated:
         print(f"{est['shape']:<15}{est['layers']:>7}{est['rank']:>5}{est['sft_step_s']:>8.2f}{est['grpo_step_s']:>8.2f}"
               f"{'':>14}{'':>10}{est['peak_rss_gib']:>9.2f}   extrapolated from {est['extrapolated_from_layers']} layers")
-    result["machine"] = machine.finish(record)
-    out = machine.write_json(result, args.out or machine.results_path("shapes", gpu=cuda))
-    print(f"wrote {out}")
-    return result
 
 
 def _row_line(r: dict[str, Any]) -> str:

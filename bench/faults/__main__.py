@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> Row:
         # its own process: a process keeps the auth token of the first Ray it joined, so after the local
         # Ray above it cannot join the two-node cluster's
         out = WORK / "node_rows.json"
-        subprocess.run([sys.executable, "-m", "bench.faults", "--only", "node", "--rows-out", str(out)], check=True)
+        subprocess.run([sys.executable, "-m", "bench.faults", "--only", "node", "--rows-out", str(out)],
+                       check=True)
         rows += json.loads(out.read_text())
     elif "node" in args.only:
         rows.append(lost_node(model))

@@ -1,5 +1,5 @@
 """Faults inside one driver's Ray session: a rollout worker hung mid-generate, an adapter the engines refuse,
-the reward actor hung, a learner rank killed. Each returns its row of the bench's table (bench/faults/rows.py)."""
+the reward actor hung, a learner rank killed. Each returns its row of the bench's table (rows.py)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def reward_hang() -> Row:
 
 
 def learner_rank(model: Path, manifest: Path, work: Path) -> Row:
-    """Rank 1 of 2 SIGKILLed after step 2 of a short SFT run: the run stops (RunFailed), its other rank ended."""
+    """Rank 1 of 2 SIGKILLed after step 2 of a short SFT run: the run stops (RunFailed), the other rank
+    ended."""
     import ray
 
     from services.config import RunConfig

@@ -68,7 +68,8 @@ TARGET = RewardTarget("grounding", boxes=((10.0, 10.0, 50.0, 50.0),), frame=FRAM
 def reward_group(x2: int) -> tuple[list[str], RewardTarget]:
     # Model boxes (20, 20, x2, 100) -> original (10, 10, x2/2, 50): IoU (x2/2 - 10) / 40; 4 of 5 parse,
     # so a group's mean reward is 0.8 while its IoUs clear tau: enough (P = 0.80) for the schedule to move.
-    return [f"<think>look</think><answer>{{\"bbox_2d\": [20, 20, {x2}, 100]}}</answer>"] * 4 + ["oops"], TARGET
+    answer = f"<think>look</think><answer>{{\"bbox_2d\": [20, 20, {x2}, 100]}}</answer>"
+    return [answer] * 4 + ["oops"], TARGET
 
 
 # Six batches of three groups (IoU 1.0, 0.875, 0.75): the reward actor's tests and the bench's reward row.

@@ -59,7 +59,8 @@ def lost_node(model: Path) -> Row:
                 pool.wait_ready(timeout=600)
                 return {"fault": "node lost", "injected": "SIGKILL to every process of the second node while its "
                         "worker generates", "deadline_s": pool_cfg.call_timeout_s * 8, "detect_s": event.at - t_fault,
-                        "recover_s": t_end - event.at, "requests_lost": requests_lost(reqs, want, out[0]), "steps_lost": 0,
+                        "recover_s": t_end - event.at, "requests_lost": requests_lost(reqs, want, out[0]),
+                        "steps_lost": 0,
                         "outcome": f"{event.kind.replace('_', ' ')}: {event.detail}; the replacement came up on "
                                    f"the head"}
             finally:

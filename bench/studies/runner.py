@@ -14,6 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -212,97 +213,132 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
     return apply_overrides(tree, [f"stages.0.steps={steps}"]), calibration
 
 
+@dataclass
+class _Session:
+    """What a study's runs share: the base config, the held-out images' relative areas (for size buckets),
+    the warm starts done, each arm's rows so far and the SFT step time measured for equal-time arms."""
+
+    base: Row
+    study: Study
+    areas: dict[str, float]
+    cache: dict[str, tuple[Path, Row]] = field(default_factory=dict)
+    per_arm: dict[str, list[Row]] = field(default_factory=dict)
+    calibration: Row = field(default_factory=dict)
+
+
 def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
               prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
     """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
-    from services.training.metrics import read_metrics
+    import ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
     prepare(base)
-    areas: dict[str, float] = {}
-    if study.size_edges:
-        from services.data.manifest import load_manifest
-
-        held_out = load_manifest(base["data"]["manifest"]).with_sizes().select(split=base["data"]["eval_split"])
-        areas = {r.id: r.relative_area() or 0.0 for r in held_out}
+    session = _Session(base, study, _held_out_areas(base) if study.size_edges else {},
+                       per_arm={a.name: [] for a in study.arms})
     started, record = time.perf_counter(), machine.start()
     temp = machine.start_ray()
-    import ray
-
-    cache: dict[str, tuple[Path, Row]] = {}
-    per_arm: dict[str, list[Row]] = {a.name: [] for a in study.arms}
-    calibration: Row = {}
     try:
         for seed in study.seeds:
             for arm in study.arms:
-                if study.warm_stages:
-                    ckpt, warm = _warm(base, study, arm, seed, cache)
-                    start: str | None = str(ckpt.resolve())
-                else:  # arms start from the (pretrained) model itself
-                    ckpt, warm, start = None, {"wall_s": 0.0}, None
-                run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
-                if not arm.train:
-                    row = warm if study.warm_stages else _evaluate_model(base, study, seed, run_dir)
-                    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"], "run_dir": str(run_dir)}
-                    if study.size_edges and not study.warm_stages:
-                        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), areas,
-                                                                              study.size_edges)}
-                    if study.extra is not None and ckpt is not None:
-                        row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
-                    per_arm[arm.name].append(row)
-                    continue
-                tree = arm_tree(base, study, arm, seed, start)
-                if arm.equal_time_as is not None:
-                    tree, calibration = _equal_time(tree, study, arm, per_arm[arm.equal_time_as][-1], calibration)
-                tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
-                log.info("arm %s seed %d", arm.name, seed)
-                wall = train(tree, run_dir)
-                rows = read_metrics(run_dir / "metrics.jsonl")
-                summary = summarise(rows, study.metrics)
-                summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows),
-                               run_dir=str(run_dir))
-                if study.size_edges:
-                    summary["final"].update(size_bucket_metrics(_final_ious(run_dir), areas, study.size_edges))
-                if study.extra is not None:
-                    summary["extra"] = study.extra(run_dir)
-                per_arm[arm.name].append(summary)
-                log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
+                session.per_arm[arm.name].append(_run_arm(session, arm, seed))
     finally:
         _SharedPool.close_all()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    total = time.perf_counter() - started
-    aggregates = {name: aggregate(rows) for name, rows in per_arm.items()}
-    paired = {ref: _paired(study, per_arm, ref) for ref in study.paired_against}
-    result: Row = {
+    result = _result(session, description, deviations, time.perf_counter() - started, machine.finish(record))
+    _write(result, out_stem, columns)
+    return result
+
+
+def _held_out_areas(base: Row) -> dict[str, float]:
+    """Relative target area by held-out record id (the study's own size buckets split on it)."""
+    from services.data.manifest import load_manifest
+
+    held_out = load_manifest(base["data"]["manifest"]).with_sizes().select(split=base["data"]["eval_split"])
+    return {r.id: r.relative_area() or 0.0 for r in held_out}
+
+
+def _run_arm(s: _Session, arm: Arm, seed: int) -> Row:
+    """One arm x seed: its warm start (cached), then its run (an arm that does not train: the warm start's or
+    the model's own evaluation); its summary row."""
+    from services.training.metrics import read_metrics
+
+    study = s.study
+    if study.warm_stages:
+        ckpt, warm = _warm(s.base, study, arm, seed, s.cache)
+        start: str | None = str(ckpt.resolve())
+    else:  # arms start from the (pretrained) model itself
+        ckpt, warm, start = None, {"wall_s": 0.0}, None
+    run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
+    if not arm.train:
+        return _untrained_row(s, seed, run_dir, ckpt, warm)
+    tree = arm_tree(s.base, study, arm, seed, start)
+    if arm.equal_time_as is not None:
+        tree, s.calibration = _equal_time(tree, study, arm, s.per_arm[arm.equal_time_as][-1], s.calibration)
+    tree = {**tree, "name": f"{study.name}-{arm.name}-s{seed}"}
+    log.info("arm %s seed %d", arm.name, seed)
+    wall = train(tree, run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    summary = summarise(rows, study.metrics)
+    summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows),
+                   run_dir=str(run_dir))
+    if study.size_edges:
+        summary["final"].update(size_bucket_metrics(_final_ious(run_dir), s.areas, study.size_edges))
+    if study.extra is not None:
+        summary["extra"] = study.extra(run_dir)
+    log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
+    return summary
+
+
+def _untrained_row(s: _Session, seed: int, run_dir: Path, ckpt: Path | None, warm: Row) -> Row:
+    """An arm that runs no stage: the warm start's summary, or (no warm stages) the model's own evaluation."""
+    study = s.study
+    row = warm if study.warm_stages else _evaluate_model(s.base, study, seed, run_dir)
+    row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"], "run_dir": str(run_dir)}
+    if study.size_edges and not study.warm_stages:
+        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), s.areas, study.size_edges)}
+    if study.extra is not None and ckpt is not None:
+        row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
+    return row
+
+
+def _result(s: _Session, description: str, deviations: Sequence[str], total: float, record: Row) -> Row:
+    """The study's JSON: its set-up, every run's summary, the aggregates over seeds and the paired changes."""
+    study, per_arm = s.study, s.per_arm
+    return {
         "study": study.name, "description": description, "config": study.config, "seeds": list(study.seeds),
         "common_overrides": list(study.common), "deviations": list(deviations),
         "arms": [{"name": a.name, "overrides": list(a.overrides), "warm_overrides": list(a.warm),
                   "stages": list(a.stages) if a.stages else None, "trains": a.train, "note": a.note}
                  for a in study.arms],
-        "aggregate": aggregates, "runs": per_arm,
+        "aggregate": {name: aggregate(rows) for name, rows in per_arm.items()}, "runs": per_arm,
         "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
-        "equal_time_calibration": calibration,
+        "equal_time_calibration": s.calibration,
         "size_edges": list(study.size_edges),
-        "paired_against": list(study.paired_against), "paired": paired,
-        "machine": machine.finish(record),
+        "paired_against": list(study.paired_against),
+        "paired": {ref: _paired(study, per_arm, ref) for ref in study.paired_against},
+        "machine": record,
     }
+
+
+def _write(result: Row, out_stem: str, columns: Sequence[tuple[str, str, int]]) -> None:
+    """bench/results/<out_stem>.json, .md (the table, the deviations, the paired changes) and plots."""
     machine.write_json(result, machine.results_path(out_stem))
-    table = markdown_table([(a.name, aggregates[a.name]) for a in study.arms], columns)
-    md = [f"# {out_stem}", "", description, "", table, "",
-          f"Seeds {list(study.seeds)}; cells are mean ± sample std over seeds; wall {total / 60:.1f} min "
-          f"on {machine.describe(record)}. Deviations:", *[f"- {d}" for d in deviations], ""]
-    for ref, table in paired.items():
+    table = markdown_table([(a["name"], result["aggregate"][a["name"]]) for a in result["arms"]], columns)
+    paired = {ref: _paired_table(p, ref) for ref, p in result["paired"].items()}
+    md = [f"# {out_stem}", "", result["description"], "", table, "",
+          f"Seeds {result['seeds']}; cells are mean ± sample std over seeds; wall {result['wall_s_total'] / 60:.1f} "
+          f"min on {machine.describe(result['machine'])}. Deviations:", *[f"- {d}" for d in result["deviations"]], ""]
+    for ref, paired_table in paired.items():
         md += [f"Paired changes against `{ref}` on the same held-out images: mean over seeds ± its standard error "
-               "(per seed: mean of per-image differences ± their standard error).", "", _paired_table(table, ref), ""]
+               "(per seed: mean of per-image differences ± their standard error).", "", paired_table, ""]
     machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
     plot_study(result, machine.RESULTS / out_stem)
     print(table)
-    for ref, table in paired.items():
-        print(_paired_table(table, ref))
-    print(f"wrote {machine.results_path(out_stem)} ({total / 60:.1f} min)")
-    return result
+    for paired_table in paired.values():
+        print(paired_table)
+    print(f"wrote {machine.results_path(out_stem)} ({result['wall_s_total'] / 60:.1f} min)")
 
 
 def plot_study(result: Row, prefix: Path) -> list[Path]:

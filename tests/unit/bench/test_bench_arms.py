@@ -157,3 +157,34 @@ def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, mon
     monkeypatch.setattr("services.training.train_loop.run", run)
     runner.train({**tree, "seed": 1}, run_dir)
     assert started == ["r"] and json.loads((run_dir / runner.FINISHED).read_text())["key"] != tree_key(tree)
+
+
+def test_a_study_result_is_written_as_json_and_markdown_and_printed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """runner's tail without Ray: two arms x two seeds become the JSON (aggregates over seeds), the Markdown
+    (the study's table, the paired table) and the printout (the study's table first, then the paired one)."""
+    import json
+
+    from bench import machine
+    from bench.studies import runner
+
+    monkeypatch.setattr(machine, "RESULTS", tmp_path)
+    monkeypatch.setattr(runner, "plot_study", lambda result, prefix: [])
+    pooled = {"A@0.3": (0.0, 0.0), "A@0.5": (1.5, 0.5), "A@0.8": (0.0, 0.0), "mIoU": (0.01, 0.002)}
+    monkeypatch.setattr(runner, "_paired", lambda study, per_arm, ref: {"b": {"per_seed": {}, "pooled": pooled}})
+    study = Study("s", "x.yaml", (Arm("a"), Arm("b")), seeds=(0, 1), warm_stages=(), paired_against=("a",))
+    session = runner._Session({}, study, {}, per_arm={
+        "a": [{"final": {"eval/A@0.5": 40.0}, "wall_s": 1.0}, {"final": {"eval/A@0.5": 44.0}, "wall_s": 2.0}],
+        "b": [{"final": {"eval/A@0.5": 50.0}, "wall_s": 3.0}, {"final": {"eval/A@0.5": 50.0}, "wall_s": 4.0}]})
+    record = machine.finish(machine.start())
+    result = runner._result(session, "what it measures", ["a deviation"], 120.0, record)
+    runner._write(result, "s_out", [("A@0.5", "eval/A@0.5", 1)])
+
+    written = json.loads((tmp_path / "s_out.json").read_text())
+    assert written["aggregate"]["a"]["eval/A@0.5"]["mean"] == 42.0  # (40 + 44) / 2
+    assert written["wall_s_per_arm_run"] == {"a": [1.0, 2.0], "b": [3.0, 4.0]}
+    md = (tmp_path / "s_out.md").read_text()
+    # a: mean (40 + 44) / 2 = 42, sample std sqrt((2^2 + 2^2) / 1) = 2.83
+    assert "| a | 42.0 ± 2.8 |" in md and "- a deviation" in md and "| b | +0.0 ± 0.0 | +1.5 ± 0.5 |" in md
+    printed = capsys.readouterr().out
+    assert printed.startswith("| arm | A@0.5 |") and "| arm - a |" in printed and "wrote" in printed

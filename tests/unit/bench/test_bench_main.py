@@ -12,7 +12,8 @@ def test_every_name_is_a_runnable_module_and_the_tools_are_not_names() -> None:
     for module in modules.values():
         spec = importlib.util.find_spec(module)
         assert spec is not None, module
-        assert spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__"), module
+        package = spec.submodule_search_locations is not None
+        assert not package or importlib.util.find_spec(f"{module}.__main__"), module
     assert {"rewards", "faults", "medloc_ablation", "mlae_vs_lora", "vrft_aug"} <= set(modules)
     assert modules["faults"] == "bench.faults" and modules["vrft_aug"] == "bench.studies.vrft_aug"
     # shared code and tools that need arguments measure nothing on their own (`--all` once ran compare_runs)

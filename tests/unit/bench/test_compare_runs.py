@@ -1,4 +1,5 @@
-"""bench/studies/compare_runs.py: start/end metrics, paired changes and the paired end difference of two runs."""
+"""bench/studies/compare_runs.py: start/end metrics, paired changes and the paired end difference of two
+runs."""
 
 from __future__ import annotations
 
