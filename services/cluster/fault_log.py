@@ -1,7 +1,7 @@
 """What the rollout pool and the reward client did about faults: one event per detection, a log line
 naming the worker, and per-step counts for the driver's metrics row (README, "Reliability").
 
-Each event carries wall-clock time, so benchmarks (bench/faults.py) measure time to detect against the
+Each event carries wall-clock time, so benchmarks (bench/faults/) measure time to detect against the
 moment they injected the fault.
 """
 
