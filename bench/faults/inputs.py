@@ -33,7 +33,7 @@ def make_lora_adapter(model_dir: Path, out: Path, seed: int = 1, scale: float = 
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 

@@ -11,16 +11,17 @@ Row = dict[str, Any]
 def row(fault: str, injected: str, detect_s: float | None, recover_s: float | None, requests_lost: int | None,
         steps_lost: int | None, outcome: str, deadline_s: float | None = None, **extra: Any) -> Row:
     return {"fault": fault, "injected": injected, "deadline_s": deadline_s, "detect_s": detect_s,
-            "recover_s": recover_s, "requests_lost": requests_lost, "steps_lost": steps_lost, "outcome": outcome,
-            **extra}
+            "recover_s": recover_s, "requests_lost": requests_lost, "steps_lost": steps_lost,
+            "outcome": outcome, **extra}
 
 
 def requests_lost(reqs: list[Any], want: list[Any], got: list[Any]) -> int:
     """Requests unanswered, answered twice, or answered differently from the fault-free call (every request
     carries its own sampling seed, so the answers must be identical)."""
     answered = {g.prompt_id: g for g in got}
-    return len(reqs) - len(answered) + sum(answered[w.prompt_id].completions != w.completions for w in want
-                                           if w.prompt_id in answered) + len(got) - len(answered)
+    changed = sum(bool(answered[w.prompt_id].completions != w.completions)
+                  for w in want if w.prompt_id in answered)
+    return len(reqs) - len(answered) + changed + len(got) - len(answered)
 
 
 def _fmt(v: Any) -> str:
@@ -30,6 +31,6 @@ def _fmt(v: Any) -> str:
 def table(rows: list[Row]) -> str:
     head = "| fault | deadline s | time to detect s | time to recover s | requests lost | steps lost |\n" \
            "|---|---|---|---|---|---|"
-    return "\n".join([head, *[f"| {r['fault']} | {_fmt(r['deadline_s'])} | {_fmt(r['detect_s'])} | "
-                              f"{_fmt(r['recover_s'])} | {_fmt(r['requests_lost'])} | {_fmt(r['steps_lost'])} |"
-                              for r in rows]])
+    cells = ("deadline_s", "detect_s", "recover_s", "requests_lost", "steps_lost")
+    lines = [f"| {r['fault']} | " + " | ".join(_fmt(r[c]) for c in cells) + " |" for r in rows]
+    return "\n".join([head, *lines])

@@ -205,9 +205,9 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
                                        "checkpoint.every=0", "eval.overlays=0", "seed=0"])
         run_dir = RUNS / study.name / f"{arm.name}-calibration"
         train({**probe, "name": f"{study.name}-{arm.name}-calibration"}, run_dir)  # kept when finished
-        steps = [r["time/step_s"] - r.get("time/eval_s", 0.0)
-                 for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
-        calibration = {"sft_step_s": sorted(steps)[len(steps) // 2], "steps_measured": len(steps)}
+        step_s = [r["time/step_s"] - r.get("time/eval_s", 0.0)
+                  for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
+        calibration = {"sft_step_s": sorted(step_s)[len(step_s) // 2], "steps_measured": len(step_s)}
     steps = max(1, round(matched["train_s"] / calibration["sft_step_s"]))
     log.info("arm %s: %d SFT steps in the %.0f s %s trained", arm.name, steps, matched["train_s"], arm.equal_time_as)
     return apply_overrides(tree, [f"stages.0.steps={steps}"]), calibration
