@@ -115,12 +115,12 @@ def measure(model_dir: Path, rank: int, device: str, batch: int, completion_len:
     finally:
         engine.close()
     del engine
-    out.update(_generate(model_dir, samples, cuda, gen_tokens))
+    out.update(generate(model_dir, samples, cuda, gen_tokens))
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
 
-def _generate(model_dir: Path, samples: list[Any], cuda: bool, new_tokens: int) -> dict[str, Any]:
+def generate(model_dir: Path, samples: list[Any], cuda: bool, new_tokens: int) -> dict[str, Any]:
     """Greedy generation of `new_tokens` per prompt for the batch's prompts (one call), tokens/s."""
     import torch
     from transformers import AutoModelForImageTextToText

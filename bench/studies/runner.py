@@ -214,7 +214,7 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
 
 
 @dataclass
-class _Session:
+class Session:
     """What a study's runs share: the base config, the held-out images' relative areas (for size buckets),
     the warm starts done, each arm's rows so far and the SFT step time measured for equal-time arms."""
 
@@ -234,7 +234,7 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = yaml.safe_load(Path(study.config).read_text())
     prepare(base)
-    session = _Session(base, study, _held_out_areas(base) if study.size_edges else {},
+    session = Session(base, study, _held_out_areas(base) if study.size_edges else {},
                        per_arm={a.name: [] for a in study.arms})
     started, record = time.perf_counter(), machine.start()
     temp = machine.start_ray()
@@ -246,8 +246,9 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         _SharedPool.close_all()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    result = _result(session, description, deviations, time.perf_counter() - started, machine.finish(record))
-    _write(result, out_stem, columns)
+    total = time.perf_counter() - started
+    result = study_result(session, description, deviations, total, machine.finish(record))
+    write_study(result, out_stem, columns)
     return result
 
 
@@ -259,7 +260,7 @@ def _held_out_areas(base: Row) -> dict[str, float]:
     return {r.id: r.relative_area() or 0.0 for r in held_out}
 
 
-def _run_arm(s: _Session, arm: Arm, seed: int) -> Row:
+def _run_arm(s: Session, arm: Arm, seed: int) -> Row:
     """One arm x seed: its warm start (cached), then its run (an arm that does not train: the warm start's or
     the model's own evaluation); its summary row."""
     from services.training.metrics import read_metrics
@@ -291,7 +292,7 @@ def _run_arm(s: _Session, arm: Arm, seed: int) -> Row:
     return summary
 
 
-def _untrained_row(s: _Session, seed: int, run_dir: Path, ckpt: Path | None, warm: Row) -> Row:
+def _untrained_row(s: Session, seed: int, run_dir: Path, ckpt: Path | None, warm: Row) -> Row:
     """An arm that runs no stage: the warm start's summary, or (no warm stages) the model's own evaluation."""
     study = s.study
     row = warm if study.warm_stages else _evaluate_model(s.base, study, seed, run_dir)
@@ -303,7 +304,8 @@ def _untrained_row(s: _Session, seed: int, run_dir: Path, ckpt: Path | None, war
     return row
 
 
-def _result(s: _Session, description: str, deviations: Sequence[str], total: float, record: Row) -> Row:
+def study_result(s: Session, description: str, deviations: Sequence[str], total: float,
+                 record: Row) -> Row:
     """The study's JSON: its set-up, every run's summary, the aggregates over seeds and the paired changes."""
     study, per_arm = s.study, s.per_arm
     return {
@@ -322,7 +324,7 @@ def _result(s: _Session, description: str, deviations: Sequence[str], total: flo
     }
 
 
-def _write(result: Row, out_stem: str, columns: Sequence[tuple[str, str, int]]) -> None:
+def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, int]]) -> None:
     """bench/results/<out_stem>.json, .md (the table, the deviations, the paired changes) and plots."""
     machine.write_json(result, machine.results_path(out_stem))
     table = markdown_table([(a["name"], result["aggregate"][a["name"]]) for a in result["arms"]], columns)

@@ -29,7 +29,7 @@ def _cuda() -> None:
 @pytest.mark.parametrize(("shape", "width"), [("qwen2_5_vl_3b", 2048), ("qwen3_vl_4b", 2560)])
 def test_real_shape_trains_exports_and_generates_in_bf16(shape: str, width: int, tmp_path: Path) -> None:
     from bench.learner import make_batch
-    from bench.shapes import _generate
+    from bench.shapes import generate
     from learner.config import LearnerConfig
     from learner.engine import LearnerEngine
     from rollout.images import FAMILIES
@@ -54,5 +54,5 @@ def test_real_shape_trains_exports_and_generates_in_bf16(shape: str, width: int,
     q = artefact.tensors["base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"]
     assert q.shape == (64, width) and q.dtype == torch.float32
     assert len(artefact.tensors) == 4 * 7 * 2
-    generated = _generate(model_dir, samples, cuda=True, new_tokens=16)
+    generated = generate(model_dir, samples, cuda=True, new_tokens=16)
     assert generated["generate_tokens_per_s"] > 0 and generated["generate_peak_gib"] > 0

@@ -173,12 +173,12 @@ def test_a_study_result_is_written_as_json_and_markdown_and_printed(
     pooled = {"A@0.3": (0.0, 0.0), "A@0.5": (1.5, 0.5), "A@0.8": (0.0, 0.0), "mIoU": (0.01, 0.002)}
     monkeypatch.setattr(runner, "_paired", lambda study, per_arm, ref: {"b": {"per_seed": {}, "pooled": pooled}})
     study = Study("s", "x.yaml", (Arm("a"), Arm("b")), seeds=(0, 1), warm_stages=(), paired_against=("a",))
-    session = runner._Session({}, study, {}, per_arm={
+    session = runner.Session({}, study, {}, per_arm={
         "a": [{"final": {"eval/A@0.5": 40.0}, "wall_s": 1.0}, {"final": {"eval/A@0.5": 44.0}, "wall_s": 2.0}],
         "b": [{"final": {"eval/A@0.5": 50.0}, "wall_s": 3.0}, {"final": {"eval/A@0.5": 50.0}, "wall_s": 4.0}]})
     record = machine.finish(machine.start())
-    result = runner._result(session, "what it measures", ["a deviation"], 120.0, record)
-    runner._write(result, "s_out", [("A@0.5", "eval/A@0.5", 1)])
+    result = runner.study_result(session, "what it measures", ["a deviation"], 120.0, record)
+    runner.write_study(result, "s_out", [("A@0.5", "eval/A@0.5", 1)])
 
     written = json.loads((tmp_path / "s_out.json").read_text())
     assert written["aggregate"]["a"]["eval/A@0.5"]["mean"] == 42.0  # (40 + 44) / 2
