@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import _machine as machine
+from bench import machine
 
 GATE = {"sampled_A@0.5_max": 15.0, "sampled_A@0.3_min": 40.0, "zero_var_tau0.5_min": 0.5,
         "zero_var_tau0.3_max": 0.25}
