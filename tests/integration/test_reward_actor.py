@@ -55,12 +55,14 @@ def test_a_user_term_that_refuses_a_row_stops_the_batch_with_one_line(ray_local:
     from rewards.extra_terms import RewardTermError
     from services.cluster.reward_client import RewardClient
 
-    cfg = RewardConfig.model_validate({"extra_terms": [{"fn": "tests.integration.user_terms:nan_on_the_second_row", "name": "bad"}]})
+    term = {"fn": "tests.integration.user_terms:nan_on_the_second_row", "name": "bad"}
+    cfg = RewardConfig.model_validate({"extra_terms": [term]})
     client = RewardClient(cfg)
     try:
         with pytest.raises(RewardTermError) as refused:
             client.score(REWARD_BATCHES[0], step=0, progress=0.0)
         assert "\n" not in str(refused.value) and "bad" in str(refused.value) and "nan" in str(refused.value)
-        assert client.take_faults() == {"reward/actor_deaths": 0, "reward/actor_timeouts": 0}  # not a crash
+        assert client.take_faults() == {"reward/actor_deaths": 0, "reward/actor_timeouts": 0,  # not a crash
+                                        "reward/requests_resent": 0}
     finally:
         client.kill()
