@@ -19,6 +19,7 @@ from rollout.config import SamplingConfig
 from rollout.contracts import RolloutGroup
 from rollout.images import ImageFrame as RolloutFrame
 from services.convert import reward_frame, rollout_request
+from services.data.jsonl import BadLine, read_jsonl
 from services.data.manifest import Manifest
 from services.data.medimage import read_image
 from services.data.records import Record
@@ -121,12 +122,13 @@ def read_ious(path: Path) -> dict[str, float]:
     """The IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record id;
     an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
     out = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, row in read_jsonl(path):  # split at newline bytes only (services/data/jsonl.py)
         try:
-            row = json.loads(line) if line.strip() else None
-            if row is not None and isinstance(row["truth"], list):
+            if isinstance(row, BadLine):
+                raise ValueError(row.reason)
+            if isinstance(row["truth"], list):
                 out[str(row["id"])] = float(row["iou"] or 0.0)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file was written by "
                              f"an evaluation: re-run it (medground eval) rather than edit it") from exc
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from learner import durable
+from services.data.jsonl import BadLine, read_jsonl
 
 PLOTS: dict[str, tuple[str, ...]] = {
     "reward": ("reward/total", "reward/acc", "reward/format"),
@@ -124,14 +125,13 @@ def _jsonable(value: Any) -> Any:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl; a last line cut short by a crash mid-append is left out (a resume
     rewrites the file without it), any other bad line is an error."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = list(read_jsonl(path))  # split at newline bytes only (services/data/jsonl.py)
     rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number < len(lines):
-                raise ValueError(f"{path} line {number} is not a JSON metrics row ({exc}); fix or remove it") from exc
+    for k, (number, value) in enumerate(lines, start=1):
+        if not isinstance(value, BadLine):
+            rows.append(value)
+        elif k < len(lines):
+            raise ValueError(f"{path} line {number} is not a JSON metrics row ({value.reason}); fix or remove it")
     return rows
 
 

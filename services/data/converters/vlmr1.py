@@ -24,6 +24,7 @@ from services.data.converters.common import (
     image_ref,
     size_if_present,
 )
+from services.data.jsonl import BadLine, read_jsonl
 from services.data.records import Record
 
 _BOX = re.compile(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
@@ -45,12 +46,10 @@ def _record(k: int, image: Any, phrase: str, box: list[float], out_dir: Path, op
                   split=hashed_split(str(image), options))
 
 
-def _jsonl_item(line: str, n: int, path: Path) -> tuple[Any, str, list[float]]:
+def _jsonl_item(item: Any, n: int, path: Path) -> tuple[Any, str, list[float]]:
     where = f"{path} line {n}"
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise BadRow(where, "json", f"not valid JSON ({exc.msg} at column {exc.colno}); fix or drop the line") from None
+    if isinstance(item, BadLine):
+        raise BadRow(where, "json", f"{item.reason}; fix or drop the line")
     if not isinstance(item, dict) or "image" not in item:
         raise BadRow(where, "image", "missing; each line needs image and conversations")
     turns = item.get("conversations") or []
@@ -64,17 +63,14 @@ def _jsonl_item(line: str, n: int, path: Path) -> tuple[Any, str, list[float]]:
 
 def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
     result = ConvertResult()
-    text = Path(path).read_text(encoding="utf-8")
     if Path(path).suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for n, value in read_jsonl(path):  # split at newline bytes only (services/data/jsonl.py)
             with result.row(options):
-                image, human, box = _jsonl_item(line, n, path)
+                image, human, box = _jsonl_item(value, n, path)
                 result.records.append(_record(n, image, human, box, out_dir, options, f"{path} line {n}"))
     else:
         try:
-            items = json.loads(text)
+            items = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConvertError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         if not isinstance(items, list):
