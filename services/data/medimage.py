@@ -79,14 +79,17 @@ def fallback_window(values: NDArray[Any]) -> tuple[NDArray[np.float64], tuple[fl
     windows stored in files, and a modality range narrower than 1 (a small rescale slope) must still span
     the display; a constant image maps to 0."""
     v = np.asarray(values, dtype=np.float64)
-    low, high = (float(q) for q in np.percentile(v, FALLBACK_PERCENTILES))
-    unit = np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(v)
-    return unit, ((low + high) / 2, high - low)
+    finite = v[np.isfinite(v)]  # float data (parametric maps) may hold NaN or inf where nothing was measured
+    low, high = (float(q) for q in np.percentile(finite, FALLBACK_PERCENTILES)) if finite.size else (0.0, 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, mapped to 0 below like every NaN
+        unit = np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else (v > high).astype(np.float64)
+    return np.nan_to_num(unit, nan=0.0), ((low + high) / 2, high - low)
 
 
 def to_uint8(unit: NDArray[Any]) -> NDArray[np.uint8]:
-    """Values in [0, 1] to 0..255 (rounded, clipped)."""
-    return np.asarray(np.clip(np.round(np.asarray(unit, dtype=np.float64) * 255.0), 0, 255), dtype=np.uint8)
+    """Values in [0, 1] to 0..255 (rounded, clipped; NaN, a value nothing measured, to 0)."""
+    unit = np.nan_to_num(np.asarray(unit, dtype=np.float64), nan=0.0)
+    return np.asarray(np.clip(np.round(unit * 255.0), 0, 255), dtype=np.uint8)
 
 
 def is_dicom(path: str | Path) -> bool:

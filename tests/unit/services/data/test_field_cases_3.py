@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
+from dicom_files import dataset, enhanced, float_dataset, ramp, replaced_once, to_bytes, with_invalid_text, write
+from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 import rewards
@@ -17,6 +21,7 @@ from services.cli import app
 from services.data import load_manifest, write_manifest
 from services.data.converters import ConvertOptions, convert
 from services.data.jsonl import jsonl_values
+from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
 
 CASES = Path(__file__).resolve().parents[3] / "fixtures" / "field_3"
@@ -85,3 +90,137 @@ def test_fullwidth_punctuation_in_an_answer_is_the_box(name: str) -> None:
     (scored,) = rewards.score_group([text], target, rewards.ScheduleSnapshot(0.5, 0),
                                     rewards.RewardConfig(w_recite=0.0))
     assert scored.iou == pytest.approx(1.0) and scored.r_format == 1.0
+
+
+# ---- enhanced_ct_shared_fg.dcm: Enhanced CT/MR read through the frame's functional groups ----------------
+
+def _linear_8bit(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM LINEAR window (PS3.3 C.11.2.1.2.1), written out: <= c - 0.5 - (w-1)/2 -> 0, > c - 0.5 + (w-1)/2
+    -> 255, else ((v - (c - 0.5)) / (w - 1) + 0.5) * 255, rounded."""
+    v = values.astype(float)
+    unit = np.where(v <= center - 0.5 - (width - 1) / 2, 0.0,
+                    np.where(v > center - 0.5 + (width - 1) / 2, 1.0, (v - (center - 0.5)) / (width - 1) + 0.5))
+    return np.round(unit * 255).astype(np.uint8)
+
+
+def _frame_reference(path: Path | str, frame: int) -> np.ndarray:
+    """The frame's display pixels from its own functional groups, with pydicom's functions on a dataset that
+    holds only that frame's Pixel Value Transformation and Frame VOI LUT items (per-frame over shared)."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    groups = [ds.PerFrameFunctionalGroupsSequence[frame], ds.SharedFunctionalGroupsSequence[0]]
+    pvt = next(g.PixelValueTransformationSequence[0] for g in groups if "PixelValueTransformationSequence" in g)
+    voi = next(g.FrameVOILUTSequence[0] for g in groups if "FrameVOILUTSequence" in g)
+    ref = Dataset()
+    ref.BitsStored, ref.PixelRepresentation = ds.BitsStored, ds.PixelRepresentation
+    ref.PhotometricInterpretation = ds.PhotometricInterpretation
+    ref.RescaleSlope, ref.RescaleIntercept = pvt.RescaleSlope, pvt.RescaleIntercept
+    ref.WindowCenter, ref.WindowWidth = voi.WindowCenter, voi.WindowWidth
+    values = apply_modality_lut(ds.pixel_array[frame], ref)
+    shown = apply_voi_lut(values, ref)
+    # pydicom's output range: the rescaled stored range [0, 2**bits - 1] * slope + intercept (unsigned data)
+    low = float(ref.RescaleIntercept)
+    high = (2 ** int(ds.BitsStored) - 1) * float(ref.RescaleSlope) + low
+    return np.round((shown - low) / (high - low) * 255).astype(np.uint8)
+
+
+def test_enhanced_ct_uses_the_shared_functional_groups() -> None:
+    """Rescale (-1024) and window (40, 400) only in the Shared Functional Groups: +40 HU is mid-grey."""
+    path = CASES / "enhanced_ct_shared_fg.dcm"
+    stored = pydicom.dcmread(path).pixel_array  # [2, 32, 32]
+    for frame in (0, 1):
+        image = read_image(path, frame=frame)
+        assert image.window == (40.0, 400.0) and image.frames == 2
+        assert np.array_equal(image.pixels, _frame_reference(path, frame))
+        assert np.array_equal(image.pixels, _linear_8bit(stored[frame] - 1024.0, 40.0, 400.0))
+    hu = stored[0] - 1024
+    # +40 HU: (40 - 39.5) / 399 + 0.5 = 0.50125 -> 127.8 -> 128 (mid-grey), never the 241 of the fallback window
+    assert (hu == 40).any() and set(read_image(path).pixels[hu == 40].tolist()) == {128}
+
+
+def test_enhanced_ct_frames_read_their_own_per_frame_groups(tmp_path: Path) -> None:
+    """Per-frame Pixel Value Transformation and Frame VOI LUT differ by frame; Pixel Measures are shared."""
+    stored = np.stack([ramp(8, 8, 0, 2000), ramp(8, 8, 0, 2000)])
+    per_frame = [{"PixelValueTransformationSequence": {"RescaleSlope": 1, "RescaleIntercept": -1024},
+                  "FrameVOILUTSequence": {"WindowCenter": 40, "WindowWidth": 400}},
+                 {"PixelValueTransformationSequence": {"RescaleSlope": 2, "RescaleIntercept": -2048},
+                  "FrameVOILUTSequence": {"WindowCenter": 300, "WindowWidth": 1500}}]
+    path = write(tmp_path / "enhanced.dcm", enhanced(stored, {"PixelMeasuresSequence": {"PixelSpacing": [0.5, 0.7]}},
+                                                     per_frame))
+    first, second = read_image(path, frame=0), read_image(path, frame=1)
+    assert np.array_equal(first.pixels, _linear_8bit(stored[0] - 1024.0, 40, 400))
+    assert np.array_equal(second.pixels, _linear_8bit(stored[1] * 2.0 - 2048, 300, 1500))
+    assert np.array_equal(second.pixels, _frame_reference(path, 1))
+    assert (first.window, second.window) == ((40.0, 400.0), (300.0, 1500.0))
+    assert first.pixel_spacing_mm == (0.5, 0.7)
+
+
+def test_real_enhanced_ct_from_pydicom_data() -> None:
+    """pydicom-data's eCT_Supplemental.dcm (512 x 512 x 2): window (49, 102) and rescale -1024 in its Shared
+    Functional Groups; main read it with the fallback window, 48 grey levels off on average."""
+    path = get_testdata_file("eCT_Supplemental.dcm", download=False)
+    if path is None:
+        pytest.skip("eCT_Supplemental.dcm comes with pydicom-data; install the `data` extra")
+    for frame in (0, 1):
+        image = read_image(path, frame=frame)
+        assert image.window == (49.0, 102.0)
+        assert np.array_equal(image.pixels, _frame_reference(path, frame))
+
+
+def test_functional_group_values_that_are_not_numbers_are_named(tmp_path: Path) -> None:
+    ds = enhanced(np.stack([ramp(8, 8, 0, 100)]), {"PixelValueTransformationSequence": {"RescaleSlope": 7.25,
+                                                                                       "RescaleIntercept": 0}})
+    data = with_invalid_text(to_bytes(ds), "7.25", "7,25")
+    with pytest.raises(MedicalImageError, match=r"Shared Functional Groups Sequence \(5200,9229\) > "
+                                                r"PixelValueTransformationSequence \(0028,9145\) > RescaleSlope "
+                                                r"\(0028,1053\) holds '7,25', not a number"):
+        read_image(data)
+
+
+# ---- Float pixel data and malformed values: decoded, or refused naming the tag ---------------------------
+
+@pytest.mark.parametrize("double", [False, True])
+def test_float_pixel_data_is_decoded(double: bool) -> None:
+    """Float (7FE0,0008) and Double Float (7FE0,0009) Pixel Data: the fallback window over the finite values;
+    NaN (nothing measured) shows black."""
+    values = np.array([[0.0, 1.0, 2.0, np.nan], [3.0, 4.0, 5.0, 6.0]]) * 0.001  # tiny values: no integer ramp
+    image = read_image(to_bytes(float_dataset(values, double=double)))
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, 0.5), np.percentile(finite, 99.5)
+    expected = np.round(np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1) * 255)
+    assert image.pixels.tolist() == expected.astype(np.uint8).tolist()
+    assert image.pixels[0, 3] == 0 and image.pixels[1, 3] == 255
+
+
+def test_float_pixel_data_with_a_frame_window() -> None:
+    ds = float_dataset(np.array([[-1.0, 0.0], [0.5, 2.0]]))
+    ds.SharedFunctionalGroupsSequence = enhanced(np.zeros((1, 2, 2)), {"FrameVOILUTSequence": {
+        "WindowCenter": 0.5, "WindowWidth": 2}}).SharedFunctionalGroupsSequence
+    # LINEAR (0.5, 2): <= 0.5 - 0.5 - 0.5 = -0.5 -> 0; > 0.5 -> 255; 0 -> ((0 - 0) / 1 + 0.5) = 0.5 -> 128
+    assert read_image(to_bytes(ds)).pixels.tolist() == [[0, 128], [255, 255]]
+
+
+def test_pydicom_bad_vr_file_is_refused_naming_the_tag() -> None:
+    """pydicom's badVR.dcm: Number of Frames (IS) holds "1A"; main raised a raw ValueError (a 500 at Serve)."""
+    path = get_testdata_file("badVR.dcm")
+    with pytest.raises(MedicalImageError, match=r"NumberOfFrames \(0028,0008\) holds '1A'"):
+        read_image(path)
+    with pytest.raises(MedicalImageError, match=r"NumberOfFrames \(0028,0008\)"):
+        read_image(Path(path).read_bytes())
+
+
+def test_a_value_pydicom_cannot_convert_is_refused_in_the_pixel_module_and_ignored_elsewhere() -> None:
+    """A US value of odd length: pydicom raises BytesLengthException when the element is read."""
+    base = to_bytes(dataset(ramp(16, 16, 0, 1000)))
+    rows = b"\x28\x00\x10\x00US\x02\x00\x10\x00"  # (0028,0010) US, length 2, value 16
+    broken = replaced_once(base, rows, b"\x28\x00\x10\x00US\x03\x00\x10\x00\x00")
+    with pytest.raises(MedicalImageError, match=r"Rows \(0028,0010\) cannot be read \(BytesLengthException"):
+        read_image(broken)
+    ds = dataset(ramp(16, 16, 0, 1000))
+    ds.AcquisitionMatrix = [0, 16, 16, 0]  # (0018,1310) US, 4 values; nothing in the pipeline reads it
+    data = to_bytes(ds)
+    value = np.array([0, 16, 16, 0], "<u2").tobytes()
+    odd = replaced_once(data, b"\x18\x00\x10\x13US\x08\x00" + value, b"\x18\x00\x10\x13US\x09\x00" + value + b"\x00")
+    assert np.array_equal(read_image(odd).pixels, read_image(data).pixels)
