@@ -12,7 +12,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_files import dataset, enhanced, float_dataset, ramp, replaced_once, to_bytes, with_invalid_text, write
+from dicom_files import (
+    dataset,
+    enhanced,
+    float_dataset,
+    ramp,
+    replaced_once,
+    to_bytes,
+    with_invalid_text,
+    write,
+)
+from PIL import Image, ImageOps
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
@@ -224,3 +234,118 @@ def test_a_value_pydicom_cannot_convert_is_refused_in_the_pixel_module_and_ignor
     value = np.array([0, 16, 16, 0], "<u2").tobytes()
     odd = replaced_once(data, b"\x18\x00\x10\x13US\x08\x00" + value, b"\x18\x00\x10\x13US\x09\x00" + value + b"\x00")
     assert np.array_equal(read_image(odd).pixels, read_image(data).pixels)
+
+
+# ---- derm_exif6.jpg: one orientation rule for every stored raster (EXIF 1-8) -----------------------------
+
+def _exif_upright(path: Path) -> np.ndarray:
+    """What viewers, annotation tools and browsers show: Pillow's exif_transpose of the stored pixels."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+
+
+def _save(pixels: np.ndarray, path: Path, orientation: int | None) -> Path:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+def test_photo_stored_sideways_is_read_sized_and_served_upright(tmp_path: Path) -> None:
+    """derm_exif6.jpg: stored 48 wide x 64 high with Orientation 6; shown upright 64 x 48. Training (the
+    rollout request), eval (the overlay), Serve (the upload) and `image_size` all see the upright image."""
+    from services.convert import rollout_request
+    from services.data.manifest import Manifest
+    from services.data.medimage import image_size
+    from services.evaluation import Prediction, write_overlays
+    from services.serve.config import Limits
+    from services.serve.validate import decode_image
+
+    path = CASES / "derm_exif6.jpg"
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    upright = _exif_upright(path)
+    assert stored.shape == (64, 48, 3) and upright.shape == (48, 64, 3)
+    assert np.array_equal(upright, np.rot90(stored, k=-1))  # Orientation 6: turn 90 degrees clockwise to view
+    image = read_image(path)
+    assert image.size == (64, 48) and image_size(path) == (64, 48)
+    assert np.array_equal(image.pixels, upright)
+    record = Record(id="derm", image=str(path), width=64, height=48, phrase="lesion", boxes=((36, 4, 60, 20),))
+    assert np.array_equal(np.asarray(rollout_request(record, path).image.convert("RGB")), upright)
+    served = decode_image(path.read_bytes(), Limits(min_image_side=8))
+    assert (served.width, served.height) == (64, 48) and np.array_equal(np.asarray(served.image), upright)
+    (overlay,) = write_overlays([Prediction(record, "", None, 0.0)], Manifest(tmp_path / "m.jsonl", (record,)),
+                                tmp_path / "overlays", limit=1)
+    shown = np.asarray(Image.open(overlay).convert("RGB"))
+    scale = shown.shape[1] // 64
+    assert shown.shape[:2] == (48 * scale, 64 * scale)  # drawn upright, at an integer scale
+    assert np.array_equal(shown[40 * scale, 10 * scale], upright[40, 10])  # away from the box and the text
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_reads_and_sizes_like_exif_transpose(tmp_path: Path, orientation: int) -> None:
+    from services.data.medimage import image_size, read_mask
+
+    stored = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3) * 3  # asymmetric: every pixel differs
+    path = _save(stored, tmp_path / "photo.png", orientation)
+    upright = _exif_upright(path)
+    assert upright.shape == ((4, 6, 3) if orientation >= 5 else (6, 4, 3))
+    assert np.array_equal(read_image(path).pixels, upright)
+    assert np.array_equal(read_image(path.read_bytes()).pixels, upright)
+    assert image_size(path) == (upright.shape[1], upright.shape[0])
+    mask = _save(stored[..., 0], tmp_path / "mask.png", orientation)
+    assert np.array_equal(read_mask(mask).values, np.asarray(ImageOps.exif_transpose(Image.open(mask))))
+    jpeg = _save(stored, tmp_path / "photo.jpg", orientation)
+    assert image_size(jpeg) == (upright.shape[1], upright.shape[0])
+    assert np.array_equal(read_image(jpeg).pixels, _exif_upright(jpeg))
+
+
+def test_a_png_exif_chunk_after_the_pixels_is_ignored_by_reader_and_size_alike(tmp_path: Path) -> None:
+    """The size is read from the header alone, so an eXIf chunk after IDAT cannot count for it; the reader
+    ignores it too, so pixels and sizes never disagree."""
+    from services.data.medimage import image_size
+
+    stored = np.zeros((6, 4), np.uint8)
+    data = _save(stored, tmp_path / "a.png", 6).read_bytes()
+    start = data.index(b"eXIf") - 4
+    length = int.from_bytes(data[start:start + 4], "big")
+    chunk, rest = data[start:start + 12 + length], data[:start] + data[start + 12 + length:]
+    end = rest.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(rest[:end] + chunk + rest[end:])
+    assert image_size(tmp_path / "late.png") == (4, 6) and read_image(tmp_path / "late.png").size == (4, 6)
+
+
+def test_coco_without_sizes_reads_the_upright_size_and_keeps_its_boxes(tmp_path: Path) -> None:
+    """A COCO export without image sizes next to derm_exif6.jpg: main read 48 x 64 and clipped x2 = 60 to 48."""
+    (tmp_path / "derm.jpg").write_bytes((CASES / "derm_exif6.jpg").read_bytes())
+    doc = {"images": [{"id": 1, "file_name": "derm.jpg"}], "categories": [{"id": 1, "name": "naevus"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [36, 4, 24, 16]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    done = runner.invoke(app, ["data", "convert", "--format", "coco", str(tmp_path / "coco.json"),
+                               str(tmp_path / "m.jsonl")])
+    assert done.exit_code == 0, done.output
+    (record,) = load_manifest(tmp_path / "m.jsonl").records
+    assert (record.width, record.height, record.boxes) == (64, 48, ((36, 4, 60, 20),))  # xywh -> xyxy
+
+
+def test_masks_and_contact_sheet_follow_the_photo_orientation(tmp_path: Path) -> None:
+    """An ISIC-like pair: the photo stored sideways (EXIF 6), the mask drawn on the upright photo (no EXIF)."""
+    (tmp_path / "in" / "images").mkdir(parents=True)
+    (tmp_path / "in" / "masks").mkdir()
+    (tmp_path / "in" / "images" / "ISIC_1.jpg").write_bytes((CASES / "derm_exif6.jpg").read_bytes())
+    upright = _exif_upright(CASES / "derm_exif6.jpg")
+    lesion = upright[..., 0] < 128  # the dark naevus, in the upright frame
+    Image.fromarray((lesion * 255).astype(np.uint8)).save(tmp_path / "in" / "masks" / "ISIC_1_segmentation.png")
+    ys, xs = np.nonzero(lesion)
+    done = runner.invoke(app, ["data", "convert", "--format", "masks", str(tmp_path / "in"),
+                               str(tmp_path / "m.jsonl")])
+    assert done.exit_code == 0, done.output
+    (record,) = load_manifest(tmp_path / "m.jsonl").records
+    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)  # pixel i spans [i, i + 1)
+    assert (record.width, record.height, record.boxes) == (64, 48, (tuple(float(v) for v in box),))
+    inspected = runner.invoke(app, ["data", "inspect", str(tmp_path / "m.jsonl")])
+    assert inspected.exit_code == 0, inspected.output
+    sheet = np.asarray(Image.open(tmp_path / "m_sheet.png").convert("RGB")).astype(int)
+    scale = 224 / 64  # the long side fills the tile
+    cx, cy = (box[0] + box[2]) / 2 * scale, (box[1] + box[3]) / 2 * scale
+    # red channel: naevus 70, skin 206; the sideways photo would put the naevus at (cy, cy)
+    assert sheet[round(cy), round(cx), 0] < 128 and sheet[round(cy), round(cy), 0] > 150
