@@ -349,3 +349,92 @@ def test_masks_and_contact_sheet_follow_the_photo_orientation(tmp_path: Path) ->
     cx, cy = (box[0] + box[2]) / 2 * scale, (box[1] + box[3]) / 2 * scale
     # red channel: naevus 70, skin 206; the sideways photo would put the naevus at (cy, cy)
     assert sheet[round(cy), round(cx), 0] < 128 and sheet[round(cy), round(cy), 0] > 150
+
+
+# ---- mscxr_small/: boxes in the frame of the image each record points at ---------------------------------
+
+def _mscxr(tmp_path: Path) -> Path:
+    """The case folder copied: the table (boxes in the 2544 x 3056 DICOM frame) and a 636 x 764 JPG export."""
+    import shutil
+
+    return Path(shutil.copytree(CASES / "mscxr_small", tmp_path / "mscxr"))
+
+
+def test_mscxr_boxes_are_scaled_onto_the_smaller_jpg_they_point_at(tmp_path: Path) -> None:
+    folder = _mscxr(tmp_path)
+    table = folder / "MS_CXR_Local_Alignment_v1.0.0.csv"
+    done = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table), str(folder / "m.jsonl")])
+    assert done.exit_code == 0, done.output
+    assert "boxes scaled to the stored image 2" in done.output
+    (record,) = load_manifest(folder / "m.jsonl").records
+    stored = Image.open(folder / "files/p10/p10000032/s50/d1.jpg").size
+    assert (record.width, record.height) == stored == (636, 764)
+    # xywh in the DICOM frame (200, 2000, 400, 300) -> xyxy (200, 2000, 600, 2300), x 636/2544 = 1/4, y 764/3056
+    # = 1/4 -> (50, 500, 150, 575); (1900, 2048, 420, 280) -> (1900, 2048, 2320, 2328) / 4 -> (475, 512, 580, 582)
+    assert record.boxes == ((50.0, 500.0, 150.0, 575.0), (475.0, 512.0, 580.0, 582.0))
+    pixels = np.asarray(Image.open(folder / "files/p10/p10000032/s50/d1.jpg"))
+    assert pixels[500:575, 50:150].mean() > 150 > pixels[:400].mean()  # the box covers the finding drawn there
+    inspected = runner.invoke(app, ["data", "inspect", str(folder / "m.jsonl")])
+    assert inspected.exit_code == 0, inspected.output
+
+
+def test_a_manifest_in_the_dicom_frame_beside_the_jpg_is_named_by_inspect_and_training(tmp_path: Path) -> None:
+    """Converted without the images (the table's 2544 x 3056 frame kept), then used beside the JPG export."""
+    from services.convert import rollout_request
+
+    folder = _mscxr(tmp_path)
+    table = folder / "MS_CXR_Local_Alignment_v1.0.0.csv"
+    done = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table), str(tmp_path / "elsewhere.jsonl")])
+    assert done.exit_code == 0, done.output
+    (record,) = load_manifest(tmp_path / "elsewhere.jsonl").records
+    assert (record.width, record.height) == (2544, 3056)  # no image there: the table's frame is kept
+    write_manifest([record], folder / "m.jsonl")
+    inspected = runner.invoke(app, ["data", "inspect", str(folder / "m.jsonl")])
+    assert inspected.exit_code == 1 and "Traceback" not in inspected.output
+    assert "the manifest says 2544x3056 but" in inspected.output and "is 636x764" in inspected.output
+    with pytest.raises(MedicalImageError, match=r"2544x3056 but .* is 636x764 pixels, so its boxes are in another "
+                                                r"frame.*convert again with the images in place"):
+        rollout_request(record, folder / record.image)
+
+
+def test_an_image_that_is_not_a_resized_copy_of_the_tables_frame_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = _mscxr(tmp_path)
+    jpg = folder / "files/p10/p10000032/s50/d1.jpg"
+    Image.open(jpg).crop((0, 0, 636, 700)).save(jpg)  # 636 x 700: x scales by 1/4, y would need 0.229
+    table = folder / "MS_CXR_Local_Alignment_v1.0.0.csv"
+    refused = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table), str(folder / "m.jsonl")])
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert "the boxes are in a 2544x3056 frame but the image is 636x700" in refused.output
+    skipped = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", "--on-bad-record", "skip", str(table),
+                                  str(folder / "m.jsonl")])
+    assert skipped.exit_code == 1 and "gave no records" in skipped.output and "skipped (image size) 1" in skipped.output
+
+
+def test_boxes_past_the_image_without_a_stated_frame_are_refused(tmp_path: Path) -> None:
+    """VLM-R1 and COCO without sizes claim the image file's frame: a box well past its edge was drawn on
+    another copy (here boxes of a 1024 frame beside a 256 px image); a stated COCO size scales instead."""
+    Image.new("L", (256, 256)).save(tmp_path / "a.png")
+    (tmp_path / "rec.json").write_text(json.dumps([{"image": "a.png", "problem": "nodule",
+                                                    "solution": [600, 500, 700, 620]}]))
+    refused = runner.invoke(app, ["data", "convert", "--format", "vlm-r1", str(tmp_path / "rec.json"),
+                                  str(tmp_path / "v.jsonl")])
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert "box (600, 500, 700, 620) lies outside the 256x256 image" in refused.output
+    doc = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "nodule"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [600, 500, 100, 120]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    coco = runner.invoke(app, ["data", "convert", "--format", "coco", str(tmp_path / "coco.json"),
+                               str(tmp_path / "c.jsonl")])
+    assert coco.exit_code == 1 and "lies outside the 256x256 image" in coco.output
+    doc["images"][0].update(width=1024, height=1024)  # the frame stated: a 1/4 copy, scaled
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    scaled = runner.invoke(app, ["data", "convert", "--format", "coco", str(tmp_path / "coco.json"),
+                                 str(tmp_path / "c.jsonl")])
+    assert scaled.exit_code == 0, scaled.output
+    (record,) = load_manifest(tmp_path / "c.jsonl").records
+    # (600, 500, 700, 620) / 4 = (150, 125, 175, 155)
+    assert (record.width, record.height, record.boxes) == (256, 256, ((150, 125, 175, 155),))
+    overhang = Record(id="r", image="a.png", phrase="nodule", boxes=((600, 500, 700, 620),))
+    write_manifest([overhang], tmp_path / "m.jsonl")
+    inspected = runner.invoke(app, ["data", "inspect", str(tmp_path / "m.jsonl")])
+    assert inspected.exit_code == 1 and "box (600, 500, 700, 620) lies outside" in inspected.output
