@@ -280,11 +280,9 @@ def _voi(values: NDArray[Any], ds: Any, name: str) -> tuple[NDArray[np.float64],
     return unit, window
 
 
-def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, frame: int = 0,
-               max_pixels: int | None = None) -> MedicalImage:
-    """A read dataset as a MedicalImage (see the module docstring for the pipeline)."""
-    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
-
+def _prepare(ds: Any, name: str, frame: int, max_pixels: int | None) -> int:
+    """Check and normalise the header in place for reading `frame` (empty tags dropped, the frame's
+    functional groups at the top level); returns the number of frames."""
     from services.data.dicom_groups import frame_groups
 
     if not any(k in ds for k in PIXEL_DATA):
@@ -299,6 +297,15 @@ def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, fr
     if max_pixels is not None and int(ds.Rows) * int(ds.Columns) * frames > max_pixels:
         raise ImageTooLarge(f"{name} declares {ds.Columns}x{ds.Rows} pixels x {frames} frame(s), more than the "
                             f"limit of {max_pixels}; downscale it first")
+    return frames
+
+
+def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, frame: int = 0,
+               max_pixels: int | None = None) -> MedicalImage:
+    """A read dataset as a MedicalImage (see the module docstring for the pipeline)."""
+    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+
+    frames = _prepare(ds, name, frame, max_pixels)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
     if photometric not in (*GREY, *COLOUR, "PALETTE COLOR"):
         raise MedicalImageError(f"{name}: Photometric Interpretation (0028,0004) {photometric!r} is not supported "
