@@ -11,6 +11,11 @@ from PIL import Image
 from learner.export import LoraArtefact
 from rollout.contracts import RolloutRequest
 
+# The KV cache of every vLLM engine a test builds with LLM() directly (engines built by rollout's VllmEngine
+# take rollout.kv_cache_gib). On CPU an engine without a size asks for 0.92 of the machine's RAM and refuses to
+# start when other processes hold memory (tests/architecture/test_vllm_kv_cache.py holds every call to it).
+TEST_KV_CACHE_BYTES = 2**30
+
 KNOWLEDGE_YAML = """\
 version: 1
 entries:
