@@ -16,7 +16,6 @@ Usage: python -m bench.step [--grpo-steps N] [--cores N] [--overlap-threads R,L]
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ def busy_share(start: float, end: float, spans: Sequence[Sequence[Any]]) -> floa
 
 def run(name: str, staleness: int, threads: tuple[int, int], steps: int) -> dict[str, Any]:
     """One shortened demo; returns its steady-state steps (the first and the final-evaluation step left out)."""
+    from services.data.jsonl import jsonl_values
     from services.training.demo import demo
     from services.training.metrics import read_metrics
 
@@ -53,7 +53,7 @@ def run(name: str, staleness: int, threads: tuple[int, int], steps: int) -> dict
           f"max_staleness={staleness}", f"rollout.torch_threads={threads[0]}",
           f"learner.torch_threads={threads[1]}"])
     rows = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
-    lines = [json.loads(x) for x in (run_dir / "timeline.jsonl").read_text().splitlines()]
+    lines = jsonl_values(run_dir / "timeline.jsonl")
     steady = [t for t in lines[1:] if "time/eval_s" not in rows[t["step"]]]
     step_s = [t["end"] - t["start"] for t in steady]
     overhead = [1.0 - busy_share(t["start"], t["end"], [s for x in lines for s in x["spans"]]) for t in steady]

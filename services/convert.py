@@ -39,8 +39,9 @@ def rollout_request(record: Record, image_path: Path, seed: int | None = None) -
     if record.width is not None and record.height is not None and image.size != (record.width, record.height):
         raise MedicalImageError(
             f"record {record.id!r}: the manifest says {record.width}x{record.height} but {image_path} is "
-            f"{image.size[0]}x{image.size[1]} pixels; boxes are in stored-image pixels, so fix the record's "
-            "width/height (or leave them out: they are then read from the image)")
+            f"{image.size[0]}x{image.size[1]} pixels, so its boxes are in another frame than the image; convert "
+            "again with the images in place (`medground data convert` scales boxes onto a resized copy) or point "
+            "the record at the image the boxes were drawn on; changing width/height alone would keep wrong boxes")
     return RolloutRequest(prompt_id=record.id, image=image.to_pil(), question=record.phrase,
                           task=record.task, knowledge_key=record.knowledge_key, seed=seed)
 

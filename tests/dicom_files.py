@@ -57,6 +57,57 @@ def with_invalid_text(data: bytes, placeholder: str, value: str) -> bytes:
     return data.replace(raw, new)
 
 
+def replaced_once(data: bytes, old: bytes, new: bytes) -> bytes:
+    """Part 10 bytes with one byte string replaced (any length): how tests write elements pydicom refuses
+    to write itself, e.g. a US value of odd length."""
+    if data.count(old) != 1:
+        raise ValueError(f"{old!r} must occur once in the file, found {data.count(old)}")
+    return data.replace(old, new)
+
+
+def enhanced(stored: NDArray[Any], shared: dict[str, dict[str, Any]] | None = None,
+             per_frame: list[dict[str, dict[str, Any]]] | None = None, *, modality: str = "CT",
+             bits_stored: int = 12) -> Dataset:
+    """An Enhanced CT (multi-frame) dataset: `stored` (frames, rows, cols) unsigned; `shared` and each item
+    of `per_frame` map a functional group macro (e.g. "PixelValueTransformationSequence") to the elements
+    of its one item (PS3.3 C.7.6.16). Nothing of the pixel pipeline is at the top level."""
+    from pydicom.uid import EnhancedCTImageStorage
+
+    ds = dataset(stored[0], bits_stored=bits_stored, modality=modality)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = EnhancedCTImageStorage
+    ds.NumberOfFrames = int(stored.shape[0])
+    ds.PixelData = np.ascontiguousarray(stored.astype(np.uint16)).tobytes()
+
+    def group(macros: dict[str, dict[str, Any]]) -> Dataset:
+        item = Dataset()
+        for macro, elements in macros.items():
+            inner = Dataset()
+            for keyword, value in elements.items():
+                setattr(inner, keyword, value)
+            setattr(item, macro, Sequence([inner]))
+        return item
+
+    ds.SharedFunctionalGroupsSequence = Sequence([group(shared or {})])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([group(m) for m in per_frame or [{}] * int(stored.shape[0])])
+    return ds
+
+
+def float_dataset(values: NDArray[Any], *, double: bool = False) -> Dataset:
+    """A Parametric Map-like dataset holding `values` (rows, cols) as Float (32-bit) or Double Float (64-bit)
+    Pixel Data: MONOCHROME2, no Bits Stored, High Bit nor Pixel Representation (PS3.3 C.7.6.24)."""
+    from pydicom.uid import ParametricMapStorage
+
+    ds = dataset(np.zeros(values.shape, np.uint16), modality="MR")
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = ParametricMapStorage
+    for keyword in ("PixelData", "BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.BitsAllocated = 64 if double else 32
+    ds.NumberOfFrames = 1
+    data = np.ascontiguousarray(values.astype("<f8" if double else "<f4")).tobytes()
+    setattr(ds, "DoubleFloatPixelData" if double else "FloatPixelData", data)
+    return ds
+
+
 def voi_lut(ds: Dataset, first_map: int, bits: int, table: NDArray[Any]) -> None:
     """Add a VOI LUT Sequence with one LUT (PS3.3 C.11.2: descriptor = entries, first mapped value, bits)."""
     item = Dataset()

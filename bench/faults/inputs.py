@@ -15,6 +15,10 @@ from rewards import ImageFrame, RewardTarget
 from rollout.contracts import RolloutRequest
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The KV cache of every vLLM engine built with LLM() directly (engines built by rollout's VllmEngine take
+# rollout.kv_cache_gib). On CPU an engine without a size asks for 0.92 of the machine's RAM and refuses to
+# start when other processes hold memory (tests/architecture/test_vllm_kv_cache.py holds every call to it).
+TEST_KV_CACHE_BYTES = 2**30
 
 
 def make_lora_adapter(model_dir: Path, out: Path, seed: int = 1, scale: float = 0.5, rank: int = 8) -> Path:

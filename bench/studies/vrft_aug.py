@@ -18,7 +18,6 @@ held-out thinks; sampled completions during GRPO). Writes bench/results/vrft_aug
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from bench.studies.arms import Arm, Row, Study
@@ -63,6 +62,7 @@ def recitation_of(run_dir: Path) -> Row:
     from rewards.parse import split_completion
     from rollout.knowledge import load_knowledge
     from services.config import load_run_config
+    from services.data.jsonl import jsonl_values
     from services.data.manifest import load_manifest
     from services.evaluation import eval_files
     from services.training.metrics import read_metrics
@@ -74,8 +74,7 @@ def recitation_of(run_dir: Path) -> Row:
     if not files:
         raise FileNotFoundError(f"{run_dir} has no evaluation (eval/step-N.jsonl); the run did not finish")
     scores = []
-    for line in files[-1].read_text().splitlines():
-        row = json.loads(line)
+    for row in jsonl_values(files[-1]):
         record = records[row["id"]]
         if record.task == "grading" and record.knowledge_key is not None:
             scores.append(recitation(split_completion(row["text"])[0], knowledge.text(record.knowledge_key)))

@@ -111,9 +111,10 @@ def data_inspect(
     limit: Annotated[int, typer.Option(help="Records drawn on the sheet.")] = 24,
     on_bad_record: Annotated[str, typer.Option(help="skip or fail")] = "fail",
 ) -> None:
-    """Counts per task, split and size bucket, and a contact sheet with boxes."""
+    """Counts per task, split and size bucket, a contact sheet with boxes, and the records whose boxes are
+    not in their image's frame (exit 1 when an image drawn is unreadable or such a record exists)."""
     from services.data import ManifestError, load_manifest
-    from services.data.inspect import contact_sheet, count
+    from services.data.inspect import contact_sheet, count, frame_problems
 
     if on_bad_record not in ("skip", "fail"):
         _fail(f"--on-bad-record {on_bad_record!r} must be skip or fail")
@@ -129,3 +130,9 @@ def data_inspect(
             typer.echo(f"  unreadable image: {problem}", err=True)
         _fail(f"{len(drawn.unreadable)} of the images drawn could not be read (listed above); fix or remove "
               "those records")
+    misplaced = frame_problems(loaded)  # boxes drawn off their image: wrong boxes, or a refusal at training
+    for problem in misplaced[:20]:
+        typer.echo(f"  boxes in another frame: {problem}", err=True)
+    if misplaced:
+        _fail(f"{len(misplaced)} record(s) have boxes in another frame than their image"
+              f"{' (first 20 listed above)' if len(misplaced) > 20 else ' (listed above)'}")

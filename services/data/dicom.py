@@ -5,11 +5,16 @@ Order of operations (PS3.3 C.11, "Look Up Tables and Presentation States"): stor
 file's VOI LUT Sequence, else its first Window Center/Width with VOI LUT Function LINEAR, LINEAR_EXACT or
 SIGMOID, else the fallback window every high-bit-depth grey image gets) -> 8 bits -> MONOCHROME1 inverted
 last. PALETTE COLOR goes through its palette (PS3.3 C.7.6.3.1.5); YBR is converted to RGB by pydicom.
+Enhanced (multi-frame) IODs keep rescale, window and spacing in the Shared / Per-frame Functional Groups
+(PS3.3 C.7.6.16): the frame read gets its own (services/data/dicom_groups.py) before pydicom's functions run.
+Float and Double Float Pixel Data (7FE0,0008/0009; parametric maps) are decoded by pydicom as well.
 
 Real files break the standard in a few recurring ways, each handled here as a kind: empty elements are
 absent (PS3.5 7.4 lets a Type 2 element be empty; exporters also empty Type 1 ones); a file meta without
-(0002,0010) is read with the encoding pydicom detected; everything refused is a `MedicalImageError`
-naming the file, the tag and the fix. Called only through `services.data.medimage.read_image`.
+(0002,0010) is read with the encoding pydicom detected; a value pydicom cannot convert, or a number that
+is not one (IS "1A"), in an element the pipeline reads is refused naming it; everything refused is a
+`MedicalImageError` naming the file, the tag and the fix. Called only through
+`services.data.medimage.read_image`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ REQUIRED = {"Rows": "(0028,0010)", "Columns": "(0028,0011)", "SamplesPerPixel": 
 # Decimal-string elements the pixel pipeline reads; a value that is not a number is refused, never guessed.
 NUMERIC = {"RescaleSlope": "(0028,1053)", "RescaleIntercept": "(0028,1052)", "WindowCenter": "(0028,1050)",
            "WindowWidth": "(0028,1051)"}
+# Pixel data elements: integer, float (32-bit) and double float (64-bit) (PS3.3 C.7.6.3, C.7.6.24).
+PIXEL_DATA = {"PixelData": "(7FE0,0010)", "FloatPixelData": "(7FE0,0008)", "DoubleFloatPixelData": "(7FE0,0009)"}
+# Groups the pixel pipeline reads (Image Pixel and presentation, functional groups, pixel data): an element
+# of these that pydicom cannot convert is refused by name; elsewhere it is dropped, since nothing reads it.
+PIPELINE_GROUPS = (0x0028, 0x5200, 0x7FE0)
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 # What pydicom's decoders and the header parser raise on damaged or unsupported data (none of ours).
@@ -67,37 +77,84 @@ def read_dataset(source: Path | bytes, name: str, stop_before_pixels: bool = Fal
                                 f"{_FIX_HEADER}") from None
 
 
-def drop_empty(ds: Any) -> None:
-    """Delete top-level elements whose value is empty: an empty tag means 'absent' (PS3.5 7.4)."""
-    for elem in list(ds):
-        if elem.tag != 0x7FE00010 and elem.VR != "SQ" and elem.is_empty:
-            del ds[elem.tag]
+def element(ds: Any, tag: Any, name: str, where: str = "") -> Any:
+    """`ds[tag]` converted by pydicom, or MedicalImageError naming the tag (a value of the wrong length for
+    its VR, an undecodable sequence item, ...)."""
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.errors import BytesLengthException
+    from pydicom.tag import Tag
+
+    try:
+        with warnings.catch_warnings():  # pydicom warns about invalid values; the callers check them
+            warnings.simplefilter("ignore", UserWarning)
+            return ds[tag]
+    except (*_DECODE_ERRORS, BytesLengthException) as exc:
+        t = Tag(tag)
+        label = f"{keyword_for_tag(t) or 'element'} ({t.group:04X},{t.element:04X})"
+        raise MedicalImageError(f"{name}: {where}{label} cannot be read ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:200]}); {_FIX_HEADER}") from None
 
 
-def _number(ds: Any, keyword: str, name: str) -> list[float]:
+def drop_empty(ds: Any, name: str) -> None:
+    """Convert every top-level element; delete those whose value is empty (an empty tag means 'absent',
+    PS3.5 7.4). An element pydicom cannot convert is refused by name in the groups the pipeline reads,
+    and dropped elsewhere (nothing reads it)."""
+    for tag in list(ds.keys()):
+        if tag.group in PIPELINE_GROUPS:
+            elem = element(ds, tag, name)
+        else:
+            try:
+                elem = element(ds, tag, name)
+            except MedicalImageError:
+                del ds[tag]
+                continue
+        if elem.keyword not in PIXEL_DATA and elem.VR != "SQ" and elem.is_empty:
+            del ds[tag]
+
+
+def number_of_frames(ds: Any, name: str) -> int:
+    """Number of Frames (0028,0008) as a whole number >= 1 (1 when absent), or MedicalImageError."""
+    raw = ds.get("NumberOfFrames", 1)
+    if isinstance(raw, int) and raw >= 1:
+        return int(raw)
+    raise MedicalImageError(f"{name}: NumberOfFrames (0028,0008) holds {raw!r}, not a whole number >= 1 (value "
+                            f"representation IS); {_FIX_HEADER}")
+
+
+def _number(ds: Any, keyword: str, name: str, where: str = "") -> list[float]:
     """A decimal-string element as floats (multi-valued or not), or MedicalImageError naming the tag."""
     raw = ds[keyword].value
     values = list(raw) if isinstance(raw, list | tuple) or type(raw).__name__ == "MultiValue" else [raw]
     try:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise MedicalImageError(f"{name}: {keyword} {NUMERIC[keyword]} holds {raw!r}, not a number (value "
+        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not a number (value "
                                 f"representation DS); {_FIX_HEADER}") from None
     if not all(np.isfinite(out)):
-        raise MedicalImageError(f"{name}: {keyword} {NUMERIC[keyword]} holds {raw!r}, not a finite number; "
+        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not a finite number; "
                                 f"{_FIX_HEADER}")
     return out
 
 
 def check_header(ds: Any, name: str) -> None:
-    """Refuse a dataset whose pixel module cannot be read; normalise the numeric elements in place."""
+    """Refuse a dataset whose pixel module cannot be read; normalise the numeric elements in place. Float
+    pixel data has no Bits Stored nor Pixel Representation (PS3.3 C.7.6.24): 32 or 64 bits, signed."""
+    floating = "PixelData" not in ds
     for keyword, tag in REQUIRED.items():
+        if floating and keyword in ("BitsStored", "PixelRepresentation"):
+            continue
         if keyword not in ds:
             raise MedicalImageError(f"{name}: the required element {keyword} {tag} is missing or empty, so the "
                                     f"pixel data cannot be interpreted; {_FIX_HEADER}")
         if keyword != "PhotometricInterpretation" and not isinstance(ds[keyword].value, int):
             raise MedicalImageError(f"{name}: {keyword} {tag} holds {ds[keyword].value!r}, not an integer "
                                     f"(value representation US); {_FIX_HEADER}")
+    if floating:
+        key = next(k for k in PIXEL_DATA if k in ds)
+        if int(ds.BitsAllocated) != (32 if key == "FloatPixelData" else 64):
+            raise MedicalImageError(f"{name}: {key} {PIXEL_DATA[key]} needs BitsAllocated (0028,0100) "
+                                    f"{32 if key == 'FloatPixelData' else 64}, the header says {ds.BitsAllocated}; "
+                                    f"{_FIX_HEADER}")
     for keyword in NUMERIC:
         if keyword in ds:
             values = _number(ds, keyword, name)
@@ -159,9 +216,7 @@ def decode(ds: Any, name: str, frame: int) -> NDArray[Any]:
 
     syntax = UID(ensure_transfer_syntax(ds, name))
     _check_decoder(syntax, name)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 0 <= frame < frames:
-        raise MedicalImageError(f"{name} has {frames} frame(s); frame {frame} does not exist (0..{frames - 1})")
+    frames = number_of_frames(ds, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -225,20 +280,32 @@ def _voi(values: NDArray[Any], ds: Any, name: str) -> tuple[NDArray[np.float64],
     return unit, window
 
 
+def _prepare(ds: Any, name: str, frame: int, max_pixels: int | None) -> int:
+    """Check and normalise the header in place for reading `frame` (empty tags dropped, the frame's
+    functional groups at the top level); returns the number of frames."""
+    from services.data.dicom_groups import frame_groups
+
+    if not any(k in ds for k in PIXEL_DATA):
+        raise MedicalImageError(f"{name} has no pixel data (7FE0,0010) nor float pixel data (7FE0,0008/0009) (a "
+                                "structured report or presentation state, or a file cut short?); send an image object")
+    drop_empty(ds, name)
+    frames = number_of_frames(ds, name)
+    if not 0 <= frame < frames:
+        raise MedicalImageError(f"{name} has {frames} frame(s); frame {frame} does not exist (0..{frames - 1})")
+    frame_groups(ds, frame, name)  # Enhanced IODs: this frame's rescale, window and spacing
+    check_header(ds, name)
+    if max_pixels is not None and int(ds.Rows) * int(ds.Columns) * frames > max_pixels:
+        raise ImageTooLarge(f"{name} declares {ds.Columns}x{ds.Rows} pixels x {frames} frame(s), more than the "
+                            f"limit of {max_pixels}; downscale it first")
+    return frames
+
+
 def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, frame: int = 0,
                max_pixels: int | None = None) -> MedicalImage:
     """A read dataset as a MedicalImage (see the module docstring for the pipeline)."""
     from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 
-    if "PixelData" not in ds:
-        raise MedicalImageError(f"{name} has no pixel data (7FE0,0010) (a structured report, segmentation or "
-                                "presentation state, or a file cut short?); send an image object")
-    drop_empty(ds)
-    check_header(ds, name)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if max_pixels is not None and int(ds.Rows) * int(ds.Columns) * frames > max_pixels:
-        raise ImageTooLarge(f"{name} declares {ds.Columns}x{ds.Rows} pixels x {frames} frame(s), more than the "
-                            f"limit of {max_pixels}; downscale it first")
+    frames = _prepare(ds, name, frame, max_pixels)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
     if photometric not in (*GREY, *COLOUR, "PALETTE COLOR"):
         raise MedicalImageError(f"{name}: Photometric Interpretation (0028,0004) {photometric!r} is not supported "
@@ -276,6 +343,8 @@ def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, fr
             if keyword in ds:
                 del ds[keyword]
         ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+    if "PixelData" not in ds:  # float data: pydicom's windowing reads these two only for its output range,
+        ds.BitsStored, ds.PixelRepresentation = int(ds.BitsAllocated), 1  # which _voi maps onto [0, 1]
     unit, used = _voi(values, ds, name)
     pixels = to_uint8(unit)
     if photometric == "MONOCHROME1":  # high values are dark on this kind of film: invert last
@@ -300,7 +369,7 @@ def _spacing(ds: Any) -> tuple[float, float] | None:
 def header_size(source: Path, name: str) -> tuple[int, int]:
     """(width, height) from the header alone."""
     ds = read_dataset(source, name, stop_before_pixels=True)
-    drop_empty(ds)
+    drop_empty(ds, name)
     for keyword in ("Columns", "Rows"):
         if keyword not in ds or not isinstance(ds[keyword].value, int):
             raise MedicalImageError(f"{name}: {keyword} {REQUIRED[keyword]} is missing, empty or not an integer; "

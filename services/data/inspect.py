@@ -1,4 +1,5 @@
-"""`medground data inspect`: counts per task, split and size bucket, and a contact sheet with boxes drawn."""
+"""`medground data inspect`: counts per task, split and size bucket, a contact sheet with boxes drawn, and
+every record whose boxes are not in the frame of the image it points at (`frame_problems`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from services.data.converters.common import OVERHANG
 from services.data.manifest import Manifest
-from services.data.medimage import MedicalImageError, read_image
+from services.data.medimage import MedicalImageError, image_size, read_image
 from services.data.records import SIZE_BUCKETS, Record, size_bucket
 
 NO_BOX = "no box"
@@ -114,3 +116,41 @@ def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns:
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return Sheet(out, tuple(unreadable))
+
+
+def frame_problems(manifest: Manifest) -> list[str]:
+    """One line per record whose boxes are not in the frame of the image it points at, the rule the
+    converters follow (converters/common.py `fit_boxes`): a stated width x height other than the image's
+    (the boxes were drawn on another copy of it: a DICOM beside its smaller JPG export), or, without a
+    stated size, a box past the image's edge by more than OVERHANG of the side. Sizes come from headers
+    (`image_size`, upright); records whose image is missing or unreadable are left to the contact sheet
+    and training, which name them."""
+    sizes: dict[Path, tuple[int, int] | None] = {}
+    problems = []
+    for record in manifest.records:
+        path = manifest.image_path(record)
+        if not record.boxes or not path.is_file():
+            continue
+        if path not in sizes:
+            try:
+                sizes[path] = image_size(path)
+            except MedicalImageError:
+                sizes[path] = None
+        size = sizes[path]
+        if size is None:
+            continue
+        width, height = size
+        if record.width is not None and record.height is not None and (record.width, record.height) != size:
+            problems.append(f"{record.id}: the manifest says {record.width}x{record.height} but {path} is "
+                            f"{width}x{height}, so its boxes are in another frame; convert again with the images "
+                            "in place (a resized copy gets its boxes scaled) or point the record at the image "
+                            "the boxes were drawn on")
+            continue
+        tx, ty = max(1.0, OVERHANG * width), max(1.0, OVERHANG * height)
+        outside = [b for b in record.boxes if b[0] < -tx or b[1] < -ty or b[2] > width + tx or b[3] > height + ty]
+        if outside:
+            x1, y1, x2, y2 = outside[0]
+            problems.append(f"{record.id}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside {path} "
+                            f"({width}x{height}), so it was drawn in another frame; point the record at the image "
+                            "the boxes were drawn on, or give the record that image's width and height")
+    return problems

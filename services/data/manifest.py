@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from services.data.jsonl import BadLine, read_jsonl
 from services.data.records import Record
 
 OnBad = Literal["skip", "fail"]
@@ -113,14 +114,8 @@ def _parse(rows: Iterable[tuple[int, Any]], path: Path, on_bad_record: OnBad) ->
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield line_no, BadRecord(line_no, "json", f"not valid JSON: {exc.msg} at column {exc.colno}")
+    for line_no, value in read_jsonl(path):
+        yield line_no, BadRecord(line_no, "json", value.reason) if isinstance(value, BadLine) else value
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:

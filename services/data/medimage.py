@@ -4,10 +4,13 @@ sheet, Serve uploads, the hybrid phantoms, mask converters) is opened here and n
 `read_image` returns display pixels: (H, W) uint8 grey or (H, W, 3) uint8 RGB, bright = dense, in the
 stored image's own pixel grid (the frame record boxes use). DICOM goes through services/data/dicom.py
 (modality LUT, VOI LUT or window, palette, YBR, MONOCHROME1). Raster files (PNG, JPEG, TIFF, BMP) go
-through Pillow: palettes are applied, alpha dropped, and grey images of more than 8 bits (16-bit PNG,
-32-bit TIFF) get the same fallback window as a DICOM without one, so one radiograph looks the same
-whatever format it was stored in (docs/images.md). Everything refused is a `MedicalImageError` that names
-the file, the tag or property, and the fix; `ImageTooLarge` when a pixel limit is exceeded.
+through Pillow: turned upright by their EXIF Orientation (1-8, `ImageOps.exif_transpose`), as viewers,
+annotation tools and browsers show them; palettes are applied, alpha dropped, and grey images of more than
+8 bits (16-bit PNG, 32-bit TIFF) get the same fallback window as a DICOM without one, so one radiograph
+looks the same whatever format it was stored in (docs/images.md). `image_size` and `read_mask` follow the
+same orientation rule, so pixels, sizes, masks and boxes share one frame. Everything refused is a
+`MedicalImageError` that names the file, the tag or property, and the fix; `ImageTooLarge` when a pixel
+limit is exceeded.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 # The fallback window's percentiles: robust to a few hot or dead pixels and to burnt-in text.
 FALLBACK_PERCENTILES = (0.5, 99.5)
+EXIF_ORIENTATION = 0x0112  # TIFF/EXIF tag 274: 1 upright, 2-8 mirrored and/or rotated (EXIF 2.3, 4.6.4)
+SWAPS_SIDES = (5, 6, 7, 8)  # orientations whose upright image is the stored one turned by 90 degrees
 
 
 class MedicalImageError(ValueError):
@@ -79,14 +84,17 @@ def fallback_window(values: NDArray[Any]) -> tuple[NDArray[np.float64], tuple[fl
     windows stored in files, and a modality range narrower than 1 (a small rescale slope) must still span
     the display; a constant image maps to 0."""
     v = np.asarray(values, dtype=np.float64)
-    low, high = (float(q) for q in np.percentile(v, FALLBACK_PERCENTILES))
-    unit = np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(v)
-    return unit, ((low + high) / 2, high - low)
+    finite = v[np.isfinite(v)]  # float data (parametric maps) may hold NaN or inf where nothing was measured
+    low, high = (float(q) for q in np.percentile(finite, FALLBACK_PERCENTILES)) if finite.size else (0.0, 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, mapped to 0 below like every NaN
+        unit = np.clip((v - low) / (high - low), 0.0, 1.0) if high > low else (v > high).astype(np.float64)
+    return np.nan_to_num(unit, nan=0.0), ((low + high) / 2, high - low)
 
 
 def to_uint8(unit: NDArray[Any]) -> NDArray[np.uint8]:
-    """Values in [0, 1] to 0..255 (rounded, clipped)."""
-    return np.asarray(np.clip(np.round(np.asarray(unit, dtype=np.float64) * 255.0), 0, 255), dtype=np.uint8)
+    """Values in [0, 1] to 0..255 (rounded, clipped; NaN, a value nothing measured, to 0)."""
+    unit = np.nan_to_num(np.asarray(unit, dtype=np.float64), nan=0.0)
+    return np.asarray(np.clip(np.round(unit * 255.0), 0, 255), dtype=np.uint8)
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -130,7 +138,10 @@ def read_image(source: str | Path | bytes, *, name: str | None = None, window: t
         return _read_raster(fh, label, max_pixels, formats)
 
 
-def _open_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str, ...] | None) -> Image.Image:
+def _open_raster(fp: Any, name: str, max_pixels: int | None,
+                 formats: tuple[str, ...] | None) -> tuple[Image.Image, int]:
+    """(the raster decoded and turned upright, its frame count), or MedicalImageError / ImageTooLarge. The
+    EXIF orientation is read from the header before decoding, as `image_size` reads it."""
     with warnings.catch_warnings():
         # The caller's pixel limit (checked next, from the header) decides; PIL's warning is only noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -148,16 +159,36 @@ def _open_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str,
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ImageTooLarge(f"{name} declares {image.width}x{image.height} pixels, more than the limit of "
                             f"{max_pixels}; downscale it first")
+    orientation = exif_orientation(image)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:  # truncated or damaged pixel data
         raise MedicalImageError(f"{name}: the pixel data cannot be decoded ({exc}); the file is truncated or "
                                 "damaged: send or store the complete file") from None
-    return image
+    return upright(image, orientation), int(getattr(image, "n_frames", 1))
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation (1-8) of an opened raster, read from its header without decoding pixels; 1
+    when absent, out of range, or when the EXIF block cannot be parsed (viewers then show the stored pixels,
+    so that is the frame annotations were drawn in). A PNG's eXIf chunk counts before the image data only:
+    after it, the size could not be read from the header, and the reader and `image_size` must agree."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # PngImageFile.getexif() would decode the whole image to look further
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, EOFError, struct.error):
+        return 1  # a damaged EXIF block: no orientation, as viewers treat it
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    """`image` turned as its EXIF `orientation` says (Pillow's `ImageOps.exif_transpose`), any mode."""
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def _read_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str, ...] | None) -> MedicalImage:
-    image = _open_raster(fp, name, max_pixels, formats)
+    image, frames = _open_raster(fp, name, max_pixels, formats)
     mode = image.mode
     window: tuple[float, float] | None = None
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -171,11 +202,12 @@ def _read_raster(fp: Any, name: str, max_pixels: int | None, formats: tuple[str,
         pixels = np.ascontiguousarray(rgb[..., 0]) if grey else rgb
     else:  # RGB, RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV
         pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return MedicalImage(pixels, window, None, None, mode, int(getattr(image, "n_frames", 1)))
+    return MedicalImage(pixels, window, None, None, mode, frames)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of a stored image from its header alone (no pixels decoded)."""
+    """(width, height) of a stored image from its header alone (no pixels decoded): the upright size, as
+    `read_image` returns it (EXIF orientations 5-8 swap the stored sides)."""
     from services.data import dicom
 
     path = Path(path)
@@ -184,7 +216,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return dicom.header_size(path, str(path))
     with path.open("rb") as fh:
         image = _open_raster_header(fh, str(path))
-        return image.size
+        width, height = image.size
+        return (height, width) if exif_orientation(image) in SWAPS_SIDES else (width, height)
 
 
 def _open_raster_header(fp: Any, name: str) -> Image.Image:
@@ -217,11 +250,12 @@ class LabelMask:
 
 def read_mask(path: str | Path) -> LabelMask:
     """A segmentation mask's label values, not display pixels: palette PNGs give their indices, grey
-    masks their values, colour masks the largest channel (any colour is foreground)."""
+    masks their values, colour masks the largest channel (any colour is foreground). Upright by the
+    mask's own EXIF orientation, like every raster (`read_image`)."""
     path = Path(path)
     _exists(path)
     with path.open("rb") as fh:
-        image = _open_raster(fh, str(path), None, None)
+        image, _ = _open_raster(fh, str(path), None, None)
         if image.mode in ("P", "PA", "L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"):
             band = image.getchannel(0) if image.mode in ("P", "PA", "LA") else image
             values = np.asarray(band, dtype=np.int64)

@@ -22,6 +22,7 @@ from rollout.contracts import RolloutGroup
 from rollout.images import ImageFrame as RolloutFrame
 from services.config import RunConfig
 from services.convert import reward_frame, rollout_request
+from services.data.jsonl import BadLine, read_jsonl
 from services.data.manifest import Manifest
 from services.data.medimage import read_image
 from services.data.records import Record
@@ -182,13 +183,14 @@ def read_sampled_ious(path: Path) -> dict[str, tuple[float, ...]]:
 
 def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, row in read_jsonl(path):  # split at newline bytes only (services/data/jsonl.py)
         try:
-            row = json.loads(line) if line.strip() else None
-            if row is not None and isinstance(row["truth"], list):
+            if isinstance(row, BadLine):
+                raise ValueError(row.reason)
+            if isinstance(row["truth"], list):
                 float(row["iou"] or 0.0)
                 out.append((str(row["id"]), row))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file was written by "
                              f"an evaluation: re-run it (medground eval) rather than edit it") from exc
     return out

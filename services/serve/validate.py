@@ -40,7 +40,8 @@ class BadInput(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An upload ready for the prompt: `image` RGB, in the frame the returned box uses (original pixels)."""
+    """An upload ready for the prompt: `image` RGB, in the frame the returned box uses (original pixels,
+    upright: a photo's EXIF orientation applied, as browsers show it)."""
 
     image: Image.Image
     kind: ImageKind

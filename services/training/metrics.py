@@ -22,6 +22,7 @@ import numpy as np
 from learner import durable
 from learner.batch import StepMetrics
 from services.cluster.control import JobStatus
+from services.data.jsonl import BadLine, read_jsonl
 
 if TYPE_CHECKING:
     from services.training.producer import GroupSelection
@@ -213,14 +214,13 @@ def _jsonable(value: Any) -> Any:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl; a last line cut short by a crash mid-append is left out (a resume
     rewrites the file without it), any other bad line is an error."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = list(read_jsonl(path))  # split at newline bytes only (services/data/jsonl.py)
     rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number < len(lines):
-                raise ValueError(f"{path} line {number} is not a JSON metrics row ({exc}); fix or remove it") from exc
+    for k, (number, value) in enumerate(lines, start=1):
+        if not isinstance(value, BadLine):
+            rows.append(value)
+        elif k < len(lines):
+            raise ValueError(f"{path} line {number} is not a JSON metrics row ({value.reason}); fix or remove it")
     return rows
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.faults.inputs import TEST_KV_CACHE_BYTES
+
 pytestmark = pytest.mark.integration
 
 MAX_NEW = 8
@@ -58,7 +60,7 @@ def test_vllm_serves_exported_mlae_adapter_like_transformers(tiny_model_dir: Pat
     expected = [_hf_greedy(model, processor, text, img, banned) for text, img in cases]
 
     llm = LLM(model=str(tiny_model_dir), enable_lora=True, max_lora_rank=8, dtype="float32", enforce_eager=True,
-              max_model_len=512, seed=0)
+              max_model_len=512, seed=0, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=1, logit_bias={t: -100.0 for t in banned})
     prompts = [{"prompt": text, "multi_modal_data": {"image": img}} if img else {"prompt": text}
                for text, img in cases]

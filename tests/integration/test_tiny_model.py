@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.faults.inputs import TEST_KV_CACHE_BYTES
+
 pytestmark = pytest.mark.integration
 VISION = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 QUESTION = "Locate the small left upper nodule."
@@ -107,7 +109,7 @@ def test_vllm_and_transformers_agree_on_greedy_tokens_and_logprobs(family_dir: P
     bad_ids = [processor.tokenizer.convert_tokens_to_ids(t) for t in VISION]
 
     llm = LLM(model=str(tiny_model_dir), dtype="float32", max_model_len=512, enforce_eager=True, seed=0,
-              limit_mm_per_prompt={"image": 1}, max_num_seqs=4)
+              limit_mm_per_prompt={"image": 1}, max_num_seqs=4, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=12, logprobs=0, ignore_eos=True,
                                 logit_bias={i: -100.0 for i in bad_ids})

@@ -6,6 +6,8 @@ file_name, category id and name, annotation image_id and category_id) are checke
 ones are filled the way the data itself allows: image width/height from the image file when it is there
 (else left unknown and read from the file before training, as for DICOM sources), a missing bbox from the
 annotation's polygon segmentation, iscrowd as 0. What cannot be filled is a BadRow naming the item.
+Boxes land in the frame of the image file (`fit_boxes`): an image's width/height state the frame of its
+boxes, scaled onto a resized copy of that image; without them a box past the file's edge is refused.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
     ConvertOptions,
     ConvertResult,
+    Size,
+    fit_boxes,
     hashed_split,
     image_ref,
     size_if_present,
@@ -36,11 +39,12 @@ def _require(item: Any, key: str, where: str) -> Any:
     return item[key]
 
 
-def _size(image: dict[str, Any], where: str, out_dir: Path, ref: str) -> tuple[int | None, int | None]:
+def _stated(image: dict[str, Any], where: str) -> Size | None:
+    """The image's width/height as the JSON states them (the frame of its boxes), None when omitted
+    (several exporters omit them: the image file knows)."""
     width, height = image.get("width"), image.get("height")
-    if width is None or height is None:  # several exporters omit them: the image file knows
-        size = size_if_present(out_dir, ref)
-        return size if size is not None else (None, None)
+    if width is None or height is None:
+        return None
     if not all(isinstance(v, int | float) and v >= 1 and float(v).is_integer() for v in (width, height)):
         raise BadRow(where, "width/height", f"{width!r} x {height!r} is not a positive whole pixel size; fix it "
                                             "or remove both fields (they are then read from the image)")
@@ -74,19 +78,20 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     if missing:
         raise ConvertError(f"{path} is not COCO detection JSON: missing {missing}")
     result = ConvertResult()
-    images: dict[Any, tuple[str, tuple[int | None, int | None], str]] = {}
+    images: dict[Any, tuple[str, Size | None, Size | None, str]] = {}  # ref, stated, stored size, file name
     for i, image in enumerate(doc["images"]):
         where = f"{path} images[{i}]"
         with result.row(options):
             image_id, name = _require(image, "id", where), str(_require(image, "file_name", where))
             ref = image_ref(options.image_root, name)
-            images[image_id] = (ref, _size(image, where, out_dir, ref), name)
+            images[image_id] = (ref, _stated(image, where), size_if_present(out_dir, ref), name)
     names: dict[Any, str] = {}
     for i, category in enumerate(doc["categories"]):
         where = f"{path} categories[{i}]"
         with result.row(options):
             names[_require(category, "id", where)] = str(_require(category, "name", where))
     groups: dict[tuple[Any, Any], list[Box]] = {}
+    sizes: dict[Any, Size | None] = {}
     for i, ann in enumerate(doc["annotations"]):
         where = f"{path} annotations[{i}]"
         with result.row(options):
@@ -98,14 +103,16 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
                 field = "image_id" if image_id not in images else "category_id"
                 raise BadRow(where, field, f"{ann[field]!r} matches no entry of "
                                            f"{'images' if field == 'image_id' else 'categories'}")
-            box = clip_box(_box(ann, where), *images[image_id][1])
+            _, stated, stored, _ = images[image_id]
+            (box,), sizes[image_id] = fit_boxes([_box(ann, where)], where, stated, stored, result.notes)
             if box[0] >= box[2] or box[1] >= box[3]:
                 result.notes["empty boxes"] += 1
                 continue
             groups.setdefault((image_id, cat), []).append(box)
     modality = options.modality
     for (image_id, cat), boxes in groups.items():
-        ref, (width, height), file_name = images[image_id]
+        ref, _, _, file_name = images[image_id]
+        width, height = sizes[image_id] or (None, None)
         name = names[cat]
         result.records.append(Record(
             id=f"coco:{image_id}:{slug(name)}", image=ref, width=width, height=height, task="grounding",

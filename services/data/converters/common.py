@@ -1,5 +1,6 @@
 """What every converter shares: reading tables as published (.csv, .csv.gz, a .zip holding one CSV),
-patient-level hashed splits, finding names, and the result type that reports what was dropped and why.
+patient-level hashed splits, finding names, boxes put in the frame of the image a record points at
+(`fit_boxes`), and the result type that reports what was dropped and why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from services.data.records import Record
+from rewards.boxes import clip_box
+from services.data.records import Box, Record
+
+Size = tuple[int, int]
+# A box may overhang the image it claims by this fraction of the side (at least one pixel) and be clipped:
+# annotation tools let a drag run past the edge and some write x2 = width + 1. More means another frame.
+OVERHANG = 0.01
 
 
 class ConvertError(ValueError):
@@ -150,10 +157,55 @@ def image_ref(root: str | None, name: str) -> str:
 
 
 def size_if_present(manifest_dir: Path, image: str) -> tuple[int, int] | None:
-    """(width, height) from the image header when the file is already there, else None."""
+    """(width, height) from the image header when the file is already there, else None: the upright size
+    the reader returns (medimage.image_size)."""
     path = Path(image) if Path(image).is_absolute() else manifest_dir / image
     if not path.is_file():
         return None
     from services.data.medimage import image_size
 
     return image_size(path)
+
+
+def _scaled(boxes: list[Box], stated: Size, stored: Size, where: str) -> list[Box]:
+    """Boxes of a `stated` frame in a resized copy of it (`stored`); BadRow when the sides scale differently
+    (a crop, a pad or another image: no scale is right)."""
+    sx, sy = stored[0] / stated[0], stored[1] / stated[1]
+    if abs(stated[0] * sy - stored[0]) > 1 or abs(stated[1] * sx - stored[1]) > 1:
+        raise BadRow(where, "image size", f"the boxes are in a {stated[0]}x{stated[1]} frame but the image is "
+                                          f"{stored[0]}x{stored[1]}, not a resized copy of it; point the record at "
+                                          "the image the boxes were drawn on")
+    return [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in boxes]
+
+
+def fit_boxes(boxes: list[Box], where: str, stated: Size | None, stored: Size | None,
+              notes: Counter[str]) -> tuple[tuple[Box, ...], Size | None]:
+    """(boxes in the frame of the image the record points at, that image's size), so a converter never
+    writes a box outside its image.
+
+    stated: the frame the source says its boxes are in (MS-CXR's image_width/height, COCO's width/height,
+    NIH's 1024 x 1024), None when it says none; stored: the image's own size when the file is there.
+    A stated frame that differs from the stored image is scaled onto it when the image is a resized copy
+    (both sides scale alike, within a pixel), else BadRow naming both sizes. Without a stated frame the
+    boxes claim the stored image's: a box past its edge by more than OVERHANG of the side was drawn in
+    another frame (BadRow naming the box and the size). What remains is clipped to the frame (counted)."""
+    if stated is not None and stored is not None and stated != stored:
+        boxes = _scaled(boxes, stated, stored, where)
+        notes["boxes scaled to the stored image"] += len(boxes)
+    frame = stored or stated
+    if frame is None:
+        return tuple(clip_box(b, None, None) for b in boxes), None
+    width, height = frame
+    if stated is None:
+        tx, ty = max(1.0, OVERHANG * width), max(1.0, OVERHANG * height)
+        for x1, y1, x2, y2 in boxes:
+            if min(x1, x2) < -tx or min(y1, y2) < -ty or max(x1, x2) > width + tx or max(y1, y2) > height + ty:
+                raise BadRow(where, "boxes", f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} "
+                                             "image, so it was drawn in another frame; point the record at the image "
+                                             "the boxes were drawn on, or state that image's size in the source (e.g. "
+                                             "COCO width/height) so the boxes are scaled")
+    clipped = tuple(clip_box(b, width, height) for b in boxes)
+    changed = sum(c != b for c, b in zip(clipped, boxes, strict=True))
+    if changed:
+        notes["clipped boxes"] += changed
+    return clipped, frame

@@ -2,20 +2,21 @@
 
 One row per box on positive patients (up to 4 rows each), one row with empty coordinates and Target 0 per
 negative patient. Positives become one grounding record per patient with all its boxes (xywh in the
-DICOM's pixels: 1024 x 1024 in the published set; a DICOM present beside the manifest gives its own size).
-Negatives have nothing to ground: they are counted ("negatives") and skipped.
+DICOM's pixels: 1024 x 1024 in the published set; a DICOM present beside the manifest gives its own size,
+and a box past its edge is refused as drawn in another frame, `fit_boxes`). Negatives have nothing to
+ground: they are counted ("negatives") and skipped.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertOptions,
     ConvertResult,
     cell,
+    fit_boxes,
     hashed_split,
     image_ref,
     number,
@@ -23,7 +24,7 @@ from services.data.converters.common import (
     require_columns,
     size_if_present,
 )
-from services.data.records import Record, RecordMeta, xywh_to_xyxy
+from services.data.records import Box, Record, RecordMeta, xywh_to_xyxy
 
 RSNA_SIZE = 1024
 
@@ -51,12 +52,16 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     finding = options.finding or "pneumonia"
     for pid, pid_boxes in boxes.items():
         ref = image_ref(root, f"{pid}.dcm")
-        # The published DICOMs are 1024 x 1024; a present file's own header wins (a resized copy, a phantom).
-        width, height = size_if_present(out_dir, ref) or (RSNA_SIZE, RSNA_SIZE)
-        clipped = [clip_box(b, width, height) for b in pid_boxes]
-        result.notes["clipped boxes"] += sum(c != b for c, b in zip(clipped, pid_boxes, strict=True))
+        # The published DICOMs are 1024 x 1024; a present file's own header wins (a phantom, another export).
+        stored = size_if_present(out_dir, ref)
+        clipped: tuple[Box, ...] = ()
+        with result.row(options):
+            clipped, _ = fit_boxes(pid_boxes, f"{path} patientId {pid}", None if stored else (RSNA_SIZE, RSNA_SIZE),
+                                   stored, result.notes)
+        width, height = stored or (RSNA_SIZE, RSNA_SIZE)
         kept = tuple(b for b in clipped if b[0] < b[2] and b[1] < b[3])
-        result.notes["boxes outside the image"] += len(clipped) - len(kept)
+        if len(kept) < len(clipped):
+            result.notes["boxes outside the image"] += len(clipped) - len(kept)
         if not kept:
             continue
         result.records.append(Record(

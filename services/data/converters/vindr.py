@@ -7,18 +7,19 @@ nothing wrote one "No finding" row with empty coordinates. Policy (README "Data"
   coordinates averaged; a fused box needs `min_votes` distinct radiologists;
 - one grounding record per (image, class) with all fused boxes;
 - images with only "No finding" rows are negatives: counted and skipped (nothing to ground).
-Width and height are read from the DICOM header when the image is present, else left unknown.
+Width and height are read from the DICOM header when the image is present, else left unknown; a fused box
+past the image's edge was drawn in another frame and is refused (`fit_boxes`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rewards.boxes import clip_box
 from services.data.converters.common import (
     ConvertOptions,
     ConvertResult,
     cell,
+    fit_boxes,
     hashed_split,
     image_ref,
     number,
@@ -95,12 +96,18 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
             result.notes["classes below min_votes"] += 1
             continue
         ref = image_ref(root, f"{image}.dicom")
-        size = size_if_present(out_dir, ref)
+        fitted: tuple[Box, ...] = ()
+        size: tuple[int, int] | None = None
+        with result.row(options):
+            fitted, size = fit_boxes([b for b, _ in fused], f"{path} image_id {image} class {cls}", None,
+                                     size_if_present(out_dir, ref), result.notes)
+        if not fitted:
+            continue  # skipped (--on-bad-record skip)
         finding = cls.lower()
         result.records.append(Record(
             id=f"vindr:{image}:{slug(cls)}", image=ref, width=size[0] if size else None,
             height=size[1] if size else None, task="grounding", phrase=options.phrase or finding,
-            boxes=tuple(clip_box(b, *size) if size else b for b, _ in fused), knowledge_key=f"cxr/{slug(cls)}", source="vindr_cxr",
+            boxes=fitted, knowledge_key=f"cxr/{slug(cls)}", source="vindr_cxr",
             split=hashed_split(image, options),
             meta=RecordMeta(modality="cxr", orientation="radiological", attributes={
                 "finding": finding, "vindr_class": cls, "rad_ids": sorted({r for _, r in boxes}),

@@ -4,53 +4,54 @@
   pixels of the image file (MedGround-R1's MS-CXR files use it).
 - JSONL: one {"id", "image", "conversations": [{"from": "human", "value": "<image>..."},
   {"from": "gpt", "value": "[x1, y1, x2, y2]"}]} per line.
-Sizes come from the images when they are present next to the manifest, else stay unknown.
+Sizes come from the images when they are present next to the manifest, else stay unknown. The boxes are
+in the image file's pixels: one past its edge was drawn in another frame and is refused (`fit_boxes`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rewards.boxes import clip_box
 from services.data.converters.common import (
     BadRow,
     ConvertError,
     ConvertOptions,
     ConvertResult,
+    fit_boxes,
     hashed_split,
     image_ref,
     size_if_present,
 )
+from services.data.jsonl import BadLine, read_jsonl
 from services.data.records import Record
 
 _BOX = re.compile(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
 
 
 def _record(k: int, image: Any, phrase: str, box: list[float], out_dir: Path, options: ConvertOptions,
-            where: str) -> Record:
+            where: str, notes: Counter[str]) -> Record:
     if isinstance(image, list):
         if len(image) != 1:
             raise ConvertError(f"{where}: one image per item is supported, got {len(image)}")
         image = image[0]
     ref = image_ref(options.image_root, str(image))
-    size = size_if_present(out_dir, ref)
     x1, y1, x2, y2 = (float(c) for c in box)
-    clipped = clip_box((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), *(size or (None, None)))
+    corners = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    (clipped,), size = fit_boxes([corners], where, None, size_if_present(out_dir, ref), notes)
     phrase = phrase.replace("<image>", "").strip()
     return Record(id=f"vlmr1:{k}", image=ref, width=size[0] if size else None, height=size[1] if size else None,
                   task="grounding", phrase=phrase, boxes=(clipped,), source="vlm_r1",
                   split=hashed_split(str(image), options))
 
 
-def _jsonl_item(line: str, n: int, path: Path) -> tuple[Any, str, list[float]]:
+def _jsonl_item(item: Any, n: int, path: Path) -> tuple[Any, str, list[float]]:
     where = f"{path} line {n}"
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise BadRow(where, "json", f"not valid JSON ({exc.msg} at column {exc.colno}); fix or drop the line") from None
+    if isinstance(item, BadLine):
+        raise BadRow(where, "json", f"{item.reason}; fix or drop the line")
     if not isinstance(item, dict) or "image" not in item:
         raise BadRow(where, "image", "missing; each line needs image and conversations")
     turns = item.get("conversations") or []
@@ -64,17 +65,15 @@ def _jsonl_item(line: str, n: int, path: Path) -> tuple[Any, str, list[float]]:
 
 def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
     result = ConvertResult()
-    text = Path(path).read_text(encoding="utf-8")
     if Path(path).suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for n, value in read_jsonl(path):  # split at newline bytes only (services/data/jsonl.py)
             with result.row(options):
-                image, human, box = _jsonl_item(line, n, path)
-                result.records.append(_record(n, image, human, box, out_dir, options, f"{path} line {n}"))
+                image, human, box = _jsonl_item(value, n, path)
+                result.records.append(_record(n, image, human, box, out_dir, options, f"{path} line {n}",
+                                              result.notes))
     else:
         try:
-            items = json.loads(text)
+            items = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConvertError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         if not isinstance(items, list):
@@ -88,6 +87,6 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
                 if not (isinstance(item["solution"], list) and len(item["solution"]) == 4):
                     raise BadRow(f"{path} item {n}", "solution", f"{item['solution']!r} is not [x1, y1, x2, y2]")
                 result.records.append(_record(n, item["image"], item["problem"], item["solution"], out_dir,
-                                              options, f"{path} item {n}"))
+                                              options, f"{path} item {n}", result.notes))
     result.notes["items"] = len(result.records)
     return result

@@ -1,5 +1,8 @@
 // The grounding page: POST the chosen file and phrase to /v1/ground, then draw the server's preview of the
 // decoded image (so DICOM shows with its window) and the returned box, scaled from original pixels.
+// Orientation: the server decodes a photo upright by its EXIF Orientation, as this browser shows the file
+// (CSS image-orientation: from-image), and answers in that frame; the page draws the server's preview, never
+// the local file, so the picture, the canvas size and the box always share one frame.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const MAX_SIDE = 640;  // longest canvas side in CSS pixels

@@ -33,6 +33,10 @@ FRAME = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
         ('<answer>{"bbox_2d": [10, 20, 30, 40]}</answer>', (10, 20, 30, 40), False),  # no think: format 0
         ("<answer>[10,20,30,40]</answer><think>late</think>", (10, 20, 30, 40), False),  # wrong order
         ('<think>a</think><answer>[-5, 20, 600, 300]</answer>', (0, 20, 560, 280), True),  # clipped to 560x280
+        # full-width punctuation (models trained on Chinese text): read as ASCII
+        ('<think>a</think><answer>{"bbox_2d"：［１０，２０，３０，４０］}</answer>', (10, 20, 30, 40), True),
+        ("<think>a</think><answer>【10、20、30、40】</answer>", (10, 20, 30, 40), True),
+        ("<think>a</think><answer>（10，20），（30，40）</answer>", (10, 20, 30, 40), True),
     ],
 )
 def test_accepted(text: str, box: tuple[float, ...], format_ok: bool) -> None:
@@ -140,6 +144,7 @@ ADVERSARIAL: dict[str, Callable[[int], str]] = {
     "open_tags": lambda n: "<think>" + "<answer>" * (n // 10),  # lazy `<answer>(.*?)</answer>` search
     "think_ends": lambda n: "<think>" + "</think>x" * (n // 4) + "<answer>[1,2,3,4]</answer>",
     "long_list": lambda n: "<answer>[" + "1 " * (n // 2) + "</answer>",
+    "fullwidth_list": lambda n: "<answer>【" + "１，" * (n // 2) + "</answer>",  # read as ASCII first
 }
 
 

@@ -1,0 +1,94 @@
+"""The Serve app's real routes (services/serve/app.py: upload parsing, checks, response, preview, the page)
+in this process, without Ray Serve or a model: the deployment object the routes run on is a stand-in whose
+engine answers the box of the image's dark pixels. For tests of what the endpoint answers that need no
+model (status codes, frames, previews, the page in a browser). Not collected (no test_ prefix).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.serve.config import Limits
+from services.serve.core import GroundingService, GroundRequest, GroundResult
+
+ANSWER = "<think>dark pixels</think><answer>box</answer>"
+
+
+def dark_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
+    """The fake engine's answer in the image's pixels: the extent of pixels whose red channel is below 128
+    (the whole image when there are none); pixel i spans [i, i + 1)."""
+    ys, xs = np.nonzero(rgb[..., 0] < 128)
+    if ys.size == 0:
+        return 0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+class _Service:
+    """GroundingService's request checks (the real ones) without its engine."""
+
+    check = GroundingService.check
+    _check_knowledge = GroundingService._check_knowledge
+
+    def __init__(self, limits: Limits) -> None:
+        self.args = SimpleNamespace(limits=limits)
+        self.knowledge = None
+        self.resolved = SimpleNamespace(rollout=SimpleNamespace(inject_knowledge=False))
+
+
+class FakeDeployment:
+    """What GroundingDeployment's routes read from `self`; `_ground_batch` is the fake engine."""
+
+    def __init__(self, limits: Limits, token: str | None = None) -> None:
+        self.token, self.args, self.service = token, SimpleNamespace(limits=limits), _Service(limits)
+        self.seen: list[GroundRequest] = []
+
+    async def _ground_batch(self, request: GroundRequest) -> GroundResult:
+        self.seen.append(request)
+        size = (request.image.width, request.image.height)
+        box = dark_box(np.asarray(request.image.image))
+        return GroundResult(box=box, model_box=box, text=ANSWER, format_ok=True, adapter_version=0, image_size=size,
+                            input_size=size, convention="input_pixels")
+
+
+@contextmanager
+def fake_app(monkeypatch: pytest.MonkeyPatch, limits: Limits | None = None) -> Iterator[tuple[Any, FakeDeployment]]:
+    """(the FastAPI app of services/serve/app.py, the stand-in its routes run on) for the test's duration.
+    Ray Serve resolves a route's `self` through `serve.get_replica_context().servable_object`."""
+    from ray import serve
+
+    from services.serve.app import api
+
+    deployment = FakeDeployment(limits or Limits())
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=deployment))
+    yield api, deployment
+
+
+@contextmanager
+def served_on_loopback(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    from learner.engine import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start on loopback within 30 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
