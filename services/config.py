@@ -190,8 +190,9 @@ class RunConfig(_Strict):
     learner: LearnerConfig = LearnerConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    logging: LoggingConfig = Field(LoggingConfig(), description="Experiment trackers (TensorBoard, MLflow, W&B), "
-                                   "what they may receive, and samples of completions (services/logging_config.py).")
+    logging: LoggingConfig = Field(
+        LoggingConfig(), description="Experiment trackers (TensorBoard, MLflow, W&B), what they may receive, "
+        "and samples of completions (services/logging_config.py).")
     init_from: str | None = Field(
         None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, RNG; "
         "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "

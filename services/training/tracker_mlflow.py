@@ -71,8 +71,9 @@ class MlflowTracker:
                 run = _create(client, cfg, run_dir)
         except Exception as exc:  # connection refused, DNS, auth, a store that cannot be opened: one line
             raise TrackerUnreachable(
-                f"MLflow at {uri} cannot be reached ({one_line(exc)}); start it or fix logging.mlflow.tracking_uri "
-                "(or MLFLOW_TRACKING_URI), or set logging.on_tracker_error=warn to train without it") from None
+                f"MLflow at {uri} cannot be reached ({one_line(exc)}); start it or fix "
+                "logging.mlflow.tracking_uri (or MLFLOW_TRACKING_URI), or set logging.on_tracker_error=warn "
+                "to train without it") from None
         return cls(client, run.info.run_id, uri, run.info.artifact_uri, cfg.logging.mlflow.register_model,
                    run_dir.name)
 
@@ -101,7 +102,8 @@ class MlflowTracker:
             self.client.get_registered_model(self.register)
         except MlflowException:
             self.client.create_registered_model(self.register)
-        self.client.create_model_version(self.register, source=f"{self.artifact_uri}/{folder}", run_id=self.run_id,
+        self.client.create_model_version(self.register, source=f"{self.artifact_uri}/{folder}",
+                                         run_id=self.run_id,
                                          description=f"{folder} of medground run {self.label}")
 
     def state(self) -> dict[str, Any]:

@@ -40,7 +40,8 @@ class WandbTracker:
         settings = wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_stats=True,
                                   x_disable_meta=True, silent=True)
         offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-        where = f"project {w.project} ({'offline, ' + str(run_dir / 'wandb') if offline else settings.base_url})"
+        place = f"offline, {run_dir / 'wandb'}" if offline else settings.base_url
+        where = f"project {w.project} ({place})"
         try:
             run = wandb.init(project=w.project, entity=w.entity, name=run_dir.name, dir=str(run_dir),
                              id=(saved or {}).get("run_id") or uuid.uuid4().hex[:12], resume="allow",
@@ -48,8 +49,9 @@ class WandbTracker:
                              settings=settings)
         except Exception as exc:  # no API key, no network, a refused project: one line
             raise TrackerUnreachable(
-                f"W&B {where} cannot be reached ({one_line(exc)}); log in (WANDB_API_KEY), fix logging.wandb, "
-                "run with WANDB_MODE=offline, or set logging.on_tracker_error=warn to train without it") from None
+                f"W&B {where} cannot be reached ({one_line(exc)}); log in (WANDB_API_KEY), fix "
+                "logging.wandb, run with WANDB_MODE=offline, or set logging.on_tracker_error=warn to train "
+                "without it") from None
         return cls(run, where, run_dir.name)
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:

@@ -254,7 +254,8 @@ def _deliver(tracker: Tracker, item: tuple[str, Any, Any]) -> None:
 
 
 def _folder_in(path: Path, run_dir: Path | None) -> str:
-    """A file's folder relative to the run directory (a directory's own place); '' at its top or outside it."""
+    """A file's folder relative to the run directory (a directory's own place); '' at its top or
+    outside it."""
     if run_dir is None:
         return ""
     try:
@@ -294,7 +295,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     elif isinstance(tree, list | tuple) and tree:
         items = enumerate(tree)
     else:
-        return {prefix.removesuffix("."): json.dumps(tree) if isinstance(tree, Mapping | list | tuple) else str(tree)}
+        leaf = json.dumps(tree) if isinstance(tree, Mapping | list | tuple) else str(tree)
+        return {prefix.removesuffix("."): leaf}
     out: dict[str, str] = {}
     for key, value in items:
         out |= flatten(value, f"{prefix}{key}.")
@@ -342,8 +344,9 @@ def _open(name: str, cfg: RunConfig, run_dir: Path, saved: dict[str, Any] | None
     except ModuleNotFoundError as exc:
         from services.config import ConfigError
 
-        raise ConfigError(f"logging.trackers names {name} but {exc.name} is not installed; install the extra "
-                          f"(pip install 'medground[{name}]') or remove {name} from logging.trackers") from exc
+        raise ConfigError(f"logging.trackers names {name} but {exc.name} is not installed; install the "
+                          f"extra (pip install 'medground[{name}]') or remove {name} from logging.trackers"
+                          ) from exc
 
 
 def warn_privacy(policy: LoggingConfig, trackers: Sequence[Tracker]) -> None:

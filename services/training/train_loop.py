@@ -33,6 +33,7 @@ maths is in docs/algorithms.md):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -253,9 +254,14 @@ def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> 
 
 
 def _evaluate(h: RunHandles, step: int) -> dict[str, Any]:
+    """Held-out evaluation: `eval/step-N.jsonl` (every answer: text, so a tracker gets it only with
+    logging.log_completions), `eval/step-N.json` (the report: numbers), overlays in `samples/step-N/`."""
     preds = evaluation.predict(h.pool, h.manifest, h.eval_records, h.cfg.rollout.sampling.max_new_tokens)
     row = evaluation.report(preds, h.cfg.reward.label_match)
-    h.writer.artifact(evaluation.write_predictions(preds, h.run_dir / "eval" / f"step-{step}.jsonl"), "completions")
+    written = evaluation.write_predictions(preds, h.run_dir / "eval" / f"step-{step}.jsonl")
+    written.with_suffix(".json").write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+    h.writer.artifact(written.with_suffix(".json"), "report")
+    h.writer.artifact(written, "completions")
     if h.cfg.eval.overlays:
         overlays = h.run_dir / "samples" / f"step-{step}"
         evaluation.write_overlays(preds, h.manifest, overlays, h.cfg.eval.overlays)

@@ -81,14 +81,16 @@ def test_a_tracker_down_mid_run_loses_no_row_counts_the_failures_and_catches_up_
     rows = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl")}
     assert sorted(rows) == [0, 1, 2, 3, 4, 5]  # metrics.jsonl has every row
     # row N counts the deliveries that failed since row N-1 was written, and what waited when it was:
-    # row 2's send failed (row 3: 1 failure, row 2 queued); row 3's retry of row 2 failed (row 4: 1, 2 queued);
+    # row 2's send failed (row 3: 1 failure, row 2 queued); row 3's retry of row 2 failed (row 4: 1, rows 2
+    # and 3 queued);
     # at row 4 the server is back and rows 2, 3, 4 go in order (row 5: 0, 0).
     assert [(rows[s]["tracker/failures"], rows[s]["tracker/pending"]) for s in range(6)] == \
         [(0, 0), (0, 0), (0, 0), (1, 1), (1, 2), (0, 0)]
     assert rec.steps == [0, 1, 2, 3, 4, 5]
     assert rec.rows[3] == numeric(rows[3])  # what the tracker holds at a step is the row of metrics.jsonl
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "rec at rec://test failed (ConnectionError: connection refused)" in warnings[0].message
+    assert len(warnings) == 1
+    assert "rec at rec://test failed (ConnectionError: connection refused)" in warnings[0].message
     assert read_state(tmp_path) == {"rec": {"run_id": "r1", "delivered_step": 5}}
     writer.close("FINISHED")
     assert rec.closed == ["FINISHED"]
@@ -147,7 +149,8 @@ def validate_logging(section: dict[str, Any]) -> Any:
 
 
 def _tree() -> dict[str, Any]:
-    return {"model": {"path": "m"}, "data": {"manifest": "d"}, "stages": [{"name": "s", "kind": "sft", "steps": 1}]}
+    return {"model": {"path": "m"}, "data": {"manifest": "d"},
+            "stages": [{"name": "s", "kind": "sft", "steps": 1}]}
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -197,10 +200,12 @@ def test_a_tracker_unreachable_at_start_stops_with_one_line_or_warns(
     hub.close("FINISHED")
 
 
-def test_a_tracker_whose_package_is_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tracker_whose_package_is_missing_names_the_extra(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "wandb", None)
     cfg = RunConfig.model_validate({**_tree(), "logging": {"trackers": ["wandb"]}})
-    with pytest.raises(ConfigError, match=r"names wandb but wandb is not installed; .*pip install 'medground\[wandb\]'"):
+    with pytest.raises(ConfigError,
+                       match=r"names wandb but wandb is not installed; .*pip install 'medground\[wandb\]'"):
         open_trackers(cfg, tmp_path)
 
 
@@ -233,7 +238,8 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _tracked_run(tmp_path: Path, logging_section: dict[str, Any], resume: bool = False, on_step: Any = None,
                  **over: Any) -> tuple[Path, RecordingLearner]:
     """The fake driver's two-stage run (evaluations with overlays at 0, 2, 4 and the end) with `logging`."""
-    cfg = _config(tmp_path, logging=logging_section, eval={"every": 2, "max_samples": 2, "overlays": 2}, **over)
+    cfg = _config(tmp_path, logging=logging_section, eval={"every": 2, "max_samples": 2, "overlays": 2},
+                  **over)
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
     learner = RecordingLearner()
     run_dir = tmp_path / "runs" / cfg.name
@@ -257,7 +263,8 @@ def test_by_default_no_image_and_no_text_of_a_record_or_completion_reaches_a_tra
     run_dir, _ = _tracked_run(tmp_path, {"trackers": ["tensorboard", "mlflow", "wandb"], "samples_every": 1,
                                          "mlflow": {"tracking_uri": uri}})
     # the run directory keeps its own files: overlays, predictions with text, training samples
-    assert list((run_dir / "samples").glob("step-*/*.png")) and list((run_dir / "samples").glob("train-step-*.jsonl"))
+    assert list((run_dir / "samples").glob("step-*/*.png"))
+    assert list((run_dir / "samples").glob("train-step-*.jsonl"))
     assert "<answer>" in (run_dir / "eval" / "step-5.jsonl").read_text()
 
     client = MlflowClient(uri)
@@ -267,15 +274,19 @@ def test_by_default_no_image_and_no_text_of_a_record_or_completion_reaches_a_tra
     files = _mlflow_files(client, run_id)
     sent += [(Path(client.download_artifacts(run_id, f, str(tmp_path / "dl"))).read_text(errors="replace"))
              for f in files if not f.endswith(".png")]
-    assert sorted(f for f in files if not f.startswith("plots/")) == ["resolved_config.json"]
+    reports = [f"eval/step-{step}.json" for step in (0, 2, 4, 5)]  # each evaluation's numbers
+    assert sorted(f for f in files if not f.startswith("plots/")) == [*reports, "resolved_config.json"]
     wandb_files = [p.relative_to(w) for w in run_dir.glob("wandb/offline-run-*/files")
                    for p in w.rglob("*") if p.is_file()]
-    assert sorted(str(p) for p in wandb_files if p.parts[0] != "plots") == ["requirements.txt", "resolved_config.json"]
-    sent += [json.dumps(list(_wandb_strings(path))) for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")]
+    assert sorted(str(p) for p in wandb_files if p.parts[0] != "plots") == \
+        [*reports, "requirements.txt", "resolved_config.json"]
+    sent += [json.dumps(list(_wandb_strings(path)))
+             for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")]
     for text in TEXTS:
         assert not any(text in s for s in sent), f"{text!r} reached a tracker"
     # the content, for once: every numeric key of every row at its step, and the config as params
-    history = {k: {m.step: m.value for m in client.get_metric_history(run_id, k)} for k in ("reward/total", "eval/A_at_0.5")}
+    history = {k: {m.step: m.value for m in client.get_metric_history(run_id, k)}
+               for k in ("reward/total", "eval/A_at_0.5")}
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert history["reward/total"] == {r["step"]: r["reward/total"] for r in rows if "reward/total" in r}
     assert history["eval/A_at_0.5"] == {r["step"]: r["eval/A@0.5"] for r in rows if "eval/A@0.5" in r}
@@ -314,11 +325,15 @@ def test_a_wandb_offline_run_holds_every_row_and_a_resume_continues_it_without_a
     history: list[dict[str, Any]] = []
     for path in runs:
         records = list(_wandb_records(path))
-        history += [{i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json) for i in r.history.item}
+        history += [{(i.nested_key[0] if i.nested_key else i.key): json.loads(i.value_json)
+                     for i in r.history.item}
                     for r in records if r.WhichOneof("record_type") == "history"]
     assert [h["_step"] for h in history] == [0, 1, 2, 3, 4, 5]
     for row, got in zip(read_metrics(run_dir / "metrics.jsonl"), history, strict=True):
         assert {k: got[k] for k in numeric(row)} == pytest.approx(numeric(row))
+    files = {p.relative_to(f).as_posix()
+             for f in run_dir.glob("wandb/offline-run-*/files") for p in f.rglob("*")}
+    assert {"resolved_config.json", "plots/reward.png", "eval/step-5.json"} <= files
     first = next(r for r in _wandb_records(runs[0]) if r.WhichOneof("record_type") == "run")
     config = {u.key: json.loads(u.value_json) for u in first.run.config.update}
     assert config["stages"][1]["name"] == "rl" and first.run.display_name == "fake"
@@ -365,7 +380,8 @@ def test_training_samples_hold_what_the_learner_trained_on(tmp_path: Path) -> No
     assert sorted(p.name for p in (run_dir / "samples").glob("train-step-*.jsonl")) == \
         ["train-step-3.jsonl", "train-step-4.jsonl", "train-step-5.jsonl"]  # the GRPO steps (SFT: 1, 2)
     for step, batch in zip((3, 4, 5), learner.batches, strict=True):
-        lines = [json.loads(line) for line in (run_dir / "samples" / f"train-step-{step}.jsonl").read_text().splitlines()]
+        path = run_dir / "samples" / f"train-step-{step}.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(lines) == 8 and all(r["kept"] for r in lines)  # 2 kept groups of G = 4
         # the advantages are the learner's own, completion by completion
         assert [r["advantage"] for r in lines] == pytest.approx([s.advantage for s in batch.samples])
@@ -380,3 +396,57 @@ def test_training_samples_hold_what_the_learner_trained_on(tmp_path: Path) -> No
             assert r["reward"]["acc"] == pytest.approx(r["reward"]["iou"])  # accuracy: raw_iou
             assert r["tau"] is None and r["step"] == step
             assert r["adapter_version"] == rows_by_step[step]["batch/adapter_version_max"]
+
+
+def test_medground_eval_and_export_add_to_the_runs_mlflow_run(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI commands that follow training attach to its MLflow run (status untouched): eval's numbers at
+    the checkpoint's step and its report, not its predictions; the merged export, registered."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.config import write_resolved
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    section = {"trackers": ["mlflow"], "log_merged": True,
+               "mlflow": {"tracking_uri": uri, "register_model": "grounder"}}
+    cfg = RunConfig.model_validate({**_tree(), "name": "done", "output_dir": str(tmp_path / "runs"),
+                                    "logging": section})
+    run_dir = tmp_path / "runs" / "done"
+    write_resolved(cfg, run_dir)
+    training = open_trackers(cfg, run_dir)
+    for step in range(4):
+        training.row(step, {"reward/total": 0.1 * step})
+    training.close("FINISHED")
+    (run_dir / "checkpoints" / "step-3").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-3" / "COMPLETE").write_text("3\n")
+
+    def evaluate_run(run: Path, step: Any, max_samples: Any, address: Any) -> tuple[dict[str, Any], Path]:
+        path = run / "eval" / "cli-final.jsonl"
+        path.parent.mkdir()
+        path.write_text('{"text": "<answer>lesion</answer>"}\n')
+        path.with_suffix(".json").write_text('{"eval/A@0.5": 0.5}\n')
+        return {"eval/A@0.5": 0.5, "records": 2}, path
+
+    def export_merged(run: Path, out: Path, step: Any) -> dict[str, Any]:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        return {"merged_from": {"base_model": "m", "adapter_version": 4, "checkpoint": "final"},
+                "dtype": "float32"}
+    monkeypatch.setattr("services.evaluation.run.evaluate_run", evaluate_run)
+    monkeypatch.setattr("services.models.merge.export_merged", export_merged)
+    runner = CliRunner()
+    for args in (["eval", str(run_dir)], ["export", str(run_dir), "--merged", str(tmp_path / "merged")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+
+    client = MlflowClient(uri)
+    run_id = read_state(run_dir)["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED"  # attached, not reopened
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "cli_eval/A_at_0.5")] == [(3, 0.5)]
+    assert [m.step for m in client.get_metric_history(run_id, "reward/total")] == [0, 1, 2, 3]
+    files = {f.path for folder in ("eval", "merged") for f in client.list_artifacts(run_id, folder)}
+    assert files == {"eval/cli-final.json", "merged/config.json"}  # the predictions (text) stayed
+    [version] = client.search_model_versions("name='grounder'")
+    assert version.run_id == run_id and version.source.endswith("/merged")
