@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.training.trackers import Status, TrackerUnreachable, flatten, one_line
+from services.training.trackers import Status, TrackerRejected, TrackerUnreachable, flatten, one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 _NOT_ALLOWED = re.compile(r"[^\w\-. :/]")
 PARAMS_PER_CALL = 100  # MLflow's log_batch limits: 100 params, 1000 metrics per request
 METRICS_PER_CALL = 1000
+PARAM_CHARS = 6000  # MLflow's longest param value; a longer one is cut (the file has it whole)
+# MLflow's answers that no retry changes (a name or value it refuses, a deleted or finished run).
+REFUSALS = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "RESOURCE_DOES_NOT_EXIST"}
 # The client retries a failed request 7 times with backoff factor 2 by default (minutes per call while a
 # server is down); a training step should lose seconds, not minutes. MLflow's own variables override these.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -82,14 +86,16 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(mlflow_key(k), float(v), now, step) for k, v in values.items()]
-        for i in range(0, len(batch), METRICS_PER_CALL):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + METRICS_PER_CALL], synchronous=True)
+        with _refusals():
+            for i in range(0, len(batch), METRICS_PER_CALL):
+                self.client.log_batch(self.run_id, metrics=batch[i:i + METRICS_PER_CALL], synchronous=True)
 
     def artifact(self, path: Path, folder: str) -> None:
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), folder or None)
-        else:
-            self.client.log_artifact(self.run_id, str(path), folder or None)
+        with _refusals():
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), folder or None)
+            else:
+                self.client.log_artifact(self.run_id, str(path), folder or None)
 
     def model(self, path: Path, folder: str) -> None:
         """The directory as artifacts, then (register_model) a new version of the registered model."""
@@ -100,7 +106,9 @@ class MlflowTracker:
 
         try:
             self.client.get_registered_model(self.register)
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             self.client.create_registered_model(self.register)
         self.client.create_model_version(self.register, source=f"{self.artifact_uri}/{folder}",
                                          run_id=self.run_id,
@@ -112,6 +120,19 @@ class MlflowTracker:
     def close(self, status: Status | None) -> None:
         if status is not None:
             self.client.set_terminated(self.run_id, status)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """MLflow's refusals as TrackerRejected (dropped, not retried); anything else propagates (retried)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code in REFUSALS:
+            raise TrackerRejected(f"{exc.error_code}: {one_line(exc)}") from exc
+        raise
 
 
 def _create(client: MlflowClient, cfg: RunConfig, run_dir: Path) -> Any:
@@ -129,7 +150,7 @@ def _create(client: MlflowClient, cfg: RunConfig, run_dir: Path) -> Any:
         client.create_experiment(name, artifact_location=local)
     run = client.create_run(experiment_id, run_name=run_dir.name,
                             tags={"medground.run_dir": str(run_dir.resolve())})
-    params = [Param(mlflow_key(k), v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
+    params = [Param(mlflow_key(k), v[:PARAM_CHARS]) for k, v in flatten(cfg.model_dump(mode="json")).items()]
     for i in range(0, len(params), PARAMS_PER_CALL):
         client.log_batch(run.info.run_id, params=params[i:i + PARAMS_PER_CALL], synchronous=True)
     return run

@@ -12,7 +12,9 @@ params / the W&B config, and the file); plots; evaluation reports. Only when the
 Failures: a tracker that cannot be reached when the run starts stops it with one line naming it
 (`logging.on_tracker_error: warn` trains without it); one that fails later never stops training: its items
 wait in its queue, retried at every row in order, one warning per outage, and the next row counts the
-failed deliveries (`tracker/failures`) and what waits (`tracker/pending`). `trackers.json` in the run
+failed deliveries (`tracker/failures`) and what waits (`tracker/pending`); an item a tracker refuses for good
+(TrackerRejected: a name it does not accept, a deleted run) is dropped and counted instead, so it never holds
+up the rows behind it. `trackers.json` in the run
 directory keeps each tracker's run id and the last step it holds, so `--resume` continues the same tracker
 run, sends the rows it missed and never a step twice. mlflow and wandb are imported by their own modules
 (tracker_mlflow.py, tracker_wandb.py), only when a config names them.
@@ -46,6 +48,11 @@ STATE_FILE = "trackers.json"
 class TrackerUnreachable(RuntimeError):
     """A tracker named by logging.trackers could not be started or reached; the message is one line naming
     it (URI or project) and the fix."""
+
+
+class TrackerRejected(RuntimeError):
+    """A tracker refused one item for good (a name or value it does not accept, a deleted run): retrying
+    cannot help, so the item is dropped (it stays in the run directory) and counted."""
 
 
 class Tracker(Protocol):
@@ -116,6 +123,7 @@ class _Link:
     queued_step: int = -1  # the highest step queued or delivered: a step at or below it is never sent again
     delivered_step: int = -1
     failing: bool = False
+    refused: bool = False
 
 
 class Trackers:
@@ -180,6 +188,9 @@ class Trackers:
                 item = link.queue[0]
                 try:
                     _deliver(link.tracker, item)
+                except TrackerRejected as exc:  # for good: dropped, counted, the queue moves on
+                    self._refused(link, item, exc)
+                    continue
                 except Exception as exc:  # a tracker's outage is counted and retried, never fatal
                     self._failed(link, exc)
                     break
@@ -200,6 +211,15 @@ class Trackers:
                         "%d queued item(s) are retried at each step", link.tracker.name, link.tracker.where,
                         one_line(exc), len(link.queue))
         link.failing = True
+
+    def _refused(self, link: _Link, item: tuple[str, Any, Any], exc: TrackerRejected) -> None:
+        self.failures += 1
+        link.queue.popleft()
+        if not link.refused:
+            what = f"step {item[1]}'s row" if item[0] == "metrics" else str(item[1])
+            log.warning("%s at %s refused %s (%s); dropped (the run directory keeps it), further refusals "
+                        "are counted in tracker/failures", link.tracker.name, link.tracker.where, what, exc)
+        link.refused = True
 
     def save_state(self) -> None:
         """trackers.json: each tracker's run id and the last step it holds."""

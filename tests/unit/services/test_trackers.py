@@ -22,6 +22,7 @@ from services.config import ConfigError, RunConfig, validate_tree
 from services.training import train_loop
 from services.training.metrics import MetricsWriter, read_metrics
 from services.training.trackers import (
+    TrackerRejected,
     Trackers,
     TrackerUnreachable,
     flatten,
@@ -126,6 +127,36 @@ def test_a_resumed_run_never_sends_a_step_the_tracker_holds(tmp_path: Path) -> N
         writer.log(step, {"reward/total": float(step)})
     assert resumed.steps == [6]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_an_item_a_tracker_refuses_for_good_is_dropped_and_counted_not_retried(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Refusing(Recording):
+        def metrics(self, step: int, values: Any) -> None:
+            if step in (1, 2):
+                raise TrackerRejected("INVALID_PARAMETER_VALUE: no")
+            super().metrics(step, values)
+    rec = Refusing()
+    writer = MetricsWriter(tmp_path, trackers=Trackers([rec], run_dir=tmp_path))
+    for step in range(4):
+        writer.log(step, {"reward/total": float(step)})
+    assert rec.steps == [0, 3]  # 1 and 2 were refused, 3 was not held up behind them
+    assert [r["tracker/failures"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 0, 1, 1]
+    assert caplog.text.count("refused") == 1 and "rec at rec://test refused step 1's row" in caplog.text
+
+
+def test_mlflow_refusals_are_told_from_outages(tmp_path: Path) -> None:
+    """A run deleted in MLflow's UI refuses every later item (INVALID_PARAMETER_VALUE): dropped, not retried
+    forever."""
+    from services.training.tracker_mlflow import MlflowTracker
+
+    cfg = RunConfig.model_validate({**_tree(), "logging": {"trackers": ["mlflow"], "mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}})
+    tracker = MlflowTracker.open(cfg, tmp_path / "run", None, attach=False)
+    tracker.metrics(0, {"reward/total": 1.0})
+    tracker.client.delete_run(tracker.run_id)
+    with pytest.raises(TrackerRejected, match=r"INVALID_PARAMETER_VALUE: .* must be in the 'active' state"):
+        tracker.metrics(1, {"reward/total": 1.0})
 
 
 def test_files_leave_only_when_their_switch_is_on(tmp_path: Path) -> None:
