@@ -23,8 +23,9 @@ class MlflowConfig(_Strict):
     (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN), never YAML."""
 
     tracking_uri: str | None = Field(
-        None, description="A tracking server (http://host:5000) or a local store (sqlite:///path.db, "
-        "file:/dir). None: MLFLOW_TRACKING_URI from the environment, else sqlite:///<output_dir>/mlflow.db.")
+        None, description="A tracking server (http://host:5000) or a local store (sqlite:///path.db; a "
+        "file:/dir store only with MLFLOW_ALLOW_FILE_STORE=true, MLflow 3 refuses it otherwise). None: "
+        "MLFLOW_TRACKING_URI from the environment, else sqlite:///<output_dir>/mlflow.db.")
     experiment: str = Field(
         "medground", min_length=1, description="Experiment the run is filed under (created when missing); "
         "the MLflow run is named after the run directory.")

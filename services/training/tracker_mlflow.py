@@ -1,7 +1,8 @@
 """MLflow as a run's tracker (logging.trackers: [mlflow]): a tracking server a lab runs (`mlflow server`), or
-a local store (sqlite:, file:). One MLflow run per run directory, named after it; the resolved config as
-params; each numeric metric at its step; files as artifacts; model directories registered as versions of
-`logging.mlflow.register_model` when it names one. Imported only when a config names mlflow.
+a local store (sqlite:; a file: store needs MLFLOW_ALLOW_FILE_STORE=true, MLflow 3 refuses it otherwise).
+One MLflow run per run directory, named after it; the resolved config as params; each numeric metric at its
+step; files as artifacts; model directories registered as versions of `logging.mlflow.register_model` when
+it names one. Imported only when a config names mlflow.
 
 MLflow metric names allow letters, digits and `_ - . : / space` only, so `@` is written `_at_` and `%`
 `pct` (`eval/A@0.5` is `eval/A_at_0.5`, `eval/2-10%/mIoU` is `eval/2-10pct/mIoU`), anything else `_`.
