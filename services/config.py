@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learner.config import LOSS_PRESETS, LearnerConfig
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
+from services.logging_config import LoggingConfig
 
 
 class _Strict(BaseModel):
@@ -195,6 +196,9 @@ class RunConfig(_Strict):
     learner: LearnerConfig = LearnerConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = Field(
+        LoggingConfig(), description="Experiment trackers (TensorBoard, MLflow, W&B), what they may receive, "
+        "and samples of completions (services/logging_config.py).")
     init_from: str | None = Field(
         None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, RNG; "
         "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "

@@ -128,11 +128,12 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (o
     """Run a training job (local Ray by default; `ray job submit` runs this same command). SIGTERM or Ctrl-C
     finishes the step, checkpoints it and stops (a second one stops at once)."""
     from services.training.launch import train as run_training
+    from services.training.trackers import TrackerUnreachable
     from services.training.train_loop import RunFailed
 
     try:
         run_dir = run_training(config, overrides or [], address, resume)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
     except RunFailed as exc:
         _stopped(exc)
@@ -152,11 +153,12 @@ def _stopped(exc: BaseException) -> NoReturn:
 def demo(overrides: Overrides = None) -> None:
     """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms."""
     from services.training.demo import demo as run_demo
+    from services.training.trackers import TrackerUnreachable
     from services.training.train_loop import RunFailed
 
     try:
         summary = run_demo(overrides or [])
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
     except RunFailed as exc:
         _stopped(exc)
@@ -174,10 +176,16 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
              address: Address = None) -> None:
     """Evaluate a run's adapter on the held-out split (greedy), as the training loop does."""
     from services.evaluation.run import evaluate_run
+    from services.training.trackers import TrackerUnreachable, attach, log_evaluation
 
     try:
-        metrics, path = evaluate_run(run, step, max_samples, address)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        trackers = attach(run)  # the run's tracker runs get the result too (a dead tracker: before the work)
+        try:
+            metrics, path = evaluate_run(run, step, max_samples, address)
+            log_evaluation(trackers, metrics, path, path.stem.removeprefix("cli-"))
+        finally:
+            trackers.close(None)
+    except (ConfigError, FileNotFoundError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
     for key, value in sorted(metrics.items()):
         typer.echo(f"  {key:28s} {round(value, 4) if isinstance(value, float) else value}")
@@ -193,10 +201,16 @@ def export(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>)
     """Merge a run's adapter into its base model: a plain model directory that transformers and vLLM load
     without LoRA (faster decoding; what deployment tools expect)."""
     from services.models.merge import export_merged
+    from services.training.trackers import TrackerUnreachable, attach
 
     try:
-        info = export_merged(run, merged, step)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        trackers = attach(run)
+        try:
+            info = export_merged(run, merged, step)
+            trackers.artifact(merged, "merged", "merged")  # with logging.log_merged; registered when asked
+        finally:
+            trackers.close(None)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
     source = info["merged_from"]
     typer.echo(f"wrote {merged}: {source['base_model']} + adapter v{source['adapter_version']} "

@@ -28,6 +28,7 @@ from services.models.pretrain import load_recipe
 from services.targets import reference_answer, sft_think
 from services.training.metrics import MetricsWriter
 from services.training.seams import Rollout, RunHandles
+from services.training.trackers import open_trackers
 
 
 class BorrowedPool:
@@ -51,6 +52,15 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None = Non
     group takes its CPUs first, so the workers never starve it) and return the handles. `pool`: rollout
     workers already up for exactly this model, knowledge and rollout config (a run on another config would
     sample from another distribution than the one the learner recomputes: ValueError)."""
+    trackers = open_trackers(cfg, run_dir)  # first: a tracker that cannot be reached stops the run at once
+    try:
+        return _start(cfg, run_dir, pool, MetricsWriter(run_dir, trackers=trackers))
+    except BaseException:
+        trackers.close("FAILED")
+        raise
+
+
+def _start(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None, writer: MetricsWriter) -> RunHandles:
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
     lent = None if pool is None else (pool.model_dir, pool.config, pool.knowledge and dict(pool.knowledge.entries))
@@ -80,5 +90,5 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None = Non
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,
                       sampling=sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer),
                       pool=workers, learner=learner, control=control, reward=reward, sft_sample=sft,
-                      writer=MetricsWriter(run_dir),
+                      writer=writer,
                       eval_records=manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples])

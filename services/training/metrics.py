@@ -23,6 +23,7 @@ from learner import durable
 from learner.batch import StepMetrics
 from services.cluster.control import JobStatus
 from services.data.jsonl import BadLine, read_jsonl
+from services.training.trackers import Kind, Status, TensorBoardTracker, Trackers, numeric
 
 if TYPE_CHECKING:
     from services.training.producer import GroupSelection
@@ -150,40 +151,47 @@ def status_from(h: RunHandles, state: DriverState, row: dict[str, Any]) -> JobSt
 
 
 class MetricsWriter:
-    """Append-only metric log of a run directory (JSONL + TensorBoard)."""
+    """Append-only metric log of a run directory (metrics.jsonl), the one place a row is written; each row
+    then goes to the run's trackers (TensorBoard by default, MLflow, W&B: services/training/trackers.py)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, plots: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, plots: bool = True,
+                 trackers: Trackers | None = None) -> None:
+        """`trackers`: the run's (open_trackers); else TensorBoard alone, or none with tensorboard=False."""
         self.run_dir = Path(run_dir)
         self.plots = plots
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.timeline = self.run_dir / "timeline.jsonl"
-        self._tb: Any = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if trackers is None:
+            trackers = Trackers([TensorBoardTracker(self.run_dir / "tensorboard")] if tensorboard else [],
+                                run_dir=self.run_dir)
+        self.trackers = trackers
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows written after the checkpoint's step (and a row torn by a crash) so the log has
-        no duplicates; the file is replaced atomically, so a crash here leaves the old one."""
+        no duplicates; the file is replaced atomically, so a crash here leaves the old one. The rows a
+        tracker never received are queued for it."""
         for path in (self.path, self.timeline):
             if path.exists():
                 rows = [r for r in read_metrics(path) if int(r.get("step", -1)) <= step]
                 durable.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+                if path == self.path:
+                    self.trackers.backfill((int(r["step"]), numeric(r)) for r in rows)
 
     def log(self, step: int, row: dict[str, Any]) -> None:
-        """Append one row, on disk before the step's checkpoint can name it (fsync)."""
-        clean = {"step": step, **{k: _jsonable(v) for k, v in row.items()}}
+        """Append one row, on disk before the step's checkpoint can name it (fsync), then send it to the
+        trackers. With a remote tracker the row also counts their failed deliveries since the last row
+        (`tracker/failures`, retried) and what waits for them (`tracker/pending`)."""
+        clean = {"step": step, **{k: _jsonable(v) for k, v in row.items()}, **self.trackers.counts()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        if self._tb is not None:
-            for key, value in clean.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
-                    self._tb.add_scalar(key, value, step)
-            self._tb.flush()
+        self.trackers.row(step, numeric(clean))
+
+    def artifact(self, path: Path, kind: Kind, folder: str | None = None) -> bool:
+        """Send a file of the run to its trackers if `kind` may leave the machine (logging.log_*)."""
+        return self.trackers.artifact(path, kind, folder)
 
     def log_timeline(self, step: int, start: float, spans: Iterable[Sequence[Any]]) -> None:
         """Append the step's phase intervals to `timeline.jsonl`: `{"step", "start", "end", "spans": [[lane,
@@ -194,13 +202,18 @@ class MetricsWriter:
             f.write(json.dumps(line) + "\n")
 
     def plot(self) -> list[Path]:
-        """The run's PNG plots from metrics.jsonl (none when made with plots=False)."""
-        return plot_run(self.run_dir) if self.plots else []
+        """The run's PNG plots from metrics.jsonl (none when made with plots=False), sent to the trackers."""
+        if not self.plots:
+            return []
+        written = plot_run(self.run_dir)
+        if written:
+            self.artifact(self.run_dir / "plots", "plots")
+        return written
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+    def close(self, status: Status | None = "FINISHED") -> None:
+        """End the trackers' runs (once) with `status`: FINISHED, FAILED or KILLED (a stop request)."""
+        trackers, self.trackers = self.trackers, Trackers([])
+        trackers.close(status)
 
 
 def _jsonable(value: Any) -> Any:

@@ -192,11 +192,17 @@ def _per_group(column: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.stack([column[lo:hi] for lo, hi in itertools.pairwise(offsets)])
 
 
+def kept_advantages(kept: Sequence[KeptGroup], grpo: GRPOConfig) -> torch.Tensor:
+    """The advantages `[B, G]` of the kept groups, normalised over exactly these groups (B >= 1)."""
+    totals = torch.from_numpy(np.stack([k.total for k in kept]))  # [B, G]
+    signal = torch.from_numpy(np.stack([k.task for k in kept]))  # [B, G]
+    adv, _ = group_advantages(totals, signal, scale=grpo.scale_rewards, eps=grpo.adv_eps)  # [B, G]
+    return adv
+
+
 def advantaged_samples(kept: Sequence[KeptGroup], grpo: GRPOConfig) -> tuple[TrainSample, ...]:
     """TrainSamples of the kept groups, with advantages normalised over exactly these groups."""
     if not kept:
         return ()
-    totals = torch.from_numpy(np.stack([k.total for k in kept]))  # [B, G]
-    signal = torch.from_numpy(np.stack([k.task for k in kept]))  # [B, G]
-    adv, _ = group_advantages(totals, signal, scale=grpo.scale_rewards, eps=grpo.adv_eps)  # [B, G]
+    adv = kept_advantages(kept, grpo)  # [B, G]
     return tuple(s for k, a in zip(kept, adv, strict=True) for s in grpo_samples(k.group, a.tolist()))

@@ -85,11 +85,13 @@ def restore_state(run_dir: Path) -> tuple[DriverState, Path]:
 
 
 def write_final(h: RunHandles) -> None:
-    """`adapter/`: a copy of the last checkpoint's (every run ends with a checkpoint), and the plots."""
+    """`adapter/`: a copy of the last checkpoint's (every run ends with a checkpoint), sent to the trackers
+    with logging.log_adapter; and the plots."""
     last = ckpt.latest_checkpoint(h.run_dir) / "adapter"
     if last.is_dir():
         shutil.rmtree(h.run_dir / "adapter", ignore_errors=True)
         shutil.copytree(last, h.run_dir / "adapter")
+        h.writer.artifact(h.run_dir / "adapter", "adapter", "adapter")
     h.writer.plot()
 
 

@@ -27,6 +27,7 @@ from services.data.records import Record
 
 if TYPE_CHECKING:
     from services.training.metrics import MetricsWriter
+    from services.training.trackers import Status
 
 
 class Rollout(Protocol):
@@ -114,8 +115,9 @@ class RunHandles:
     writer: MetricsWriter
     eval_records: tuple[Record, ...]
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, status: Status | None = "FINISHED") -> None:
+        """Shut the run's parts down; the trackers' runs end with `status` (FINISHED, FAILED, KILLED)."""
+        self.writer.close(status)
         self.pool.shutdown()
         self.learner.shutdown()
         self.control.close()

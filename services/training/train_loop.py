@@ -33,6 +33,7 @@ maths is in docs/algorithms.md):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,9 @@ from services.training.metrics import PhaseTimer, batch_row, learner_row, run_ro
 from services.training.producer import Producer, advantaged_samples, apply_control
 from services.training.run_state import DriverState, RunFailed, StopRequested, publish_adapter
 from services.training.sampler import PromptSampler, stage_sampler
+from services.training.samples import write_samples
 from services.training.seams import RunHandles
+from services.training.trackers import Status
 
 __all__ = ["DriverState", "RunFailed", "RunHandles", "StopRequested", "grpo_step", "run", "sft_step"]
 
@@ -77,6 +80,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if start is None:
         from services.training.handles import start_handles as start
     h = start(cfg, run_dir)
+    status: Status = "FAILED"  # how the trackers' runs end
     try:
         if checkpoint is not None:
             h.learner.load_checkpoint(checkpoint / "learner")
@@ -92,12 +96,14 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
         h.control.report(status_from(h, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}))
         _train_stages(h, state, on_step)
         run_state.write_final(h)
+        status = "FINISHED"
     except StopRequested as exc:  # between steps: the state is one whole step, so keep it
+        status = "KILLED"
         raise RunFailed(run_state.failure_message(run_dir, state, run_state.save_on_stop(h, state) or exc)) from exc
     except Exception as exc:
         raise RunFailed(run_state.failure_message(run_dir, state, exc)) from exc
     finally:
-        h.close()
+        h.close(status)
     return run_dir
 
 
@@ -200,6 +206,10 @@ def grpo_step(h: RunHandles, stage: StageConfig, producer: Producer, state: Driv
     if prefetch:
         producer.prefetch(state.global_step + 1)  # the next batch, sampled by adapter v while we learn
     batch = TrainBatch(advantaged_samples(selection.kept, h.cfg.learner.grpo), h.sampling)
+    if _due(h.cfg.logging.samples_every, state.global_step + 1):  # what the model said, readable
+        path = write_samples(h.run_dir, state.global_step + 1, selection, h.cfg.learner.grpo,
+                             h.cfg.logging.samples_groups)
+        h.writer.artifact(path, "completions")
     learned = state.adapter_version  # the version the learner's weights are as it trains on this batch
     metrics = None
     if batch.samples:
@@ -244,12 +254,18 @@ def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> 
 
 
 def _evaluate(h: RunHandles, step: int) -> dict[str, Any]:
-    """Greedy answers and k samples per held-out record (the same draws at every evaluation), reported and
-    written to `eval/step-N.jsonl`."""
-    row, preds = evaluation.evaluate(h.pool, h.manifest, h.eval_records, h.cfg,
-                                     h.run_dir / "eval" / f"step-{step}.jsonl")
+    """Held-out evaluation: greedy answers and k samples per record (the same draws at every evaluation);
+    `eval/step-N.jsonl` (every answer: text, so a tracker gets it only with logging.log_completions),
+    `eval/step-N.json` (the report: numbers), overlays in `samples/step-N/`."""
+    written = h.run_dir / "eval" / f"step-{step}.jsonl"
+    row, preds = evaluation.evaluate(h.pool, h.manifest, h.eval_records, h.cfg, written)
+    written.with_suffix(".json").write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+    h.writer.artifact(written.with_suffix(".json"), "report")
+    h.writer.artifact(written, "completions")
     if h.cfg.eval.overlays:
-        evaluation.write_overlays(preds, h.manifest, h.run_dir / "samples" / f"step-{step}", h.cfg.eval.overlays)
+        overlays = h.run_dir / "samples" / f"step-{step}"
+        evaluation.write_overlays(preds, h.manifest, overlays, h.cfg.eval.overlays)
+        h.writer.artifact(overlays, "images")
     return row
 
 

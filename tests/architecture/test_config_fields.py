@@ -31,7 +31,7 @@ def _attributes_read() -> set[str]:
     names: set[str] = set()
     for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):
-            if path.name == "config.py" and path.parent.name in PACKAGES:
+            if path.name.endswith("config.py") and path.parent.name in PACKAGES:
                 continue
             tree = ast.parse(path.read_text(), filename=str(path))
             names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}

@@ -207,8 +207,8 @@ def sft_sample(record: Record) -> TrainSample:
 
 def handles(cfg: RunConfig, run_dir: Path, manifest: Manifest, pool: ScriptedPool, learner: RecordingLearner,
             control: QueueControl, reward: Callable[[RewardConfig, dict[str, Any] | None], Any] = LocalReward,
-            ) -> RunHandles:
+            writer: MetricsWriter | None = None) -> RunHandles:
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest, sampling=SamplingSpec(temperature=0.9),
                       pool=pool, learner=learner, control=control, reward=reward, sft_sample=sft_sample,
-                      writer=MetricsWriter(run_dir, tensorboard=False, plots=False),
+                      writer=writer or MetricsWriter(run_dir, tensorboard=False, plots=False),
                       eval_records=manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples])

@@ -1,0 +1,149 @@
+"""A training run tracked by a real MLflow server on loopback (`mlflow server`, a sqlite backend, artifacts
+proxied into a local folder), on real components (the session's shared rollout pool, the reward actor, a
+DeepSpeed learner): what MLflow holds after a stop, a resume into the same MLflow run, and a server killed
+mid-run and started again -- read back with MLflow's own client.
+
+One run serves every check (the server's start, ~15 s, happens twice: at the start and after the kill). The
+delivery queue's rules and the privacy defaults are tested against fakes and a W&B offline run in
+tests/unit/services/test_trackers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_configs import run_config
+
+from learner.engine import free_port
+from services.training.metrics import read_metrics
+from services.training.trackers import numeric, read_state
+
+pytestmark = pytest.mark.integration
+
+
+class MlflowServer:
+    """`mlflow server` in its own process group on a free loopback port; `kill` is a SIGKILL of the group."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port, self.uri = root, port, f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        log = (self.root / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"], stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = (self.root / "server.log").read_text()[-2000:]
+                raise AssertionError(f"mlflow server exited: {tail}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow server not up after {timeout:.0f} s"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
+        lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from services.training import train_loop
+    from services.training.tracker_mlflow import mlflow_key
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow", free_port())
+    logging_section = {"trackers": ["tensorboard", "mlflow"], "samples_every": 1, "log_adapter": True,
+                       "mlflow": {"tracking_uri": server.uri, "register_model": "medground-it"}}
+    cfg = run_config(tiny_model_dir, demo_data, tmp_path / "runs", name="tracked", logging=logging_section,
+                     stages=[{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 1e-3},
+                             {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2,
+                              "refill_cap": 0}],
+                     learner={"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3},
+                     eval={"every": 0, "max_samples": 2, "overlays": 2}, checkpoint={"every": 2, "keep": 2})
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+
+        # ---- a stop after step 2 (SIGTERM's path): the MLflow run holds steps 0..2 and says KILLED
+        def stop(step: int, row: dict[str, Any]) -> None:
+            if step == 2:
+                raise train_loop.StopRequested("SIGTERM received")
+        with pytest.raises(train_loop.RunFailed):
+            train_loop.run(cfg, on_step=stop, start=lend_pool)
+        run_dir = tmp_path / "runs" / "tracked"
+        run_id = read_state(run_dir)["mlflow"]["run_id"]
+        first = client.get_run(run_id)
+        assert first.info.status == "KILLED" and first.info.run_name == "tracked"
+        # the GRPO steps so far: step 2 (step 1 is the SFT step's, which has no reward)
+        assert [m.step for m in client.get_metric_history(run_id, "reward/total")] == [2]
+
+        # ---- resume into the same MLflow run; kill the server after step 3, start it again after step 4
+        def outage(step: int, row: dict[str, Any]) -> None:
+            if step == 3:
+                assert client.get_run(run_id).info.status == "RUNNING"  # the same run, continued
+                server.kill()
+            elif step == 4:
+                server.start()
+        train_loop.run(cfg, run_dir=run_dir, resume=True, on_step=outage, start=lend_pool)
+        assert read_state(run_dir)["mlflow"]["run_id"] == run_id
+
+        # ---- the run finished with every row on disk, the failure counted in the next row
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+        # row 4's delivery failed (the server was down): counted in row 5; the retry went through before row
+        # 5 was written (with the final evaluation's report), so nothing waited any more
+        assert (rows[5]["tracker/failures"], rows[5]["tracker/pending"]) == (1, 0)
+        assert all(r["tracker/failures"] == 0 for r in rows[:5])
+
+        # ---- MLflow holds every numeric key of every row at its step, exactly once
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        for key in {k for r in rows for k in numeric(r)}:
+            history = client.get_metric_history(run_id, mlflow_key(key))
+            want = {r["step"]: r[key] for r in rows if key in numeric(r)}
+            assert sorted(m.step for m in history) == sorted(want), key  # no step twice, none missing
+            assert {m.step: m.value for m in history} == pytest.approx(want), key
+        assert run.data.params["stages.1.name"] == "grounding" and run.data.params["learner.num_ranks"] == "1"
+        assert run.data.params["logging.mlflow.tracking_uri"] == server.uri
+
+        # ---- the artifacts: config, plots, evaluation reports (numbers), the adapter (registered); no
+        # text or image of a record
+        files = _files(client, run_id)
+        assert "resolved_config.json" in files and "plots/reward.png" in files
+        assert "adapter/adapter_config.json" in files
+        assert sorted(f for f in files if f.startswith(("samples/", "eval/"))) == \
+            ["eval/step-0.json", "eval/step-5.json"]
+        assert list((run_dir / "samples").glob("train-step-*.jsonl"))  # the run directory keeps them
+        versions = client.search_model_versions("name='medground-it'")
+        assert [(v.version, v.run_id) for v in versions] == [("1", run_id)]
+    finally:
+        server.kill()
+
+
+def _files(client: Any, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for info in client.list_artifacts(run_id, path):
+        out += _files(client, run_id, info.path) if info.is_dir else [info.path]
+    return out
