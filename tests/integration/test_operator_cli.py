@@ -63,6 +63,18 @@ def _wait_status(c: dict[str, Any], ok: Any, what: str, timeout: float,
     raise AssertionError(f"timed out waiting for {what}; last status: {last}")
 
 
+def _wait_for_step(metrics: Path, step: int, timeout: float, submit: subprocess.Popen[str]) -> None:
+    """Until the run's metrics.jsonl holds `step`: read from the file, not by polling `medground status` (each
+    call is a new process joining the cluster, which took CPU from the starting job on 2 cores)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert submit.poll() is None, f"the job ended (submit exit {submit.returncode}) before step {step}"
+        if metrics.is_file() and any(r.get("step", -1) >= step for r in read_metrics(metrics)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the job did not reach step {step} within {timeout:.0f} s")
+
+
 def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path, tmp_path: Path,
                                    request: pytest.FixtureRequest) -> None:
     from services.data.synth import make_spec, write_dataset
@@ -89,7 +101,8 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     request.addfinalizer(follow_log.close)
 
     # 1 worker, running: status has every field an operator needs
-    first = _wait_status(c, lambda s: (s.get("step") or 0) >= 2, "the job's second step", 600, submit)
+    _wait_for_step(tmp_path / "runs" / "ops" / "metrics.jsonl", 2, 600, submit)
+    first = _wait_status(c, lambda s: (s.get("step") or 0) >= 2, "the job's second step", 120, submit)
     assert first["rollout_workers"] == first["rollout_workers_live"] == 1
     assert first["total_steps"] == GRPO_STEPS and first["stage"] == "grounding"
     assert first["tau"] is not None and first["tau_version"] is not None
