@@ -49,11 +49,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from learner import checkpoint, grpo
+from learner import checkpoint, grpo, packing
 from learner.adapter_copies import AdapterCopies
 from learner.batch import Collated, SamplingSpec, StepMetrics, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
+from learner.packing import Packed
 from learner.policy import build_policy
+
+MicroBatch = Collated | Packed  # plain (one sequence per completion) or packed by prompt (shared prefix)
 
 _KEPT_VERSIONS = 2  # adapter copies kept for off-policy ratios: the live version and the one before
 
@@ -138,6 +141,7 @@ class LearnerEngine:
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
         self.copies = AdapterCopies(params, keep=_KEPT_VERSIONS)  # the objects DeepSpeed holds (ZeRO shards)
+        self._features: Any = None  # the current GRPO step's vision features (shared-prefix path)
         self.steps = 0
         self._checked_version = -1  # the newest behaviour version the sync alarm has read
 
@@ -148,15 +152,19 @@ class LearnerEngine:
 
     # ---- forward passes -------------------------------------------------------------------------------
 
-    def _logits(self, batch: Collated, sampling: SamplingSpec | None = None) -> torch.Tensor:
-        """``[B, T, V]`` next-token logits for positions 0..L-2; of the sampling distribution when given."""
-        pixel_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        logits = self.ds_engine(**batch.model_inputs(self.device, pixel_dtype), use_cache=False).logits[:, :-1]
+    def _logits(self, batch: MicroBatch, sampling: SamplingSpec | None = None) -> torch.Tensor:
+        """``[B, T, V]`` next-token logits (plain: positions 0..L-2; packed: each completion's tokens, ``T`` =
+        its longest completion); of the sampling distribution when given."""
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        if isinstance(batch, Packed):
+            logits = packing.forward(self.ds_engine, batch, self._features, self.device, dtype)  # [N, C, V]
+        else:
+            logits = self.ds_engine(**batch.model_inputs(self.device, dtype), use_cache=False).logits[:, :-1]
         if sampling is None:
             return logits  # type: ignore[no-any-return]
         return grpo.sampling_logits(logits, sampling, batch.completion_start)
 
-    def _logprobs(self, batch: Collated, sampling: SamplingSpec) -> torch.Tensor:
+    def _logprobs(self, batch: MicroBatch, sampling: SamplingSpec) -> torch.Tensor:
         """``[B, T]`` log-probs of the batch's tokens under the sampling distribution."""
         return grpo.token_logprobs(self._logits(batch, sampling), batch.targets.to(self.device))
 
@@ -177,13 +185,19 @@ class LearnerEngine:
             dist.all_reduce(t, op=op)
         return [float(v) for v in t.tolist()]
 
-    def _schedule(self, samples: Sequence[TrainSample],
-                  mask_truncated: bool) -> tuple[list[Collated], float, float, int]:
-        """Micro-batches of this rank's samples, and the global (sequences with loss tokens, loss tokens,
-        most micro-batches on any rank)."""
+    def _schedule(self, samples: Sequence[TrainSample], mask_truncated: bool,
+                  shared: bool = False) -> tuple[list[MicroBatch], float, float, int]:
+        """Micro-batches of this rank's samples (``shared``: packed by prompt, the step's vision features
+        computed), and the global (sequences with loss tokens, loss tokens, most micro-batches on any rank)."""
         if not samples:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
-        batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
+        batches: list[MicroBatch]
+        if shared:
+            batches, self._features = packing.packed_micro_batches(
+                self.model.get_base_model().model, samples, self.cfg.micro_batch_size, self.pad_id, self.device,
+                torch.bfloat16 if self.bf16 else torch.float32)
+        else:
+            batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
         if mask_truncated:
             batches = [dataclasses.replace(b, loss_mask=b.loss_mask * (~b.truncated)[:, None].float())
                        for b in batches]
@@ -203,14 +217,18 @@ class LearnerEngine:
         """
         t0 = time.perf_counter()
         g = self.cfg.grpo
-        batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions)
-        mismatch = self._sync_reading(batches[0], batch.sampling)
-        sums: dict[str, float] = {}
-        rmin, rmax = float("inf"), float("-inf")
-        for _ in range(g.updates_per_batch):
-            step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling)
-            sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
-            rmin, rmax = min(rmin, lo), max(rmax, hi)
+        try:
+            batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions,
+                                                         shared=self.cfg.shared_prefix)
+            mismatch = self._sync_reading(batches[0], batch.sampling)
+            sums: dict[str, float] = {}
+            rmin, rmax = float("inf"), float("-inf")
+            for _ in range(g.updates_per_batch):
+                step_sums, lo, hi = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling)
+                sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
+                rmin, rmax = min(rmin, lo), max(rmax, hi)
+        finally:
+            self._features = None  # the step's vision features: every pass of this step reused them
         keys = list(sums)
         total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
         (rmin,) = self._all_reduce([rmin], dist.ReduceOp.MIN)
@@ -225,7 +243,7 @@ class LearnerEngine:
             seconds=time.perf_counter() - t0, logprob_mismatch=mismatch,
             truncated=int(total["truncated"] / k))
 
-    def _grpo_update(self, batches: list[Collated], n_seq: float, n_tok: float, n_mb: int,
+    def _grpo_update(self, batches: list[MicroBatch], n_seq: float, n_tok: float, n_mb: int,
                      sampling: SamplingSpec) -> tuple[dict[str, float], float, float]:
         """One optimiser step over the micro-batches; returns this rank's metric sums and ratio range."""
         g = self.cfg.grpo
@@ -265,7 +283,7 @@ class LearnerEngine:
         self._optimizer_step()
         return sums, rmin, rmax
 
-    def _stale_logprobs(self, batch: Collated, sampling: SamplingSpec,
+    def _stale_logprobs(self, batch: MicroBatch, sampling: SamplingSpec,
                         rng: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For rows sampled by a version the weights no longer are: ``(rows [B] bool, logp_old [B, T])``,
         each from a no-grad forward under that version with this micro-batch's mask draw."""
@@ -283,7 +301,7 @@ class LearnerEngine:
             rows |= versions == v
         return rows, values
 
-    def _sync_reading(self, batch: Collated, sampling: SamplingSpec) -> float | None:
+    def _sync_reading(self, batch: MicroBatch, sampling: SamplingSpec) -> float | None:
         """The sync alarm's reading: mean |learner - behaviour| log-prob over this micro-batch's newest
         version, eval mode, once per new version (all ranks decide together: ZeRO-3 forwards gather)."""
         newest = int(batch.adapter_version.max())
@@ -364,12 +382,14 @@ class LearnerEngine:
     # ---- stages, export, checkpoints --------------------------------------------------------------------
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool = False) -> None:
-        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO the KL
-        reference copied from the adapter as it is now. Call at a stage's first step, not on resume."""
+        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO with a KL
+        term (``beta > 0``, ``reference: stage_start``) the KL reference copied from the adapter as it is now.
+        Call at a stage's first step, not on resume."""
         self.set_lr(lr)
         if not carry_optimizer:
             self._reset_optimizer()
-        if kind == "grpo":
+        g = self.cfg.grpo
+        if kind == "grpo" and g.beta > 0.0 and g.reference == "stage_start":  # else nothing reads a reference
             self.copies.set_reference()
 
     def _reset_optimizer(self) -> None:
