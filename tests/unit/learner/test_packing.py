@@ -4,11 +4,9 @@ with the stochastic MLAE masks drawn as the plain path draws them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
+from learner_samples import group_samples
 
 from learner import grpo, packing
 from learner.batch import TrainSample, collate
@@ -76,37 +74,12 @@ def test_pack_by_hand() -> None:
     assert packed.tokens == 6  # plain: 5 + 4 = 9 tokens
 
 
-def _group_samples(model_dir: Path) -> list[TrainSample]:
-    """Three groups of three completions of mixed lengths (2 to 10 tokens): two with an image, one without."""
-    from PIL import Image
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(str(model_dir))
-    rng = np.random.default_rng(0)
-    out = []
-    for g, with_image in enumerate([True, False, True]):
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": f"Locate nodule {g}"}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-        image = Image.fromarray(rng.integers(0, 255, (56 + 28 * g, 84, 3), dtype=np.uint8))
-        enc = processor(text=[text], images=[image] if with_image else None, return_tensors="pt")
-        for j in range(3):
-            out.append(TrainSample(
-                prompt_ids=tuple(enc["input_ids"][0].tolist()),
-                completion_ids=tuple(int(t) for t in rng.integers(10, 500, 2 + 3 * j + g)),
-                advantage=float(rng.standard_normal()),
-                pixel_values=enc["pixel_values"] if with_image else None,
-                image_grid_thw=enc["image_grid_thw"] if with_image else None,
-                mm_token_type_ids=tuple(enc["mm_token_type_ids"][0].tolist()) if with_image else None))
-    return out
-
-
 @pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_model_dir", "tiny_qwen3_model_dir"])
 def test_packed_logprobs_and_gradients_equal_the_plain_path(family: str, request: pytest.FixtureRequest) -> None:
     from learner.policy import build_policy
 
     model_dir = request.getfixturevalue(family)
-    samples = _group_samples(model_dir)
+    samples = group_samples(model_dir)
     model = build_policy(model_dir, LearnerConfig(mlae={"p": 0.5}))  # type: ignore[arg-type]
     model.train()  # stochastic expert masks on
     params = [p for p in model.parameters() if p.requires_grad]
