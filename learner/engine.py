@@ -11,6 +11,10 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   ``logp.detach()``, so the ratio is exactly 1; otherwise (``updates_per_batch > 1``, or a stale batch) a
   no-grad forward under a saved copy of the version that sampled the batch, with the same MLAE mask
   draw as the gradient pass, so the ratio measures the weights' drift and not mask noise.
+- With ``shared_prefix`` (default) a GRPO micro-batch is packed by prompt (``learner/packing.py``): each
+  group's prompt is computed once, followed by its completions under a block attention mask, and the
+  frozen vision tower runs once per image per step, its features reused by every pass of the step; the
+  log-probs and gradients are the plain path's (docs/algorithms.md, "The shared-prefix learner").
 - The KL reference is a frozen copy of the adapter as the GRPO stage began (``grpo.reference``), swapped
   into the adapter's parameters for a no-grad forward under the same mask draw (KL is exactly 0 at the
   stage's first step); ``base`` switches the adapter off instead. No second model in memory.

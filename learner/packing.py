@@ -141,6 +141,17 @@ class Packed:
         return logits.flatten(0, 1)[self.predictor.to(logits.device)]
 
 
+def _kept(where: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the positions some completion token is predicted from are projected to the vocabulary
+    (``logits_to_keep``): ``where [N, C]`` flat (row * L + position) -> ``(keep [K], predictor [N, C])``,
+    ``predictor`` indexing the ``[R * K]`` kept logits."""
+    flat = where[mask.bool()] if mask.any() else where[:, :1].flatten()
+    keep = torch.unique(flat % length)  # [K] sorted
+    slot = torch.zeros(length, dtype=torch.long)  # [L]: each kept position's index in keep
+    slot[keep] = torch.arange(len(keep))
+    return keep, (where // length) * len(keep) + slot[where % length]
+
+
 def pack(samples: Sequence[TrainSample], pieces: Sequence[range], piece_images: Sequence[int],
          positions: PositionFn, pad_id: int) -> Packed:
     """Pack ``pieces`` (runs of ``samples`` sharing a prompt) into one row each; ``piece_images[i]`` is piece
@@ -185,12 +196,7 @@ def pack(samples: Sequence[TrainSample], pieces: Sequence[range], piece_images: 
     causal = torch.ones((length, length), dtype=torch.bool).tril()  # [L, L]
     key, query = seg[:, None, :], seg[:, :, None]  # [R, 1, L] by key, [R, L, 1] by query
     allowed = causal & ((key == 0) | (key == query))  # [R, L, L]
-    # Only the positions some completion reads are projected to the vocabulary (``logits_to_keep``).
-    flat = where[mask.bool()] if mask.any() else where[:, :1].flatten()
-    keep = torch.unique(flat % length)  # [K] sorted
-    slot = torch.full((length,), 0, dtype=torch.long)
-    slot[keep] = torch.arange(len(keep))
-    predictor = (where // length) * len(keep) + slot[where % length]  # [N, C] into the [R * K] kept logits
+    keep, predictor = _kept(where, mask, length)
     flat_samples = [s for row in rows for s in row]
     return Packed(
         input_ids=input_ids, allowed=allowed, position_ids=pos, keep=keep, predictor=predictor,
