@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -49,6 +49,9 @@ bench-vrft: .venv/.ready
 
 bench-vs-trl: .venv/.bench
 	$(PY) -m bench.vs_trl
+
+bench-learner: .venv/.ready
+	$(PY) -m bench.learner
 
 bench-serve: .venv/.ready
 	$(PY) -m bench.serve_load

@@ -15,9 +15,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SKIP = {"__init__", "__main__", "check"}  # check compares two study results; it measures nothing
 # Training studies (arms x seeds, 15 min to 2 h on 2 cores), vs_trl (~10 min, needs the `bench` extra),
-# shapes (real-width models, ~15 min and up to ~10 GB) and faults (~15 min of runs, clusters and kills): run
-# by name or their make targets, not by --all.
-STUDIES = {"medloc_ablation", "mlae_vs_lora", "vrft_aug", "vs_trl", "shapes", "faults"}
+# shapes (real-width models, ~15 min and up to ~10 GB), faults (~15 min of runs, clusters and kills) and
+# learner (its 3B-cut case: ~7 min and ~19 GB): run by name or their make targets, not by --all.
+STUDIES = {"medloc_ablation", "mlae_vs_lora", "vrft_aug", "vs_trl", "shapes", "faults", "learner"}
 
 
 def available() -> list[str]:
