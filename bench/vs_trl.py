@@ -336,7 +336,8 @@ def measure(args: argparse.Namespace, names: list[str], work: Path) -> dict[str,
                      "updates_per_step": 1, "lora_rank": args.rank, "lora_alpha": args.rank,
                      "lora_targets": list(any_cfg.learner.mlae.target_modules), "beta": any_cfg.learner.grpo.beta,
                      "temperature": any_cfg.rollout.sampling.temperature, "lr": args.lr,
-                     "torch_threads_driver": torch.get_num_threads()},
+                     "torch_threads_driver": torch.get_num_threads(),
+                     "medground_shared_prefix": any_cfg.learner.shared_prefix},
             "niceness": {"driver_and_trl": os.nice(0), "ray_workers": int(os.environ[RAY_NICENESS])},
             "order": names, "warmup_steps": args.warmup, "rounds": args.rounds, "arms": arms, "ratios": ratios,
             "notes": NOTES}
@@ -351,7 +352,9 @@ NOTES = [
     "the gap in the niced actors' learner phase).",
     "CPU only, random small model: per-step costs are dominated by per-token generation overhead and framework "
     "bookkeeping, not by matrix math; ratios on a GPU with a real 3B-7B model can differ a lot.",
-    "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads; TRL: HF Trainer/accelerate "
+    "medground learner: DeepSpeed ZeRO-2, 1 rank in a Ray actor with 2 torch threads, shared-prefix packing "
+    "(learner.shared_prefix: each prompt once per group, the vision tower once per image per step; TRL "
+    "forwards every completion with its prompt); TRL: HF Trainer/accelerate "
     "on CPU in the driver process, no DeepSpeed. medground's hf rollout worker runs with Ray's 1 CPU "
     "(OMP_NUM_THREADS=1) and generates one prompt's G completions per call; TRL generates the whole batch in "
     "one left-padded call with the driver's torch threads.",

@@ -197,9 +197,10 @@ class LearnerEngine:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
         batches: list[MicroBatch]
         if shared:
-            batches, self._features = packing.packed_micro_batches(
+            packed, self._features = packing.packed_micro_batches(
                 self.model.get_base_model().model, samples, self.cfg.micro_batch_size, self.pad_id, self.device,
                 torch.bfloat16 if self.bf16 else torch.float32)
+            batches = list(packed)
         else:
             batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
         if mask_truncated:
