@@ -139,6 +139,7 @@ def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tm
     from learner.engine import LearnerEngine
     from services.tiny_model import build_model_dir
 
+    record = machine.start()  # each case's own load record: cases may be taken from separate runs
     px = case.image_px * case.image_px
     if case.shape is None:
         model_dir = build_model_dir(tmp / name, "qwen2_5_vl", "small", seed=0, max_pixels=max(px, 112 * 112))
@@ -169,7 +170,7 @@ def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tm
     prompt = sum(len(s.prompt_ids) for s in samples)
     tokens = computed_tokens(samples, case.micro_batch)
     medians = {arm: statistics.median(ts) for arm, ts in times.items()}
-    return {"note": case.note, "prompts": case.prompts, "group": case.group, "micro_batch": case.micro_batch,
+    return {"note": case.note, "machine": machine.finish(record), "prompts": case.prompts, "group": case.group, "micro_batch": case.micro_batch,
             "prompt_tokens": len(samples[0].prompt_ids), "completion_tokens": case.completion_len,
             "image_px": case.image_px, "prefix_share": prompt / sum(s.num_tokens for s in samples), **tokens,
             "warmup": case.warmup, "rounds": case.rounds,
