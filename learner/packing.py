@@ -107,14 +107,14 @@ class Packed:
     in a completion-aligned layout: position t of completion n is its token t (``completion_start`` is 0).
 
     ``images`` names, per packed row with an image and in row order, the index of its image among the step's
-    distinct images (``step_images``), whose vision features the engine computes once per step.
+    distinct images (``Plan.image_samples``), whose vision features are computed once per step.
     """
 
     input_ids: torch.Tensor  # [R, L] long, right-padded
     allowed: torch.Tensor  # [R, L, L] bool: query q may attend key k
     position_ids: torch.Tensor  # [3, R, L] long: t/h/w rotary positions
     keep: torch.Tensor  # [K] long: the packed positions whose logits are needed (any row)
-    predictor: torch.Tensor  # [N, C] long: index into the [R, K] kept logits of completion token t's predictor
+    predictor: torch.Tensor  # [N, C] long: index into the flattened [R * K] kept logits of token t's predictor
     target_ids: torch.Tensor  # [N, C] long: completion token t (pad where t >= its length)
     loss_mask: torch.Tensor  # [N, C] float: 1 on completion tokens that train
     completion_start: torch.Tensor  # [N] long: zeros (the layout starts at each completion's first token)
