@@ -2,12 +2,12 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout learner/config.py learner/grpo.py learner/correction.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py learner/durable.py services/config.py services/logging_config.py services/data
+PURE := rewards rollout learner/config.py learner/grpo.py learner/correction.py learner/packing.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py learner/durable.py services/config.py services/logging_config.py services/data
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -53,6 +53,9 @@ bench-vrft: .venv/.ready
 
 bench-vs-trl: .venv/.bench
 	$(PY) -m bench.vs_trl
+
+bench-learner: .venv/.ready
+	$(PY) -m bench.learner
 
 bench-serve: .venv/.ready
 	$(PY) -m bench.serve_load

@@ -1,13 +1,23 @@
-"""How much does DeepSpeed cost per GRPO step? The learner engine against a plain torch loop.
+"""What does a GRPO step cost the learner, plain (one sequence per completion) vs shared prefix (each prompt
+once per group, the vision tower once per image per step; learner/packing.py)?
 
-Both run the same policy (``learner.policy.build_policy``), the same batch (synthetic prompts with images,
-fixed-length completions), the same micro-batching, the same adapter-off reference pass and the same loss
-functions (``learner.grpo``), the same entropy metric and an adapter export per step; the plain loop uses torch AdamW and
-``clip_grad_norm_`` directly. The difference is DeepSpeed's engine: its ZeRO optimizer wrapper, gradient
-bookkeeping and collectives, plus the engine's other step metrics.
+Two ``LearnerEngine``s, ``learner.shared_prefix`` false and true, the same config otherwise, take alternated
+steps on the same batch: groups of G completions of one prompt with one image, each step on-policy (the
+adapter version exported just before it). Cases:
 
-    python -m bench.learner                      # CPU, fp32, tiny model (this box)
-    python -m bench.learner --device cuda        # one GPU, bf16, ZeRO-2 (tools/gpu_check.sh runs this)
+- ``demo``: the demo's learner config (deploy/configs/demo.yaml) and shapes -- 8 prompts x G = 8, a
+  ~167-token prompt (a 112 px image = 16 tokens, the rest text) and 43-token completions, the small
+  qwen2_5_vl (random weights: time depends on shapes only).
+- ``3b-cut``: the Qwen2.5-VL-3B widths cut to 2 text and 2 vision layers (``init-model --shape qwen2_5_vl_3b
+  --layers 2 --vision-layers 2``), one prompt with a 1,024-token image (896 px), G = 4, 100-token
+  completions, one micro-batch of 4 (the plain path's [4, L, 151,936] logits take ~3 GB per copy here).
+
+For each arm: step seconds (median of the timed rounds) and the tokens one forward pass computes (padding
+excluded); the prefix share is the prompt's part of the plain path's tokens.
+
+    python -m bench.learner                          # CPU, fp32, both cases (~15 min on 2 cores)
+    python -m bench.learner --cases demo             # the demo case only (~2 min)
+    python -m bench.learner --device cuda --cases demo   # one GPU, bf16 (tools/gpu_check.sh)
 
 Prints a table and writes JSON to bench/results/learner.json (learner_gpu.json for CUDA runs).
 """
@@ -26,82 +36,78 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from bench import machine
-from learner import grpo
-from learner.batch import Collated, TrainBatch, TrainSample, collate, micro_batches
+from learner.batch import TrainBatch, TrainSample
 from learner.config import LearnerConfig
-from learner.export import export_lora
-from learner.policy import build_policy
+from learner.packing import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "deploy" / "configs" / "demo.yaml"
 
 
-def make_batch(model_dir: Path, n: int, completion_len: int, image_px: int, seed: int = 0) -> list[TrainSample]:
-    """``n`` samples: a chat prompt with one ``image_px`` square image and ``completion_len`` text tokens."""
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark shape: the model, the batch (prompts x group), the prompt and completion lengths."""
+
+    prompts: int
+    group: int
+    prompt_tokens: int
+    completion_len: int
+    image_px: int
+    micro_batch: int
+    warmup: int
+    rounds: int
+    shape: str | None = None  # a real shape cut to 2 + 2 layers, else the small qwen2_5_vl
+    note: str = ""
+
+
+CASES = {
+    "demo": Case(prompts=8, group=8, prompt_tokens=167, completion_len=43, image_px=112, micro_batch=16,
+                 warmup=2, rounds=8, note="deploy/configs/demo.yaml learner, small qwen2_5_vl"),
+    "3b-cut": Case(prompts=1, group=4, prompt_tokens=1084, completion_len=100, image_px=896, micro_batch=4,
+                   warmup=1, rounds=2, shape="qwen2_5_vl_3b",
+                   note="Qwen2.5-VL-3B widths, 2 text + 2 vision layers, 1,024-token image"),
+}
+
+
+def make_batch(model_dir: Path, n: int, completion_len: int, image_px: int, seed: int = 0, group: int = 1,
+               prompt_tokens: int | None = None) -> list[TrainSample]:
+    """``n`` samples in groups of ``group`` consecutive completions sharing one chat prompt and one
+    ``image_px`` square image (one tensor, as services/convert.grpo_samples shares it); the prompt's text is
+    padded with words up to about ``prompt_tokens`` tokens; completions are ``completion_len`` text tokens."""
     import numpy as np
     from PIL import Image
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     rng = np.random.default_rng(seed)
-    text_vocab = len(processor.tokenizer) - 32  # stay clear of the special and vision tokens at the end
-    out = []
-    for i in range(n):
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Locate finding {i}"}]}]
-        text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        image = Image.fromarray(rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8))
-        enc = processor(text=[text], images=[image], return_tensors="pt")
-        completion = tuple(int(t) for t in rng.integers(0, text_vocab, completion_len))
-        out.append(TrainSample(prompt_ids=tuple(enc["input_ids"][0].tolist()), completion_ids=completion,
-                               advantage=float(rng.standard_normal()), pixel_values=enc["pixel_values"],
-                               image_grid_thw=enc["image_grid_thw"],
-                               mm_token_type_ids=tuple(enc["mm_token_type_ids"][0].tolist())))
+    text_vocab = min(len(processor.tokenizer) - 32, 100_000)  # clear of the special and vision tokens
+    out: list[TrainSample] = []
+    for g in range(-(-n // group)):
+        words = f"Locate finding {g}."
+        while True:
+            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": words}]}]
+            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            image = Image.fromarray(rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8))
+            enc = processor(text=[text], images=[image], return_tensors="pt")
+            if prompt_tokens is None or enc["input_ids"].shape[1] >= prompt_tokens:
+                break
+            words += " the opacity lies near the left upper zone" * max(1, (prompt_tokens - enc["input_ids"].shape[1]) // 12)
+        prompt = tuple(enc["input_ids"][0].tolist())
+        types = tuple(enc["mm_token_type_ids"][0].tolist())
+        for _ in range(min(group, n - len(out))):
+            completion = tuple(int(t) for t in rng.integers(0, text_vocab, completion_len))
+            out.append(TrainSample(prompt_ids=prompt, completion_ids=completion, advantage=float(rng.standard_normal()),
+                                   pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
+                                   mm_token_type_ids=types))
     return out
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def plain_step(model_dir: Path, cfg: LearnerConfig, samples: list[TrainSample], device: torch.device,
-               bf16: bool) -> Callable[[], None]:
-    """The same GRPO step with no DeepSpeed: AdamW on the adapter, autocast bf16 on GPU."""
-    model = build_policy(model_dir, cfg).to(device)
-    if bf16:  # DeepSpeed bf16 keeps the frozen base in bf16 too; trainable weights stay fp32 here
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    g = cfg.grpo
-    batches = [collate(mb, 0) for mb in micro_batches(samples, cfg.micro_batch_size)]
-    n_seq = float(sum(grpo.sequences_with_tokens(b.loss_mask) for b in batches))
-    n_tok = float(sum(b.loss_mask.sum() for b in batches))
-
-    def logits(batch: Collated) -> torch.Tensor:
-        inputs = batch.model_inputs(device, torch.float32)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(**inputs, use_cache=False).logits[:, :-1]
-
-    def step() -> None:
-        export_lora(model, 1)  # the engine exports the adapter version that samples each batch: same work
-        for batch in batches:
-            targets, mask = batch.targets.to(device), batch.loss_mask.to(device)
-            with torch.no_grad(), model.disable_adapter():
-                ref = grpo.token_logprobs(logits(batch), targets)
-            out = logits(batch)
-            logp = grpo.token_logprobs(out, targets)
-            with torch.no_grad():  # the engine reports entropy too: same metric work on both sides
-                float((grpo.token_entropy(out.detach()) * mask).sum())
-            parts = grpo.grpo_loss(logp, logp.detach(), ref, batch.advantages.to(device), mask,
-                                   eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, mode=g.aggregation,
-                                   num_sequences=n_seq, num_tokens=n_tok)
-            parts.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clipping)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
@@ -119,16 +125,64 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return times
 
 
+def computed_tokens(samples: list[TrainSample], micro_batch: int) -> dict[str, int]:
+    """Tokens one forward pass computes on each path (padding excluded) and the step's vision patches."""
+    made = plan(samples, micro_batch)
+    shared = sum(len(samples[p.start].prompt_ids) + sum(len(samples[i].completion_ids) for i in p)
+                 for mb in made.micro_batches for p in mb)
+    patches = [s.pixel_values.shape[0] if s.pixel_values is not None else 0 for s in samples]
+    return {"plain_tokens_per_pass": sum(s.num_tokens for s in samples), "shared_tokens_per_pass": shared,
+            "plain_patches_per_pass": sum(patches), "shared_patches_per_step": sum(patches[i] for i in made.image_samples)}
+
+
+def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
+    from learner.engine import LearnerEngine
+    from services.models.tiny import build_model_dir
+
+    record = machine.start()  # each case's own load record: cases may be taken from separate runs
+    px = case.image_px * case.image_px
+    if case.shape is None:
+        model_dir = build_model_dir(tmp / name, "qwen2_5_vl", "small", seed=0, max_pixels=max(px, 112 * 112))
+    else:
+        model_dir = build_model_dir(tmp / name, shape=case.shape, layers=2, vision_layers=2, seed=0,  # type: ignore[arg-type]
+                                    max_pixels=px, device=device.type)
+    samples = make_batch(model_dir, case.prompts * case.group, case.completion_len, case.image_px, group=case.group,
+                         prompt_tokens=case.prompt_tokens)
+    cfg = cfg.model_copy(update={"micro_batch_size": case.micro_batch})
+    engines = {arm: LearnerEngine(model_dir, cfg.model_copy(update={"shared_prefix": arm == "shared"}))
+               for arm in ("plain", "shared")}
+    steps = {}
+    for arm, engine in engines.items():
+        engine.begin_stage("grpo", cfg.lr)
+        versions = itertools.count(1)
+
+        def step(engine: Any = engine, versions: Any = versions) -> None:
+            v = next(versions)  # on-policy as in training: sampled by the version exported just before
+            engine.export(v)
+            engine.grpo_step(TrainBatch(tuple(dataclasses.replace(s, adapter_version=v) for s in samples)))
+
+        steps[arm] = step
+    try:
+        times = time_interleaved(steps, device, case.warmup, case.rounds)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    prompt = sum(len(s.prompt_ids) for s in samples)
+    tokens = computed_tokens(samples, case.micro_batch)
+    medians = {arm: statistics.median(ts) for arm, ts in times.items()}
+    return {"note": case.note, "machine": machine.finish(record), "prompts": case.prompts, "group": case.group, "micro_batch": case.micro_batch,
+            "prompt_tokens": len(samples[0].prompt_ids), "completion_tokens": case.completion_len,
+            "image_px": case.image_px, "prefix_share": prompt / sum(s.num_tokens for s in samples), **tokens,
+            "warmup": case.warmup, "rounds": case.rounds,
+            "results": {arm: {"step_s_median": medians[arm], "step_s_all": ts} for arm, ts in times.items()},
+            "shared_over_plain": medians["shared"] / medians["plain"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--size", choices=["tiny", "small"], default=None, help="tiny on CPU, small on CUDA")
-    ap.add_argument("--batch", type=int, default=None, help="samples per step (8 CPU, 64 CUDA)")
-    ap.add_argument("--micro", type=int, default=None, help="micro-batch size (4 CPU, 16 CUDA)")
-    ap.add_argument("--completion-len", type=int, default=64)
-    ap.add_argument("--image-px", type=int, default=112)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each contender)")
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument("--steps", type=int, default=None, help="timed rounds per case (default: the case's)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     record = machine.start()
@@ -136,60 +190,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("bench.learner --device cuda: torch sees no CUDA device")
     os.environ["DS_ACCELERATOR"] = args.device
-    size = args.size or ("small" if cuda else "tiny")
-    batch, micro = args.batch or (64 if cuda else 8), args.micro or (16 if cuda else 4)
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    # reference "base": both contenders take the adapter-off reference pass (no stage-start copy to swap in)
-    cfg = LearnerConfig(micro_batch_size=micro, zero_stage=2, precision="bf16" if cuda else "fp32",
-                        grpo={"reference": "base"})  # type: ignore[arg-type]
-
-    from services.models.tiny import build_model_dir
-
+    learner = yaml.safe_load(DEMO_CONFIG.read_text())["learner"]
+    cfg = LearnerConfig.model_validate({**learner, "precision": "bf16" if cuda else "fp32"})
+    rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / "model", "qwen2_5_vl", size, seed=0)
-        samples = make_batch(model_dir, batch, args.completion_len, args.image_px)
-        from learner.engine import LearnerEngine
-
-        engine = LearnerEngine(model_dir, cfg)
-        engine.begin_stage("grpo", cfg.lr)
-        versions = itertools.count(1)
-
-        def deepspeed_step() -> None:
-            # On-policy as in training: the batch was sampled by the version exported just before the step.
-            v = next(versions)
-            engine.export(v)
-            engine.grpo_step(TrainBatch(tuple(dataclasses.replace(s, adapter_version=v) for s in samples)))
-
-        try:
-            contenders = {"deepspeed ZeRO-2": deepspeed_step,
-                          "plain torch": plain_step(model_dir, cfg, samples, device, cuda)}
-            times = time_interleaved(contenders, device, args.warmup, args.steps)
-        finally:
-            engine.close()
-
-    tokens = sum(s.num_tokens for s in samples)
-    loss_tokens = sum(len(s.completion_ids) for s in samples)
-    rows = {}
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows[name] = {"step_s_median": med, "step_s_all": ts, "tokens_per_s": tokens / med,
-                      "loss_tokens_per_s": loss_tokens / med}
-    overhead = rows["deepspeed ZeRO-2"]["step_s_median"] / rows["plain torch"]["step_s_median"] - 1.0
+        for name in args.cases:
+            case = CASES[name] if args.steps is None else dataclasses.replace(CASES[name], rounds=args.steps)
+            rows[name] = run_case(name, case, cfg, device, Path(tmp))
     result = {
-        "question": "DeepSpeed learner step vs a plain torch loop, same model and batch",
+        "question": "GRPO learner step, plain (one sequence per completion) vs shared prefix (each prompt once "
+                    "per group, the vision tower once per image per step), same engine config and batch",
         "machine": machine.finish(record), "device": args.device, "precision": "bf16" if cuda else "fp32",
-        "model": f"qwen2_5_vl {size} (random weights)", "adapter": cfg.adapter, "batch": batch, "micro_batch": micro,
-        "completion_len": args.completion_len, "image_px": args.image_px, "tokens_per_step": tokens,
-        "loss_tokens_per_step": loss_tokens, "warmup": args.warmup, "steps": args.steps, "results": rows,
-        "deepspeed_overhead": overhead, "date": time.strftime("%Y-%m-%d"),
+        "learner": f"{DEMO_CONFIG.relative_to(ROOT)} learner section (micro-batch per case)", "adapter": cfg.adapter,
+        "cases": rows, "date": time.strftime("%Y-%m-%d"),
     }
-    where = result["machine"]["gpu"] or f"{result['machine']['cores']} cores"
-    print(f"learner step, qwen2_5_vl {size}, batch {batch} (micro {micro}), {tokens} tokens/step, "
-          f"{args.device} {result['precision']} on {where}")
-    print(f"{'engine':<18}{'step s (median)':>17}{'tokens/s':>12}{'loss tok/s':>12}")
+    print(f"GRPO learner step, plain vs shared prefix, {args.device} {result['precision']}; "
+          f"{machine.describe(result['machine'])}")
+    print(f"{'case':<8}{'arm':<8}{'step s':>10}{'tokens/pass':>13}{'prefix share':>14}{'shared/plain':>14}")
     for name, r in rows.items():
-        print(f"{name:<18}{r['step_s_median']:>17.4f}{r['tokens_per_s']:>12.0f}{r['loss_tokens_per_s']:>12.0f}")
-    print(f"DeepSpeed overhead: {overhead:+.1%} step time")
+        for arm in ("plain", "shared"):
+            ratio = f"{r['shared_over_plain']:.3f}" if arm == "shared" else ""
+            print(f"{name:<8}{arm:<8}{r['results'][arm]['step_s_median']:>10.3f}{r[f'{arm}_tokens_per_pass']:>13}"
+                  f"{r['prefix_share']:>14.0%}{ratio:>14}")
     out = machine.write_json(result, args.out or machine.results_path("learner", gpu=cuda))
     print(f"wrote {out}")
     return result

@@ -81,7 +81,7 @@ def main() -> None:
     import requests
     from ray import serve
 
-    from learner.engine import free_port
+    from learner.distributed import free_port
     from services.cluster.startup import CPU_ENV
     from services.models.tiny import build_model_dir
     from services.serve.app import GroundingDeployment

@@ -384,7 +384,7 @@ def _work(args: argparse.Namespace, work: Path, cfg: Any) -> dict[str, Any]:
             "lora_alpha": args.rank,
             "lora_targets": list(cfg.learner.mlae.target_modules), "beta": cfg.learner.grpo.beta,
             "temperature": cfg.rollout.sampling.temperature, "lr": args.lr,
-            "torch_threads_driver": torch.get_num_threads()}
+            "torch_threads_driver": torch.get_num_threads(), "medground_shared_prefix": cfg.learner.shared_prefix}
 
 
 # What the bench measures and how (written into the result); what the numbers show is in docs/RESULTS.md.
@@ -393,6 +393,8 @@ METHOD = (
     "(EOS forbidden until then on both sides), every group trained (medground drop_zero_variance=false, "
     "refill_cap=0), one optimiser step per batch, LoRA rank r on the same language-model projections, "
     "beta > 0 so both compute reference log-probs with the adapter off.",
+    "medground's learner packs each group by prompt (learner.shared_prefix: the prompt once per group, the "
+    "vision tower once per image per step); TRL forwards every completion with its prompt.",
     "medground: its driver (train_loop.run) with a rollout worker and a DeepSpeed ZeRO-2 learner of 1 rank, "
     "each a Ray actor, with the threads in 'arms' (rollout_torch_threads, learner_torch_threads); TRL: "
     "GRPOTrainer.train() (HF Trainer/accelerate on CPU, no DeepSpeed) in the driver process with "

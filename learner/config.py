@@ -147,6 +147,12 @@ class LearnerConfig(_Strict):
     gradient_clipping: float = Field(1.0, ge=0.0, description="Global grad-norm clip (0 disables).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    shared_prefix: bool = Field(
+        True, description="GRPO: forward each prompt once per micro-batch, followed by its completions (a block "
+        "attention mask keeps completions apart), and the vision tower once per image per step; log-probs and "
+        "gradients equal the plain path's (docs/algorithms.md, \"Shared-prefix learner\"). Micro-batches then hold "
+        "whole groups (a group above micro_batch_size is split, the prompt packed with each piece). false: one "
+        "sequence per completion, as SFT always runs.")
     cpus_per_rank: float = Field(1.0, gt=0.0, description="Ray CPUs per learner rank.")
     torch_threads: int = Field(0, ge=0, description="CPU threads of a rank's torch ops (0: Ray's default, one "
                                "per reserved CPU). With max_staleness 0 the rollout workers wait while "

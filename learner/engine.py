@@ -11,6 +11,10 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
   ``logp.detach()``, so the ratio is exactly 1; otherwise (``updates_per_batch > 1``, or a stale batch) a
   no-grad forward under a saved copy of the version that sampled the batch, with the same MLAE mask
   draw as the gradient pass, so the ratio measures the weights' drift and not mask noise.
+- With ``shared_prefix`` (default) a GRPO micro-batch is packed by prompt (``learner/packing.py``): each
+  group's prompt is computed once, followed by its completions under a block attention mask, and the
+  frozen vision tower runs once per image per step, its features reused by every pass of the step; the
+  log-probs and gradients are the plain path's (docs/algorithms.md, "The shared-prefix learner").
 - The rollout correction (``grpo.rollout_correction``, learner/correction.py) weights the surrogate by the
   learner's probability of each token under the version that sampled it over the engine's. When a training
   forward draws an MLAE mask, that log-prob comes from an extra eval-mode forward: the mask is no mismatch.
@@ -39,11 +43,8 @@ Deliberate choices (docs/algorithms.md, "GRPO"):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import random
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,67 +54,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from learner import checkpoint, correction, grpo
+from learner import checkpoint, correction, grpo, packing
 from learner.adapter_copies import AdapterCopies
 from learner.batch import Collated, SamplingSpec, StepMetrics, TrainBatch, TrainSample, collate, micro_batches
 from learner.config import LearnerConfig
+from learner.distributed import deepspeed_config, init_distributed
+from learner.packing import Packed
 from learner.policy import build_policy
 
-
-def free_port() -> int:
-    """An unused TCP port on this host in 20000-29999 (MASTER_PORT here; tests and benches use it for their
-    own Ray heads and Serve): above Ray's worker ports (10002-19999) and below the kernel's ephemeral range,
-    from which other clusters on a shared machine take their random ports."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 30000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
-            s.bind(("", port))
-            return port
-
-
-def deepspeed_config(cfg: LearnerConfig, world_size: int, bf16: bool) -> dict[str, Any]:
-    """The DeepSpeed JSON config for ``cfg``; every value that matters is explicit."""
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
-    if cfg.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    return {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.micro_batch_size * world_size,
-        "managed_gradient_accumulation": False,
-        # DeepSpeed's default clip is 1.0 whatever the user meant: always state it.
-        "gradient_clipping": cfg.gradient_clipping,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-
-
-def _init_distributed(rank: int, world_size: int, backend: str) -> bool:
-    """Join (or create) the process group; returns True when this call created it."""
-    if dist.is_initialized():
-        if dist.get_world_size() != world_size or dist.get_rank() != rank:
-            raise RuntimeError(f"a process group (rank {dist.get_rank()} of {dist.get_world_size()}) already "
-                               f"exists; this engine wants rank {rank} of {world_size}: close the other engine")
-        return False
-    import deepspeed
-
-    if world_size > 1 and "MASTER_PORT" not in os.environ:
-        raise RuntimeError("several learner ranks need MASTER_ADDR/MASTER_PORT (LearnerGroup sets them)")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if world_size == 1:  # a lone rank agrees with nobody: a fresh port avoids clashing with an earlier engine
-        os.environ["MASTER_PORT"] = str(free_port())
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
-    os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each rank its own GPU, visible as device 0
-    if backend == "gloo":  # see the module docstring: the op is unused in training and its lock can go stale
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                               rank=rank, world_size=world_size)
-    return True
-
+MicroBatch = Collated | Packed  # plain (one sequence per completion) or packed by prompt (shared prefix)
 
 class LearnerEngine:
     """One DeepSpeed rank training the adapter. All ranks call every method in the same order."""
@@ -129,7 +78,7 @@ class LearnerEngine:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        self._owns_group = _init_distributed(rank, world_size, "nccl" if cuda else "gloo")
+        self._owns_group = init_distributed(rank, world_size, "nccl" if cuda else "gloo")
         model = build_policy(model_dir, cfg)
         text_cfg = getattr(model.config, "text_config", model.config)
         self.pad_id = int(getattr(text_cfg, "pad_token_id", None) or 0)
@@ -140,6 +89,7 @@ class LearnerEngine:
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
         self.copies = AdapterCopies(params, keep=cfg.kept_versions)  # the objects DeepSpeed holds (ZeRO shards)
+        self._features: Any = None  # the current GRPO step's vision features (shared-prefix path)
         self.steps = 0
         self._checked_version = -1  # the newest behaviour version the sync alarm has read
 
@@ -150,15 +100,19 @@ class LearnerEngine:
 
     # ---- forward passes -------------------------------------------------------------------------------
 
-    def _logits(self, batch: Collated, sampling: SamplingSpec | None = None) -> torch.Tensor:
-        """``[B, T, V]`` next-token logits for positions 0..L-2; of the sampling distribution when given."""
-        pixel_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        logits = self.ds_engine(**batch.model_inputs(self.device, pixel_dtype), use_cache=False).logits[:, :-1]
+    def _logits(self, batch: MicroBatch, sampling: SamplingSpec | None = None) -> torch.Tensor:
+        """``[B, T, V]`` next-token logits (plain: positions 0..L-2; packed: each completion's tokens, ``T`` =
+        its longest completion); of the sampling distribution when given."""
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        if isinstance(batch, Packed):
+            logits = packing.forward(self.ds_engine, batch, self._features, self.device, dtype)  # [N, C, V]
+        else:
+            logits = self.ds_engine(**batch.model_inputs(self.device, dtype), use_cache=False).logits[:, :-1]
         if sampling is None:
             return logits  # type: ignore[no-any-return]
         return grpo.sampling_logits(logits, sampling, batch.completion_start)
 
-    def _logprobs(self, batch: Collated, sampling: SamplingSpec) -> torch.Tensor:
+    def _logprobs(self, batch: MicroBatch, sampling: SamplingSpec) -> torch.Tensor:
         """``[B, T]`` log-probs of the batch's tokens under the sampling distribution."""
         return grpo.token_logprobs(self._logits(batch, sampling), batch.targets.to(self.device))
 
@@ -179,13 +133,20 @@ class LearnerEngine:
             dist.all_reduce(t, op=op)
         return [float(v) for v in t.tolist()]
 
-    def _schedule(self, samples: Sequence[TrainSample],
-                  mask_truncated: bool) -> tuple[list[Collated], float, float, int]:
-        """Micro-batches of this rank's samples, and the global (sequences with loss tokens, loss tokens,
-        most micro-batches on any rank)."""
+    def _schedule(self, samples: Sequence[TrainSample], mask_truncated: bool,
+                  shared: bool = False) -> tuple[list[MicroBatch], float, float, int]:
+        """Micro-batches of this rank's samples (``shared``: packed by prompt, the step's vision features
+        computed), and the global (sequences with loss tokens, loss tokens, most micro-batches on any rank)."""
         if not samples:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
-        batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
+        batches: list[MicroBatch]
+        if shared:
+            packed, self._features = packing.packed_micro_batches(
+                self.model.get_base_model().model, samples, self.cfg.micro_batch_size, self.pad_id, self.device,
+                torch.bfloat16 if self.bf16 else torch.float32)
+            batches = list(packed)
+        else:
+            batches = [collate(mb, self.pad_id) for mb in micro_batches(samples, self.cfg.micro_batch_size)]
         if mask_truncated:
             batches = [dataclasses.replace(b, loss_mask=b.loss_mask * (~b.truncated)[:, None].float())
                        for b in batches]
@@ -205,13 +166,17 @@ class LearnerEngine:
         """
         t0 = time.perf_counter()
         g = self.cfg.grpo
-        batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions)
-        mismatch = self._sync_reading(batches[0], batch.sampling)
-        sums: dict[str, float] = {}
-        lows, highs = {"ratio": float("inf")}, {"ratio": float("-inf")}  # running minima and maxima
-        for _ in range(g.updates_per_batch):
-            step_sums = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling, lows, highs)
-            sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
+        try:
+            batches, n_seq, n_tok, n_mb = self._schedule(batch.samples, g.mask_truncated_completions,
+                                                         shared=self.cfg.shared_prefix)
+            mismatch = self._sync_reading(batches[0], batch.sampling)
+            sums: dict[str, float] = {}
+            lows, highs = {"ratio": float("inf")}, {"ratio": float("-inf")}  # running minima and maxima
+            for _ in range(g.updates_per_batch):
+                step_sums = self._grpo_update(batches, n_seq, n_tok, n_mb, batch.sampling, lows, highs)
+                sums = {k: sums.get(k, 0.0) + v for k, v in step_sums.items()}
+        finally:
+            self._features = None  # the step's vision features: every pass of this step reused them
         keys = list(sums)
         total = dict(zip(keys, self._all_reduce([sums[k] for k in keys], dist.ReduceOp.SUM), strict=True))
         low = dict(zip(lows, self._all_reduce(list(lows.values()), dist.ReduceOp.MIN), strict=True))
@@ -226,7 +191,7 @@ class LearnerEngine:
             seconds=time.perf_counter() - t0, logprob_mismatch=mismatch,
             truncated=int(total["truncated"] / k), **correction.step_metrics(total, low, high))
 
-    def _grpo_update(self, batches: list[Collated], n_seq: float, n_tok: float, n_mb: int,
+    def _grpo_update(self, batches: list[MicroBatch], n_seq: float, n_tok: float, n_mb: int,
                      sampling: SamplingSpec, lo: dict[str, float], hi: dict[str, float]) -> dict[str, float]:
         """One optimiser step over the micro-batches: this rank's metric sums (extremes into lo, hi)."""
         g = self.cfg.grpo
@@ -281,7 +246,7 @@ class LearnerEngine:
         self._optimizer_step()
         return sums
 
-    def _stale_logprobs(self, batch: Collated, sampling: SamplingSpec, rng: dict[str, Any],
+    def _stale_logprobs(self, batch: MicroBatch, sampling: SamplingSpec, rng: dict[str, Any],
                         sampled: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For rows sampled by a version the weights no longer are: ``(rows [B] bool, logp_old [B, T])``,
         each from a no-grad forward under that version with this micro-batch's mask draw. ``sampled``: every
@@ -304,7 +269,7 @@ class LearnerEngine:
             self.ds_engine.train()
         return rows, values
 
-    def _sync_reading(self, batch: Collated, sampling: SamplingSpec) -> float | None:
+    def _sync_reading(self, batch: MicroBatch, sampling: SamplingSpec) -> float | None:
         """The sync alarm's reading: mean |learner - behaviour| log-prob over this micro-batch's newest
         version, eval mode, once per new version (all ranks decide together: ZeRO-3 forwards gather)."""
         newest = int(batch.adapter_version.max())
@@ -385,13 +350,14 @@ class LearnerEngine:
     # ---- stages, export, checkpoints --------------------------------------------------------------------
 
     def begin_stage(self, kind: str, lr: float, carry_optimizer: bool = False) -> None:
-        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO with
-        ``beta > 0`` and ``reference: stage_start`` the KL reference copied from the adapter as it is now
-        (none is kept otherwise). Call at a stage's first step, not on resume."""
+        """Start a stage: its learning rate, fresh optimiser moments (unless carried), and for GRPO with a KL
+        term (``beta > 0``, ``reference: stage_start``) the KL reference copied from the adapter as it is now.
+        Call at a stage's first step, not on resume."""
         self.set_lr(lr)
         if not carry_optimizer:
             self._reset_optimizer()
-        if kind == "grpo" and self.cfg.grpo.beta > 0.0 and self.cfg.grpo.reference == "stage_start":
+        g = self.cfg.grpo
+        if kind == "grpo" and g.beta > 0.0 and g.reference == "stage_start":
             self.copies.set_reference()
         elif kind == "grpo":  # no KL, or the base as reference: no adapter copy to hold
             self.copies.reference = None
@@ -445,4 +411,3 @@ class LearnerEngine:
 
             deepspeed.comm.destroy_process_group()
             self._owns_group = False
-

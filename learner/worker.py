@@ -15,7 +15,8 @@ import ray
 
 from learner.batch import SamplingSpec, StepMetrics, TrainBatch, TrainSample
 from learner.config import LearnerConfig
-from learner.engine import LearnerEngine, free_port
+from learner.distributed import free_port
+from learner.engine import LearnerEngine
 
 
 class LearnerRank:

@@ -77,7 +77,8 @@ def sampling_spec(sampling: SamplingConfig, model_dir: str | Path, tokenizer: An
 
 def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[TrainSample]:
     """One TrainSample per completion of a group, with its advantage, behaviour log-probs, the adapter version
-    that sampled it and whether it was truncated; image tensors are shared."""
+    that sampled it and whether it was truncated. The samples are consecutive and share one image tensor: a
+    remote call pickles it once, and the shared-prefix learner packs them as one prompt (learner/packing.py)."""
     if len(advantages) != len(group.completions):
         raise ValueError(f"{len(advantages)} advantages for {len(group.completions)} completions of {group.prompt_id}")
     prompt = tuple(int(t) for t in group.prompt_token_ids)

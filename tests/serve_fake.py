@@ -76,7 +76,7 @@ def served_on_loopback(app: Any) -> Iterator[str]:
     """`app` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
     import uvicorn
 
-    from learner.engine import free_port
+    from learner.distributed import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -110,7 +110,7 @@ fi
 echo "gpu-check: GPU-marked tests"
 timeout 180 "$vpy" -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA || die "GPU tests failed (output above)"
 echo "gpu-check: learner-step benchmark (bf16, ZeRO-2, one GPU)"
-timeout 90 "$vpy" -m bench.learner --device cuda --steps 5 || die "bench.learner --device cuda failed (output above)"
+timeout 90 "$vpy" -m bench.learner --device cuda --cases demo --steps 5 || die "bench.learner --device cuda failed (output above)"
 echo "gpu-check: real-shape benchmark (Qwen2.5-VL-3B shape, full depth, bf16)"
 timeout 180 "$vpy" -m bench.shapes --device cuda || die "bench.shapes --device cuda failed (output above)"
 if [ -n "${OUT:-}" ] && [ -d "${OUT}" ]; then cp bench/results/learner_gpu.json bench/results/shapes_gpu.json "$OUT/"; fi

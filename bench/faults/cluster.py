@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.faults.helpers import with_descendants
-from learner.engine import free_port
+from learner.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from learner.batch import StepMetrics, TrainBatch, TrainSample, shard
 from learner.config import LearnerConfig
+from learner.packing import shard_groups
 from learner.worker import LearnerWorker
 
 
@@ -102,8 +103,10 @@ class LearnerGroup:
         return dead
 
     def grpo_step(self, batch: TrainBatch) -> StepMetrics:
-        """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly."""
-        shards = shard(batch.samples, self.num_ranks)
+        """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly; with
+        ``shared_prefix`` in whole groups, so each group's image crosses to one rank once (its samples share
+        one tensor, which pickling sends once per call) and each rank packs every prompt it has once."""
+        shards = (shard_groups if self.cfg.shared_prefix else shard)(batch.samples, self.num_ranks)
         metrics: list[StepMetrics] = self._all(
             [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w, s in zip(self._workers, shards, strict=True)],
             "grpo_step")

@@ -21,7 +21,7 @@ from dicom_files import dataset, palette, write
 from PIL import Image
 from typer.testing import CliRunner
 
-from learner.engine import free_port
+from learner.distributed import free_port
 from services.cli import app
 from services.data import load_manifest
 

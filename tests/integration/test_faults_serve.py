@@ -16,7 +16,7 @@ import pytest
 
 from bench.faults.cluster import BIN, ROOT
 from bench.faults.helpers import gone, kill_with_env, process_tree
-from learner.engine import free_port
+from learner.distributed import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -239,9 +239,9 @@ def test_process_group_starts_past_a_stale_extension_lock(tmp_path: Path) -> Non
     lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"  # where torch builds it under TORCH_EXTENSIONS_DIR
     lock.parent.mkdir(parents=True)
     lock.touch()
-    code = ("from learner.engine import _init_distributed\n"
+    code = ("from learner.distributed import init_distributed\n"
             "import torch, torch.distributed as dist\n"
-            "assert _init_distributed(0, 1, 'gloo')\n"
+            "assert init_distributed(0, 1, 'gloo')\n"
             "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n"
             "dist.destroy_process_group()\n")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.engine import free_port
+from learner.distributed import free_port
 
 pytestmark = pytest.mark.integration
 

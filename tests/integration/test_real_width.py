@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from serve_fixtures import png_bytes
 
-from learner.engine import free_port
+from learner.distributed import free_port
 from rollout.images import FAMILIES
 from services.config import RunConfig
 from services.training.metrics import read_metrics

@@ -23,7 +23,7 @@ from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fix
 
 import rewards
 from bench.faults.inputs import make_lora_adapter
-from learner.engine import free_port
+from learner.distributed import free_port
 
 pytestmark = pytest.mark.integration
 requests = pytest.importorskip("requests")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from run_configs import run_config
 
-from learner.engine import free_port
+from learner.distributed import free_port
 from services.training.metrics import read_metrics
 from services.training.trackers import numeric, read_state
 

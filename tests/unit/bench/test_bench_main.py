@@ -22,5 +22,5 @@ def test_every_name_is_a_runnable_module_and_the_tools_are_not_names() -> None:
 
 def test_all_leaves_out_the_studies_and_the_long_benchmarks() -> None:
     quick = [n for n, m in available().items() if n not in LONG and not m.startswith("bench.studies.")]
-    assert set(quick) == {"learner", "mlae", "rewards", "rollout", "serve_load", "sparsity", "step"}
+    assert set(quick) == {"mlae", "rewards", "rollout", "serve_load", "sparsity", "step"}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from learner.config import LearnerConfig
-from learner.engine import deepspeed_config
+from learner.distributed import deepspeed_config
 
 
 def test_defaults_are_explicit_zero2_with_clipping() -> None:

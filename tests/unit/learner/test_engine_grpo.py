@@ -82,8 +82,10 @@ def samples(advantages: list[float], shifts: list[float], w: torch.Tensor) -> Tr
 
 
 def cfg(mlae: dict[str, Any] | None = None, **grpo: Any) -> LearnerConfig:
-    return LearnerConfig.model_validate({"micro_batch_size": 2, "grpo": {"beta": 0.0, "sync_alarm": "off", **grpo},
-                                         "mlae": mlae or {}})
+    # the plain path: the fake has no model to pack (the shared-prefix path's equality with it, correction
+    # included, is tests/unit/learner/test_engine_shared_prefix.py on a real model)
+    return LearnerConfig.model_validate({"micro_batch_size": 2, "shared_prefix": False,
+                                         "grpo": {"beta": 0.0, "sync_alarm": "off", **grpo}, "mlae": mlae or {}})
 
 
 def test_correction_reads_the_eval_policy_and_reports_its_statistics() -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from learner.engine import free_port
+from learner.distributed import free_port
 from services.cli import app, ops
 from services.cluster.control import JobStatus
 

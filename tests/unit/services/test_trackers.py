@@ -212,7 +212,7 @@ def test_metric_names_mlflow_accepts_and_the_config_as_params() -> None:
 
 def test_a_tracker_unreachable_at_start_stops_with_one_line_or_warns(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from learner.engine import free_port
+    from learner.distributed import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
