@@ -28,12 +28,15 @@ pytestmark = pytest.mark.integration
 def full_run(lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Path,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     """The fault tests' run (one SFT step, four GRPO steps whose tau, rewards and learner state depend on what
-    came before; checkpoints at 1, 2, 4, 5) on 2 workers and 2 ranks with max_staleness 1: step 3 generates
-    step 4's batch while it learns (steps 2 and 4 checkpoint, so they drain the pipeline)."""
+    came before; checkpoints at 1, 2, 4, 5) on 2 workers and 2 ranks with max_staleness 1 and the sequence_mask
+    rollout correction: step 3 generates step 4's batch while it learns (steps 2 and 4 checkpoint, so they
+    drain the pipeline)."""
     from services.training import train_loop
 
     over = {k: v for k, v in RESUME_TREE.items() if k not in ("name", "seed", "rollout", "pool")}
-    over |= {"max_staleness": 1, "learner": {**RESUME_TREE["learner"], "num_ranks": 2},
+    learner = {**RESUME_TREE["learner"], "num_ranks": 2}
+    learner["grpo"] = {**learner["grpo"], "rollout_correction": "sequence_mask"}  # TRL's default correction
+    over |= {"max_staleness": 1, "learner": learner,
              "eval": {"every": 0, "max_samples": 4, "overlays": 2}, "checkpoint": {"every": 2, "keep": 3}}
     cfg = run_config(tiny_model_dir, demo_data, tmp_path_factory.mktemp("full"), **over)
     rows: list[dict[str, Any]] = []
@@ -54,6 +57,11 @@ def test_overlapped_grpo_pushes_every_adapter_to_both_workers(full_run: tuple[Pa
         assert r["learner/loss"] > 1e-5, "the learner did not train"
     # the stale batch's ratio is taken against the version that sampled it, which the learner has moved past
     assert grpo[4]["learner/ratio_max"] != 1.0 or grpo[4]["learner/ratio_min"] != 1.0
+    # the rollout-vs-learner correction (sequence_mask, cap 3) read every step's engine log-probs against the
+    # learner's under the sampling version: fp32 engines agree, so nothing is masked and the ratio is ~1
+    for step, r in grpo.items():
+        assert r["learner/correction_ratio_mean"] == pytest.approx(1.0, abs=1e-3), step
+        assert r["learner/correction_sequence_fraction"] == 0.0 and r["learner/correction_kl"] < 1e-4, step
     assert [grpo[s]["tau/value"] for s in (2, 3, 4, 5)] != [grpo[2]["tau/value"]] * 4, "tau never moved"
 
     metrics = read_metrics(run_dir / "metrics.jsonl")
