@@ -1,7 +1,8 @@
-"""Rollout faults that do not raise, on real workers: a vLLM worker stopped (SIGSTOP) mid-generate is killed
-and replaced and its requests answered by the others, each exactly once; a worker stopped during an adapter
-load is replaced within `pool.load_timeout_s`; an adapter the engine refuses leaves the previous one
-live (issue 21, faults 1 and 6; the run-level stop with the reason: test_faults_driver.py)."""
+"""Rollout faults on real workers, one vLLM pool for the module: a worker killed (SIGKILL) or stopped
+(SIGSTOP, a fault that does not raise) mid-generate is replaced and its requests answered by the others, each
+exactly once; a worker stopped during an adapter load is replaced within `pool.load_timeout_s`; an adapter the
+engine refuses leaves the previous one live (issue 21, faults 1 and 6; the run-level stop with the reason:
+test_faults_driver.py)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,29 @@ def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapt
     assert pool.take_faults()["rollout/load_refusals"] == 2
     pool.load_adapter(4, ray.put(adapter_artefact(adapters["v1"], version=4)))  # the pool takes the next one
     assert {g.adapter_version for g in pool.generate(reqs, n=1, sampling=GREEDY)} == {4}
+
+
+def test_a_worker_killed_mid_generate_is_replaced_and_every_request_answered_once(pool: RolloutPool) -> None:
+    """A worker that dies mid-call (its actor gone: RayActorError, no deadline involved) loses no request."""
+    victim = _pid(pool, 0)
+    reqs = requests(16)
+    replaced = pool.replaced
+    out: list[list[RolloutGroup]] = []
+    call = threading.Thread(target=lambda: out.append(
+        pool.generate(reqs, n=4, sampling=SamplingConfig(temperature=0.9, max_new_tokens=48))))
+    call.start()
+    time.sleep(1.0)  # the call takes several seconds on 2 CPUs; the kill lands while it is in flight
+    os.kill(victim, signal.SIGKILL)
+    call.join(timeout=300)
+    assert not call.is_alive(), "generate did not return after a worker died"
+    assert pool.replaced == replaced + 1, "the kill landed after the call: make the call longer"
+    assert pool.take_faults()["rollout/worker_deaths"] == 1
+    # every request answered exactly once, in request order, by the current adapter
+    assert [g.prompt_id for g in out[0]] == [r.prompt_id for r in reqs]
+    assert all(len(g.completions) == 4 and g.adapter_version == pool.adapter_version for g in out[0])
+    pool.wait_ready(timeout=300)
+    assert victim not in {_pid(pool, 0), _pid(pool, 1)} and pool.size == 2
+    assert ray.get([h.adapter_version.remote() for h in pool.handles()]) == [pool.adapter_version] * 2
 
 
 def test_a_worker_stopped_during_an_adapter_load_is_replaced(ray_local: None, tiny_model_dir: Path,
