@@ -131,10 +131,9 @@ def test_a_worker_killed_mid_generate_is_replaced_and_every_request_answered_onc
     reqs = requests(16)
     replaced = pool.replaced
     out: list[list[RolloutGroup]] = []
-    call = threading.Thread(target=lambda: out.append(
-        pool.generate(reqs, n=4, sampling=SamplingConfig(temperature=0.9, max_new_tokens=48))))
+    call = threading.Thread(target=lambda: out.append(pool.generate(reqs, n=4, sampling=SAMPLING)))
     call.start()
-    time.sleep(1.0)  # the call takes several seconds on 2 CPUs; the kill lands while it is in flight
+    wait_busy(victim)  # the victim is generating its shard: the kill lands while the call is in flight
     os.kill(victim, signal.SIGKILL)
     call.join(timeout=300)
     assert not call.is_alive(), "generate did not return after a worker died"
