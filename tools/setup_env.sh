@@ -10,8 +10,10 @@ python=${PYTHON:-python3.11}
 pip=".venv/bin/pip"
 "$pip" install -q --upgrade pip
 # torch first and pinned: otherwise DeepSpeed or PEFT would pull a multi-GB CUDA torch on a CPU box.
-"$pip" install -q "torch==2.13.0"
-"$pip" install -q -e ".[$kind,dev,data]"
+"$pip" install -q "torch==2.13.0" "uv==0.13.9"
+# uv resolves and installs the rest in parallel: the same versions as pip (checked by comparing both
+# environments' freeze), about 40 s instead of 4 min on a fresh 2-core machine; torch is already there.
+.venv/bin/uv pip install -q --python .venv/bin/python -e ".[$kind,dev,data]"
 if [ "$kind" = cpu ]; then
   # PyPI's torchaudio/torchcodec are CUDA-linked and fail beside CPU torch (no audio is used);
   # triton has no CPU backend. torchvision stays: the start-up hook below makes it importable.
