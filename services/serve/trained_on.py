@@ -5,8 +5,9 @@ A run that injected VRFT-Aug knowledge built every training and evaluation promp
 the key is chosen by one documented rule (`choose_knowledge`, README "Serving"):
 
 1. `knowledge_key` in the request wins (source "request");
-2. else the run's grounding keys (the `knowledge_key`s of the records its stages trained on) are matched
-   against the phrase by finding name and synonyms (`rollout.knowledge.match_key`; source "phrase");
+2. else the run's grounding keys (the `knowledge_key`s of the records its stages trained on; none when its
+   manifest cannot be read here; every key of the folder for a bare model served with `knowledge_dir`) are
+   matched against the phrase by finding name and synonyms (`rollout.knowledge.match_key`; source "phrase");
 3. else, when the run trained grounding under one key only, that key (source "only_key");
 4. else no knowledge (source "none"); a service that injects none answers source "off".
 
@@ -70,7 +71,8 @@ def trained_on(cfg: RunConfig, run_dir: str | Path, knowledge: KnowledgeBase | N
         manifest = load_manifest(cfg.data.manifest, on_bad_record="skip", report=lambda _: None)
     except (ManifestError, OSError) as exc:
         return TrainedOn(run=name, manifest=cfg.data.manifest, splits=splits,
-                         note=f"the run's manifest is not readable here ({exc}); knowledge keys: all known")
+                         note=f"the run's manifest is not readable here ({exc}); no knowledge key is chosen "
+                              "from phrases: send knowledge_key")
     records = [r for r in manifest.records if r.split in splits and r.task in tasks]
     keys = Counter(r.knowledge_key for r in records if r.knowledge_key)
     modalities = sorted({knowledge.entries[k].modality for k in keys if knowledge and k in knowledge.entries})
@@ -88,7 +90,9 @@ def choose_knowledge(phrase: str, given: str | None, trained: TrainedOn, knowled
         return KnowledgeChoice(None, "off")
     if given is not None:
         return KnowledgeChoice(given, "request")
-    candidates = list(trained.grounding_keys) or list(knowledge.entries)
+    # a run: only the keys it trained grounding with (none when its data cannot be read here); a bare model
+    # served with a knowledge folder: every key of the folder
+    candidates = list(trained.grounding_keys) if trained.run is not None else list(knowledge.entries)
     key, name = match_key(phrase, candidates, knowledge)
     if key is not None:
         return KnowledgeChoice(key, "phrase", name)

@@ -19,7 +19,7 @@ def test_overlay_has_a_legend_and_the_phrase(tmp_path: Path) -> None:
                     boxes=((60, 80, 90, 110),))
     pred = Prediction(record, "", (64, 84, 94, 114), 0.6)
     lines = legend_lines(pred)
-    assert [t for t, _ in lines[0]][0] == "truth" and lines[0][0][1] == TRUTH_RGB
+    assert lines[0][0] == ("truth", TRUTH_RGB)
     assert ("prediction", PREDICTION_RGB) in lines[0] and "IoU 0.60" in "".join(t for t, _ in lines[0])
     assert lines[1][0][0] == record.phrase
     assert legend_lines(Prediction(record, "", None, 0.0))[0][2][0] == "prediction: no box"

@@ -45,14 +45,18 @@ def test_match_key_rule() -> None:
 
 
 def test_choice_order_request_phrase_only_key_none_off() -> None:
-    trained = TrainedOn(grounding_keys={"cxr/nodule": 3, "cxr/mass": 2})
+    trained = TrainedOn(run="r", grounding_keys={"cxr/nodule": 3, "cxr/mass": 2})
     assert choose_knowledge("mass", "cxr/nodule", trained, KB, True).source == "request"
     assert choose_knowledge("a mass", None, trained, KB, True).key == "cxr/mass"
     assert choose_knowledge("a shadow", None, trained, KB, True).source == "none"
-    one = TrainedOn(grounding_keys={"cxr/chest-radiograph": 9})
+    one = TrainedOn(run="r", grounding_keys={"cxr/chest-radiograph": 9})
     assert choose_knowledge("a shadow", None, one, KB, True) .key == "cxr/chest-radiograph"
     assert choose_knowledge("a mass", None, trained, KB, False).source == "off"
     assert choose_knowledge("a mass", None, trained, None, True).source == "off"
+    unread = TrainedOn(run="r", note="manifest not readable")  # a run whose data is elsewhere: no guessing
+    assert choose_knowledge("a mass", None, unread, KB, True).source == "none"
+    bare = TrainedOn()  # a bare model served with a knowledge folder: every key of it
+    assert choose_knowledge("left pleural effusion", None, bare, KB, True).key == "cxr/pleural-effusion"
 
 
 def test_trained_on_reads_the_runs_own_data(demo_run: tuple[object, Path]) -> None:
