@@ -36,8 +36,8 @@ def main() -> None:
 
     record = machine.start()
     with tempfile.TemporaryDirectory(prefix="mgs-lat-") as tmp:
-        path = write_dataset(make_spec("demo", splits={"train": 0, "val": args.requests + 3, "test": 0}), Path(tmp),
-                             seed=7, manifest_name="manifest.jsonl")
+        spec = make_spec("demo", splits={"train": 0, "val": args.requests + 3, "test": 0})
+        path = write_dataset(spec, Path(tmp), seed=7, manifest_name="manifest.jsonl")
         manifest = load_manifest(path, report=lambda _: None)
         # a bare model gets the shipped knowledge, chosen from each phrase, as the demo run's prompts carry it
         chosen = ({"run_dir": args.run_dir} if args.run_dir else
@@ -56,10 +56,12 @@ def main() -> None:
         finally:
             service.close()
     q = np.percentile(latencies, [50, 99])
-    result_row = {"setup": f"{args.run_dir or args.model}, engine {args.engine}, 1 client, sequential, demo "
-                           f"phantoms 112 px, greedy, knowledge in the prompt, in-process GroundingService (no HTTP)",
+    result_row = {"setup": f"{args.run_dir or args.model}, engine {args.engine}, 1 client, sequential, "
+                           f"demo phantoms 112 px, greedy, knowledge in the prompt, in-process "
+                           f"GroundingService (no HTTP)",
                   "requests": len(latencies), "p50_ms": round(float(q[0]) * 1000, 1),
-                  "p99_ms": round(float(q[1]) * 1000, 1), "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+                  "p99_ms": round(float(q[1]) * 1000, 1),
+                  "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
                   "answer_tokens_mean": round(statistics.fmean(tokens), 1), "answers_with_a_box": boxes,
                   "machine": machine.describe(record), **machine.finish(record)}
     print(json.dumps({k: v for k, v in result_row.items() if k not in ("versions",)}, indent=1))

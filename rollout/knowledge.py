@@ -1,9 +1,10 @@
 """Prior knowledge for VRFT-Aug injection (docs/algorithms.md, "VRFT-Aug"), read from YAML files.
 
 Each file in a folder holds `{version: 1, entries: {"<modality>/<finding>": {modality, finding,
-appearance, location, [synonyms]}}}`; `synonyms` (optional, a list of phrases) are other names of the finding
-that `match_key` recognises in a free-text phrase (the Serve endpoint's rule, docs/architecture.md). Files are read in name order; a later file may add keys, but a key defined in
-two files is an error naming both, so a user's extension never silently overrides the shipped text.
+appearance, location, [synonyms]}}}`; `synonyms` (optional, a list of phrases) are other names of the
+finding that `match_key` recognises in a free-text phrase (the Serve endpoint's rule, README "Serving").
+Files are read in name order; a later file may add keys, but a key defined in two files is an error naming
+both, so a user's extension never silently overrides the shipped text.
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def _entry(raw: Any, key: str, source: Path) -> KnowledgeEntry:
         raise ValueError(f"{source}: entry {key!r} lacks non-empty text for {missing}")
     extra = sorted(set(raw) - set(_FIELDS) - set(_OPTIONAL))
     if extra:
-        raise ValueError(f"{source}: entry {key!r} has unknown fields {extra}; allowed: {list(_FIELDS + _OPTIONAL)}")
+        raise ValueError(f"{source}: entry {key!r} has unknown fields {extra}; "
+                         f"allowed: {list(_FIELDS + _OPTIONAL)}")
     synonyms = raw.get("synonyms", [])
     if not isinstance(synonyms, list) or not all(isinstance(x, str) and x.strip() for x in synonyms):
-        raise ValueError(f"{source}: entry {key!r}: synonyms must be a list of non-empty phrases, got {synonyms!r}")
+        raise ValueError(f"{source}: entry {key!r}: synonyms must be a list of non-empty phrases, "
+                         f"got {synonyms!r}")
     return KnowledgeEntry(**{f: raw[f].strip() for f in _FIELDS}, synonyms=tuple(x.strip() for x in synonyms))
 
 

@@ -22,7 +22,7 @@ STAGE_SHADOWS: dict[str, str] = {"learner.lr": "lr", "reward": "reward", "data.t
 
 
 def _leaf_types(annotation: Any) -> set[Any]:
-    """The concrete types an annotation admits (Optional/Union/Literal unpacked; Literal gives its values' types)."""
+    """The concrete types an annotation admits (unions unpacked; a Literal gives its values' types)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return {type(v) for v in typing.get_args(annotation)}
@@ -34,7 +34,7 @@ def _leaf_types(annotation: Any) -> set[Any]:
 
 
 def _annotation_at(model: type[BaseModel], path: list[str]) -> Any:
-    """The annotation of the field at `path` (list indices skipped), or None when the path leaves the models."""
+    """The annotation of the field at `path` (list indices skipped), or None when it leaves the models."""
     current: Any = model
     annotation: Any = None
     for part in path:
@@ -44,8 +44,8 @@ def _annotation_at(model: type[BaseModel], path: list[str]) -> Any:
         if fields is None or part not in fields:
             return None
         annotation = fields[part].annotation
-        current = next((t for t in _leaf_types(annotation) if isinstance(t, type) and issubclass(t, BaseModel)),
-                       None)
+        current = next((t for t in _leaf_types(annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
         if current is None and typing.get_origin(annotation) in (list, tuple):
             args = typing.get_args(annotation)
             current = next((t for t in args if isinstance(t, type) and issubclass(t, BaseModel)), None)
@@ -73,17 +73,18 @@ def override_type_errors(model: type[BaseModel], overrides: list[str]) -> list[s
         if Any in allowed:
             continue
         numeric = bool(allowed & {int, float})
+        name, given = key.strip(), raw.strip()
         if isinstance(value, bool) and bool not in allowed and numeric:
-            problems.append(f"override {item!r}: {key.strip()} takes a number, got the bool {raw.strip()}; "
-                            f"write a number, e.g. --set {key.strip()}=1")
-        elif bool in allowed and not numeric and isinstance(value, int | float) and not isinstance(value, bool):
-            problems.append(f"override {item!r}: {key.strip()} is true or false, got the number {raw.strip()}; "
-                            f"write --set {key.strip()}=true or =false")
+            problems.append(f"override {item!r}: {name} takes a number, got the bool {given}; "
+                            f"write a number, e.g. --set {name}=1")
+        elif bool in allowed and not numeric and type(value) in (int, float):
+            problems.append(f"override {item!r}: {name} is true or false, got the number {given}; "
+                            f"write --set {name}=true or =false")
     return problems
 
 
 def shadowed_overrides(stages: list[Any], overrides: list[str]) -> list[str]:
-    """Notes for overrides of a run-level field that a stage's own field replaces, naming the `--set` to use."""
+    """Notes for overrides of a run-level field that a stage's own field replaces, with the `--set` to use."""
     notes = []
     for item in overrides:
         key, _, raw = item.partition("=")

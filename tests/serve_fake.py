@@ -23,8 +23,9 @@ from services.serve.explain import no_box_reason
 from services.serve.trained_on import TrainedOn
 
 # What the stand-in says it was trained on (the page shows it beside each result).
-TRAINED = TrainedOn(run="fake", manifest="data/demo/manifest.jsonl", splits=("train",), records={"grounding": 24},
-                    sources=("synth-demo",), modalities=("chest x-ray",), grounding_keys={"cxr/nodule": 24})
+TRAINED = TrainedOn(run="fake", manifest="data/demo/manifest.jsonl", splits=("train",),
+                    records={"grounding": 24}, sources=("synth-demo",), modalities=("chest x-ray",),
+                    grounding_keys={"cxr/nodule": 24})
 
 ANSWER = "<think>dark pixels</think><answer>box</answer>"
 OUTSIDE = '<think>far away</think><answer>{"bbox_2d": [5000, 5000, 5100, 5100]}</answer>'
@@ -96,11 +97,13 @@ def chromium() -> Iterator[Any]:
 
     browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver_path is None:
-        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs them)")
+        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
+                    "them)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900",
                  f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)

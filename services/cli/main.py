@@ -18,7 +18,7 @@ from services.config_checks import shadowed_overrides
 
 
 def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
-    """A plain flag takes no value, so its help shows no type (typer 0.29 prints `<bool>` beside every flag)."""
+    """A plain flag takes no value, so its help shows no type (typer 0.29 prints `<bool>` beside flags)."""
     return None if self.is_flag else _typed_display(self, ctx)
 
 
@@ -30,8 +30,9 @@ app = typer.Typer(help="Medical visual grounding with RL on Ray.", no_args_is_he
 scale_app = typer.Typer(help="Resize parts of a running training job.", no_args_is_help=True)
 app.add_typer(scale_app, name="scale")
 
-Overrides = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a field: --set "
-                      "learner.lr=1e-5 (a stage's own field, e.g. stages.0.lr, wins over the run's; a note says so)")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a field: --set learner.lr=1e-5 (a stage's own field, e.g. "
+    "stages.0.lr, wins over the run's; a note says so)")]
 Address = Annotated[str | None, typer.Option("--address", envvar="MEDGROUND_RAY_ADDRESS",
                                              help="Ray cluster address (default: a local Ray).")]
 
@@ -117,7 +118,8 @@ def init_model(
 def pretrain_base(
     recipe: Annotated[Path, typer.Argument(help="Base recipe, e.g. deploy/configs/bases/study.yaml")],
     out: Annotated[Path, typer.Argument(help="Model directory to build (reused when built from this recipe).")],
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when OUT holds this recipe's base.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Rebuild even when OUT holds this recipe's base.")] = False,
 ) -> None:
     """Train a small Qwen-VL in full on synthetic grounding: the pretrained base of the CPU miniature."""
     import json
@@ -215,9 +217,9 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
                                                       "the latest checkpoint).")] = None,
              max_samples: Annotated[int | None, typer.Option(help="Held-out records (default: the run's "
                                                              "eval.max_samples).")] = None,
-             out: Annotated[Path | None, typer.Option(help="Also write the predictions to OUT (JSONL) and the "
-                                                      "metrics to OUT with a .json suffix, e.g. /tmp/eval.jsonl "
-                                                      "(the run keeps its eval/cli-*.json(l)).")] = None,
+             out: Annotated[Path | None, typer.Option(
+                 help="Also write the predictions to OUT (JSONL) and the metrics to OUT with a .json suffix, "
+                      "e.g. /tmp/eval.jsonl (the run keeps its eval/cli-*.json(l)).")] = None,
              address: Address = None) -> None:
     """Evaluate a run's adapter on the held-out split (greedy), as the training loop does."""
     from services.evaluation.run import evaluate_run
@@ -246,7 +248,7 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
 
 
 def _writable_out(out: Path) -> Path:
-    """`eval --out`: a .jsonl path whose folder exists (or can be made) and is writable, checked before the work."""
+    """`eval --out`: a .jsonl path whose folder exists (or can be made) and is writable, checked first."""
     if out.suffix != ".jsonl":
         _fail(f"--out {out} must end in .jsonl (the predictions; the metrics go beside it as .json)")
     if out.is_dir():

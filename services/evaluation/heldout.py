@@ -228,12 +228,16 @@ def legend_lines(p: Prediction) -> list[list[tuple[str, tuple[int, int, int]]]]:
     """The overlay's legend, line by line as (text, colour) runs: 'truth' in the truth colour, 'prediction'
     (or 'no box') in the prediction colour, the IoU; then the phrase the model was asked to locate."""
     predicted = "prediction" if p.box is not None else "prediction: no box"
-    return [[("truth", TRUTH_RGB), ("  ", TEXT_RGB), (predicted, PREDICTION_RGB), (f"  IoU {p.iou:.2f}", TEXT_RGB)],
+    return [[("truth", TRUTH_RGB), ("  ", TEXT_RGB), (predicted, PREDICTION_RGB),
+             (f"  IoU {p.iou:.2f}", TEXT_RGB)],
             [(p.record.phrase, (255, 255, 255))]]
 
 
-def draw_legend(draw: ImageDraw.ImageDraw, lines: list[list[tuple[str, tuple[int, int, int]]]], width: int) -> None:
-    """Each line on a dark band from the top left (11 px a line), runs side by side, cut at the image width."""
+Legend = list[list[tuple[str, tuple[int, int, int]]]]
+
+
+def draw_legend(draw: ImageDraw.ImageDraw, lines: Legend, width: int) -> None:
+    """Each line on a dark band from the top left (11 px a line), runs side by side, cut at the width."""
     for row, runs in enumerate(lines):
         y, x = 2 + 11 * row, 3
         text = "".join(t for t, _ in runs)

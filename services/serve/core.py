@@ -93,8 +93,9 @@ class GroundingService:
         self.resolved = resolve(args)
         self.knowledge: KnowledgeBase | None = (load_knowledge(self.resolved.knowledge_dir)
                                                 if self.resolved.knowledge_dir else None)
-        self.trained = (trained_on(load_run_config(self.resolved.run_dir), self.resolved.run_dir, self.knowledge)
-                        if self.resolved.run_dir else TrainedOn(note="served from a model directory, not a run"))
+        run_dir = self.resolved.run_dir
+        self.trained = (trained_on(load_run_config(run_dir), run_dir, self.knowledge) if run_dir
+                        else TrainedOn(note="served from a model directory, not a run"))
         self.worker = RolloutWorkerCore(self.resolved.model_path, self.resolved.rollout, self.knowledge)
         cap = args.max_new_tokens or self.resolved.rollout.sampling.max_new_tokens  # evaluation's cap
         self.sampling = GREEDY.model_copy(update={"max_new_tokens": cap})
@@ -110,7 +111,8 @@ class GroundingService:
         """Validate one upload; BadInput (4xx) names what is wrong. Pure: safe outside the engine thread."""
         text = check_phrase(phrase, self.args.limits)
         key = self._check_knowledge(knowledge_key)
-        choice = choose_knowledge(text, key, self.trained, self.knowledge, self.resolved.rollout.inject_knowledge)
+        inject = self.resolved.rollout.inject_knowledge
+        choice = choose_knowledge(text, key, self.trained, self.knowledge, inject)
         return GroundRequest(decode_image(data, self.args.limits, name), text, choice)
 
     def _check_knowledge(self, key: object) -> str | None:

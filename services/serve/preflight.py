@@ -36,7 +36,8 @@ def check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise PreflightError(f"--host {host!r} does not resolve ({exc.strerror}); use 127.0.0.1 or 0.0.0.0") from None
+        raise PreflightError(f"--host {host!r} does not resolve ({exc.strerror}); use 127.0.0.1 or "
+                             f"0.0.0.0") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free; a listener is not
@@ -46,8 +47,8 @@ def check_port(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PreflightError(f"port {port} on {host} is in use (another `medground serve`? `ss -ltnp "
                                      f"'sport = :{port}'` shows it); pass --port N with a free one") from None
-            raise PreflightError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --host/--port "
-                                 f"(ports below 1024 need root)") from None
+            raise PreflightError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --host or "
+                                 f"--port (ports below 1024 need root)") from None
 
 
 def check_args(args: ServeArgs) -> None:
@@ -57,8 +58,8 @@ def check_args(args: ServeArgs) -> None:
         if not run.is_dir():
             raise PreflightError(f"--run-dir {run} does not exist; pass a training run directory (runs/NAME)")
         if not (run / "resolved_config.json").is_file():
-            raise PreflightError(f"--run-dir {run} is not a run directory (no resolved_config.json); pass runs/NAME "
-                                 f"as `medground train` wrote it")
+            raise PreflightError(f"--run-dir {run} is not a run directory (no resolved_config.json); pass "
+                                 f"runs/NAME as `medground train` wrote it")
     if args.model_path is not None and not Path(args.model_path).is_dir():
         raise PreflightError(f"--model {args.model_path} does not exist; pass an HF model directory "
                              f"(`medground init-model` makes one)")
@@ -74,8 +75,8 @@ def check_args(args: ServeArgs) -> None:
     try:
         if args.adapter_path is not None:
             if not Path(args.adapter_path).is_dir():
-                raise PreflightError(f"--adapter {args.adapter_path} does not exist; pass a LoRA adapter directory "
-                                     f"(runs/NAME/adapter or runs/NAME/checkpoints/step-N/adapter)")
+                raise PreflightError(f"--adapter {args.adapter_path} does not exist; pass a LoRA adapter "
+                                     f"directory (runs/NAME/adapter or runs/NAME/checkpoints/step-N/adapter)")
             read_adapter(args.adapter_path)
         elif resolved.run_dir is not None:
             latest_adapter(resolved.run_dir)

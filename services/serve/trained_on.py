@@ -47,8 +47,8 @@ class TrainedOn:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "manifest": self.manifest, "splits": list(self.splits), "records": self.records,
-                "sources": list(self.sources), "modalities": list(self.modalities),
+        return {"run": self.run, "manifest": self.manifest, "splits": list(self.splits),
+                "records": self.records, "sources": list(self.sources), "modalities": list(self.modalities),
                 "grounding_keys": self.grounding_keys, "note": self.note}
 
 

@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_served_answer_equals_evaluations_answer(tiny_model_dir: Path, demo_data: Path, tmp_path: Path) -> None:
+def test_served_answer_equals_evaluations(tiny_model_dir: Path, demo_data: Path, tmp_path: Path) -> None:
     from services.config import load_config, write_resolved
     from services.data.manifest import load_manifest
     from services.evaluation.heldout import predict
@@ -23,8 +23,9 @@ def test_served_answer_equals_evaluations_answer(tiny_model_dir: Path, demo_data
     from services.serve.core import GroundingService, GroundRequest
     from services.serve.trained_on import KnowledgeChoice
 
-    cfg = load_config("deploy/configs/demo.yaml", [f"data.manifest={demo_data}", f"model.path={tiny_model_dir}",
-                                                   "rollout.engine=hf", "rollout.sampling.max_new_tokens=24"])
+    cfg = load_config("deploy/configs/demo.yaml", [
+        f"data.manifest={demo_data}", f"model.path={tiny_model_dir}", "rollout.engine=hf",
+        "rollout.sampling.max_new_tokens=24"])
     run = tmp_path / "run"
     write_resolved(cfg, run)
     manifest = load_manifest(demo_data, report=lambda _: None)
@@ -38,7 +39,8 @@ def test_served_answer_equals_evaluations_answer(tiny_model_dir: Path, demo_data
         for record, request, ev, sv in zip(records, checked, evaluated, served, strict=True):
             assert request.knowledge.key == record.knowledge_key and request.knowledge.source == "phrase"
             assert sv.text == ev.text and sv.box == ev.box, record.id
-        bare = service.ground([GroundRequest(c.image, c.phrase, KnowledgeChoice(None, "none")) for c in checked])
+        bare = service.ground([GroundRequest(c.image, c.phrase, KnowledgeChoice(None, "none"))
+                               for c in checked])
         assert any(b.text != ev.text for b, ev in zip(bare, evaluated, strict=True))
     finally:
         service.close()

@@ -46,9 +46,11 @@ def _submit(driver: Any, path: Path, phrase: str) -> str:
 
 def _page(driver: Any) -> dict[str, Any]:
     return driver.execute_script(
-        "const c = document.getElementById('canvas'); const t = (id) => document.getElementById(id).textContent;"
+        "const c = document.getElementById('canvas');"
+        "const t = (id) => document.getElementById(id).textContent;"
         "return {size: [c.width, c.height], box: JSON.parse(document.getElementById('coords').dataset.box),"
-        "status: t('status'), coords: t('coords'), reason: t('reason'), trained: t('trained'), meta: t('meta')};")
+        "status: t('status'), coords: t('coords'), reason: t('reason'), trained: t('trained'),"
+        "meta: t('meta')};")
 
 
 def test_success_error_success_clears_and_scales(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

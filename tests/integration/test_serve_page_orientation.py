@@ -64,7 +64,7 @@ def test_page_and_browser_agree_on_an_exif_rotated_photo(monkeypatch: pytest.Mon
             cy, k = (y1 + y2) // 2, 10  # k: canvas pixels per image pixel
             edge = driver.execute_script(pixel, x1 * k, cy * k + 5)  # the box's left edge, drawn in red
             inside = driver.execute_script(pixel, (x1 + x2) // 2 * k + 5, cy * k + 5)  # the naevus, dark
-            sideways = driver.execute_script(pixel, cy * k + 5, cy * k + 5)  # where the stored photo has it: skin
+            sideways = driver.execute_script(pixel, cy * k + 5, cy * k + 5)  # the stored photo's spot: skin
             assert edge[0] > 200 and edge[1] < 80, edge
             assert abs(inside[0] - int(upright[cy, (x1 + x2) // 2, 0])) <= 8 and inside[0] < 128, inside
             assert sideways[0] > 150, sideways

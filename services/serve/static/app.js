@@ -86,7 +86,8 @@ function show(answer) {
   const coords = $("coords");
   coords.dataset.box = JSON.stringify(answer.box);
   coords.textContent = answer.box
-    ? `box (original pixels): x1=${answer.box[0]}, y1=${answer.box[1]}, x2=${answer.box[2]}, y2=${answer.box[3]}`
+    ? `box (original pixels): x1=${answer.box[0]}, y1=${answer.box[1]}, ` +
+      `x2=${answer.box[2]}, y2=${answer.box[3]}`
     : "no box in the answer";
   $("reason").textContent = answer.box ? "" : `Why: ${answer.no_box_reason || "no usable box"}`;
   setStatus(answer.box ? "Found." : "The model gave no usable box; the reason and its answer are below.",

@@ -1,4 +1,4 @@
-"""A new user's wrong inputs (issue 35): each is one line naming the fix, exit 1, before anything heavy starts.
+"""A new user's wrong inputs (issue 35): each is one line naming the fix, exit 1, before heavy work starts.
 
 `serve` checks paths, port and files before Ray; `--set` refuses a bool for a number and the reverse, and says
 when a stage's own field overrides it; `validate-config --show` prints JSON only; `data inspect` names missing
@@ -66,11 +66,12 @@ def _run_dir(tmp_path: Path, model: Path) -> Path:
 def test_serve_checks_paths_before_ray(tmp_path: Path, no_ray: None) -> None:
     model = _model_dir(tmp_path)
     run = _run_dir(tmp_path, model)
-    _one_line_error(runner.invoke(app, ["serve", "--run-dir", str(tmp_path / "nope")]), "--run-dir", "does not exist")
+    nope = str(tmp_path / "nope")
+    _one_line_error(runner.invoke(app, ["serve", "--run-dir", nope]), "--run-dir", "does not exist")
     _one_line_error(runner.invoke(app, ["serve", "--run-dir", str(model)]), "not a run directory")
-    _one_line_error(runner.invoke(app, ["serve", "--model", str(tmp_path / "nope")]), "--model", "does not exist")
+    _one_line_error(runner.invoke(app, ["serve", "--model", nope]), "--model", "does not exist")
     _one_line_error(runner.invoke(app, ["serve", "--model", str(tmp_path)]), "config.json")
-    _one_line_error(runner.invoke(app, ["serve", "--model", str(model), "--adapter", str(tmp_path / "nope")]),
+    _one_line_error(runner.invoke(app, ["serve", "--model", str(model), "--adapter", nope]),
                     "--adapter", "does not exist")
     _one_line_error(runner.invoke(app, ["serve", "--run-dir", str(run), "--adapter", str(model)]),
                     "not a servable adapter")
@@ -96,7 +97,8 @@ def test_serve_fails_fast_without_importing_ray_or_torch(tmp_path: Path) -> None
             "    raise\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=60)
     elapsed = time.perf_counter() - start
     assert done.returncode == 1, done.stderr
     assert done.stdout.strip() == "[]"  # neither Ray nor torch was imported
@@ -111,7 +113,8 @@ def test_set_refuses_bool_for_number_and_the_reverse() -> None:
                     "learner.lr takes a number")
     _one_line_error(runner.invoke(app, ["validate-config", str(DEMO), "--set", "rollout.inject_knowledge=1"]),
                     "true or false")
-    assert runner.invoke(app, ["validate-config", str(DEMO), "--set", "rollout.inject_knowledge=false"]).exit_code == 0
+    fine = runner.invoke(app, ["validate-config", str(DEMO), "--set", "rollout.inject_knowledge=false"])
+    assert fine.exit_code == 0
 
 
 def test_set_shadowed_by_a_stage_says_so_and_validate_show_is_json_only() -> None:

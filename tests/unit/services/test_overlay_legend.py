@@ -15,8 +15,8 @@ from services.evaluation.heldout import PREDICTION_RGB, TRUTH_RGB, Prediction, l
 
 def test_overlay_has_a_legend_and_the_phrase(tmp_path: Path) -> None:
     Image.fromarray(np.full((128, 128), 90, dtype=np.uint8)).save(tmp_path / "img.png")
-    record = Record(id="r1", image="img.png", width=128, height=128, phrase="small nodule in the left lower zone",
-                    boxes=((60, 80, 90, 110),))
+    record = Record(id="r1", image="img.png", width=128, height=128,
+                    phrase="small nodule in the left lower zone", boxes=((60, 80, 90, 110),))
     pred = Prediction(record, "", (64, 84, 94, 114), 0.6)
     lines = legend_lines(pred)
     assert lines[0][0] == ("truth", TRUTH_RGB)

@@ -1,7 +1,7 @@
-"""The run plots read back: for a known metrics.jsonl, each plot's lines (data, labels, styles) and axis labels.
+"""The run plots read back: for a known metrics.jsonl, each plot's lines (data, labels, styles) and axes.
 
 The old plotter looked up `key.replace("eval/", "baseline/centre/")`, which for a key outside `eval/` is the
-key itself, so five of seven plots drew the key's first value as a grey "centre box" line with a mangled label.
+key itself, so five of seven plots drew the key's first value as a grey "centre box" line, mislabelled.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def _known_run(tmp_path: Path) -> Path:
     """Three steps of one GRPO stage; held-out evaluation at steps 0 and 2, the centre baseline at step 0."""
     rows = []
     for step in range(3):
-        row = {"step": step, "stage": "grpo", "reward/total": 0.5 + 0.1 * step, "reward/acc": 0.4 + 0.1 * step,
-               "reward/format": 1.0, "tau/value": 0.3, "batch/zero_variance_fraction": 0.25,
+        row = {"step": step, "stage": "grpo", "reward/total": 0.5 + 0.1 * step,
+               "reward/acc": 0.4 + 0.1 * step, "reward/format": 1.0, "tau/value": 0.3,
+               "batch/zero_variance_fraction": 0.25,
                "time/generate_s": 2.0, "time/reward_s": 0.1, "time/learner_s": 3.0, "time/sync_s": 0.2,
                "time/other_s": 0.3, "learner/loss": 0.01 * step}
         if step in (0, 2):
@@ -44,7 +45,8 @@ def _known_run(tmp_path: Path) -> Path:
 
 def _lines(fig: object) -> dict[str, tuple[list[float], str, str]]:
     ax = fig.axes[0]  # type: ignore[attr-defined]
-    return {str(line.get_label()): ([float(y) for y in line.get_ydata()], line.get_linestyle(), line.get_color())
+    return {str(line.get_label()): ([float(y) for y in line.get_ydata()], line.get_linestyle(),
+                                     line.get_color())
             for line in ax.get_lines() if not str(line.get_label()).startswith("_")}
 
 

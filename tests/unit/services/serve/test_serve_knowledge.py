@@ -38,7 +38,8 @@ def test_match_key_rule() -> None:
     assert match_key("large consolidation in the right middle zone", keys, KB) == ("cxr/consolidation",
                                                                                    "consolidation")
     assert match_key("Left PLEURAL-effusion, small", keys, KB) == ("cxr/pleural-effusion", "pleural effusion")
-    assert match_key("a nodule or mass at the apex", keys, KB) == ("cxr/nodule-mass", "nodule or mass")  # longest
+    longest = ("cxr/nodule-mass", "nodule or mass")
+    assert match_key("a nodule or mass at the apex", keys, KB) == longest
     assert match_key("two nodules", keys, KB) == ("cxr/nodule", "nodules")  # a synonym
     assert match_key("massive opacity", keys, KB) == (None, None)  # whole words only: 'mass' is not 'massive'
     assert match_key("nodule", ["ct/unknown-key"], KB) == (None, None)
@@ -67,7 +68,7 @@ def test_trained_on_reads_the_runs_own_data(demo_run: tuple[object, Path]) -> No
     assert facts.note is None and facts.manifest == str(manifest)
 
 
-def test_served_prompt_equals_evaluations_prompt_for_every_held_out_record(demo_run: tuple[object, Path]) -> None:
+def test_served_prompt_equals_evaluations_for_every_held_out_record(demo_run: tuple[object, Path]) -> None:
     cfg, manifest_path = demo_run
     facts = trained_on(cfg, "runs/demo", KB)  # type: ignore[arg-type]
     manifest = load_manifest(manifest_path, report=lambda _: None)
