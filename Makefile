@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
-PURE := rewards rollout learner/config.py learner/grpo.py learner/correction.py learner/packing.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/expert_similarity.py learner/durable.py services/config.py services/logging_config.py services/data
+PURE := rewards rollout learner/config.py learner/grpo.py learner/correction.py learner/packing.py learner/mlae_masks.py learner/mlae.py learner/export.py learner/adapter_files.py learner/expert_similarity.py learner/durable.py services/config.py services/config_checks.py services/logging_config.py services/data
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0

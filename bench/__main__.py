@@ -18,9 +18,10 @@ SHARED = {"__init__", "__main__", "machine"}  # bench/'s own code, not a benchma
 TOOLS = {"__init__", "runner", "arms", "check", "compare_runs"}  # the studies' framework and tools
 # Training studies (arms x seeds, 15 min to 2 h on 2 cores), vs_trl (~10 min, needs the `bench` extra),
 # shapes (real-width models, ~15 min and up to ~10 GB), faults (~15 min of runs, clusters and kills) and
-# sparse_gate (builds a pretrained base when missing) and learner (its 3B-cut case: ~7 min and ~19 GB): run by
-# name or their make targets, not by --all.
-LONG = {"vs_trl", "shapes", "faults", "sparse_gate", "learner"}
+# sparse_gate (builds a pretrained base when missing), learner (its 3B-cut case: ~7 min and ~19 GB) and
+# serve_latency (needs the demo's model or run: `make demo` first): run by name or their make targets, not by
+# --all.
+LONG = {"vs_trl", "shapes", "faults", "sparse_gate", "learner", "serve_latency"}
 
 
 def available() -> dict[str, str]:

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from learner.adapter_files import VERSION_FILE
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-VERSION_FILE = "medground_adapter.json"  # kept out of adapter_config.json: PEFT warns on unknown keys
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learner.config import LOSS_PRESETS, LearnerConfig
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
+from services.config_checks import override_type_errors
 from services.logging_config import LoggingConfig
 
 
@@ -406,6 +407,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, found {type(tree).__name__}")
+    problems = override_type_errors(RunConfig, overrides or [])
+    if problems:
+        raise ConfigError("\n".join(problems))
     return validate_tree(apply_overrides(tree, overrides or []), str(path))
 
 

@@ -16,10 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rollout.images import ImageFrame
 from services.serve.config import Limits
 from services.serve.core import GroundingService, GroundRequest, GroundResult
+from services.serve.explain import no_box_reason
+from services.serve.trained_on import TrainedOn
+
+# What the stand-in says it was trained on (the page shows it beside each result).
+TRAINED = TrainedOn(run="fake", manifest="data/demo/manifest.jsonl", splits=("train",),
+                    records={"grounding": 24}, sources=("synth-demo",), modalities=("chest x-ray",),
+                    grounding_keys={"cxr/nodule": 24})
 
 ANSWER = "<think>dark pixels</think><answer>box</answer>"
+OUTSIDE = '<think>far away</think><answer>{"bbox_2d": [5000, 5000, 5100, 5100]}</answer>'
 
 
 def dark_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
@@ -40,6 +49,7 @@ class _Service:
     def __init__(self, limits: Limits) -> None:
         self.args = SimpleNamespace(limits=limits)
         self.knowledge = None
+        self.trained = TRAINED
         self.resolved = SimpleNamespace(rollout=SimpleNamespace(inject_knowledge=False))
 
 
@@ -53,6 +63,11 @@ class FakeDeployment:
     async def _ground_batch(self, request: GroundRequest) -> GroundResult:
         self.seen.append(request)
         size = (request.image.width, request.image.height)
+        if request.phrase.startswith("outside"):  # an answer whose box lies past the image: no usable box
+            frame = ImageFrame(*size, *size, "input_pixels")
+            return GroundResult(box=None, model_box=None, text=OUTSIDE, format_ok=True, adapter_version=0,
+                                image_size=size, input_size=size, convention="input_pixels",
+                                no_box_reason=no_box_reason(OUTSIDE, frame))
         box = dark_box(np.asarray(request.image.image))
         return GroundResult(box=box, model_box=box, text=ANSWER, format_ok=True, adapter_version=0, image_size=size,
                             input_size=size, convention="input_pixels")
@@ -69,6 +84,33 @@ def fake_app(monkeypatch: pytest.MonkeyPatch, limits: Limits | None = None) -> I
     deployment = FakeDeployment(limits or Limits())
     monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=deployment))
     yield api, deployment
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (selenium) for page tests; fails naming the fix when it is not installed."""
+    import shutil
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
+                    "them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @contextmanager

@@ -110,11 +110,14 @@ def data_inspect(
     sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG (default: next to the manifest).")] = None,
     limit: Annotated[int, typer.Option(help="Records drawn on the sheet.")] = 24,
     on_bad_record: Annotated[str, typer.Option(help="skip or fail")] = "fail",
+    allow_missing: Annotated[bool, typer.Option("--allow-missing",
+                                                help="Report missing images but exit 0.")] = False,
 ) -> None:
-    """Counts per task, split and size bucket, a contact sheet with boxes, and the records whose boxes are
-    not in their image's frame (exit 1 when an image drawn is unreadable or such a record exists)."""
+    """Counts per task, split and size bucket, a contact sheet with boxes, every record whose image is
+    missing, and the records whose boxes are not in their image's frame (exit 1 when an image is missing,
+    unless --allow-missing, when one drawn is unreadable, or when such a record exists)."""
     from services.data import ManifestError, load_manifest
-    from services.data.inspect import contact_sheet, count, frame_problems
+    from services.data.inspect import contact_sheet, count, frame_problems, missing_images
 
     if on_bad_record not in ("skip", "fail"):
         _fail(f"--on-bad-record {on_bad_record!r} must be skip or fail")
@@ -125,10 +128,25 @@ def data_inspect(
     typer.echo(count(loaded.records).table())
     drawn = contact_sheet(loaded, sheet or manifest.with_name(manifest.stem + "_sheet.png"), limit=limit)
     typer.echo(f"contact sheet: {drawn.path}")
-    if drawn.unreadable:  # training would stop at these records: say so now, not at the first step
-        for problem in drawn.unreadable:
+    missing = missing_images(loaded)
+    if missing:  # training would stop at the first of these: say so now, with every name
+        for record_id, path in missing[:20]:
+            typer.echo(f"  missing image: {path} (record {record_id})", err=True)
+        more = (f" (first 20 listed above; {len(missing) - 20} more)" if len(missing) > 20
+                else " (listed above)")
+        files = len({p for _, p in missing})
+        message = (f"{len(missing)} of {len(loaded.records)} records point at an image that does not exist "
+                   f"({files} file{'s' if files != 1 else ''}){more}; put the images beside the manifest or "
+                   "fix the paths")
+        if not allow_missing:
+            _fail(message + " (--allow-missing reports them and goes on)")
+        typer.echo(f"warning: {message}", err=True)
+    gone = {record_id for record_id, _ in missing}
+    unreadable = [p for p in drawn.unreadable if not any(p.startswith(f"{g}: ") for g in gone)]  # said above
+    if unreadable:  # training would stop at these records: say so now, not at the first step
+        for problem in unreadable:
             typer.echo(f"  unreadable image: {problem}", err=True)
-        _fail(f"{len(drawn.unreadable)} of the images drawn could not be read (listed above); fix or remove "
+        _fail(f"{len(unreadable)} of the images drawn could not be read (listed above); fix or remove "
               "those records")
     misplaced = frame_problems(loaded)  # boxes drawn off their image: wrong boxes, or a refusal at training
     for problem in misplaced[:20]:

@@ -8,18 +8,31 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperOption
 
-from services.config import ConfigError, load_config
+from services.config import ConfigError, RunConfig, load_config
+from services.config_checks import shadowed_overrides
+
+
+def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
+    """A plain flag takes no value, so its help shows no type (typer 0.29 prints `<bool>` beside flags)."""
+    return None if self.is_flag else _typed_display(self, ctx)
+
+
+_typed_display = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
 app = typer.Typer(help="Medical visual grounding with RL on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 scale_app = typer.Typer(help="Resize parts of a running training job.", no_args_is_help=True)
 app.add_typer(scale_app, name="scale")
 
-Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set learner.lr=1e-5")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a field: --set learner.lr=1e-5 (a stage's own field, e.g. "
+    "stages.0.lr, wins over the run's; a note says so)")]
 Address = Annotated[str | None, typer.Option("--address", envvar="MEDGROUND_RAY_ADDRESS",
                                              help="Ray cluster address (default: a local Ray).")]
 
@@ -27,6 +40,29 @@ Address = Annotated[str | None, typer.Option("--address", envvar="MEDGROUND_RAY_
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"medground {version('medground')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("medground (not installed; run `make setup`)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                     help="Print the version and exit.")] = False) -> None:
+    """Medical visual grounding with RL on Ray."""
+
+
+def _notes(cfg: RunConfig, overrides: list[str] | None) -> None:
+    """On stderr: each --set that a stage's own field overrides (services/config_checks.py)."""
+    for note in shadowed_overrides(list(cfg.stages), overrides or []):
+        typer.echo(note, err=True)
 
 
 @app.command("init-model")
@@ -82,7 +118,8 @@ def init_model(
 def pretrain_base(
     recipe: Annotated[Path, typer.Argument(help="Base recipe, e.g. deploy/configs/bases/study.yaml")],
     out: Annotated[Path, typer.Argument(help="Model directory to build (reused when built from this recipe).")],
-    force: Annotated[bool, typer.Option(help="Rebuild even when OUT holds this recipe's base.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Rebuild even when OUT holds this recipe's base.")] = False,
 ) -> None:
     """Train a small Qwen-VL in full on synthetic grounding: the pretrained base of the CPU miniature."""
     import json
@@ -108,17 +145,20 @@ def pretrain_base(
 def validate_config(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. deploy/configs/demo.yaml")],
     overrides: Overrides = None,
-    show: Annotated[bool, typer.Option(help="Print the resolved config as JSON.")] = False,
+    show: Annotated[bool, typer.Option("--show", help="Print the resolved config as JSON (stdout holds only "
+                                       "the JSON; the verdict goes to stderr).")] = False,
 ) -> None:
     """Validate a run config (with overrides) and report every problem with its fix."""
     try:
         cfg = load_config(config, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
-    if show:
+    _notes(cfg, overrides)
+    if show:  # stdout holds the JSON alone (pipe it to jq); the verdict goes to stderr
         typer.echo(cfg.model_dump_json(indent=2))
     n = len(cfg.stages)
-    typer.echo(f"{config}: valid ({n} stage{'' if n == 1 else 's'}: {', '.join(s.name for s in cfg.stages)})")
+    typer.echo(f"{config}: valid ({n} stage{'' if n == 1 else 's'}: {', '.join(s.name for s in cfg.stages)})",
+               err=show)
 
 
 @app.command()
@@ -132,6 +172,8 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (o
     from services.training.train_loop import RunFailed
 
     try:
+        if config is not None:
+            _notes(load_config(config, overrides or []), overrides)
         run_dir = run_training(config, overrides or [], address, resume)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
@@ -152,11 +194,13 @@ def _stopped(exc: BaseException) -> NoReturn:
 @app.command()
 def demo(overrides: Overrides = None) -> None:
     """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms."""
+    from services.training.demo import DEMO_CONFIG
     from services.training.demo import demo as run_demo
     from services.training.trackers import TrackerUnreachable
     from services.training.train_loop import RunFailed
 
     try:
+        _notes(load_config(DEMO_CONFIG, overrides or []), overrides)
         summary = run_demo(overrides or [])
     except (ConfigError, FileNotFoundError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
@@ -173,11 +217,16 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
                                                       "the latest checkpoint).")] = None,
              max_samples: Annotated[int | None, typer.Option(help="Held-out records (default: the run's "
                                                              "eval.max_samples).")] = None,
+             out: Annotated[Path | None, typer.Option(
+                 help="Also write the predictions to OUT (JSONL) and the metrics to OUT with a .json suffix, "
+                      "e.g. /tmp/eval.jsonl (the run keeps its eval/cli-*.json(l)).")] = None,
              address: Address = None) -> None:
     """Evaluate a run's adapter on the held-out split (greedy), as the training loop does."""
     from services.evaluation.run import evaluate_run
     from services.training.trackers import TrackerUnreachable, attach, log_evaluation
 
+    if out is not None:
+        out = _writable_out(out)
     try:
         trackers = attach(run)  # the run's tracker runs get the result too (a dead tracker: before the work)
         try:
@@ -190,6 +239,28 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
     for key, value in sorted(metrics.items()):
         typer.echo(f"  {key:28s} {round(value, 4) if isinstance(value, float) else value}")
     typer.echo(f"predictions: {path}")
+    if out is not None:
+        import shutil
+
+        shutil.copyfile(path, out)
+        shutil.copyfile(path.with_suffix(".json"), out.with_suffix(".json"))
+        typer.echo(f"written: {out} and {out.with_suffix('.json')}")
+
+
+def _writable_out(out: Path) -> Path:
+    """`eval --out`: a .jsonl path whose folder exists (or can be made) and is writable, checked first."""
+    if out.suffix != ".jsonl":
+        _fail(f"--out {out} must end in .jsonl (the predictions; the metrics go beside it as .json)")
+    if out.is_dir():
+        _fail(f"--out {out} is a directory; name a file in it, e.g. {out / 'eval.jsonl'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".medground-write-test-{out.name}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        _fail(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); choose a writable folder")
+    return out
 
 
 @app.command()
@@ -235,6 +306,7 @@ def serve(
 
     from services.serve.config import ServeArgs
     from services.serve.launch import load_serve_config, serve_forever
+    from services.serve.preflight import PreflightError, preflight
 
     if engine is not None and engine not in ("vllm", "hf"):
         _fail(f"--engine {engine!r} is unknown; choose vllm or hf")
@@ -247,9 +319,11 @@ def serve(
         else:
             args = ServeArgs.model_validate({k: str(v) for k, v in (("model_path", model), ("run_dir", run_dir),
                                              ("adapter_path", adapter), ("engine", engine)) if v is not None})
-            args.model_dump()  # validated; resolve() in the replica checks the files
+        preflight(args, host, port)  # every path, the port and the files, before Ray starts
     except ValidationError as exc:
         _fail(f"invalid serve options: {exc.errors()[0]['msg']}; pass --model DIR or --run-dir runs/NAME")
+    except PreflightError as exc:
+        _fail(str(exc))
     serve_forever(None if args is None else args.model_dump(exclude_none=True), config, host, port, address,
                   on_ready=typer.echo)
 
@@ -286,6 +360,7 @@ def submit(config: Annotated[Path, typer.Argument(help="YAML run config inside t
 
     try:
         cfg = load_config(config, overrides or [])  # fail here, not on the cluster
+        _notes(cfg, overrides)
         entry = ops.entrypoint(config, overrides or [], working_dir)
         env = ops.runtime_env(gpu, working_dir.resolve())
         client, job = ops.submit(address, entry, env, job_id or f"medground-{cfg.name}-{int(time.time())}")

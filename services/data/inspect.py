@@ -118,6 +118,11 @@ def contact_sheet(manifest: Manifest, out: str | Path, limit: int = 24, columns:
     return Sheet(out, tuple(unreadable))
 
 
+def missing_images(manifest: Manifest) -> list[tuple[str, Path]]:
+    """(record id, image path) for every record whose image file does not exist, in manifest order."""
+    return [(r.id, path) for r in manifest.records if not (path := manifest.image_path(r)).is_file()]
+
+
 def frame_problems(manifest: Manifest) -> list[str]:
     """One line per record whose boxes are not in the frame of the image it points at, the rule the
     converters follow (converters/common.py `fit_boxes`): a stated width x height other than the image's

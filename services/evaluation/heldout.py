@@ -197,7 +197,8 @@ def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
-    """Ground truth in green, prediction in red, IoU in the corner; one PNG per sample.
+    """Ground truth in green, prediction in red; a legend at the top left says so, with the IoU and the
+    phrase (`legend_lines`); one PNG per sample.
 
     The image is read as training read it (the data layer's reader, the record's window); images under
     256 px are enlarged by a whole factor so boxes stay on pixel edges: a box (x1, y1, x2, y2) in stored
@@ -213,8 +214,36 @@ def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_di
             draw.rectangle([v * scale for v in gt], outline=(0, 220, 0), width=2)
         if p.box is not None:
             draw.rectangle([v * scale for v in p.box], outline=(230, 30, 30), width=2)
-        draw.text((3, 3), f"IoU {p.iou:.2f}", fill=(255, 255, 0))
+        draw_legend(draw, legend_lines(p), image.width)
         path = out_dir / f"{p.record.id.replace('/', '_').replace(':', '_')}.png"
         image.save(path)
         written.append(path)
     return written
+
+
+TRUTH_RGB, PREDICTION_RGB, TEXT_RGB = (0, 220, 0), (230, 30, 30), (255, 255, 0)
+
+
+def legend_lines(p: Prediction) -> list[list[tuple[str, tuple[int, int, int]]]]:
+    """The overlay's legend, line by line as (text, colour) runs: 'truth' in the truth colour, 'prediction'
+    (or 'no box') in the prediction colour, the IoU; then the phrase the model was asked to locate."""
+    predicted = "prediction" if p.box is not None else "prediction: no box"
+    return [[("truth", TRUTH_RGB), ("  ", TEXT_RGB), (predicted, PREDICTION_RGB),
+             (f"  IoU {p.iou:.2f}", TEXT_RGB)],
+            [(p.record.phrase, (255, 255, 255))]]
+
+
+Legend = list[list[tuple[str, tuple[int, int, int]]]]
+
+
+def draw_legend(draw: ImageDraw.ImageDraw, lines: Legend, width: int) -> None:
+    """Each line on a dark band from the top left (11 px a line), runs side by side, cut at the width."""
+    for row, runs in enumerate(lines):
+        y, x = 2 + 11 * row, 3
+        text = "".join(t for t, _ in runs)
+        draw.rectangle([0, y - 1, min(width, 6 + int(draw.textlength(text))), y + 10], fill=(0, 0, 0))
+        for run, colour in runs:
+            if x >= width:
+                break
+            draw.text((x, y), run, fill=colour)
+            x += int(draw.textlength(run))

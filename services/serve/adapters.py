@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from learner.export import VERSION_FILE
+from learner.adapter_files import VERSION_FILE
 from rollout.engines import AdapterSpec
 from services.checkpointing import list_checkpoints
 

@@ -62,6 +62,18 @@ class GroundResponse(BaseModel):
     image: ImageInfo
     model_input: ModelInput
     preview_png: str | None = Field(None, description="Base64 PNG of the decoded image (when preview=true).")
+    no_box_reason: str | None = Field(None, description="Why box is null: no answer block, no four numbers, "
+                                      "an empty box, or a box outside the image the model saw.")
+    knowledge_key: str | None = Field(None, description="The prior-knowledge key the prompt was built with "
+                                      "(null: none), as training built it for a record with this key.")
+    knowledge_source: str = Field("off", description=(
+        "How it was chosen: request (knowledge_key sent), phrase (a finding name or synonym of the run's "
+        "keys found in the phrase), only_key (the run trained grounding under one key), none (no match), "
+        "off (the model was trained without knowledge)."))
+    knowledge_match: str | None = Field(None, description="The finding name matched in the phrase (phrase).")
+    trained_on: dict[str, Any] = Field(default_factory=dict, description=(
+        "What the model was trained on, from the run's own config and manifest: modalities, records per "
+        "task, knowledge keys."))
 
 
 class ReloadBody(BaseModel):
@@ -74,7 +86,8 @@ _GROUND_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image", "phrase"], "properties": {
         "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM file"},
         "phrase": {"type": "string", "description": "The finding to locate"},
-        "knowledge_key": {"type": "string", "description": "Optional prior-knowledge key, e.g. cxr/nodule"},
+        "knowledge_key": {"type": "string", "description": "Optional prior-knowledge key, e.g. cxr/nodule "
+                          "(default: chosen from the phrase by the run's rule, see knowledge_source)"},
         "preview": {"type": "boolean", "description": "Also return a PNG preview of the decoded image"}}}},
     "application/json": {"schema": {"type": "object", "required": ["image", "phrase"], "properties": {
         "image": {"type": "string", "format": "byte", "description": "The file's bytes, base64"},
@@ -168,7 +181,9 @@ class GroundingDeployment:
             model_input=ModelInput(width=result.input_size[0], height=result.input_size[1],
                                    convention=result.convention,
                                    box=None if result.model_box is None else list(result.model_box)),
-            preview_png=preview)
+            preview_png=preview, no_box_reason=result.no_box_reason, knowledge_key=checked.knowledge.key,
+            knowledge_source=checked.knowledge.source, knowledge_match=checked.knowledge.matched,
+            trained_on=self.service.trained.as_dict())
 
     @api.get("/v1/model")
     async def model(self, request: Request) -> dict[str, Any]:

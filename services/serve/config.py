@@ -48,7 +48,9 @@ class ServeArgs(_Strict):
                                                  "or hf (transformers, the reference).")
     rollout: dict[str, Any] = Field(default_factory=dict, description="Overrides of rollout settings "
                                     "(e.g. max_lora_rank, kv_cache_gib); see rollout/config.py.")
-    max_new_tokens: int = Field(64, ge=1, le=4096, description="Answer length cap in tokens (greedy decoding).")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Answer length cap in tokens (greedy "
+                                       "decoding); default: the run's rollout.sampling.max_new_tokens, as "
+                                       "evaluation uses (64 without a run).")
     knowledge_dir: str | None = Field(None, description="Prior-knowledge folder for requests that name a "
                                       "knowledge_key (default: the run's data.knowledge_dir when injection is on).")
     token_env: str = Field("MEDGROUND_SERVE_TOKEN", description="Environment variable holding the bearer token; "

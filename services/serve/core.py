@@ -21,21 +21,37 @@ import rewards
 from rollout.contracts import RolloutRequest
 from rollout.core import RolloutWorkerCore
 from rollout.knowledge import KnowledgeBase, load_knowledge
+from services.config import load_run_config
 from services.evaluation import GREEDY, grounding_answer
 from services.serve.adapters import AdapterError, AdapterSource, latest_adapter, read_adapter
 from services.serve.config import ServeArgs, resolve
+from services.serve.explain import no_box_reason
+from services.serve.trained_on import KnowledgeChoice, TrainedOn, choose_knowledge, trained_on
 from services.serve.validate import BadInput, DecodedImage, check_phrase, decode_image
 
 Origin = Literal["start", "watch", "admin"]
+NO_KNOWLEDGE = KnowledgeChoice(None, "off")
 
 
 @dataclass(frozen=True)
 class GroundRequest:
-    """One checked request: the decoded image (original frame), the trimmed phrase, an optional knowledge key."""
+    """One checked request: the decoded image (original frame), the trimmed phrase, and the knowledge its
+    prompt is built with (services/serve/trained_on.py: the request's key, or one chosen for the phrase)."""
 
     image: DecodedImage
     phrase: str
-    knowledge_key: str | None = None
+    knowledge: KnowledgeChoice = NO_KNOWLEDGE
+
+    @property
+    def knowledge_key(self) -> str | None:
+        return self.knowledge.key
+
+
+def serve_request(index: int, request: GroundRequest) -> RolloutRequest:
+    """The rollout request of a checked upload: what evaluation's `rollout_request(record)` is for a record
+    (image, phrase, grounding, the chosen knowledge key), so both build one prompt (rollout/prompts.py)."""
+    return RolloutRequest(prompt_id=f"serve-{index}", image=request.image.image, question=request.phrase,
+                          knowledge_key=request.knowledge.key)
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class GroundResult:
     image_size: tuple[int, int]
     input_size: tuple[int, int]
     convention: str
+    no_box_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,12 @@ class GroundingService:
         self.resolved = resolve(args)
         self.knowledge: KnowledgeBase | None = (load_knowledge(self.resolved.knowledge_dir)
                                                 if self.resolved.knowledge_dir else None)
+        run_dir = self.resolved.run_dir
+        self.trained = (trained_on(load_run_config(run_dir), run_dir, self.knowledge) if run_dir
+                        else TrainedOn(note="served from a model directory, not a run"))
         self.worker = RolloutWorkerCore(self.resolved.model_path, self.resolved.rollout, self.knowledge)
-        self.sampling = GREEDY.model_copy(update={"max_new_tokens": args.max_new_tokens})
+        cap = args.max_new_tokens or self.resolved.rollout.sampling.max_new_tokens  # evaluation's cap
+        self.sampling = GREEDY.model_copy(update={"max_new_tokens": cap})
         self.live = LiveAdapter(0, None, None, "start", time.time())
         self._watched_step: int | None = None  # newest checkpoint step seen in the watched run
         start = read_adapter(args.adapter_path) if args.adapter_path else self._latest()
@@ -90,7 +111,9 @@ class GroundingService:
         """Validate one upload; BadInput (4xx) names what is wrong. Pure: safe outside the engine thread."""
         text = check_phrase(phrase, self.args.limits)
         key = self._check_knowledge(knowledge_key)
-        return GroundRequest(decode_image(data, self.args.limits, name), text, key)
+        inject = self.resolved.rollout.inject_knowledge
+        choice = choose_knowledge(text, key, self.trained, self.knowledge, inject)
+        return GroundRequest(decode_image(data, self.args.limits, name), text, choice)
 
     def _check_knowledge(self, key: object) -> str | None:
         if key is None or key == "":
@@ -107,8 +130,7 @@ class GroundingService:
 
     def ground(self, requests: Sequence[GroundRequest]) -> list[GroundResult]:
         """Greedy answers for a batch, parsed and converted to original pixels, in request order."""
-        batch = [RolloutRequest(prompt_id=f"serve-{i}", image=r.image.image, question=r.phrase,
-                                knowledge_key=r.knowledge_key) for i, r in enumerate(requests)]
+        batch = [serve_request(i, r) for i, r in enumerate(requests)]
         groups = self.worker.generate(batch, n=1, sampling=self.sampling)
         results = []
         for group in groups:
@@ -119,7 +141,7 @@ class GroundingService:
                 box=box, model_box=parsed.box if parsed is not None else None, text=text,
                 format_ok=parsed is not None and parsed.format_ok, adapter_version=group.adapter_version,
                 image_size=(f.original_width, f.original_height), input_size=(f.input_width, f.input_height),
-                convention=f.convention))
+                convention=f.convention, no_box_reason=None if box is not None else no_box_reason(text, f)))
         return results
 
     # ---- adapters -------------------------------------------------------------------------------------
@@ -177,6 +199,8 @@ class GroundingService:
                 "min_pixels": r.min_pixels, "max_pixels": r.max_pixels,
                 "max_new_tokens": self.sampling.max_new_tokens,
                 "knowledge_keys": sorted(self.knowledge.entries) if self.knowledge else [],
+                "inject_knowledge": self.knowledge is not None and r.inject_knowledge,
+                "trained_on": self.trained.as_dict(),
                 "adapter": {"version": self.live.version, "path": self.live.path, "step": self.live.step,
                             "origin": self.live.origin, "loaded_at": self.live.loaded_at},
                 "limits": self.args.limits.model_dump()}

@@ -237,6 +237,30 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+# y-axis label (with its unit) of each plot; the x axis is always the optimiser step.
+Y_LABELS: dict[str, str] = {
+    "reward": "mean reward per completion (unitless)",
+    "tau": "IoU threshold tau (0-1)",
+    "accuracy": "held-out accuracy (%)",
+    "miou": "held-out mean IoU (0-1)",
+    "zero_variance": "zero-variance groups (fraction, 0-1)",
+    "phase_times": "seconds per step (s)",
+    "loss": "GRPO loss per token (unitless)",
+}
+X_LABEL = "optimiser step (SFT and GRPO stages counted together)"
+# Reference lines exist only for held-out metrics: `eval/<m>` is compared with `baseline/centre/<m>`, the
+# always-centre box on the same records (services/evaluation/heldout.centre_box_baseline).
+BASELINE_PREFIX = ("eval/", "baseline/centre/")
+_BASELINE_STYLES = ("--", "-.", ":")
+
+
+def baseline_key(key: str) -> str | None:
+    """The reference metric of a plotted key, or None: 'eval/A@0.5' -> 'baseline/centre/A@0.5'; a key outside
+    `eval/` has no baseline (the old lookup returned the key itself and drew its first value as a line)."""
+    prefix, base = BASELINE_PREFIX
+    return base + key.removeprefix(prefix) if key.startswith(prefix) else None
+
+
 def plot_run(run_dir: str | Path, plots: dict[str, tuple[str, ...]] = PLOTS) -> list[Path]:
     """Draw one PNG per plot group from metrics.jsonl into `plots/`; returns the files written."""
     import matplotlib
@@ -250,30 +274,45 @@ def plot_run(run_dir: str | Path, plots: dict[str, tuple[str, ...]] = PLOTS) -> 
     out_dir.mkdir(exist_ok=True)
     written = []
     for name, keys in plots.items():
-        series = {k: _series(rows, k) for k in keys}
-        series = {k: v for k, v in series.items() if v[0]}
-        if not series:
+        fig = draw_plot(rows, name, keys, run_dir.name)
+        if fig is None:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
-        for key in keys:  # reference lines: the always-centre box on the same held-out records
-            base = next((r[k] for r in rows for k in [key.replace("eval/", "baseline/centre/")] if k in r), None)
-            if isinstance(base, int | float):
-                ax.axhline(base, linestyle="--", linewidth=1, color="grey", label=f"centre box {key[5:]}")
-        for boundary, stage in _stage_starts(rows):
-            ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
-            ax.text(boundary, ax.get_ylim()[1], f" {stage}", fontsize=7, va="top", color="grey")
-        ax.set_xlabel("step")
-        ax.set_title(f"{run_dir.name}: {name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def draw_plot(rows: list[dict[str, Any]], name: str, keys: Sequence[str], run_name: str) -> Any:
+    """One plot group as a matplotlib Figure (None when no key has data): a line per key, and for each `eval/`
+    key with a baseline in `rows` a horizontal reference line in the key's colour, its own dash pattern and
+    the label 'always-centre box: <metric>'; stage boundaries as dotted verticals; axis labels with units."""
+    import matplotlib.pyplot as plt
+
+    series = {k: _series(rows, k) for k in keys}
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    styles = iter(_BASELINE_STYLES * len(keys))
+    for key, (xs, ys) in series.items():
+        (line,) = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        ref = baseline_key(key)
+        base = next((r[ref] for r in rows if ref is not None and ref in r), None)
+        if isinstance(base, int | float) and not isinstance(base, bool):
+            ax.axhline(base, linestyle=next(styles), linewidth=1.2, color=line.get_color(), alpha=0.8,
+                       label=f"always-centre box: {key.removeprefix(BASELINE_PREFIX[0])}")
+    for boundary, stage in _stage_starts(rows):
+        ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
+        ax.text(boundary, ax.get_ylim()[1], f" {stage}", fontsize=7, va="top", color="grey")
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(Y_LABELS.get(name, name), fontsize=8)
+    ax.set_title(f"{run_name}: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _series(rows: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,27 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
 
 def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
     """Every remaining step of every stage: control, step, sync, evaluate, log, checkpoint, report."""
+    cfg = h.cfg
+    with progress_bar(sum(s.steps for s in cfg.stages), state.global_step, cfg.name) as bar:
+        _stage_loop(h, state, on_step, bar)
+
+
+@contextmanager
+def progress_bar(total: int, initial: int, name: str, file: Any = None) -> Iterator[Any]:
+    """The run's tqdm bar, closed on the way out whatever happens: a closed bar ends its line, so an error
+    printed after a failed step starts on a line of its own instead of being drawn over by the bar."""
     from tqdm import tqdm
 
+    bar = tqdm(total=total, initial=initial, desc=name, dynamic_ncols=True, file=file)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _stage_loop(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[str, Any]], None] | None,
+                bar: Any) -> None:
     cfg = h.cfg
-    bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.global_step, desc=cfg.name, dynamic_ncols=True)
     for stage_index in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[stage_index]
         sampler, producer = _begin_stage(h, state, stage_index)
@@ -161,7 +179,6 @@ def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dic
                 break
         if producer is not None:
             producer.close()
-    bar.close()
 
 
 def _begin_stage(h: RunHandles, state: DriverState, stage_index: int) -> tuple[PromptSampler[Record], Producer | None]:

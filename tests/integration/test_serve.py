@@ -246,15 +246,15 @@ def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
         coords = driver.find_element(By.ID, "coords")
         assert json.loads(coords.get_attribute("data-box") or "null") == api["box"]
         assert all(f"{k}={v:g}" in coords.text for k, v in zip(("x1", "y1", "x2", "y2"), api["box"], strict=True))
-        # The canvas shows the image at scale 1 (320 <= 640): the box's left edge is drawn in pure red.
-        x1, y1, _, y2 = (round(v) for v in api["box"])
+        # The canvas shows the image with its long side at 640 (scale 2): the box's left edge is drawn in red.
+        x1, y1, _, y2 = (round(v * 2) for v in api["box"])
         red = driver.execute_script(
             "const c = document.getElementById('canvas').getContext('2d');"
             "const d = c.getImageData(arguments[0], arguments[1], 1, 1).data; return [d[0], d[1], d[2]];",
             x1, (y1 + y2) // 2)
         assert red[0] > 200 and red[1] < 80 and red[2] < 80, red
         size = driver.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];")
-        assert size == [320, 200]
+        assert size == [640, 400]
         shot = tmp_path / "page.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
     finally:

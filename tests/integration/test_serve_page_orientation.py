@@ -54,16 +54,17 @@ def test_page_and_browser_agree_on_an_exif_rotated_photo(monkeypatch: pytest.Mon
                 "createImageBitmap(document.getElementById('file').files[0])"
                 ".then((b) => done([b.width, b.height]), (e) => done(String(e)));")
             assert shown == [64, 48]
+            # drawn enlarged (long side 640 canvas pixels, 10x), in the upright frame
             assert driver.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];") \
-                == [64, 48]
+                == [640, 480]
             assert json.loads(driver.find_element(By.ID, "coords").get_attribute("data-box") or "null") == \
                 [x1, y1, x2, y2]
             pixel = ("const d = document.getElementById('canvas').getContext('2d')"
                      ".getImageData(arguments[0], arguments[1], 1, 1).data; return [d[0], d[1], d[2]];")
-            cy = (y1 + y2) // 2
-            edge = driver.execute_script(pixel, x1, cy)  # the box's left edge, drawn in red
-            inside = driver.execute_script(pixel, (x1 + x2) // 2, cy)  # the naevus, dark, inside the box
-            sideways = driver.execute_script(pixel, cy, cy)  # where the stored (sideways) photo has it: skin
+            cy, k = (y1 + y2) // 2, 10  # k: canvas pixels per image pixel
+            edge = driver.execute_script(pixel, x1 * k, cy * k + 5)  # the box's left edge, drawn in red
+            inside = driver.execute_script(pixel, (x1 + x2) // 2 * k + 5, cy * k + 5)  # the naevus, dark
+            sideways = driver.execute_script(pixel, cy * k + 5, cy * k + 5)  # the stored photo's spot: skin
             assert edge[0] > 200 and edge[1] < 80, edge
             assert abs(inside[0] - int(upright[cy, (x1 + x2) // 2, 0])) <= 8 and inside[0] < 128, inside
             assert sideways[0] > 150, sideways

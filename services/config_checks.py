@@ -1,0 +1,103 @@
+"""Checks of `--set` overrides that validation alone cannot make (services/config.py applies them).
+
+- Type: YAML reads `true` as a bool and pydantic's lax mode turns it into 1 for an int field (and 1.0 for a
+  float); `override_type_errors` refuses a bool where a number is expected and a number where a bool is.
+- Shadowing: a stage's own field wins over the run's (`stages[i].lr` over `learner.lr`, `stages[i].reward`
+  over `reward`, `stages[i].train_split` over `data.train_split`). The override is kept as given (no
+  silent rewriting of the stage) and `shadowed_overrides` says which stage ignores it and the `--set`
+  that reaches it; the CLI prints these notes on stderr.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+# run-level field (dotted prefix) -> the stage field that overrides it for that stage
+STAGE_SHADOWS: dict[str, str] = {"learner.lr": "lr", "reward": "reward", "data.train_split": "train_split"}
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The concrete types an annotation admits (unions unpacked; a Literal gives its values' types)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaf_types(a) for a in typing.get_args(annotation)))
+    if origin is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    return {origin or annotation}
+
+
+def _annotation_at(model: type[BaseModel], path: list[str]) -> Any:
+    """The annotation of the field at `path` (list indices skipped), or None when it leaves the models."""
+    current: Any = model
+    annotation: Any = None
+    for part in path:
+        if part.isdigit():
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = next((t for t in _leaf_types(annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if current is None and typing.get_origin(annotation) in (list, tuple):
+            args = typing.get_args(annotation)
+            current = next((t for t in args if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return annotation
+
+
+def override_type_errors(model: type[BaseModel], overrides: list[str]) -> list[str]:
+    """One message per override whose value is a bool for a numeric field or a number for a bool field.
+
+    >>> from services.config import RunConfig
+    >>> override_type_errors(RunConfig, ["eval.every=true"])[0].split(";")[0]
+    "override 'eval.every=true': eval.every takes a number, got the bool true"
+    """
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            continue  # parse_override names this one
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        path = key.strip().split(".")
+        annotation = _annotation_at(model, path)
+        if annotation is None:
+            continue
+        allowed = _leaf_types(annotation)
+        if Any in allowed:
+            continue
+        numeric = bool(allowed & {int, float})
+        name, given = key.strip(), raw.strip()
+        if isinstance(value, bool) and bool not in allowed and numeric:
+            problems.append(f"override {item!r}: {name} takes a number, got the bool {given}; "
+                            f"write a number, e.g. --set {name}=1")
+        elif bool in allowed and not numeric and type(value) in (int, float):
+            problems.append(f"override {item!r}: {name} is true or false, got the number {given}; "
+                            f"write --set {name}=true or =false")
+    return problems
+
+
+def shadowed_overrides(stages: list[Any], overrides: list[str]) -> list[str]:
+    """Notes for overrides of a run-level field that a stage's own field replaces, with the `--set` to use."""
+    notes = []
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        for run_field, stage_field in STAGE_SHADOWS.items():
+            if not (key == run_field or key.startswith(run_field + ".")):
+                continue
+            for i, stage in enumerate(stages):
+                own = getattr(stage, stage_field, None)
+                if own is None:
+                    continue
+                shown = own if not isinstance(own, BaseModel) else "its own reward section"
+                target = f"stages.{i}.{stage_field}{key.removeprefix(run_field)}"
+                notes.append(f"note: --set {item} does not reach stage {stage.name!r}, whose {stage_field} "
+                             f"({shown}) wins; to change it there: --set {target}={raw.strip()}")
+    return notes
