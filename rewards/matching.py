@@ -1,0 +1,66 @@
+"""Set rewards for zero, one or many boxes (issue 31): one-to-one matching of predicted and true boxes by
+maximum total IoU, the F1 accuracy at a threshold, and the mean matched IoU.
+
+Predictions and truths are matched by the Hungarian method (scipy's `linear_sum_assignment` on the IoU
+matrix, maximised), as DETR matches a set of predictions, and as RadVLM evaluates per-sample AP with
+multi-box matching. docs/algorithms.md, "Zero, one or many boxes", has the definitions and the choices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from rewards.boxes import FloatArray, iou_pairs
+from rewards.frames import Box
+
+
+def match_boxes(pred: Sequence[Box] | FloatArray, truth: Sequence[Box] | FloatArray) -> FloatArray:
+    """IoUs of the one-to-one matching of `pred` [P, 4] and `truth` [T, 4] (one frame) with the largest total
+    IoU: [min(P, T)] values, pairs of IoU 0 included; empty when either side is empty.
+
+    >>> match_boxes([(0, 0, 10, 10), (20, 0, 30, 10)], [(20, 0, 30, 10), (0, 0, 10, 5)]).tolist()
+    [0.5, 1.0]
+    """
+    p, t = np.asarray(pred, dtype=np.float64).reshape(-1, 4), np.asarray(truth, dtype=np.float64).reshape(-1, 4)
+    if len(p) == 0 or len(t) == 0:
+        return np.zeros(0)
+    table = iou_pairs(p[:, None, :], t[None, :, :])  # [P, T]
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return np.asarray(table[rows, cols], dtype=np.float64)
+
+
+def set_accuracy(matched: Sequence[float] | FloatArray, n_pred: int, n_true: int, tau: float) -> float:
+    """Accuracy at threshold `tau`: the F1 of the matches with IoU >= tau, 2 hits / (n_pred + n_true).
+
+    A negative (n_true = 0) scores 1 for the empty answer and 0 for any box; an empty answer on a positive
+    scores 0. One box against one truth is 1 when IoU >= tau, else 0: the single-box reward.
+
+    >>> set_accuracy([0.9, 0.4], n_pred=3, n_true=2, tau=0.5)  # 1 hit: 2 / 5
+    0.4
+    >>> set_accuracy([], 0, 0, 0.5), set_accuracy([], 1, 0, 0.5), set_accuracy([], 0, 2, 0.5)
+    (1.0, 0.0, 0.0)
+    """
+    if n_true == 0:
+        return 1.0 if n_pred == 0 else 0.0
+    if n_pred == 0:
+        return 0.0
+    hits = sum(1 for v in matched if v >= tau)
+    return 2.0 * hits / (n_pred + n_true)
+
+
+def set_iou(matched: Sequence[float] | FloatArray, n_pred: int, n_true: int) -> float:
+    """Mean matched IoU: the matched IoUs' sum over max(n_pred, n_true), so an extra or a missing box counts
+    as IoU 0 (the raw-IoU reward). A negative: 1 for the empty answer, 0 for any box.
+
+    >>> set_iou([0.9, 0.4], n_pred=3, n_true=2)  # (0.9 + 0.4) / 3
+    0.43333333333333335
+    """
+    if n_true == 0:
+        return 1.0 if n_pred == 0 else 0.0
+    if n_pred == 0:
+        return 0.0
+    return math.fsum(float(v) for v in matched) / max(n_pred, n_true)
