@@ -12,25 +12,36 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from rewards.boxes import FloatArray, iou_pairs
 from rewards.frames import Box
 
+IntArray = npt.NDArray[np.int64]
+
+
+def match_pairs(pred: Sequence[Box] | FloatArray, truth: Sequence[Box] | FloatArray,
+                ) -> tuple[IntArray, IntArray, FloatArray]:
+    """The one-to-one matching of `pred` [P, 4] and `truth` [T, 4] (one frame) with the largest total IoU:
+    (prediction indices [K], truth indices [K], their IoUs [K]), K = min(P, T), prediction indices
+    increasing, pairs of IoU 0 included; empty when either side is empty."""
+    p, t = np.asarray(pred, dtype=np.float64).reshape(-1, 4), np.asarray(truth, dtype=np.float64).reshape(-1, 4)
+    if len(p) == 0 or len(t) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    table = iou_pairs(p[:, None, :], t[None, :, :])  # [P, T]
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return rows.astype(np.int64), cols.astype(np.int64), np.asarray(table[rows, cols], dtype=np.float64)
+
 
 def match_boxes(pred: Sequence[Box] | FloatArray, truth: Sequence[Box] | FloatArray) -> FloatArray:
-    """IoUs of the one-to-one matching of `pred` [P, 4] and `truth` [T, 4] (one frame) with the largest total
-    IoU: [min(P, T)] values, pairs of IoU 0 included; empty when either side is empty.
+    """IoUs of the one-to-one matching with the largest total IoU (`match_pairs`): [min(P, T)] values.
 
     >>> match_boxes([(0, 0, 10, 10), (20, 0, 30, 10)], [(20, 0, 30, 10), (0, 0, 10, 5)]).tolist()
     [0.5, 1.0]
     """
-    p, t = np.asarray(pred, dtype=np.float64).reshape(-1, 4), np.asarray(truth, dtype=np.float64).reshape(-1, 4)
-    if len(p) == 0 or len(t) == 0:
-        return np.zeros(0)
-    table = iou_pairs(p[:, None, :], t[None, :, :])  # [P, T]
-    rows, cols = linear_sum_assignment(table, maximize=True)
-    return np.asarray(table[rows, cols], dtype=np.float64)
+    return match_pairs(pred, truth)[2]
 
 
 def set_accuracy(matched: Sequence[float] | FloatArray, n_pred: int, n_true: int, tau: float) -> float:
