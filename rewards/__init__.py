@@ -5,7 +5,8 @@ the one conversion to original pixels), parse.py (model text -> box, label or gr
 BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), aggregate.py (how the terms
 combine: the weighted sum or GDPO's normalize_then_sum), extra_terms.py (reward terms a user adds:
 ScoredCompletion, loading and checking them), matching.py (the set reward: Hungarian matching, F1 at tau,
-mean matched IoU) and set_scoring.py (its batch columns), schedule.py (the MedLoc-R1 threshold schedule), scorer.py
+mean matched IoU) and set_scoring.py (its batch columns), schedule.py (the MedLoc-R1 threshold schedule),
+scorer.py
 (RewardScorer: scoring plus the schedule's state), config.py (RewardConfig, ExtraTerm, ScheduleConfig),
 trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
 that imports ray). The maths and its sources: docs/algorithms.md.

@@ -26,7 +26,8 @@ def match_pairs(pred: Sequence[Box] | FloatArray, truth: Sequence[Box] | FloatAr
     """The one-to-one matching of `pred` [P, 4] and `truth` [T, 4] (one frame) with the largest total IoU:
     (prediction indices [K], truth indices [K], their IoUs [K]), K = min(P, T), prediction indices
     increasing, pairs of IoU 0 included; empty when either side is empty."""
-    p, t = np.asarray(pred, dtype=np.float64).reshape(-1, 4), np.asarray(truth, dtype=np.float64).reshape(-1, 4)
+    p = np.asarray(pred, dtype=np.float64).reshape(-1, 4)  # [P, 4]
+    t = np.asarray(truth, dtype=np.float64).reshape(-1, 4)  # [T, 4]
     if len(p) == 0 or len(t) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)

@@ -210,8 +210,8 @@ def _members(value: list[object]) -> BoxList:
     for i, member in enumerate(value):
         box = _four_numbers(member.get("bbox_2d") if isinstance(member, dict) else member)
         if box is None:
-            return BoxList(None, f'list member {i} is not a box: each member needs "bbox_2d": [x1, y1, x2, y2], '
-                                 "four finite numbers")
+            return BoxList(None, f'list member {i} is not a box: each member needs "bbox_2d": '
+                                 "[x1, y1, x2, y2], four finite numbers")
         boxes.append(box)
     return BoxList(tuple(boxes))
 
@@ -292,8 +292,10 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
     without one it is only checked for order. Convert it with `rewards.to_original` before IoU.
 
     >>> frame = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
-    >>> parse_answer('<think>left base</think><answer>{"bbox_2d": [10, 20.5, 300, 400]}</answer>', frame=frame)
-    ParsedAnswer(think='left base', format_ok=True, box=(10.0, 20.5, 300.0, 280.0), label=None, grade=None, boxes=None)
+    >>> parsed = parse_answer('<think>left base</think><answer>{"bbox_2d": [10, 20.5, 300, 400]}</answer>',
+    ...                       frame=frame)
+    >>> parsed.think, parsed.format_ok, parsed.box, parsed.boxes
+    ('left base', True, (10.0, 20.5, 300.0, 280.0), None)
     >>> parse_answer("<answer>[30, 40, 10, 20]</answer>") is None  # corners swapped: no box
     True
     """
@@ -307,7 +309,8 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
             found = grounding_set(answer, frame)
             if found.boxes is None:
                 return None
-            return ParsedAnswer(think, tags_ok, box=found.boxes[0] if found.boxes else None, boxes=found.boxes)
+            first = found.boxes[0] if found.boxes else None
+            return ParsedAnswer(think, tags_ok, box=first, boxes=found.boxes)
         case "grounding":
             raw = box_numbers(answer)
             box = None if raw is None else clip_answer_box(raw, frame)

@@ -136,7 +136,8 @@ class ThresholdSchedule:
         `group_ious` are the mean matched IoUs. One box against one truth gives the same entry as without.
         """
         if matches is not None and len(matches) != len(group_ious):
-            raise ValueError(f"{len(matches)} match lists for {len(group_ious)} completions; give one per completion")
+            raise ValueError(f"{len(matches)} match lists for {len(group_ious)} completions; "
+                             "give one per completion")
         if len(group_ious) == 0:
             raise ValueError("observe() needs the IoUs of a non-empty group; skip empty groups in the caller")
         if not all(0.0 <= v <= 1.0 for v in group_ious):  # NaN fails too: it would block the window N groups

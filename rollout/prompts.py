@@ -26,8 +26,8 @@ _BOX_SENTENCE: dict[Convention, str] = {
 }
 # stage.multi_box (issue 31): the answer is a set, the form Qwen2.5-VL / Qwen3-VL answer natively.
 _BOXES_SENTENCE: dict[Convention, str] = {
-    "input_pixels": 'Give every region as a list [{"bbox_2d": [x1, y1, x2, y2]}, ...] in pixels of this image, '
-                    "one object per region, or [] if it is not present.",
+    "input_pixels": 'Give every region as a list [{"bbox_2d": [x1, y1, x2, y2]}, ...] in pixels of this '
+                    "image, one object per region, or [] if it is not present.",
     "norm1000": 'Give every region as a list [{"bbox_2d": [x1, y1, x2, y2]}, ...] in 0-1000 normalised '
                 "coordinates, one object per region, or [] if it is not present.",
 }

@@ -45,7 +45,8 @@ def rollout_request(record: Record, image_path: Path, seed: int | None = None,
             "again with the images in place (`medground data convert` scales boxes onto a resized copy) or point "
             "the record at the image the boxes were drawn on; changing width/height alone would keep wrong boxes")
     return RolloutRequest(prompt_id=record.id, image=image.to_pil(), question=record.phrase,
-                          task=record.task, knowledge_key=record.knowledge_key, seed=seed, multi_box=multi_box)
+                          task=record.task, knowledge_key=record.knowledge_key, seed=seed,
+                          multi_box=multi_box)
 
 
 def reward_frame(frame: RolloutFrame) -> rf.ImageFrame:
@@ -96,8 +97,8 @@ def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor
     """The prompt a rollout worker builds for `record` (rollout.core: build_prompt, then the processor), built
     here with the same processor: the SFT sample's prompt, and what a benchmark feeding another trainer
     (bench/vs_trl.py) gives it. `prepared.prompt` holds the messages, the image and the injected knowledge."""
-    prompt = build_prompt(rollout_request(record, image_path, multi_box=multi_box), convention_of(processor.family),
-                          knowledge,
+    prompt = build_prompt(rollout_request(record, image_path, multi_box=multi_box),
+                          convention_of(processor.family), knowledge,
                           inject_knowledge)
     return processor.prepare(prompt)
 

@@ -73,8 +73,8 @@ def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_
         return think + "<answer>" + json.dumps(listed) + "</answer>"
     if record.task == "grounding":
         if not record.boxes:
-            raise ValueError(f"record {record.id!r} is a negative (no box): a single-box SFT target cannot say "
-                             "'not present'; train it in a stage with multi_box: true")
+            raise ValueError(f"record {record.id!r} is a negative (no box): a single-box SFT target cannot "
+                             "say 'not present'; train it in a stage with multi_box: true")
         box = rf.from_original(record.boxes[0], reward_frame(frame))
         return think + "<answer>" + json.dumps({"bbox_2d": [round(v) for v in box]}) + "</answer>"
     if record.task == "classification":

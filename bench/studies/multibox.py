@@ -19,14 +19,15 @@ from bench.studies.arms import Arm, Row, Study
 CONFIG = "deploy/configs/bench_multibox.yaml"
 ARMS = (
     Arm("sft", train=False, note="the SFT warm start on list answers ([] for normals): before GRPO"),
-    Arm("grpo_set", note="GRPO with the set reward (F1 of Hungarian matches at tau; [] on a normal scores 1)"),
+    Arm("grpo_set", note="GRPO with the set reward (F1 of Hungarian matches at tau; [] on a normal: 1)"),
     Arm("grpo_single", ("reward.boxes=single",),
         note="the same GRPO with the single-box reward (first box, best IoU; nothing is right on a normal)"),
 )
 COLUMNS = (("FP rate on normals %", "eval/sets/negatives/fp_rate", 1),
            ("recall@0.5 multi-lesion %", "eval/sets/multi/R@0.5", 1),
            ("AP@0.5 %", "eval/sets/AP@0.5", 1), ("F1@0.5 %", "eval/sets/F1@0.5", 1),
-           ("miss rate %", "eval/sets/miss_rate", 1), ("parse fail on normals %", "eval/sets/negatives/neg_parse_fail_pct", 1))
+           ("miss rate %", "eval/sets/miss_rate", 1),
+           ("parse fail on normals %", "eval/sets/negatives/neg_parse_fail_pct", 1))
 METRICS = ("eval/sets/negatives/fp_rate", "eval/sets/multi/R@0.5", "eval/sets/AP@0.5", "eval/sets/miss_rate")
 DEVIATIONS = (
     "synthetic phantoms (112 px) with 0-3 lesions of one finding, not RSNA / VinDr / MS-CXR; the demo's 3.6M-"
@@ -47,14 +48,16 @@ def study(seeds: tuple[int, ...]) -> Study:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     from bench.studies.runner import run_study
 
-    desc = ("Set reward vs single-box reward after one SFT warm start on list answers, on synthetic images with "
-            "0-3 lesions (a quarter normal); held-out 200 val images. FP rate: normals answered with any box; "
-            "recall: true boxes of images with >= 2 lesions matched at IoU >= 0.5 (one-to-one, max total IoU); "
+    desc = ("Set reward vs single-box reward after one SFT warm start on list answers, on synthetic "
+            "images with 0-3 lesions (a quarter normal); held-out 200 val images. FP rate: normals answered "
+            "with any box; recall: true boxes of images with >= 2 lesions matched at IoU >= 0.5 (one-to-one, "
+            "max total IoU); "
             "percent.")
     run_study(study(tuple(args.seeds)), "multibox", COLUMNS, prepare, desc, DEVIATIONS)
 

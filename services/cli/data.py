@@ -82,9 +82,9 @@ def data_convert(
     labels: Annotated[str | None, typer.Option(help="MedMNIST: comma list of class names by index.")] = None,
     on_bad_record: Annotated[str, typer.Option(help="A malformed row: fail (stop, naming it) or skip (count it "
                                                "and go on), as data.on_bad_record does for manifests.")] = "fail",
-    negatives: Annotated[str, typer.Option(help="Images without the finding (RSNA Target 0, VinDr 'No finding', "
-                                           "masks without a lesion): skip (counted) or keep as records with no "
-                                           "box, for stages with multi_box: true.")] = "skip",
+    negatives: Annotated[str, typer.Option(help="Images without the finding (RSNA Target 0, VinDr 'No "
+                                           "finding', masks without a lesion): skip (counted) or keep as "
+                                           "records with no box, for stages with multi_box: true.")] = "skip",
     components: Annotated[str, typer.Option(help="Masks and volumes: union (one box per mask) or each (one "
                                             "box per connected lesion).")] = "union",
 ) -> None:

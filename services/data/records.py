@@ -72,8 +72,8 @@ class Record(BaseModel):
         "classification/grading: the question. No prompt template; rollout adds it.",
     )
     boxes: tuple[Box, ...] = Field(
-        (), description="Grounding targets, x1,y1,x2,y2 float stored-image pixels; several allowed per phrase; "
-        "none: a negative (the phrase's finding is absent from the image; `--negatives keep`).",
+        (), description="Grounding targets, x1,y1,x2,y2 float stored-image pixels; several allowed per "
+        "phrase; none: a negative (the phrase's finding is absent from the image; `--negatives keep`).",
     )
     label: str | None = Field(None, description="Classification answer (one of `choices` when given).")
     choices: tuple[str, ...] = Field((), description="Classification options shown to the model, if any.")

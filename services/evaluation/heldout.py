@@ -45,7 +45,7 @@ class Prediction:
     iou: float
     label: str | None = None
     grade: int | None = None
-    boxes: tuple[rewards.Box, ...] | None = None  # multi_box: every box (original pixels), () for "not present"
+    boxes: tuple[rewards.Box, ...] | None = None  # multi_box: every box (original pixels), () if none
 
 
 def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_tokens: int,
@@ -54,7 +54,8 @@ def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_to
     as sets of boxes)."""
     sampling = GREEDY.model_copy(update={"max_new_tokens": max_new_tokens})
     groups: list[RolloutGroup] = pool.generate(
-        [rollout_request(r, manifest.image_path(r), multi_box=multi_box) for r in records], n=1, sampling=sampling)
+        [rollout_request(r, manifest.image_path(r), multi_box=multi_box) for r in records],
+        n=1, sampling=sampling)
     return [_prediction(r, g, multi_box) for r, g in zip(records, groups, strict=True)]
 
 
@@ -66,8 +67,8 @@ def evaluate(pool: Any, manifest: Manifest, records: Sequence[Record], cfg: RunC
     for a list, scored by the set metrics). Returns (row, greedy predictions)."""
     multi = any(s.multi_box for s in cfg.stages)
     preds = predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens, multi)
-    sampled = predict_sampled(pool, manifest, records, cfg.eval.samples,
-                              sample_config(cfg.rollout.sampling, cfg.eval.sample_temperature), cfg.seed, multi)
+    sampling = sample_config(cfg.rollout.sampling, cfg.eval.sample_temperature)
+    sampled = predict_sampled(pool, manifest, records, cfg.eval.samples, sampling, cfg.seed, multi)
     write_predictions(preds, path, sampled)
     return report(preds, cfg.reward.label_match, sampled, multi), preds
 
@@ -89,7 +90,8 @@ def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k:
         return {}
     seeds = np.random.SeedSequence([seed, 0x5EED]).generate_state(len(grounding))
     groups: list[RolloutGroup] = pool.generate(
-        [rollout_request(r, manifest.image_path(r), int(s), multi_box) for r, s in zip(grounding, seeds, strict=True)],
+        [rollout_request(r, manifest.image_path(r), int(s), multi_box)
+         for r, s in zip(grounding, seeds, strict=True)],
         n=k, sampling=sampling)
     if multi_box:
         return {r.id: tuple(_set_iou(grounding_boxes(c.text, g.frame), r.boxes) for c in g.completions)
@@ -254,7 +256,8 @@ def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_di
                 xy = [v * scale for v in box]
                 draw.rectangle(xy, outline=colour, width=2)
                 # truths numbered at their top-left corner, predictions at their bottom-right
-                draw.text((xy[0] + 2, xy[1] + 1) if corner == 0 else (xy[2] - 8, xy[3] - 12), str(i), fill=colour)
+                at = (xy[0] + 2, xy[1] + 1) if corner == 0 else (xy[2] - 8, xy[3] - 12)
+                draw.text(at, str(i), fill=colour)
         caption = "not found" if p.boxes == () else f"IoU {p.iou:.2f}"
         draw.text((3, 3), caption, fill=(255, 255, 0))
         path = out_dir / f"{p.record.id.replace('/', '_').replace(':', '_')}.png"

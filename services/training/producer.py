@@ -127,7 +127,8 @@ def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
 def requests(h: RunHandles, records: Sequence[Record], step: int, refill: int,
              multi_box: bool = False) -> list[RolloutRequest]:
     """The rollout requests of one generation round: what rollout may see of each record."""
-    return [rollout_request(r, h.manifest.image_path(r), sampling_seed(h.cfg.seed, step, refill, i), multi_box)
+    return [rollout_request(r, h.manifest.image_path(r), sampling_seed(h.cfg.seed, step, refill, i),
+                            multi_box)
             for i, r in enumerate(records)]
 
 

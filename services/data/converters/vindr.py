@@ -123,8 +123,9 @@ def _record(image: str, cls: str, ref: str, size: tuple[int, int] | None, boxes:
                         attributes={"finding": finding, "vindr_class": cls, **extra}))
 
 
-def _positives(path: Path, out_dir: Path, options: ConvertOptions, groups: dict[tuple[str, str], list[tuple[Box, str]]],
-               root: str, result: ConvertResult) -> None:
+def _positives(path: Path, out_dir: Path, options: ConvertOptions,
+               groups: dict[tuple[str, str], list[tuple[Box, str]]], root: str,
+               result: ConvertResult) -> None:
     """One record per (image, class) with its fused boxes."""
     for (image, cls), boxes in sorted(groups.items()):
         fused = fuse(boxes, options.fuse_iou, options.min_votes)

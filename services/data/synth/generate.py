@@ -53,9 +53,10 @@ class SynthSpec(BaseModel):
     )
     hybrid: bool = Field(False, description="Paste findings into the real RG1 radiograph (needs pydicom-data).")
     lesions: tuple[int, int] = Field(
-        (1, 1), description="Inclusive range of target lesions per abnormal image (issue 31). Other than (1, 1): "
-        "one repeatable finding (nodule, mass, consolidation) drawn that many times without overlap, a grounding "
-        "record asking for every one of them, and normal images (normal_fraction) written as negatives (no box); "
+        (1, 1), description="Inclusive range of target lesions per abnormal image (issue 31). Other than "
+        "(1, 1): one repeatable finding (nodule, mass, consolidation) drawn that many times without overlap, "
+        "a grounding record asking for every one of them, and normal images (normal_fraction) written as "
+        "negatives (no box); "
         "services/data/synth/multi.py. (1, 1): one lesion, as before.")
 
     @model_validator(mode="after")
@@ -235,7 +236,8 @@ def write_dataset(spec: SynthSpec, out_dir: str | Path, seed: int, manifest_name
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             if spec.multi:
-                pixels, finding, lesions, facts = synth_multi(spec, image_rng(seed, split, index), index, base)
+                rng = image_rng(seed, split, index)
+                pixels, finding, lesions, facts = synth_multi(spec, rng, index, base)
                 rel = f"images/{split}/{index:05d}.png"
                 Image.fromarray(pixels, mode="L").save(out / rel, optimize=False)
                 records.extend(multi_records(spec, split, index, rel, finding, lesions, facts))

@@ -75,6 +75,7 @@ def multi_records(spec: SynthSpec, split: str, index: int, image: str, finding: 
     if areas:
         attributes["relative_area"] = round(max(areas), 6)
     yield Record(id=f"synth-{split}-{index:05d}-grounding", task="grounding", image=image, width=size,
-                 height=size, split=split, phrase=multi_phrase(finding), boxes=tuple(les.box for les in lesions),
+                 height=size, split=split, phrase=multi_phrase(finding),
+                 boxes=tuple(lesion.box for lesion in lesions),
                  knowledge_key=knowledge_key(finding), source="synthetic_cxr_multi",
                  meta=RecordMeta(modality="cxr", orientation="radiological", attributes=attributes))

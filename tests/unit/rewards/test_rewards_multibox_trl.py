@@ -30,7 +30,8 @@ def test_trl_adapter_scores_sets_from_the_json_column() -> None:
 
 
 def test_trl_adapter_single_box_targets_score_as_the_scorer_did() -> None:
-    completions = [_answer([[10, 10, 40, 40]]), '<think>t</think><answer>{"bbox_2d": [12, 12, 40, 40]}</answer>',
+    completions = [_answer([[10, 10, 40, 40]]),
+                   '<think>t</think><answer>{"bbox_2d": [12, 12, 40, 40]}</answer>',
                    "no answer", "<answer>[15, 15, 60, 60]</answer>"]
     for config in (RewardConfig(w_recite=0.0, accuracy="fixed"), RewardConfig(w_recite=0.0, accuracy="fixed",
                                                                                boxes="set")):

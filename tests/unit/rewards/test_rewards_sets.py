@@ -70,7 +70,8 @@ def test_set_reward_equals_a_brute_force_computation(name: str, tau: float) -> N
     assert b.r_acc == pytest.approx(f1, abs=1e-12) and b.iou == pytest.approx(mean, abs=1e-12)
     assert b.format_ok and b.total == pytest.approx(f1 + 0.5)
     assert b.pred_boxes is not None and len(b.pred_boxes) == len(pred)
-    [raw] = score_group([_answer(pred)], target, ScheduleSnapshot(None, 0), SET.model_copy(update={"accuracy": "raw_iou"}))
+    raw_cfg = SET.model_copy(update={"accuracy": "raw_iou"})
+    [raw] = score_group([_answer(pred)], target, ScheduleSnapshot(None, 0), raw_cfg)
     assert raw.r_acc == pytest.approx(mean, abs=1e-12)
     assert sorted(match_boxes(clipped, TRUTHS).tolist()) == pytest.approx(sorted(matched), abs=1e-12)
 
@@ -79,7 +80,7 @@ def test_negatives_and_empty_answers() -> None:
     negative = RewardTarget("grounding", boxes=(), frame=FRAME)
     positive = RewardTarget("grounding", boxes=(TRUTHS[0],), frame=FRAME)
     texts = [_answer([]), _answer([TRUTHS[0]]), '<think>t</think><answer>[{"bbox_2d": [1, 2]}]</answer>',
-             _answer([(300.0, 10.0, 350.0, 20.0)])]  # empty, one box, a broken member, a box outside the image
+             _answer([(300.0, 10.0, 350.0, 20.0)])]  # empty, one box, a broken member, a box outside
     neg = score_group(texts, negative, ScheduleSnapshot(0.5, 0), SET)
     assert [(b.r_acc, b.iou, b.format_ok) for b in neg] == [(1.0, 1.0, True), (0.0, 0.0, True),
                                                             (0.0, 0.0, False), (0.0, 0.0, False)]
@@ -88,7 +89,8 @@ def test_negatives_and_empty_answers() -> None:
     assert [(b.r_acc, b.iou, b.format_ok) for b in pos] == [(0.0, 0.0, True), (1.0, 1.0, True),
                                                             (0.0, 0.0, False), (0.0, 0.0, False)]
     # The single-box reward cannot say "not present": nothing is right on a negative, [] does not parse.
-    single = score_group(texts, negative, ScheduleSnapshot(0.5, 0), SET.model_copy(update={"boxes": "single"}))
+    single_cfg = SET.model_copy(update={"boxes": "single"})
+    single = score_group(texts, negative, ScheduleSnapshot(0.5, 0), single_cfg)
     assert [(b.r_acc, b.format_ok) for b in single] == [(0.0, False), (0.0, True), (0.0, False), (0.0, False)]
     assert set_accuracy([], 0, 0, 0.5) == 1.0 and set_iou([], 2, 0) == 0.0 and set_iou([], 0, 3) == 0.0
 
@@ -106,8 +108,10 @@ def test_a_single_box_record_scores_exactly_as_the_single_box_reward(mode: str) 
         x, y = rng.uniform(0, 150), rng.uniform(0, 60)
         truth = (x, y, x + rng.uniform(1, 50), y + rng.uniform(1, 40))
         # random answers: some outside the image, some with swapped corners, a bare list, Qwen's corners
-        texts = [f'<think>x</think><answer>{{"bbox_2d": {list(_random_box(rng))}}}</answer>' for _ in range(4)]
-        texts += ["<answer>[1, 2, 3, 4]</answer>", "no answer", "<think>x</think><answer>(5,5),(60,40)</answer>"]
+        texts = [f'<think>x</think><answer>{{"bbox_2d": {list(_random_box(rng))}}}</answer>'
+                 for _ in range(4)]
+        texts += ["<answer>[1, 2, 3, 4]</answer>", "no answer",
+                  "<think>x</think><answer>(5,5),(60,40)</answer>"]
         groups.append((texts, RewardTarget("grounding", boxes=(truth,), frame=FRAME)))
     base = RewardConfig(accuracy=mode, schedule={"window": 4})  # type: ignore[arg-type]
     one, other = RewardScorer(base), RewardScorer(base.model_copy(update={"boxes": "set"}))

@@ -22,7 +22,8 @@ def _records(folder: Path) -> Manifest:
     Image.new("L", (SIZE, SIZE)).save(folder / "img.png")
     boxes = {0: (), 1: ((10.0, 10.0, 40.0, 50.0),), 2: ((5.0, 5.0, 20.0, 20.0), (40.0, 40.0, 60.0, 60.0))}
     records = [Record(id=f"{split}-{i}", image="img.png", width=SIZE, height=SIZE, split=split,
-                      phrase="every mass", boxes=boxes[i % 3]) for split in ("train", "val") for i in range(3)]
+                      phrase="every mass", boxes=boxes[i % 3])
+               for split in ("train", "val") for i in range(3)]
     return Manifest(folder / "manifest.jsonl", tuple(records))
 
 
@@ -36,20 +37,23 @@ def test_a_multi_box_stage_asks_for_lists_and_scores_sets(tmp_path: Path, boxes_
         asked.append(request.multi_box)
         listed = [{"bbox_2d": [int(v) for v in b]} for b in truth[request.prompt_id]]
         # half the group answers the truth as a list, half its first box alone (a fixed box on a negative)
-        body = json.dumps(listed) if j % 2 == 0 else json.dumps(listed[0] if listed else {"bbox_2d": [10, 10, 40, 50]})
+        alone = listed[0] if listed else {"bbox_2d": [10, 10, 40, 50]}
+        body = json.dumps(listed) if j % 2 == 0 else json.dumps(alone)
         return f"<think>t</think><answer>{body}</answer>"
 
     cfg = RunConfig.model_validate({
         "name": "multi", "output_dir": str(tmp_path / "runs"), "model": {"path": "unused"},
         "data": {"manifest": "unused"},
-        "stages": [{"name": "rl", "kind": "grpo", "steps": 2, "prompts_per_step": 3, "refill_cap": 0, "drop_zero_variance": False,
-                    "multi_box": True}],
+        "stages": [{"name": "rl", "kind": "grpo", "steps": 2, "prompts_per_step": 3, "refill_cap": 0,
+                    "drop_zero_variance": False, "multi_box": True}],
         "rollout": {"group_size": 2}, "reward": {"w_recite": 0.0, "boxes": boxes_mode, "accuracy": "fixed"},
         "eval": {"at_start": False, "max_samples": 3, "overlays": 0, "samples": 0}})
     pool = ScriptedPool(answer, group_size=2)
     rows: list[dict[str, object]] = []
-    train_loop.run(cfg, run_dir=tmp_path / "run", on_step=lambda s, r: rows.append(r), start=lambda c, d: handles(
-        c, d, manifest, pool, RecordingLearner(), QueueControl(), LocalReward))
+    def start(c: RunConfig, d: Path):  # type: ignore[no-untyped-def]
+        return handles(c, d, manifest, pool, RecordingLearner(), QueueControl(), LocalReward)
+
+    train_loop.run(cfg, run_dir=tmp_path / "run", on_step=lambda s, r: rows.append(r), start=start)
     assert asked and all(asked)  # every request of the stage and of its evaluation asked for a list
     trained = {i for call in pool.calls for i in call if i.startswith("train-")}
     assert "train-0" in trained  # the negative record is trained

@@ -30,7 +30,7 @@ def _iou(a: Box, b: Box) -> float:
 
 
 def _brute_hits(pred: list[Box], truth: list[Box], t: float) -> list[bool]:
-    """Hits per prediction under the injection of predictions into truths (or back) with the largest total IoU."""
+    """Hits per prediction under the injection of predictions into truths (or back) of largest total IoU."""
     best, best_pairs = -1.0, []
     if len(pred) <= len(truth):
         for perm in itertools.permutations(range(len(truth)), len(pred)):
@@ -65,8 +65,8 @@ def _plain_ap(hit: list[bool], n_true: int) -> float:
 T = [(10.0, 10.0, 40.0, 40.0), (60.0, 10.0, 90.0, 40.0), (30.0, 60.0, 70.0, 95.0)]
 ANSWERS = [
     # several truths, several predictions with a duplicate and a far false positive, a near one (IoU 0.6)
-    SetAnswer(((60.0, 10.0, 90.0, 40.0), (60.0, 10.0, 90.0, 40.0), (10.0, 10.0, 40.0, 35.0), (0.0, 90.0, 5.0, 99.0)),
-              tuple(T), 0.14),
+    SetAnswer(((60.0, 10.0, 90.0, 40.0), (60.0, 10.0, 90.0, 40.0), (10.0, 10.0, 40.0, 35.0),
+               (0.0, 90.0, 5.0, 99.0)), tuple(T), 0.14),
     SetAnswer(((12.0, 12.0, 42.0, 42.0),), (T[0],), 0.09),  # one box, IoU 784/1016 = 0.77
     SetAnswer((), (T[1],), 0.09),  # empty on a positive: a miss
     SetAnswer(None, (T[2],), 0.14),  # unparsable on a positive: a miss
@@ -102,10 +102,11 @@ def test_set_metrics_equal_an_independent_computation() -> None:
 
 def test_answers_are_read_from_text_with_boxes_outside_the_image_clipped_or_refused() -> None:
     frame = ImageFrame(200, 100, 112, 56, "input_pixels")  # x 200/112, y 100/56
-    two = grounding_boxes('<think>t</think><answer>[{"bbox_2d": [-10, 0, 56, 28]}, {"bbox_2d": [56, 28, 200, 90]}]'
-                          "</answer>", frame)
+    two = grounding_boxes('<think>t</think><answer>[{"bbox_2d": [-10, 0, 56, 28]}, '
+                          '{"bbox_2d": [56, 28, 200, 90]}]</answer>', frame)
     assert two == ((0.0, 0.0, 100.0, 50.0), (100.0, 50.0, 200.0, 100.0))  # clipped to 112 x 56, then scaled
-    assert grounding_boxes('<answer>[{"bbox_2d": [120, 60, 130, 70]}]</answer>', frame) is None  # wholly outside
+    outside = '<answer>[{"bbox_2d": [120, 60, 130, 70]}]</answer>'
+    assert grounding_boxes(outside, frame) is None  # wholly outside the 112 x 56 input
     assert grounding_boxes("<answer>[]</answer>", frame) == ()
 
 

@@ -72,7 +72,8 @@ def test_rsna_two_box_patient_and_target_0_patient(tmp_path: Path) -> None:
     # xywh -> xyxy: (100, 150, 100 + 200, 150 + 300), (600, 160, 600 + 210, 160 + 290)
     assert by_id["rsna:p-two"].boxes == ((100.0, 150.0, 300.0, 450.0), (600.0, 160.0, 810.0, 450.0))
     none = by_id["rsna:p-none"]
-    assert none.boxes == () and none.phrase == by_id["rsna:p-two"].phrase and (none.width, none.height) == (1024, 1024)
+    assert none.boxes == () and none.phrase == by_id["rsna:p-two"].phrase
+    assert (none.width, none.height) == (1024, 1024)
     assert [r.id for r in convert("rsna", table, tmp_path / "out").records] == ["rsna:p-two"]
 
 
@@ -80,10 +81,11 @@ def test_cli_keeps_negatives_and_inspect_counts_them(tmp_path: Path) -> None:
     table = tmp_path / "labels.csv"
     table.write_text(RSNA)
     out = tmp_path / "out" / "manifest.jsonl"
-    run = CliRunner().invoke(app, ["data", "convert", "--format", "rsna", "--negatives", "keep", str(table), str(out)])
+    command = ["data", "convert", "--format", "rsna", str(table), str(out), "--negatives"]
+    run = CliRunner().invoke(app, [*command, "keep"])
     assert run.exit_code == 0, run.output
     assert sum(r.is_negative for r in load_manifest(out).records) == 1
-    bad = CliRunner().invoke(app, ["data", "convert", "--format", "rsna", "--negatives", "maybe", str(table), str(out)])
+    bad = CliRunner().invoke(app, [*command, "maybe"])
     assert bad.exit_code == 1 and "--negatives 'maybe' must be skip or keep" in bad.output
 
 
@@ -99,12 +101,13 @@ def test_masks_box_each_component_when_asked_and_keep_normal_images(tmp_path: Pa
     Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "in" / "masks" / "normal_mask.png")
     union = convert("masks", tmp_path / "in", tmp_path / "out", ConvertOptions())
     assert [r.boxes for r in union.records] == [((2.0, 5.0, 31.0, 35.0),)]  # one box around both, as before
-    each = convert("masks", tmp_path / "in", tmp_path / "out", ConvertOptions(components="each", negatives="keep"))
-    assert {r.id: r.boxes for r in each.records} == {"mask:two": ((20.0, 5.0, 31.0, 10.0), (2.0, 30.0, 6.0, 35.0)),
-                                                     "mask:normal": ()}
+    options = ConvertOptions(components="each", negatives="keep")
+    each = convert("masks", tmp_path / "in", tmp_path / "out", options)
+    assert {r.id: r.boxes for r in each.records} == {
+        "mask:two": ((20.0, 5.0, 31.0, 10.0), (2.0, 30.0, 6.0, 35.0)), "mask:normal": ()}
 
 
-def test_synth_multibox_draws_0_to_3_lesions_with_normals_and_inspect_counts_negatives(tmp_path: Path) -> None:
+def test_synth_multibox_draws_0_to_3_lesions_with_normals_and_inspect_counts_them(tmp_path: Path) -> None:
     from collections import Counter
 
     from rewards import iou
@@ -123,5 +126,6 @@ def test_synth_multibox_draws_0_to_3_lesions_with_normals_and_inspect_counts_neg
         assert r.phrase.startswith("every ") and r.task == "grounding"
         assert all(iou(a, b) == 0.0 for i, a in enumerate(r.boxes) for b in r.boxes[i + 1:])
     cells = count(records).cells
-    assert cells[("grounding", "train", NEGATIVES)] == sum(r.is_negative for r in records if r.split == "train")
+    negatives = sum(r.is_negative for r in records if r.split == "train")
+    assert cells[("grounding", "train", NEGATIVES)] == negatives
     assert NEGATIVES in count(records).table().splitlines()[0]
