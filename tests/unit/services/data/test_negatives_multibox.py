@@ -129,3 +129,14 @@ def test_synth_multibox_draws_0_to_3_lesions_with_normals_and_inspect_counts_the
     negatives = sum(r.is_negative for r in records if r.split == "train")
     assert cells[("grounding", "train", NEGATIVES)] == negatives
     assert NEGATIVES in count(records).table().splitlines()[0]
+
+
+def test_manifests_keep_negatives_and_every_box(tmp_path: Path) -> None:
+    from services.data import write_manifest
+    from services.data.records import Record
+
+    records = (Record(id="neg", image="x.png", width=10, height=10, phrase="every mass"),
+               Record(id="two", image="x.png", width=10, height=10, phrase="every mass",
+                      boxes=((1.0, 1.0, 3.0, 3.0), (4.0, 4.0, 6.0, 6.0))))
+    for suffix in ("jsonl", "parquet"):
+        assert load_manifest(write_manifest(records, tmp_path / f"m.{suffix}")).records == records
