@@ -47,7 +47,8 @@ def test_a_multi_box_stage_asks_for_lists_and_scores_sets(tmp_path: Path, boxes_
         "stages": [{"name": "rl", "kind": "grpo", "steps": 2, "prompts_per_step": 3, "refill_cap": 0,
                     "drop_zero_variance": False, "multi_box": True}],
         "rollout": {"group_size": 2}, "reward": {"w_recite": 0.0, "boxes": boxes_mode, "accuracy": "fixed"},
-        "eval": {"at_start": False, "max_samples": 3, "overlays": 0, "samples": 0}})
+        "eval": {"at_start": False, "max_samples": 3, "overlays": 0, "samples": 0},
+        "logging": {"samples_every": 1}})
     pool = ScriptedPool(answer, group_size=2)
     rows: list[dict[str, object]] = []
     def start(c: RunConfig, d: Path):  # type: ignore[no-untyped-def]
@@ -64,3 +65,10 @@ def test_a_multi_box_stage_asks_for_lists_and_scores_sets(tmp_path: Path, boxes_
     expected = (1 + 0 + 1 + 1 + 1 + 2 / 3) / 6 if boxes_mode == "set" else (0 + 0 + 1 + 1 + 1 + 1) / 6
     assert acc[0] == pytest.approx(expected)
     assert rows[-1]["eval/sets/negatives/fp_rate"] == 0.0 and rows[-1]["eval/sets/AP@0.5"] == 100.0
+    sampled = [json.loads(x) for x in (tmp_path / "run" / "samples" / "train-step-1.jsonl").read_text().splitlines()]
+    by_answer = {(s["prompt_id"], s["completion"]): s for s in sampled}
+    if boxes_mode == "set":  # every box of each answer, [] for "not present"
+        assert by_answer[("train-2", 0)]["boxes"] == [[5.0, 5.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]
+        assert by_answer[("train-0", 0)]["boxes"] == []
+    else:
+        assert all("boxes" not in s for s in sampled)
