@@ -65,7 +65,8 @@ def test_a_multi_box_stage_asks_for_lists_and_scores_sets(tmp_path: Path, boxes_
     expected = (1 + 0 + 1 + 1 + 1 + 2 / 3) / 6 if boxes_mode == "set" else (0 + 0 + 1 + 1 + 1 + 1) / 6
     assert acc[0] == pytest.approx(expected)
     assert rows[-1]["eval/sets/negatives/fp_rate"] == 0.0 and rows[-1]["eval/sets/AP@0.5"] == 100.0
-    sampled = [json.loads(x) for x in (tmp_path / "run" / "samples" / "train-step-1.jsonl").read_text().splitlines()]
+    written = (tmp_path / "run" / "samples" / "train-step-1.jsonl").read_text()
+    sampled = [json.loads(x) for x in written.splitlines()]
     by_answer = {(s["prompt_id"], s["completion"]): s for s in sampled}
     if boxes_mode == "set":  # every box of each answer, [] for "not present"
         assert by_answer[("train-2", 0)]["boxes"] == [[5.0, 5.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]]
