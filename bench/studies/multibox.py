@@ -32,7 +32,7 @@ METRICS = ("eval/sets/negatives/fp_rate", "eval/sets/multi/R@0.5", "eval/sets/AP
 DEVIATIONS = (
     "synthetic phantoms (112 px) with 0-3 lesions of one finding, not RSNA / VinDr / MS-CXR; the demo's 3.6M-"
     "parameter CPU base, pretrained on one lesion per image, not Qwen2.5-VL-3B",
-    "a short budget: 150 SFT steps of 16 prompts, then 16 GRPO steps of 8 prompts x G = 8 at T = 0.9",
+    "a short budget: 400 SFT steps of 16 prompts, then 16 GRPO steps of 8 prompts x G = 8 at T = 0.9",
     "one seed by default: differences of a few points are within noise (200 held-out images, ~50 normals)",
 )
 
