@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-multibox bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -47,6 +47,9 @@ bench-mlae-lora: .venv/.ready
 
 bench-vrft: .venv/.ready
 	$(PY) -m bench.studies.vrft_aug
+
+bench-multibox: .venv/.ready
+	$(PY) -m bench.studies.multibox
 
 .venv/.bench: .venv/.ready pyproject.toml
 	.venv/bin/pip install -q -e ".[bench]" && touch $@

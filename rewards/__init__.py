@@ -4,7 +4,9 @@ boxes.py (IoU, best IoU over several truths, clipping, the box of a mask), frame
 the one conversion to original pixels), parse.py (model text -> box, label or grade), terms.py (recitation
 BLEU, MFRS, label match), scoring.py (RewardTarget, the vectorised batch scorer), aggregate.py (how the terms
 combine: the weighted sum or GDPO's normalize_then_sum), extra_terms.py (reward terms a user adds:
-ScoredCompletion, loading and checking them), schedule.py (the MedLoc-R1 threshold schedule), scorer.py
+ScoredCompletion, loading and checking them), matching.py (the set reward: Hungarian matching, F1 at tau,
+mean matched IoU) and set_scoring.py (its batch columns), schedule.py (the MedLoc-R1 threshold schedule),
+scorer.py
 (RewardScorer: scoring plus the schedule's state), config.py (RewardConfig, ExtraTerm, ScheduleConfig),
 trl_reward.py (a TRL GRPOTrainer reward function), actor.py (the Ray actor; the only file
 that imports ray). The maths and its sources: docs/algorithms.md.
@@ -29,6 +31,7 @@ from rewards.boxes import best_iou, clip_box, iou, iou_pairs, mask_box, max_iou
 from rewards.config import ExtraTerm, RewardConfig, ScheduleConfig
 from rewards.extra_terms import RewardTermError, ScoredCompletion
 from rewards.frames import Box, ImageFrame, from_original, smart_resize, to_original
+from rewards.matching import match_boxes, set_accuracy, set_iou
 from rewards.parse import ParsedAnswer, parse_answer
 from rewards.schedule import RaiseRecord, ScheduleStats, ThresholdSchedule
 from rewards.scorer import RewardScorer, ScoredBatch
@@ -45,11 +48,41 @@ from rewards.terms import grade_reward, label_match, recitation
 from rewards.trl_reward import MedgroundReward
 
 __all__ = [
-    "Box", "ExtraTerm", "ImageFrame", "MedgroundReward",
-    "ParsedAnswer", "RaiseRecord", "RewardBreakdown", "RewardColumns", "RewardConfig",
-    "RewardScorer", "RewardTarget", "RewardTermError", "ScheduleConfig", "ScheduleSnapshot", "ScheduleStats",
-    "ScoredBatch", "ScoredCompletion",
-    "ThresholdSchedule", "best_iou", "clip_box", "from_original", "grade_reward", "iou", "iou_pairs", "label_match",
-    "mask_box", "max_iou",
-    "parse_answer", "recitation", "score_columns", "score_group", "score_groups", "smart_resize", "to_original",
+    "Box",
+    "ExtraTerm",
+    "ImageFrame",
+    "MedgroundReward",
+    "ParsedAnswer",
+    "RaiseRecord",
+    "RewardBreakdown",
+    "RewardColumns",
+    "RewardConfig",
+    "RewardScorer",
+    "RewardTarget",
+    "RewardTermError",
+    "ScheduleConfig",
+    "ScheduleSnapshot",
+    "ScheduleStats",
+    "ScoredBatch",
+    "ScoredCompletion",
+    "ThresholdSchedule",
+    "best_iou",
+    "clip_box",
+    "from_original",
+    "grade_reward",
+    "iou",
+    "iou_pairs",
+    "label_match",
+    "mask_box",
+    "match_boxes",
+    "max_iou",
+    "parse_answer",
+    "recitation",
+    "score_columns",
+    "score_group",
+    "score_groups",
+    "set_accuracy",
+    "set_iou",
+    "smart_resize",
+    "to_original",
 ]

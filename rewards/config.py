@@ -104,6 +104,12 @@ class RewardConfig(_Strict):
     accuracy: Literal["medloc", "fixed", "raw_iou", "stepped"] = Field(
         "medloc", description="Accuracy reward: MedLoc-R1 schedule, fixed tau, continuous IoU, or tau by progress."
     )
+    boxes: Literal["single", "set"] = Field(
+        "single", description="How a grounding answer is scored (issue 31): `single` takes its first box "
+        "at its best IoU over the truths (nothing is right on a negative); `set` matches every box of the "
+        "answer to the truths one-to-one (Hungarian, max total IoU): accuracy = F1 of the matches with "
+        "IoU >= tau, IoU = mean matched IoU over max(#pred, #true); on a negative the empty answer scores 1, "
+        "any box 0.")
     fixed_tau: float = Field(0.5, gt=0.0, le=1.0, description="Threshold of `fixed` mode (VLM-R1 uses 0.5).")
     stepped_stages: tuple[tuple[float, float], ...] = Field(
         ((0.0, 0.3), (0.2, 0.45), (0.4, 0.6), (0.6, 0.7), (0.8, 0.8)),

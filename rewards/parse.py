@@ -9,6 +9,10 @@ counterpart (`FULLWIDTH`). Qwen-VL's native grounding answer
 box too, in the same model convention: whichever of the two forms comes first wins. Classification answers are a label
 (`{"label": "..."}`, a JSON string, or plain text); grading answers a non-negative integer grade.
 Without an `<answer>` block there is no answer (VLM-R1 scores such completions 0 as well).
+
+Several boxes or none (`parse_box_list`, issue 31): a JSON list of `{"bbox_2d": [...]}` objects, possibly
+empty (`[]`: "not present"), as Qwen2.5-VL and Qwen3-VL answer natively; a single object, a bare box or
+Qwen's corners stay valid (a list of one). A list whose member is not a box is no answer, with a reason.
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ class ParsedAnswer:
     box: Box | None = None
     label: str | None = None
     grade: int | None = None
+    boxes: tuple[Box, ...] | None = None  # parse_answer(multi_box=True): every box, () for "not present"
+
+
+@dataclass(frozen=True, slots=True)
+class BoxList:
+    """A grounding answer read as a set: `boxes` (raw, model convention, unclipped) or None with a `reason`
+    (what is wrong, for logs and tests)."""
+
+    boxes: tuple[Box, ...] | None
+    reason: str | None = None
 
 
 def split_completion(text: str) -> tuple[str, str | None, bool]:
@@ -146,6 +160,79 @@ def clip_answer_box(box: Box, frame: ImageFrame | None) -> Box | None:
     return None
 
 
+MAX_BOXES = 100  # more boxes than any finding has regions: a degenerate answer, not a set
+
+
+def parse_box_list(answer: str) -> BoxList:
+    """Every box of a grounding answer, raw (model convention, unclipped), or None with the reason.
+
+    A JSON list (read up to its end; text after it is ignored) is a set: each member an object with
+    `bbox_2d` or a bare list of four finite numbers, `[]` the empty set. Anything else is read as today:
+    the first box (`box_numbers`) is a set of one. A list that opens with an object but is not valid JSON,
+    or holds a member that is not a box, is no answer (a format failure), and `reason` says which.
+
+    >>> parse_box_list('[{"bbox_2d": [1, 2, 30, 40]}, {"bbox_2d": [50, 5, 90, 45]}]').boxes
+    ((1.0, 2.0, 30.0, 40.0), (50.0, 5.0, 90.0, 45.0))
+    >>> parse_box_list("[]").boxes, parse_box_list('[{"bbox_2d": [1, 2, 3]}]').reason
+    ((), 'list member 0 is not a box: each member needs "bbox_2d": [x1, y1, x2, y2], four finite numbers')
+    """
+    text = answer.translate(FULLWIDTH).strip()
+    if text.startswith("["):
+        try:
+            value, _ = _DECODER.raw_decode(text)
+        except (ValueError, RecursionError):  # not JSON: a bare box in loose form, or a broken list
+            value = None
+        if isinstance(value, list) and not _four_numbers(value):
+            return _members(value)
+        if value is None and _LIST_OF_OBJECTS.match(text):
+            return BoxList(None, 'the answer opens a list of objects that is not valid JSON; '
+                                 'write [{"bbox_2d": [x1, y1, x2, y2]}, ...] or [] for none')
+    box = box_numbers(text)
+    return BoxList((box,)) if box is not None else BoxList(None, "no box [x1, y1, x2, y2] in the answer")
+
+
+_DECODER = json.JSONDecoder()
+_LIST_OF_OBJECTS = re.compile(r"\[\s*+\{")
+
+
+def _four_numbers(value: object) -> Box | None:
+    if not (isinstance(value, list) and len(value) == 4):
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return None
+    return finite_box(float(value[0]), float(value[1]), float(value[2]), float(value[3]))
+
+
+def _members(value: list[object]) -> BoxList:
+    if len(value) > MAX_BOXES:
+        return BoxList(None, f"the list holds {len(value)} boxes, more than {MAX_BOXES}")
+    boxes = []
+    for i, member in enumerate(value):
+        box = _four_numbers(member.get("bbox_2d") if isinstance(member, dict) else member)
+        if box is None:
+            return BoxList(None, f'list member {i} is not a box: each member needs "bbox_2d": '
+                                 "[x1, y1, x2, y2], four finite numbers")
+        boxes.append(box)
+    return BoxList(tuple(boxes))
+
+
+def grounding_set(answer: str, frame: ImageFrame | None) -> BoxList:
+    """`parse_box_list`, each box clipped to the image in the model's convention (`clip_answer_box`); a member
+    with no area left (outside the image, or corners swapped) makes the whole answer a format failure, as a
+    single such box is today."""
+    listed = parse_box_list(answer)
+    if listed.boxes is None:
+        return listed
+    clipped = []
+    for i, raw in enumerate(listed.boxes):
+        box = clip_answer_box(raw, frame)
+        if box is None:
+            return BoxList(None, f"box {i} {list(raw)} has no area inside the image (outside it, or x1 >= x2 "
+                                 "or y1 >= y2)")
+        clipped.append(box)
+    return BoxList(tuple(clipped))
+
+
 def parse_label(answer: str) -> str | None:
     """A classification label: `{"label": ...}` (or the only string value), a JSON string, or plain text."""
     text = answer.strip()
@@ -196,16 +283,19 @@ def parse_grade(answer: str, max_grade: int | None = None) -> int | None:
 
 
 def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None = None,
-                 max_grade: int | None = None) -> ParsedAnswer | None:
+                 max_grade: int | None = None, multi_box: bool = False) -> ParsedAnswer | None:
     """Parse one completion; None when it has no usable answer for `task`. Never raises on model text.
-    `max_grade`: the top of a grading question's scale (`parse_grade`).
+    `max_grade`: the top of a grading question's scale (`parse_grade`). `multi_box`: a grounding answer
+    is a set (`grounding_set`): `boxes` holds every box (() for "not present") and `box` the first or None.
 
     With a `frame`, a box is clipped to the image in the model's convention (`frame.model_extent`);
     without one it is only checked for order. Convert it with `rewards.to_original` before IoU.
 
     >>> frame = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
-    >>> parse_answer('<think>left base</think><answer>{"bbox_2d": [10, 20.5, 300, 400]}</answer>', frame=frame)
-    ParsedAnswer(think='left base', format_ok=True, box=(10.0, 20.5, 300.0, 280.0), label=None, grade=None)
+    >>> parsed = parse_answer('<think>left base</think><answer>{"bbox_2d": [10, 20.5, 300, 400]}</answer>',
+    ...                       frame=frame)
+    >>> parsed.think, parsed.format_ok, parsed.box, parsed.boxes
+    ('left base', True, (10.0, 20.5, 300.0, 280.0), None)
     >>> parse_answer("<answer>[30, 40, 10, 20]</answer>") is None  # corners swapped: no box
     True
     """
@@ -215,6 +305,12 @@ def parse_answer(text: str, task: Task = "grounding", frame: ImageFrame | None =
     if answer is None:
         return None
     match task:
+        case "grounding" if multi_box:
+            found = grounding_set(answer, frame)
+            if found.boxes is None:
+                return None
+            first = found.boxes[0] if found.boxes else None
+            return ParsedAnswer(think, tags_ok, box=first, boxes=found.boxes)
         case "grounding":
             raw = box_numbers(answer)
             box = None if raw is None else clip_answer_box(raw, frame)

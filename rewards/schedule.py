@@ -125,12 +125,19 @@ class ThresholdSchedule:
         margin = math.fsum(i for _, i in self._window) / n - self._tau  # current tau, also for old entries
         return r_bar, sigma, margin
 
-    def observe(self, group_ious: Sequence[float], step: int = -1) -> bool:
+    def observe(self, group_ious: Sequence[float], step: int = -1,
+                matches: Sequence[tuple[Sequence[float], int]] | None = None) -> bool:
         """Record one prompt group's IoUs (one per completion, 0 for unparsable); True if tau was raised.
 
         The entry's reward is the group's mean of `IoU >= tau` at the current tau. `step` (the caller's
         training step) only labels the audit record. No-op once tau is at the target.
+        `matches` (the set reward, issue 31): per completion its matched IoUs and n_pred + n_true; the
+        completion's reward is then its F1 at the current tau, 2 * #(matched >= tau) / (n_pred + n_true), and
+        `group_ious` are the mean matched IoUs. One box against one truth gives the same entry as without.
         """
+        if matches is not None and len(matches) != len(group_ious):
+            raise ValueError(f"{len(matches)} match lists for {len(group_ious)} completions; "
+                             "give one per completion")
         if len(group_ious) == 0:
             raise ValueError("observe() needs the IoUs of a non-empty group; skip empty groups in the caller")
         if not all(0.0 <= v <= 1.0 for v in group_ious):  # NaN fails too: it would block the window N groups
@@ -138,7 +145,11 @@ class ThresholdSchedule:
         if self.at_target:
             return False
         n = len(group_ious)
-        mean_reward = sum(1.0 for v in group_ious if v >= self._tau) / n
+        if matches is None:
+            mean_reward = sum(1.0 for v in group_ious if v >= self._tau) / n
+        else:
+            mean_reward = math.fsum(2.0 * sum(1 for v in hit if v >= self._tau) / size if size > 0 else 0.0
+                                    for hit, size in matches) / n
         mean_iou = math.fsum(float(v) for v in group_ious) / n
         self._window.append((mean_reward, mean_iou))
         self._entries_seen += 1

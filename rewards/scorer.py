@@ -5,6 +5,8 @@ batch (or the one passed as `under`: the driver passes the first round's snapsho
 rounds); afterwards each grounding group is observed by the schedule in order (one window entry per
 group, its mean binary reward taken at the tau current when it is observed). A raise inside a step
 therefore affects the next step's scoring, never the current one, so all completions of a step share one tau.
+Negative groups (no true box) are not observed: their reward does not depend on tau (docs/algorithms.md,
+"Zero, one or many boxes").
 """
 
 from __future__ import annotations
@@ -80,8 +82,12 @@ class RewardScorer:
         if self.config.accuracy == "medloc":
             for g, (_, target) in enumerate(groups):
                 lo, hi = int(cols.offsets[g]), int(cols.offsets[g + 1])
-                if target.task == "grounding" and hi > lo:
-                    self.schedule.observe(cols.iou[lo:hi].tolist(), step=step)
+                if target.task == "grounding" and target.boxes and hi > lo:  # negatives: not observed (docs)
+                    sets = cols.sets
+                    matches = None if sets is None else [
+                        (sets.matched_of(j).tolist(), max(int(sets.n_pred[j]), 0) + int(sets.n_true[j]))
+                        for j in range(lo, hi)]
+                    self.schedule.observe(cols.iou[lo:hi].tolist(), step=step, matches=matches)
         return ScoredBatch(cols, before, self.snapshot(progress), self.schedule.history[raised_from:])
 
     def state_dict(self) -> dict[str, Any]:

@@ -27,11 +27,13 @@ from rewards.parse import (
     Task,
     box_numbers,
     finite_box,
+    parse_box_list,
     parse_grade,
     parse_label,
     split_completion,
 )
 from rewards.schedule import ScheduleStats
+from rewards.set_scoring import BoxSets, box_set_columns, empty_rows
 from rewards.terms import grade_reward, label_match, recitation
 
 
@@ -39,8 +41,10 @@ from rewards.terms import grade_reward, label_match, recitation
 class RewardTarget:
     """What one prompt is scored against (owned by rewards; services builds it from a dataset record).
 
-    boxes: ground-truth (x1, y1, x2, y2) in original-image pixels; a prediction's IoU is its best over
-    them, since one phrase can name several regions (MS-CXR "bilateral effusions" has two boxes).
+    boxes: ground-truth (x1, y1, x2, y2) in original-image pixels; under `reward.boxes: single` a
+    prediction's IoU is its best over them, under `set` the answer's boxes are matched to them one-to-one
+    (one phrase can name several regions: MS-CXR "bilateral effusions" has two boxes). No box: a negative
+    (the finding is absent; only the set reward can pay for saying so).
     label (classification), grade (grading, integer >= 0), max_grade (grading: the top of the question's
     scale; a parsed grade above it is no answer, `parse_grade`; None: 1000), knowledge: the injected prior-knowledge text
     ("" when none; what the recitation reward compares against). frame: required for grounding.
@@ -56,8 +60,8 @@ class RewardTarget:
 
     def __post_init__(self) -> None:
         if self.task == "grounding":
-            if self.frame is None or not self.boxes:
-                raise ValueError("a grounding RewardTarget needs a frame and at least one ground-truth box")
+            if self.frame is None:
+                raise ValueError("a grounding RewardTarget needs a frame (the prompt's image frame)")
             for b in self.boxes:
                 if len(b) != 4 or not all(math.isfinite(v) for v in b) or not (b[0] < b[2] and b[1] < b[3]):
                     raise ValueError(f"ground-truth box {b} is not finite (x1, y1, x2, y2) with x1 < x2, y1 < y2")
@@ -105,9 +109,10 @@ class RewardBreakdown:
     task: the part of the weighted sum that carries the task, without w_recite*r_recite and the user's
     shaping terms (recitation is shaping: a group whose task part is all equal holds no task signal, however
     its BLEU differs). iou: best IoU over the target's boxes in original pixels (0 when unparsable or not
-    grounding);
-    pred_box: the parsed box in original pixels, or None; tau / tau_version: the threshold it was scored
-    under (tau None in raw_iou mode).
+    grounding; under `reward.boxes: set` the mean matched IoU, rewards/matching.py);
+    pred_box: the parsed box in original pixels (the first, under `set`), or None; tau / tau_version: the
+    threshold it was scored under (tau None in raw_iou mode); pred_boxes: under `set`, every box of the
+    answer in original pixels (() for "not present", None when it did not parse).
     """
 
     total: float
@@ -121,6 +126,7 @@ class RewardBreakdown:
     format_ok: bool
     tau: float | None
     tau_version: int
+    pred_boxes: tuple[Box, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +148,8 @@ class RewardColumns:
     under `reward.aggregation: sum`, the sum of the group-standardised weighted terms under
     `normalize_then_sum`; task: see RewardBreakdown. pred_box: float64 [N, 4] in original pixels, NaN rows
     where no box; format_ok: bool [N]; offsets: int64 [n_groups + 1]; extra: each user term's unweighted
-    values [N] by name (`reward.extra_terms`).
+    values [N] by name (`reward.extra_terms`); sets: under `reward.boxes: set`, every completion's boxes and
+    matches (rewards/set_scoring.py BoxSets), else None.
     """
 
     total: FloatArray
@@ -159,6 +166,7 @@ class RewardColumns:
     tau: float | None
     tau_version: int
     extra: Mapping[str, FloatArray] = field(default_factory=dict)
+    sets: BoxSets | None = None
 
     @property
     def num_groups(self) -> int:
@@ -171,8 +179,11 @@ class RewardColumns:
         cols = zip(self.total[lo:hi].tolist(), self.task[lo:hi].tolist(), self.r_acc[lo:hi].tolist(),
                    self.r_format[lo:hi].tolist(), self.r_recite[lo:hi].tolist(), self.r_grade[lo:hi].tolist(),
                    self.iou[lo:hi].tolist(), boxes, self.format_ok[lo:hi].tolist(), strict=True)
+        sets = self.sets
+        every = [None] * (hi - lo) if sets is None else [sets.boxes_of(j) for j in range(lo, hi)]
         return [RewardBreakdown(t, tk, a, f, rc, gr, io, None if b[0] != b[0] else (b[0], b[1], b[2], b[3]), ok,
-                                self.tau, self.tau_version) for t, tk, a, f, rc, gr, io, b, ok in cols]
+                                self.tau, self.tau_version, e)
+                for (t, tk, a, f, rc, gr, io, b, ok), e in zip(cols, every, strict=True)]
 
     def breakdowns(self) -> list[list[RewardBreakdown]]:
         return [self.group(g) for g in range(self.num_groups)]
@@ -186,6 +197,7 @@ class _Parsed:
     fmt: list[bool] = field(default_factory=list)  # tags in order and a payload (boxes: validity added later)
     r_grade: list[float] = field(default_factory=list)  # grade (MFRS) or label-match term; 0 for grounding
     raw: list[Box] = field(default_factory=list)  # [K] raw boxes of grounding completions, NaN when unparsable
+    raw_sets: list[tuple[Box, ...] | None] = field(default_factory=list)  # [K] under reward.boxes: set
     grounding_rows: list[int] = field(default_factory=list)  # completion index of each raw box
     group_of_row: list[int] = field(default_factory=list)  # group index of each raw box
     offsets: list[int] = field(default_factory=lambda: [0])
@@ -200,13 +212,19 @@ def score_columns(
     if config.accuracy != "raw_iou" and snapshot.tau is None:
         raise ValueError(f"accuracy mode {config.accuracy!r} needs a snapshot with a tau; only raw_iou has none")
     parsed = _parse(groups, config)  # 1. Parse (Python, one regex match per completion on the fast path).
-    iou, pred_box, format_ok, is_grounding = _grounding_ious(groups, parsed)  # 2. IoU, vectorised.
-    # 3. Combine the terms.
     tau = snapshot.tau
-    if config.accuracy == "raw_iou":
-        r_acc = np.where(is_grounding, iou, 0.0)
+    sets: BoxSets | None = None
+    if config.boxes == "set":  # 2. Match each answer's boxes to the truths, or the best IoU of one box.
+        iou, pred_box, format_ok, sets = _grounding_sets(groups, parsed)
+        r_acc = iou.copy() if config.accuracy == "raw_iou" else np.array(
+            [sets.accuracy(j, tau if tau is not None else math.inf) for j in range(len(iou))])
     else:
-        r_acc = (is_grounding & (iou >= (tau if tau is not None else math.inf))).astype(np.float64)
+        iou, pred_box, format_ok, is_grounding = _grounding_ious(groups, parsed)  # vectorised
+        if config.accuracy == "raw_iou":
+            r_acc = np.where(is_grounding, iou, 0.0)
+        else:
+            r_acc = (is_grounding & (iou >= (tau if tau is not None else math.inf))).astype(np.float64)
+    # 3. Combine the terms.
     r_format = format_ok.astype(np.float64)
     offsets = parsed.offsets
     r_rec = np.zeros(len(parsed.fmt))
@@ -225,7 +243,7 @@ def score_columns(
             terms[term.name] = term_values(term.name, term.fn, load_term(term.fn), seen, targets)
     weighted, task, total = _combine(terms, offs, config)
     return RewardColumns(total, weighted, task, r_acc, r_format, r_rec, r_grd, iou, pred_box, format_ok, offs,
-                         tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms})
+                         tau, snapshot.version, {t.name: terms[t.name] for t in config.extra_terms}, sets)
 
 
 def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardConfig) -> _Parsed:
@@ -233,22 +251,27 @@ def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardC
     out = _Parsed()
     nan_box = (math.nan, math.nan, math.nan, math.nan)
     fast = FAST_GROUNDING.fullmatch
+    as_set = config.boxes == "set"
     for g, (completions, target) in enumerate(groups):
         if target.task == "grounding":
             out.grounding_rows.extend(range(out.offsets[-1], out.offsets[-1] + len(completions)))
             out.group_of_row.extend([g] * len(completions))
             for text in completions:
                 m = fast(text) if isinstance(text, str) else None
-                if m is not None:
+                boxes: tuple[Box, ...] | None = None
+                if m is not None:  # one object, the exact format: a set of one
                     think, a, b, c, d = m.groups()
                     box = finite_box(float(a), float(b), float(c), float(d))
+                    boxes = None if box is None else (box,)
                     tags_ok = True
                 else:
                     think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
-                    box = None if answer is None else box_numbers(answer)
+                    box = None if answer is None or as_set else box_numbers(answer)
+                    boxes = None if answer is None or not as_set else parse_box_list(answer).boxes
                 out.thinks.append(think)
                 out.raw.append(nan_box if box is None else box)
-                out.fmt.append(tags_ok)  # and-ed with box validity in _grounding_ious
+                out.raw_sets.append(boxes)
+                out.fmt.append(tags_ok)  # and-ed with box validity in _grounding_ious / _grounding_sets
             out.r_grade.extend([0.0] * len(completions))
         else:
             for text in completions:
@@ -297,6 +320,25 @@ def _grounding_ious(groups: Sequence[tuple[Sequence[str], RewardTarget]], parsed
     format_ok[rows] &= valid
     is_grounding[rows] = True
     return iou, pred_box, format_ok, is_grounding
+
+
+def _grounding_sets(groups: Sequence[tuple[Sequence[str], RewardTarget]], parsed: _Parsed,
+                    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_], BoxSets]:
+    """The set reward's columns (rewards/set_scoring.py): ``(mean matched IoU [N], first box [N, 4] NaN when
+    none, format_ok [N], BoxSets over the N)``."""
+    n = len(parsed.fmt)
+    iou, pred_box = np.zeros(n), np.full((n, 4), np.nan)
+    format_ok = np.asarray(parsed.fmt, dtype=bool)
+    frames = [groups[g][1].frame for g in parsed.group_of_row]  # never None: RewardTarget checks it
+    sets, mean_iou = box_set_columns(parsed.raw_sets, frames,  # type: ignore[arg-type]
+                                     [groups[g][1].boxes for g in parsed.group_of_row])
+    rows = np.asarray(parsed.grounding_rows, dtype=np.int64)
+    if len(rows):
+        iou[rows] = mean_iou
+        format_ok[rows] &= sets.n_pred >= 0
+        firsts = [sets.boxes_of(j) for j in range(len(rows))]
+        pred_box[rows] = [b[0] if b else (math.nan,) * 4 for b in firsts]
+    return iou, pred_box, format_ok, empty_rows(sets, rows, n)
 
 
 def _scored_completions(groups: Sequence[tuple[Sequence[str], RewardTarget]], thinks: list[str],

@@ -26,6 +26,7 @@ class RolloutRequest:
     ground, or the question to answer); `knowledge_key` ("<modality>/<finding>") selects the prior
     knowledge injected when injection is on (None: nothing injected). `seed`, when given, fixes this
     request's sampling whatever worker serves it (so a resumed run samples what the original would).
+    `multi_box` (a stage's `multi_box`): the prompt asks for a list of boxes, `[]` when absent.
     """
 
     prompt_id: str
@@ -34,6 +35,7 @@ class RolloutRequest:
     task: Task = "grounding"
     knowledge_key: str | None = None
     seed: int | None = None
+    multi_box: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ _BOX_SENTENCE: dict[Convention, str] = {
     "input_pixels": 'Give the box as {"bbox_2d": [x1, y1, x2, y2]} in pixels of this image.',
     "norm1000": 'Give the box as {"bbox_2d": [x1, y1, x2, y2]} in 0-1000 normalised coordinates.',
 }
+# stage.multi_box (issue 31): the answer is a set, the form Qwen2.5-VL / Qwen3-VL answer natively.
+_BOXES_SENTENCE: dict[Convention, str] = {
+    "input_pixels": 'Give every region as a list [{"bbox_2d": [x1, y1, x2, y2]}, ...] in pixels of this '
+                    "image, one object per region, or [] if it is not present.",
+    "norm1000": 'Give every region as a list [{"bbox_2d": [x1, y1, x2, y2]}, ...] in 0-1000 normalised '
+                "coordinates, one object per region, or [] if it is not present.",
+}
 _ANSWER_SENTENCE: dict[Task, str] = {
     "classification": 'Answer as {"label": "<label>"}.',
     "grading": 'Answer as {"grade": <integer grade>}.',
@@ -47,18 +54,20 @@ class Prompt:
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.user_text}]}]
 
 
-def task_instruction(task: Task, convention: Convention) -> str:
-    """The answer-format sentence of a task; grounding names the coordinate convention."""
+def task_instruction(task: Task, convention: Convention, multi_box: bool = False) -> str:
+    """The answer-format sentence of a task; grounding names the coordinate convention, and with `multi_box`
+    asks for a list of boxes, `[]` when the finding is absent."""
     if task == "grounding":
-        return _BOX_SENTENCE[convention]
+        return (_BOXES_SENTENCE if multi_box else _BOX_SENTENCE)[convention]
     return _ANSWER_SENTENCE[task]
 
 
-def user_text(question: str, task: Task, convention: Convention, knowledge_text: str | None) -> str:
+def user_text(question: str, task: Task, convention: Convention, knowledge_text: str | None,
+              multi_box: bool = False) -> str:
     """[Prior knowledge: <text>\\n] <question> <format instruction> <task sentence>."""
     if not question.strip():
         raise ValueError("a rollout request needs a non-empty question (the phrase to ground or the question)")
-    body = f"{question.strip()} {FORMAT_INSTRUCTION} {task_instruction(task, convention)}"
+    body = f"{question.strip()} {FORMAT_INSTRUCTION} {task_instruction(task, convention, multi_box)}"
     return f"Prior knowledge: {knowledge_text}\n{body}" if knowledge_text else body
 
 
@@ -72,5 +81,6 @@ def build_prompt(request: RolloutRequest, convention: Convention, knowledge: Kno
                              f"worker has no knowledge base; pass one to the pool or set inject_knowledge=false")
         injected = knowledge.text(request.knowledge_key)
     return Prompt(prompt_id=request.prompt_id, task=request.task,
-                  user_text=user_text(request.question, request.task, convention, injected),
+                  user_text=user_text(request.question, request.task, convention, injected,
+                                      request.multi_box),
                   injected_knowledge=injected, image=load_image(request.image), seed=request.seed)

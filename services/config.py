@@ -136,6 +136,10 @@ class StageConfig(_Strict):
     drop_zero_variance: bool = Field(True, description="Drop groups whose task rewards (accuracy, format, grade) "
                                      "are all equal (advantage 0, no signal); false keeps them, as TRL's GRPOTrainer "
                                      "does (equal-work benchmarks).")
+    multi_box: bool = Field(False, description="Grounding answers are sets (issue 31): the prompt asks "
+                            "for a list of boxes, [] when the finding is absent; SFT targets list every box; "
+                            "the stage also trains on negative records (no box), which single-box stages "
+                            "skip. Pair it with reward.boxes: set to score the set; off: one box, as before.")
     carry_optimizer: bool = Field(False, description="Keep the optimiser's moments from the previous stage (or "
                                   "init_from); by default every stage starts a fresh AdamW, as TRL and verl start RL.")
 

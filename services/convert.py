@@ -29,12 +29,14 @@ from services.data.medimage import MedicalImageError, read_image
 from services.data.records import Record
 
 
-def rollout_request(record: Record, image_path: Path, seed: int | None = None) -> RolloutRequest:
+def rollout_request(record: Record, image_path: Path, seed: int | None = None,
+                    multi_box: bool = False) -> RolloutRequest:
     """What rollout may see of a record: the image, the phrase/question, the task and knowledge key
     (never boxes, labels or `meta`, which holds ground truth). The image is read here by the data layer's
     one reader (DICOM windowed with the record's window) and travels as pixels, so rollout never opens a
     file. A record whose stated size differs from its image is refused: its boxes would be in another
-    frame (MedicalImageError naming the record, both sizes and the fix)."""
+    frame (MedicalImageError naming the record, both sizes and the fix). `multi_box`: the prompt asks for a
+    list of boxes (a stage's `multi_box`)."""
     image = read_image(image_path, window=record.meta.window)
     if record.width is not None and record.height is not None and image.size != (record.width, record.height):
         raise MedicalImageError(
@@ -43,7 +45,8 @@ def rollout_request(record: Record, image_path: Path, seed: int | None = None) -
             "again with the images in place (`medground data convert` scales boxes onto a resized copy) or point "
             "the record at the image the boxes were drawn on; changing width/height alone would keep wrong boxes")
     return RolloutRequest(prompt_id=record.id, image=image.to_pil(), question=record.phrase,
-                          task=record.task, knowledge_key=record.knowledge_key, seed=seed)
+                          task=record.task, knowledge_key=record.knowledge_key, seed=seed,
+                          multi_box=multi_box)
 
 
 def reward_frame(frame: RolloutFrame) -> rf.ImageFrame:
@@ -90,11 +93,12 @@ def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[Train
 
 
 def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor, knowledge: KnowledgeBase | None,
-                    inject_knowledge: bool) -> PreparedPrompt:
+                    inject_knowledge: bool, multi_box: bool = False) -> PreparedPrompt:
     """The prompt a rollout worker builds for `record` (rollout.core: build_prompt, then the processor), built
     here with the same processor: the SFT sample's prompt, and what a benchmark feeding another trainer
     (bench/vs_trl.py) gives it. `prepared.prompt` holds the messages, the image and the injected knowledge."""
-    prompt = build_prompt(rollout_request(record, image_path), convention_of(processor.family), knowledge,
+    prompt = build_prompt(rollout_request(record, image_path, multi_box=multi_box),
+                          convention_of(processor.family), knowledge,
                           inject_knowledge)
     return processor.prepare(prompt)
 

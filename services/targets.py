@@ -61,11 +61,20 @@ def sft_think(record: Record, knowledge: KnowledgeBase, recite_fraction: float |
     return own_think(record, knowledge, recites(record.id, recite_fraction, seed))
 
 
-def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_THINK) -> str:
+def reference_answer(record: Record, frame: RolloutFrame, think_text: str = SFT_THINK,
+                     multi_box: bool = False) -> str:
     """The SFT target: a think block (default: a short fixed one) and the answer in the model's own
-    convention (VLM-R1 format)."""
+    convention (VLM-R1 format). `multi_box`: a grounding answer lists every box, `[]` for a negative record
+    (issue 31); otherwise the first box as one object (a negative record has no single-box answer: error)."""
     think = f"<think>{think_text}</think>"
+    if record.task == "grounding" and multi_box:
+        boxes = [rf.from_original(b, reward_frame(frame)) for b in record.boxes]
+        listed = [{"bbox_2d": [round(v) for v in box]} for box in boxes]
+        return think + "<answer>" + json.dumps(listed) + "</answer>"
     if record.task == "grounding":
+        if not record.boxes:
+            raise ValueError(f"record {record.id!r} is a negative (no box): a single-box SFT target cannot "
+                             "say 'not present'; train it in a stage with multi_box: true")
         box = rf.from_original(record.boxes[0], reward_frame(frame))
         return think + "<answer>" + json.dumps({"bbox_2d": [round(v) for v in box]}) + "</answer>"
     if record.task == "classification":

@@ -82,6 +82,11 @@ def data_convert(
     labels: Annotated[str | None, typer.Option(help="MedMNIST: comma list of class names by index.")] = None,
     on_bad_record: Annotated[str, typer.Option(help="A malformed row: fail (stop, naming it) or skip (count it "
                                                "and go on), as data.on_bad_record does for manifests.")] = "fail",
+    negatives: Annotated[str, typer.Option(help="Images without the finding (RSNA Target 0, VinDr 'No "
+                                           "finding', masks without a lesion): skip (counted) or keep as "
+                                           "records with no box, for stages with multi_box: true.")] = "skip",
+    components: Annotated[str, typer.Option(help="Masks and volumes: union (one box per mask) or each (one "
+                                            "box per connected lesion).")] = "union",
 ) -> None:
     """Convert a published dataset format into a medground manifest (exit 1 when no record comes out)."""
     from services.data import write_manifest
@@ -90,10 +95,15 @@ def data_convert(
 
     if on_bad_record not in ("skip", "fail"):
         _fail(f"--on-bad-record {on_bad_record!r} must be skip or fail")
+    if negatives not in ("skip", "keep"):
+        _fail(f"--negatives {negatives!r} must be skip or keep")
+    if components not in ("union", "each"):
+        _fail(f"--components {components!r} must be union or each")
     options = ConvertOptions(image_root=image_root, split=split, phrase=phrase, finding=finding, modality=modality,
                              slice=slice_, window=_pair(window, float, "--window"), min_votes=min_votes, task=task,
                              labels=tuple(labels.split(",")) if labels else (),
-                             on_bad_record=on_bad_record)  # type: ignore[arg-type]
+                             on_bad_record=on_bad_record, negatives=negatives,  # type: ignore[arg-type]
+                             components=components)  # type: ignore[arg-type]
     try:
         result = convert(fmt, source, out.parent, options)
         path = write_manifest(result.records, out)

@@ -16,18 +16,20 @@ from services.data.medimage import MedicalImageError, image_size, read_image
 from services.data.records import SIZE_BUCKETS, Record, size_bucket
 
 NO_BOX = "no box"
+NEGATIVES = "negatives"  # grounding records with no box: the finding is absent (issue 31)
 UNKNOWN_SIZE = "size unknown"
 
 
 @dataclass(frozen=True)
 class Counts:
-    """Record counts keyed by (task, split, bucket); bucket is a SIZE_BUCKETS name, NO_BOX or UNKNOWN_SIZE."""
+    """Record counts keyed by (task, split, bucket); bucket is a SIZE_BUCKETS name, NEGATIVES, NO_BOX or
+    UNKNOWN_SIZE."""
 
     cells: dict[tuple[str, str, str], int]
 
     def table(self) -> str:
         """A plain-text table: one row per (task, split), one column per bucket, and a total."""
-        buckets = [b[0] for b in SIZE_BUCKETS] + [NO_BOX, UNKNOWN_SIZE]
+        buckets = [b[0] for b in SIZE_BUCKETS] + [NEGATIVES, NO_BOX, UNKNOWN_SIZE]
         used = [b for b in buckets if any(k[2] == b for k in self.cells)]
         rows = sorted({(t, s) for t, s, _ in self.cells})
         header = ["task", "split", *used, "total"]
@@ -39,7 +41,10 @@ class Counts:
 
 
 def bucket_of(record: Record) -> str:
-    """The size bucket of a record's largest box (NO_BOX without boxes, UNKNOWN_SIZE without a size)."""
+    """The size bucket of a record's largest box (NEGATIVES for a grounding record without boxes, NO_BOX for
+    other tasks, UNKNOWN_SIZE without a size)."""
+    if record.is_negative:
+        return NEGATIVES
     if not record.boxes:
         return NO_BOX
     area = record.relative_area()

@@ -72,7 +72,8 @@ class Record(BaseModel):
         "classification/grading: the question. No prompt template; rollout adds it.",
     )
     boxes: tuple[Box, ...] = Field(
-        (), description="Grounding targets, x1,y1,x2,y2 float stored-image pixels; several allowed per phrase."
+        (), description="Grounding targets, x1,y1,x2,y2 float stored-image pixels; several allowed per "
+        "phrase; none: a negative (the phrase's finding is absent from the image; `--negatives keep`).",
     )
     label: str | None = Field(None, description="Classification answer (one of `choices` when given).")
     choices: tuple[str, ...] = Field((), description="Classification options shown to the model, if any.")
@@ -111,8 +112,7 @@ class Record(BaseModel):
         # Messages start with the field at fault: manifest errors report it as the field.
         match self.task:
             case "grounding":
-                if not self.boxes:
-                    raise ValueError("boxes: a grounding record needs at least one box")
+                pass  # no box: a negative record, the finding asked about is absent (issue 31)
             case "classification":
                 if self.label is None:
                     raise ValueError("label: a classification record needs a label")
@@ -124,6 +124,11 @@ class Record(BaseModel):
                 if self.grade > self.max_grade:
                     raise ValueError(f"grade: {self.grade} exceeds max_grade {self.max_grade}")
         return self
+
+    @property
+    def is_negative(self) -> bool:
+        """A grounding record with no box: its phrase names a finding the image does not show."""
+        return self.task == "grounding" and not self.boxes
 
     def relative_area(self) -> float | None:
         """Largest box area over image area, in [0, 1]; None without boxes or a known size."""

@@ -32,6 +32,7 @@ from services.evaluation.metrics import (
     grounding_report,
     sampled_metrics,
 )
+from services.evaluation.set_metrics import SetAnswer, set_report
 
 GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64)
 
@@ -44,26 +45,32 @@ class Prediction:
     iou: float
     label: str | None = None
     grade: int | None = None
+    boxes: tuple[rewards.Box, ...] | None = None  # multi_box: every box (original pixels), () if none
 
 
-def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_tokens: int) -> list[Prediction]:
-    """Greedy answers for `records`, parsed and mapped into original pixels."""
+def predict(pool: Any, manifest: Manifest, records: Sequence[Record], max_new_tokens: int,
+            multi_box: bool = False) -> list[Prediction]:
+    """Greedy answers for `records`, parsed and mapped into original pixels (`multi_box`: asked and read
+    as sets of boxes)."""
     sampling = GREEDY.model_copy(update={"max_new_tokens": max_new_tokens})
-    groups: list[RolloutGroup] = pool.generate([rollout_request(r, manifest.image_path(r)) for r in records],
-                                               n=1, sampling=sampling)
-    return [_prediction(r, g) for r, g in zip(records, groups, strict=True)]
+    groups: list[RolloutGroup] = pool.generate(
+        [rollout_request(r, manifest.image_path(r), multi_box=multi_box) for r in records],
+        n=1, sampling=sampling)
+    return [_prediction(r, g, multi_box) for r, g in zip(records, groups, strict=True)]
 
 
 def evaluate(pool: Any, manifest: Manifest, records: Sequence[Record], cfg: RunConfig,
              path: Path) -> tuple[dict[str, Any], list[Prediction]]:
     """One held-out evaluation as a run configures it: greedy answers, `eval.samples` samples per grounding
     record at the training distribution (the same draws at every evaluation of a run), the report row, and
-    the predictions written to `path`. Returns (row, greedy predictions)."""
-    preds = predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
-    sampled = predict_sampled(pool, manifest, records, cfg.eval.samples,
-                              sample_config(cfg.rollout.sampling, cfg.eval.sample_temperature), cfg.seed)
+    the predictions written to `path`. A run with a `multi_box` stage is evaluated with set answers (asked
+    for a list, scored by the set metrics). Returns (row, greedy predictions)."""
+    multi = any(s.multi_box for s in cfg.stages)
+    preds = predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens, multi)
+    sampling = sample_config(cfg.rollout.sampling, cfg.eval.sample_temperature)
+    sampled = predict_sampled(pool, manifest, records, cfg.eval.samples, sampling, cfg.seed, multi)
     write_predictions(preds, path, sampled)
-    return report(preds, cfg.reward.label_match, sampled), preds
+    return report(preds, cfg.reward.label_match, sampled, multi), preds
 
 
 def sample_config(sampling: SamplingConfig, temperature: float | None) -> SamplingConfig:
@@ -72,51 +79,83 @@ def sample_config(sampling: SamplingConfig, temperature: float | None) -> Sampli
 
 
 def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k: int, sampling: SamplingConfig,
-                    seed: int) -> dict[str, tuple[float, ...]]:
+                    seed: int, multi_box: bool = False) -> dict[str, tuple[float, ...]]:
     """The IoU of each of `k` completions sampled with `sampling` for every grounding record (0 when one does
     not parse), by record id. Request i's seed comes from (`seed`, i) alone, so every evaluation of these
     records draws with the same random numbers: two checkpoints, or two arms of a study, are compared on
-    the same draws (a paired comparison, not two independent samples)."""
-    grounding = [r for r in records if r.task == "grounding"]
+    the same draws (a paired comparison, not two independent samples). `multi_box`: each sample's mean
+    matched IoU (`rewards.set_iou`; a negative: 1 for "not present", else 0), positives only."""
+    grounding = [r for r in records if r.task == "grounding" and (r.boxes or multi_box)]
     if not grounding or k < 1:
         return {}
     seeds = np.random.SeedSequence([seed, 0x5EED]).generate_state(len(grounding))
     groups: list[RolloutGroup] = pool.generate(
-        [rollout_request(r, manifest.image_path(r), int(s)) for r, s in zip(grounding, seeds, strict=True)],
+        [rollout_request(r, manifest.image_path(r), int(s), multi_box)
+         for r, s in zip(grounding, seeds, strict=True)],
         n=k, sampling=sampling)
+    if multi_box:
+        return {r.id: tuple(_set_iou(grounding_boxes(c.text, g.frame), r.boxes) for c in g.completions)
+                for r, g in zip(grounding, groups, strict=True)}
     return {r.id: tuple(rewards.best_iou(grounding_answer(c.text, g.frame)[1], r.boxes) for c in g.completions)
             for r, g in zip(grounding, groups, strict=True)}
 
 
-def grounding_answer(text: str, frame: RolloutFrame) -> tuple[rewards.ParsedAnswer | None, rewards.Box | None]:
-    """The parsed answer (box in the model's convention, clipped) and its box in original pixels, or None:
-    the one path from model text to a box that evaluation and the Serve app share."""
+def _set_iou(pred: tuple[rewards.Box, ...] | None, truth: tuple[rewards.Box, ...]) -> float:
+    return 0.0 if pred is None else rewards.set_iou(rewards.match_boxes(pred, truth), len(pred), len(truth))
+
+
+def grounding_answer(text: str, frame: RolloutFrame, multi_box: bool = False,
+                     ) -> tuple[rewards.ParsedAnswer | None, rewards.Box | None]:
+    """The parsed answer (box in the model's convention, clipped) and its (first) box in original pixels,
+    or None: the one path from model text to a box that evaluation and the Serve app share."""
     reward_side = reward_frame(frame)
-    parsed = rewards.parse_answer(text, "grounding", reward_side)
+    parsed = rewards.parse_answer(text, "grounding", reward_side, multi_box=multi_box)
     box = rewards.to_original(parsed.box, reward_side) if parsed is not None and parsed.box is not None else None
     return parsed, box
 
 
-def _prediction(record: Record, group: RolloutGroup) -> Prediction:
+def grounding_boxes(text: str, frame: RolloutFrame) -> tuple[rewards.Box, ...] | None:
+    """Every box of a set answer in original pixels, () for "not present", None when it does not parse."""
+    reward_side = reward_frame(frame)
+    parsed = rewards.parse_answer(text, "grounding", reward_side, multi_box=True)
+    if parsed is None or parsed.boxes is None:
+        return None
+    return tuple(rewards.to_original(b, reward_side) for b in parsed.boxes)
+
+
+def _prediction(record: Record, group: RolloutGroup, multi_box: bool = False) -> Prediction:
     text = group.completions[0].text
     if record.task != "grounding":
         parsed = rewards.parse_answer(text, record.task, reward_frame(group.frame), record.max_grade)
         return Prediction(record, text, None, 0.0, label=parsed.label if parsed else None,
                           grade=parsed.grade if parsed else None)
+    if multi_box:
+        boxes = grounding_boxes(text, group.frame)
+        first = boxes[0] if boxes else None
+        return Prediction(record, text, first, rewards.best_iou(first, record.boxes), boxes=boxes)
     _, box = grounding_answer(text, group.frame)
     return Prediction(record, text, box, rewards.best_iou(box, record.boxes))
 
 
 def report(predictions: Sequence[Prediction],
            label_mode: Literal["normalised", "exact"] = "normalised",
-           sampled: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+           sampled: Mapping[str, Sequence[float]] | None = None, multi_box: bool = False) -> dict[str, Any]:
     """Flat metric dict: `eval/A@0.5`, `eval/2-10%/mIoU`, `eval/accuracy`, ... . `label_mode` is the
     classification reward's rule (reward.label_match), so eval counts as right what the reward pays for.
-    `sampled` (`predict_sampled`) adds `eval/sampled/A@0.5` (pass@1), `eval/sampled/pass@k/A@0.5`, ... ."""
+    `sampled` (`predict_sampled`) adds `eval/sampled/A@0.5` (pass@1), `eval/sampled/pass@k/A@0.5`, ... .
+    The A@t and mIoU of grounding are of the first box on positive records; `multi_box` adds the set
+    metrics of every answer (`eval/sets/AP@0.5`, `eval/sets/negatives/fp_rate`, `eval/sets/multi/R@0.5`, ...:
+    services/evaluation/set_metrics.py)."""
     out: dict[str, Any] = {}
     if sampled:
         out.update({f"eval/sampled/{k}": v for k, v in sampled_metrics(list(sampled.values())).items()})
-    grounding = [p for p in predictions if p.record.task == "grounding"]
+    if multi_box:
+        answers = [SetAnswer(p.boxes, p.record.boxes, p.record.relative_area())
+                   for p in predictions if p.record.task == "grounding"]
+        for bucket, metrics in (set_report(answers) if answers else {}).items():
+            prefix = "eval/sets/" if bucket == "all" else f"eval/sets/{bucket}/"
+            out.update({prefix + k: v for k, v in metrics.items()})
+    grounding = [p for p in predictions if p.record.task == "grounding" and p.record.boxes]
     if grounding:
         areas = [p.record.relative_area() or 0.0 for p in grounding]
         rep = grounding_report([p.iou for p in grounding], [p.box is not None for p in grounding], areas)
@@ -139,7 +178,7 @@ def centre_box_baseline(records: Sequence[Record], fraction: float = 0.5) -> dic
     model must beat to show it reads the image."""
     preds = []
     for r in records:
-        if r.task != "grounding" or r.width is None or r.height is None:
+        if r.task != "grounding" or not r.boxes or r.width is None or r.height is None:
             continue
         w, h = r.width, r.height
         box = (w * (1 - fraction) / 2, h * (1 - fraction) / 2, w * (1 + fraction) / 2, h * (1 + fraction) / 2)
@@ -155,6 +194,7 @@ def write_predictions(predictions: Sequence[Prediction], path: Path,
     sampled = sampled or {}
     rows = [{"id": p.record.id, "text": p.text, "box": p.box, "iou": p.iou, "label": p.label, "grade": p.grade,
              "truth": list(p.record.boxes) or p.record.label or p.record.grade,
+             **({"boxes": [list(b) for b in p.boxes]} if p.boxes is not None else {}),
              **({"sampled_iou": list(sampled[p.record.id])} if p.record.id in sampled else {})}
             for p in predictions]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -197,7 +237,8 @@ def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
-    """Ground truth in green, prediction in red; a legend at the top left says so, with the IoU and the
+    """Ground truth in green, predictions in red, every box numbered (truths 1.., predictions 1.. in answer
+    order); a legend at the top left says so, with the IoU ("not found" for an empty set answer) and the
     phrase (`legend_lines`); one PNG per sample.
 
     The image is read as training read it (the data layer's reader, the record's window); images under
@@ -210,10 +251,14 @@ def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_di
         scale = max(1, 256 // max(image.size))
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(image)
-        for gt in p.record.boxes:
-            draw.rectangle([v * scale for v in gt], outline=(0, 220, 0), width=2)
-        if p.box is not None:
-            draw.rectangle([v * scale for v in p.box], outline=(230, 30, 30), width=2)
+        predicted = p.boxes if p.boxes is not None else (() if p.box is None else (p.box,))
+        for colour, boxes, corner in ((TRUTH_RGB, p.record.boxes, 0), (PREDICTION_RGB, predicted, 1)):
+            for i, box in enumerate(boxes, start=1):
+                xy = [v * scale for v in box]
+                draw.rectangle(xy, outline=colour, width=2)
+                # truths numbered at their top-left corner, predictions at their bottom-right
+                at = (xy[0] + 2, xy[1] + 1) if corner == 0 else (xy[2] - 8, xy[3] - 12)
+                draw.text(at, str(i), fill=colour)
         draw_legend(draw, legend_lines(p), image.width)
         path = out_dir / f"{p.record.id.replace('/', '_').replace(':', '_')}.png"
         image.save(path)
@@ -227,7 +272,12 @@ TRUTH_RGB, PREDICTION_RGB, TEXT_RGB = (0, 220, 0), (230, 30, 30), (255, 255, 0)
 def legend_lines(p: Prediction) -> list[list[tuple[str, tuple[int, int, int]]]]:
     """The overlay's legend, line by line as (text, colour) runs: 'truth' in the truth colour, 'prediction'
     (or 'no box') in the prediction colour, the IoU; then the phrase the model was asked to locate."""
-    predicted = "prediction" if p.box is not None else "prediction: no box"
+    if p.boxes == ():
+        predicted = "prediction: not found"
+    elif p.boxes is not None and len(p.boxes) > 1:
+        predicted = f"{len(p.boxes)} predictions"
+    else:
+        predicted = "prediction" if p.box is not None else "prediction: no box"
     return [[("truth", TRUTH_RGB), ("  ", TEXT_RGB), (predicted, PREDICTION_RGB),
              (f"  IoU {p.iou:.2f}", TEXT_RGB)],
             [(p.record.phrase, (255, 255, 255))]]

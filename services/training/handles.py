@@ -80,12 +80,13 @@ def _start(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None, writer: Met
 
     recite_fraction = load_recipe(cfg.model.base).recite_fraction if cfg.model.base else None
 
-    def sft(record: Record) -> TrainSample:
+    def sft(record: Record, multi_box: bool = False) -> TrainSample:
         """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
         prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
-                                   cfg.rollout.inject_knowledge)
+                                   cfg.rollout.inject_knowledge, multi_box)
         think = sft_think(record, knowledge, recite_fraction, cfg.seed)
-        return sft_sample(prepared, reference_answer(record, prepared.frame, think), processor.tokenizer)
+        answer = reference_answer(record, prepared.frame, think, multi_box)
+        return sft_sample(prepared, answer, processor.tokenizer)
 
     return RunHandles(cfg=cfg, run_dir=run_dir, manifest=manifest,
                       sampling=sampling_spec(cfg.rollout.sampling, cfg.model.path, processor.tokenizer),

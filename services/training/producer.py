@@ -68,7 +68,7 @@ class Producer:
         records = self.sampler.take(stage.prompts_per_step)
         for refill in range(1 + stage.refill_cap):
             with made.timer.phase("generate"):  # RolloutPool: G completions per prompt
-                groups = h.pool.generate(requests(h, records, step, refill))
+                groups = h.pool.generate(requests(h, records, step, refill, stage.multi_box))
             made.serving = h.pool.last_serving
             with made.timer.phase("reward"):  # RewardActor: rewards under one tau, then the MedLoc-R1 window
                 scored = self.reward.score(targets(records, groups), step, progress, under=made.tau)
@@ -124,9 +124,11 @@ def sampling_seed(run_seed: int, step: int, refill: int, index: int) -> int:
     return int(np.random.SeedSequence([run_seed, step, refill, index]).generate_state(1)[0])
 
 
-def requests(h: RunHandles, records: Sequence[Record], step: int, refill: int) -> list[RolloutRequest]:
+def requests(h: RunHandles, records: Sequence[Record], step: int, refill: int,
+             multi_box: bool = False) -> list[RolloutRequest]:
     """The rollout requests of one generation round: what rollout may see of each record."""
-    return [rollout_request(r, h.manifest.image_path(r), sampling_seed(h.cfg.seed, step, refill, i))
+    return [rollout_request(r, h.manifest.image_path(r), sampling_seed(h.cfg.seed, step, refill, i),
+                            multi_box)
             for i, r in enumerate(records)]
 
 

@@ -56,7 +56,10 @@ class PromptSampler(Generic[T]):
 def stage_sampler(manifest: Manifest, cfg: RunConfig, stage_index: int) -> PromptSampler[Record]:
     """Stage `stage_index`'s prompts in the driver's order: the records of its split (default: the run's
     data.train_split) and task, permuted from the run's `seed` and the stage's index. One definition for the
-    driver and for benchmarks that give another trainer the same prompts (bench/vs_trl.py)."""
+    driver and for benchmarks that give another trainer the same prompts (bench/vs_trl.py). A stage without
+    `multi_box` skips negative grounding records (no box): a single-box answer cannot say "not present"."""
     stage = cfg.stages[stage_index]
-    return PromptSampler(manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.tasks),
-                         seed=cfg.seed * 1000 + stage_index)
+    records = manifest.select(split=stage.train_split or cfg.data.train_split, task=stage.tasks)
+    if not stage.multi_box:
+        records = tuple(r for r in records if r.task != "grounding" or r.boxes)
+    return PromptSampler(records, seed=cfg.seed * 1000 + stage_index)

@@ -41,11 +41,14 @@ def sample_rows(sel: GroupSelection, grpo: GRPOConfig, groups: int) -> list[dict
         adv = by_group.get(id(group))
         for j, completion in enumerate(group.completions):
             n = lo + j
-            box = cols.pred_box[n]  # [4], NaN when no box was parsed
+            box = cols.pred_box[n]  # [4], NaN when no box was parsed (the first box of a set answer)
+            every = None if cols.sets is None else cols.sets.boxes_of(n)  # reward.boxes: set
             rows.append({
                 "prompt_id": group.prompt_id, "task": group.task, "group": i, "completion": j,
                 "kept": adv is not None, "text": completion.text, "finish_reason": completion.finish_reason,
                 "box": None if np.isnan(box).any() else [round(float(v), 2) for v in box],
+                **({} if cols.sets is None else
+                   {"boxes": None if every is None else [[round(v, 2) for v in b] for b in every]}),
                 "reward": {**{t: float(getattr(cols, t if t in ("total", "weighted", "iou") else "r_" + t)[n])
                               for t in TERMS}, **{k: float(v[n]) for k, v in cols.extra.items()}},
                 "advantage": None if adv is None else float(adv[j]),

@@ -111,7 +111,7 @@ class RunHandles:
     learner: Learner
     control: Control
     reward: Callable[[RewardConfig, dict[str, Any] | None], Reward]  # a reward client for a stage
-    sft_sample: Callable[[Record], TrainSample]  # a record's prompt and reference answer, tokenised
+    sft_sample: Callable[[Record, bool], TrainSample]  # a record's prompt and reference answer (multi_box)
     writer: MetricsWriter
     eval_records: tuple[Record, ...]
 

@@ -244,7 +244,7 @@ def grpo_step(h: RunHandles, stage: StageConfig, producer: Producer, state: Driv
 def sft_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], timer: PhaseTimer) -> dict[str, Any]:
     """Cross-entropy on reference answers (the warm start and the SFT baseline)."""
     with timer.phase("prepare"):
-        samples = [h.sft_sample(r) for r in sampler.take(stage.prompts_per_step)]
+        samples = [h.sft_sample(r, stage.multi_box) for r in sampler.take(stage.prompts_per_step)]
     with timer.phase("learner"):
         metrics = h.learner.sft_step(samples)
     return learner_row(metrics)

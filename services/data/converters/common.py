@@ -57,6 +57,10 @@ class ConvertOptions:
     task: str = "classification"  # MedMNIST: classification or grading
     labels: tuple[str, ...] = ()  # MedMNIST: class names by index
     on_bad_record: Literal["skip", "fail"] = "fail"  # a malformed row: stop naming it, or count it and go on
+    # Negatives (issue 31): "skip" counts them; "keep" writes each as a grounding record with no box, asking
+    # about the finding it lacks (RSNA Target 0, VinDr "No finding", images without a mask lesion).
+    negatives: Literal["skip", "keep"] = "skip"
+    components: Literal["union", "each"] = "union"  # masks/volumes: one box per mask, or one per component
 
 
 @dataclass

@@ -4,7 +4,10 @@ PNG: IN is a folder with `images/` and `masks/`; a mask belongs to the image who
 (`ISIC_001.jpg` <- `ISIC_001_segmentation.png`, `case (1).png` <- `case (1)_mask.png`, `_mask_1.png`).
 Each mask file gives one tight box of its lesion pixels: any non-zero label (masks store the lesion as 1,
 255 or a palette index), or above half range for lossy JPEG masks, whose compression noise is not a label.
-Several masks of one image make one multi-box record; empty masks are counted and skipped.
+Several masks of one image make one multi-box record; empty masks are counted and skipped. `--components
+each` boxes every 8-connected component of a mask (and of a volume's slice) separately: two lesions in one
+mask file give two boxes, not the one box around both. An image with no lesion in any mask is skipped, or
+with `--negatives keep` written as a record with no box (a normal image).
 
 Volumes: IN is a folder of `<name>_image.<ext>` + `<name>_label.<ext>` pairs (also `_mask`, `_seg`), ext one
 of .nrrd, .nii, .nii.gz. Both are reoriented to LPS+ (medvolume.py) so the written axial slice is in the
@@ -47,6 +50,18 @@ def _ref(path: Path, out_dir: Path) -> str:
         return str(path.resolve())
 
 
+def lesion_boxes(mask: NDArray[np.bool_], components: str) -> list[Box]:
+    """Boxes of a boolean mask [H, W]: its one tight box ("union"), or one per 8-connected component
+    ("each"), in row-major order of their first pixel; [] for an empty mask."""
+    if components == "union":
+        box = mask_box(mask)
+        return [] if box is None else [box]
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return [b for k in range(1, count + 1) if (b := mask_box(labels == k)) is not None]
+
+
 def convert_png(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
     images_dir, masks_dir = path / "images", path / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
@@ -69,12 +84,11 @@ def convert_png(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertRe
                 if mask.values.shape != (height, width):
                     raise BadRow(str(m), "size", f"the mask is {mask.values.shape[1]}x{mask.values.shape[0]} but "
                                  f"image {image.name} is {width}x{height}; masks must be pixel-aligned with their image")
-                box = mask_box(mask.foreground())
-                if box is None:
+                found = lesion_boxes(mask.foreground(), options.components)
+                if not found:
                     result.notes["empty masks"] += 1
-                else:
-                    boxes.append(box)
-        if not boxes:
+                boxes.extend(found)
+        if not boxes and options.negatives == "skip":
             continue
         result.records.append(Record(
             id=f"mask:{image.stem}", image=_ref(image, out_dir), width=width, height=height, task="grounding",
@@ -133,8 +147,8 @@ def convert_volumes(path: Path, out_dir: Path, options: ConvertOptions) -> Conve
             raise ConvertError(f"{image_path} {image.data.shape} and {label_path} {label.data.shape} differ in shape")
         lesion = np.asarray(label.data > 0)
         for k in _slices(lesion, options.slice):
-            box = mask_box(np.asarray(label.axial(k) > 0))
-            if box is None:
+            found = lesion_boxes(np.asarray(label.axial(k) > 0), options.components)
+            if not found:
                 result.notes["slices without label"] += 1
                 continue
             pixels, window = to_uint8(image.axial(k), options.window)
@@ -143,10 +157,12 @@ def convert_volumes(path: Path, out_dir: Path, options: ConvertOptions) -> Conve
             Image.fromarray(pixels, mode="L").save(out_dir / rel)
             height, width = pixels.shape
             # Radiological display: columns left of centre are the patient's right.
-            side = "right" if (box[0] + box[2]) / 2 < width / 2 else "left"
+            sides = {"right" if (b[0] + b[2]) / 2 < width / 2 else "left" for b in found}
+            side = sides.pop() if len(sides) == 1 else "both"
             result.records.append(Record(
                 id=f"volume:{name}:z{k}", image=rel, width=width, height=height, task="grounding",
-                phrase=options.phrase or f"{finding} on the patient's {side} side", boxes=(box,),
+                phrase=options.phrase or (f"{finding} on the patient's {side} side" if side != "both"
+                                          else f"{finding} on both sides of the patient"), boxes=tuple(found),
                 knowledge_key=f"{modality}/{slug(finding)}", source="volume", split=hashed_split(name, options),
                 meta=RecordMeta(modality=modality, orientation="radiological axial (from LPS+)", window=window,
                                 pixel_spacing_mm=(image.spacing[1], image.spacing[0]),

@@ -3,8 +3,9 @@
 One row per box on positive patients (up to 4 rows each), one row with empty coordinates and Target 0 per
 negative patient. Positives become one grounding record per patient with all its boxes (xywh in the
 DICOM's pixels: 1024 x 1024 in the published set; a DICOM present beside the manifest gives its own size,
-and a box past its edge is refused as drawn in another frame, `fit_boxes`). Negatives have nothing to
-ground: they are counted ("negatives") and skipped.
+and a box past its edge is refused as drawn in another frame, `fit_boxes`). Negatives (Target 0) are
+counted ("negatives") and skipped, or with `--negatives keep` written as records with no box asking the same
+phrase (the finding is absent).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     result.notes["negatives"] = len(negatives - boxes.keys())
     root = options.image_root if options.image_root is not None else "stage_2_train_images"
     finding = options.finding or "pneumonia"
+    if options.negatives == "keep":
+        for pid in sorted(negatives - boxes.keys()):
+            result.records.append(_record(pid, root, out_dir, (), options, finding))
     for pid, pid_boxes in boxes.items():
         ref = image_ref(root, f"{pid}.dcm")
         # The published DICOMs are 1024 x 1024; a present file's own header wins (a phantom, another export).
@@ -58,18 +62,25 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
         with result.row(options):
             clipped, _ = fit_boxes(pid_boxes, f"{path} patientId {pid}", None if stored else (RSNA_SIZE, RSNA_SIZE),
                                    stored, result.notes)
-        width, height = stored or (RSNA_SIZE, RSNA_SIZE)
         kept = tuple(b for b in clipped if b[0] < b[2] and b[1] < b[3])
         if len(kept) < len(clipped):
             result.notes["boxes outside the image"] += len(clipped) - len(kept)
         if not kept:
             continue
-        result.records.append(Record(
-            id=f"rsna:{pid}", image=ref, width=width, height=height,
-            task="grounding", phrase=options.phrase or "lung opacity suspicious for pneumonia",
-            boxes=kept, knowledge_key="cxr/pneumonia", source="rsna_pneumonia",
-            split=hashed_split(pid, options),
-            meta=RecordMeta(modality="cxr", orientation="radiological",
-                            attributes={"finding": finding, "patient_id": pid}),
-        ))
+        result.records.append(_record(pid, root, out_dir, kept, options, finding))
     return result
+
+
+def _record(pid: str, root: str, out_dir: Path, boxes: tuple[Box, ...], options: ConvertOptions,
+            finding: str) -> Record:
+    """One patient's record: its boxes (none: a negative), in the frame of its DICOM when present."""
+    ref = image_ref(root, f"{pid}.dcm")
+    width, height = size_if_present(out_dir, ref) or (RSNA_SIZE, RSNA_SIZE)
+    return Record(
+        id=f"rsna:{pid}", image=ref, width=width, height=height,
+        task="grounding", phrase=options.phrase or "lung opacity suspicious for pneumonia",
+        boxes=boxes, knowledge_key="cxr/pneumonia", source="rsna_pneumonia",
+        split=hashed_split(pid, options),
+        meta=RecordMeta(modality="cxr", orientation="radiological",
+                        attributes={"finding": finding, "patient_id": pid}),
+    )

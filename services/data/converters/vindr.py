@@ -6,7 +6,11 @@ nothing wrote one "No finding" row with empty coordinates. Policy (README "Data"
 - boxes of one class on one image are fused across radiologists: greedy clustering at IoU >= fuse_iou,
   coordinates averaged; a fused box needs `min_votes` distinct radiologists;
 - one grounding record per (image, class) with all fused boxes;
-- images with only "No finding" rows are negatives: counted and skipped (nothing to ground).
+- images with only "No finding" rows are negatives: counted and skipped, or with `--negatives keep` asked
+  about every class that has a positive record in this conversion, one record with no box per (image,
+  class), with that class's phrase and knowledge key (`negative_classes`). An image that some reader
+  boxed is never a negative for another class: a class the readers left out of an abnormal image, or one
+  whose boxes fusion dropped below min_votes, is uncertain, not absent.
 Width and height are read from the DICOM header when the image is present, else left unknown; a fused box
 past the image's edge was drawn in another frame and is refused (`fit_boxes`).
 """
@@ -89,6 +93,40 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
             images_with_boxes.add(image)
     result.notes["negatives"] = len(all_images - images_with_boxes)
     root = options.image_root if options.image_root is not None else "train"
+    _positives(path, out_dir, options, groups, root, result)
+    if options.negatives == "keep":
+        classes = negative_classes(result.records)
+        for image in sorted(all_images - images_with_boxes):
+            ref = image_ref(root, f"{image}.dicom")
+            size = size_if_present(out_dir, ref)
+            for cls in classes:
+                result.records.append(_record(image, cls, ref, size, (), options, {}))
+        result.notes["negative records"] += len(classes) * len(all_images - images_with_boxes)
+    return result
+
+
+def negative_classes(records: list[Record]) -> list[str]:
+    """The VinDr classes a "No finding" image is asked about: every class with a positive record in this
+    conversion (sorted), so negatives ask exactly the questions positives ask."""
+    return sorted({str(r.meta.attributes["vindr_class"]) for r in records if r.boxes})
+
+
+def _record(image: str, cls: str, ref: str, size: tuple[int, int] | None, boxes: tuple[Box, ...],
+            options: ConvertOptions, extra: dict[str, list[str] | list[int]]) -> Record:
+    finding = cls.lower()
+    return Record(
+        id=f"vindr:{image}:{slug(cls)}", image=ref, width=size[0] if size else None,
+        height=size[1] if size else None, task="grounding", phrase=options.phrase or finding,
+        boxes=boxes, knowledge_key=f"cxr/{slug(cls)}", source="vindr_cxr",
+        split=hashed_split(image, options),
+        meta=RecordMeta(modality="cxr", orientation="radiological",
+                        attributes={"finding": finding, "vindr_class": cls, **extra}))
+
+
+def _positives(path: Path, out_dir: Path, options: ConvertOptions,
+               groups: dict[tuple[str, str], list[tuple[Box, str]]], root: str,
+               result: ConvertResult) -> None:
+    """One record per (image, class) with its fused boxes."""
     for (image, cls), boxes in sorted(groups.items()):
         fused = fuse(boxes, options.fuse_iou, options.min_votes)
         result.notes["boxes before fusion"] += len(boxes)
@@ -103,14 +141,5 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
                                      size_if_present(out_dir, ref), result.notes)
         if not fitted:
             continue  # skipped (--on-bad-record skip)
-        finding = cls.lower()
-        result.records.append(Record(
-            id=f"vindr:{image}:{slug(cls)}", image=ref, width=size[0] if size else None,
-            height=size[1] if size else None, task="grounding", phrase=options.phrase or finding,
-            boxes=fitted, knowledge_key=f"cxr/{slug(cls)}", source="vindr_cxr",
-            split=hashed_split(image, options),
-            meta=RecordMeta(modality="cxr", orientation="radiological", attributes={
-                "finding": finding, "vindr_class": cls, "rad_ids": sorted({r for _, r in boxes}),
-                "votes": [len(rads) for _, rads in fused]}),
-        ))
-    return result
+        result.records.append(_record(image, cls, ref, size, fitted, options, {
+            "rad_ids": sorted({r for _, r in boxes}), "votes": [len(rads) for _, rads in fused]}))

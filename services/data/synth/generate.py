@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from services.data.manifest import write_manifest
 from services.data.records import Attribute, Record, RecordMeta, Task
 from services.data.synth.lesions import FINDINGS, Lesion, draw_lesion, knowledge_key, phrase
+from services.data.synth.multi import REPEATABLE, multi_records, synth_multi
 from services.data.synth.phantom import Scene, rasterise, render_anatomy, sample_anatomy, to_uint8
 
 NO_FINDING = "no finding"
@@ -51,6 +52,12 @@ class SynthSpec(BaseModel):
         (0.04, 0.095), description="Relative areas separating grades 1|2|3; grade 0 is no finding."
     )
     hybrid: bool = Field(False, description="Paste findings into the real RG1 radiograph (needs pydicom-data).")
+    lesions: tuple[int, int] = Field(
+        (1, 1), description="Inclusive range of target lesions per abnormal image (issue 31). Other than "
+        "(1, 1): one repeatable finding (nodule, mass, consolidation) drawn that many times without overlap, "
+        "a grounding record asking for every one of them, and normal images (normal_fraction) written as "
+        "negatives (no box); "
+        "services/data/synth/multi.py. (1, 1): one lesion, as before.")
 
     @model_validator(mode="after")
     def _valid(self) -> SynthSpec:
@@ -62,10 +69,22 @@ class SynthSpec(BaseModel):
                 raise ValueError(f"area bucket ({low}, {high}) must satisfy 0 < low <= high <= 0.5")
             if not any(FINDINGS[f][1] <= high and low <= FINDINGS[f][2] for f in self.findings):
                 raise ValueError(f"no finding in {list(self.findings)} can be drawn at areas ({low}, {high})")
-        for name, (low, high) in (("contrast", self.contrast), ("distractors", self.distractors)):
+        for name, (low, high) in (("contrast", self.contrast), ("distractors", self.distractors),
+                                  ("lesions", self.lesions)):
             if low > high:
                 raise ValueError(f"{name} ({low}, {high}) must be (low, high) with low <= high")
+        if self.multi:
+            if not 1 <= self.lesions[0] <= self.lesions[1] <= 3 or self.tasks != ("grounding",):
+                raise ValueError(f"lesions {self.lesions} must lie in 1..3 and tasks be [grounding]; "
+                                 "normal images come from normal_fraction")
+            if not set(self.findings) & set(REPEATABLE):
+                raise ValueError(f"lesions {self.lesions} needs one of {REPEATABLE} in findings")
         return self
+
+    @property
+    def multi(self) -> bool:
+        """Several lesions per image and negative records (services/data/synth/multi.py)."""
+        return self.lesions != (1, 1)
 
     @property
     def max_grade(self) -> int:
@@ -96,6 +115,10 @@ PRESETS: dict[str, SynthSpec] = {
     # The VRFT-Aug variants on demo images: which finding (classification) and how large (grade 0..3).
     "demo-classification": SynthSpec(tasks=("classification",), normal_fraction=0.2),
     "demo-grading": SynthSpec(tasks=("grading",), normal_fraction=0.2),
+    # Issue 31: 0-3 masses, nodules or consolidations per 112 px image, a quarter of the images normal.
+    "multibox": SynthSpec(splits={"train": 2000, "val": 96, "test": 96}, normal_fraction=0.25, lesions=(1, 3),
+                          findings=("nodule", "mass", "consolidation"),
+                          area_buckets=((0.012, 0.02), (0.02, 0.04), (0.04, 0.07))),
     "hybrid": SynthSpec(size=512, splits={"train": 200, "val": 32, "test": 32}, contrast=(0.12, 0.25),
                         findings=("nodule", "mass", "consolidation"), area_buckets=SMALL_TARGET_BUCKETS[:3],
                         hybrid=True),
@@ -212,6 +235,13 @@ def write_dataset(spec: SynthSpec, out_dir: str | Path, seed: int, manifest_name
     for split, count in spec.splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
+            if spec.multi:
+                rng = image_rng(seed, split, index)
+                pixels, finding, lesions, facts = synth_multi(spec, rng, index, base)
+                rel = f"images/{split}/{index:05d}.png"
+                Image.fromarray(pixels, mode="L").save(out / rel, optimize=False)
+                records.extend(multi_records(spec, split, index, rel, finding, lesions, facts))
+                continue
             pixels, lesion, facts = synth_image(spec, seed, split, index, base)
             rel = f"images/{split}/{index:05d}.png"
             Image.fromarray(pixels, mode="L").save(out / rel, optimize=False)

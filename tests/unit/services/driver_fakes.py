@@ -201,7 +201,7 @@ class QueueControl:
         return None
 
 
-def sft_sample(record: Record) -> TrainSample:
+def sft_sample(record: Record, multi_box: bool = False) -> TrainSample:
     return TrainSample(prompt_ids=(1, 2, 3), completion_ids=(4, 5))
 
 

@@ -166,3 +166,17 @@ def test_sampled_accuracy_is_pass_at_1_and_pass_at_k_over_images() -> None:
     assert mean == pytest.approx(100 / 3) and se == pytest.approx(100 / 3)  # diffs (0, 100, 0): std 57.7 / sqrt 3
     with pytest.raises(ValueError, match="different held-out images"):
         paired_sampled_changes(before, {"a": ious[0], "b": ious[1]})
+
+
+def test_multi_box_reference_answers_list_every_box_and_say_none_for_a_negative() -> None:
+    two = Record(id="r", image="x.png", width=200, height=100, phrase="effusions",
+                 boxes=((20.0, 10.0, 60.0, 50.0), (100.0, 10.0, 140.0, 50.0)))
+    frame = ImageFrame(200, 100, 112, 56, "input_pixels")  # scale 0.56 on both axes
+    assert reference_answer(two, frame, multi_box=True).endswith(
+        '<answer>[{"bbox_2d": [11, 6, 34, 28]}, {"bbox_2d": [56, 6, 78, 28]}]</answer>')
+    negative = Record(id="n", image="x.png", width=200, height=100, phrase="effusions")
+    assert reference_answer(negative, frame, multi_box=True).endswith("<answer>[]</answer>")
+    with pytest.raises(ValueError, match="multi_box: true"):
+        reference_answer(negative, frame)
+    # The single-box target of a two-box record is its first box, as before.
+    assert reference_answer(two, frame).endswith('<answer>{"bbox_2d": [11, 6, 34, 28]}</answer>')

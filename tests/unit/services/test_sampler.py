@@ -68,3 +68,19 @@ def test_a_stage_over_several_tasks_mixes_their_records(tmp_path: Path) -> None:
             RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": bad}]})
         on_task = [e for e in err.value.errors() if e["loc"][:3] == ("stages", 0, "task")]
         assert len(on_task) == 1  # one line, not one per branch of the union
+
+
+def test_single_box_stages_skip_negatives_and_multi_box_stages_train_them(tmp_path: Path) -> None:
+    from services.data.manifest import Manifest
+    from services.data.records import Record
+
+    positives = write_records(tmp_path / "data", n_train=3, n_val=0).records
+    negatives = tuple(Record(id=f"neg-{i}", image="img.png", width=32, height=32, phrase="a nodule")
+                      for i in range(2))
+    manifest = Manifest(tmp_path / "data" / "manifest.jsonl", positives + negatives)
+    tree = {"name": "neg", "model": {"path": "unused"}, "data": {"manifest": "unused"},
+            "stages": [{"name": "warm", "kind": "sft", "steps": 1}]}
+    single = stage_sampler(manifest, RunConfig.model_validate(tree), 0)
+    assert sorted(r.id for r in single.items) == sorted(r.id for r in positives)
+    multi = RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "multi_box": True}]})
+    assert len(stage_sampler(manifest, multi, 0).items) == 5

@@ -23,8 +23,8 @@ def test_record_rules() -> None:
         _rec(boxes=[[20, 10, 10, 30]])
     with pytest.raises(ValueError, match="extends past the 100x80 image"):
         _rec(boxes=[[10, 10, 20, 81]])
-    with pytest.raises(ValueError, match="at least one box"):
-        _rec(boxes=[])
+    assert _rec(boxes=[]).is_negative and not _rec().is_negative  # issue 31: a grounding record with no box
+    assert not _rec(task="classification", boxes=[], label="nodule").is_negative
     with pytest.raises(ValueError, match="not one of choices"):
         _rec(task="classification", boxes=[], label="cat", choices=["nodule", "mass"])
     with pytest.raises(ValueError, match="exceeds max_grade"):
