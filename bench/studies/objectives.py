@@ -13,6 +13,7 @@ image (greedy and sampled). Writes bench/results/objectives.json/.md and plots.
 
     python -m bench.studies.objectives                  # 9 arms, seeds 0 1 2 (make bench-objectives)
     python -m bench.studies.objectives --seeds 0        # one seed; a later call reuses its finished runs
+    python -m bench.studies.objectives --seeds 0 --arms grpo   # one run (to time it; writes a partial table)
 
 The runs of an interrupted call are kept (runs/bench/objectives/<arm>-s<seed>/bench_run.json): calling it
 again with more seeds runs only what is missing, so the study can run one seed per call.
@@ -98,12 +99,19 @@ def extra(run_dir: Path) -> Row:
 
 
 def study(seeds: tuple[int, ...] = (0, 1, 2), steps: int = STEPS, images: int = EVAL_IMAGES,
-          samples: int = EVAL_SAMPLES) -> Study:
-    """The 9 arms on the medloc study's config, `steps` GRPO steps, `images` held-out images evaluated
-    greedily and with `samples` sampled completions each."""
+          samples: int = EVAL_SAMPLES, only: Sequence[str] | None = None) -> Study:
+    """The 9 arms (or those named in `only`, `grpo` always among them) on the medloc study's config, `steps`
+    GRPO steps, `images` held-out images evaluated greedily and with `samples` sampled completions each.
+    Raises ValueError for a name that is not an arm."""
+    chosen = arms()
+    if only is not None:
+        unknown = sorted(set(only) - {a.name for a in chosen})
+        if unknown:
+            raise ValueError(f"--arms {unknown}: not arms of this study (it has {[a.name for a in chosen]})")
+        chosen = tuple(a for a in chosen if a.name in {*only, REFERENCE})
     common = (f"stages.0.steps={steps}", f"eval.max_samples={images}", f"eval.samples={samples}")
     metrics = ("eval/A@0.5", "eval/A@0.8", "eval/sampled/A@0.5", "eval/sampled/A@0.8", "eval/mIoU")
-    return Study("objectives", CONFIG, arms(), seeds=seeds, warm_stages=(), common=common, metrics=metrics,
+    return Study("objectives", CONFIG, chosen, seeds=seeds, warm_stages=(), common=common, metrics=metrics,
                  extra=extra, paired_against=(REFERENCE,))
 
 
@@ -133,12 +141,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="GRPO steps per arm run")
     parser.add_argument("--images", type=int, default=EVAL_IMAGES, help="held-out images evaluated")
     parser.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="sampled completions per image")
+    parser.add_argument("--arms", nargs="+", default=None, help="a subset of the arms (grpo always runs)")
     args = parser.parse_args()
     import yaml
 
     from bench.studies.runner import run_study
 
-    s = study(tuple(args.seeds), args.steps, args.images, args.samples)
+    s = study(tuple(args.seeds), args.steps, args.images, args.samples, args.arms)
     stage = yaml.safe_load(Path(CONFIG).read_text())["stages"][0]
     desc = (f"GRPO objectives on the pretrained CPU base: {args.steps} GRPO steps of {stage['prompts_per_step']} "
             f"prompts x G = 8 from the base, the same prompts and seeds in every arm, {len(s.seeds)} seed(s). "

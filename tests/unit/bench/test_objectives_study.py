@@ -73,3 +73,9 @@ def test_run_statistics_reads_kl_correction_and_step_time() -> None:
     assert off["correction_ratio_mean"] is None and off["correction_kl"] is None and off["step_s"] == 1.0
     with pytest.raises(ValueError, match="no GRPO step"):
         objectives.run_statistics([{"eval/A@0.5": 1.0}])
+
+
+def test_a_subset_of_arms_keeps_the_reference_and_refuses_unknown_names() -> None:
+    assert [a.name for a in objectives.study((0,), only=["gspo"]).arms] == ["grpo", "gspo"]
+    with pytest.raises(ValueError, match=r"\['gspo_mis'\]: not arms"):
+        objectives.study((0,), only=["gspo_mis"])
