@@ -37,7 +37,7 @@ REFERENCE = "grpo"  # the seeds' objective, the default every arm is compared wi
 # Sized for the 2-core CPU budget (27 runs in about 45 minutes, measured: docs/RESULTS.md); the medloc
 # study's 48 steps and 400 images would take about 4 hours here.
 STEPS = 16
-EVAL_IMAGES = 200
+EVAL_IMAGES = 100
 EVAL_SAMPLES = 4
 
 
