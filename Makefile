@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-vrft bench-multibox bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-objectives bench-vrft bench-multibox bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -44,6 +44,10 @@ bench-medloc-reduced: .venv/.ready
 
 bench-mlae-lora: .venv/.ready
 	$(PY) -m bench.studies.mlae_vs_lora
+
+# issue 29's objective study: 9 arms x 3 seeds (~45 min on 2 cores); reruns reuse finished arm runs
+bench-objectives: .venv/.ready
+	$(PY) -m bench.studies.objectives
 
 bench-vrft: .venv/.ready
 	$(PY) -m bench.studies.vrft_aug

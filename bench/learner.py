@@ -12,6 +12,10 @@ adapter version exported just before it). Cases:
   --layers 2 --vision-layers 2``), one prompt with a 1,024-token image (896 px), G = 4, 100-token
   completions, one micro-batch of 4 (the plain path's [4, L, 151,936] logits take ~3 GB per copy here).
 
+The demo case also times each path KL-free (``learner.grpo.beta = 0``: no reference forward, no reference
+copy) in the same alternation, against the demo's beta 0.04 (a reference forward with the adapter as the stage
+began): ``kl_free_over_kl`` per path.
+
 For each arm: step seconds (median of the timed rounds) and the tokens one forward pass computes (padding
 excluded); the prefix share is the prompt's part of the plain path's tokens.
 
@@ -19,7 +23,8 @@ excluded); the prefix share is the prompt's part of the plain path's tokens.
     python -m bench.learner --cases demo             # the demo case only (~2 min)
     python -m bench.learner --device cuda --cases demo   # one GPU, bf16 (tools/gpu_check.sh)
 
-Prints a table and writes JSON to bench/results/learner.json (learner_gpu.json for CUDA runs).
+Prints a table and writes JSON to bench/results/learner.json (learner_gpu.json for CUDA runs); a case not
+run this time is kept from the file already there (each case carries its own machine record and date).
 """
 
 from __future__ import annotations
@@ -61,11 +66,17 @@ class Case:
     rounds: int
     shape: str | None = None  # a real shape cut to 2 + 2 layers, else the small qwen2_5_vl
     note: str = ""
+    kl_free: bool = False  # also time each path with beta = 0 (no reference forward)
+
+
+# An arm: (shared_prefix, beta = 0?); the config's beta otherwise.
+ARMS = {"plain": (False, False), "shared": (True, False), "plain_kl_free": (False, True),
+        "shared_kl_free": (True, True)}
 
 
 CASES = {
     "demo": Case(prompts=8, group=8, prompt_tokens=167, completion_len=43, image_px=112, micro_batch=16,
-                 warmup=2, rounds=8, note="deploy/configs/demo.yaml learner, small qwen2_5_vl"),
+                 warmup=2, rounds=8, note="deploy/configs/demo.yaml learner, small qwen2_5_vl", kl_free=True),
     "3b-cut": Case(prompts=1, group=4, prompt_tokens=1084, completion_len=100, image_px=896, micro_batch=4,
                    warmup=1, rounds=2, shape="qwen2_5_vl_3b",
                    note="Qwen2.5-VL-3B widths, 2 text + 2 vision layers, 1,024-token image"),
@@ -149,8 +160,10 @@ def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tm
     samples = make_batch(model_dir, case.prompts * case.group, case.completion_len, case.image_px, group=case.group,
                          prompt_tokens=case.prompt_tokens)
     cfg = cfg.model_copy(update={"micro_batch_size": case.micro_batch})
-    engines = {arm: LearnerEngine(model_dir, cfg.model_copy(update={"shared_prefix": arm == "shared"}))
-               for arm in ("plain", "shared")}
+    kl_free = cfg.grpo.model_copy(update={"beta": 0.0})
+    arms = [a for a in ARMS if case.kl_free or not ARMS[a][1]]
+    engines = {arm: LearnerEngine(model_dir, cfg.model_copy(update={
+        "shared_prefix": ARMS[arm][0], **({"grpo": kl_free} if ARMS[arm][1] else {})})) for arm in arms}
     steps = {}
     for arm, engine in engines.items():
         engine.begin_stage("grpo", cfg.lr)
@@ -170,12 +183,26 @@ def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tm
     prompt = sum(len(s.prompt_ids) for s in samples)
     tokens = computed_tokens(samples, case.micro_batch)
     medians = {arm: statistics.median(ts) for arm, ts in times.items()}
-    return {"note": case.note, "machine": machine.finish(record), "prompts": case.prompts, "group": case.group, "micro_batch": case.micro_batch,
+    kl = {path: {"beta": cfg.grpo.beta, "kl_free_over_kl": medians[f"{path}_kl_free"] / medians[path],
+                 "seconds_saved": medians[path] - medians[f"{path}_kl_free"]}
+          for path in ("plain", "shared") if f"{path}_kl_free" in medians}
+    return {"note": case.note, "machine": machine.finish(record), "date": time.strftime("%Y-%m-%d"),
+            "prompts": case.prompts, "group": case.group, "micro_batch": case.micro_batch,
             "prompt_tokens": len(samples[0].prompt_ids), "completion_tokens": case.completion_len,
             "image_px": case.image_px, "prefix_share": prompt / sum(s.num_tokens for s in samples), **tokens,
             "warmup": case.warmup, "rounds": case.rounds,
             "results": {arm: {"step_s_median": medians[arm], "step_s_all": ts} for arm, ts in times.items()},
-            "shared_over_plain": medians["shared"] / medians["plain"]}
+            "shared_over_plain": medians["shared"] / medians["plain"], **({"kl_free": kl} if kl else {})}
+
+
+def kept_cases(path: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The cases of the result file at `path` that this run did not measure (none when there is no file)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    cases = json.loads(path.read_text()).get("cases", {})
+    return {name: row for name, row in cases.items() if name not in run}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -198,9 +225,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in args.cases:
             case = CASES[name] if args.steps is None else dataclasses.replace(CASES[name], rounds=args.steps)
             rows[name] = run_case(name, case, cfg, device, Path(tmp))
+    out_path = args.out or machine.results_path("learner", gpu=cuda)
+    rows = {**rows, **kept_cases(out_path, rows)}
     result = {
         "question": "GRPO learner step, plain (one sequence per completion) vs shared prefix (each prompt once "
-                    "per group, the vision tower once per image per step), same engine config and batch",
+                    "per group, the vision tower once per image per step), same engine config and batch; "
+                    "and with beta = 0 (no reference forward) against the config's beta (kl_free)",
         "machine": machine.finish(record), "device": args.device, "precision": "bf16" if cuda else "fp32",
         "learner": f"{DEMO_CONFIG.relative_to(ROOT)} learner section (micro-batch per case)", "adapter": cfg.adapter,
         "cases": rows, "date": time.strftime("%Y-%m-%d"),
@@ -213,7 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratio = f"{r['shared_over_plain']:.3f}" if arm == "shared" else ""
             print(f"{name:<8}{arm:<8}{r['results'][arm]['step_s_median']:>10.3f}{r[f'{arm}_tokens_per_pass']:>13}"
                   f"{r['prefix_share']:>14.0%}{ratio:>14}")
-    out = machine.write_json(result, args.out or machine.results_path("learner", gpu=cuda))
+    for name, r in rows.items():
+        for path, k in r.get("kl_free", {}).items():
+            kl_s, free_s = (r["results"][a]["step_s_median"] for a in (path, f"{path}_kl_free"))
+            print(f"{name} {path}: beta {k['beta']} -> 0 (no reference forward): {kl_s:.3f} -> {free_s:.3f} "
+                  f"s/step ({k['kl_free_over_kl']:.3f}x, {k['seconds_saved']:.3f} s saved)")
+    out = machine.write_json(result, out_path)
     print(f"wrote {out}")
     return result
 

@@ -164,29 +164,47 @@ def _final_ious(run_dir: Path) -> dict[str, float]:
     return read_ious(files[-1])
 
 
+def _final_sampled(run_dir: Path) -> dict[str, tuple[float, ...]]:
+    """The k sampled IoUs by held-out record id of the run's last evaluation (empty: it sampled none)."""
+    from services.evaluation import eval_files, read_sampled_ious
+
+    files = eval_files(run_dir)
+    return read_sampled_ious(files[-1]) if files else {}
+
+
 def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
     """Every arm against the arm `ref`, image by image on the same held-out set: per seed the paired change
-    (arm - ref) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds."""
-    from services.evaluation.metrics import paired_changes
+    (arm - ref) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds; when both runs'
+    evaluations sampled (eval.samples > 0), the same for sampled pass@1 under `sampled`."""
+    from services.evaluation.metrics import paired_changes, paired_sampled_changes
 
     out: Row = {}
     for name, rows in per_arm.items():
         if name == ref:
             continue
-        per_seed = {}
+        per_seed, sampled = {}, {}
         for row, ref_row in zip(rows, per_arm[ref], strict=True):
             before, after = _final_ious(Path(ref_row["run_dir"])), _final_ious(Path(row["run_dir"]))
             per_seed[str(row["seed"])] = paired_changes(before, after)
+            s_before, s_after = _final_sampled(Path(ref_row["run_dir"])), _final_sampled(Path(row["run_dir"]))
+            if s_before and s_after:
+                sampled[str(row["seed"])] = paired_sampled_changes(s_before, s_after)
         metrics = next(iter(per_seed.values())).keys()
         out[name] = {"per_seed": per_seed,
                      "pooled": {m: pooled_change([c[m] for c in per_seed.values()]) for m in metrics}}
+        if len(sampled) == len(per_seed):
+            out[name]["sampled"] = {"per_seed": sampled, "pooled": {
+                m: pooled_change([c[m] for c in sampled.values()]) for m in metrics}}
     return out
 
 
-def _paired_table(paired: Row, reference: str) -> str:
-    head = f"| arm - {reference} | A@0.3 | A@0.5 | A@0.8 | mIoU | A@0.5 by seed |"
+def _paired_table(paired: Row, reference: str, part: str | None = None) -> str:
+    """The pooled paired changes against `reference` (greedy; `part="sampled"`: sampled pass@1)."""
+    what = "" if part is None else f" ({part})"
+    head = f"| arm - {reference}{what} | A@0.3 | A@0.5 | A@0.8 | mIoU | A@0.5 by seed |"
     rows = [head, "|---|---:|---:|---:|---:|---|"]
-    for name, p in paired.items():
+    for name, whole in paired.items():
+        p = whole if part is None else whole[part]
         cells = [f"{p['pooled'][m][0]:+.{3 if m == 'mIoU' else 1}f} ± {p['pooled'][m][1]:.{3 if m == 'mIoU' else 1}f}"
                  for m in ("A@0.3", "A@0.5", "A@0.8", "mIoU")]
         seeds = ", ".join(f"{c['A@0.5'][0]:+.1f} ± {c['A@0.5'][1]:.1f}" for c in p["per_seed"].values())
@@ -329,12 +347,16 @@ def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, in
     machine.write_json(result, machine.results_path(out_stem))
     table = markdown_table([(a["name"], result["aggregate"][a["name"]]) for a in result["arms"]], columns)
     paired = {ref: _paired_table(p, ref) for ref, p in result["paired"].items()}
+    paired |= {f"{ref} sampled": _paired_table(p, ref, "sampled") for ref, p in result["paired"].items()
+               if p and all("sampled" in q for q in p.values())}
     md = [f"# {out_stem}", "", result["description"], "", table, "",
           f"Seeds {result['seeds']}; cells are mean ± sample std over seeds; wall {result['wall_s_total'] / 60:.1f} "
           f"min on {machine.describe(result['machine'])}. Deviations:", *[f"- {d}" for d in result["deviations"]], ""]
     for ref, paired_table in paired.items():
-        md += [f"Paired changes against `{ref}` on the same held-out images: mean over seeds ± its standard error "
-               "(per seed: mean of per-image differences ± their standard error).", "", paired_table, ""]
+        kind = "sampled pass@1, mean over an image's k samples" if ref.endswith(" sampled") else "greedy"
+        md += [f"Paired changes ({kind}) against `{ref.removesuffix(' sampled')}` on the same held-out "
+               "images: mean over seeds ± its standard error (per seed: mean of per-image differences ± "
+               "their standard error).", "", paired_table, ""]
     machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
     plot_study(result, machine.RESULTS / out_stem)
     print(table)
