@@ -13,7 +13,8 @@ def summarise(xs: Sequence[float]) -> dict[str, float]:
     if not xs:
         raise ValueError("no step times to summarise; run at least one round after the warm-up")
     q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {"n": len(xs), "median": statistics.median(xs), "min": min(xs), "max": max(xs), "q1": q[0], "q3": q[2]}
+    return {"n": len(xs), "median": statistics.median(xs), "min": min(xs), "max": max(xs),
+            "q1": q[0], "q3": q[2]}
 
 
 def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:

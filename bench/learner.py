@@ -105,12 +105,13 @@ def make_batch(model_dir: Path, n: int, completion_len: int, image_px: int, seed
             enc = processor(text=[text], images=[image], return_tensors="pt")
             if prompt_tokens is None or enc["input_ids"].shape[1] >= prompt_tokens:
                 break
-            words += " the opacity lies near the left upper zone" * max(1, (prompt_tokens - enc["input_ids"].shape[1]) // 12)
+            words += " the opacity lies near the left upper zone" * max(1, (prompt_tokens - enc["input_ids"].shape[1]) // 12)  # noqa: E501
         prompt = tuple(enc["input_ids"][0].tolist())
         types = tuple(enc["mm_token_type_ids"][0].tolist())
         for _ in range(min(group, n - len(out))):
             completion = tuple(int(t) for t in rng.integers(0, text_vocab, completion_len))
-            out.append(TrainSample(prompt_ids=prompt, completion_ids=completion, advantage=float(rng.standard_normal()),
+            out.append(TrainSample(prompt_ids=prompt, completion_ids=completion,
+                                   advantage=float(rng.standard_normal()),
                                    pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
                                    mm_token_type_ids=types))
     return out
@@ -143,7 +144,8 @@ def computed_tokens(samples: list[TrainSample], micro_batch: int) -> dict[str, i
                  for mb in made.micro_batches for p in mb)
     patches = [s.pixel_values.shape[0] if s.pixel_values is not None else 0 for s in samples]
     return {"plain_tokens_per_pass": sum(s.num_tokens for s in samples), "shared_tokens_per_pass": shared,
-            "plain_patches_per_pass": sum(patches), "shared_patches_per_step": sum(patches[i] for i in made.image_samples)}
+            "plain_patches_per_pass": sum(patches),
+            "shared_patches_per_step": sum(patches[i] for i in made.image_samples)}
 
 
 def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
@@ -157,7 +159,8 @@ def run_case(name: str, case: Case, cfg: LearnerConfig, device: torch.device, tm
     else:
         model_dir = build_model_dir(tmp / name, shape=case.shape, layers=2, vision_layers=2, seed=0,  # type: ignore[arg-type]
                                     max_pixels=px, device=device.type)
-    samples = make_batch(model_dir, case.prompts * case.group, case.completion_len, case.image_px, group=case.group,
+    samples = make_batch(model_dir, case.prompts * case.group, case.completion_len, case.image_px,
+                         group=case.group,
                          prompt_tokens=case.prompt_tokens)
     cfg = cfg.model_copy(update={"micro_batch_size": case.micro_batch})
     kl_free = cfg.grpo.model_copy(update={"beta": 0.0})
@@ -228,11 +231,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_path = args.out or machine.results_path("learner", gpu=cuda)
     rows = {**rows, **kept_cases(out_path, rows)}
     result = {
-        "question": "GRPO learner step, plain (one sequence per completion) vs shared prefix (each prompt once "
-                    "per group, the vision tower once per image per step), same engine config and batch; "
-                    "and with beta = 0 (no reference forward) against the config's beta (kl_free)",
+        "question": "GRPO learner step, plain (one sequence per completion) vs shared prefix (each prompt "
+                    "once per group, the vision tower once per image per step), same engine config and "
+                    "batch; and with beta = 0 (no reference forward) against the config's beta (kl_free)",
         "machine": machine.finish(record), "device": args.device, "precision": "bf16" if cuda else "fp32",
-        "learner": f"{DEMO_CONFIG.relative_to(ROOT)} learner section (micro-batch per case)", "adapter": cfg.adapter,
+        "learner": f"{DEMO_CONFIG.relative_to(ROOT)} learner section (micro-batch per case)",
+        "adapter": cfg.adapter,
         "cases": rows, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"GRPO learner step, plain vs shared prefix, {args.device} {result['precision']}; "

@@ -7,7 +7,8 @@ one key schema, name where its results go, and start a Ray of its own.
 
 `result["machine"]` holds: `platform`, `python`, `cpu_model`, `cores` (logical CPUs), `gpu` (name of CUDA
 device 0, or None), `versions` (torch, vllm, ray, deepspeed, transformers, peft, trl, accelerate: the
-installed distribution's version, None when absent), `load_before` and `load_after` (the 1, 5 and 15-minute load
+installed distribution's version, None when absent), `load_before` and `load_after` (the 1, 5 and 15-minute
+load
 averages). On a shared machine the load before the run is what tells a quiet run from a crowded one: the
 bench itself keeps the cores busy, so the load after mostly measures the bench.
 
@@ -54,7 +55,7 @@ def finish(record: Row) -> Row:
 def describe(record: Row) -> str:
     """One line for tables and logs, e.g. 'x86_64 AMD EPYC 7B13, 2 cores, no GPU; quiet at the start (1-min
     load 0.31)'."""
-    where = f"{platform.machine()} {record['cpu_model']}, {record['cores']} cores, {record['gpu'] or 'no GPU'}"
+    where = f"{platform.machine()} {record['cpu_model']}, {record['cores']} cores, {record['gpu'] or 'no GPU'}"  # noqa: E501
     load = record["load_before"][0]
     busy = (f"other work was running at the start (1-min load {load:.2f}): wall times are upper bounds"
             if load >= BUSY_LOAD else f"quiet at the start (1-min load {load:.2f})")

@@ -139,18 +139,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--configs", default="tiny,large")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 makes process CPU time a clean measure of work on a shared machine")
+                        help="torch threads; 1 makes process CPU time a clean measure of work on a shared "
+                             "machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     record = machine.start()
     result: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "configs": {}}
     for name in args.configs.split(","):
         result["configs"][name] = bench_config(name, args.repeats)
-    print(f"{'config':<7} {'variant':<10} {'CPU ms':>9} {'wall ms':>9} {'vs LoRA':>8} {'saved MB':>9} {'trainable':>10}")
+    print(f"{'config':<7} {'variant':<10} {'CPU ms':>9} {'wall ms':>9} {'vs LoRA':>8} {'saved MB':>9} "
+          f"{'trainable':>10}")
     for name, cfg in result["configs"].items():
         for key, v in cfg["variants"].items():
-            print(f"{name:<7} {key:<10} {v['fwd_bwd_cpu_ms_median']:>9.1f} {v['fwd_bwd_wall_ms_median']:>9.1f} "
-                  f"{v['overhead_vs_lora_pct']:>7.1f}% "
+            print(f"{name:<7} {key:<10} {v['fwd_bwd_cpu_ms_median']:>9.1f} "
+                  f"{v['fwd_bwd_wall_ms_median']:>9.1f} {v['overhead_vs_lora_pct']:>7.1f}% "
                   f"{v['saved_activation_mb']:>9.2f} {v['trainable_params']:>10,}")
     out = machine.write_json({**result, "machine": machine.finish(record)}, machine.results_path("mlae"))
     worst = max(v["overhead_vs_lora_pct"] for c in result["configs"].values()

@@ -57,7 +57,8 @@ def make_batch(n: int, seed: int, knowledge: str = "") -> list[tuple[list[str], 
     return groups
 
 
-def plain_scorer(groups: list[tuple[list[str], RewardTarget]], tau: float, cfg: RewardConfig) -> list[RewardBreakdown]:
+def plain_scorer(groups: list[tuple[list[str], RewardTarget]], tau: float,
+                 cfg: RewardConfig) -> list[RewardBreakdown]:
     """The obvious loop over the same primitives: the reference the vectorised path is compared with."""
     out = []
     for texts, target in groups:
@@ -85,7 +86,8 @@ def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run); writes nothing "
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats and sizes (smoke run); writes nothing "
                         "to bench/results")
     args = parser.parse_args()
     import ray
@@ -96,7 +98,8 @@ def main() -> None:
     repeats = 5 if args.quick else 25
     record = machine.start()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg = RewardConfig(w_recite=0.0)  # no knowledge injected: the recitation term is measured separately below
+    # no knowledge injected: the recitation term is measured separately below
+    cfg = RewardConfig(w_recite=0.0)
     actor = create_reward_actor(cfg)
     local = RewardScorer(cfg)
     rows = []
@@ -108,13 +111,15 @@ def main() -> None:
         t_actor = timed(lambda r=ref: ray.get(actor.score_batch.remote(r)), repeats)
         t_objs = statistics.median(timed(lambda g=groups: local.score_batch(g).groups, repeats))
         row = {"batch": n, "plain_python_per_s": n / t_plain, "vectorised_in_process_per_s": n / t_local,
-               "actor_per_s": n / statistics.median(t_actor), "actor_median_ms": 1e3 * statistics.median(t_actor),
+               "actor_per_s": n / statistics.median(t_actor), "actor_median_ms": 1e3
+               * statistics.median(t_actor),
                "actor_p90_ms": 1e3 * float(np.percentile(t_actor, 90)),
                "in_process_with_breakdown_objects_per_s": n / t_objs}
         rows.append(row)
-        print(f"batch {n:5d}: plain {row['plain_python_per_s']:>9,.0f}/s | vectorised {row['vectorised_in_process_per_s']:>9,.0f}/s"
-              f" | actor {row['actor_per_s']:>9,.0f}/s ({row['actor_median_ms']:.2f} ms, p90 {row['actor_p90_ms']:.2f})"
-              f" | +objects {row['in_process_with_breakdown_objects_per_s']:>9,.0f}/s")
+        print(f"batch {n:5d}: plain {row['plain_python_per_s']:>9,.0f}/s | vectorised "
+              f"{row['vectorised_in_process_per_s']:>9,.0f}/s | actor {row['actor_per_s']:>9,.0f}/s "
+              f"({row['actor_median_ms']:.2f} ms, p90 {row['actor_p90_ms']:.2f}) | +objects "
+              f"{row['in_process_with_breakdown_objects_per_s']:>9,.0f}/s")
     # Step latency as the driver sees it: ship the 512 completions with the call.
     step = make_batch(512, seed=7)
     lat = timed(lambda: ray.get(actor.score_batch.remote(step)), repeats)
@@ -129,14 +134,16 @@ def main() -> None:
     recitation = {"batch": 512, "with_recitation_per_s": 512 / t_rec, "without_per_s": 512 / t_norec,
                   "bleu_us_per_completion": 1e6 * (t_rec - t_norec) / 512}
     print(f"recitation (sacrebleu sentence BLEU): {recitation['with_recitation_per_s']:,.0f}/s with, "
-          f"{recitation['without_per_s']:,.0f}/s without = {recitation['bleu_us_per_completion']:.0f} us per completion")
+          f"{recitation['without_per_s']:,.0f}/s without = {recitation['bleu_us_per_completion']:.0f} us "
+          "per completion")
     at_1024 = next((r for r in rows if r["batch"] == 1024), None)
     summary = (f"actor {at_1024['actor_per_s']:,.0f} completions/s at 1024 (plain Python "
                f"{at_1024['plain_python_per_s']:,.0f}/s); 512-step latency {latency['median_ms']:.1f} ms"
                if at_1024 else "")
     print(summary)
     ray.shutdown()
-    result = {"group_size": G, "rows": rows, "latency_512": latency, "recitation": recitation, "summary": summary,
+    result = {"group_size": G, "rows": rows, "latency_512": latency, "recitation": recitation,
+              "summary": summary,
               "note": "medians of repeated calls", "machine": machine.finish(record)}
     print(machine.describe(result["machine"]))
     if not args.quick:

@@ -30,7 +30,8 @@ from rollout.core import RolloutWorkerCore
 def _requests(count: int) -> list[RolloutRequest]:
     rng = np.random.default_rng(0)
     return [RolloutRequest(prompt_id=f"p{i}", question=f"Locate the small left upper nodule {i}.",
-                           image=Image.fromarray((rng.random((96 + 8 * (i % 4), 128, 3)) * 255).astype("uint8")))
+                           image=Image.fromarray((rng.random((96 + 8 * (i % 4), 128, 3))
+                                                  * 255).astype("uint8")))
             for i in range(count)]
 
 
@@ -41,7 +42,7 @@ def _adapter(model_dir: Path, version: int) -> LoraArtefact:
     from transformers import AutoModelForImageTextToText
 
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32), config)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32), config)  # noqa: E501
     generator = torch.Generator().manual_seed(version)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -121,9 +121,9 @@ def main() -> None:
                  f"max_new_tokens {args.max_new_tokens}, 256x256 PNG multipart, clients in the same process",
         "seconds_per_row": args.seconds, "replica_startup_s": round(startup, 1), "rows": rows,
         "machine": machine.finish(record),
-        "notes": "Clients run in the bench's own process on the same cores as the replica, Serve's proxy and "
-                 "controller: on 2 cores they compete. A load average well above the core count before the run "
-                 "means other work shared the machine; compare rows of one run only.",
+        "notes": "Clients run in the bench's own process on the same cores as the replica, Serve's proxy "
+                 "and controller: on 2 cores they compete. A load average well above the core count before "
+                 "the run means other work shared the machine; compare rows of one run only.",
     }
     out = machine.write_json(result, machine.results_path("serve_load"))
     print(f"replica start-up {startup:.1f} s; wrote {out}")

@@ -52,9 +52,11 @@ def sync_table() -> list[dict[str, Any]]:
     for name in SYNC_SHAPES:
         shape = REAL[name]  # type: ignore[index]
         with torch.device("meta"):
-            params = sum(p.numel() for p in AutoModelForImageTextToText.from_config(model_config(shape, ids)).parameters())
+            params = sum(p.numel()
+                         for p in AutoModelForImageTextToText.from_config(model_config(shape, ids)).parameters())  # noqa: E501
         full = 2 * params
-        rows.append({"shape": name, "layers": shape.layers, "parameters": params, "full_weights_bf16_bytes": full,
+        rows.append({"shape": name, "layers": shape.layers, "parameters": params,
+                     "full_weights_bf16_bytes": full,
                      **{f"lora_r{r}_bytes": lora_bytes(shape, r) for r in (16, 64)},
                      **{f"lora_r{r}_share_of_full": lora_bytes(shape, r) / full for r in (16, 64)}})
     return rows
@@ -82,7 +84,8 @@ def measure(model_dir: Path, rank: int, device: str, batch: int, completion_len:
     cuda = device == "cuda"
     family = family_of(model_dir)
     samples = make_batch(model_dir, batch, completion_len, image_px)
-    cfg = LearnerConfig(micro_batch_size=batch, zero_stage=2, precision="bf16" if cuda else "fp32", torch_threads=0,
+    cfg = LearnerConfig(micro_batch_size=batch, zero_stage=2, precision="bf16" if cuda else "fp32",
+                        torch_threads=0,
                         mlae={"rank": rank, "target_modules": FAMILIES[family].lora_modules})  # type: ignore[arg-type]
     engine = LearnerEngine(model_dir, cfg)
     out: dict[str, Any] = {"rss_after_load_gib": _rss_gib()}
@@ -163,7 +166,8 @@ def _extrapolate(rows: list[dict[str, Any]], full_layers: dict[str, int]) -> lis
         (d1, a), (d2, b) = sorted(by_depth.items())[:2]
         depth = full_layers[shape]
         est = {k: a[k] + (b[k] - a[k]) / (d2 - d1) * (depth - d1) for k in keys}
-        out.append({"shape": shape, "rank": rank, "layers": depth, "extrapolated_from_layers": [d1, d2], **est})
+        out.append({"shape": shape, "rank": rank, "layers": depth,
+                    "extrapolated_from_layers": [d1, d2], **est})
     return out
 
 
@@ -171,16 +175,21 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--shapes", nargs="+", default=None, help="default: 3b and 7b on CPU, 3b on CUDA")
-    ap.add_argument("--layers", nargs="+", type=int, default=None, help="text depths (CPU: 1 2; CUDA: the full depth)")
+    ap.add_argument("--layers", nargs="+", type=int, default=None,
+                    help="text depths (CPU: 1 2; CUDA: the full depth)")
     ap.add_argument("--vision-layers", type=int, default=None, help="vision blocks (CPU: 2; CUDA: all)")
-    ap.add_argument("--ranks", nargs="+", type=int, default=None, help="adapter ranks measured (CPU: 64; CUDA: 16 64)")
+    ap.add_argument("--ranks", nargs="+", type=int, default=None,
+                    help="adapter ranks measured (CPU: 64; CUDA: 16 64)")
     ap.add_argument("--batch", type=int, default=None, help="samples per step (CPU 2, CUDA 8)")
     ap.add_argument("--completion-len", type=int, default=32)
     ap.add_argument("--image-px", type=int, default=224)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per kind after one warm-up")
-    ap.add_argument("--gen-tokens", type=int, default=None, help="generated tokens per prompt (CPU 16, CUDA 128)")
-    ap.add_argument("--dry-run", action="store_true", help="the sync table and the plan only: build and run nothing")
-    ap.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # child process: a model dir
+    ap.add_argument("--gen-tokens", type=int, default=None,
+                    help="generated tokens per prompt (CPU 16, CUDA 128)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="the sync table and the plan only: build and run nothing")
+    # child process: a model dir
+    ap.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
     return ap
@@ -269,20 +278,20 @@ def _print_sync(rows: list[dict[str, Any]]) -> None:
     print(f"{'shape':<15}{'layers':>7}{'params':>15}{'full bf16':>11}{'LoRA r16':>10}{'r16/full':>9}"
           f"{'LoRA r64':>10}{'r64/full':>9}")
     for r in rows:
-        print(f"{r['shape']:<15}{r['layers']:>7}{r['parameters']:>15,}{r['full_weights_bf16_bytes'] / 2**30:>9.2f}Gi"
+        print(f"{r['shape']:<15}{r['layers']:>7}{r['parameters']:>15,}{r['full_weights_bf16_bytes'] / 2**30:>9.2f}Gi"  # noqa: E501
               f"{r['lora_r16_bytes'] / 2**20:>8.0f}Mi{r['lora_r16_share_of_full']:>9.1%}"
               f"{r['lora_r64_bytes'] / 2**20:>8.0f}Mi{r['lora_r64_share_of_full']:>9.1%}")
 
 
 def _print_measured(rows: list[dict[str, Any]], extrapolated: list[dict[str, Any]], device: str,
                     record: dict[str, Any]) -> None:
-    print(f"\n{'shape':<15}{'layers':>7}{'rank':>5}{'SFT s':>8}{'GRPO s':>8}{'learner tok/s':>14}{'gen tok/s':>10}"
+    print(f"\n{'shape':<15}{'layers':>7}{'rank':>5}{'SFT s':>8}{'GRPO s':>8}{'learner tok/s':>14}{'gen tok/s':>10}"  # noqa: E501
           f"{'peak GiB':>9}   ({device}, {record['gpu'] or str(record['cores']) + ' cores'})")
     for row in rows:
         print(_row_line(row))
     for est in extrapolated:
         print(f"{est['shape']:<15}{est['layers']:>7}{est['rank']:>5}{est['sft_step_s']:>8.2f}{est['grpo_step_s']:>8.2f}"
-              f"{'':>14}{'':>10}{est['peak_rss_gib']:>9.2f}   extrapolated from {est['extrapolated_from_layers']} layers")
+              f"{'':>14}{'':>10}{est['peak_rss_gib']:>9.2f}   extrapolated from {est['extrapolated_from_layers']} layers")  # noqa: E501
 
 
 def _row_line(r: dict[str, Any]) -> str:

@@ -81,8 +81,10 @@ def passes(row: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="deploy/configs/bases/demo.yaml", help="base recipe (built when missing)")
-    parser.add_argument("--model-dir", default=None, help="where the base is built (default models/base-<recipe>)")
+    parser.add_argument("--base", default="deploy/configs/bases/demo.yaml",
+                        help="base recipe (built when missing)")
+    parser.add_argument("--model-dir", default=None,
+                        help="where the base is built (default models/base-<recipe>)")
     parser.add_argument("--areas", nargs="+", default=["0.01,0.02"], help="area bands LOW,HIGH (box / image)")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.6, 0.9])
     parser.add_argument("--images", type=int, default=100)
@@ -106,15 +108,17 @@ def main() -> None:
             data = write_dataset(make_spec("demo", splits={"train": 0, "val": args.images, "test": 0},
                                            area_buckets=((low, high),)),
                                  Path(tmp) / band, seed=args.seed, manifest_name="manifest.jsonl")
-            row = {"areas": [low, high], **measure(model_dir, data, args.temperatures, args.samples, args.seed,
+            row = {"areas": [low, high], **measure(model_dir, data, args.temperatures,
+                                                   args.samples, args.seed,
                                                    recipe)}
             row["gate"] = {f"T{t}": passes(row[f"T{t}"]) for t in args.temperatures}
             rows.append(row)
             for t in args.temperatures:
                 r, s = row[f"T{t}"], row[f"T{t}"]["sampled"]
-                print(f"areas {low:.3f}-{high:.3f}  T {t}: greedy A@0.5 {row['greedy']['A@0.5']:5.1f}  sampled "
-                      f"A@0.3 {s['A@0.3']:5.1f}  A@0.5 {s['A@0.5']:5.1f}  A@0.8 {s['A@0.8']:4.1f}  zero-variance "
-                      f"tau 0.3 {r['zero_var_tau0.3']:.2f}  tau 0.5 {r['zero_var_tau0.5']:.2f}  gate "
+                print(f"areas {low:.3f}-{high:.3f}  T {t}: greedy A@0.5 "
+                      f"{row['greedy']['A@0.5']:5.1f}  sampled A@0.3 {s['A@0.3']:5.1f}  A@0.5 "
+                      f"{s['A@0.5']:5.1f}  A@0.8 {s['A@0.8']:4.1f}  zero-variance tau 0.3 "
+                      f"{r['zero_var_tau0.3']:.2f}  tau 0.5 {r['zero_var_tau0.5']:.2f}  gate "
                       f"{'PASS' if row['gate'][f'T{t}'] else 'fail'}", flush=True)
     result = {"question": "is this base on these targets in MedLoc-R1's sparse regime (issue 28's gate)?",
               "base": args.base, "model_dir": str(model_dir), "gate": GATE, "samples_per_image": args.samples,

@@ -1,9 +1,11 @@
-"""How often does a GRPO group carry no gradient under fixed tau = 0.5 versus the MedLoc-R1 schedule? (issue 4)
+"""How often does a GRPO group carry no gradient under fixed tau = 0.5 versus the MedLoc-R1 schedule? (issue
+4)
 
 A mock policy predicts the ground-truth box with Gaussian corner jitter (pixels), jitter shrinking linearly
 as "training" goes on (40 px -> 4 px over the run), on a 1024 x 1024 image, for several target sizes.
 Every completion has the right format, so a group's rewards vary only through the accuracy term; a group
-is zero-variance when its G rewards are all equal (docs/algorithms.md, "GRPO": spread <= 1e-6). The same groups
+is zero-variance when its G rewards are all equal (docs/algorithms.md, "GRPO": spread <= 1e-6). The same
+groups
 are scored under fixed tau = 0.5, the schedule (defaults: N = 30, piecewise 0.3 -> 0.8) and raw IoU.
 
     python -m bench.sparsity [--quick]
@@ -25,7 +27,8 @@ EPS = 1e-6
 
 
 def run(side: int, mode: str, steps: int, groups_per_step: int, seed: int) -> dict[str, float]:
-    """Zero-variance fraction (whole run and last quarter), mean IoU and final tau for one box size and mode."""
+    """Zero-variance fraction (whole run and last quarter), mean IoU and final tau for one box size and
+    mode."""
     rng = np.random.default_rng(seed)  # same seed per size: every mode sees the same boxes and jitter
     frame = ImageFrame(1024.0, 1024.0, 1008.0, 1008.0, "input_pixels")
     to_model = 1008.0 / 1024.0
@@ -41,9 +44,11 @@ def run(side: int, mode: str, steps: int, groups_per_step: int, seed: int) -> di
             gt = (x, y, x + side, y + side)
             pred = np.asarray(gt) + rng.normal(0.0, sigma, size=(G, 4))  # [G, 4] original px
             # Corners in order and inside the image: format stays 1, so only accuracy can vary.
-            pred = np.clip(np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:]) + 1.0],
+            pred = np.clip(np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]),
+                                           np.maximum(pred[:, :2], pred[:, 2:]) + 1.0],
                                           axis=1), 0.0, 1024.0)
-            texts = [f'<think>t</think><answer>{{"bbox_2d": [{", ".join(f"{v * to_model:.1f}" for v in p)}]}}</answer>'
+            texts = [f'<think>t</think><answer>{{"bbox_2d": '
+                     f'[{", ".join(f"{v * to_model:.1f}" for v in p)}]}}</answer>'
                      for p in pred]
             batch.append((texts, RewardTarget("grounding", boxes=(gt,), frame=frame)))
         scored = scorer.score_batch(batch, step=t, progress=t / steps)
@@ -84,7 +89,8 @@ def main() -> None:
         f, m, r = res["fixed"], res["medloc"], res["raw_iou"]
         print(f"{side:>7} {row['area_pct']:>6.2f} | {cell(f):>24} | {cell(m):>24} {m['final_tau']:>7.2f} | "
               f"{r['zero_var']:>7.1%} | {f['mean_iou']:.3f}")
-    result = {"group_size": G, "steps": steps, "groups_per_step": per_step, "jitter_px": [40.0, 4.0], "rows": rows,
+    result = {"group_size": G, "steps": steps, "groups_per_step": per_step,
+              "jitter_px": [40.0, 4.0], "rows": rows,
               "machine": machine.finish(record)}
     if not args.quick:
         print(f"wrote {machine.write_json(result, machine.results_path('sparsity'))}")

@@ -73,7 +73,8 @@ def medground_config(args: argparse.Namespace, work: Path, arm: str, steps: int)
     tree.update(name=f"vs-trl-{arm}", output_dir=str(work / "runs"))
     tree["model"] = {"path": str(work / "model"), "family": tree["model"]["family"]}  # its own random model
     tree["data"]["manifest"] = str(work / "data" / "manifest.jsonl")
-    tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps + overlap, "prompts_per_step": args.prompts,
+    tree["stages"] = [{"name": "grpo", "kind": "grpo", "steps": steps + overlap,
+                       "prompts_per_step": args.prompts,
                        "lr": args.lr, "refill_cap": 0, "drop_zero_variance": False}]
     tree["max_staleness"] = int(overlap)
     tree["rollout"].update(engine=engine, group_size=args.group_size,
@@ -103,7 +104,8 @@ def run_medground(cfg: Any, name: str, baton: Baton, rec: Recorder) -> None:
     train_loop.run(cfg, on_step=on_step)
 
 
-def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder, use_vllm: bool) -> Any:
+def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec: Recorder,
+                use_vllm: bool) -> Any:
     """GRPOTrainer on the same model, prompts (same order), G, length, LoRA and loss settings."""
     import torch
     from datasets import Dataset
@@ -127,7 +129,8 @@ def trl_trainer(args: argparse.Namespace, work: Path, cfg: Any, steps: int, rec:
                       target_modules=language_model_targets(model, cfg.learner.mlae.target_modules))
     reward = MedgroundReward(RewardConfig.model_validate(cfg.reward.model_dump()))
     trainer = GRPOTrainer(model=model, processing_class=processor.processor, peft_config=lora,
-                          args=_trl_config(args, work, cfg, steps, processor, use_vllm), reward_funcs=[reward],
+                          args=_trl_config(args, work, cfg, steps, processor, use_vllm),
+                          reward_funcs=[reward],
                           train_dataset=Dataset.from_list(_trl_rows(args, cfg, steps, processor)))
     trainer.bench_phases = _time_phases(trainer, rec, args.group_size)
     return trainer
@@ -257,7 +260,8 @@ DEFAULT_ARMS = ("medground-vllm", "trl-hf", "medground-vllm-overlap", "medground
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=6, help="timed steps per arm after the warm-up")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps per arm")
     parser.add_argument("--size", choices=("tiny", "small"), default="small")
@@ -267,16 +271,18 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on both sides")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 prompts x 2, 8 tokens, 1 round; "
                         "writes nothing to bench/results")
     parser.add_argument("--out", type=Path, default=machine.results_path("vs_trl"))
     args = parser.parse_args()
     if args.smoke:
-        args.size, args.prompts, args.group_size, args.tokens, args.micro_batch, args.rounds = "tiny", 2, 2, 8, 4, 1
+        args.size, args.prompts, args.group_size, args.tokens, args.micro_batch, args.rounds = "tiny", 2, 2, 8, 4, 1  # noqa: E501
     require_trl()
     if (args.prompts * args.group_size) % args.micro_batch:
-        parser.error("prompts x group size must be a multiple of --micro-batch (one optimiser step per batch)")
+        parser.error("prompts x group size must be a multiple of --micro-batch (one optimiser step per "
+                     "batch)")
     names = [n for n in args.arms.split(",") if n]
     if unknown := set(names) - set(ARMS):
         parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
@@ -384,7 +390,8 @@ def _work(args: argparse.Namespace, work: Path, cfg: Any) -> dict[str, Any]:
             "lora_alpha": args.rank,
             "lora_targets": list(cfg.learner.mlae.target_modules), "beta": cfg.learner.grpo.beta,
             "temperature": cfg.rollout.sampling.temperature, "lr": args.lr,
-            "torch_threads_driver": torch.get_num_threads(), "medground_shared_prefix": cfg.learner.shared_prefix}
+            "torch_threads_driver": torch.get_num_threads(),
+            "medground_shared_prefix": cfg.learner.shared_prefix}
 
 
 # What the bench measures and how (written into the result); what the numbers show is in docs/RESULTS.md.
@@ -403,21 +410,22 @@ METHOD = (
     "transformers path needs no sync (generation uses the training model). TRL's 'learner' phase is step - "
     "generate - reward (reference log-probs, forward/backward, optimiser, logging).",
     "Arms alternate one step at a time, so changes in background load hit all arms alike; "
-    "machine.load_before says whether other work shared the cores (a 1-min load of 1 or more). Ray workers run at the driver's "
-    "niceness ('niceness'), not Ray's default of 15, so medground's actors and TRL's trainer compete for the "
-    "CPU on equal terms.",
+    "machine.load_before says whether other work shared the cores (a 1-min load of 1 or more). Ray workers "
+    "run at the driver's niceness ('niceness'), not Ray's default of 15, so medground's actors and TRL's "
+    "trainer compete for the CPU on equal terms.",
 )
 
 
 def report(result: dict[str, Any], out: Path | None) -> None:
     arms, lines = result["arms"], []
-    head = "| arm | generation | steps | median s/step | min-max | q1-q3 | wait | generate | reward | learner | sync | other |"
+    head = "| arm | generation | steps | median s/step | min-max | q1-q3 | wait | generate | reward | learner | sync | other |"  # noqa: E501
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, a in arms.items():
         s, p = a["step_s"], a["phases_s"]
         cells = [f"{p.get(k, 0.0):.2f}" if k in p else "-" for k in PHASES]
-        lines.append(f"| {name} | {a['generation']} | {s['n']} | {s['median']:.2f} | {s['min']:.2f}-{s['max']:.2f} "
-                     f"| {s['q1']:.2f}-{s['q3']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {a['generation']} | {s['n']} | "
+                     f"{s['median']:.2f} | {s['min']:.2f}-{s['max']:.2f} | "
+                     f"{s['q1']:.2f}-{s['q3']:.2f} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     ratios = "\n".join(f"- {k}: {v:.2f}x" for k, v in result["ratios"].items())
     print(table)
@@ -433,10 +441,18 @@ def report(result: dict[str, Any], out: Path | None) -> None:
     w, v = result["work"], {k: x for k, x in m["versions"].items() if x}
     md = ["# medground vs TRL GRPOTrainer: seconds per GRPO step at equal work (`make bench-vs-trl`)", "",
           f"Machine: {machine.describe(m)}. Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
-          f"Work per step: {w['prompts_per_step']} prompts x G={w['group_size']} completions of "
-          f"{w['completion_tokens']} tokens, one update (micro-batch {w['micro_batch']}), LoRA rank {w['lora_rank']}; "
-          f"{w['model']}. {result['rounds']} alternating rounds after {result['warmup_steps']} warm-up step(s); "
-          f"phases are medians (s).", "", table, "", "Ratios of median step times:", "", ratios, "",
+          "Work per step: "
+          f"{w['prompts_per_step']} prompts "
+          f"x G={w['group_size']} "
+          "completions of "
+          f"{w['completion_tokens']} tokens, "
+          "one update (micro-batch "
+          f"{w['micro_batch']}), LoRA rank "
+          f"{w['lora_rank']}; {w['model']}. "
+          f"{result['rounds']} alternating "
+          "rounds after "
+          f"{result['warmup_steps']} warm-up "
+          "step(s); phases are medians (s).", "", table, "", "Ratios of median step times:", "", ratios, "",
           f"Load average before {m['load_before']}, after {m['load_after']}.", "", "Method:", ""]
     md += [f"- {n}" for n in result["method"]]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -97,12 +97,14 @@ class AdapterCopies:
     @contextmanager
     def as_reference(self) -> Iterator[None]:
         if self.reference is None:
-            raise RuntimeError("no KL reference: begin_stage('grpo', ...) sets it at a GRPO stage's first step")
+            raise RuntimeError("no KL reference: begin_stage('grpo', ...) sets it at a GRPO stage's first "
+                               "step")
         with self.swapped_in(self.reference):
             yield
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "versions": dict(self.versions), "live_version": self.live_version}
+        return {"reference": self.reference, "versions": dict(self.versions),
+                "live_version": self.live_version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference = state["reference"]

@@ -28,7 +28,8 @@ class TrainSample:
             the loss covers exactly these tokens.
         advantage: the completion's group advantage (GRPO); ignored by SFT.
         sampling_logprobs: the rollout engine's behaviour log-prob of each completion token (length Lc), of
-            the distribution it sampled from (``SamplingSpec``), for the adapter-sync alarm; None when unknown.
+            the distribution it sampled from (``SamplingSpec``), for the adapter-sync alarm; None when
+            unknown.
         adapter_version: the adapter version that sampled the completion (GRPO): the learner takes the
             ratio's logp_old under that version when its own weights have moved on (docs/algorithms.md).
         truncated: the completion hit the length cap (no end-of-sequence); masked from the loss when
@@ -60,13 +61,15 @@ class TrainSample:
             raise ValueError("TrainSample: pixel_values and image_grid_thw go together (both or neither)")
         if self.image_grid_thw is not None:
             if tuple(self.image_grid_thw.shape) != (1, 3):
-                raise ValueError(f"TrainSample.image_grid_thw must be [1, 3], got {tuple(self.image_grid_thw.shape)}")
+                raise ValueError("TrainSample.image_grid_thw must be [1, 3], got "
+                                 f"{tuple(self.image_grid_thw.shape)}")
             if self.mm_token_type_ids is None:
                 raise ValueError("TrainSample with an image needs mm_token_type_ids from the processor "
                                  "(transformers 5 Qwen-VL uses them to place the image features)")
         if self.mm_token_type_ids is not None and len(self.mm_token_type_ids) != len(self.prompt_ids):
             raise ValueError(f"TrainSample.mm_token_type_ids has {len(self.mm_token_type_ids)} entries for "
-                             f"{len(self.prompt_ids)} prompt tokens: pass the processor's ids for this prompt")
+                             f"{len(self.prompt_ids)} prompt tokens: pass the processor's ids for this "
+                             "prompt")
 
     @property
     def num_tokens(self) -> int:
@@ -106,7 +109,8 @@ class StepMetrics:
     the first micro-batch after an adapter version change, from an eval-mode forward (no MLAE mask) under
     the version that sampled it; None when no new version came or no sample had behaviour log-probs.
     ``ratio_*`` and ``clip_fraction`` describe rho = exp(logp - logp_old) (exactly 1 and 0 on-policy);
-    ``truncated`` counts completions masked from the loss for hitting the length cap; ``grad_norm`` is the global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
+    ``truncated`` counts completions masked from the loss for hitting the length cap; ``grad_norm`` is the
+    global norm before clipping (NaN under ZeRO stage 0, where DeepSpeed does
     not report it); ``seconds`` is this step's wall time.
     ``correction_*`` (None when ``grpo.rollout_correction`` is none; learner/correction.py): the ratio of
     learner to engine probability the mode applies (per token, or per sequence) before truncation or
@@ -169,7 +173,7 @@ class Collated:
     def model_inputs(self, device: torch.device, pixel_dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The keyword arguments of a Qwen-VL forward pass, on ``device``."""
         out = {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
-        if self.pixel_values is not None and self.image_grid_thw is not None and self.mm_token_type_ids is not None:
+        if self.pixel_values is not None and self.image_grid_thw is not None and self.mm_token_type_ids is not None:  # noqa: E501
             out |= {"pixel_values": self.pixel_values.to(device, pixel_dtype),
                     "image_grid_thw": self.image_grid_thw.to(device),
                     "mm_token_type_ids": self.mm_token_type_ids.to(device)}
@@ -247,5 +251,6 @@ def shard(samples: Sequence[TrainSample], world_size: int) -> list[list[TrainSam
     """
     if len(samples) < world_size:
         raise ValueError(f"a global batch of {len(samples)} samples cannot feed {world_size} learner ranks: "
-                         "give at least one sample per rank (raise prompts_per_step or lower learner.num_ranks)")
+                         "give at least one sample per rank (raise prompts_per_step or lower "
+                         "learner.num_ranks)")
     return [list(samples[r.start : r.stop]) for r in contiguous_shards(len(samples), world_size)]

@@ -1,7 +1,8 @@
 """Learner checkpoints: DeepSpeed state of every rank, RNG states, the adapter copies, and the adapter.
 
 Everything goes to ``<directory>.tmp`` first, is fsynced, and is renamed when complete (learner/durable.py),
-so a crash leaves either the previous checkpoint or the new one, never half of one. All ranks call; the directory must be on storage
+so a crash leaves either the previous checkpoint or the new one, never half of one. All ranks call; the
+directory must be on storage
 every rank sees. The adapter is written once, by rank 0, under the version number the driver gave it:
 the same number rollout workers and Serve know it by.
 """
@@ -78,4 +79,5 @@ def load(engine: LearnerEngine, directory: Path) -> None:
         raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/deepspeed")
     engine.steps = int(client["steps"])
     set_rng_state(torch.load(directory / f"rng_rank{engine.rank}.pt", weights_only=False))
-    engine.copies.load_state_dict(torch.load(directory / f"adapter_copies_rank{engine.rank}.pt", weights_only=True))
+    engine.copies.load_state_dict(torch.load(directory / f"adapter_copies_rank{engine.rank}.pt",
+                                             weights_only=True))

@@ -50,8 +50,9 @@ def init_distributed(rank: int, world_size: int, backend: str) -> bool:
     """Join (or create) the process group; returns True when this call created it."""
     if dist.is_initialized():
         if dist.get_world_size() != world_size or dist.get_rank() != rank:
-            raise RuntimeError(f"a process group (rank {dist.get_rank()} of {dist.get_world_size()}) already "
-                               f"exists; this engine wants rank {rank} of {world_size}: close the other engine")
+            raise RuntimeError(f"a process group (rank {dist.get_rank()} of {dist.get_world_size()}) "
+                               f"already exists; this engine wants rank {rank} of {world_size}: close the "
+                               "other engine")
         return False
     import deepspeed
 

@@ -84,11 +84,13 @@ class LearnerEngine:
         self.pad_id = int(getattr(text_cfg, "pad_token_id", None) or 0)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise RuntimeError(f"the {cfg.adapter} adapter has no trainable parameters: check mlae.target_modules")
+            raise RuntimeError(f"the {cfg.adapter} adapter has no trainable parameters: check "
+                               "mlae.target_modules")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16))
-        self.copies = AdapterCopies(params, keep=cfg.kept_versions)  # the objects DeepSpeed holds (ZeRO shards)
+        # the objects DeepSpeed holds (ZeRO shards)
+        self.copies = AdapterCopies(params, keep=cfg.kept_versions)
         self._features: Any = None  # the current GRPO step's vision features (shared-prefix path)
         self.steps = 0
         self._checked_version = -1  # the newest behaviour version the sync alarm has read
@@ -136,13 +138,15 @@ class LearnerEngine:
     def _schedule(self, samples: Sequence[TrainSample], mask_truncated: bool,
                   shared: bool = False) -> tuple[list[MicroBatch], float, float, int]:
         """Micro-batches of this rank's samples (``shared``: packed by prompt, the step's vision features
-        computed), and the global (sequences with loss tokens, loss tokens, most micro-batches on any rank)."""
+        computed), and the global (sequences with loss tokens, loss tokens, most micro-batches on any
+        rank)."""
         if not samples:
             raise ValueError(f"learner rank {self.rank} got no samples: every rank needs at least one")
         batches: list[MicroBatch]
         if shared:
             packed, self._features = packing.packed_micro_batches(
-                self.model.get_base_model().model, samples, self.cfg.micro_batch_size, self.pad_id, self.device,
+                self.model.get_base_model().model, samples, self.cfg.micro_batch_size,
+                self.pad_id, self.device,
                 torch.bfloat16 if self.bf16 else torch.float32)
             batches = list(packed)
         else:
@@ -214,7 +218,7 @@ class LearnerEngine:
             stale = self._stale_logprobs(batch, sampling, rng)  # rows of older versions, or None
             logits = self._logits(batch, sampling)  # [B, T, V] of the sampling distribution
             logp = grpo.token_logprobs(logits, batch.targets.to(self.device))  # [B, T]
-            logp_old = logp.detach() if stale is None else torch.where(stale[0][:, None], stale[1], logp.detach())
+            logp_old = logp.detach() if stale is None else torch.where(stale[0][:, None], stale[1], logp.detach())  # noqa: E501
             weights, stats = correction.weigh(
                 logp_old if sampled is None else sampled[1], batch.sampling_logprobs.to(self.device),
                 batch.sampling_mask.to(self.device), mask, g.rollout_correction, g.rollout_correction_cap,
@@ -278,7 +282,8 @@ class LearnerEngine:
         if global_newest <= self._checked_version or not any_known:
             return None
         self._checked_version = int(global_newest)
-        rows = ((batch.adapter_version == newest)[:, None] & batch.sampling_mask.bool()).to(self.device)  # [B, T]
+        # [B, T]
+        rows = ((batch.adapter_version == newest)[:, None] & batch.sampling_mask.bool()).to(self.device)
         self.ds_engine.eval()
         try:
             with torch.no_grad(), self.copies.as_version(newest):
@@ -369,7 +374,8 @@ class LearnerEngine:
         while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
             inner = inner.optimizer
         if not isinstance(inner, torch.optim.Optimizer):
-            raise TypeError(f"cannot find the torch optimiser inside {type(self.ds_engine.optimizer).__name__}")
+            raise TypeError("cannot find the torch optimiser inside "
+                            f"{type(self.ds_engine.optimizer).__name__}")
         inner.state.clear()
 
     def set_lr(self, lr: float) -> None:
@@ -389,7 +395,8 @@ class LearnerEngine:
                         version: int = 0) -> Path:
         """Write this rank's state to ``directory`` atomically (learner/checkpoint.py); rank 0 writes the
         adapter, as ``version``, to ``adapter_dir`` when given. All ranks call."""
-        return checkpoint.save(self, Path(directory), None if adapter_dir is None else Path(adapter_dir), version)
+        return checkpoint.save(self, Path(directory), None if adapter_dir is None
+                               else Path(adapter_dir), version)
 
     def load_checkpoint(self, directory: str | Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` with the same number of ranks."""

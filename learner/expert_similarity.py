@@ -55,5 +55,6 @@ def adapter_expert_similarity(tensors: Mapping[str, torch.Tensor]) -> dict[str, 
             signed_vals.append(m_signed)
     if not abs_vals:
         return {"expert_cos_abs": float("nan"), "expert_cos_signed": float("nan"), "layers": 0.0}
-    return {"expert_cos_abs": sum(abs_vals) / len(abs_vals), "expert_cos_signed": sum(signed_vals) / len(signed_vals),
+    return {"expert_cos_abs": sum(abs_vals) / len(abs_vals),
+            "expert_cos_signed": sum(signed_vals) / len(signed_vals),
             "layers": float(len(abs_vals))}

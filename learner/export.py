@@ -1,6 +1,7 @@
 """Adapter export: an MLAE (or plain LoRA) PEFT model becomes a standard LoRA adapter.
 
-This is the weight-sync contract of docs/architecture.md ("Backends"): after each step the learner exports the adapter, ships
+This is the weight-sync contract of docs/architecture.md ("Backends"): after each step the learner exports the
+adapter, ships
 one `LoraArtefact` through the object store, and rollout workers (vLLM's LoRA loader) and serving load it.
 
 MLAE layer `B diag(lambda * m_fixed) A` (scaling 1) -> LoRA with A' = A, B' = B diag(lambda * m_fixed),
@@ -127,10 +128,12 @@ def export_lora(peft_model: nn.Module, version: int, adapter_name: str = "defaul
                 b = b * layer.expert_scales(adapter_name).detach()       # [out, r] * [r]
             else:
                 if layer.lora_variant.get(adapter_name) is not None or layer.lora_bias[adapter_name]:
-                    raise ValueError(f"{name}: LoRA variants (DoRA, ...) and lora_bias have no plain LoRA form")
+                    raise ValueError(f"{name}: LoRA variants (DoRA, ...) and lora_bias have no plain LoRA "
+                                     "form")
                 b = b * float(layer.scaling[adapter_name])
             if rank is not None and a.shape[0] != rank:
-                raise ValueError(f"{name}: rank {a.shape[0]} differs from {rank}; rank patterns are not exported")
+                raise ValueError(f"{name}: rank {a.shape[0]} differs from {rank}; rank patterns are not "
+                                 "exported")
             rank = a.shape[0]
             prefix = name if name.startswith("base_model.model.") else f"base_model.model.{name}"
             tensors[f"{prefix}.lora_A.weight"] = a.cpu().clone()

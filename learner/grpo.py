@@ -58,7 +58,8 @@ def group_advantages(
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
     signal = rewards if signal is None else signal
     if signal.shape != rewards.shape:
-        raise ValueError(f"signal {tuple(signal.shape)} must have the shape of rewards {tuple(rewards.shape)}")
+        raise ValueError(f"signal {tuple(signal.shape)} must have the shape of rewards "
+                         f"{tuple(rewards.shape)}")
     rewards = rewards.float()
     zero_var = zero_variance_groups(signal, equal_tol)  # [B]
     if rewards.shape[1] < 2:
@@ -117,7 +118,8 @@ def sampling_logits(logits: torch.Tensor, spec: SamplingSpec, completion_start: 
     if spec.suppressed_token_ids:
         out[..., list(spec.suppressed_token_ids)] += SUPPRESS_BIAS
     if spec.min_new_tokens > 0:
-        pos = torch.arange(out.shape[1], device=out.device)[None, :] - completion_start.to(out.device)[:, None]
+        pos = torch.arange(out.shape[1], device=out.device)[None,
+                                                            :] - completion_start.to(out.device)[:, None]
         early = (pos >= 0) & (pos < spec.min_new_tokens)  # [B, T]
         eos = list(spec.eos_token_ids)
         out[..., eos] = out[..., eos].masked_fill(early[..., None], float("-inf"))

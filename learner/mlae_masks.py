@@ -42,7 +42,8 @@ def layer_rate(rate: float, layer: int, num_layers: int, schedule: Schedule) -> 
     Example: rate 0.5, 3 layers, increasing -> 0.0, 0.25, 0.5 (pos = 0, 0.5, 1).
     """
     if not 0 <= layer < num_layers:
-        raise ValueError(f"layer {layer} is outside 0..{num_layers - 1}; pass the model's decoder layer count")
+        raise ValueError(f"layer {layer} is outside 0..{num_layers - 1}; pass the model's decoder layer "
+                         "count")
     pos = layer / (num_layers - 1) if num_layers > 1 else 1.0
     match schedule:
         case "uniform":

@@ -98,7 +98,8 @@ def shard_groups(samples: Sequence[TrainSample], world_size: int) -> list[list[T
     runs = prompt_runs(samples)
     if len(runs) < world_size:
         return shard(samples, world_size)
-    return [list(samples[runs[r.start].start : runs[r.stop - 1].stop]) for r in contiguous_shards(len(runs), world_size)]
+    return [list(samples[runs[r.start].start : runs[r.stop - 1].stop])
+            for r in contiguous_shards(len(runs), world_size)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +115,8 @@ class Packed:
     allowed: torch.Tensor  # [R, L, L] bool: query q may attend key k
     position_ids: torch.Tensor  # [3, R, L] long: t/h/w rotary positions
     keep: torch.Tensor  # [K] long: the packed positions whose logits are needed (any row)
-    predictor: torch.Tensor  # [N, C] long: index into the flattened [R * K] kept logits of token t's predictor
+    # [N, C] long: index into the flattened [R * K] kept logits of token t's predictor
+    predictor: torch.Tensor
     target_ids: torch.Tensor  # [N, C] long: completion token t (pad where t >= its length)
     loss_mask: torch.Tensor  # [N, C] float: 1 on completion tokens that train
     completion_start: torch.Tensor  # [N] long: zeros (the layout starts at each completion's first token)
@@ -134,7 +136,8 @@ class Packed:
     def attention_bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``[R, 1, L, L]`` additive mask: 0 where allowed, the dtype's lowest value elsewhere."""
         allowed = self.allowed.to(device)[:, None]  # [R, 1, L, L]
-        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return torch.zeros(allowed.shape, dtype=dtype,
+                           device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def gather(self, logits: torch.Tensor) -> torch.Tensor:
         """``[R, K, V]`` logits at ``keep`` -> ``[N, C, V]`` each completion token's next-token logits."""
@@ -162,7 +165,8 @@ def pack(samples: Sequence[TrainSample], pieces: Sequence[range], piece_images: 
     n, length = sum(len(r) for r in rows), max(lengths)
     c = max(1, *(len(s.completion_ids) for r in rows for s in r))
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # [R, L]
-    seg = torch.full((len(rows), length), -1, dtype=torch.long)  # [R, L]: 0 prompt, j + 1 completion j, -1 pad
+    # [R, L]: 0 prompt, j + 1 completion j, -1 pad
+    seg = torch.full((len(rows), length), -1, dtype=torch.long)
     pos = torch.zeros((3, len(rows), length), dtype=torch.long)  # [3, R, L]
     where = torch.zeros((n, c), dtype=torch.long)  # [N, C]: (row, packed position) flattened as row * L + p
     targets = torch.full((n, c), pad_id, dtype=torch.long)  # [N, C]
@@ -238,15 +242,18 @@ def plan(samples: Sequence[TrainSample], size: int) -> Plan:
 
 
 @torch.no_grad()
-def vision_features(model: Any, samples: Sequence[TrainSample], device: torch.device, dtype: torch.dtype) -> Any:
-    """The frozen vision tower's output (``model.get_image_features``, ``model`` the Qwen-VL model under the LM
+def vision_features(model: Any, samples: Sequence[TrainSample], device: torch.device,
+                    dtype: torch.dtype) -> Any:
+    """The frozen vision tower's output (``model.get_image_features``, ``model`` the Qwen-VL model under the
+    LM
     head) for these samples' images in one call, so every ZeRO-3 rank joins one gather of the tower per step;
     None without images. The tower is frozen and has no dropout, so one no-grad pass serves every forward."""
     if not samples:
         return None
     pixels = torch.cat([s.pixel_values for s in samples if s.pixel_values is not None])  # [sum P, D]
     grids = torch.cat([s.image_grid_thw for s in samples if s.image_grid_thw is not None])  # [n_images, 3]
-    return model.get_image_features(pixel_values=pixels.to(device, dtype), image_grid_thw=grids.to(device, torch.long),
+    return model.get_image_features(pixel_values=pixels.to(device, dtype),
+                                    image_grid_thw=grids.to(device, torch.long),
                                     return_dict=True)
 
 
@@ -257,7 +264,8 @@ def rope_positions(model: Any) -> PositionFn:
     def positions(sample: TrainSample, length: int) -> torch.Tensor:
         if sample.image_grid_thw is None or sample.mm_token_type_ids is None:
             return torch.arange(length).expand(3, -1)  # [3, length]
-        tail = [0] * (length - len(sample.prompt_ids))  # completion tokens: text (type 0); their ids do not matter
+        # completion tokens: text (type 0); their ids do not matter
+        tail = [0] * (length - len(sample.prompt_ids))
         ids = torch.tensor([[*sample.prompt_ids, *tail]])  # [1, length]
         types = torch.tensor([[*sample.mm_token_type_ids, *tail]])  # [1, length]
         pos, _ = model.get_rope_index(input_ids=ids, mm_token_type_ids=types,
@@ -278,7 +286,8 @@ def select_images(features: Any, images: Sequence[int]) -> Any:
     return type(features)(**fields)
 
 
-def packed_micro_batches(model: Any, samples: Sequence[TrainSample], size: int, pad_id: int, device: torch.device,
+def packed_micro_batches(model: Any, samples: Sequence[TrainSample], size: int, pad_id: int,
+                         device: torch.device,
                          dtype: torch.dtype) -> tuple[list[Packed], Any]:
     """One rank's GRPO samples as packed micro-batches (``plan``, ``pack``) and the step's vision features
     (``vision_features``); ``model`` is the Qwen-VL model under the LM head."""

@@ -14,7 +14,8 @@ import torch
 from learner.config import LearnerConfig
 
 
-def build_policy(model_dir: str | Path, cfg: LearnerConfig, dtype: torch.dtype = torch.float32):  # -> PeftModel
+# -> PeftModel
+def build_policy(model_dir: str | Path, cfg: LearnerConfig, dtype: torch.dtype = torch.float32):
     """Load the base model from ``model_dir`` (frozen) and wrap it with the configured adapter.
 
     The adapter's initialisation is seeded by ``cfg.seed`` so every rank starts from identical weights.

@@ -28,7 +28,7 @@ def create_reward_actor(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {} if name is None else {"name": name}
-    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # noqa: E501
     if config.extra_terms:  # `package.module:function` resolves in the actor as it did in validate-config
         path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
         options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}

@@ -26,7 +26,8 @@ def iou(a: Box, b: Box) -> float:
     if not (iw > 0.0 and ih > 0.0):  # also catches NaN coordinates
         return 0.0
     inter = iw * ih
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0,
+                                                                b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
     if not (0.0 < union < math.inf):
         return 0.0
     return min(1.0, inter / union)

@@ -44,7 +44,8 @@ def smart_resize(
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        raise ValueError("absolute aspect ratio must be smaller than 200, got "
+                         f"{max(height, width) / min(height, width)}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -73,7 +74,8 @@ class ImageFrame:
         if not all(math.isfinite(s) and s > 0 for s in sizes):
             raise ValueError(f"ImageFrame sizes must be finite and > 0, got {sizes}")
         if self.convention not in ("input_pixels", "norm1000"):
-            raise ValueError(f"ImageFrame.convention must be 'input_pixels' or 'norm1000', got {self.convention!r}")
+            raise ValueError("ImageFrame.convention must be 'input_pixels' or 'norm1000', got "
+                             f"{self.convention!r}")
 
     @classmethod
     def for_image(cls, width: int, height: int, convention: Convention, **resize: int) -> ImageFrame:

@@ -6,7 +6,8 @@ commas or spaces; the first list of exactly four numbers is the box. Full-width 
 on Chinese text write it (`[120，260，300，410]`, `【...】`, `［...］`, full-width digits), reads as its ASCII
 counterpart (`FULLWIDTH`). Qwen-VL's native grounding answer
 `(x1,y1),(x2,y2)` (Qwen-VL/Qwen2-VL papers' box format, with or without `<|box_start|>`/`<|box_end|>`) is a
-box too, in the same model convention: whichever of the two forms comes first wins. Classification answers are a label
+box too, in the same model convention: whichever of the two forms comes first wins. Classification answers are
+a label
 (`{"label": "..."}`, a JSON string, or plain text); grading answers a non-negative integer grade.
 Without an `<answer>` block there is no answer (VLM-R1 scores such completions 0 as well).
 
@@ -48,7 +49,7 @@ FAST_GROUNDING = re.compile(
 # ［］ (U+FF3B/D), 【】 (U+3010/1), 〔〕 (U+3014/5); separators: ， (U+FF0C), 、 (U+3001), ； (U+FF1B);
 # ： (U+FF1A) for `"bbox_2d"：[...]`; （） for Qwen's corners; full-width digits, sign, point and space.
 FULLWIDTH = str.maketrans({
-    "［": "[", "］": "]", "【": "[", "】": "]", "〔": "[", "〕": "]", "（": "(", "）": ")", "｛": "{", "｝": "}",
+    "［": "[", "］": "]", "【": "[", "】": "]", "〔": "[", "〕": "]", "（": "(", "）": ")", "｛": "{", "｝": "}",  # noqa: E501
     "，": ",", "、": ",", "；": ",", "：": ":", "＂": '"', "．": ".", "－": "-", "＋": "+", "\u3000": " ",
     **{chr(0xFF10 + d): str(d) for d in range(10)},
 })

@@ -103,7 +103,8 @@ class ThresholdSchedule:
         return p, s
 
     def step_size(self, tau: float | None = None) -> float:
-        """delta(tau): piecewise table, one constant step, or linear/cosine decay from delta0 floored at min_delta."""
+        """delta(tau): piecewise table, one constant step, or linear/cosine decay from delta0 floored at
+        min_delta."""
         cfg = self.config
         t = self._tau if tau is None else tau
         if cfg.step == "piecewise":
@@ -141,7 +142,8 @@ class ThresholdSchedule:
         if len(group_ious) == 0:
             raise ValueError("observe() needs the IoUs of a non-empty group; skip empty groups in the caller")
         if not all(0.0 <= v <= 1.0 for v in group_ious):  # NaN fails too: it would block the window N groups
-            raise ValueError(f"group IoUs must lie in [0, 1] (0 for unparsable answers), got {list(group_ious)}")
+            raise ValueError("group IoUs must lie in [0, 1] (0 for unparsable answers), got "
+                             f"{list(group_ious)}")
         if self.at_target:
             return False
         n = len(group_ious)
@@ -187,7 +189,8 @@ class ThresholdSchedule:
         st = self._statistics()
         r_bar, sigma, margin = (None, None, None) if st is None else st
         return ScheduleStats(
-            self._tau, self._version, len(self._window), r_bar, sigma, margin, len(self._history), self.at_target
+            self._tau, self._version, len(self._window), r_bar, sigma, margin,
+            len(self._history), self.at_target
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class RewardScorer:
         self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int = -1, progress: float = 0.0,
         under: ScheduleSnapshot | None = None,
     ) -> ScoredBatch:
-        """Score all groups under the current tau (or `under`), then feed the grounding groups to the schedule."""
+        """Score all groups under the current tau (or `under`), then feed the grounding groups to the
+        schedule."""
         before = self.snapshot(progress) if under is None else under
         cols = score_columns(groups, before, self.config)
         raised_from = len(self.schedule.history)
@@ -92,10 +93,12 @@ class RewardScorer:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (the schedule's; other modes are stateless)."""
-        return {"format": _STATE_FORMAT, "accuracy": self.config.accuracy, "schedule": self.schedule.state_dict()}
+        return {"format": _STATE_FORMAT, "accuracy": self.config.accuracy,
+                "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"reward state format {state.get('format')!r} is not {_STATE_FORMAT}; it was written "
-                             "by another medground version, start the schedule fresh or convert the checkpoint")
+            raise ValueError(f"reward state format {state.get('format')!r} is not {_STATE_FORMAT}; it was "
+                             "written by another medground version, start the schedule fresh or convert "
+                             "the checkpoint")
         self.schedule.load_state_dict(state["schedule"])

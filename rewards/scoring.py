@@ -46,7 +46,8 @@ class RewardTarget:
     (one phrase can name several regions: MS-CXR "bilateral effusions" has two boxes). No box: a negative
     (the finding is absent; only the set reward can pay for saying so).
     label (classification), grade (grading, integer >= 0), max_grade (grading: the top of the question's
-    scale; a parsed grade above it is no answer, `parse_grade`; None: 1000), knowledge: the injected prior-knowledge text
+    scale; a parsed grade above it is no answer, `parse_grade`; None: 1000), knowledge: the injected
+    prior-knowledge text
     ("" when none; what the recitation reward compares against). frame: required for grounding.
     """
 
@@ -64,13 +65,15 @@ class RewardTarget:
                 raise ValueError("a grounding RewardTarget needs a frame (the prompt's image frame)")
             for b in self.boxes:
                 if len(b) != 4 or not all(math.isfinite(v) for v in b) or not (b[0] < b[2] and b[1] < b[3]):
-                    raise ValueError(f"ground-truth box {b} is not finite (x1, y1, x2, y2) with x1 < x2, y1 < y2")
+                    raise ValueError(f"ground-truth box {b} is not finite (x1, y1, x2, y2) with x1 < x2, y1 "
+                                     "< y2")
         elif self.task == "classification":
             if not self.label:
                 raise ValueError("a classification RewardTarget needs a non-empty label")
         elif self.task == "grading":
             if self.grade is None or isinstance(self.grade, bool) or not 0 <= self.grade <= 1000:
-                raise ValueError(f"a grading RewardTarget needs an integer grade in [0, 1000], got {self.grade!r}")
+                raise ValueError("a grading RewardTarget needs an integer grade in [0, 1000], got "
+                                 f"{self.grade!r}")
             if self.max_grade is not None and not self.grade <= self.max_grade <= 1000:
                 raise ValueError(f"max_grade {self.max_grade!r} must be an integer in [grade, 1000] "
                                  f"(grade {self.grade}); it is the top of the question's grade scale")
@@ -181,7 +184,8 @@ class RewardColumns:
                    self.iou[lo:hi].tolist(), boxes, self.format_ok[lo:hi].tolist(), strict=True)
         sets = self.sets
         every = [None] * (hi - lo) if sets is None else [sets.boxes_of(j) for j in range(lo, hi)]
-        return [RewardBreakdown(t, tk, a, f, rc, gr, io, None if b[0] != b[0] else (b[0], b[1], b[2], b[3]), ok,
+        return [RewardBreakdown(t, tk, a, f, rc, gr, io, None if b[0] != b[0]
+                                else (b[0], b[1], b[2], b[3]), ok,
                                 self.tau, self.tau_version, e)
                 for (t, tk, a, f, rc, gr, io, b, ok), e in zip(cols, every, strict=True)]
 
@@ -196,7 +200,8 @@ class _Parsed:
     thinks: list[str] = field(default_factory=list)
     fmt: list[bool] = field(default_factory=list)  # tags in order and a payload (boxes: validity added later)
     r_grade: list[float] = field(default_factory=list)  # grade (MFRS) or label-match term; 0 for grounding
-    raw: list[Box] = field(default_factory=list)  # [K] raw boxes of grounding completions, NaN when unparsable
+    # [K] raw boxes of grounding completions, NaN when unparsable
+    raw: list[Box] = field(default_factory=list)
     raw_sets: list[tuple[Box, ...] | None] = field(default_factory=list)  # [K] under reward.boxes: set
     grounding_rows: list[int] = field(default_factory=list)  # completion index of each raw box
     group_of_row: list[int] = field(default_factory=list)  # group index of each raw box
@@ -210,7 +215,8 @@ def score_columns(
 ) -> RewardColumns:
     """Score every completion of every group under one tau snapshot, as columns."""
     if config.accuracy != "raw_iou" and snapshot.tau is None:
-        raise ValueError(f"accuracy mode {config.accuracy!r} needs a snapshot with a tau; only raw_iou has none")
+        raise ValueError(f"accuracy mode {config.accuracy!r} needs a snapshot with a tau; only raw_iou has "
+                         "none")
     parsed = _parse(groups, config)  # 1. Parse (Python, one regex match per completion on the fast path).
     tau = snapshot.tau
     sets: BoxSets | None = None
@@ -265,7 +271,7 @@ def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardC
                     boxes = None if box is None else (box,)
                     tags_ok = True
                 else:
-                    think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
+                    think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)  # noqa: E501
                     box = None if answer is None or as_set else box_numbers(answer)
                     boxes = None if answer is None or not as_set else parse_box_list(answer).boxes
                 out.thinks.append(think)
@@ -275,7 +281,7 @@ def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardC
             out.r_grade.extend([0.0] * len(completions))
         else:
             for text in completions:
-                think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)
+                think, answer, tags_ok = split_completion(text) if isinstance(text, str) else ("", None, False)  # noqa: E501
                 out.thinks.append(think)
                 if target.task == "classification":
                     label = None if answer is None else parse_label(answer)
@@ -292,7 +298,8 @@ def _parse(groups: Sequence[tuple[Sequence[str], RewardTarget]], config: RewardC
 def _grounding_ious(groups: Sequence[tuple[Sequence[str], RewardTarget]], parsed: _Parsed,
                     ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Clip every raw box to the model's extent, map it into original pixels and take its best IoU over the
-    group's truths, all at once: ``(iou [N], pred_box [N, 4] NaN when none, format_ok [N], is_grounding [N])``."""
+    group's truths, all at once: ``(iou [N], pred_box [N, 4] NaN when none, format_ok [N], is_grounding
+    [N])``."""
     n = len(parsed.fmt)
     iou = np.zeros(n)
     pred_box = np.full((n, 4), np.nan)

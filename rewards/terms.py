@@ -1,4 +1,5 @@
-"""Reward terms other than accuracy: recitation (BLEU), graded MFRS, classification match (docs/algorithms.md, "Rewards")."""
+"""Reward terms other than accuracy: recitation (BLEU), graded MFRS, classification match (docs/algorithms.md,
+"Rewards")."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ def _bleu() -> Any:
     try:
         from sacrebleu.metrics.bleu import BLEU
     except ImportError as err:
-        raise ImportError("the recitation reward needs sacrebleu: `pip install sacrebleu` (in medground[train]), "
-                          "or set reward.w_recite=0 to switch the term off") from err
+        raise ImportError("the recitation reward needs sacrebleu: `pip install sacrebleu` (in "
+                          "medground[train]), or set reward.w_recite=0 to switch the term off") from err
 
     # effective_order: a short think text is not zeroed just for lacking 4-grams (sentence-level BLEU).
     return BLEU(effective_order=True)
@@ -40,7 +41,8 @@ def recitation(think: str, knowledge: str) -> float:
     bleu = _bleu()
     stats = bleu.sentence_score(think, [knowledge])
     # The same n-gram statistics with the reference length set to the think's: brevity penalty 1.
-    score = bleu.compute_bleu(stats.counts, stats.totals, stats.sys_len, stats.sys_len, smooth_method=bleu.smooth_method,
+    score = bleu.compute_bleu(stats.counts, stats.totals, stats.sys_len, stats.sys_len,
+                              smooth_method=bleu.smooth_method,
                               smooth_value=bleu.smooth_value, effective_order=True).score / 100.0
     return min(max(float(score), 0.0), 1.0)
 

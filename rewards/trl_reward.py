@@ -37,7 +37,8 @@ def completion_text(completion: Any) -> str:
         if isinstance(content, str):
             parts.append(content)
         else:  # multimodal content: a list of {"type": "text", "text": ...} parts
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict)
+                         and p.get("type") == "text")
     return "".join(parts)
 
 
@@ -62,11 +63,13 @@ class MedgroundReward:
         self.__name__ = name  # TRL names the reward's metrics after it
         self.last_batch: ScoredBatch | None = None
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
+                 **kwargs: Any) -> list[float | None]:
         if self.target_column not in kwargs:
             raise ValueError(
-                f"the dataset has no column {self.target_column!r}; add one with RewardTarget(...).to_dict() per "
-                f"row, or pass target_column= naming the column that holds it (got columns {sorted(kwargs)})"
+                f"the dataset has no column {self.target_column!r}; add one with RewardTarget(...).to_dict() "
+                "per row, or pass target_column= naming the column that holds it (got columns "
+                f"{sorted(kwargs)})"
             )
         raw_targets = kwargs[self.target_column]
         if len(raw_targets) != len(completions) or len(prompts) != len(completions):

@@ -22,7 +22,8 @@ FinishReason = Literal["stop", "length"]
 class RolloutRequest:
     """One prompt to sample a group for.
 
-    `image` is display pixels as a PIL image (8-bit grey or RGB; services read files); `question` is the task text (the phrase to
+    `image` is display pixels as a PIL image (8-bit grey or RGB; services read files); `question` is the task
+    text (the phrase to
     ground, or the question to answer); `knowledge_key` ("<modality>/<finding>") selects the prior
     knowledge injected when injection is on (None: nothing injected). `seed`, when given, fixes this
     request's sampling whatever worker serves it (so a resumed run samples what the original would).

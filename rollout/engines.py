@@ -40,8 +40,8 @@ class AdapterSpec:
         if self.version < 0:
             raise ValueError(f"adapter version must be >= 0, got {self.version}")
         if (self.version == 0) != (self.path is None):
-            raise ValueError(f"adapter version {self.version} with path {self.path!r}: version 0 means no adapter "
-                             f"(path None); versions >= 1 need a PEFT adapter directory")
+            raise ValueError(f"adapter version {self.version} with path {self.path!r}: version 0 means no "
+                             "adapter (path None); versions >= 1 need a PEFT adapter directory")
 
 
 class RolloutEngine(Protocol):
@@ -71,7 +71,8 @@ def vision_token_ids(tokenizer: Any, family: Family) -> list[int]:
     ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
     unknown = [t for t, i in zip(tokens, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
     if unknown:
-        raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5/3-VL models only")
+        raise ValueError(f"tokenizer lacks vision tokens {unknown}; rollout supports Qwen2/2.5/3-VL models "
+                         "only")
     return [int(i) for i in ids]
 
 
@@ -115,10 +116,12 @@ def write_adapter_dir(adapter: AdapterPayload, out: str | Path) -> AdapterSpec:
     if adapter.version < 1:
         raise ValueError(f"an adapter with tensors needs version >= 1, got {adapter.version}")
     if adapter.peft_config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"rollout loads LoRA adapters only, got peft_type {adapter.peft_config.get('peft_type')!r}")
+        raise ValueError("rollout loads LoRA adapters only, got peft_type "
+                         f"{adapter.peft_config.get('peft_type')!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))).contiguous()
+    tensors = {k: (v if isinstance(v, torch.Tensor)
+                   else torch.from_numpy(np.ascontiguousarray(v))).contiguous()
                for k, v in adapter.tensors.items()}
     save_file(tensors, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(dict(adapter.peft_config), indent=2, default=list))

@@ -89,8 +89,8 @@ def family_of(model_dir: str | Path) -> Family:
     for family, spec in FAMILIES.items():
         if spec.model_type == model_type:
             return family
-    raise ValueError(f"{path}: model_type {model_type!r} is not supported; expected one of {sorted(FAMILIES)} "
-                     f"(Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoints)")
+    raise ValueError(f"{path}: model_type {model_type!r} is not supported; expected one of "
+                     f"{sorted(FAMILIES)} (Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoints)")
 
 
 def convention_of(family: Family) -> Convention:
@@ -109,12 +109,13 @@ def load_image(image: Image.Image) -> Image.Image:
         raise TypeError(f"rollout takes a PIL image, got {type(image).__name__}; read files with the data "
                         "layer's image reader and send its pixels")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        raise ValueError(f"a {image.mode} image has more than 8 bits per pixel; window it to 8 bits first (the "
-                         "data layer's image reader does)")
+        raise ValueError(f"a {image.mode} image has more than 8 bits per pixel; window it to 8 bits first "
+                         "(the data layer's image reader does)")
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def frame_from_grid(original_size: tuple[int, int], grid_thw: tuple[int, int, int], family: Family) -> ImageFrame:
+def frame_from_grid(original_size: tuple[int, int], grid_thw: tuple[int, int, int],
+                    family: Family) -> ImageFrame:
     """The frame of one image from the processor's `image_grid_thw` row (t, h, w in patches).
 
     Example: a 300x200 image with grid (1, 6, 8) was resized to 8*14 = 112 wide and 6*14 = 84 high by a

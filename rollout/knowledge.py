@@ -37,7 +37,8 @@ class KnowledgeEntry:
         return tuple(dict.fromkeys(n.strip().lower() for n in (self.finding, *self.synonyms) if n.strip()))
 
     def text(self) -> str:
-        """The injected sentence, e.g. "nodule on chest x-ray: A round opacity. Typically the upper lobes."."""
+        """The injected sentence, e.g. "nodule on chest x-ray: A round opacity. Typically the upper
+        lobes."."""
         return f"{self.finding} on {self.modality}: {self.appearance} Typically {self.location}."
 
 
@@ -87,7 +88,8 @@ def load_knowledge(folder: str | Path) -> KnowledgeBase:
     """Read every `*.yaml` / `*.yml` file of `folder` into one knowledge base."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"knowledge folder {folder} does not exist (the shipped one is deploy/knowledge)")
+        raise FileNotFoundError(f"knowledge folder {folder} does not exist (the shipped one is "
+                                "deploy/knowledge)")
     entries: dict[str, KnowledgeEntry] = {}
     sources: dict[str, str] = {}
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])

@@ -53,7 +53,8 @@ class PromptProcessor:
 
     def chat_text(self, prompt: Prompt) -> str:
         """The prompt as the chat template renders it, ending with the assistant turn's header."""
-        text = self.processor.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=False)
+        text = self.processor.apply_chat_template(prompt.messages(),
+                                                  add_generation_prompt=True, tokenize=False)
         return str(text)
 
     def prepare(self, prompt: Prompt) -> PreparedPrompt:

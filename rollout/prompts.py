@@ -66,7 +66,8 @@ def user_text(question: str, task: Task, convention: Convention, knowledge_text:
               multi_box: bool = False) -> str:
     """[Prior knowledge: <text>\\n] <question> <format instruction> <task sentence>."""
     if not question.strip():
-        raise ValueError("a rollout request needs a non-empty question (the phrase to ground or the question)")
+        raise ValueError("a rollout request needs a non-empty question (the phrase to ground or the "
+                         "question)")
     body = f"{question.strip()} {FORMAT_INSTRUCTION} {task_instruction(task, convention, multi_box)}"
     return f"Prior knowledge: {knowledge_text}\n{body}" if knowledge_text else body
 
@@ -77,8 +78,9 @@ def build_prompt(request: RolloutRequest, convention: Convention, knowledge: Kno
     injected: str | None = None
     if inject_knowledge and request.knowledge_key is not None:
         if knowledge is None:
-            raise ValueError(f"request {request.prompt_id!r} names knowledge {request.knowledge_key!r} but the "
-                             f"worker has no knowledge base; pass one to the pool or set inject_knowledge=false")
+            raise ValueError(f"request {request.prompt_id!r} names knowledge {request.knowledge_key!r} but "
+                             "the worker has no knowledge base; pass one to the pool or set "
+                             "inject_knowledge=false")
         injected = knowledge.text(request.knowledge_key)
     return Prompt(prompt_id=request.prompt_id, task=request.task,
                   user_text=user_text(request.question, request.task, convention, injected,

@@ -54,7 +54,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if p.name.removeprefix("step-").isdigit() and (p / COMPLETE_MARK).is_file()]
+    done = [p for p in root.glob("step-*") if p.name.removeprefix("step-").isdigit()
+            and (p / COMPLETE_MARK).is_file()]
     return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))
 
 

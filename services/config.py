@@ -35,29 +35,39 @@ class PoolConfig(_Strict):
     """The rollout pool (services' RolloutPool): how many engines run, where, what each reserves, and when a
     worker counts as lost (README, "Reliability"). What each engine samples is `rollout` (RolloutConfig)."""
 
-    num_workers: int = Field(1, ge=1, description="Rollout workers in the pool (resizable while a run is live).")
+    num_workers: int = Field(1, ge=1,
+                             description="Rollout workers in the pool (resizable while a run is live).")
     resize_wait_s: float = Field(
-        0.0, ge=0.0, description="Seconds the driver waits, after `medground scale rollout` adds workers, for them "
-                                 "to be up before the next step (0: carry on; each joins once its engine is up with "
-                                 "the current adapter). Waiting fixes the step a resize lands on; not waiting keeps "
-                                 "the learner busy while a new engine (or node) starts.")
+        0.0, ge=0.0,
+        description="Seconds the driver waits, after `medground scale rollout` adds workers, for them to be "
+                    "up before the next step (0: carry on; each joins once its engine is up with the "
+                    "current adapter). Waiting fixes the step a resize lands on; not waiting keeps the "
+                    "learner busy while a new engine (or node) starts.")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker.")
     gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per worker (0 on CPU machines).")
-    max_attempts: int = Field(3, ge=1, description="Tries per request when rollout workers die or hang mid-call.")
+    max_attempts: int = Field(3, ge=1,
+                              description="Tries per request when rollout workers die or hang mid-call.")
     call_timeout_s: float = Field(
-        60.0, gt=0.0, description="Generation deadline in seconds per request (G completions): a worker that has "
-        "not answered a shard of k requests within k * call_timeout_s of starting it is killed and replaced, and "
-        "the shard goes to the other workers (a hung engine, a stopped process, a lost node). Raise it for long "
-        "completions or slow models; one request's G completions must fit in it with room to spare.")
+        60.0, gt=0.0,
+        description="Generation deadline in seconds per request (G completions): a worker that has not "
+                    "answered a shard of k requests within k * call_timeout_s of starting it is killed and "
+                    "replaced, and the shard goes to the other workers (a hung engine, a stopped process, a "
+                    "lost node). Raise it for long completions or slow models; one request's G completions "
+                    "must fit in it with room to spare.")
     load_timeout_s: float = Field(
-        120.0, gt=0.0, description="Adapter load deadline in seconds: a worker that has not switched to a new "
+        120.0, gt=0.0,
+        description="Adapter load deadline in seconds: a worker that has not switched to a new "
         "adapter by then is killed and replaced (its replacement starts on that adapter).")
     start_timeout_s: float = Field(
-        900.0, gt=0.0, description="Seconds a call waits for at least one worker to be up (engine started, adapter "
-        "loaded) when none is, e.g. after every worker was replaced; then it stops with an error naming the cause.")
+        900.0, gt=0.0,
+        description="Seconds a call waits for at least one worker to be up (engine started, adapter loaded) "
+                    "when none is, e.g. after every worker was replaced; then it stops with an error naming "
+                    "the cause.")
     scheduling: Literal["default", "spread"] = Field(
-        "default", description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
-        "(across nodes, so a lost node costs as few workers as possible; replacements go to surviving nodes).")
+        "default",
+        description="Where Ray places workers: default (Ray's choice, packs small clusters) or spread "
+                    "(across nodes, so a lost node costs as few workers as possible; replacements go to "
+                    "surviving nodes).")
 
 
 # Keys that moved to the section where they act (0.2): a config that still has them at the old place is read
@@ -92,24 +102,32 @@ def migrate_moved_keys(tree: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
 
 
 class ModelConfig(_Strict):
-    path: str = Field(..., description="Directory of the base model (HF format); `medground init-model` makes one.")
+    path: str = Field(...,
+                      description="Directory of the base model (HF format); `medground init-model` makes "
+                                  "one.")
     family: Literal["qwen2_5_vl", "qwen2_vl", "qwen3_vl"] = Field(
-        "qwen2_5_vl", description="The model's family, which must match model_type in the model's config.json "
+        "qwen2_5_vl",
+        description="The model's family, which must match model_type in the model's config.json "
         "(checked when a run starts): qwen2_5_vl answers in input pixels (28 px cells), qwen2_vl in 0..1000 "
         "(28 px cells), qwen3_vl in 0..1000 (32 px cells). `medground init-model` builds this family when "
         "the path holds no model yet.")
     base: str | None = Field(
-        None, description="A base recipe (deploy/configs/bases/*.yaml, services/models/pretrain.py): `model.path` is then "
-        "the pretrained CPU base that recipe builds -- built when the path is missing or was built from another "
-        "recipe, reused otherwise. None: model.path is used as it is (or a random small model is built there).")
+        None,
+        description="A base recipe (deploy/configs/bases/*.yaml, services/models/pretrain.py): `model.path` "
+                    "is then the pretrained CPU base that recipe builds -- built when the path is missing "
+                    "or was built from another recipe, reused otherwise. None: model.path is used as it is "
+                    "(or a random small model is built there).")
 
 
 class DataConfig(_Strict):
-    manifest: str = Field(..., description="JSONL or Parquet manifest of records (`medground data synth` writes one).")
+    manifest: str = Field(...,
+                          description="JSONL or Parquet manifest of records (`medground data synth` writes "
+                                      "one).")
     train_split: str = Field("train", description="Split name used for training prompts.")
     eval_split: str = Field("val", description="Held-out split used for evaluation.")
     on_bad_record: Literal["skip", "fail"] = Field("fail", description="Skip bad records (counted) or stop.")
-    knowledge_dir: str = Field("deploy/knowledge", description="Folder of prior-knowledge YAML files (VRFT-Aug).")
+    knowledge_dir: str = Field("deploy/knowledge",
+                               description="Folder of prior-knowledge YAML files (VRFT-Aug).")
 
 
 TaskName = Literal["grounding", "classification", "grading"]
@@ -127,33 +145,41 @@ class StageConfig(_Strict):
         "grounding", description="Records used: one task, or a list whose records are mixed in one permuted "
         "order (an SFT warm start that teaches a new answer format without losing another: on a grounding "
         "base, grading SFT alone replaced every box answer with a grade, docs/RESULTS.md, VRFT-Aug).")
-    train_split: str | None = Field(None, description="Manifest split this stage trains on (default: the run's "
+    train_split: str | None = Field(None,
+                                    description="Manifest split this stage trains on (default: the run's "
                                     "data.train_split); the records also match the stage's task.")
     reward: RewardConfig | None = Field(None, description="Overrides the run's reward mix for this stage.")
     lr: float | None = Field(None, gt=0.0, description="Overrides learner.lr for this stage.")
     refill_cap: int = Field(2, ge=0, description="GRPO dynamic sampling: extra generation rounds to replace "
-                            "zero-variance groups (0: keep the batch as sampled, zero-variance groups dropped).")
-    drop_zero_variance: bool = Field(True, description="Drop groups whose task rewards (accuracy, format, grade) "
-                                     "are all equal (advantage 0, no signal); false keeps them, as TRL's GRPOTrainer "
-                                     "does (equal-work benchmarks).")
+                                                 "zero-variance groups (0: keep the batch as sampled, "
+                                                 "zero-variance groups dropped).")
+    drop_zero_variance: bool = Field(True,
+                                     description="Drop groups whose task rewards (accuracy, format, grade) "
+                                                 "are all equal (advantage 0, no signal); false keeps them, "
+                                                 "as TRL's GRPOTrainer does (equal-work benchmarks).")
     multi_box: bool = Field(False, description="Grounding answers are sets (issue 31): the prompt asks "
                             "for a list of boxes, [] when the finding is absent; SFT targets list every box; "
                             "the stage also trains on negative records (no box), which single-box stages "
                             "skip. Pair it with reward.boxes: set to score the set; off: one box, as before.")
-    carry_optimizer: bool = Field(False, description="Keep the optimiser's moments from the previous stage (or "
-                                  "init_from); by default every stage starts a fresh AdamW, as TRL and verl start RL.")
+    carry_optimizer: bool = Field(False,
+                                  description="Keep the optimiser's moments from the previous stage (or "
+                                              "init_from); by default every stage starts a fresh AdamW, as "
+                                              "TRL and verl start RL.")
 
     @field_validator("task", mode="before")
     @classmethod
     def _known_tasks(cls, value: Any) -> Any:
         """One line per mistake (pydantic would name both branches of the union)."""
         if isinstance(value, list) and not value:
-            raise ValueError("an empty list names no records; give one task or a list such as [grounding, grading]")
+            raise ValueError("an empty list names no records; give one task or a list such as [grounding, "
+                             "grading]")
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, str) or item not in TASK_NAMES:
-                raise ValueError(f"{item!r} is not a task; use {', '.join(TASK_NAMES)} (one, or a list of them)")
+                raise ValueError(f"{item!r} is not a task; use {', '.join(TASK_NAMES)} (one, or a list of "
+                                 "them)")
         if isinstance(value, list) and len(set(value)) != len(value):
-            raise ValueError(f"{value} must name each task once (one task, or a list such as [grounding, grading])")
+            raise ValueError(f"{value} must name each task once (one task, or a list such as [grounding, "
+                             "grading])")
         return value
 
     @property
@@ -165,14 +191,19 @@ class StageConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="Evaluate every K steps (0: only at the start and the end).")
     max_samples: int = Field(64, ge=1, description="Held-out records per evaluation (greedy decoding).")
-    at_start: bool = Field(True, description="Evaluate before the first step (benchmarks whose arms share one "
+    at_start: bool = Field(True,
+                           description="Evaluate before the first step (benchmarks whose arms share one "
                            "warm start evaluate it once and switch this off).")
-    overlays: int = Field(8, ge=0, description="Prediction overlay images written to samples/ per evaluation.")
-    samples: int = Field(4, ge=0, description="k: completions sampled per held-out grounding image beside the greedy "
-                         "answer, for pass@1 (mean accuracy over the k) and pass@k (any of k) at IoU 0.3/0.5/0.8 "
-                         "(`eval/sampled/...`); 0 evaluates greedy only. Each costs about one greedy answer.")
+    overlays: int = Field(8, ge=0,
+                          description="Prediction overlay images written to samples/ per evaluation.")
+    samples: int = Field(4, ge=0,
+                         description="k: completions sampled per held-out grounding image beside the greedy "
+                                     "answer, for pass@1 (mean accuracy over the k) and pass@k (any of k) "
+                                     "at IoU 0.3/0.5/0.8 (`eval/sampled/...`); 0 evaluates greedy only. "
+                                     "Each costs about one greedy answer.")
     sample_temperature: float | None = Field(
-        None, gt=0.0, description="Temperature of the sampled evaluation (default: rollout.sampling.temperature, "
+        None, gt=0.0,
+        description="Temperature of the sampled evaluation (default: rollout.sampling.temperature, "
         "what GRPO samples at); top-p and the length cap are rollout.sampling's.")
 
 
@@ -183,8 +214,10 @@ class CheckpointConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field("run", min_length=1, description="Run name: runs/<name>/ and the control actor's name.")
-    seed: int = Field(0, description="The run's one seed: prompt order, each request's sampling seed, and (unless "
-                      "set) learner.seed, learner.mlae.seed and rollout.seed, which default to it.")
+    seed: int = Field(0,
+                      description="The run's one seed: prompt order, each request's sampling seed, and "
+                                  "(unless set) learner.seed, learner.mlae.seed and rollout.seed, which "
+                                  "default to it.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
     model: ModelConfig
     data: DataConfig
@@ -192,11 +225,12 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     pool: PoolConfig = PoolConfig()
     max_staleness: int = Field(
-        0, ge=0, le=1, description="Adapter versions a GRPO batch may lag the learner (the driver's schedule): 0 "
-        "generates each batch with the adapter just pushed (synchronous); 1 generates the next batch with adapter "
-        "v while the learner takes its step (overlapped generation; the ratio is then taken against v, which the "
-        "learner keeps: learner.kept_versions >= max_staleness + 1). Steps that evaluate or checkpoint drain the "
-        "pipeline, so resume stays exact.")
+        0, ge=0, le=1,
+        description="Adapter versions a GRPO batch may lag the learner (the driver's schedule): 0 generates "
+                    "each batch with the adapter just pushed (synchronous); 1 generates the next batch with "
+                    "adapter v while the learner takes its step (overlapped generation; the ratio is then "
+                    "taken against v, which the learner keeps: learner.kept_versions >= max_staleness + 1). "
+                    "Steps that evaluate or checkpoint drain the pipeline, so resume stays exact.")
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     eval: EvalConfig = EvalConfig()
@@ -205,10 +239,11 @@ class RunConfig(_Strict):
         LoggingConfig(), description="Experiment trackers (TensorBoard, MLflow, W&B), what they may receive, "
         "and samples of completions (services/logging_config.py).")
     init_from: str | None = Field(
-        None, description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, RNG; "
-        "optimiser moments only with the first stage's carry_optimizer) this run starts from, its stages from step 0 "
-        "(e.g. GRPO arms sharing one SFT warm start). The learner must match the run that wrote it (adapter kind, "
-        "rank, num_ranks). Ignored on resume.")
+        None,
+        description="A checkpoint directory (runs/NAME/checkpoints/step-N) whose learner state (adapter, "
+                    "RNG; optimiser moments only with the first stage's carry_optimizer) this run starts "
+                    "from, its stages from step 0 (e.g. GRPO arms sharing one SFT warm start). The learner "
+                    "must match the run that wrote it (adapter kind, rank, num_ranks). Ignored on resume.")
 
     def lr_of(self, stage: StageConfig) -> float:
         """The learning rate `stage` trains at: its own `lr`, else learner.lr."""
@@ -261,8 +296,9 @@ class RunConfig(_Strict):
         """Rules across sections: each names both fields and the fix."""
         r, p = self.rollout, self.pool
         if r.tensor_parallel_size > 1 and p.gpus_per_worker != r.tensor_parallel_size:
-            raise ValueError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs pool.gpus_per_worker="
-                             f"{r.tensor_parallel_size} (one GPU per shard), got {p.gpus_per_worker}")
+            raise ValueError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs "
+                             f"pool.gpus_per_worker={r.tensor_parallel_size} (one GPU per shard), got "
+                             f"{p.gpus_per_worker}")
         if self.learner.kept_versions < self.max_staleness + 1:
             raise ValueError(f"max_staleness={self.max_staleness} trains on batches sampled by the adapter "
                              f"{self.max_staleness} version(s) back, but learner.kept_versions="
@@ -291,13 +327,14 @@ class RunConfig(_Strict):
                              "advantages need at least 2 completions per prompt (the paper uses 8); set "
                              "rollout.group_size=8")
         if r.sampling.temperature <= 0.0:
-            raise ValueError(f"rollout.sampling.temperature=0 (greedy) with GRPO stages {grpo}: every completion "
-                             "of a group would be the same, so no group carries a gradient; set a temperature "
-                             "> 0 (the paper uses 0.9)")
+            raise ValueError(f"rollout.sampling.temperature=0 (greedy) with GRPO stages {grpo}: every "
+                             "completion of a group would be the same, so no group carries a gradient; set "
+                             "a temperature > 0 (the paper uses 0.9)")
         if r.sampling.top_p < 1.0:
-            raise ValueError(f"rollout.sampling.top_p={r.sampling.top_p} with GRPO stages {grpo}: top-p truncates "
-                             "the sampled distribution, which the learner's log-probs do not mirror; keep "
-                             "rollout.sampling.top_p=1.0 for training (evaluation decodes greedily anyway)")
+            raise ValueError(f"rollout.sampling.top_p={r.sampling.top_p} with GRPO stages {grpo}: top-p "
+                             "truncates the sampled distribution, which the learner's log-probs do not "
+                             "mirror; keep rollout.sampling.top_p=1.0 for training (evaluation decodes "
+                             "greedily anyway)")
         return self
 
 
@@ -389,7 +426,8 @@ def explain(error: ValidationError, model: type[BaseModel], source: str) -> Conf
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
             lines.append(f"  {dotted}: unknown key; {hint}")
         elif err["type"] == "missing":
-            lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set {dotted}=...")
+            lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set "
+                         f"{dotted}=...")
         elif isinstance(err.get("input"), dict):
             # a rule across several fields (a model validator): its message names them; the input is a section
             lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")

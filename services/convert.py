@@ -41,9 +41,10 @@ def rollout_request(record: Record, image_path: Path, seed: int | None = None,
     if record.width is not None and record.height is not None and image.size != (record.width, record.height):
         raise MedicalImageError(
             f"record {record.id!r}: the manifest says {record.width}x{record.height} but {image_path} is "
-            f"{image.size[0]}x{image.size[1]} pixels, so its boxes are in another frame than the image; convert "
-            "again with the images in place (`medground data convert` scales boxes onto a resized copy) or point "
-            "the record at the image the boxes were drawn on; changing width/height alone would keep wrong boxes")
+            f"{image.size[0]}x{image.size[1]} pixels, so its boxes are in another frame than the image; "
+            "convert again with the images in place (`medground data convert` scales boxes onto a resized "
+            "copy) or point the record at the image the boxes were drawn on; changing width/height alone "
+            "would keep wrong boxes")
     return RolloutRequest(prompt_id=record.id, image=image.to_pil(), question=record.phrase,
                           task=record.task, knowledge_key=record.knowledge_key, seed=seed,
                           multi_box=multi_box)
@@ -75,15 +76,18 @@ def sampling_spec(sampling: SamplingConfig, model_dir: str | Path, tokenizer: An
     tokens both engines suppress, and the end tokens `min_new_tokens` forbids."""
     suppressed = tuple(vision_token_ids(tokenizer, family_of(model_dir)))
     return SamplingSpec(temperature=sampling.temperature, suppressed_token_ids=suppressed,
-                        min_new_tokens=sampling.min_new_tokens, eos_token_ids=stop_token_ids(model_dir, tokenizer))
+                        min_new_tokens=sampling.min_new_tokens,
+                        eos_token_ids=stop_token_ids(model_dir, tokenizer))
 
 
 def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[TrainSample]:
     """One TrainSample per completion of a group, with its advantage, behaviour log-probs, the adapter version
     that sampled it and whether it was truncated. The samples are consecutive and share one image tensor: a
-    remote call pickles it once, and the shared-prefix learner packs them as one prompt (learner/packing.py)."""
+    remote call pickles it once, and the shared-prefix learner packs them as one prompt
+    (learner/packing.py)."""
     if len(advantages) != len(group.completions):
-        raise ValueError(f"{len(advantages)} advantages for {len(group.completions)} completions of {group.prompt_id}")
+        raise ValueError(f"{len(advantages)} advantages for {len(group.completions)} completions of "
+                         f"{group.prompt_id}")
     prompt = tuple(int(t) for t in group.prompt_token_ids)
     image = _image_inputs(group)
     return [TrainSample(prompt_ids=prompt, completion_ids=c.token_ids, advantage=float(a),
@@ -92,7 +96,8 @@ def grpo_samples(group: RolloutGroup, advantages: Sequence[float]) -> list[Train
             for c, a in zip(group.completions, advantages, strict=True)]
 
 
-def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor, knowledge: KnowledgeBase | None,
+def prepared_prompt(record: Record, image_path: Path, processor: PromptProcessor,
+                    knowledge: KnowledgeBase | None,
                     inject_knowledge: bool, multi_box: bool = False) -> PreparedPrompt:
     """The prompt a rollout worker builds for `record` (rollout.core: build_prompt, then the processor), built
     here with the same processor: the SFT sample's prompt, and what a benchmark feeding another trainer

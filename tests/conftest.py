@@ -27,7 +27,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL (answers in input pixels), built once per test session."""
     from services.models.tiny import build_model_dir
 
-    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", "qwen2_5_vl", "tiny", seed=0)
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl",
+                           "qwen2_5_vl", "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,8 @@ def tiny_qwen2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Qwen3-VL (16 px patches, 32 px cells, answers in 0..1000 units), built once per session."""
+    """A tiny random Qwen3-VL (16 px patches, 32 px cells, answers in 0..1000 units), built once per
+    session."""
     from services.models.tiny import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-qwen3_vl", "qwen3_vl", "tiny", seed=0)

@@ -88,7 +88,8 @@ def enhanced(stored: NDArray[Any], shared: dict[str, dict[str, Any]] | None = No
         return item
 
     ds.SharedFunctionalGroupsSequence = Sequence([group(shared or {})])
-    ds.PerFrameFunctionalGroupsSequence = Sequence([group(m) for m in per_frame or [{}] * int(stored.shape[0])])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([group(m) for m in per_frame or [{}]
+                                                    * int(stored.shape[0])])
     return ds
 
 
@@ -168,7 +169,8 @@ def real_world_variants() -> dict[str, tuple[bytes, str | None]]:
     ds.WindowCenter, ds.WindowWidth = 700, None  # a lone centre: no window
     variants["window centre without width"] = (to_bytes(ds), None)
     variants["no transfer syntax UID"] = (to_bytes(_base(), without_transfer_syntax=True), None)
-    ds = dataset(np.arange(256, dtype=np.uint8).reshape(16, 16), photometric="PALETTE COLOR", bits_allocated=8)
+    ds = dataset(np.arange(256, dtype=np.uint8).reshape(16, 16), photometric="PALETTE COLOR",
+                 bits_allocated=8)
     palette(ds, (np.arange(256) * 257, np.zeros(256), (255 - np.arange(256)) * 257))
     variants["palette colour"] = (to_bytes(ds), None)
     variants["JPEG Extended without a 12-bit decoder"] = ((PYDICOM_FILES / "JPEG-lossy.dcm").read_bytes(),

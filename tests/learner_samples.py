@@ -1,4 +1,5 @@
-"""Learner test samples from the real processor of a generated tiny model (unit, integration and GPU tests)."""
+"""Learner test samples from the real processor of a generated tiny model (unit, integration and GPU
+tests)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def make_samples(model_dir: Path, advantages: list[float], image_every: int = 2,
     out = []
     for i, adv in enumerate(advantages):
         with_image = i % image_every == 0
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": f"Locate nodule {i}"}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+        content = ([{"type": "image"}] if with_image
+                   else []) + [{"type": "text", "text": f"Locate nodule {i}"}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}],
+                                             add_generation_prompt=True,
                                              tokenize=False)
         image = Image.fromarray(rng.integers(0, 255, (56 + 28 * (i % 2), 84, 3), dtype=np.uint8))
         enc = processor(text=[text], images=[image] if with_image else None, return_tensors="pt")
@@ -51,8 +54,10 @@ def group_samples(model_dir: Path) -> list[TrainSample]:
     rng = np.random.default_rng(0)
     out = []
     for g, with_image in enumerate([True, False, True]):
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": f"Locate nodule {g}"}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+        content = ([{"type": "image"}] if with_image
+                   else []) + [{"type": "text", "text": f"Locate nodule {g}"}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}],
+                                             add_generation_prompt=True,
                                              tokenize=False)
         image = Image.fromarray(rng.integers(0, 255, (56 + 28 * g, 84, 3), dtype=np.uint8))
         enc = processor(text=[text], images=[image] if with_image else None, return_tensors="pt")

@@ -69,12 +69,14 @@ class FakeDeployment:
                                 image_size=size, input_size=size, convention="input_pixels",
                                 no_box_reason=no_box_reason(OUTSIDE, frame))
         box = dark_box(np.asarray(request.image.image))
-        return GroundResult(box=box, model_box=box, text=ANSWER, format_ok=True, adapter_version=0, image_size=size,
+        return GroundResult(box=box, model_box=box, text=ANSWER, format_ok=True, adapter_version=0,
+                            image_size=size,
                             input_size=size, convention="input_pixels")
 
 
 @contextmanager
-def fake_app(monkeypatch: pytest.MonkeyPatch, limits: Limits | None = None) -> Iterator[tuple[Any, FakeDeployment]]:
+def fake_app(monkeypatch: pytest.MonkeyPatch,
+             limits: Limits | None = None) -> Iterator[tuple[Any, FakeDeployment]]:
     """(the FastAPI app of services/serve/app.py, the stand-in its routes run on) for the test's duration.
     Ray Serve resolves a route's `self` through `serve.get_replica_context().servable_object`."""
     from ray import serve

@@ -63,7 +63,8 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
         got, t_fault, t_end = _cut_call(pool, victim, signal.SIGSTOP, reqs, sampling)
         event = next(e for e in pool.faults.events if e.kind == "worker_timeout")
         deadline = pool_cfg.call_timeout_s * 8
-        rows.append(row("rollout worker hung", "SIGSTOP to a vLLM worker mid-generate (16 requests, 2 workers)",
+        rows.append(row("rollout worker hung",
+                        "SIGSTOP to a vLLM worker mid-generate (16 requests, 2 workers)",
                         event.at - t_fault, t_end - event.at, requests_lost(reqs, want, got), 0,
                         f"killed and replaced; its 8 requests answered by the other worker; the call took "
                         f"{t_end - t:.1f} s against {calm_s:.1f} s without the fault", deadline_s=deadline,
@@ -78,10 +79,12 @@ def rollout_faults(model: Path, adapters: dict[str, Path]) -> list[Row]:
         except AdapterLoadError as exc:
             detect, reason = time.time() - t, str(exc).split(": ", 1)[1].split(". Every")[0]
         after = pool.generate(reqs[:4], n=2, sampling=greedy)
-        rows.append(row("adapter load fails", "a rank-16 adapter for engines of max_lora_rank 8", detect, None,
+        rows.append(row("adapter load fails",
+                        "a rank-16 adapter for engines of max_lora_rank 8", detect, None,
                         requests_lost(reqs[:4], before, after), None,
-                        f"AdapterLoadError ({reason}); both workers still serve v1 (answers unchanged); the run "
-                        f"stops, resumable from its last checkpoint", previous_adapter_live=all(
+                        f"AdapterLoadError ({reason}); both workers still serve "
+                        "v1 (answers unchanged); the run stops, resumable from "
+                        "its last checkpoint", previous_adapter_live=all(
                             g.adapter_version == 1 for g in after)))
     finally:
         pool.shutdown()
@@ -128,10 +131,12 @@ def learner_rank(model: Path, manifest: Path, work: Path) -> Row:
 
     run_dir = work / "runs" / "rank"
     cfg = RunConfig.model_validate({
-        "name": "rank", "output_dir": str(run_dir.parent), "model": {"path": str(model), "family": "qwen2_5_vl"},
+        "name": "rank", "output_dir": str(run_dir.parent),
+        "model": {"path": str(model), "family": "qwen2_5_vl"},
         "data": {"manifest": str(manifest)},
         "stages": [{"name": "warmup", "kind": "sft", "steps": 4, "prompts_per_step": 2, "lr": 1e-3}],
-        "rollout": {"engine": "hf", "max_model_len": 512}, "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
+        "rollout": {"engine": "hf", "max_model_len": 512},
+        "pool": {"num_workers": 1, "cpus_per_worker": 0.25},
         "learner": {"num_ranks": 2, "cpus_per_rank": 0.25, "micro_batch_size": 4},
         "eval": {"at_start": False, "every": 0, "max_samples": 2, "overlays": 0},
         "checkpoint": {"every": 2}})
@@ -154,6 +159,7 @@ def learner_rank(model: Path, manifest: Path, work: Path) -> Row:
     except train_loop.RunFailed as exc:
         stopped = time.time() - live["t"]
         message = str(exc)
-    return row("learner rank killed", "SIGKILL to rank 1 of 2 after step 2 (checkpoint step-2)", stopped, None,
+    return row("learner rank killed",
+               "SIGKILL to rank 1 of 2 after step 2 (checkpoint step-2)", stopped, None,
                0, 0, "the run stopped (its other rank killed, not left in a collective): "
                + message.split("; ", 1)[-1], printed=message)

@@ -29,7 +29,8 @@ BIN = Path(sys.executable).parent
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def _pids_of(marker: str) -> list[int]:
@@ -71,9 +72,11 @@ def head_cluster(tmp_path: Path, num_cpus: float = 2) -> Iterator[dict[str, Any]
     try:
         for _attempt in range(3):  # a port found free can be taken before Ray binds it: try other ports
             gcs, dash, client, agent = (free_port() for _ in range(4))
-            start = run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+            start = run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+                         "--port", str(gcs),
                           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                          "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+                          "--ray-client-server-port", str(client),
+                         "--dashboard-agent-listen-port", str(agent),
                           "--num-cpus", str(num_cpus), "--temp-dir", temp_dir], env, 180)
             if start.returncode == 0:
                 break
@@ -86,7 +89,8 @@ def head_cluster(tmp_path: Path, num_cpus: float = 2) -> Iterator[dict[str, Any]
 
 
 @contextlib.contextmanager
-def worker_node(cluster: dict[str, Any], num_cpus: float, resources: dict[str, float]) -> Iterator[dict[str, Any]]:
+def worker_node(cluster: dict[str, Any], num_cpus: float,
+                resources: dict[str, float]) -> Iterator[dict[str, Any]]:
     """A second node of `cluster` on this machine (`ray start --address`), on free ports and its own temp dir;
     every process it starts carries `marker` in its environment (`MEDGROUND_TEST_NODE=<temp dir>`), so a test
     can end exactly that node's processes to make the cluster lose it. Yields the marker and the temp dir."""
@@ -96,8 +100,10 @@ def worker_node(cluster: dict[str, Any], num_cpus: float, resources: dict[str, f
     try:
         for _attempt in range(3):
             ports = [str(free_port()) for _ in range(6)]
-            start = run([str(BIN / "ray"), "start", "--address", cluster["gcs"], "--node-ip-address", "127.0.0.1",
-                         "--num-cpus", str(num_cpus), "--resources", json.dumps(resources), "--temp-dir", temp_dir,
+            start = run([str(BIN / "ray"), "start", "--address", cluster["gcs"],
+                         "--node-ip-address", "127.0.0.1",
+                         "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
+                         "--temp-dir", temp_dir,
                          "--node-manager-port", ports[0], "--object-manager-port", ports[1],
                          "--dashboard-agent-listen-port", ports[2], "--dashboard-agent-grpc-port", ports[3],
                          "--runtime-env-agent-port", ports[4], "--metrics-export-port", ports[5]], env, 180)

@@ -57,12 +57,14 @@ def lost_node(model: Path) -> Row:
                 t_end = time.time()
                 event = next(e for e in pool.faults.events if e.kind in ("worker_death", "worker_timeout"))
                 pool.wait_ready(timeout=600)
-                return {"fault": "node lost", "injected": "SIGKILL to every process of the second node while its "
-                        "worker generates", "deadline_s": pool_cfg.call_timeout_s * 8, "detect_s": event.at - t_fault,
+                return {"fault": "node lost",
+                        "injected": "SIGKILL to every process of the second node while its "
+                        "worker generates", "deadline_s": pool_cfg.call_timeout_s * 8,
+                        "detect_s": event.at - t_fault,
                         "recover_s": t_end - event.at, "requests_lost": requests_lost(reqs, want, out[0]),
                         "steps_lost": 0,
-                        "outcome": f"{event.kind.replace('_', ' ')}: {event.detail}; the replacement came up on "
-                                   f"the head"}
+                        "outcome": f"{event.kind.replace('_', ' ')}: {event.detail}; the replacement came "
+                                   "up on the head"}
             finally:
                 pool.shutdown()
                 ray.shutdown()
@@ -90,7 +92,8 @@ class _Driver:
         self.log, self.started = log, time.time()
         self.tree: set[int] = set()  # its processes, taken before the kill (Ray's agents lose their ancestry)
         with log.open("w") as out:
-            self.proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "train", *args], cwd=ROOT,
+            self.proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "train",
+                                          *args], cwd=ROOT,
                                          env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def until(self, ready: Callable[[], bool], what: str, timeout: float = 900) -> float:
@@ -146,10 +149,12 @@ def driver_kills(model: Path, manifest: Path, work: Path) -> list[Row]:
     want = _rows(work / "calm" / "faults")
     rows = []
     for name, trigger, redo_from in (("mid-step", lambda d: 3 in _rows(d), 3),
-                                     ("mid-checkpoint", lambda d: (d / "checkpoints" / ".tmp-step-4").exists(), 3)):
+                                     ("mid-checkpoint",
+                                      lambda d: (d / "checkpoints" / ".tmp-step-4").exists(), 3)):
         run_dir = work / name / "faults"
 
-        def kill(driver: _Driver, run_dir: Path = run_dir, trigger: Callable[[Path], bool] = trigger) -> float:
+        def kill(driver: _Driver, run_dir: Path = run_dir,
+                 trigger: Callable[[Path], bool] = trigger) -> float:
             driver.until(lambda: (run_dir / "metrics.jsonl").is_file(), "the first row")  # Ray is up: note it
             driver.tree |= process_tree(f"RAY_TMPDIR={driver.ray_dir}")
             t = driver.until(lambda: trigger(run_dir), "moment to kill")
@@ -171,13 +176,15 @@ def driver_kills(model: Path, manifest: Path, work: Path) -> list[Row]:
         got = _rows(run_dir)
         bad = [s for s in range(redo_from, 6) for k in KEYS
                if (got[s].get(k) is None) != (want[s].get(k) is None)
-               or (want[s].get(k) is not None and abs(got[s][k] - want[s][k]) > 1e-6 + 1e-5 * abs(want[s][k]))]
+               or (want[s].get(k) is not None and abs(got[s][k] - want[s][k]) > 1e-6 + 1e-5
+                   * abs(want[s][k]))]
         rows.append({"fault": f"driver killed {name}", "injected": "kill -9 of the `medground train` process "
                      + ("right after step 3's row (in step 4)" if name == "mid-step"
                         else "while checkpoints/.tmp-step-4 was being written"),
                      "deadline_s": None, "detect_s": None, "recover_s": recover,
                      "requests_lost": 0 if not bad else None, "steps_lost": done_before - checkpoint,
                      "outcome": f"`medground train --resume` from step-{checkpoint}: steps {redo_from}-5 "
-                                + ("equal the uninterrupted run's" if not bad else f"DIFFER at {sorted(set(bad))}"),
+                                + ("equal the uninterrupted run's" if not bad
+                                   else f"DIFFER at {sorted(set(bad))}"),
                      "killed_at_s": t_kill, "matches_uninterrupted": not bad})
     return rows

@@ -83,7 +83,8 @@ def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str | None
     names = arm.stages or tuple(s["name"] for s in base["stages"] if s["name"] not in study.warm_stages)
     tree = _select_stages(apply_overrides(base, list(study.common)), names)
     start = [f"init_from={init_from}"] if init_from is not None else []
-    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides, "eval.at_start=false", *start])
+    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides,
+                                  "eval.at_start=false", *start])
 
 
 def training_seconds(rows: Sequence[Row]) -> float:
@@ -120,13 +121,15 @@ def size_bucket_metrics(ious: Mapping[str, float], areas: Mapping[str, float], e
     out: Row = {}
     outside = [i for i in ious if not edges[0] <= areas[i] < edges[-1]]
     if outside:
-        raise ValueError(f"{len(outside)} held-out targets (e.g. {outside[0]}, area {areas[outside[0]]:.4f}) lie "
-                         f"outside the study's size edges {list(edges)}; widen them")
+        raise ValueError(f"{len(outside)} held-out targets (e.g. {outside[0]}, area "
+                         f"{areas[outside[0]]:.4f}) lie outside the study's size edges {list(edges)}; widen "
+                         "them")
     for low, high in itertools.pairwise(edges):
         ids = sorted(i for i in ious if low <= areas[i] < high)
         if ids:
             metrics = grounding_metrics([ious[i] for i in ids], [True] * len(ids))
-            out.update({f"eval/{bucket_name(low, high)}/{k}": v for k, v in metrics.items() if k != "parse_fail_pct"})
+            out.update({f"eval/{bucket_name(low, high)}/{k}": v for k, v in metrics.items()
+                        if k != "parse_fail_pct"})
     return out
 
 
@@ -207,7 +210,8 @@ def markdown_table(arms: Sequence[tuple[str, Row]], columns: Sequence[tuple[str,
     """Rows = arms, columns = (header, aggregate key, digits), cells 'mean ± std' over seeds."""
     head = "| arm | " + " | ".join(h for h, _, _ in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
-    body = ["| " + name + " | " + " | ".join(fmt(agg.get(k), d) for _, k, d in columns) + " |" for name, agg in arms]
+    body = ["| " + name + " | " + " | ".join(fmt(agg.get(k), d) for _, k, d in columns) + " |"
+            for name, agg in arms]
     return "\n".join([head, rule, *body])
 
 

@@ -21,11 +21,14 @@ KEYS = ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU", "eval/grade/
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("committed", type=Path)
     parser.add_argument("fresh", type=Path)
-    parser.add_argument("--abs-tol", type=float, default=0.0, help="smallest allowed difference (metric units)")
-    parser.add_argument("--out", type=Path, help="also write the verdict as JSON (to commit next to the results)")
+    parser.add_argument("--abs-tol", type=float, default=0.0,
+                        help="smallest allowed difference (metric units)")
+    parser.add_argument("--out", type=Path,
+                        help="also write the verdict as JSON (to commit next to the results)")
     args = parser.parse_args()
     old, new = json.loads(args.committed.read_text()), json.loads(args.fresh.read_text())
     bad = compare(old, new, KEYS, args.abs_tol)
@@ -35,7 +38,8 @@ def main() -> int:
     print(verdict)
     if args.out:
         args.out.write_text(json.dumps({
-            "committed": str(args.committed), "fresh": str(args.fresh), "abs_tol": args.abs_tol, "keys": list(KEYS),
+            "committed": str(args.committed), "fresh": str(args.fresh), "abs_tol": args.abs_tol,
+            "keys": list(KEYS),
             "verdict": verdict, "mismatches": bad,
             "fresh_wall_s_total": new.get("wall_s_total"), "freshload_before": load_before(new),
         }, indent=1) + "\n")

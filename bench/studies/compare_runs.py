@@ -23,10 +23,12 @@ def held_out(run: Path) -> tuple[int, dict[str, float], dict[str, float]]:
     from services.evaluation import eval_files, read_ious
 
     if not run.is_dir():
-        raise SystemExit(f"{run} is not a run directory (it does not exist); pass runs/<name> of a finished run")
+        raise SystemExit(f"{run} is not a run directory (it does not exist); pass runs/<name> of a finished "
+                         "run")
     files = eval_files(run)
     if len(files) < 2:
-        raise SystemExit(f"{run} has {len(files)} held-out evaluation(s); a comparison needs its start and end")
+        raise SystemExit(f"{run} has {len(files)} held-out evaluation(s); a comparison needs its start and "
+                         "end")
     return int(files[-1].stem.removeprefix("step-")), read_ious(files[0]), read_ious(files[-1])
 
 
@@ -85,7 +87,8 @@ def draw(runs: dict[str, Path], result: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs=2, type=Path)
     parser.add_argument("--labels", default="A,B")
     parser.add_argument("--out", type=Path, required=True, help="path without suffix")
@@ -102,10 +105,11 @@ def main() -> None:
         print(f"{label} ({row['run']}, {row['held_out_images']} held-out images, {row['steps']} steps)")
         for name, d in DIGITS.items():
             m = row[name]
-            print(f"  {name:6s} {m['start']:.{d}f} ± {m['start_se']:.{d}f} -> {m['end']:.{d}f} ± {m['end_se']:.{d}f}"
-                  f"   change {m['change']:+.{d}f} ± {m['change_se']:.{d}f} (paired)")
+            print(f"  {name:6s} {m['start']:.{d}f} ± {m['start_se']:.{d}f} -> {m['end']:.{d}f} ± "
+                  f"{m['end_se']:.{d}f}   change {m['change']:+.{d}f} ± {m['change_se']:.{d}f} (paired)")
     key = next(k for k in result if k.endswith("(paired)"))
-    print(key + ": " + ", ".join(f"{n} {v['difference']:+.3g} ± {v['se']:.2g}" for n, v in result[key].items()))
+    print(key + ": " + ", ".join(f"{n} {v['difference']:+.3g} ± {v['se']:.2g}" for n,
+                                 v in result[key].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     draw(runs, result, args.out.with_suffix(".png"))

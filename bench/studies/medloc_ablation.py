@@ -45,20 +45,23 @@ ABLATIONS = (
 # The study's targets cover 11-20 % of the image; its size buckets split them at 15 % (about 200 each).
 SIZE_EDGES = (0.10, 0.15, 0.20)
 COLUMNS = (("A@0.5", "eval/A@0.5", 1), ("A@0.8", "eval/A@0.8", 1), ("pseudo-mAP", "eval/pseudo_mAP", 1),
-           ("mIoU", "eval/mIoU", 3), ("A@0.5 10-15%", "eval/10-15%/A@0.5", 1), ("A@0.5 15-20%", "eval/15-20%/A@0.5", 1),
+           ("mIoU", "eval/mIoU", 3), ("A@0.5 10-15%", "eval/10-15%/A@0.5", 1),
+           ("A@0.5 15-20%", "eval/15-20%/A@0.5", 1),
            ("mIoU 10-15%", "eval/10-15%/mIoU", 3), ("mIoU 15-20%", "eval/15-20%/mIoU", 3),
-           ("zero-var groups", "zero_variance_fraction", 2), ("final tau", "tau_final", 2), ("raises", "tau_raises", 1))
+           ("zero-var groups", "zero_variance_fraction", 2), ("final tau", "tau_final", 2),
+           ("raises", "tau_raises", 1))
 
 DEVIATIONS = (
-    "window N = 16 prompt groups instead of the paper's 30, and 4 prompts per GRPO step: the window fills after "
-    "4 steps and a half refresh refills it in 2, so the schedule can raise several times within the budget",
-    "a 3.6M-parameter Qwen2.5-VL trained in full on other synthetic images (the CPU base), not Qwen2.5-VL-3B; "
-    "targets 11-20 % of the image (the base's largest size band), seen at 112 px: on smaller targets this base's "
-    "sampled boxes keep the window's accuracy below P = 0.8 (docs/RESULTS.md)",
-    "sampling temperature 0.6, not 0.9: at 0.9 the window's accuracy at tau 0.45 stays near 0.6 and its margin "
-    "under 0.1, so tau rises once at most",
-    "tens of GRPO steps of 4 prompts x G = 8, not 1000; held-out set: 400 test images; no dynamic-sampling refill "
-    "(every arm sees the same prompts and samples)",
+    "window N = 16 prompt groups instead of the paper's 30, and 4 prompts per GRPO step: the window fills "
+    "after 4 steps and a half refresh refills it in 2, so the schedule can raise several times within the "
+    "budget",
+    "a 3.6M-parameter Qwen2.5-VL trained in full on other synthetic images (the CPU base), not "
+    "Qwen2.5-VL-3B; targets 11-20 % of the image (the base's largest size band), seen at 112 px: on smaller "
+    "targets this base's sampled boxes keep the window's accuracy below P = 0.8 (docs/RESULTS.md)",
+    "sampling temperature 0.6, not 0.9: at 0.9 the window's accuracy at tau 0.45 stays near 0.6 and its "
+    "margin under 0.1, so tau rises once at most",
+    "tens of GRPO steps of 4 prompts x G = 8, not 1000; held-out set: 400 test images; no dynamic-sampling "
+    "refill (every arm sees the same prompts and samples)",
 )
 
 
@@ -76,7 +79,8 @@ def study(arms: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> Study:
         return Study("medloc_ablation", CONFIG, (MAIN[0], *ABLATIONS), seeds=seeds, warm_stages=(),
                      size_edges=SIZE_EDGES, paired_against=("medloc",))
     if arms == "main":
-        return Study("medloc_ablation", CONFIG, (BASE, *MAIN), seeds=seeds, warm_stages=(), size_edges=SIZE_EDGES,
+        return Study("medloc_ablation", CONFIG, (BASE, *MAIN), seeds=seeds, warm_stages=(),
+                     size_edges=SIZE_EDGES,
                      paired_against=("base", "sft"))
     return Study("medloc_ablation", CONFIG, (BASE, *MAIN, *ABLATIONS), seeds=seeds, warm_stages=(),
                  size_edges=SIZE_EDGES, paired_against=("base", "sft", "medloc"))
@@ -85,7 +89,8 @@ def study(arms: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> Study:
 def main() -> None:
     import yaml
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--reduced", action="store_true", help="the base and the 5 main arms, seed 0")
     mode.add_argument("--main", action="store_true", help="the base and the 5 main arms, seeds 0 1 2")
@@ -96,10 +101,11 @@ def main() -> None:
     arms = "main" if args.reduced or args.main else "ablations" if args.ablations else "all"
     s = study(arms, (0,) if args.reduced or args.ablations else (0, 1, 2))
     stage = yaml.safe_load(Path(CONFIG).read_text())["stages"][0]
-    desc = (f"MedLoc-R1 study on the pretrained CPU base ({stage['steps']} GRPO steps of {stage['prompts_per_step']} "
-            f"prompts x G = 8, {len(s.seeds)} seed(s), every arm from the base itself; targets 11-20 % of the image). "
-            f"Held-out metrics on 400 images in percent (mIoU in [0, 1]); zero-var groups: fraction of GRPO groups "
-            f"whose 8 task rewards were all equal; raises: tau raises of the schedule.")
+    desc = (f"MedLoc-R1 study on the pretrained CPU base ({stage['steps']} GRPO steps of "
+            f"{stage['prompts_per_step']} prompts x G = 8, {len(s.seeds)} seed(s), every arm from the base "
+            "itself; targets 11-20 % of the image). Held-out metrics on 400 images in percent (mIoU in [0, "
+            "1]); zero-var groups: fraction of GRPO groups whose 8 task rewards were all equal; raises: "
+            "tau raises of the schedule.")
     stem = {"main": "medloc_ablation_main" if args.main else "medloc_ablation_reduced",
             "ablations": "medloc_ablation_conditions", "all": "medloc_ablation"}[arms]
     run_study(s, stem, COLUMNS, prepare, desc, DEVIATIONS)

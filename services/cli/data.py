@@ -26,19 +26,23 @@ def _pair(text: str | None, kind: type[int] | type[float], name: str) -> tuple[f
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write images/ and the manifest into.")],
-    preset: Annotated[str, typer.Option(help="demo | demo-classification | demo-grading | small-target | hybrid")] = "demo",
+    preset: Annotated[str,
+                      typer.Option(help="demo | demo-classification | demo-grading | "
+                                        "small-target | hybrid")] = "demo",
     seed: Annotated[int, typer.Option(help="Seed; the same seed writes byte-identical files.")] = 0,
     tasks: Annotated[str | None, typer.Option(help="Comma list of grounding,classification,grading.")] = None,
     size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
     n_train: Annotated[int | None, typer.Option(help="Train images.")] = None,
     n_val: Annotated[int | None, typer.Option(help="Val images.")] = None,
     n_test: Annotated[int | None, typer.Option(help="Test images.")] = None,
-    area: Annotated[str | None, typer.Option(help="One relative-area range LOW,HIGH (0..1) for all images.")] = None,
+    area: Annotated[str | None,
+                    typer.Option(help="One relative-area range LOW,HIGH (0..1) for all images.")] = None,
     contrast: Annotated[str | None, typer.Option(help="Lesion contrast range LOW,HIGH (0..1).")] = None,
     distractors: Annotated[str | None, typer.Option(help="Distractor lesions per image LOW,HIGH.")] = None,
     noise: Annotated[float | None, typer.Option(help="Quantum noise std (0..0.5).")] = None,
     normal_fraction: Annotated[float | None, typer.Option(help="Share of images without a finding.")] = None,
-    manifest: Annotated[str, typer.Option(help="Manifest file name (.jsonl or .parquet).")] = "manifest.jsonl",
+    manifest: Annotated[str,
+                        typer.Option(help="Manifest file name (.jsonl or .parquet).")] = "manifest.jsonl",
 ) -> None:
     """Write synthetic chest-radiograph phantoms and a manifest."""
     from pydantic import ValidationError
@@ -70,18 +74,26 @@ def data_convert(
     out: Annotated[Path, typer.Argument(help="Manifest to write (.jsonl or .parquet); images go beside it.")],
     fmt: Annotated[str, typer.Option("--format", help="vlm-r1 | ms-cxr | nih | vindr | rsna | coco | masks | "
                                      "volumes | medmnist")],
-    image_root: Annotated[str | None, typer.Option(help="Image folder, relative to OUT's folder or absolute.")] = None,
-    split: Annotated[str | None, typer.Option(help="Put every record in this split (default: hashed by patient).")] = None,
-    phrase: Annotated[str | None, typer.Option(help="Phrase or question for formats that carry none.")] = None,
+    image_root: Annotated[str | None,
+                          typer.Option(help="Image folder, relative to OUT's folder or absolute.")] = None,
+    split: Annotated[str | None,
+                     typer.Option(help="Put every record in this split (default: hashed by "
+                                       "patient).")] = None,
+    phrase: Annotated[str | None,
+                      typer.Option(help="Phrase or question for formats that carry none.")] = None,
     finding: Annotated[str | None, typer.Option(help="Finding name for masks and volumes.")] = None,
-    modality: Annotated[str | None, typer.Option(help="Modality key (cxr, ct, mr, us, derm) for knowledge keys.")] = None,
+    modality: Annotated[str | None,
+                        typer.Option(help="Modality key (cxr, ct, mr, us, derm) for knowledge keys.")] = None,
     slice_: Annotated[str, typer.Option("--slice", help="Volumes: max | center | all | INDEX.")] = "max",
-    window: Annotated[str | None, typer.Option(help="Volumes: window CENTER,WIDTH in modality units.")] = None,
+    window: Annotated[str | None,
+                      typer.Option(help="Volumes: window CENTER,WIDTH in modality units.")] = None,
     min_votes: Annotated[int, typer.Option(help="VinDr: radiologists needed for a fused box.")] = 1,
     task: Annotated[str, typer.Option(help="MedMNIST: classification or grading.")] = "classification",
     labels: Annotated[str | None, typer.Option(help="MedMNIST: comma list of class names by index.")] = None,
-    on_bad_record: Annotated[str, typer.Option(help="A malformed row: fail (stop, naming it) or skip (count it "
-                                               "and go on), as data.on_bad_record does for manifests.")] = "fail",
+    on_bad_record: Annotated[str,
+                             typer.Option(help="A malformed row: fail (stop, naming it) or skip "
+                                               "(count it and go on), as data.on_bad_record does "
+                                               "for manifests.")] = "fail",
     negatives: Annotated[str, typer.Option(help="Images without the finding (RSNA Target 0, VinDr 'No "
                                            "finding', masks without a lesion): skip (counted) or keep as "
                                            "records with no box, for stages with multi_box: true.")] = "skip",
@@ -99,8 +111,10 @@ def data_convert(
         _fail(f"--negatives {negatives!r} must be skip or keep")
     if components not in ("union", "each"):
         _fail(f"--components {components!r} must be union or each")
-    options = ConvertOptions(image_root=image_root, split=split, phrase=phrase, finding=finding, modality=modality,
-                             slice=slice_, window=_pair(window, float, "--window"), min_votes=min_votes, task=task,
+    options = ConvertOptions(image_root=image_root, split=split, phrase=phrase, finding=finding,
+                             modality=modality,
+                             slice=slice_, window=_pair(window, float, "--window"),
+                             min_votes=min_votes, task=task,
                              labels=tuple(labels.split(",")) if labels else (),
                              on_bad_record=on_bad_record, negatives=negatives,  # type: ignore[arg-type]
                              components=components)  # type: ignore[arg-type]
@@ -117,7 +131,8 @@ def data_convert(
 @data_app.command("inspect")
 def data_inspect(
     manifest: Annotated[Path, typer.Argument(help="A .jsonl or .parquet manifest.")],
-    sheet: Annotated[Path | None, typer.Option(help="Contact sheet PNG (default: next to the manifest).")] = None,
+    sheet: Annotated[Path | None,
+                     typer.Option(help="Contact sheet PNG (default: next to the manifest).")] = None,
     limit: Annotated[int, typer.Option(help="Records drawn on the sheet.")] = 24,
     on_bad_record: Annotated[str, typer.Option(help="skip or fail")] = "fail",
     allow_missing: Annotated[bool, typer.Option("--allow-missing",

@@ -68,17 +68,24 @@ def _notes(cfg: RunConfig, overrides: list[str] | None) -> None:
 @app.command("init-model")
 def init_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
-    tiny: Annotated[bool, typer.Option("--tiny", help="A small random model (--size tiny or small).")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny",
+                                       help="A small random model (--size tiny or small).")] = False,
     shape: Annotated[str | None, typer.Option(help="A released checkpoint's widths, random weights: "
                                               "qwen2_5_vl_3b | qwen2_5_vl_7b | qwen3_vl_2b | qwen3_vl_4b | "
                                               "qwen3_vl_8b (sets the family).")] = None,
-    family: Annotated[str | None, typer.Option(help="For --tiny: qwen2_5_vl (boxes in input pixels), qwen2_vl or "
+    family: Annotated[str | None,
+                      typer.Option(help="For --tiny: qwen2_5_vl (boxes in input pixels), qwen2_vl or "
                                                "qwen3_vl (0..1000).")] = None,
-    size: Annotated[str, typer.Option(help="For --tiny: tiny (~0.7M params, tests) or small (a few M, the demo).")] = "tiny",
-    layers: Annotated[int | None, typer.Option(help="Keep only the first N text layers (CPU work at real width).")] = None,
+    size: Annotated[str,
+                    typer.Option(help="For --tiny: tiny (~0.7M params, tests) or small (a few M, "
+                                      "the demo).")] = "tiny",
+    layers: Annotated[int | None,
+                      typer.Option(help="Keep only the first N text layers (CPU work at real "
+                                        "width).")] = None,
     vision_layers: Annotated[int | None, typer.Option(help="Keep only the first N vision blocks.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="bpe (1,024 tokens trained here; --tiny's default) or qwen "
-                                                  "(the real Qwen tokenizer; --shape's only choice).")] = None,
+    tokenizer: Annotated[str | None,
+                         typer.Option(help="bpe (1,024 tokens trained here; --tiny's default) or "
+                                           "qwen (the real Qwen tokenizer; --shape's only choice).")] = None,
     dtype: Annotated[str, typer.Option(help="float32 (CPU) or bfloat16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
@@ -86,8 +93,8 @@ def init_model(
     from services.models.shapes import REAL_SHAPES
 
     if tiny == (shape is not None):
-        _fail("only random models can be built offline: pass --tiny (small CPU models) or --shape NAME (a released "
-              "checkpoint's widths), not both")
+        _fail("only random models can be built offline: pass --tiny (small CPU models) or --shape NAME (a "
+              "released checkpoint's widths), not both")
     if shape is not None and shape not in REAL_SHAPES:
         _fail(f"--shape {shape!r} is unknown; choose one of {', '.join(REAL_SHAPES)}")
     if shape is not None and family is not None and not shape.startswith(family):
@@ -117,7 +124,8 @@ def init_model(
 @app.command("pretrain-base")
 def pretrain_base(
     recipe: Annotated[Path, typer.Argument(help="Base recipe, e.g. deploy/configs/bases/study.yaml")],
-    out: Annotated[Path, typer.Argument(help="Model directory to build (reused when built from this recipe).")],
+    out: Annotated[Path,
+                   typer.Argument(help="Model directory to build (reused when built from this recipe).")],
     force: Annotated[bool, typer.Option("--force",
                                         help="Rebuild even when OUT holds this recipe's base.")] = False,
 ) -> None:
@@ -135,10 +143,10 @@ def pretrain_base(
     report = json.loads((out / REPORT_FILE).read_text())
     held, sampled = report["held_out"], report["sampled_T0.9"]
     typer.echo(f"{out}: base {report['digest']} ({report['parameters']:,} parameters, built in "
-               f"{report['build_s'] / 60:.1f} min): held-out A@0.3 {held['A@0.3']:.1f} %, A@0.5 {held['A@0.5']:.1f} "
-               f"± {held['A@0.5_se']:.1f} %, A@0.8 {held['A@0.8']:.1f} %, mIoU {held['mIoU']:.3f}; samples at T = 0.9: "
-               f"{sampled['parse_pct']:.0f} % parse, entropy at T = 1 {report['entropy_T1_nats']['answer_tokens']:.2f} "
-               "nats/token")
+               f"{report['build_s'] / 60:.1f} min): held-out A@0.3 {held['A@0.3']:.1f} %, A@0.5 "
+               f"{held['A@0.5']:.1f} ± {held['A@0.5_se']:.1f} %, A@0.8 {held['A@0.8']:.1f} %, mIoU "
+               f"{held['mIoU']:.3f}; samples at T = 0.9: {sampled['parse_pct']:.0f} % parse, entropy at T = "
+               f"1 {report['entropy_T1_nats']['answer_tokens']:.2f} nats/token")
 
 
 @app.command("validate-config")
@@ -164,7 +172,8 @@ def validate_config(
 @app.command()
 def train(config: Annotated[Path | None, typer.Argument(help="YAML run config (omit with --resume).")] = None,
           overrides: Overrides = None, address: Address = None,
-          resume: Annotated[Path | None, typer.Option(help="Run directory to resume (runs/<name>).")] = None) -> None:
+          resume: Annotated[Path | None,
+                            typer.Option(help="Run directory to resume (runs/<name>).")] = None) -> None:
     """Run a training job (local Ray by default; `ray job submit` runs this same command). SIGTERM or Ctrl-C
     finishes the step, checkpoints it and stops (a second one stops at once)."""
     from services.training.launch import train as run_training
@@ -213,7 +222,8 @@ def demo(overrides: Overrides = None) -> None:
 
 @app.command("eval")
 def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
-             step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the final adapter, else "
+             step: Annotated[int | None,
+                             typer.Option(help="Checkpoint step (default: the final adapter, else "
                                                       "the latest checkpoint).")] = None,
              max_samples: Annotated[int | None, typer.Option(help="Held-out records (default: the run's "
                                                              "eval.max_samples).")] = None,
@@ -267,7 +277,8 @@ def _writable_out(out: Path) -> Path:
 def export(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
            merged: Annotated[Path, typer.Option("--merged", help="Directory to write the merged model into "
                                                 "(the adapter folded into the base weights).")],
-           step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the final adapter, else the "
+           step: Annotated[int | None,
+                           typer.Option(help="Checkpoint step (default: the final adapter, else the "
                                                     "latest checkpoint).")] = None) -> None:
     """Merge a run's adapter into its base model: a plain model directory that transformers and vLLM load
     without LoRA (faster decoding; what deployment tools expect)."""
@@ -291,13 +302,18 @@ def export(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>)
 @app.command()
 def serve(
     model: Annotated[Path | None, typer.Option(help="HF model directory (or give --run-dir).")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Training run (runs/NAME): model, rollout settings, and "
+    run_dir: Annotated[Path | None,
+                       typer.Option(help="Training run (runs/NAME): model, rollout settings, and "
                                                  "its checkpoints watched for newer adapters.")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter dir to serve (default: the run's latest).")] = None,
+    adapter: Annotated[Path | None,
+                       typer.Option(help="LoRA adapter dir to serve (default: the run's latest).")] = None,
     engine: Annotated[str | None, typer.Option(help="vllm (default) or hf.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Ray Serve config file, e.g. deploy/serve/serve_config.yaml "
+    config: Annotated[Path | None,
+                      typer.Option(help="Ray Serve config file, e.g. deploy/serve/serve_config.yaml "
                                                 "(replaces --model/--run-dir/--adapter/--engine).")] = None,
-    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 to expose; then set MEDGROUND_SERVE_TOKEN).")] = "127.0.0.1",
+    host: Annotated[str,
+                    typer.Option(help="Listen address (0.0.0.0 to expose; then set "
+                                      "MEDGROUND_SERVE_TOKEN).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     address: Address = None,
 ) -> None:
@@ -317,7 +333,8 @@ def serve(
                 _fail(f"--config {config} does not exist; the shipped one is deploy/serve/serve_config.yaml")
             load_serve_config(config, host, port)
         else:
-            args = ServeArgs.model_validate({k: str(v) for k, v in (("model_path", model), ("run_dir", run_dir),
+            args = ServeArgs.model_validate({k: str(v) for k,
+                                             v in (("model_path", model), ("run_dir", run_dir),
                                              ("adapter_path", adapter), ("engine", engine)) if v is not None})
         preflight(args, host, port)  # every path, the port and the files, before Ray starts
     except ValidationError as exc:
@@ -347,11 +364,19 @@ def status(run: Annotated[str | None, typer.Option(help="Run name (default: the 
 def submit(config: Annotated[Path, typer.Argument(help="YAML run config inside the working directory.")],
            overrides: Overrides = None,
            address: Annotated[str, typer.Option("--address", envvar="MEDGROUND_DASHBOARD_ADDRESS",
-                                                help="The cluster's job server (dashboard).")] = "http://127.0.0.1:8265",
-           gpu: Annotated[bool, typer.Option("--gpu", help="deploy/jobs/runtime_env_gpu.yaml (default: cpu).")] = False,
-           working_dir: Annotated[Path, typer.Option(help="Uploaded with the job (configs, knowledge).")] = Path("."),
-           job_id: Annotated[str | None, typer.Option(help="Submission id (default: medground-<run name>-<time>).")] = None,
-           no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submitting.")] = False) -> None:
+                                                help="The cluster's job server "
+                                                     "(dashboard).")] = "http://127.0.0.1:8265",
+           gpu: Annotated[bool,
+                          typer.Option("--gpu",
+                                       help="deploy/jobs/runtime_env_gpu.yaml (default: cpu).")] = False,
+           working_dir: Annotated[Path,
+                                  typer.Option(help="Uploaded with the job (configs, "
+                                                    "knowledge).")] = Path("."),
+           job_id: Annotated[str | None,
+                             typer.Option(help="Submission id (default: medground-<run "
+                                               "name>-<time>).")] = None,
+           no_wait: Annotated[bool, typer.Option("--no-wait",
+                                                 help="Return after submitting.")] = False) -> None:
     """Submit `medground train CONFIG` to a Ray cluster with the project's runtime environment (wraps
     `ray job submit`); follows the job's logs unless --no-wait."""
     import time
@@ -384,7 +409,8 @@ def submit(config: Annotated[Path, typer.Argument(help="YAML run config inside t
 
 @scale_app.command("rollout")
 def scale_rollout(n: Annotated[int, typer.Argument(help="Target number of rollout workers (>= 1).")],
-                  run: Annotated[str | None, typer.Option(help="Run name (default: the only running job).")] = None,
+                  run: Annotated[str | None,
+                                 typer.Option(help="Run name (default: the only running job).")] = None,
                   wait: Annotated[float, typer.Option(help="Seconds to wait until N workers are live "
                                                       "(0: return once requested).")] = 0.0,
                   address: Address = None) -> None:

@@ -54,7 +54,7 @@ def connect(address: str | None) -> str:
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
-        where = "no local Ray cluster was found" if address == "auto" else f"cannot join the cluster at {address}"
+        where = "no local Ray cluster was found" if address == "auto" else f"cannot join the cluster at {address}"  # noqa: E501
         raise OperatorError(f"{where} ({exc}); pass --address HOST:{GCS_PORT} of the cluster running the job "
                             f"(or set MEDGROUND_RAY_ADDRESS); {AUTH_HINT}") from None
     except RuntimeError as exc:  # Ray raises RuntimeError on authentication and version mismatches
@@ -84,8 +84,8 @@ def _control(run: str | None) -> Any:
         return find_control_actor(run)
     except LookupError as exc:
         several = "several" in str(exc)
-        hint = "" if several else (" (a job registers its control actor as it starts; `ray job list` shows the "
-                                   "cluster's jobs)")
+        hint = "" if several else (" (a job registers its control actor as it starts; `ray job list` shows "
+                                   "the cluster's jobs)")
         raise OperatorError(f"{exc}{hint}") from None
 
 
@@ -141,8 +141,9 @@ def scale_rollout(run: str | None, n: int, wait_s: float = 0.0,
     control = _control(run)
     before: JobStatus = ray.get(control.get_status.remote())
     echo(ray.get(control.request_rollout_workers.remote(n)))
-    echo(f"now: {_or(before.rollout_workers)} rollout workers at step {_or(before.step)}/{_or(before.total_steps)}; "
-         "new workers load the current adapter before they take work")
+    echo(f"now: {_or(before.rollout_workers)} rollout workers at step "
+         f"{_or(before.step)}/{_or(before.total_steps)}; new workers load the current adapter before they "
+         "take work")
     deadline = time.monotonic() + wait_s
     status = before
     while wait_s > 0:
@@ -179,7 +180,8 @@ def runtime_env(gpu: bool, working_dir: Path) -> dict[str, Any]:
         if path.is_file():
             env: dict[str, Any] = yaml.safe_load(path.read_text())
             return {**env, "working_dir": str(working_dir)}
-    raise OperatorError(f"deploy/jobs/{name} not found under {working_dir} or {ROOT}; run from the repository")
+    raise OperatorError(f"deploy/jobs/{name} not found under {working_dir} or {ROOT}; run from the "
+                        "repository")
 
 
 def entrypoint(config: Path, overrides: list[str], working_dir: Path) -> str:

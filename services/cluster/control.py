@@ -60,7 +60,8 @@ class ControlState:
         self.status = dataclasses.replace(status, reported_at=time.time())
 
     def get_status(self) -> JobStatus:
-        return dataclasses.replace(self.status, run=self.run_name, pending_rollout_workers=self.pending_rollout_workers)
+        return dataclasses.replace(self.status, run=self.run_name,
+                                   pending_rollout_workers=self.pending_rollout_workers)
 
     def request_rollout_workers(self, n: int) -> str:
         if not isinstance(n, int) or n < 1:
@@ -68,7 +69,7 @@ class ControlState:
         self.pending_rollout_workers = n
         self.requests_log.append({"rollout_workers": n, "at": time.time()})
         step = "?" if self.status.step is None else self.status.step
-        return f"run {self.run_name!r}: resize to {n} rollout workers requested; applied before the step after {step}"
+        return f"run {self.run_name!r}: resize to {n} rollout workers requested; applied before the step after {step}"  # noqa: E501
 
     def take_rollout_request(self) -> int | None:
         n, self.pending_rollout_workers = self.pending_rollout_workers, None

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FaultEvent:
     """`kind`: what was detected (one of the log's kinds); `who`: the worker or actor, e.g. "rollout worker 3
-    (pid 4242 on node 10.0.0.2)"; `requests`: requests (or groups) sent again because of it; `at`: time.time()."""
+    (pid 4242 on node 10.0.0.2)"; `requests`: requests (or groups) sent again because of it; `at`:
+    time.time()."""
 
     kind: str
     who: str

@@ -47,7 +47,8 @@ class LearnerGroup:
         if not ready:
             remove_placement_group(self._pg)
             raise RuntimeError(f"the cluster cannot place {cfg.num_ranks} learner ranks of {bundle} within "
-                               f"{ready_timeout_s:.0f} s: lower learner.num_ranks or cpus_per_rank/gpus_per_rank")
+                               f"{ready_timeout_s:.0f} s: lower learner.num_ranks or "
+                               "cpus_per_rank/gpus_per_rank")
         accelerator = "cuda" if cfg.gpus_per_rank > 0 else "cpu"
         self._workers: list[Any] = [
             LearnerWorker.options(  # type: ignore[attr-defined]
@@ -85,8 +86,8 @@ class LearnerGroup:
                 ray.kill(w)
             self._workers = []
             raise LearnerRankLost(
-                f"learner rank(s) {dead} died during {what} ({type(exc).__name__}); the other ranks were stopped, "
-                f"since a rank cannot rejoin its process group") from exc
+                f"learner rank(s) {dead} died during {what} ({type(exc).__name__}); the other "
+                "ranks were stopped, since a rank cannot rejoin its process group") from exc
 
     def _dead_ranks(self) -> list[int]:
         """Ranks whose actor is gone: their ping fails at once, while live ranks (busy in a collective) do
@@ -103,19 +104,22 @@ class LearnerGroup:
         return dead
 
     def grpo_step(self, batch: TrainBatch) -> StepMetrics:
-        """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly; with
+        """GRPO over the global batch (``batch.samples``, sampled from ``batch.sampling``), sharded evenly;
+        with
         ``shared_prefix`` in whole groups, so each group's image crosses to one rank once (its samples share
         one tensor, which pickling sends once per call) and each rank packs every prompt it has once."""
         shards = (shard_groups if self.cfg.shared_prefix else shard)(batch.samples, self.num_ranks)
         metrics: list[StepMetrics] = self._all(
-            [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w, s in zip(self._workers, shards, strict=True)],
+            [w.grpo_step.remote(TrainBatch(tuple(s), batch.sampling)) for w,
+             s in zip(self._workers, shards, strict=True)],
             "grpo_step")
         return metrics[0]  # already reduced over ranks; rank 0's wall time stands for the step
 
     def sft_step(self, samples: Sequence[TrainSample]) -> StepMetrics:
         """One SFT optimiser step (cross-entropy on ``completion_ids``) over the global batch."""
         shards = shard(samples, self.num_ranks)
-        metrics: list[StepMetrics] = self._all([w.sft_step.remote(s) for w, s in zip(self._workers, shards, strict=True)],
+        metrics: list[StepMetrics] = self._all([w.sft_step.remote(s) for w,
+                                                s in zip(self._workers, shards, strict=True)],
                                                "sft_step")
         return metrics[0]
 
@@ -129,21 +133,25 @@ class LearnerGroup:
     def export(self, version: int) -> ray.ObjectRef:
         """Object ref of the ``LoraArtefact`` (rank 0's return value: the one object-store copy)."""
         refs = [w.export.remote(version) for w in self._workers]
-        self._all(refs[1:], "export")  # the other ranks only take part in ZeRO-3 gathers; wait so errors surface
+        # the other ranks only take part in ZeRO-3 gathers; wait so errors surface
+        self._all(refs[1:], "export")
         ray.wait([refs[0]], fetch_local=False)
-        self._all([self._workers[0].__ray_ready__.remote()], "export")  # rank 0 alive, without fetching its artefact
+        # rank 0 alive, without fetching its artefact
+        self._all([self._workers[0].__ray_ready__.remote()], "export")
         return refs[0]
 
     def save_checkpoint(self, directory: str | Path, adapter_dir: str | Path | None, version: int) -> Path:
         """DeepSpeed state, RNG states and adapter copies under ``directory``, written atomically; rank 0 also
         writes the adapter, as ``version``, to ``adapter_dir``."""
         adapter = None if adapter_dir is None else str(adapter_dir)
-        return Path(self._all([w.save_checkpoint.remote(str(directory), adapter, version) for w in self._workers],
+        return Path(self._all([w.save_checkpoint.remote(str(directory), adapter, version)
+                               for w in self._workers],
                               "save_checkpoint")[0])
 
     def load_checkpoint(self, directory: str | Path) -> int:
         """Restore every rank from ``directory``; returns the learner's step count."""
-        return int(self._all([w.load_checkpoint.remote(str(directory)) for w in self._workers], "load_checkpoint")[0])
+        return int(self._all([w.load_checkpoint.remote(str(directory)) for w in self._workers],
+                             "load_checkpoint")[0])
 
     def shutdown(self) -> None:
         """Leave the process group on every rank, then free the actors and the placement group."""

@@ -47,18 +47,23 @@ class RewardClient:
         try:
             scored, state = self._call(groups, step, progress, under)
         except (RayActorError, TimeoutError) as exc:
-            kind, what = (("actor_timeout", f"did not score {len(groups)} groups of step {step} within reward."
-                           f"call_timeout_s={self.config.call_timeout_s:g} s") if isinstance(exc, TimeoutError)
+            kind, what = (("actor_timeout",
+                           f"did not score {len(groups)} groups of step {step} within reward."
+                           f"call_timeout_s={self.config.call_timeout_s:g} s")
+                          if isinstance(exc, TimeoutError)
                           else ("actor_death", f"died scoring step {step} ({type(exc).__name__})"))
-            ray.kill(self._actor)  # a no-op for a dead actor; ends a hung one (Ray also ends a stopped process)
-            self.faults.record(kind, self._name(), f"{what}; recreated it from the state after the last batch",
+            # a no-op for a dead actor; ends a hung one (Ray also ends a stopped process)
+            ray.kill(self._actor)
+            self.faults.record(kind, self._name(),
+                               f"{what}; recreated it from the state after the last batch",
                                len(groups))
             self._actor = create_reward_actor(self.config, self.state)
             try:
                 scored, state = self._call(groups, step, progress, under)
             except (RayActorError, TimeoutError) as again:
-                raise RewardUnavailable(f"the reward actor failed on step {step} twice ({exc}; then {again}); check "
-                                        f"the actor's log (ray logs) and reward.call_timeout_s") from again
+                raise RewardUnavailable(f"the reward actor failed on step {step} twice ({exc}; "
+                                        f"then {again}); check the actor's log (ray logs) and "
+                                        "reward.call_timeout_s") from again
         self.state = state
         return scored
 

@@ -120,7 +120,8 @@ class RolloutPool:
         self._adapter_ref: ray.ObjectRef[Any] | None = None  # None: the base model
         self._serials = itertools.count()
         self._workers: list[_Worker] = []
-        self.replaced = 0  # workers replaced after dying or hanging (tests read it: the fault landed mid-call)
+        # workers replaced after dying or hanging (tests read it: the fault landed mid-call)
+        self.replaced = 0
         self.faults = FaultLog("rollout", FAULT_KINDS)
         self.last_serving: tuple[int, ...] = ()  # serial numbers of the workers that served the last call
         self.resize(pool.num_workers if num_workers is None else num_workers)
@@ -153,13 +154,14 @@ class RolloutPool:
         deadline = time.monotonic() + limit
         while True:
             refs = [w.ready for w in self._workers]
-            done, starting = ray.wait(refs, num_returns=len(refs), timeout=max(deadline - time.monotonic(), 0.0))
+            done, starting = ray.wait(refs, num_returns=len(refs),
+                                      timeout=max(deadline - time.monotonic(), 0.0))
             if len(self._settle(done)) == len(self._workers):
                 return
             if starting and time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come up within "
-                                   f"{limit:.0f} s; check that the cluster has room for them (pool.cpus_per_worker "
-                                   f"/ gpus_per_worker) and read the workers' logs")
+                raise TimeoutError(f"{len(starting)} of {len(self._workers)} rollout workers did not come "
+                                   f"up within {limit:.0f} s; check that the cluster has room for them "
+                                   "(pool.cpus_per_worker / gpus_per_worker) and read the workers' logs")
 
     def take_faults(self) -> dict[str, int]:
         """Faults since the last call, as metrics (`rollout/worker_timeouts`, ...; zeros included)."""
@@ -209,7 +211,8 @@ class RolloutPool:
         new = self._spawn()
         self._workers[self._workers.index(dead)] = new
         self.replaced += 1
-        self.faults.record(kind, dead.name(), f"{detail}; killed it, rollout worker {new.serial} starts in its "
+        self.faults.record(kind, dead.name(),
+                           f"{detail}; killed it, rollout worker {new.serial} starts in its "
                            f"place on adapter v{self._adapter_version}", requests)
 
     def _ready_workers(self) -> list[_Worker]:
@@ -223,15 +226,17 @@ class RolloutPool:
             if not done:
                 done, _ = ray.wait(refs, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
             if not done:
-                raise TimeoutError(f"none of the {len(refs)} rollout workers came up within pool.start_timeout_s="
-                                   f"{self.pool.start_timeout_s:.0f} s; check that the cluster has room for a worker "
-                                   f"(pool.cpus_per_worker / gpus_per_worker) and read the workers' logs")
+                raise TimeoutError(f"none of the {len(refs)} rollout workers came up within "
+                                   f"pool.start_timeout_s={self.pool.start_timeout_s:.0f} s; check that the "
+                                   "cluster has room for a worker (pool.cpus_per_worker / gpus_per_worker) "
+                                   "and read the workers' logs")
             ready = self._settle(done)
             if ready:
                 return ready
 
     def _settle(self, done: list[ray.ObjectRef[Any]]) -> list[_Worker]:
-        """The workers whose start-up (or adapter load) finished in `done` and succeeded. One that died without
+        """The workers whose start-up (or adapter load) finished in `done` and succeeded. One that died
+        without
         failing its own start-up (its node was lost, or it was killed, possibly before it ever ran) is
         replaced; a start-up that failed (bad model dir, bad adapter) raises."""
         finished, ready = set(done), []
@@ -253,7 +258,7 @@ class RolloutPool:
         here); None with version 0 for the base model. Blocks until all that were up have switched (each
         for at most pool.load_timeout_s); raises AdapterLoadError, with every worker back on the
         previous adapter, when a worker refuses it."""
-        artefact_ref = artefact if artefact is None or isinstance(artefact, ray.ObjectRef) else ray.put(artefact)
+        artefact_ref = artefact if artefact is None or isinstance(artefact, ray.ObjectRef) else ray.put(artefact)  # noqa: E501
         if (version == 0) != (artefact_ref is None):
             raise ValueError(f"version {version} with artefact {artefact_ref}: version 0 has no artefact, "
                              f"versions >= 1 need one")
@@ -273,8 +278,8 @@ class RolloutPool:
             self._roll_back(version, previous, refused, before)
         wrong = [v for v in loaded if v != version]
         if wrong:
-            raise RuntimeError(f"workers report adapter versions {wrong} after loading {version}; the artefact's "
-                               f"version field disagrees with the version passed to load_adapter")
+            raise RuntimeError(f"workers report adapter versions {wrong} after loading {version}; the "
+                               "artefact's version field disagrees with the version passed to load_adapter")
 
     def _await_loads(self, workers: list[_Worker], version: int) -> tuple[list[int], dict[int, str]]:
         """Wait for `workers`' pending loads; returns the versions they report and, by serial, the reason
@@ -291,7 +296,8 @@ class RolloutPool:
                 try:
                     loaded.append(ray.get(ref))
                 except RayActorError as exc:
-                    self._replace(w, "worker_death", f"died loading adapter v{version} ({type(exc).__name__})")
+                    self._replace(w, "worker_death",
+                                  f"died loading adapter v{version} ({type(exc).__name__})")
                 except RayTaskError as exc:
                     refused[w.serial] = str(exc.cause if exc.cause is not None else exc).splitlines()[-1]
                     self.faults.record("load_refusal", w.name(), refused[w.serial])
@@ -302,7 +308,8 @@ class RolloutPool:
                 pending.clear()
         return loaded, refused
 
-    def _roll_back(self, version: int, previous: tuple[int, ray.ObjectRef[Any] | None], refused: dict[int, str],
+    def _roll_back(self, version: int, previous: tuple[int, ray.ObjectRef[Any] | None],
+                   refused: dict[int, str],
                    before: dict[int, ray.ObjectRef[Any]]) -> None:
         """Put every worker back on the previous adapter and raise AdapterLoadError."""
         self._adapter_version, self._adapter_ref = previous
@@ -311,13 +318,14 @@ class RolloutPool:
                 w.ready = before[w.serial]  # its engine kept the previous adapter live
             else:  # it switched, or is still starting, or replaced one that hung: back to the previous one
                 w.ready = w.handle.load_adapter.remote(previous[1])
-        self._await_loads([w for w in self._workers if w.serial in before and w.serial not in refused], previous[0])
+        self._await_loads([w for w in self._workers if w.serial in before
+                           and w.serial not in refused], previous[0])
         reason = next(iter(refused.values()))
         raise AdapterLoadError(
-            f"adapter v{version} failed to load on rollout worker(s) {sorted(refused)}: {reason}. Every worker "
-            f"serves adapter v{previous[0]} again (a load adds the new adapter before removing the old one). "
-            f"Common causes: the adapter's rank exceeds rollout.max_lora_rank, or it adapts modules the engine "
-            f"cannot (learner.mlae.target_modules).")
+            f"adapter v{version} failed to load on rollout worker(s) {sorted(refused)}: {reason}. Every "
+            f"worker serves adapter v{previous[0]} again (a load adds the new adapter before removing the "
+            "old one). Common causes: the adapter's rank exceeds rollout.max_lora_rank, or it adapts "
+            "modules the engine cannot (learner.mlae.target_modules).")
 
     def generate(self, requests: Sequence[RolloutRequest], n: int | None = None,
                  sampling: SamplingConfig | None = None) -> list[RolloutGroup]:
@@ -338,8 +346,8 @@ class RolloutPool:
         def retry(indices: list[int], cause: str) -> None:
             exhausted = [requests[i].prompt_id for i in indices if attempts[i] >= self.pool.max_attempts]
             if exhausted:
-                raise RuntimeError(f"requests {exhausted[:5]} failed on {self.pool.max_attempts} workers in a row "
-                                   f"(pool.max_attempts); last fault: {cause}")
+                raise RuntimeError(f"requests {exhausted[:5]} failed on {self.pool.max_attempts} workers in "
+                                   f"a row (pool.max_attempts); last fault: {cause}")
             submit(indices)  # to the surviving workers (or the replacement once it is up)
 
         serving: set[int] = set()
@@ -352,8 +360,10 @@ class RolloutPool:
                 lost, who = [], []
                 for late in flight.expired(time.monotonic()):
                     dropped = flight.drop(late.worker)
-                    self._replace(late.worker, "worker_timeout", f"did not answer {len(late.indices)} requests within "
-                                  f"{late.budget_s:g} s (pool.call_timeout_s={self.pool.call_timeout_s:g} per "
+                    self._replace(late.worker, "worker_timeout",
+                                  f"did not answer {len(late.indices)} requests within "
+                                  f"{late.budget_s:g} s "
+                                  f"(pool.call_timeout_s={self.pool.call_timeout_s:g} per "
                                   f"request); {len(dropped)} requests sent to other workers", len(dropped))
                     lost += dropped
                     who.append(late.worker.name())
@@ -365,14 +375,16 @@ class RolloutPool:
                 groups = ray.get(done[0])
             except RayActorError as exc:
                 lost = [*shard.indices, *flight.drop(shard.worker)]  # its queued shards will never run either
-                self._replace(shard.worker, "worker_death", f"died mid-call ({type(exc).__name__}); {len(lost)} "
+                self._replace(shard.worker, "worker_death",
+                              f"died mid-call ({type(exc).__name__}); {len(lost)} "
                               f"requests sent to other workers", len(lost))
                 retry(lost, f"{shard.worker.name()} died: {exc}")
                 continue
             serving.add(shard.worker.serial)
             for i, group in zip(shard.indices, groups, strict=True):
                 if results[i] is not None:
-                    raise RuntimeError(f"request {requests[i].prompt_id} answered twice; a bug in RolloutPool")
+                    raise RuntimeError(f"request {requests[i].prompt_id} answered twice; a bug in "
+                                       "RolloutPool")
                 results[i] = group
         self.last_serving = tuple(sorted(serving))
         missing = [requests[i].prompt_id for i, g in enumerate(results) if g is None]

@@ -44,14 +44,16 @@ REQUIRED = {"Rows": "(0028,0010)", "Columns": "(0028,0011)", "SamplesPerPixel": 
 NUMERIC = {"RescaleSlope": "(0028,1053)", "RescaleIntercept": "(0028,1052)", "WindowCenter": "(0028,1050)",
            "WindowWidth": "(0028,1051)"}
 # Pixel data elements: integer, float (32-bit) and double float (64-bit) (PS3.3 C.7.6.3, C.7.6.24).
-PIXEL_DATA = {"PixelData": "(7FE0,0010)", "FloatPixelData": "(7FE0,0008)", "DoubleFloatPixelData": "(7FE0,0009)"}
+PIXEL_DATA = {"PixelData": "(7FE0,0010)", "FloatPixelData": "(7FE0,0008)",
+              "DoubleFloatPixelData": "(7FE0,0009)"}
 # Groups the pixel pipeline reads (Image Pixel and presentation, functional groups, pixel data): an element
 # of these that pydicom cannot convert is refused by name; elsewhere it is dropped, since nothing reads it.
 PIPELINE_GROUPS = (0x0028, 0x5200, 0x7FE0)
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 # What pydicom's decoders and the header parser raise on damaged or unsupported data (none of ours).
-_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError, KeyError, IndexError,
+_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError,
+                  KeyError, IndexError,
                   EOFError, OSError, struct.error, OverflowError)
 _FIX_HEADER = "fix the header (e.g. with pydicom or dcmodify) or re-export the image"
 
@@ -72,9 +74,9 @@ def read_dataset(source: Path | bytes, name: str, stop_before_pixels: bool = Fal
                                 "preamble and 'DICM' marker can be rewritten with pydicom: "
                                 "dcmread(path, force=True).save_as(out, enforce_file_format=True)") from None
     except _DECODE_ERRORS as exc:
-        raise MedicalImageError(f"{name}: the DICOM header cannot be parsed ({type(exc).__name__}: {exc}); the "
-                                "file is truncated or an element's value representation is broken; "
-                                f"{_FIX_HEADER}") from None
+        raise MedicalImageError(f"{name}: the DICOM header cannot be parsed "
+                                f"({type(exc).__name__}: {exc}); the file is truncated or an "
+                                f"element's value representation is broken; {_FIX_HEADER}") from None
 
 
 def element(ds: Any, tag: Any, name: str, where: str = "") -> Any:
@@ -117,8 +119,8 @@ def number_of_frames(ds: Any, name: str) -> int:
     raw = ds.get("NumberOfFrames", 1)
     if isinstance(raw, int) and raw >= 1:
         return int(raw)
-    raise MedicalImageError(f"{name}: NumberOfFrames (0028,0008) holds {raw!r}, not a whole number >= 1 (value "
-                            f"representation IS); {_FIX_HEADER}")
+    raise MedicalImageError(f"{name}: NumberOfFrames (0028,0008) holds {raw!r}, not a whole number >= 1 "
+                            f"(value representation IS); {_FIX_HEADER}")
 
 
 def _number(ds: Any, keyword: str, name: str, where: str = "") -> list[float]:
@@ -128,11 +130,11 @@ def _number(ds: Any, keyword: str, name: str, where: str = "") -> list[float]:
     try:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not a number (value "
-                                f"representation DS); {_FIX_HEADER}") from None
+        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not "
+                                f"a number (value representation DS); {_FIX_HEADER}") from None
     if not all(np.isfinite(out)):
-        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not a finite number; "
-                                f"{_FIX_HEADER}")
+        raise MedicalImageError(f"{name}: {where}{keyword} {NUMERIC[keyword]} holds {raw!r}, not a finite "
+                                f"number; {_FIX_HEADER}")
     return out
 
 
@@ -144,8 +146,8 @@ def check_header(ds: Any, name: str) -> None:
         if floating and keyword in ("BitsStored", "PixelRepresentation"):
             continue
         if keyword not in ds:
-            raise MedicalImageError(f"{name}: the required element {keyword} {tag} is missing or empty, so the "
-                                    f"pixel data cannot be interpreted; {_FIX_HEADER}")
+            raise MedicalImageError(f"{name}: the required element {keyword} {tag} is missing or empty, so "
+                                    f"the pixel data cannot be interpreted; {_FIX_HEADER}")
         if keyword != "PhotometricInterpretation" and not isinstance(ds[keyword].value, int):
             raise MedicalImageError(f"{name}: {keyword} {tag} holds {ds[keyword].value!r}, not an integer "
                                     f"(value representation US); {_FIX_HEADER}")
@@ -153,8 +155,8 @@ def check_header(ds: Any, name: str) -> None:
         key = next(k for k in PIXEL_DATA if k in ds)
         if int(ds.BitsAllocated) != (32 if key == "FloatPixelData" else 64):
             raise MedicalImageError(f"{name}: {key} {PIXEL_DATA[key]} needs BitsAllocated (0028,0100) "
-                                    f"{32 if key == 'FloatPixelData' else 64}, the header says {ds.BitsAllocated}; "
-                                    f"{_FIX_HEADER}")
+                                    f"{32 if key == 'FloatPixelData' else 64}, the header says "
+                                    f"{ds.BitsAllocated}; {_FIX_HEADER}")
     for keyword in NUMERIC:
         if keyword in ds:
             values = _number(ds, keyword, name)
@@ -182,9 +184,10 @@ def ensure_transfer_syntax(ds: Any, name: str) -> str:
     if syntax:
         return str(syntax)
     if ds["PixelData"].is_undefined_length:
-        raise MedicalImageError(f"{name}: the file meta lacks Transfer Syntax UID (0002,0010) and the pixel data "
-                                "is compressed (encapsulated), so its codec is unknown; set (0002,0010) to the "
-                                "codec's UID (e.g. 1.2.840.10008.1.2.4.50 for JPEG Baseline) or re-export")
+        raise MedicalImageError(f"{name}: the file meta lacks Transfer Syntax UID (0002,0010) and the pixel "
+                                "data is compressed (encapsulated), so its codec is unknown; set "
+                                "(0002,0010) to the codec's UID (e.g. 1.2.840.10008.1.2.4.50 for JPEG "
+                                "Baseline) or re-export")
     implicit, little = ds.original_encoding
     meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
                               ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
@@ -201,12 +204,13 @@ def _check_decoder(syntax_uid: str, name: str) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise MedicalImageError(f"{name}: pixel data uses {syntax.name} ({syntax}), which pydicom cannot decode; "
-                                "convert the file to an uncompressed syntax (e.g. `gdcmconv --raw`)") from None
+        raise MedicalImageError(f"{name}: pixel data uses {syntax.name} ({syntax}), which pydicom "
+                                "cannot decode; convert the file to an uncompressed syntax (e.g. "
+                                "`gdcmconv --raw`)") from None
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        raise MedicalImageError(f"{name}: pixel data is compressed with {syntax.name} ({syntax}) and no decoder "
-                                f"for it is installed; install one of: {needs}")
+        raise MedicalImageError(f"{name}: pixel data is compressed with {syntax.name} ({syntax}) and no "
+                                f"decoder for it is installed; install one of: {needs}")
 
 
 def decode(ds: Any, name: str, frame: int) -> NDArray[Any]:
@@ -225,8 +229,12 @@ def decode(ds: Any, name: str, frame: int) -> NDArray[Any]:
         detail = " ".join(str(exc).split())[:300]
         if syntax.is_compressed:
             options = "; ".join(get_decoder(syntax).missing_dependencies)
-            fix = (f"the stream is damaged or needs another decoder: install one of: {options}, or convert the "
-                   "file (e.g. `gdcmconv --raw`)") if options else "the stream is damaged: re-export the image"
+            fix = ("the stream is damaged or "
+                   "needs another decoder: "
+                   "install one of: "
+                   f"{options}, or convert the "
+                   "file (e.g. `gdcmconv "
+                   "--raw`)") if options else "the stream is damaged: re-export the image"
             raise MedicalImageError(f"{name}: {syntax.name} ({syntax}) pixel data could not be decoded "
                                     f"({detail}); {fix}") from None
         raise MedicalImageError(f"{name}: the pixel data does not match the header ({detail}); the file is "
@@ -262,8 +270,8 @@ def _voi(values: NDArray[Any], ds: Any, name: str) -> tuple[NDArray[np.float64],
             try:
                 out = np.asarray(apply_voi(lut_in, ds, index=0), dtype=np.float64)
             except _DECODE_ERRORS as exc:
-                raise MedicalImageError(f"{name}: the VOI LUT Sequence (0028,3010) cannot be applied ({exc}); "
-                                        f"{_FIX_HEADER}") from None
+                raise MedicalImageError(f"{name}: the VOI LUT Sequence (0028,3010) cannot be "
+                                        f"applied ({exc}); {_FIX_HEADER}") from None
             return np.clip(out / float(2 ** int(item.LUTDescriptor[2]) - 1), 0.0, 1.0), None
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center = float(_number(ds, "WindowCenter", name)[0])
@@ -286,17 +294,19 @@ def _prepare(ds: Any, name: str, frame: int, max_pixels: int | None) -> int:
     from services.data.dicom_groups import frame_groups
 
     if not any(k in ds for k in PIXEL_DATA):
-        raise MedicalImageError(f"{name} has no pixel data (7FE0,0010) nor float pixel data (7FE0,0008/0009) (a "
-                                "structured report or presentation state, or a file cut short?); send an image object")
+        raise MedicalImageError(f"{name} has no pixel data (7FE0,0010) nor float pixel data "
+                                "(7FE0,0008/0009) (a structured report or presentation state, or a file "
+                                "cut short?); send an image object")
     drop_empty(ds, name)
     frames = number_of_frames(ds, name)
     if not 0 <= frame < frames:
-        raise MedicalImageError(f"{name} has {frames} frame(s); frame {frame} does not exist (0..{frames - 1})")
+        raise MedicalImageError(f"{name} has {frames} frame(s); frame {frame} does not exist "
+                                f"(0..{frames - 1})")
     frame_groups(ds, frame, name)  # Enhanced IODs: this frame's rescale, window and spacing
     check_header(ds, name)
     if max_pixels is not None and int(ds.Rows) * int(ds.Columns) * frames > max_pixels:
-        raise ImageTooLarge(f"{name} declares {ds.Columns}x{ds.Rows} pixels x {frames} frame(s), more than the "
-                            f"limit of {max_pixels}; downscale it first")
+        raise ImageTooLarge(f"{name} declares {ds.Columns}x{ds.Rows} pixels x {frames} frame(s), more than "
+                            f"the limit of {max_pixels}; downscale it first")
     return frames
 
 
@@ -308,8 +318,9 @@ def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, fr
     frames = _prepare(ds, name, frame, max_pixels)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
     if photometric not in (*GREY, *COLOUR, "PALETTE COLOR"):
-        raise MedicalImageError(f"{name}: Photometric Interpretation (0028,0004) {photometric!r} is not supported "
-                                f"(use one of {', '.join((*GREY, *COLOUR, 'PALETTE COLOR'))}); convert the image")
+        raise MedicalImageError(f"{name}: Photometric Interpretation (0028,0004) {photometric!r} is not "
+                                f"supported (use one of {', '.join((*GREY, *COLOUR, 'PALETTE COLOR'))}); "
+                                "convert the image")
     arr = decode(ds, name, frame)
     spacing, modality = _spacing(ds), (str(ds.get("Modality") or "") or None)
 
@@ -327,8 +338,8 @@ def to_display(ds: Any, name: str, window: tuple[float, float] | None = None, fr
         return done(to_uint8(rgb / float(2**bits - 1)), None)
     if photometric in COLOUR:
         if arr.ndim != 3:
-            raise MedicalImageError(f"{name}: {photometric} needs 3 samples per pixel, the pixel data has shape "
-                                    f"{arr.shape}; {_FIX_HEADER}")
+            raise MedicalImageError(f"{name}: {photometric} needs 3 samples per pixel, the pixel data has "
+                                    f"shape {arr.shape}; {_FIX_HEADER}")
         return done(to_uint8(arr.astype(np.float64) / float(2 ** int(ds.BitsStored) - 1)), None)
     if arr.ndim != 2:
         raise MedicalImageError(f"{name}: {photometric} needs 1 sample per pixel, the pixel data has shape "
@@ -372,6 +383,6 @@ def header_size(source: Path, name: str) -> tuple[int, int]:
     drop_empty(ds, name)
     for keyword in ("Columns", "Rows"):
         if keyword not in ds or not isinstance(ds[keyword].value, int):
-            raise MedicalImageError(f"{name}: {keyword} {REQUIRED[keyword]} is missing, empty or not an integer; "
-                                    f"{_FIX_HEADER}")
+            raise MedicalImageError(f"{name}: {keyword} {REQUIRED[keyword]} is missing, empty or not an "
+                                    f"integer; {_FIX_HEADER}")
     return int(ds.Columns), int(ds.Rows)

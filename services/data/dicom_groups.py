@@ -40,12 +40,13 @@ def _groups(ds: Any, frame: int, name: str) -> list[tuple[str, Any]]:
     out = []
     per_frame = ds.get(PER_FRAME) or []
     if frame < len(per_frame):
-        out.append((f"Per-frame Functional Groups Sequence (5200,9230) item {frame + 1} > ", per_frame[frame]))
+        out.append((f"Per-frame Functional Groups Sequence (5200,9230) item {frame + 1} > ",
+                    per_frame[frame]))
     elif any(macro in item for item in per_frame for macro in MACROS):
         raise MedicalImageError(f"{name}: the Per-frame Functional Groups Sequence (5200,9230) has "
-                                f"{len(per_frame)} item(s), none for frame {frame}, so its rescale and window "
-                                "are unknown (each frame needs its own item, PS3.3 C.7.6.16); fix the header or "
-                                "re-export the series")
+                                f"{len(per_frame)} item(s), none for frame {frame}, so its rescale and "
+                                "window are unknown (each frame needs its own item, PS3.3 C.7.6.16); fix "
+                                "the header or re-export the series")
     shared = ds.get(SHARED) or []
     if shared:
         out.append(("Shared Functional Groups Sequence (5200,9229) > ", shared[0]))

@@ -152,15 +152,17 @@ def frame_problems(manifest: Manifest) -> list[str]:
         width, height = size
         if record.width is not None and record.height is not None and (record.width, record.height) != size:
             problems.append(f"{record.id}: the manifest says {record.width}x{record.height} but {path} is "
-                            f"{width}x{height}, so its boxes are in another frame; convert again with the images "
-                            "in place (a resized copy gets its boxes scaled) or point the record at the image "
-                            "the boxes were drawn on")
+                            f"{width}x{height}, so its boxes are in another frame; convert again with the "
+                            "images in place (a resized copy gets its boxes scaled) or point the record at "
+                            "the image the boxes were drawn on")
             continue
         tx, ty = max(1.0, OVERHANG * width), max(1.0, OVERHANG * height)
-        outside = [b for b in record.boxes if b[0] < -tx or b[1] < -ty or b[2] > width + tx or b[3] > height + ty]
+        outside = [b for b in record.boxes if b[0] < -tx or b[1] < -ty or b[2] > width + tx
+                   or b[3] > height + ty]
         if outside:
             x1, y1, x2, y2 = outside[0]
             problems.append(f"{record.id}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside {path} "
-                            f"({width}x{height}), so it was drawn in another frame; point the record at the image "
-                            "the boxes were drawn on, or give the record that image's width and height")
+                            f"({width}x{height}), so it was drawn in another frame; point the record at the "
+                            "image the boxes were drawn on, or give the record that image's width and "
+                            "height")
     return problems

@@ -1,6 +1,7 @@
 """JSON Lines, read one way everywhere: records end at the newline byte and nowhere else.
 
-JSON Lines (jsonlines.org) ends a record at `\\n` (a `\\r\\n` ending is whitespace to JSON). `str.splitlines()`
+JSON Lines (jsonlines.org) ends a record at `\\n` (a `\\r\\n` ending is whitespace to JSON).
+`str.splitlines()`
 also splits at U+2028, U+2029, U+0085, U+001C..U+001E, `\\v` and `\\f`, which JSON allows raw inside strings:
 a valid file with "left\\u2028pleural effusion" in a phrase would be cut in two, refused with wrong line
 numbers, or lose records under --on-bad-record skip. So every JSONL file medground reads (manifests,
@@ -36,7 +37,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any | BadLine]]:
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                yield number, BadLine(f"not UTF-8 text (byte {exc.start + 1}: {exc.reason}); save the file as UTF-8")
+                yield number, BadLine(f"not UTF-8 text (byte {exc.start + 1}: {exc.reason}); save the file "
+                                      "as UTF-8")
                 continue
             if not text.strip():
                 continue

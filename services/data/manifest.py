@@ -57,7 +57,8 @@ class Manifest:
         image = Path(record.image)
         return image if image.is_absolute() else self.root / image
 
-    def select(self, split: str | None = None, task: str | Collection[str] | None = None) -> tuple[Record, ...]:
+    def select(self, split: str | None = None,
+               task: str | Collection[str] | None = None) -> tuple[Record, ...]:
         """Records of one split and/or task (or any of several tasks), in manifest order."""
         tasks = None if task is None else {task} if isinstance(task, str) else set(task)
         return tuple(r for r in self.records
@@ -69,7 +70,8 @@ class Manifest:
 
         filled = tuple(
             r if r.width is not None and r.height is not None
-            else r.model_copy(update=dict(zip(("width", "height"), image_size(self.image_path(r)), strict=True)))
+            else r.model_copy(update=dict(zip(("width", "height"),
+                                              image_size(self.image_path(r)), strict=True)))
             for r in self.records
         )
         # model_copy skips validation: re-validate so a box past the now-known size is caught.
@@ -142,7 +144,8 @@ def load_manifest(
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist; `medground data synth` or `data convert` writes one")
+        raise ManifestError(f"manifest {path} does not exist; `medground data synth` or `data convert` "
+                            "writes one")
     match path.suffix:
         case ".jsonl":
             manifest = _parse(_jsonl_rows(path), path, on_bad_record)
@@ -159,7 +162,8 @@ def load_manifest(
 
 def record_to_json(record: Record) -> str:
     """One JSONL line: keys sorted, defaults omitted, so output is byte-for-byte reproducible."""
-    return json.dumps(record.model_dump(mode="json", exclude_defaults=True), sort_keys=True, ensure_ascii=False)
+    return json.dumps(record.model_dump(mode="json", exclude_defaults=True), sort_keys=True,
+                      ensure_ascii=False)
 
 
 def write_manifest(records: Iterable[Record], path: str | Path) -> Path:

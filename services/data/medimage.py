@@ -113,8 +113,10 @@ def _exists(path: Path) -> None:
                                 "(relative paths resolve against the manifest's folder)")
 
 
-def read_image(source: str | Path | bytes, *, name: str | None = None, window: tuple[float, float] | None = None,
-               frame: int = 0, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> MedicalImage:
+def read_image(source: str | Path | bytes, *, name: str | None = None,
+               window: tuple[float, float] | None = None,
+               frame: int = 0, max_pixels: int | None = None,
+               formats: tuple[str, ...] | None = None) -> MedicalImage:
     """Read a stored image (a path) or an upload (bytes) as display pixels.
 
     window: (center, width) in modality units; replaces a DICOM file's own VOI transform (ignored for
@@ -148,21 +150,22 @@ def _open_raster(fp: Any, name: str, max_pixels: int | None,
         try:
             image = Image.open(fp, formats=list(formats) if formats else None)
         except Image.DecompressionBombError:
-            raise ImageTooLarge(f"{name}: the header declares more pixels than Pillow's safety limit; downscale "
-                                "it first") from None
+            raise ImageTooLarge(f"{name}: the header declares more pixels than Pillow's safety "
+                                "limit; downscale it first") from None
         except UnidentifiedImageError:
-            raise MedicalImageError(f"{name} is not an image Pillow can read nor a DICOM Part 10 file; store it "
-                                    "as PNG, JPEG, TIFF or DICOM") from None
+            raise MedicalImageError(f"{name} is not an image Pillow can read nor a DICOM Part 10 "
+                                    "file; store it as PNG, JPEG, TIFF or DICOM") from None
         except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-            raise MedicalImageError(f"{name} cannot be read ({exc}); it is damaged or truncated: send or store "
-                                    "the complete file") from None
+            raise MedicalImageError(f"{name} cannot be read ({exc}); it is damaged or truncated: "
+                                    "send or store the complete file") from None
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ImageTooLarge(f"{name} declares {image.width}x{image.height} pixels, more than the limit of "
                             f"{max_pixels}; downscale it first")
     orientation = exif_orientation(image)
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:  # truncated or damaged pixel data
+    # truncated or damaged pixel data
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise MedicalImageError(f"{name}: the pixel data cannot be decoded ({exc}); the file is truncated or "
                                 "damaged: send or store the complete file") from None
     return upright(image, orientation), int(getattr(image, "n_frames", 1))

@@ -25,7 +25,8 @@ _NRRD_TO_RAS = {
     "left-anterior-superior": (-1.0, 1.0, 1.0),
     "right-posterior-superior": (1.0, -1.0, 1.0),
 }
-_NRRD_TO_RAS |= {"LPS": _NRRD_TO_RAS["left-posterior-superior"], "RAS": _NRRD_TO_RAS["right-anterior-superior"]}
+_NRRD_TO_RAS |= {"LPS": _NRRD_TO_RAS["left-posterior-superior"],
+                 "RAS": _NRRD_TO_RAS["right-anterior-superior"]}
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Volume:
         return int(self.data.shape[2])
 
     def axial(self, k: int) -> NDArray[Any]:
-        """Axial slice k (inferior to superior) as (rows, cols) = (anterior->posterior, patient right->left)."""
+        """Axial slice k (inferior to superior) as (rows, cols) = (anterior->posterior, patient
+        right->left)."""
         if not 0 <= k < self.slices:
             raise MedicalImageError(f"slice {k} does not exist; the volume has {self.slices} axial slices")
         return np.asarray(self.data[:, :, k].T)
@@ -50,7 +52,8 @@ def _reorient(data: NDArray[Any], ras_affine: NDArray[np.float64]) -> Volume:
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
     if data.ndim != 3:
-        raise MedicalImageError(f"expected a 3-D volume, got shape {data.shape}; pick one channel or time point")
+        raise MedicalImageError(f"expected a 3-D volume, got shape {data.shape}; pick one channel or time "
+                                "point")
     # nibabel's orientation helpers are untyped.
     start = io_orientation(ras_affine)  # type: ignore[no-untyped-call]
     transform = ornt_transform(start, axcodes2ornt(("L", "P", "S")))  # type: ignore[no-untyped-call]
@@ -74,9 +77,9 @@ def read_volume(path: str | Path) -> Volume:
         if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
             # nibabel would fall back to a pixdim-only affine (NIfTI-1 "method 1"): a guess that flips left
             # and right for data stored in radiological order, so refuse it.
-            raise MedicalImageError(f"{path}: qform_code and sform_code are both 0, so the header does not say "
-                                    "which way is the patient's left; set the orientation from the source "
-                                    "scanner data (e.g. nibabel's img.set_qform(affine, code=1), or "
+            raise MedicalImageError(f"{path}: qform_code and sform_code are both 0, so the header does not "
+                                    "say which way is the patient's left; set the orientation from the "
+                                    "source scanner data (e.g. nibabel's img.set_qform(affine, code=1), or "
                                     "`fslorient -setqformcode 1` after checking it) and convert again")
         return _reorient(np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64))
     if name.endswith((".nrrd", ".nhdr")):
@@ -86,8 +89,8 @@ def read_volume(path: str | Path) -> Volume:
         space = header.get("space")
         directions = header.get("space directions")
         if space not in _NRRD_TO_RAS or directions is None:
-            raise MedicalImageError(f"{path}: NRRD header lacks a known 'space' ({space!r}) or 'space directions'"
-                                    "; without them left and right cannot be told apart")
+            raise MedicalImageError(f"{path}: NRRD header lacks a known 'space' ({space!r}) or 'space "
+                                    "directions'; without them left and right cannot be told apart")
         dirs = np.asarray(directions, dtype=np.float64)[-3:]  # rows: one direction vector per axis
         affine = np.eye(4)
         affine[:3, :3] = (np.asarray(_NRRD_TO_RAS[space])[:, None] * dirs.T)
@@ -95,7 +98,8 @@ def read_volume(path: str | Path) -> Volume:
     raise MedicalImageError(f"{path}: unknown volume format; use .nii, .nii.gz, .nrrd or .nhdr")
 
 
-def to_uint8(slice_: NDArray[Any], window: tuple[float, float] | None) -> tuple[NDArray[np.uint8], tuple[float, float]]:
+def to_uint8(slice_: NDArray[Any],
+             window: tuple[float, float] | None) -> tuple[NDArray[np.uint8], tuple[float, float]]:
     """Window a slice (the given window, else the reader's fallback window) to 8-bit; returns pixels and
     the window."""
     values = np.asarray(slice_, dtype=np.float64)

@@ -38,10 +38,12 @@ class RecordMeta(BaseModel):
         None, description="(row, column) spacing of the stored image in mm; None when unknown or placeholder."
     )
     window: tuple[float, float] | None = Field(
-        None, description="(center, width) VOI window applied when the stored image was made, in modality units."
+        None,
+        description="(center, width) VOI window applied when the stored image was made, in modality units."
     )
     orientation: str | None = Field(
-        None, description="Display convention, e.g. 'radiological' (patient right on image left) or 'LPS-axial'."
+        None,
+        description="Display convention, e.g. 'radiological' (patient right on image left) or 'LPS-axial'."
     )
     orig_width: int | None = Field(None, ge=1, description="Width of the original acquisition in pixels.")
     orig_height: int | None = Field(None, ge=1, description="Height of the original acquisition in pixels.")
@@ -61,11 +63,16 @@ class Record(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(..., min_length=1, description="Unique within a manifest, e.g. 'nih:00013118_008.png:mass'.")
-    image: str = Field(..., min_length=1, description="Image path, relative to the manifest folder or absolute.")
-    width: int | None = Field(None, ge=1, description="Stored image width in pixels (None: read from the file).")
-    height: int | None = Field(None, ge=1, description="Stored image height in pixels (None: read from the file).")
-    task: Task = Field("grounding", description="grounding (boxes), classification (label) or grading (grade).")
+    id: str = Field(..., min_length=1,
+                    description="Unique within a manifest, e.g. 'nih:00013118_008.png:mass'.")
+    image: str = Field(..., min_length=1,
+                       description="Image path, relative to the manifest folder or absolute.")
+    width: int | None = Field(None, ge=1,
+                              description="Stored image width in pixels (None: read from the file).")
+    height: int | None = Field(None, ge=1,
+                               description="Stored image height in pixels (None: read from the file).")
+    task: Task = Field("grounding",
+                       description="grounding (boxes), classification (label) or grading (grade).")
     phrase: str = Field(
         ..., min_length=1,
         description="Grounding: the referring phrase ('small nodule in the right upper zone'); "
@@ -80,9 +87,11 @@ class Record(BaseModel):
     grade: int | None = Field(None, ge=0, description="Grading answer: an ordinal 0..max_grade.")
     max_grade: int | None = Field(None, ge=1, description="Highest grade of the scale (grading only).")
     knowledge_key: str | None = Field(
-        None, description="Key into deploy/knowledge/*.yaml, '<modality>/<finding>' lower case, e.g. 'cxr/nodule'."
+        None,
+        description="Key into deploy/knowledge/*.yaml, '<modality>/<finding>' lower case, e.g. 'cxr/nodule'."
     )
-    source: str = Field("unknown", min_length=1, description="Dataset of origin: synthetic_cxr, nih_cxr8, ...")
+    source: str = Field("unknown", min_length=1,
+                        description="Dataset of origin: synthetic_cxr, nih_cxr8, ...")
     split: str = Field("train", min_length=1, description="train, val, test (patient-level for real data).")
     meta: RecordMeta = Field(default_factory=RecordMeta, description="Spacing, window, orientation, extras.")
 
@@ -94,7 +103,8 @@ class Record(BaseModel):
             if not (x1 < x2 and y1 < y2):
                 raise ValueError(f"box {i} {[x1, y1, x2, y2]} must have x1 < x2 and y1 < y2 (xyxy, not xywh)")
             if min(x1, y1) < 0:
-                raise ValueError(f"box {i} {[x1, y1, x2, y2]} has a negative coordinate; clip it to the image")
+                raise ValueError(f"box {i} {[x1, y1, x2, y2]} has a negative coordinate; clip it to the "
+                                 "image")
             if (width is not None and x2 > width) or (height is not None and y2 > height):
                 raise ValueError(f"box {i} {[x1, y1, x2, y2]} extends past the {width}x{height} image; "
                                  "boxes are in stored-image pixels")

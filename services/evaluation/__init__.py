@@ -20,6 +20,7 @@ from services.evaluation.heldout import (
     write_predictions,
 )
 
-__all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "evaluate", "grounding_answer", "predict",
+__all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "evaluate",
+           "grounding_answer", "predict",
            "predict_sampled", "read_ious", "read_sampled_ious", "report", "sample_config", "write_overlays",
            "write_predictions"]

@@ -78,7 +78,8 @@ def sample_config(sampling: SamplingConfig, temperature: float | None) -> Sampli
     return sampling if temperature is None else sampling.model_copy(update={"temperature": temperature})
 
 
-def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k: int, sampling: SamplingConfig,
+def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k: int,
+                    sampling: SamplingConfig,
                     seed: int, multi_box: bool = False) -> dict[str, tuple[float, ...]]:
     """The IoU of each of `k` completions sampled with `sampling` for every grounding record (0 when one does
     not parse), by record id. Request i's seed comes from (`seed`, i) alone, so every evaluation of these
@@ -96,7 +97,8 @@ def predict_sampled(pool: Any, manifest: Manifest, records: Sequence[Record], k:
     if multi_box:
         return {r.id: tuple(_set_iou(grounding_boxes(c.text, g.frame), r.boxes) for c in g.completions)
                 for r, g in zip(grounding, groups, strict=True)}
-    return {r.id: tuple(rewards.best_iou(grounding_answer(c.text, g.frame)[1], r.boxes) for c in g.completions)
+    return {r.id: tuple(rewards.best_iou(grounding_answer(c.text, g.frame)[1], r.boxes)
+                        for c in g.completions)
             for r, g in zip(grounding, groups, strict=True)}
 
 
@@ -110,7 +112,8 @@ def grounding_answer(text: str, frame: RolloutFrame, multi_box: bool = False,
     or None: the one path from model text to a box that evaluation and the Serve app share."""
     reward_side = reward_frame(frame)
     parsed = rewards.parse_answer(text, "grounding", reward_side, multi_box=multi_box)
-    box = rewards.to_original(parsed.box, reward_side) if parsed is not None and parsed.box is not None else None
+    box = rewards.to_original(parsed.box,
+                              reward_side) if parsed is not None and parsed.box is not None else None
     return parsed, box
 
 
@@ -192,7 +195,8 @@ def write_predictions(predictions: Sequence[Prediction], path: Path,
     and the IoUs of its k sampled completions (`sampled_iou`, when sampled)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sampled = sampled or {}
-    rows = [{"id": p.record.id, "text": p.text, "box": p.box, "iou": p.iou, "label": p.label, "grade": p.grade,
+    rows = [{"id": p.record.id, "text": p.text, "box": p.box, "iou": p.iou, "label": p.label,
+             "grade": p.grade,
              "truth": list(p.record.boxes) or p.record.label or p.record.grade,
              **({"boxes": [list(b) for b in p.boxes]} if p.boxes is not None else {}),
              **({"sampled_iou": list(sampled[p.record.id])} if p.record.id in sampled else {})}
@@ -211,14 +215,16 @@ def eval_files(run_dir: Path) -> list[Path]:
 
 def read_ious(path: Path) -> dict[str, float]:
     """The greedy IoU of each held-out grounding sample of a predictions file (`write_predictions`), by record
-    id; an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a prediction."""
+    id; an unparsable answer has IoU 0. Raises ValueError naming the line of a row that is not a
+    prediction."""
     return {i: float(row["iou"] or 0.0) for i, row in _grounding_rows(path)}
 
 
 def read_sampled_ious(path: Path) -> dict[str, tuple[float, ...]]:
     """The IoUs of each held-out grounding sample's k sampled completions (`write_predictions`), by record id;
     empty when the evaluation drew none (eval.samples = 0)."""
-    return {i: tuple(float(v) for v in row["sampled_iou"]) for i, row in _grounding_rows(path) if "sampled_iou" in row}
+    return {i: tuple(float(v) for v in row["sampled_iou"]) for i, row in _grounding_rows(path)
+            if "sampled_iou" in row}
 
 
 def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -231,12 +237,14 @@ def _grounding_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 float(row["iou"] or 0.0)
                 out.append((str(row["id"]), row))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file was written by "
-                             f"an evaluation: re-run it (medground eval) rather than edit it") from exc
+            raise ValueError(f"{path} line {number} is not a prediction row ({exc!r}); the file "
+                             "was written by an evaluation: re-run it (medground eval) rather "
+                             "than edit it") from exc
     return out
 
 
-def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path, limit: int) -> list[Path]:
+def write_overlays(predictions: Sequence[Prediction], manifest: Manifest, out_dir: Path,
+                   limit: int) -> list[Path]:
     """Ground truth in green, predictions in red, every box numbered (truths 1.., predictions 1.. in answer
     order); a legend at the top left says so, with the IoU ("not found" for an empty set answer) and the
     phrase (`legend_lines`); one PNG per sample.

@@ -19,7 +19,8 @@ MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.5
 
 
 def grounding_metrics(ious: Sequence[float], parsed: Sequence[bool]) -> dict[str, float]:
-    """A@0.3, A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent, n = len(ious),
+    """A@0.3, A@0.5, A@0.8 and pseudo-mAP in percent, mIoU in [0, 1], parse failures in percent, n =
+    len(ious),
     and standard errors: `A@t_se` = 100 sqrt(p (1 - p) / n) (binomial), `mIoU_se` = std / sqrt(n)."""
     iou = np.asarray(ious, dtype=np.float64)
     if iou.size == 0:
@@ -67,27 +68,32 @@ def sampled_metrics(ious: Sequence[Sequence[float]]) -> dict[str, float]:
     return out
 
 
-def paired_change(before: Sequence[float], after: Sequence[float], threshold: float | None) -> tuple[float, float]:
+def paired_change(before: Sequence[float], after: Sequence[float],
+                  threshold: float | None) -> tuple[float, float]:
     """The change of a held-out metric between two evaluations of the same images, and its standard error
     from the per-image differences (paired: tighter than the two unpaired errors). `before`/`after`: IoUs in
     the same image order; `threshold`: A@threshold in percent points, or None for mIoU. Raises ValueError
     when the two lists differ in length or hold fewer than two images."""
     b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     if b.shape != a.shape or b.size < 2:
-        raise ValueError(f"paired change needs the same >= 2 images in both evaluations, got {b.size} and {a.size}")
-    d = (100.0 * ((a >= threshold).astype(float) - (b >= threshold).astype(float))) if threshold is not None else a - b
+        raise ValueError(f"paired change needs the same >= 2 images in both evaluations, got {b.size} and "
+                         f"{a.size}")
+    d = (100.0
+         * ((a >= threshold).astype(float) - (b >= threshold).astype(float))) if threshold is not None else a - b  # noqa: E501
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
-PAIRED_METRICS: tuple[tuple[str, float | None], ...] = (("A@0.3", 0.3), ("A@0.5", 0.5), ("A@0.8", 0.8), ("mIoU", None))
+PAIRED_METRICS: tuple[tuple[str, float | None], ...] = (("A@0.3", 0.3), ("A@0.5", 0.5),
+                                                        ("A@0.8", 0.8), ("mIoU", None))
 
 
 def paired_changes(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, tuple[float, float]]:
     """`paired_change` of A@0.3, A@0.5, A@0.8 and mIoU between two evaluations given as IoU by record id
     (`services.evaluation.read_ious`). Raises ValueError when they cover different images."""
     if before.keys() != after.keys():
-        raise ValueError(f"the two evaluations cover different held-out images ({len(before)} and {len(after)}, "
-                         f"{len(before.keys() & after.keys())} shared); compare evaluations of the same split")
+        raise ValueError(f"the two evaluations cover different held-out images ({len(before)} and "
+                         f"{len(after)}, {len(before.keys() & after.keys())} shared); compare evaluations "
+                         "of the same split")
     ids = sorted(before)
     b, a = [before[i] for i in ids], [after[i] for i in ids]
     return {name: paired_change(b, a, threshold) for name, threshold in PAIRED_METRICS}
@@ -106,7 +112,8 @@ def paired_sampled_changes(before: Mapping[str, Sequence[float]],
     a = np.asarray([after[i] for i in ids], dtype=np.float64)  # [n, k']
     out = {}
     for name, t in PAIRED_METRICS:
-        d = (100.0 * ((a >= t).mean(axis=1) - (b >= t).mean(axis=1))) if t is not None else a.mean(1) - b.mean(1)
+        d = (100.0
+             * ((a >= t).mean(axis=1) - (b >= t).mean(axis=1))) if t is not None else a.mean(1) - b.mean(1)
         out[name] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)))
     return out
 

@@ -1,4 +1,5 @@
-"""`medground eval RUN`: a run's adapter on its held-out split, through the same prediction path as training."""
+"""`medground eval RUN`: a run's adapter on its held-out split, through the same prediction path as
+training."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from services.evaluation import heldout
 
 def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
                  address: str | None) -> tuple[dict[str, Any], Path]:
-    """Held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings, eval split
+    """Held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings, eval
+    split
     and sampled evaluation, one rollout worker, the same prediction path as training. Returns (metrics, the
     predictions file under RUN_DIR/eval/)."""
     import ray
@@ -32,7 +34,8 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     if not records:
         raise ValueError(f"the manifest {cfg.data.manifest} has no records in split {cfg.data.eval_split!r}")
     init_ray(address)
-    pool = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, load_knowledge(cfg.data.knowledge_dir), num_workers=1)
+    pool = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool,
+                       load_knowledge(cfg.data.knowledge_dir), num_workers=1)
     try:
         pool.load_adapter(artefact.version, ray.put(artefact))
         pool.wait_ready()

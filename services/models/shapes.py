@@ -30,7 +30,8 @@ from rollout.images import Family
 
 RealShape = Literal["qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen3_vl_2b", "qwen3_vl_4b", "qwen3_vl_8b"]
 Size = Literal["tiny", "small"]
-REAL_SHAPES: tuple[RealShape, ...] = ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen3_vl_2b", "qwen3_vl_4b", "qwen3_vl_8b")
+REAL_SHAPES: tuple[RealShape, ...] = ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen3_vl_2b",
+                                      "qwen3_vl_4b", "qwen3_vl_8b")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Shape:
     vocab: int
     tie_embeddings: bool
     rope_theta: float
-    mrope_section: tuple[int, int, int]  # temporal, height, width halves of the rotary dims: sums to head_dim/2
+    # temporal, height, width halves of the rotary dims: sums to head_dim/2
+    mrope_section: tuple[int, int, int]
     vision_hidden: int
     vision_depth: int
     vision_heads: int
@@ -60,7 +62,8 @@ class Shape:
 
     def __post_init__(self) -> None:
         if sum(self.mrope_section) * 2 != self.head_dim:
-            raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = {self.head_dim // 2}")
+            raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = "
+                             f"{self.head_dim // 2}")
         if self.heads % self.kv_heads:
             raise ValueError(f"{self.heads} attention heads do not split into {self.kv_heads} KV groups")
 
@@ -115,7 +118,8 @@ def truncated(shape: Shape, layers: int | None = None, vision_layers: int | None
     if not 1 <= layers <= shape.layers:
         raise ValueError(f"--layers {layers} must be between 1 and the shape's {shape.layers} text layers")
     if not 1 <= depth <= shape.vision_depth:
-        raise ValueError(f"--vision-layers {depth} must be between 1 and the shape's {shape.vision_depth} blocks")
+        raise ValueError(f"--vision-layers {depth} must be between 1 and the shape's {shape.vision_depth} "
+                         "blocks")
     special = tuple(i for i in shape.vision_special if i < depth)
     if shape.vision_special and not special:
         special = (depth - 1,)
@@ -129,6 +133,6 @@ def lora_bytes(shape: Shape, rank: int, bytes_per_value: int = 4) -> int:
     >>> lora_bytes(REAL["qwen2_5_vl_3b"], 16) / 2**20  # MiB pushed per step at rank 16 on all 36 layers
     114.1875
     """
-    h, q, kv, m = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    h, q, kv, m = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate  # noqa: E501
     in_out = [(h, q), (h, kv), (h, kv), (q, h), (h, m), (h, m), (m, h)]  # q k v o gate up down
     return shape.layers * rank * sum(i + o for i, o in in_out) * bytes_per_value

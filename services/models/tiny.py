@@ -47,7 +47,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# The shipped knowledge texts join the tiny BPE tokenizer's corpus (so injected knowledge tokenises compactly).
+# The shipped knowledge texts join the tiny BPE tokenizer's corpus (so injected knowledge tokenises
+# compactly).
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "knowledge"
 
 
@@ -76,7 +77,8 @@ def _corpus(seed: int) -> list[str]:
                   if i % 2 else f"{rng.choice(sizes)} {rng.choice(sides)} {finding}")
         x1, x2 = sorted(rng.sample(range(0, 1000 if i % 3 == 0 else 112), 2))
         y1, y2 = sorted(rng.sample(range(0, 1000 if i % 3 == 0 else 112), 2))
-        answer = json.dumps({"bbox_2d": [x1, y1, x2, y2]}) if i % 5 else json.dumps({"grade": rng.randint(0, 3)})
+        answer = json.dumps({"bbox_2d": [x1, y1, x2,
+                                         y2]}) if i % 5 else json.dumps({"grade": rng.randint(0, 3)})
         lines.append(f"{phrase} <think>{phrase}</think><answer>{answer}</answer>")
         lines.append(f"Prior knowledge: {fixed[i % len(fixed)]}\n{phrase} {FORMAT_INSTRUCTION}")
     return lines
@@ -102,7 +104,8 @@ def build_tokenizer(vocab_size: int, seed: int = 0):  # -> transformers.Qwen2Tok
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     qwen = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, errors="replace")
-    qwen.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True) for t in SPECIAL_TOKENS[1:]]})
+    qwen.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True)
+                                                           for t in SPECIAL_TOKENS[1:]]})
     qwen.chat_template = CHAT_TEMPLATE
     return qwen
 
@@ -111,11 +114,13 @@ def model_config(shape: Shape, ids: dict[str, int], dtype: str = "float32") -> A
     """The transformers config of `shape` (a Qwen2VLConfig, Qwen2_5_VLConfig or Qwen3VLConfig).
 
     `ids`: token -> id of the special tokens (<|endoftext|>, <|im_end|> and the vision tokens)."""
-    rope = {"rope_type": "default", "rope_theta": shape.rope_theta, "mrope_section": list(shape.mrope_section)}
+    rope = {"rope_type": "default", "rope_theta": shape.rope_theta,
+            "mrope_section": list(shape.mrope_section)}
     text: dict[str, Any] = dict(
         vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=shape.max_positions, rms_norm_eps=1e-6, tie_word_embeddings=shape.tie_embeddings,
+        max_position_embeddings=shape.max_positions, rms_norm_eps=1e-6,
+        tie_word_embeddings=shape.tie_embeddings,
         rope_parameters=rope, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"], dtype=dtype)
     special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -129,13 +134,15 @@ def model_config(shape: Shape, ids: dict[str, int], dtype: str = "float32") -> A
             vision = dict(depth=shape.vision_depth, hidden_size=shape.vision_hidden,
                           intermediate_size=shape.vision_intermediate, num_heads=shape.vision_heads,
                           out_hidden_size=shape.hidden, patch_size=patch, spatial_merge_size=2,
-                          temporal_patch_size=2, window_size=112, fullatt_block_indexes=list(shape.vision_special))
+                          temporal_patch_size=2, window_size=112,
+                          fullatt_block_indexes=list(shape.vision_special))
             return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
         case "qwen2_vl":
             from transformers import Qwen2VLConfig
 
             vision = dict(depth=shape.vision_depth, embed_dim=shape.vision_hidden, hidden_size=shape.hidden,
-                          mlp_ratio=shape.vision_intermediate // shape.vision_hidden, num_heads=shape.vision_heads,
+                          mlp_ratio=shape.vision_intermediate // shape.vision_hidden,
+                          num_heads=shape.vision_heads,
                           patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
             return Qwen2VLConfig(text_config=text, vision_config=vision, **special)
         case "qwen3_vl":
@@ -166,7 +173,8 @@ def _processor(family: Family, tokenizer: Any, min_pixels: int, max_pixels: int)
         case "qwen3_vl":
             kw.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
             return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
-                                    video_processor=Qwen3VLVideoProcessor(**kw), chat_template=tokenizer.chat_template)
+                                    video_processor=Qwen3VLVideoProcessor(**kw),
+                                    chat_template=tokenizer.chat_template)
         case "qwen2_5_vl" | "qwen2_vl":
             cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
             return cls(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tokenizer,
@@ -180,7 +188,8 @@ def resolve_shape(family: Family = "qwen2_5_vl", size: Size = "tiny", shape: Rea
     if shape is not None:
         base = REAL[shape]
         if tokenizer == "bpe":
-            raise ValueError(f"--shape {shape} has the real {base.vocab:,}-row vocabulary: use --tokenizer qwen")
+            raise ValueError(f"--shape {shape} has the real {base.vocab:,}-row vocabulary: use --tokenizer "
+                             "qwen")
         tokenizer = "qwen"
     else:
         base = small_shape(family, size)
@@ -228,8 +237,10 @@ def build_model_dir(out: str | Path, family: Family = "qwen2_5_vl", size: Size =
     del model
     _processor(dims.family, tok, min_pixels, max_pixels).save_pretrained(out)
     (out / "medground_model.json").write_text(json.dumps(
-        {"family": dims.family, "shape": shape or size, "layers": dims.layers, "vision_layers": dims.vision_depth,
-         "tokenizer": tok_kind, "dtype": dtype, "seed": seed, "built_by": "medground init-model"}, indent=2) + "\n")
+        {"family": dims.family, "shape": shape or size, "layers": dims.layers,
+         "vision_layers": dims.vision_depth,
+         "tokenizer": tok_kind, "dtype": dtype, "seed": seed, "built_by": "medground init-model"},
+         indent=2) + "\n")
     return out
 
 

@@ -8,4 +8,5 @@ Ray, so it is not re-exported here), static/ (the page at `/`).
 from services.serve.config import Limits, ServeArgs, ServeUserConfig
 from services.serve.validate import BadInput, DecodedImage, check_phrase, decode_image
 
-__all__ = ["BadInput", "DecodedImage", "Limits", "ServeArgs", "ServeUserConfig", "check_phrase", "decode_image"]
+__all__ = ["BadInput", "DecodedImage", "Limits", "ServeArgs", "ServeUserConfig",
+           "check_phrase", "decode_image"]

@@ -52,8 +52,9 @@ class ModelInput(BaseModel):
 
 
 class GroundResponse(BaseModel):
-    box: list[float] | None = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image; null when the "
-                                    "answer holds no usable box (see parse_ok and text).")
+    box: list[float] | None = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image; null "
+                                                "when the answer holds no usable box (see parse_ok and "
+                                                "text).")
     parse_ok: bool = Field(description="A box was parsed from the answer.")
     format_ok: bool = Field(description="The answer followed <think>...</think><answer>...</answer> exactly.")
     text: str = Field(description="The model's raw answer.")
@@ -78,7 +79,8 @@ class GroundResponse(BaseModel):
 
 class ReloadBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(None, description="Adapter directory (PEFT LoRA written by medground); omit to load "
+    path: str | None = Field(None,
+                             description="Adapter directory (PEFT LoRA written by medground); omit to load "
                              "the watched run's latest complete checkpoint.")
 
 
@@ -94,13 +96,15 @@ _GROUND_BODY = {"requestBody": {"required": True, "content": {
         "phrase": {"type": "string"}, "knowledge_key": {"type": "string"}, "preview": {"type": "boolean"},
         "filename": {"type": "string"}}}}}}}
 
-_ERROR_BODY = {"content": {"application/json": {"example": {"error": "code", "detail": "what is wrong and what to do"}}}}
+_ERROR_BODY = {"content": {"application/json": {"example": {"error": "code",
+                                                            "detail": "what is wrong and what to do"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed body (JSON, base64, multipart)", **_ERROR_BODY},
     401: {"description": "Missing or wrong bearer token (when MEDGROUND_SERVE_TOKEN is set)", **_ERROR_BODY},
     413: {"description": "Upload over the byte limit, or too many pixels", **_ERROR_BODY},
     415: {"description": "Wrong Content-Type, or not a PNG/JPEG/DICOM file", **_ERROR_BODY},
-    422: {"description": "Missing/empty/overlong field, damaged image, DICOM without pixels, ...", **_ERROR_BODY}}
+    422: {"description": "Missing/empty/overlong field, damaged image, DICOM without "
+                         "pixels, ...", **_ERROR_BODY}}
 
 api = FastAPI(title="medground grounding", version="1", docs_url="/docs",
               description="Locate a finding in a medical image: image + phrase -> box in original pixels.")
@@ -168,13 +172,15 @@ class GroundingDeployment:
         start = time.perf_counter()
         check_token(request, self.token)
         upload = await read_upload(request, self.args.limits)
-        checked = await asyncio.to_thread(self.service.check, upload.data, upload.phrase, upload.knowledge_key,
+        checked = await asyncio.to_thread(self.service.check, upload.data, upload.phrase,
+                                          upload.knowledge_key,
                                           upload.name)
         result = await self._ground_batch(checked)
         preview = (await asyncio.to_thread(preview_png, checked.image.image, self.args.limits)
                    if upload.preview else None)
         return GroundResponse(
-            box=None if result.box is None else [round(v, 2) for v in result.box], parse_ok=result.box is not None,
+            box=None if result.box is None else [round(v, 2) for v in result.box],
+            parse_ok=result.box is not None,
             format_ok=result.format_ok, text=result.text, adapter_version=result.adapter_version,
             latency_ms=round((time.perf_counter() - start) * 1000, 2),
             image=ImageInfo(width=checked.image.width, height=checked.image.height, kind=checked.image.kind),
@@ -200,8 +206,9 @@ class GroundingDeployment:
         try:
             body = ReloadBody.model_validate_json(raw) if raw.strip() else ReloadBody()
         except ValidationError as exc:
-            raise BadInput(422, "bad_reload_body", f"the body must be {{\"path\": \"<adapter dir>\"}} or empty "
-                                                   f"({exc.error_count()} error(s): {exc.errors()[0]['msg']})") from None
+            raise BadInput(422, "bad_reload_body", f"the body must be {{\"path\": \"<adapter "
+                                                   f"dir>\"}} or empty ({exc.error_count()} "
+                                                   f"error(s): {exc.errors()[0]['msg']})") from None
         live = await asyncio.get_running_loop().run_in_executor(self.engine, self.service.reload, body.path)
         return {"version": live.version, "path": live.path, "step": live.step, "origin": live.origin}
 
@@ -221,6 +228,7 @@ class GroundingDeployment:
 
 def build_app(args: dict[str, Any]) -> Application:
     """The app builder named by deploy/serve/serve_config.yaml (`services.serve.app:build_app`): `args` is a
-    `ServeArgs` mapping (run_dir or model_path, engine, limits, ...); deployment options come from the config."""
+    `ServeArgs` mapping (run_dir or model_path, engine, limits, ...); deployment options come from the
+    config."""
     ServeArgs.model_validate(args)  # fail at deploy time, with the field named, not in every replica
     return GroundingDeployment.bind(dict(args))

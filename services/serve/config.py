@@ -25,7 +25,8 @@ class Limits(_Strict):
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image upload in bytes "
                                   "(the decoded file, before base64); larger requests get 413.")
-    max_image_pixels: int = Field(40_000_000, ge=28 * 28, description="Largest width x height accepted, read from "
+    max_image_pixels: int = Field(40_000_000, ge=28 * 28,
+                                  description="Largest width x height accepted, read from "
                                   "the header before decoding (decompression-bomb guard); larger gets 413.")
     min_image_side: int = Field(8, ge=1, description="Smallest width or height in pixels.")
     max_aspect_ratio: float = Field(200.0, gt=1.0, le=200.0, description="Longest side / shortest side; the "
@@ -40,11 +41,13 @@ class ServeArgs(_Strict):
     model path and the rollout settings the run was evaluated with, and its checkpoints are watched for new
     adapters) or `model_path` (a bare HF model directory); both may be given to override the run's model."""
 
-    run_dir: str | None = Field(None, description="runs/<name>: model, rollout settings, watched checkpoints.")
+    run_dir: str | None = Field(None,
+                                description="runs/<name>: model, rollout settings, watched checkpoints.")
     model_path: str | None = Field(None, description="HF model directory (overrides the run's model.path).")
     adapter_path: str | None = Field(None, description="PEFT LoRA adapter directory to load at start "
                                      "(default: the run's latest complete checkpoint adapter, if any).")
-    engine: Literal["vllm", "hf"] | None = Field(None, description="Override rollout.engine: vllm (the product) "
+    engine: Literal["vllm", "hf"] | None = Field(None,
+                                                 description="Override rollout.engine: vllm (the product) "
                                                  "or hf (transformers, the reference).")
     rollout: dict[str, Any] = Field(default_factory=dict, description="Overrides of rollout settings "
                                     "(e.g. max_lora_rank, kv_cache_gib); see rollout/config.py.")
@@ -52,8 +55,10 @@ class ServeArgs(_Strict):
                                        "decoding); default: the run's rollout.sampling.max_new_tokens, as "
                                        "evaluation uses (64 without a run).")
     knowledge_dir: str | None = Field(None, description="Prior-knowledge folder for requests that name a "
-                                      "knowledge_key (default: the run's data.knowledge_dir when injection is on).")
-    token_env: str = Field("MEDGROUND_SERVE_TOKEN", description="Environment variable holding the bearer token; "
+                                                        "knowledge_key (default: the run's "
+                                                        "data.knowledge_dir when injection is on).")
+    token_env: str = Field("MEDGROUND_SERVE_TOKEN",
+                           description="Environment variable holding the bearer token; "
                            "unset or empty: no authentication.")
     limits: Limits = Limits()
 
@@ -69,7 +74,8 @@ class ServeUserConfig(_Strict):
 
     max_batch_size: int = Field(8, ge=1, le=256, description="Requests batched into one engine call.")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=5.0, description="How long a batch waits to fill.")
-    watch_interval_s: float = Field(10.0, ge=0.0, description="Seconds between polls of the run's checkpoints "
+    watch_interval_s: float = Field(10.0, ge=0.0,
+                                    description="Seconds between polls of the run's checkpoints "
                                     "for a newer adapter; 0 turns watching off.")
 
 

@@ -107,7 +107,8 @@ class GroundingService:
 
     # ---- requests -------------------------------------------------------------------------------------
 
-    def check(self, data: bytes, phrase: object, knowledge_key: object = None, name: str = "upload") -> GroundRequest:
+    def check(self, data: bytes, phrase: object, knowledge_key: object = None,
+              name: str = "upload") -> GroundRequest:
         """Validate one upload; BadInput (4xx) names what is wrong. Pure: safe outside the engine thread."""
         text = check_phrase(phrase, self.args.limits)
         key = self._check_knowledge(knowledge_key)
@@ -119,13 +120,15 @@ class GroundingService:
         if key is None or key == "":
             return None
         if not isinstance(key, str):
-            raise BadInput(422, "bad_knowledge_key", f"'knowledge_key' must be a string, got {type(key).__name__}")
+            raise BadInput(422, "bad_knowledge_key",
+                           f"'knowledge_key' must be a string, got {type(key).__name__}")
         if self.knowledge is None or not self.resolved.rollout.inject_knowledge:
-            raise BadInput(422, "knowledge_off", "this service injects no prior knowledge; omit 'knowledge_key'")
+            raise BadInput(422, "knowledge_off",
+                           "this service injects no prior knowledge; omit 'knowledge_key'")
         if key not in self.knowledge.entries:
             known = ", ".join(sorted(self.knowledge.entries)[:6])
-            raise BadInput(422, "unknown_knowledge_key", f"'knowledge_key' {key!r} is unknown; use one of: {known}, "
-                                                         f"... (GET /v1/model lists them)")
+            raise BadInput(422, "unknown_knowledge_key", f"'knowledge_key' {key!r} is unknown; use one of: "
+                                                         f"{known}, ... (GET /v1/model lists them)")
         return key
 
     def ground(self, requests: Sequence[GroundRequest]) -> list[GroundResult]:
@@ -186,8 +189,8 @@ class GroundingService:
                                                       "{\"path\": \"<adapter dir>\"}")
             found = self._latest()
             if found is None:
-                raise BadInput(422, "no_adapter", f"{self.resolved.run_dir} has no complete checkpoint with an "
-                                                  f"adapter yet; wait for one or pass a path")
+                raise BadInput(422, "no_adapter", f"{self.resolved.run_dir} has no complete checkpoint with "
+                                                  "an adapter yet; wait for one or pass a path")
             source = found
         return self.load_adapter(source, "admin")
 

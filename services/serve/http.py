@@ -44,7 +44,8 @@ def check_token(request: Request, expected: str | None) -> None:
         raise BadInput(401, "unauthorized", "this service needs a bearer token: send 'Authorization: Bearer "
                                             "<token>' (the server's MEDGROUND_SERVE_TOKEN)")
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise BadInput(401, "unauthorized", "the bearer token is wrong; use the server's MEDGROUND_SERVE_TOKEN")
+        raise BadInput(401, "unauthorized",
+                       "the bearer token is wrong; use the server's MEDGROUND_SERVE_TOKEN")
 
 
 def body_cap(limits: Limits) -> int:
@@ -66,8 +67,9 @@ class _CappedReceive:
 
 
 def _body_too_large(size: int, limits: Limits) -> BadInput:
-    return BadInput(413, "upload_too_large", f"the request body exceeds {size - 1} bytes, more than an image of "
-                                             f"{limits.max_upload_bytes} bytes needs; downscale or recompress it")
+    return BadInput(413, "upload_too_large", f"the request body exceeds {size - 1} bytes, more than an "
+                                             f"image of {limits.max_upload_bytes} bytes needs; downscale or "
+                                             "recompress it")
 
 
 async def read_upload(request: Request, limits: Limits) -> Upload:
@@ -75,8 +77,9 @@ async def read_upload(request: Request, limits: Limits) -> Upload:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in FORM_TYPES + JSON_TYPES:
         raise BadInput(415, "unsupported_content_type",
-                       f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with an 'image' "
-                       f"file and a 'phrase' field, or application/json with 'image' (base64) and 'phrase'")
+                       f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with "
+                       "an 'image' file and a 'phrase' field, or application/json with 'image' (base64) "
+                       "and 'phrase'")
     cap = body_cap(limits)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
@@ -98,13 +101,14 @@ def _from_json(body: bytes, limits: Limits) -> Upload:
                                         f"{type(obj).__name__}")
     unknown = sorted(set(obj) - {"image", "phrase", "knowledge_key", "preview", "filename"})
     if unknown:
-        raise BadInput(422, "unknown_field", f"unknown field(s) {unknown}; accepted: image, phrase, knowledge_key, "
-                                             f"preview, filename")
+        raise BadInput(422, "unknown_field", f"unknown field(s) {unknown}; accepted: image, phrase, "
+                                             "knowledge_key, preview, filename")
     preview = obj.get("preview", False)
     if not isinstance(preview, bool):
         raise BadInput(422, "bad_preview", f"'preview' must be true or false, got {preview!r}")
     name = obj.get("filename") if isinstance(obj.get("filename"), str) else "upload"
-    return Upload(decode_base64(obj.get("image"), limits), obj.get("phrase"), obj.get("knowledge_key"), preview,
+    return Upload(decode_base64(obj.get("image"), limits), obj.get("phrase"),
+                  obj.get("knowledge_key"), preview,
                   name)
 
 
@@ -116,11 +120,13 @@ async def _from_form(request: Request) -> Upload:
             raise BadInput(422, "missing_image", "the form has no 'image' part; attach the file as 'image' "
                                                  "(e.g. curl -F image=@scan.png -F phrase=...)")
         if not isinstance(image, UploadFile):
-            raise BadInput(422, "image_not_a_file", "the form's 'image' part is text, not a file; attach the file "
-                                                    "(curl -F image=@scan.png, not -F image=scan.png)")
+            raise BadInput(422, "image_not_a_file", "the form's 'image' part is text, not a file; attach "
+                                                    "the file (curl -F image=@scan.png, not -F "
+                                                    "image=scan.png)")
         data = await image.read()
         preview = str(form.get("preview", "false")).strip().lower()
         if preview not in ("true", "false", "1", "0", ""):
             raise BadInput(422, "bad_preview", f"'preview' must be true or false, got {preview!r}")
         knowledge_key = form.get("knowledge_key")
-        return Upload(data, form.get("phrase"), knowledge_key, preview in ("true", "1"), image.filename or "upload")
+        return Upload(data, form.get("phrase"), knowledge_key, preview in ("true", "1"),
+                      image.filename or "upload")

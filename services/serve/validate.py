@@ -57,8 +57,8 @@ def sniff(data: bytes) -> ImageKind:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     raise BadInput(415, "unsupported_image",
-                   "the upload is not a PNG, JPEG or DICOM file (checked from its first bytes); send one of those "
-                   "(DICOM as a Part 10 file with the 128-byte preamble and 'DICM' marker)")
+                   "the upload is not a PNG, JPEG or DICOM file (checked from its first bytes); send one of "
+                   "those (DICOM as a Part 10 file with the 128-byte preamble and 'DICM' marker)")
 
 
 def check_phrase(phrase: object, limits: Limits) -> str:
@@ -70,13 +70,14 @@ def check_phrase(phrase: object, limits: Limits) -> str:
         raise BadInput(422, "bad_phrase", f"'phrase' must be a string, got {type(phrase).__name__}")
     text = phrase.strip()
     if not text:
-        raise BadInput(422, "empty_phrase", "'phrase' is empty; name the finding to locate, e.g. 'right pleural "
-                                            "effusion'")
+        raise BadInput(422, "empty_phrase", "'phrase' is empty; name the finding to locate, e.g. 'right "
+                                            "pleural effusion'")
     if len(text) > limits.max_phrase_chars:
         raise BadInput(422, "phrase_too_long", f"'phrase' has {len(text)} characters, more than the limit of "
                                                f"{limits.max_phrase_chars}; shorten it to the finding's name")
     if _SPECIAL.search(text):
-        raise BadInput(422, "bad_phrase", "'phrase' contains chat-template markup like <|...|>; send plain text")
+        raise BadInput(422, "bad_phrase",
+                       "'phrase' contains chat-template markup like <|...|>; send plain text")
     if "\x00" in text:
         raise BadInput(422, "bad_phrase", "'phrase' contains a NUL character; send plain text")
     return text
@@ -85,8 +86,9 @@ def check_phrase(phrase: object, limits: Limits) -> str:
 def decode_base64(text: object, limits: Limits) -> bytes:
     """Bytes of a base64 string (a `data:...;base64,` prefix is allowed), or BadInput."""
     if text is None:
-        raise BadInput(422, "missing_image", "the 'image' field is missing; send the file's bytes as base64 in "
-                                             "'image' (or use multipart/form-data with an 'image' file part)")
+        raise BadInput(422, "missing_image", "the 'image' field is missing; send the file's bytes as base64 "
+                                             "in 'image' (or use multipart/form-data with an 'image' file "
+                                             "part)")
     if not isinstance(text, str):
         raise BadInput(422, "bad_base64", f"'image' must be a base64 string, got {type(text).__name__}")
     payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
@@ -96,8 +98,9 @@ def decode_base64(text: object, limits: Limits) -> bytes:
     try:
         data = base64.b64decode(payload, validate=True)
     except binascii.Error as exc:
-        raise BadInput(400, "bad_base64", f"'image' is not valid base64 ({exc}); encode the file's bytes with "
-                                          f"standard base64 (e.g. `base64 -w0 image.png`)") from None
+        raise BadInput(400, "bad_base64", f"'image' is not valid base64 ({exc}); encode the "
+                                          "file's bytes with standard base64 (e.g. `base64 -w0 "
+                                          "image.png`)") from None
     if not data:
         raise BadInput(422, "empty_image", "'image' is empty; send the file's bytes")
     return data
@@ -130,11 +133,12 @@ def decode_image(data: bytes, limits: Limits, name: str = "upload") -> DecodedIm
         raise BadInput(422, code, str(exc)) from None
     width, height = image.size
     if min(width, height) < limits.min_image_side:
-        raise BadInput(422, "image_too_small", f"the image is {width}x{height} pixels; both sides must be at least "
-                                               f"{limits.min_image_side}")
+        raise BadInput(422, "image_too_small", f"the image is {width}x{height} pixels; both sides must be "
+                                               f"at least {limits.min_image_side}")
     if max(width, height) / min(width, height) > limits.max_aspect_ratio:
-        raise BadInput(422, "bad_aspect_ratio", f"the image is {width}x{height} pixels, an aspect ratio above "
-                                                f"{limits.max_aspect_ratio:g}; crop it closer to the region")
+        raise BadInput(422, "bad_aspect_ratio", f"the image is {width}x{height} pixels, an aspect ratio "
+                                                f"above {limits.max_aspect_ratio:g}; crop it closer to the "
+                                                "region")
     return DecodedImage(image.convert("RGB"), kind, width, height)
 
 

@@ -30,7 +30,8 @@ def demo(overrides: list[str]) -> dict[str, Any]:
     train(DEMO_CONFIG, overrides, address=None, resume=None)
     rows = read_metrics(run_dir / "metrics.jsonl")
     evals = [r for r in rows if "eval/A@0.5" in r]
-    summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"), "plots": str(run_dir / "plots"),
+    summary = {"run": str(run_dir), "metrics": str(run_dir / "metrics.jsonl"),
+               "plots": str(run_dir / "plots"),
                "adapter": str(run_dir / "adapter"), "samples": str(run_dir / "samples"),
                "held-out images": evals[-1].get("eval/n"),
                "A@0.3 start": _with_se(evals[0], "A@0.3"), "A@0.3 end": _with_se(evals[-1], "A@0.3"),
@@ -51,7 +52,8 @@ def _paired_changes(eval_dir: Path, first: int, last: int) -> dict[str, str]:
     from services.evaluation.heldout import read_ious
     from services.evaluation.metrics import paired_changes
 
-    changes = paired_changes(read_ious(eval_dir / f"step-{first}.jsonl"), read_ious(eval_dir / f"step-{last}.jsonl"))
+    changes = paired_changes(read_ious(eval_dir / f"step-{first}.jsonl"),
+                             read_ious(eval_dir / f"step-{last}.jsonl"))
     digits = {"mIoU": 3}
     return {f"change {name}": f"{mean:+.{digits.get(name, 1)}f} ± {se:.{digits.get(name, 1)}f} (paired)"
             for name, (mean, se) in changes.items()}

@@ -63,11 +63,12 @@ def start_handles(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None = Non
 def _start(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None, writer: MetricsWriter) -> RunHandles:
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
     knowledge = load_knowledge(cfg.data.knowledge_dir)
-    lent = None if pool is None else (pool.model_dir, pool.config, pool.knowledge and dict(pool.knowledge.entries))
+    lent = None if pool is None else (pool.model_dir, pool.config, pool.knowledge
+                                      and dict(pool.knowledge.entries))
     if lent is not None and lent != (cfg.model.path, cfg.rollout, dict(knowledge.entries)):
-        raise ValueError(f"the lent rollout pool runs {pool.model_dir} with another rollout config or knowledge "
-                         f"than run {cfg.name!r} ({cfg.model.path}); lend a pool started with the run's own "
-                         "model.path, rollout section and data.knowledge_dir")
+        raise ValueError(f"the lent rollout pool runs {pool.model_dir} with another rollout config or "
+                         f"knowledge than run {cfg.name!r} ({cfg.model.path}); lend a pool started with the "
+                         "run's own model.path, rollout section and data.knowledge_dir")
     processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
                                 cfg.rollout.max_pixels)
     control = ControlClient(cfg.name)
@@ -81,7 +82,8 @@ def _start(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None, writer: Met
     recite_fraction = load_recipe(cfg.model.base).recite_fraction if cfg.model.base else None
 
     def sft(record: Record, multi_box: bool = False) -> TrainSample:
-        """The prompt a rollout worker would build, prepared by the same processor, and the reference answer."""
+        """The prompt a rollout worker would build, prepared by the same processor, and the reference
+        answer."""
         prepared = prepared_prompt(record, manifest.image_path(record), processor, knowledge,
                                    cfg.rollout.inject_knowledge, multi_box)
         think = sft_think(record, knowledge, recite_fraction, cfg.seed)

@@ -92,9 +92,9 @@ def check_family(cfg: RunConfig) -> None:
         return  # nothing built yet: ensure_inputs builds model.family, or the driver names the missing model
     found = family_of(path)
     if found != cfg.model.family:
-        raise ConfigError(f"model.family is {cfg.model.family!r} but {path / 'config.json'} holds a {found!r} "
-                          f"model; set model.family: {found} (or --set model.family={found}), or point "
-                          f"model.path at a {cfg.model.family} model")
+        raise ConfigError(f"model.family is {cfg.model.family!r} but {path / 'config.json'} holds a "
+                          f"{found!r} model; set model.family: {found} (or --set model.family={found}), or "
+                          f"point model.path at a {cfg.model.family} model")
 
 
 def ensure_inputs(cfg: RunConfig, preset: str, **knobs: Any) -> None:

@@ -102,7 +102,8 @@ def batch_row(sel: GroupSelection, version: int) -> dict[str, Any]:
         "batch/staleness": float(np.mean([version - k.group.adapter_version for k in sel.kept]))
         if sel.kept else 0.0,  # adapter versions between the sampling policy and the learner's
         "batch/adapter_version_min": min(versions), "batch/adapter_version_max": max(versions),
-        "rollout/workers_serving": len(sel.serving), "rollout/serving_serials": ",".join(map(str, sel.serving)),
+        "rollout/workers_serving": len(sel.serving),
+        "rollout/serving_serials": ",".join(map(str, sel.serving)),
         "rollout/completions_per_s": len(completions) / gen_s,
         "rollout/tokens_per_s": sum(len(c.token_ids) for c in completions) / gen_s,
         "rollout/prompt_tokens": sum(len(g.prompt_token_ids) for g in sel.seen),
@@ -129,13 +130,15 @@ def run_row(h: RunHandles, state: DriverState, stage: str, timer: PhaseTimer,
         for key, n in part.items():
             counts[key] = counts.get(key, 0) + n
     return {"stage": stage, "stage_step": state.step_in_stage, "adapter_version": state.adapter_version,
-            "rollout/workers": h.pool.size, "rollout/workers_live": h.pool.live_count(), **timer.row(), **counts}
+            "rollout/workers": h.pool.size, "rollout/workers_live": h.pool.live_count(),
+            **timer.row(), **counts}
 
 
 def status_from(h: RunHandles, state: DriverState, row: dict[str, Any]) -> JobStatus:
     """What `medground status` shows (the control actor stamps the time): the tau the last step was scored
     under, its throughput and the workers that served it."""
-    return JobStatus(step=state.global_step, total_steps=sum(s.steps for s in h.cfg.stages), stage=row.get("stage"),
+    return JobStatus(step=state.global_step, total_steps=sum(s.steps for s in h.cfg.stages),
+                     stage=row.get("stage"),
                      tau=row.get("tau/scored_under"), tau_version=row.get("tau/scored_under_version"),
                      reward=row.get("reward/total"), adapter_version=state.adapter_version,
                      staleness=row.get("batch/staleness"), rollout_workers=h.pool.size,
@@ -233,7 +236,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(value, BadLine):
             rows.append(value)
         elif k < len(lines):
-            raise ValueError(f"{path} line {number} is not a JSON metrics row ({value.reason}); fix or remove it")
+            raise ValueError(f"{path} line {number} is not a JSON metrics row ({value.reason}); fix or "
+                             "remove it")
     return rows
 
 

@@ -132,7 +132,8 @@ def requests(h: RunHandles, records: Sequence[Record], step: int, refill: int,
             for i, r in enumerate(records)]
 
 
-def targets(records: Sequence[Record], groups: Sequence[RolloutGroup]) -> list[tuple[list[str], RewardTarget]]:
+def targets(records: Sequence[Record],
+            groups: Sequence[RolloutGroup]) -> list[tuple[list[str], RewardTarget]]:
     """Each group's completions and the ground truth they are scored against, in the frame of its prompt."""
     return [([c.text for c in g.completions], reward_target(r, g.frame, g.injected_knowledge))
             for r, g in zip(records, groups, strict=True)]
@@ -165,7 +166,8 @@ class GroupSelection:
     raises: list[RaiseRecord] = field(default_factory=list)
     serving: tuple[int, ...] = ()
     faults: dict[str, int] = field(default_factory=dict)
-    timer: PhaseTimer = field(default_factory=lambda: PhaseTimer("producer"))  # its generate and reward seconds
+    # its generate and reward seconds
+    timer: PhaseTimer = field(default_factory=lambda: PhaseTimer("producer"))
 
     @property
     def room(self) -> int:

@@ -30,7 +30,8 @@ class DriverState:
 
 
 class RunFailed(RuntimeError):
-    """A run stopped on an error; the message names the step, the last complete checkpoint and how to resume."""
+    """A run stopped on an error; the message names the step, the last complete checkpoint and how to
+    resume."""
 
 
 class StopRequested(Exception):
@@ -98,5 +99,6 @@ def write_final(h: RunHandles) -> None:
 def failure_message(run_dir: Path, state: DriverState, exc: BaseException) -> str:
     done = ckpt.list_checkpoints(run_dir)
     where = (f"the last complete checkpoint is {done[-1]}; continue with: medground train --resume {run_dir}"
-             if done else "no checkpoint was written yet (checkpoint.every > 0 writes them); start the run again")
+             if done
+             else "no checkpoint was written yet (checkpoint.every > 0 writes them); start the run again")
     return f"run {run_dir.name} stopped after step {state.global_step} ({type(exc).__name__}: {exc}); {where}"

@@ -50,7 +50,8 @@ class Rollout(Protocol):
     def live_count(self) -> int: ...
 
     def take_faults(self) -> dict[str, int]:
-        """Counts of the faults handled since the last call (workers replaced, requests resent), as metrics."""
+        """Counts of the faults handled since the last call (workers replaced, requests resent), as
+        metrics."""
         ...
 
     def shutdown(self) -> None: ...
@@ -77,7 +78,8 @@ class Learner(Protocol):
 
 
 class Reward(Protocol):
-    """The reward actor's client (services/cluster/reward_client.py); `state` is the schedule after the last call."""
+    """The reward actor's client (services/cluster/reward_client.py); `state` is the schedule after the last
+    call."""
 
     state: dict[str, Any] | None
 

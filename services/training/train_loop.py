@@ -93,14 +93,17 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
                 publish_adapter(h, state)
             first = _evaluate(h, 0) if cfg.eval.at_start else {}
             state.last_eval = first.get("eval/A@0.5")
-            h.writer.log(0, {"stage": cfg.stages[0].name, **first, **evaluation.centre_box_baseline(h.eval_records)})
-        h.control.report(status_from(h, state, {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}))
+            h.writer.log(0, {"stage": cfg.stages[0].name, **first,
+                             **evaluation.centre_box_baseline(h.eval_records)})
+        h.control.report(status_from(h, state,
+                                     {"stage": cfg.stages[min(state.stage_index, len(cfg.stages) - 1)].name}))
         _train_stages(h, state, on_step)
         run_state.write_final(h)
         status = "FINISHED"
     except StopRequested as exc:  # between steps: the state is one whole step, so keep it
         status = "KILLED"
-        raise RunFailed(run_state.failure_message(run_dir, state, run_state.save_on_stop(h, state) or exc)) from exc
+        raise RunFailed(run_state.failure_message(run_dir, state, run_state.save_on_stop(h, state)
+                                                  or exc)) from exc
     except Exception as exc:
         raise RunFailed(run_state.failure_message(run_dir, state, exc)) from exc
     finally:
@@ -108,7 +111,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
     return run_dir
 
 
-def _train_stages(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
+def _train_stages(h: RunHandles, state: DriverState,
+                  on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
     """Every remaining step of every stage: control, step, sync, evaluate, log, checkpoint, report."""
     cfg = h.cfg
     with progress_bar(sum(s.steps for s in cfg.stages), state.global_step, cfg.name) as bar:
@@ -148,7 +152,8 @@ def _stage_loop(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[
             state.global_step += 1
             state.samplers[stage.name] = sampler.state_dict()
             stage_done = state.step_in_stage == stage.steps
-            due_eval = _due(cfg.eval.every, state.global_step) or (stage_done and stage_index == len(cfg.stages) - 1)
+            due_eval = _due(cfg.eval.every,
+                            state.global_step) or (stage_done and stage_index == len(cfg.stages) - 1)
             # ---- sync: SFT publishes its adapter only when an evaluation or the next stage needs it
             if stage.kind == "sft" and (stage_done or due_eval):
                 with timer.phase("sync"):
@@ -181,7 +186,8 @@ def _stage_loop(h: RunHandles, state: DriverState, on_step: Callable[[int, dict[
             producer.close()
 
 
-def _begin_stage(h: RunHandles, state: DriverState, stage_index: int) -> tuple[PromptSampler[Record], Producer | None]:
+def _begin_stage(h: RunHandles, state: DriverState,
+                 stage_index: int) -> tuple[PromptSampler[Record], Producer | None]:
     """A stage's prompt order (restored when resumed), its batch source (GRPO) and the learner set for it: a
     fresh stage gets its lr, fresh optimiser moments and the KL reference; a resumed one only its lr (the
     moments and the reference come from the checkpoint)."""
@@ -241,7 +247,8 @@ def grpo_step(h: RunHandles, stage: StageConfig, producer: Producer, state: Driv
     return batch_row(selection, learned) | learner_row(metrics), selection.timer.spans, selection.faults
 
 
-def sft_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record], timer: PhaseTimer) -> dict[str, Any]:
+def sft_step(h: RunHandles, stage: StageConfig, sampler: PromptSampler[Record],
+             timer: PhaseTimer) -> dict[str, Any]:
     """Cross-entropy on reference answers (the warm start and the SFT baseline)."""
     with timer.phase("prepare"):
         samples = [h.sft_sample(r, stage.multi_box) for r in sampler.take(stage.prompts_per_step)]
@@ -260,11 +267,12 @@ def check_adapter_sync(metrics: StepMetrics, grpo: GRPOConfig, version: int) -> 
     reading = metrics.logprob_mismatch
     if grpo.sync_alarm == "off" or reading is None or reading <= grpo.sync_alarm_nats:
         return
-    message = (f"adapter sync alarm: behaviour log-probs of the first batch after adapter v{version} differ from the "
-               f"learner's by {reading:.4g} nats/token (threshold learner.grpo.sync_alarm_nats="
-               f"{grpo.sync_alarm_nats}). Likely causes: the adapter did not reach a rollout engine (it still serves "
-               "an older adapter or the base model); the engine and the learner disagree on temperature or token "
-               "masks; or their weights differ (model path, dtype). Set learner.grpo.sync_alarm=warn to train on.")
+    message = (f"adapter sync alarm: behaviour log-probs of the first batch after adapter v{version} differ "
+               f"from the learner's by {reading:.4g} nats/token (threshold "
+               f"learner.grpo.sync_alarm_nats={grpo.sync_alarm_nats}). Likely causes: the adapter did not "
+               "reach a rollout engine (it still serves an older adapter or the base model); the engine "
+               "and the learner disagree on temperature or token masks; or their weights differ (model "
+               "path, dtype). Set learner.grpo.sync_alarm=warn to train on.")
     if grpo.sync_alarm == "stop":
         raise AdapterSyncError(message)
     log.warning(message)

@@ -44,7 +44,8 @@ print('ok')
 def test_pure_modules_import_without_ray_vllm_deepspeed() -> None:
     mods = _pure_modules()
     assert {"rewards", "rollout.engine_vllm", "learner.engine", "learner.checkpoint"} <= set(mods)
-    assert {f"{p.parent.name}.{p.stem}" for p in ROOT.glob("*/*.py")} >= RAY_EDGES, "an edge module was renamed"
+    assert {f"{p.parent.name}.{p.stem}"
+            for p in ROOT.glob("*/*.py")} >= RAY_EDGES, "an edge module was renamed"
     proc = subprocess.run([sys.executable, "-c", BLOCKER, *mods], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

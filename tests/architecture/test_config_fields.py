@@ -34,7 +34,8 @@ def _attributes_read() -> set[str]:
             if path.name.endswith("config.py") and path.parent.name in PACKAGES:
                 continue
             tree = ast.parse(path.read_text(), filename=str(path))
-            names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}
+            names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                      and isinstance(n.ctx, ast.Load)}
     return names
 
 

@@ -22,7 +22,8 @@ def _engine_calls(path: Path) -> list[tuple[int, bool]]:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        name = func.id if isinstance(func,
+                                     ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
         if name in ENGINE_BUILDERS:
             out.append((node.lineno, any(k.arg == "kv_cache_memory_bytes" for k in node.keywords)))
     return out

@@ -34,7 +34,8 @@ def test_grpo_math_on_cuda_matches_cpu() -> None:
     targets = torch.randint(0, 64, (4, 9), generator=gen)
     mask = (torch.rand(4, 9, generator=gen) > 0.3).float()
     adv = torch.randn(4, generator=gen)
-    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04, mode="grpo", num_sequences=4, num_tokens=float(mask.sum()))
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04, mode="grpo", num_sequences=4,
+              num_tokens=float(mask.sum()))
     cpu_lp = grpo.token_logprobs(logits, targets)
     gpu_lp = grpo.token_logprobs(logits.cuda(), targets.cuda())
     torch.testing.assert_close(gpu_lp.cpu(), cpu_lp, atol=1e-5, rtol=1e-5)

@@ -40,7 +40,7 @@ def test_real_shape_trains_exports_and_generates_in_bf16(shape: str, width: int,
                                 min_pixels=224 * 224, max_pixels=224 * 224)
     samples = make_batch(model_dir, 4, 32, 224)
     family = REAL[shape].family  # type: ignore[index]
-    cfg = LearnerConfig(micro_batch_size=4, lr=1e-3, mlae={"rank": 64, "target_modules": FAMILIES[family].lora_modules})  # type: ignore[arg-type]
+    cfg = LearnerConfig(micro_batch_size=4, lr=1e-3, mlae={"rank": 64, "target_modules": FAMILIES[family].lora_modules})  # type: ignore[arg-type]  # noqa: E501
     engine = LearnerEngine(model_dir, cfg)
     try:
         assert engine.bf16 and engine.device.type == "cuda"

@@ -22,7 +22,8 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_pool(ray_local: None, tiny_model_dir: Path) -> Iterator[Any]:
-    """2 vLLM workers of the tiny model with run_configs.ROLLOUT and the shipped knowledge, for the session."""
+    """2 vLLM workers of the tiny model with run_configs.ROLLOUT and the shipped knowledge, for the
+    session."""
     from rollout.config import RolloutConfig
     from rollout.knowledge import load_knowledge
     from services.cluster.rollout_pool import RolloutPool

@@ -10,7 +10,8 @@ from typing import Any
 from services.config import RunConfig
 
 # What the shared pool runs: 2 vLLM workers of the tiny Qwen2.5-VL, G = 4, short completions at T = 1.
-ROLLOUT: dict[str, Any] = {"group_size": 4, "max_model_len": 512, "sampling": {"temperature": 1.0, "max_new_tokens": 12}}
+ROLLOUT: dict[str, Any] = {"group_size": 4, "max_model_len": 512,
+                           "sampling": {"temperature": 1.0, "max_new_tokens": 12}}
 POOL: dict[str, Any] = {"num_workers": 2, "cpus_per_worker": 0.25}
 
 

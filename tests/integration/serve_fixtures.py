@@ -34,7 +34,8 @@ def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 360, seed: int =
     family = family_of(model_dir)
     processor = PromptProcessor(model_dir, family, 56 * 56, 112 * 112)
     tokenizer = processor.tokenizer
-    answer_ids = [*tokenizer(ANSWER, add_special_tokens=False)["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    answer_ids = [*tokenizer(ANSWER, add_special_tokens=False)["input_ids"],
+                  tokenizer.convert_tokens_to_ids("<|im_end|>")]
     rng = np.random.default_rng(seed)
 
     def example(i: int) -> dict[str, torch.Tensor]:
@@ -50,7 +51,8 @@ def teach_fixed_answer(model_dir: Path, out: Path, steps: int = 360, seed: int =
         labels[len(prepared.prompt_token_ids):] = answer_ids
         mm = np.concatenate([prepared.mm_token_type_ids, np.zeros(len(answer_ids), dtype=np.int64)])
         return {"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
-                "mm_token_type_ids": torch.tensor(mm)[None], "pixel_values": torch.tensor(prepared.pixel_values),
+                "mm_token_type_ids": torch.tensor(mm)[None],
+                "pixel_values": torch.tensor(prepared.pixel_values),
                 "image_grid_thw": torch.tensor(prepared.image_grid_thw)}
 
     torch.manual_seed(seed)

@@ -43,9 +43,11 @@ def learner(tiny_model_dir: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
-def core(request: pytest.FixtureRequest, tiny_model_dir: Path, learner: object) -> Iterator[RolloutWorkerCore]:
+def core(request: pytest.FixtureRequest, tiny_model_dir: Path,
+         learner: object) -> Iterator[RolloutWorkerCore]:
     worker = RolloutWorkerCore(tiny_model_dir, ENGINE.model_copy(update={"engine": request.param}))
-    version = {"vllm": 1, "hf": 10}[request.param]  # versions are never reused, not even across the two engines
+    # versions are never reused, not even across the two engines
+    version = {"vllm": 1, "hf": 10}[request.param]
     worker.load_adapter(learner.export(version))  # type: ignore[attr-defined]
     yield worker
     worker.close()
@@ -56,7 +58,8 @@ def core(request: pytest.FixtureRequest, tiny_model_dir: Path, learner: object) 
                                       SamplingConfig(temperature=0.9, max_new_tokens=8, min_new_tokens=5)],
                          ids=["T0.3", "T0.9", "T0.9-min5"])
 def test_learner_logprobs_equal_engine_behaviour_logprobs(core: RolloutWorkerCore, learner: object,
-                                                          tiny_model_dir: Path, sampling: SamplingConfig) -> None:
+                                                          tiny_model_dir: Path,
+                                                          sampling: SamplingConfig) -> None:
     from services.convert import grpo_samples, sampling_spec
 
     groups = core.generate(requests(3), n=3, sampling=sampling)
@@ -64,7 +67,8 @@ def test_learner_logprobs_equal_engine_behaviour_logprobs(core: RolloutWorkerCor
     assert all(s.adapter_version == core.adapter_version > 0 for s in samples)
     spec = sampling_spec(sampling, tiny_model_dir, core.processor.tokenizer)
     ours = learner.logprobs(samples, spec)  # type: ignore[attr-defined]
-    diffs = [np.abs(o.numpy() - np.array(s.sampling_logprobs)).max() for o, s in zip(ours, samples, strict=True)]
+    diffs = [np.abs(o.numpy() - np.array(s.sampling_logprobs)).max() for o,
+             s in zip(ours, samples, strict=True)]
     assert max(diffs) <= 1e-4, f"max |learner - {core.config.engine}| = {max(diffs):.2e}"
     # the temperature is part of the distribution: the untempered log-probs differ
     untempered = learner.logprobs(samples)  # type: ignore[attr-defined]
@@ -89,7 +93,8 @@ def test_sync_alarm_quiet_when_synced_and_trips_on_a_stale_worker(core: RolloutW
     engine.begin_stage("grpo", LEARNER.lr)
 
     def batch(version: int) -> list[Any]:
-        return [dataclasses.replace(s, adapter_version=version) for g in core.generate(requests(4), n=4, sampling=sampling)
+        return [dataclasses.replace(s, adapter_version=version)
+                for g in core.generate(requests(4), n=4, sampling=sampling)
                 for s in grpo_samples(g, [1.0, -1.0, 0.5, -0.5])]
 
     synced = engine.grpo_step(TrainBatch(tuple(batch(v)), spec))

@@ -154,11 +154,14 @@ def _check_overlays(drawn: list[Path], records: dict[str, Any]) -> None:
         # PIL draws the outline on the box's pixels: x1 * scale ... x2 * scale (inclusive)
         assert (gx1, gy1, gx2, gy2) == pytest.approx((x1 * scale, y1 * scale, x2 * scale, y2 * scale), abs=1)
         grey = overlay.mean(axis=2)
-        inside = grey[int(y1 * scale) + 3: int(y2 * scale) - 3, int(x1 * scale) + 3: int(x2 * scale) - 3].mean()
+        inside = grey[int(y1 * scale) + 3: int(y2 * scale) - 3, int(x1 * scale)
+                      + 3: int(x2 * scale) - 3].mean()
         away = np.ones(grey.shape, bool)
-        away[max(0, int(y1 * scale) - 4): int(y2 * scale) + 5, max(0, int(x1 * scale) - 4): int(x2 * scale) + 5] = False
+        away[max(0, int(y1 * scale) - 4): int(y2 * scale) + 5,
+             max(0, int(x1 * scale) - 4): int(x2 * scale) + 5] = False
         away[:12, :60] = False  # the IoU caption
-        assert inside > grey[away].mean() + 60, (path.name, inside, grey[away].mean())  # the dense lesion is bright
+        # the dense lesion is bright
+        assert inside > grey[away].mean() + 60, (path.name, inside, grey[away].mean())
 
 
 def test_vindr_dicom_set_converts_inspects_and_is_predicted_on(shared_pool: Any, tmp_path: Path) -> None:

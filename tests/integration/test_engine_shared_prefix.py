@@ -18,7 +18,8 @@ from learner.config import LearnerConfig
 pytestmark = pytest.mark.integration  # two DeepSpeed engines in-process: ~50 s on 2 cores
 
 
-def _run(model_dir: Path, shared: bool, samples: list[TrainSample]) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+def _run(model_dir: Path, shared: bool,
+         samples: list[TrainSample]) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
     from learner.engine import LearnerEngine
 
     cfg = LearnerConfig(shared_prefix=shared, lr=1e-2, micro_batch_size=3, mlae={"p": 0.5},  # type: ignore[arg-type]

@@ -56,7 +56,8 @@ def merged_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _answers(model_dir: Path, engine: str, adapter: Path | None) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+def _answers(model_dir: Path, engine: str,
+             adapter: Path | None) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     core = RolloutWorkerCore(model_dir, RolloutConfig(engine=engine, max_model_len=512,  # type: ignore[arg-type]
                                                       engine_in_process=False))
     try:
@@ -71,7 +72,8 @@ def _answers(model_dir: Path, engine: str, adapter: Path | None) -> list[tuple[t
 def test_merged_directory_is_a_plain_model(merged_dir: Path, tiny_model_dir: Path) -> None:
     names = {p.name for p in merged_dir.iterdir()}
     assert "model.safetensors" in names and "adapter_config.json" not in names
-    assert {"tokenizer.json", "chat_template.jinja", "processor_config.json", "generation_config.json"} <= names
+    assert {"tokenizer.json", "chat_template.jinja", "processor_config.json",
+            "generation_config.json"} <= names
     info = json.loads((merged_dir / "medground_model.json").read_text())
     assert info["merged_from"]["adapter_version"] == 4 and info["family"] == "qwen2_5_vl"
     assert json.loads((merged_dir / "config.json").read_text())["model_type"] == "qwen2_5_vl"

@@ -51,7 +51,8 @@ def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(lend_pool: 
         train_loop.run(cfg, on_step=kill_rank, start=start)
     stopped_after = time.monotonic() - live["killed"]
     message = str(failed.value)
-    assert "stopped after step 2 (LearnerRankLost: learner rank(s) [1] died during sft_step" in message, message
+    assert "stopped after step 2 (LearnerRankLost: learner rank(s) [1] died during sft_step" in message, (
+        message)
     assert f"the last complete checkpoint is {tmp_path / 'it' / 'checkpoints' / 'step-2'}; continue with: " \
            f"medground train --resume {tmp_path / 'it'}" in message
     assert stopped_after < 60.0, f"the run took {stopped_after:.0f} s to stop after a rank died"
@@ -62,7 +63,8 @@ def test_a_killed_learner_rank_stops_the_run_with_the_resume_command(lend_pool: 
 # engines: tests/integration/test_faults_rollout.py
 def test_an_adapter_the_engine_refuses_stops_the_run_with_the_reason(ray_local: None, tiny_model_dir: Path,
                                                                      demo_data: Path, tmp_path: Path) -> None:
-    # a rank-16 adapter for engines that take rank 8 at most: the first push (at the SFT stage's end) is refused
+    # a rank-16 adapter for engines that take rank 8 at most: the first push (at the SFT stage's end) is
+    # refused
     cfg = run_config(tiny_model_dir, demo_data, tmp_path, **{
         "stages": [{"name": "warmup", "kind": "sft", "steps": 2, "prompts_per_step": 2, "lr": 1e-3},
                    {"name": "grounding", "kind": "grpo", "steps": 1, "prompts_per_step": 2}],
@@ -75,7 +77,7 @@ def test_an_adapter_the_engine_refuses_stops_the_run_with_the_reason(ray_local: 
     with pytest.raises(train_loop.RunFailed) as failed:
         train_loop.run(cfg)
     message = str(failed.value)
-    assert "stopped after step 2 (AdapterLoadError: adapter v1 failed to load on rollout worker(s) [0]" in message
+    assert "stopped after step 2 (AdapterLoadError: adapter v1 failed to load on rollout worker(s) [0]" in message  # noqa: E501
     assert "LoRA rank 16 is greater than max_lora_rank 8" in message
     assert "Every worker serves adapter v0 again" in message
     assert "checkpoints/step-1; continue with: medground train --resume" in message

@@ -85,7 +85,7 @@ def test_a_lost_node_costs_its_workers_not_a_request(tiny_model_dir: Path, tmp_p
             job = _train(cluster, config, tmp_path / "lost")
             try:
                 deadline = time.monotonic() + 600
-                while (victim := _rollout_worker(node["marker"])) is None or 2 not in _rows(tmp_path / "lost"):
+                while (victim := _rollout_worker(node["marker"])) is None or 2 not in _rows(tmp_path / "lost"):  # noqa: E501
                     assert job.poll() is None, (tmp_path / "lost" / "driver.log").read_text()[-3000:]
                     assert time.monotonic() < deadline, "no rollout worker was placed on the second node"
                     time.sleep(0.05)
@@ -107,13 +107,15 @@ def test_a_lost_node_costs_its_workers_not_a_request(tiny_model_dir: Path, tmp_p
             else:
                 assert got[step].get(key) == pytest.approx(want[step][key], rel=1e-5, abs=1e-6), (step, key)
     # the fault is counted in the step whose generate call it cut (the one under way at the kill, or the next)
-    hit = [s for s, r in got.items() if r.get("rollout/worker_deaths", 0) + r.get("rollout/worker_timeouts", 0)]
+    hit = [s for s, r in got.items() if r.get("rollout/worker_deaths", 0)
+           + r.get("rollout/worker_timeouts", 0)]
     assert len(hit) == 1 and lost_at <= hit[0] <= lost_at + 1, (lost_at, hit)
     assert got[hit[0]]["rollout/requests_resent"] >= 1
     assert all(r["rollout/workers"] == 2 for s, r in got.items() if s > 0)
     # the replacement (serial 2) came up on the only node left and served later steps
     assert got[31]["rollout/workers_live"] == 2
-    assert any("2" in r["rollout/serving_serials"].split(",") for s, r in got.items() if s > hit[0]), "it never served"
+    assert any("2" in r["rollout/serving_serials"].split(",") for s, r in got.items()
+               if s > hit[0]), "it never served"
     log = (tmp_path / "lost" / "driver.log").read_text()  # the log line names the worker, its pid and node
-    assert re.search(r"rollout worker (death|timeout): rollout worker [01] \(pid \d+ on [\d.]+, node \w+\): .*"
-                     r"rollout worker 2 starts in its place", log), log[-3000:]
+    assert re.search(r"rollout worker (death|timeout): rollout worker [01] \(pid \d+ on "
+                     r"[\d.]+, node \w+\): .*rollout worker 2 starts in its place", log), log[-3000:]

@@ -38,17 +38,20 @@ class Driver:
     """`medground train ...` in its own process and process group, with a private Ray temp dir."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.ray_dir = tempfile.mkdtemp(prefix="mgf-", dir="/tmp")  # short: Ray's socket paths stay < 107 bytes
+        # short: Ray's socket paths stay < 107 bytes
+        self.ray_dir = tempfile.mkdtemp(prefix="mgf-", dir="/tmp")
         self.marker = f"RAY_TMPDIR={self.ray_dir}"
         self.tree: set[int] = set()  # its processes, taken before a signal (Ray's agents lose their ancestry)
         env = {**_base_env(), "RAY_TMPDIR": self.ray_dir}
         self.log = log
         with log.open("w") as out:
-            self.proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "train", *args], cwd=ROOT,
+            self.proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "train",
+                                          *args], cwd=ROOT,
                                          env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def up(self, run_dir: Path) -> None:
-        """Wait until the run has logged step 0 (its Ray, learner and workers are up); note their processes."""
+        """Wait until the run has logged step 0 (its Ray, learner and workers are up); note their
+        processes."""
         self.until(lambda: (run_dir / "metrics.jsonl").is_file(), "the run's first row")
         self.tree |= process_tree(self.marker)
 
@@ -61,7 +64,8 @@ class Driver:
     def until(self, ready: Callable[[], bool], what: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
-            assert self.proc.poll() is None, f"the driver exited ({self.proc.returncode}) before {what}: {self.tail()}"
+            assert self.proc.poll() is None, (
+                f"the driver exited ({self.proc.returncode}) before {what}: {self.tail()}")
             assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.tail()}"
             time.sleep(0.01)
 
@@ -90,7 +94,8 @@ def config(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     folder = tmp_path_factory.mktemp("faults")
     manifest = write_dataset(make_spec("demo", splits={"train": 24, "val": 4, "test": 0}), folder / "data",
                              seed=0, manifest_name="manifest.jsonl")
-    tree = {**TREE, "model": {"path": str(tiny_model_dir), "family": "qwen2_5_vl"}, "data": {"manifest": str(manifest)}}
+    tree = {**TREE, "model": {"path": str(tiny_model_dir), "family": "qwen2_5_vl"},
+            "data": {"manifest": str(manifest)}}
     path = folder / "faults.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -148,20 +153,23 @@ def _resume(drivers: list[Driver], run_dir: Path, log: Path) -> None:
 
 
 def test_kill_9_of_the_driver_mid_step_then_resume_matches_the_uninterrupted_run(
-        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver], tmp_path: Path) -> None:
+        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver],
+        tmp_path: Path) -> None:
     run_dir = tmp_path / "faults"
     driver = _train(drivers, tmp_path / "first.log", str(config), "--set", f"output_dir={tmp_path}")
     driver.up(run_dir)
     driver.until(lambda: 3 in _rows(run_dir), "step 3's row")
     driver.signal(signal.SIGKILL)  # in step 4 now: the checkpoint of step 2 is the last one
     assert driver.wait() == -signal.SIGKILL
-    assert max(_rows(run_dir)) == 3 and _checkpoints(run_dir) == ["step-1", "step-2"], "the kill missed step 4"
+    assert (max(_rows(run_dir)) == 3
+            and _checkpoints(run_dir) == ["step-1", "step-2"]), "the kill missed step 4"
     _resume(drivers, run_dir, tmp_path / "resumed.log")
     _matches(_rows(run_dir), uninterrupted, range(3, 6))
 
 
 def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(
-        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver], tmp_path: Path) -> None:
+        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver],
+        tmp_path: Path) -> None:
     run_dir = tmp_path / "faults"
     partial = run_dir / "checkpoints" / ".tmp-step-4"
     driver = _train(drivers, tmp_path / "first.log", str(config), "--set", f"output_dir={tmp_path}")
@@ -169,7 +177,8 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(
     driver.until(partial.exists, "the checkpoint of step 4 to be under way")
     driver.signal(signal.SIGKILL)
     assert driver.wait() == -signal.SIGKILL
-    assert _checkpoints(run_dir) == [".tmp-step-4", "step-1", "step-2"], "the kill did not land inside the write"
+    assert _checkpoints(run_dir) == [".tmp-step-4", "step-1",
+                                     "step-2"], "the kill did not land inside the write"
     assert not (partial / "COMPLETE").exists()
     _resume(drivers, run_dir, tmp_path / "resumed.log")
     assert "from " + str(run_dir / "checkpoints" / "step-2") in drivers[-1].tail()
@@ -178,7 +187,8 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(
 
 
 def test_sigterm_checkpoints_the_step_stops_local_ray_and_resumes_exactly(
-        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver], tmp_path: Path) -> None:
+        config: Path, uninterrupted: dict[int, dict[str, Any]], drivers: list[Driver],
+        tmp_path: Path) -> None:
     run_dir = tmp_path / "faults"
     # no periodic checkpoints: beside the SFT stage's (step 1), the one the run stops with is SIGTERM's
     driver = _train(drivers, tmp_path / "first.log", str(config), "--set", f"output_dir={tmp_path}",

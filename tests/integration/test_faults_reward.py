@@ -26,7 +26,8 @@ def _pid(actor: Any) -> int:
 
 
 @pytest.mark.parametrize("fault", ["hang", "death"])
-def test_a_hung_or_dead_reward_actor_is_replaced_with_the_schedule_intact(ray_local: None, fault: str) -> None:
+def test_a_hung_or_dead_reward_actor_is_replaced_with_the_schedule_intact(
+        ray_local: None, fault: str) -> None:
     reference = RewardScorer(CONFIG)
     expected = [reference.score_batch(b, step=i) for i, b in enumerate(REWARD_BATCHES)]
     client = RewardClient(CONFIG)
@@ -46,7 +47,8 @@ def test_a_hung_or_dead_reward_actor_is_replaced_with_the_schedule_intact(ray_lo
             assert CONFIG.call_timeout_s <= waited < CONFIG.call_timeout_s + 10.0, waited
         for mine, ref in zip(got, expected, strict=True):  # every batch scored once, under the same schedule
             assert mine.groups == ref.groups and mine.schedule == ref.schedule and mine.raises == ref.raises
-        assert any(b.raises for b in expected[3:]), "tau must rise after the fault for the test to mean anything"
+        assert any(b.raises
+                   for b in expected[3:]), "tau must rise after the fault for the test to mean anything"
         assert client.state == reference.state_dict()
         assert _pid(client._actor) != victim
         assert gone(victim), "the stopped actor's process was not ended"

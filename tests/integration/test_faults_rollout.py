@@ -49,7 +49,8 @@ def rank16_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     out = tmp_path_factory.mktemp("rank16") / "v3"
-    get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"])).save_pretrained(out)
+    get_peft_model(model, LoraConfig(r=16, lora_alpha=16,
+                                     target_modules=["q_proj", "v_proj"])).save_pretrained(out)
     return out
 
 
@@ -89,7 +90,8 @@ def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_on
         if not gone(victim, timeout=0):
             os.kill(victim, signal.SIGCONT)  # never leave a stopped process behind, whatever failed
     faults = pool.take_faults()
-    assert faults["rollout/worker_timeouts"] == 1, f"the stop landed after the call: make the call longer ({faults})"
+    assert faults["rollout/worker_timeouts"] == 1, (
+        f"the stop landed after the call: make the call longer ({faults})")
     assert faults["rollout/requests_resent"] == 8
     groups = out[0]
     # every request answered exactly once, in request order, by adapter v1, as the fault-free call answered
@@ -98,7 +100,8 @@ def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_on
     assert [g.completions for g in groups] == [g.completions for g in reference]
     assert pool.last_serving == (1,), "the stopped worker's requests must come from the other worker"
     event = pool.faults.events[-1]
-    assert event.kind == "worker_timeout" and f"pid {victim} on " in event.who and "within 20 s" in event.detail
+    assert (event.kind == "worker_timeout" and f"pid {victim} on " in event.who
+            and "within 20 s" in event.detail)
     assert gone(victim), "the stopped worker's process was not ended"
     pool.wait_ready(timeout=300)  # the replacement came up on the current adapter
     assert victim not in {_pid(pool, 0), _pid(pool, 1)}
@@ -113,13 +116,15 @@ def test_a_refused_adapter_leaves_the_previous_one_live(pool: RolloutPool, adapt
     pool.load_adapter(2, ray.put(adapter_artefact(adapters["v2"], version=2)))
     reqs = requests(4)
     before = pool.generate(reqs, n=2, sampling=GREEDY)
-    with pytest.raises(AdapterLoadError, match=r"adapter v3 failed to load on rollout worker\(s\) \[\d+, \d+\]: .*LoRA "
-                                               r"rank 16 is greater than max_lora_rank 8.*serves adapter v2 again"):
+    with pytest.raises(AdapterLoadError,
+                       match=r"adapter v3 failed to load on rollout worker\(s\) \[\d+, \d+\]: .*LoRA rank "
+                             r"16 is greater than max_lora_rank 8.*serves adapter v2 again"):
         pool.load_adapter(3, ray.put(adapter_artefact(rank16_adapter, version=3)))
     assert pool.adapter_version == 2
     after = pool.generate(reqs, n=2, sampling=GREEDY)
     assert all(g.adapter_version == 2 for g in after)
-    assert [g.completions for g in after] == [g.completions for g in before]  # v2's answers, not the base model's
+    # v2's answers, not the base model's
+    assert [g.completions for g in after] == [g.completions for g in before]
     assert pool.take_faults()["rollout/load_refusals"] == 2
     pool.load_adapter(4, ray.put(adapter_artefact(adapters["v1"], version=4)))  # the pool takes the next one
     assert {g.adapter_version for g in pool.generate(reqs, n=1, sampling=GREEDY)} == {4}
@@ -185,7 +190,8 @@ def test_a_worker_that_dies_before_it_is_up_is_replaced_and_a_failed_start_raise
         assert [g.adapter_version for g in hf.generate(requests(2), n=1, sampling=GREEDY)] == [0, 0]
     finally:
         hf.shutdown()
-    broken = RolloutPool(tmp_path / "no-model", CONFIG.model_copy(update={"engine": "hf"}), POOL, num_workers=1)
+    broken = RolloutPool(tmp_path / "no-model", CONFIG.model_copy(update={"engine": "hf"}),
+                         POOL, num_workers=1)
     try:
         with pytest.raises(ray.exceptions.RayActorError, match="no-model"):
             broken.wait_ready(timeout=300)

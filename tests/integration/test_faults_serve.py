@@ -25,7 +25,7 @@ def _names(pids: list[int]) -> list[str]:
     names = []
     for pid in pids:
         try:
-            names.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
+            names.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])  # noqa: E501
         except OSError:
             continue
     return names
@@ -42,7 +42,8 @@ def test_sigterm_stops_serve_and_its_local_ray(tiny_model_dir: Path, tmp_path: P
     log = tmp_path / "serve.log"
     tree: set[int] = set()
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "serve", "--model", str(tiny_model_dir),
+        proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "serve", "--model",
+                                 str(tiny_model_dir),
                                  "--engine", "hf", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
     try:

@@ -44,7 +44,8 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_pat
     one = LearnerEngine(tiny_model_dir, LearnerConfig(num_ranks=1, **base))  # type: ignore[arg-type]
     try:
         one.begin_stage("grpo", 1e-2)
-        one.grpo_step(TrainBatch(tuple(sampled_by(0)), spec))  # step 1 gives the adapter a direction (B starts at zero)
+        # step 1 gives the adapter a direction (B starts at zero)
+        one.grpo_step(TrainBatch(tuple(sampled_by(0)), spec))
         one.export(1)
         m1 = one.grpo_step(TrainBatch(tuple(sampled_by(1)), spec))
         a1 = one.export(2)
@@ -60,7 +61,8 @@ def test_two_ranks_equal_one_rank(tiny_model_dir: Path, ray_local: None, tmp_pat
         # Multi-rank checkpoint round trip: every rank's ZeRO partition and RNG state, then a restore.
         group.save_checkpoint(tmp_path / "ckpt", tmp_path / "adapter", version=2)
         assert json.loads((tmp_path / "adapter" / "medground_adapter.json").read_text())["version"] == 2
-        assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+        assert sorted(p.name
+                      for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
         assert group.load_checkpoint(tmp_path / "ckpt") == 2
         m3 = group.grpo_step(TrainBatch(tuple(sampled_by(2)), spec))
     finally:
@@ -111,7 +113,8 @@ def test_checkpoint_resume_gives_the_same_next_step(tiny_model_dir: Path, tmp_pa
     try:
         first.begin_stage("grpo", 1e-2)
         first.grpo_step(TrainBatch(tuple(samples), spec))
-        first.grpo_step(TrainBatch(tuple(samples), spec))  # the KL reference (stage start) now differs from the weights
+        # the KL reference (stage start) now differs from the weights
+        first.grpo_step(TrainBatch(tuple(samples), spec))
         first.save_checkpoint(ckpt)  # no adapter_dir: the learner's state only
         expected = first.grpo_step(TrainBatch(tuple(samples), spec))
         expected_adapter = first.export(2).tensors
@@ -120,7 +123,8 @@ def test_checkpoint_resume_gives_the_same_next_step(tiny_model_dir: Path, tmp_pa
     assert not ckpt.with_name("step-1.tmp").exists()
     assert not (ckpt / "adapter").exists()  # the adapter is written once, where the driver asks
 
-    second = LearnerEngine(tiny_model_dir, cfg.model_copy(update={"seed": 123}))  # a different initial adapter
+    # a different initial adapter
+    second = LearnerEngine(tiny_model_dir, cfg.model_copy(update={"seed": 123}))
     try:
         second.load_checkpoint(ckpt)
         assert second.steps == 2
@@ -141,8 +145,10 @@ def _adapter_values(engine: object) -> list[torch.Tensor]:
 
 def test_grpo_stage_starts_at_its_reference_with_fresh_moments(tiny_model_dir: Path) -> None:
     """After SFT: the KL to the stage-start reference is exactly 0 at the first GRPO step (MLAE p = 0.5: the
-    reference forward draws the same mask), and a fresh AdamW's first update moves each weight by lr (|m/sqrt v|
-    = 1), while carried SFT moments shrink it. `reference: base` measures the distance to the untrained base."""
+    reference forward draws the same mask), and a fresh AdamW's first update moves each weight by lr (|m/sqrt
+    v|
+    = 1), while carried SFT moments shrink it. `reference: base` measures the distance to the untrained
+    base."""
     from learner.batch import SamplingSpec
     from learner.engine import LearnerEngine
 
@@ -166,7 +172,8 @@ def test_grpo_stage_starts_at_its_reference_with_fresh_moments(tiny_model_dir: P
         steps = torch.cat([(a - b).abs().flatten() / lr for a, b in zip(after, before, strict=True)])
         moves[label] = float(steps[steps > 0].median())  # experts masked in this step do not move
         if reference == "stage_start":
-            assert metrics.kl == 0.0, f"{label}: KL to the stage-start reference at its first step is {metrics.kl}"
+            assert metrics.kl == 0.0, (
+                f"{label}: KL to the stage-start reference at its first step is {metrics.kl}")
         else:
             assert metrics.kl > 1e-3  # the SFT adapter is far from the base
     assert moves["fresh"] == pytest.approx(1.0, abs=1e-3)  # Adam's first step: lr * g / |g|
@@ -182,7 +189,8 @@ def test_learner_recomputes_an_earlier_adapter_version(tiny_model_dir: Path, zer
     from learner.engine import LearnerEngine
 
     samples = [dataclasses.replace(s, adapter_version=1)
-               for s in make_samples(tiny_model_dir, [1.0, -1.0, 0.5, -0.5], completions=DISJOINT_COMPLETIONS)]
+               for s in make_samples(tiny_model_dir, [1.0, -1.0, 0.5, -0.5],
+                                     completions=DISJOINT_COMPLETIONS)]
     cfg = LearnerConfig(lr=5e-2, micro_batch_size=2, zero_stage=zero_stage, mlae={"mask": "none"},  # type: ignore[arg-type]
                         grpo={"beta": 0.0, "updates_per_batch": 2})
     engine = LearnerEngine(tiny_model_dir, cfg)
@@ -236,7 +244,8 @@ def test_process_group_starts_past_a_stale_extension_lock(tmp_path: Path) -> Non
     import subprocess
     import sys
 
-    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"  # where torch builds it under TORCH_EXTENSIONS_DIR
+    # where torch builds it under TORCH_EXTENSIONS_DIR
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True)
     lock.touch()
     code = ("from learner.distributed import init_distributed\n"

@@ -41,7 +41,8 @@ def _rank(rank: int, port: int, stage: int, model_dir: str, out_dir: str) -> Non
     params = [p for p in model.parameters() if p.requires_grad]
     config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
               "gradient_clipping": 1.0, "zero_optimization": {"stage": stage}, "steps_per_print": 1000}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=5e-2), config=config)
+    engine, *_ = deepspeed.initialize(model=model,
+                                      optimizer=torch.optim.AdamW(params, lr=5e-2), config=config)
     data = torch.Generator().manual_seed(rank)
     for _ in range(STEPS):
         ids = torch.randint(0, 500, (2, 16), generator=data)
@@ -79,7 +80,8 @@ def test_zero_ranks_train_mlae_and_rank0_exports_a_complete_equal_adapter(
         rows, cols = t.shape
         assert (rows if key.endswith("lora_A.weight") else cols) == 8  # full rank: not a ZeRO-3 shard
         assert torch.isfinite(t).all()
-    assert any(t.abs().max() > 0 for k, t in artefact.tensors.items() if k.endswith("lora_B.weight"))  # trained
+    # trained
+    assert any(t.abs().max() > 0 for k, t in artefact.tensors.items() if k.endswith("lora_B.weight"))
 
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     lora = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()

@@ -23,10 +23,12 @@ def _hf_greedy(model: torch.nn.Module, processor: object, text: str, image: Imag
                banned: list[int]) -> tuple[list[int], list[float]]:
     """Greedy tokens and their raw-logit log-probs (what vLLM reports by default) from transformers."""
     inputs = processor(text=[text], images=[image] if image else None, return_tensors="pt")  # type: ignore[operator]
-    out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False, bad_words_ids=[[t] for t in banned],
+    out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False,
+                         bad_words_ids=[[t] for t in banned],
                          output_logits=True, return_dict_in_generate=True)
     tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    logps = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens, strict=True)]
+    logps = [torch.log_softmax(step[0].float(), -1)[t].item() for step,
+             t in zip(out.logits, tokens, strict=True)]
     return tokens, logps
 
 
@@ -54,14 +56,17 @@ def test_vllm_serves_exported_mlae_adapter_like_transformers(tiny_model_dir: Pat
 
     image = Image.fromarray((np.random.default_rng(0).random((84, 112, 3)) * 255).astype("uint8"))
     text_msg = [{"role": "user", "content": "Locate the small left upper nodule."}]
-    image_msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Locate the mass."}]}]
+    image_msg = [{"role": "user", "content": [{"type": "image"},
+                                              {"type": "text", "text": "Locate the mass."}]}]
     cases = [(processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False), img)
              for m, img in ((text_msg, None), (image_msg, image))]
     expected = [_hf_greedy(model, processor, text, img, banned) for text, img in cases]
 
-    llm = LLM(model=str(tiny_model_dir), enable_lora=True, max_lora_rank=8, dtype="float32", enforce_eager=True,
+    llm = LLM(model=str(tiny_model_dir), enable_lora=True, max_lora_rank=8, dtype="float32",
+              enforce_eager=True,
               max_model_len=512, seed=0, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES)
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=1, logit_bias={t: -100.0 for t in banned})
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=1,
+                            logit_bias={t: -100.0 for t in banned})
     prompts = [{"prompt": text, "multi_modal_data": {"image": img}} if img else {"prompt": text}
                for text, img in cases]
     try:

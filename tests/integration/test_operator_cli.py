@@ -94,7 +94,8 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     t0 = time.monotonic()
     # submit follows the job's log until it ends (what an operator sees); it runs beside the commands below
     follow_log = (tmp_path / "submit.log").open("w+")
-    submit = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "submit", "deploy/configs/demo.yaml",
+    submit = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "submit",
+                               "deploy/configs/demo.yaml",
                                *overrides, "--address", c["dashboard"], "--job-id", "ops-job"],
                               env=c["env"], cwd=ROOT, stdout=follow_log, stderr=subprocess.STDOUT, text=True)
     request.addfinalizer(submit.kill)  # runs before the cluster's teardown
@@ -114,9 +115,11 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert "1 target, 1 live, 0 starting" in table.stdout and "completions/s" in table.stdout, table.stdout
 
     # 1 -> 2: the driver adds a worker between steps; --wait returns once both are live
-    up = _cli(["scale", "rollout", "2", "--run", "ops", "--wait", "400", "--address", c["gcs"]], c["env"], 450)
+    up = _cli(["scale", "rollout", "2", "--run", "ops", "--wait", "400", "--address",
+               c["gcs"]], c["env"], 450)
     assert up.returncode == 0, (up.stdout[-2000:], up.stderr[-2000:])
-    assert "resize to 2 rollout workers requested" in up.stdout and "done: 2 rollout workers live" in up.stdout
+    assert ("resize to 2 rollout workers requested" in up.stdout
+            and "done: 2 rollout workers live" in up.stdout)
     print(f"2 workers at {time.monotonic() - t0:.0f} s")
 
     # 2 -> 1
@@ -153,7 +156,7 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert grpo[-1]["rollout/workers"] == grpo[-1]["rollout/workers_serving"] == 1
     assert grpo[-1]["rollout/serving_serials"] == "0"
     assert (tmp_path / "runs" / "ops" / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((tmp_path / "runs" / "ops" / "resolved_config.json").read_text())["pool"]["resize_wait_s"] == 300
+    assert json.loads((tmp_path / "runs" / "ops" / "resolved_config.json").read_text())["pool"]["resize_wait_s"] == 300  # noqa: E501
 
     # `medground eval RUN_DIR`: the final adapter on the held-out split, on the same cluster
     run_dir = tmp_path / "runs" / "ops"
@@ -161,4 +164,4 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     assert ev.returncode == 0, (ev.stdout[-2000:], ev.stderr[-3000:])
     assert "eval/A@0.5" in ev.stdout and "cli-final.jsonl" in ev.stdout
     assert len((run_dir / "eval" / "cli-final.jsonl").read_text().splitlines()) == 2
-    assert json.loads((run_dir / "eval" / "cli-final.json").read_text())["adapter_version"] == steps[-1]["adapter_version"]
+    assert json.loads((run_dir / "eval" / "cli-final.json").read_text())["adapter_version"] == steps[-1]["adapter_version"]  # noqa: E501

@@ -34,7 +34,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not ARCHIVES:
-        pytest.skip("pyradiomics-bhklab archive absent from .venv/fixtures (run tools/setup_env.sh to fetch it)")
+        pytest.skip("pyradiomics-bhklab archive absent from .venv/fixtures (run tools/setup_env.sh to fetch "
+                    "it)")
     out = tmp_path_factory.mktemp("volumes")
     wanted = {f"{v}_{kind}.nrrd" for v in VOLUMES for kind in ("image", "label")}
     with tarfile.open(ARCHIVES[0]) as tar:
@@ -63,12 +64,14 @@ def patient_side(image_path: Path, label_path: Path) -> str:
 
 
 def _convert_and_inspect(volumes: Path, manifest: Path) -> list[Any]:
-    converted = runner.invoke(app, ["data", "convert", "--format", "volumes", "--slice", "all", "--split", "train",
+    converted = runner.invoke(app, ["data", "convert", "--format", "volumes", "--slice", "all",
+                                    "--split", "train",
                                     "--finding", "lesion", str(volumes), str(manifest)])
     assert converted.exit_code == 0, converted.output
     records = load_manifest(manifest).records
     sides = {v: patient_side(volumes / f"{v}_image.nrrd", volumes / f"{v}_label.nrrd") for v in VOLUMES}
-    # The published description of the data agrees: lung1 a right upper-lung nodule, lung2 a left lower-lobe mass.
+    # The published description of the data agrees: lung1 a right upper-lung nodule, lung2 a left lower-lobe
+    # mass.
     assert sides["lung1"] == "right" and sides["lung2"] == "left"
     assert {r.meta.attributes["volume"] for r in records} == set(VOLUMES) and len(records) >= 8
     for record in records:
@@ -85,7 +88,8 @@ def _convert_and_inspect(volumes: Path, manifest: Path) -> list[Any]:
     return list(records)
 
 
-def test_real_volumes_convert_inspect_and_are_predicted_on(shared_pool: Any, volumes: Path, tmp_path: Path) -> None:
+def test_real_volumes_convert_inspect_and_are_predicted_on(shared_pool: Any, volumes: Path,
+                                                           tmp_path: Path) -> None:
     """Convert and inspect, then the held-out prediction path (the shared rollout pool, the base model) on
     the real slices: every slice read, prompted and answered, and scored in its own frame."""
     from services import evaluation

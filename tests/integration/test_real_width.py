@@ -2,7 +2,8 @@
 128, 2 KV heads, MLP 11008, vocab 151,936, the real Qwen tokenizer) cut to 2 text layers and 2 vision
 blocks (~0.54 B parameters, fp32) runs through the product path on CPU:
 
-- the driver (services.training.train_loop) on a local Ray: a vLLM rollout worker with LoRA enabled at rank 64;
+- the driver (services.training.train_loop) on a local Ray: a vLLM rollout worker with LoRA enabled at rank
+64;
   the DeepSpeed learner (ZeRO-2) with MLAE rank 64 on every attention and MLP projection; one SFT step
   whose adapter is exported (plain LoRA on the real module names) and hot-loaded into the rollout worker
   (v1, which samples the GRPO groups), then one GRPO step whose adapter (v2) samples the final evaluation;
@@ -93,7 +94,8 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
     assert grpo["stage"] == "grounding" and grpo["learner/skipped"] == 0
     # the SFT stage's adapter went out as v1 and sampled the GRPO groups (a hot-load into vLLM); the GRPO
     # step's adapter went out as v2 and sampled the final evaluation
-    assert sft["adapter_version"] == 1 and grpo["batch/adapter_version_min"] == grpo["batch/adapter_version_max"] == 1
+    assert (sft["adapter_version"] == 1
+            and grpo["batch/adapter_version_min"] == grpo["batch/adapter_version_max"] == 1)
     assert grpo["adapter_version"] == 2
     final_eval = read_metrics(run_dir / "metrics.jsonl")[-1]
     assert "eval/A@0.5" in final_eval
@@ -135,7 +137,8 @@ def test_3b_shape_trains_exports_hot_loads_and_serves(ray_local: None, model_3b:
         shutil.rmtree(tmp, ignore_errors=True)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["adapter_version"] == 2 and info["adapter"]["version"] == 2 and info["adapter"]["origin"] == "start"
+    assert (body["adapter_version"] == 2 and info["adapter"]["version"] == 2
+            and info["adapter"]["origin"] == "start")
     assert (body["image"]["width"], body["image"]["height"]) == (300, 170)
     width, height = body["model_input"]["width"], body["model_input"]["height"]
     assert width % 28 == 0 and height % 28 == 0 and body["text"] is not None

@@ -1,4 +1,5 @@
-"""The reward actor under local Ray: one call per batch, checkpoint, kill, recreate, identical continuation."""
+"""The reward actor under local Ray: one call per batch, checkpoint, kill, recreate, identical
+continuation."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_actor_scores_checkpoints_and_recovers(ray_local: None) -> None:
 
     for mine, ref in zip(got, expected, strict=True):
         assert mine.groups == ref.groups and mine.schedule == ref.schedule and mine.raises == ref.raises
-    assert any(b.raises for b in expected[3:])  # tau rises after the restart too: the resume is tested for real
+    # tau rises after the restart too: the resume is tested for real
+    assert any(b.raises for b in expected[3:])
     ray.kill(revived, no_restart=True)
 
 

@@ -98,7 +98,8 @@ def test_kv_cache_size_is_the_configs(vllm_core: RolloutWorkerCore) -> None:
     assert cache.kv_cache_memory_bytes == CONFIG.kv_cache_gib * 2**30, "rollout.kv_cache_gib was ignored"
 
 
-def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerCore, adapter_dir: Path) -> None:
+def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerCore,
+                                                       adapter_dir: Path) -> None:
     base = _greedy_tokens(vllm_core)
     assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=1)) == 1
     adapted = vllm_core.generate(requests(2), n=1, sampling=GREEDY)

@@ -1,5 +1,7 @@
-"""The rollout pool on a local Ray grows and shrinks between calls with every new worker on the current adapter.
-(A worker killed or stopped mid-call loses no request: tests/integration/test_faults_rollout.py, on one pool.)"""
+"""The rollout pool on a local Ray grows and shrinks between calls with every new worker on the current
+adapter.
+(A worker killed or stopped mid-call loses no request: tests/integration/test_faults_rollout.py, on one
+pool.)"""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def _pids(pool: RolloutPool) -> set[int]:
     return set(ray.get([h.pid.remote() for h in pool.handles()]))
 
 
-def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path, adapter_dir: Path) -> None:
+def test_pool_grows_and_shrinks_between_calls(ray_local: None, tiny_model_dir: Path,
+                                              adapter_dir: Path) -> None:
     pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), POOL, num_workers=1)
     try:
         pool.load_adapter(1, ray.put(adapter_artefact(adapter_dir, version=1)))

@@ -78,7 +78,8 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
 
 
 def _expected_box(text: str, width: int, height: int) -> rewards.Box:
-    """The frame conversion done independently: smart_resize's frame from the image size, the rewards parser."""
+    """The frame conversion done independently: smart_resize's frame from the image size, the rewards
+    parser."""
     frame = rewards.ImageFrame.for_image(width, height, "input_pixels", **RESIZE)
     parsed = rewards.parse_answer(text, "grounding", frame)
     assert parsed is not None and parsed.box is not None
@@ -127,7 +128,8 @@ def test_concurrent_requests_are_all_answered(served: Served) -> None:
     with ThreadPoolExecutor(len(sizes)) as pool:
         for status, box, size in pool.map(one, sizes):
             assert status == 200
-            assert box == pytest.approx(_expected_box(ANSWER, *size), abs=0.01)  # each answer in its own frame
+            # each answer in its own frame
+            assert box == pytest.approx(_expected_box(ANSWER, *size), abs=0.01)
 
 
 def _bomb() -> bytes:
@@ -136,7 +138,9 @@ def _bomb() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
     ihdr = (40_000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR",
+                                        ihdr) + chunk(b"IDAT",
+                                                      zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _bad_requests(url: str) -> list[tuple[str, dict[str, object], int]]:
@@ -144,34 +148,48 @@ def _bad_requests(url: str) -> list[tuple[str, dict[str, object], int]]:
     ground = f"{url}/v1/ground"
     b64 = base64.b64encode(good_png).decode()
     return [
-        ("no token", {"url": ground, "files": {"image": ("a.png", good_png)}, "data": {"phrase": "x"}, "auth": False}, 401),
+        ("no token", {"url": ground, "files": {"image": ("a.png", good_png)}, "data": {"phrase": "x"},
+                      "auth": False}, 401),
         ("wrong token", {"url": ground, "files": {"image": ("a.png", good_png)}, "data": {"phrase": "x"},
                          "headers": {"Authorization": "Bearer nope"}}, 401),
         ("model info without token", {"url": f"{url}/v1/model", "method": "GET", "auth": False}, 401),
-        ("text/plain body", {"url": ground, "data": "phrase=x", "headers": {**AUTH, "Content-Type": "text/plain"}}, 415),
+        ("text/plain body", {"url": ground, "data": "phrase=x",
+                             "headers": {**AUTH, "Content-Type": "text/plain"}}, 415),
         ("no content type", {"url": ground, "data": b"raw", "headers": AUTH}, 415),
         ("url-encoded form", {"url": ground, "data": {"phrase": "x"}}, 415),
-        ("not an image", {"url": ground, "files": {"image": ("a.png", b"this is not an image")}, "data": {"phrase": "x"}}, 415),
-        ("truncated PNG", {"url": ground, "files": {"image": ("a.png", good_png[:60])}, "data": {"phrase": "x"}}, 422),
-        ("decompression bomb", {"url": ground, "files": {"image": ("b.png", _bomb())}, "data": {"phrase": "x"}}, 413),
-        ("upload over the limit", {"url": ground, "files": {"image": ("big.png", b"\x89PNG" + b"\0" * (3 * MAX_UPLOAD))},
+        ("not an image", {"url": ground, "files": {"image": ("a.png", b"this is not an image")},
+                          "data": {"phrase": "x"}}, 415),
+        ("truncated PNG", {"url": ground, "files": {"image": ("a.png", good_png[:60])},
+                           "data": {"phrase": "x"}}, 422),
+        ("decompression bomb", {"url": ground, "files": {"image": ("b.png", _bomb())},
+                                "data": {"phrase": "x"}}, 413),
+        ("upload over the limit", {"url": ground,
+                                   "files": {"image": ("big.png", b"\x89PNG" + b"\0" * (3 * MAX_UPLOAD))},
                                    "data": {"phrase": "x"}}, 413),
-        ("empty phrase", {"url": ground, "files": {"image": ("a.png", good_png)}, "data": {"phrase": "  "}}, 422),
-        ("overlong phrase", {"url": ground, "files": {"image": ("a.png", good_png)}, "data": {"phrase": "x" * 501}}, 422),
+        ("empty phrase", {"url": ground, "files": {"image": ("a.png", good_png)},
+                          "data": {"phrase": "  "}}, 422),
+        ("overlong phrase", {"url": ground, "files": {"image": ("a.png", good_png)},
+                             "data": {"phrase": "x" * 501}}, 422),
         ("chat markup in phrase", {"url": ground, "json": {"image": b64, "phrase": "<|image_pad|>"}}, 422),
         ("missing phrase", {"url": ground, "files": {"image": ("a.png", good_png)}}, 422),
-        ("missing image", {"url": ground, "files": {"other": ("a.png", good_png)}, "data": {"phrase": "x"}}, 422),
-        ("image as a text field", {"url": ground, "files": {"image": (None, "abc")}, "data": {"phrase": "x"}}, 422),
-        ("DICOM without pixels", {"url": ground, "files": {"image": ("a.dcm", dicom_bytes(32, 32, with_pixels=False))},
+        ("missing image", {"url": ground, "files": {"other": ("a.png", good_png)},
+                           "data": {"phrase": "x"}}, 422),
+        ("image as a text field", {"url": ground, "files": {"image": (None, "abc")},
+                                   "data": {"phrase": "x"}}, 422),
+        ("DICOM without pixels", {"url": ground,
+                                  "files": {"image": ("a.dcm", dicom_bytes(32, 32, with_pixels=False))},
                                   "data": {"phrase": "x"}}, 422),
         ("bad base64", {"url": ground, "json": {"image": "%%%not base64", "phrase": "x"}}, 400),
         ("JSON not an object", {"url": ground, "json": [1, 2]}, 422),
-        ("broken JSON", {"url": ground, "data": b"{\"image\": ", "headers": {**AUTH, "Content-Type": "application/json"}}, 400),
+        ("broken JSON", {"url": ground, "data": b"{\"image\": ",
+                         "headers": {**AUTH, "Content-Type": "application/json"}}, 400),
         ("JSON missing image", {"url": ground, "json": {"phrase": "x"}}, 422),
-        ("JSON unknown field", {"url": ground, "json": {"image": b64, "phrase": "x", "box": [1, 2, 3, 4]}}, 422),
+        ("JSON unknown field", {"url": ground, "json": {"image": b64, "phrase": "x",
+                                                        "box": [1, 2, 3, 4]}}, 422),
         ("broken multipart", {"url": ground, "data": b"--xx\r\nnonsense",
                               "headers": {**AUTH, "Content-Type": "multipart/form-data; boundary=xx"}}, 422),
-        ("reload a missing dir", {"url": f"{url}/v1/admin/reload", "json": {"path": "/nonexistent/adapter"}}, 422),
+        ("reload a missing dir", {"url": f"{url}/v1/admin/reload",
+                                  "json": {"path": "/nonexistent/adapter"}}, 422),
         ("reload with a bad body", {"url": f"{url}/v1/admin/reload", "json": {"paht": "x"}}, 422),
         ("wrong method", {"url": ground, "method": "GET"}, 405),
     ]
@@ -210,7 +228,8 @@ def test_docs_and_model_info(served: Served) -> None:
 def _chromium() -> tuple[str, str]:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver is None:
-        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs them)")
+        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
+                    "them)")
     return browser, driver
 
 
@@ -224,12 +243,14 @@ def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
     image = tmp_path / "phantom.png"
     image.write_bytes(png_bytes((320, 200), seed=3))
     api = requests.post(f"{served.url}/v1/ground", headers=AUTH, timeout=60,
-                        files={"image": ("phantom.png", image.read_bytes())}, data={"phrase": "left nodule"}).json()
+                        files={"image": ("phantom.png", image.read_bytes())},
+                        data={"phrase": "left nodule"}).json()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}",
+                 "--disable-dev-shm-usage",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}",
                  "--window-size=1000,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -239,13 +260,15 @@ def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
         driver.find_element(By.ID, "phrase").send_keys("left nodule")
         driver.find_element(By.ID, "token").send_keys(TOKEN)
         driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 90).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        WebDriverWait(driver,
+                      90).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
                                         in ("done", "error"))
         status = driver.find_element(By.ID, "status").text
         assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
         coords = driver.find_element(By.ID, "coords")
         assert json.loads(coords.get_attribute("data-box") or "null") == api["box"]
-        assert all(f"{k}={v:g}" in coords.text for k, v in zip(("x1", "y1", "x2", "y2"), api["box"], strict=True))
+        assert all(f"{k}={v:g}" in coords.text for k, v in zip(("x1", "y1", "x2", "y2"),
+                                                               api["box"], strict=True))
         # The canvas shows the image with its long side at 640 (scale 2): the box's left edge is drawn in red.
         x1, y1, _, y2 = (round(v * 2) for v in api["box"])
         red = driver.execute_script(
@@ -253,7 +276,8 @@ def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
             "const d = c.getImageData(arguments[0], arguments[1], 1, 1).data; return [d[0], d[1], d[2]];",
             x1, (y1 + y2) // 2)
         assert red[0] > 200 and red[1] < 80 and red[2] < 80, red
-        size = driver.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];")
+        size = driver.execute_script("const c = document.getElementById('canvas'); return [c.width, "
+                                     "c.height];")
         assert size == [640, 400]
         shot = tmp_path / "page.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
@@ -279,10 +303,12 @@ def test_adapter_reload_by_watch_and_admin(served: Served) -> None:
     assert (live["version"], live["step"], live["origin"]) == (3, 30, "watch")
     other = make_lora_adapter(served.model_dir, served.tmp / "pinned", seed=2)
     (other / "medground_adapter.json").write_text(json.dumps({"version": 7}))
-    reloaded = requests.post(f"{served.url}/v1/admin/reload", headers=AUTH, json={"path": str(other)}, timeout=60)
+    reloaded = requests.post(f"{served.url}/v1/admin/reload", headers=AUTH,
+                             json={"path": str(other)}, timeout=60)
     assert reloaded.status_code == 200 and reloaded.json()["version"] == 7
     answer = requests.post(f"{served.url}/v1/ground", headers=AUTH, timeout=60,
                            files={"image": ("a.png", png_bytes((64, 48)))}, data={"phrase": "nodule"}).json()
     assert answer["adapter_version"] == 7
-    back = requests.post(f"{served.url}/v1/admin/reload", headers=AUTH, timeout=60)  # no path: the run's latest
+    # no path: the run's latest
+    back = requests.post(f"{served.url}/v1/admin/reload", headers=AUTH, timeout=60)
     assert back.status_code == 200 and (back.json()["version"], back.json()["origin"]) == (3, "admin")

@@ -27,14 +27,17 @@ def test_page_and_browser_agree_on_an_exif_rotated_photo(monkeypatch: pytest.Mon
 
     browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver_path is None:
-        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs them)")
+        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
+                    "them)")
     photo = CASES / "derm_exif6.jpg"
     upright = np.asarray(ImageOps.exif_transpose(Image.open(photo)).convert("RGB"))  # 48 x 64 x 3
     x1, y1, x2, y2 = (round(v) for v in dark_box(upright))
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=800,800",
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=800,800",
                  f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}"):
         options.add_argument(flag)
     with fake_app(monkeypatch) as (api, _), served_on_loopback(api) as url:
@@ -44,7 +47,8 @@ def test_page_and_browser_agree_on_an_exif_rotated_photo(monkeypatch: pytest.Mon
             driver.find_element(By.ID, "file").send_keys(str(photo))
             driver.find_element(By.ID, "phrase").send_keys("naevus")
             driver.find_element(By.ID, "go").click()
-            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+            WebDriverWait(driver,
+                          60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
                                             in ("done", "error"))
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", \
                 driver.find_element(By.ID, "status").text
@@ -55,7 +59,8 @@ def test_page_and_browser_agree_on_an_exif_rotated_photo(monkeypatch: pytest.Mon
                 ".then((b) => done([b.width, b.height]), (e) => done(String(e)));")
             assert shown == [64, 48]
             # drawn enlarged (long side 640 canvas pixels, 10x), in the upright frame
-            assert driver.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];") \
+            assert driver.execute_script("const c = document.getElementById('canvas'); return [c.width, "
+                                         "c.height];") \
                 == [640, 480]
             assert json.loads(driver.find_element(By.ID, "coords").get_attribute("data-box") or "null") == \
                 [x1, y1, x2, y2]

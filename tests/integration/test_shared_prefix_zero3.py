@@ -41,7 +41,8 @@ def _rank(rank: int, port: int, model_dir: str, shared: bool, out: str) -> None:
         rows = []
         for version in (0, 1):
             mine = (shard_groups if shared else shard)(samples, WORLD)[rank]
-            m = engine.grpo_step(TrainBatch(tuple(dataclasses.replace(s, adapter_version=version) for s in mine)))
+            m = engine.grpo_step(TrainBatch(tuple(dataclasses.replace(s, adapter_version=version)
+                                                  for s in mine)))
             rows.append([m.loss, m.kl, m.grad_norm, m.entropy, m.logprob_mismatch or 0.0])
             artefact = engine.export(version + 1)  # a collective under ZeRO-3: every rank calls
         if rank == 0:

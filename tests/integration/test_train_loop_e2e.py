@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 def full_run(lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Path,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     """The fault tests' run (one SFT step, four GRPO steps whose tau, rewards and learner state depend on what
-    came before; checkpoints at 1, 2, 4, 5) on 2 workers and 2 ranks with max_staleness 1 and the sequence_mask
+    came before; checkpoints at 1, 2, 4, 5) on 2 workers and 2 ranks with max_staleness 1 and the
+    sequence_mask
     rollout correction: step 3 generates step 4's batch while it learns (steps 2 and 4 checkpoint, so they
     drain the pipeline)."""
     from services.training import train_loop
@@ -40,11 +41,13 @@ def full_run(lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Pat
              "eval": {"every": 0, "max_samples": 4, "overlays": 2}, "checkpoint": {"every": 2, "keep": 3}}
     cfg = run_config(tiny_model_dir, demo_data, tmp_path_factory.mktemp("full"), **over)
     rows: list[dict[str, Any]] = []
-    run_dir = train_loop.run(cfg, on_step=lambda step, row: rows.append({"step": step, **row}), start=lend_pool)
+    run_dir = train_loop.run(cfg, on_step=lambda step, row: rows.append({"step": step, **row}),
+                             start=lend_pool)
     return run_dir, rows
 
 
-def test_overlapped_grpo_pushes_every_adapter_to_both_workers(full_run: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_overlapped_grpo_pushes_every_adapter_to_both_workers(
+        full_run: tuple[Path, list[dict[str, Any]]]) -> None:
     run_dir, rows = full_run
     assert [r["stage"] for r in rows] == ["warmup"] + ["grounding"] * 4
     grpo = {r["step"]: r for r in rows if r["stage"] == "grounding"}
@@ -74,10 +77,12 @@ def test_overlapped_grpo_pushes_every_adapter_to_both_workers(full_run: tuple[Pa
 
 
 def test_resume_from_the_runs_checkpoint_reproduces_the_rest(full_run: tuple[Path, list[dict[str, Any]]],
-                                                             lend_pool: Callable[..., Any], tmp_path: Path) -> None:
+                                                             lend_pool: Callable[..., Any],
+                                                             tmp_path: Path) -> None:
     """A copy of the run as a kill right after step 3 would leave it (newest complete checkpoint: step-2)
     resumes to the same steps 3-5: learner, adapter versions, MedLoc-R1 window and tau, data order, sampling
-    seeds and the overlapped step's prefetch. (A real `kill -9` mid-step: tests/integration/test_faults_process.py,
+    seeds and the overlapped step's prefetch. (A real `kill -9` mid-step:
+    tests/integration/test_faults_process.py,
     slow tier.)"""
     from services.config import load_run_config
     from services.training import train_loop

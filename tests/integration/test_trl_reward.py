@@ -28,16 +28,20 @@ def test_grpo_trainer_calls_the_reward_per_group(tmp_path: Path, monkeypatch: py
 
     tok = build_tokenizer(512, seed=0)
     model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1,
         intermediate_size=128, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     target = RewardTarget("grounding", boxes=((10.0, 10.0, 50.0, 50.0),),
                           frame=ImageFrame(100.0, 100.0, 112.0, 112.0, "input_pixels"))
-    data = Dataset.from_list([{"prompt": f"find the nodule {i}", "reward_target": target.to_dict()} for i in range(4)])
+    data = Dataset.from_list([{"prompt": f"find the nodule {i}", "reward_target": target.to_dict()}
+                              for i in range(4)])
     reward = MedgroundReward(RewardConfig(w_recite=0.0, schedule=ScheduleConfig(window=4)))
     args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
-                      max_completion_length=8, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+                      max_completion_length=8, use_cpu=True, report_to="none", logging_steps=1,
+                      save_strategy="no",
                       seed=0)
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=args, train_dataset=data)
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=args,
+                          train_dataset=data)
     trainer.train()
 
     # One prompt x 4 generations per step -> one group per call -> one window entry per step.
@@ -48,7 +52,7 @@ def test_grpo_trainer_calls_the_reward_per_group(tmp_path: Path, monkeypatch: py
 
 
 def test_mixed_task_rows_without_a_target_are_none_inside_grpo_trainer(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: E501
     """Half the prompts carry no reward_target (another task's rows): the reward returns None for them,
     TRL skips them in its nan-aware mean, and the other reward function scores them."""
     import math
@@ -62,11 +66,13 @@ def test_mixed_task_rows_without_a_target_are_none_inside_grpo_trainer(tmp_path:
 
     tok = build_tokenizer(512, seed=0)
     model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1,
         intermediate_size=128, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     target = RewardTarget("grounding", boxes=((10.0, 10.0, 50.0, 50.0),),
                           frame=ImageFrame(100.0, 100.0, 112.0, 112.0, "input_pixels"))
-    data = Dataset.from_list([{"prompt": f"find the nodule {i}", "reward_target": target.to_dict() if i % 2 else None}
+    data = Dataset.from_list([{"prompt": f"find the nodule {i}", "reward_target": target.to_dict()
+                               if i % 2 else None}
                               for i in range(4)])
     reward = MedgroundReward(RewardConfig(w_recite=0.0, schedule=ScheduleConfig(window=4)))
 
@@ -74,7 +80,8 @@ def test_mixed_task_rows_without_a_target_are_none_inside_grpo_trainer(tmp_path:
         return [0.0] * len(completions)
 
     args = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=8, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+                      max_completion_length=8, use_cpu=True, report_to="none", logging_steps=1,
+                      save_strategy="no",
                       seed=0, shuffle_dataset=False)
     trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward, other_task], args=args,
                           train_dataset=data)

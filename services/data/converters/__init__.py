@@ -28,7 +28,8 @@ FORMATS: dict[str, Converter] = {
 }
 
 
-def convert(fmt: str, source: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> ConvertResult:
+def convert(fmt: str, source: str | Path, out_dir: str | Path,
+            options: ConvertOptions | None = None) -> ConvertResult:
     """Run the converter for `fmt`; an unknown format names the known ones."""
     if fmt not in FORMATS:
         raise ConvertError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -40,8 +41,8 @@ def convert(fmt: str, source: str | Path, out_dir: str | Path, options: ConvertO
     result = FORMATS[fmt](source, out, options or ConvertOptions())
     if not result.records:  # an empty manifest would train on nothing and look like success
         counts = ", ".join(f"{k} {v}" for k, v in sorted(result.notes.items())) or "nothing was read"
-        raise ConvertError(f"{fmt}: {source} gave no records ({counts}); check --format and the input's layout "
-                           "against the format's description (`medground data convert --help`)")
+        raise ConvertError(f"{fmt}: {source} gave no records ({counts}); check --format and the input's "
+                           "layout against the format's description (`medground data convert --help`)")
     return result
 
 

@@ -34,8 +34,8 @@ from services.data.records import Box, Record, RecordMeta, xywh_to_xyxy
 
 def _require(item: Any, key: str, where: str) -> Any:
     if not isinstance(item, dict) or item.get(key) is None:
-        raise BadRow(where, key, "is missing; COCO requires it (see the format's description in cocodataset.org's "
-                                 "data format page); add it or drop the item")
+        raise BadRow(where, key, "is missing; COCO requires it (see the format's description in "
+                                 "cocodataset.org's data format page); add it or drop the item")
     return item[key]
 
 
@@ -46,8 +46,9 @@ def _stated(image: dict[str, Any], where: str) -> Size | None:
     if width is None or height is None:
         return None
     if not all(isinstance(v, int | float) and v >= 1 and float(v).is_integer() for v in (width, height)):
-        raise BadRow(where, "width/height", f"{width!r} x {height!r} is not a positive whole pixel size; fix it "
-                                            "or remove both fields (they are then read from the image)")
+        raise BadRow(where, "width/height", f"{width!r} x {height!r} is not a positive whole pixel size; "
+                                            "fix it or remove both fields (they are then read from the "
+                                            "image)")
     return int(width), int(height)
 
 
@@ -59,8 +60,8 @@ def _box(ann: dict[str, Any], where: str) -> Box:
         points = [float(v) for poly in polygons for v in poly] if isinstance(polygons, list) and polygons \
             and all(isinstance(p, list) for p in polygons) else []
         if len(points) < 6 or len(points) % 2:
-            raise BadRow(where, "bbox", "is missing and there is no polygon segmentation to derive it from; add "
-                                        "bbox [x, y, width, height] in pixels")
+            raise BadRow(where, "bbox", "is missing and there is no polygon segmentation to derive it from; "
+                                        "add bbox [x, y, width, height] in pixels")
         xs, ys = points[0::2], points[1::2]
         return (min(xs), min(ys), max(xs), max(ys))
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
@@ -73,8 +74,10 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ConvertError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict) or k not in doc]
+        raise ConvertError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                           f"{exc.colno}") from None
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict)
+               or k not in doc]
     if missing:
         raise ConvertError(f"{path} is not COCO detection JSON: missing {missing}")
     result = ConvertResult()
@@ -118,6 +121,7 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
             id=f"coco:{image_id}:{slug(name)}", image=ref, width=width, height=height, task="grounding",
             phrase=options.phrase or name, boxes=tuple(boxes),
             knowledge_key=f"{modality}/{slug(name)}" if modality else None, source="coco",
-            split=hashed_split(file_name, options), meta=RecordMeta(modality=modality, attributes={"finding": name}),
+            split=hashed_split(file_name, options),
+            meta=RecordMeta(modality=modality, attributes={"finding": name}),
         ))
     return result

@@ -120,7 +120,8 @@ def require_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: 
         raise ConvertError(f"{path} has no data rows")
     missing = [c for c in columns if c not in rows[0]]
     if missing:
-        raise ConvertError(f"{path} is not a {fmt} table: columns {missing} are missing (found {list(rows[0])})")
+        raise ConvertError(f"{path} is not a {fmt} table: columns {missing} are missing (found "
+                           f"{list(rows[0])})")
 
 
 def number(value: str | None, path: str | Path, row: int, column: str) -> float:
@@ -130,7 +131,8 @@ def number(value: str | None, path: str | Path, row: int, column: str) -> float:
     except ValueError:
         out = float("nan")
     if out != out or out in (float("inf"), float("-inf")):
-        raise BadRow(f"{path} row {row}", column, f"holds {value!r}, not a number; fix the cell or drop the row")
+        raise BadRow(f"{path} row {row}", column,
+                     f"holds {value!r}, not a number; fix the cell or drop the row")
     return out
 
 
@@ -138,7 +140,8 @@ def cell(row: dict[str, str], column: str, path: str | Path, n: int) -> str:
     """A CSV cell, stripped; BadRow when the row is too short to have it."""
     value = row.get(column)
     if value is None:
-        raise BadRow(f"{path} row {n}", column, "the row has fewer cells than the header; fix or drop the row")
+        raise BadRow(f"{path} row {n}", column,
+                     "the row has fewer cells than the header; fix or drop the row")
     return value.strip()
 
 
@@ -147,8 +150,9 @@ def hashed_split(key: str, options: ConvertOptions) -> str:
     if options.split is not None:
         return options.split
     u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return "test" if u < options.test_fraction else "val" if u < options.test_fraction + options.val_fraction \
-        else "train"
+    if u < options.test_fraction:
+        return "test"
+    return "val" if u < options.test_fraction + options.val_fraction else "train"
 
 
 def slug(finding: str) -> str:
@@ -176,9 +180,10 @@ def _scaled(boxes: list[Box], stated: Size, stored: Size, where: str) -> list[Bo
     (a crop, a pad or another image: no scale is right)."""
     sx, sy = stored[0] / stated[0], stored[1] / stated[1]
     if abs(stated[0] * sy - stored[0]) > 1 or abs(stated[1] * sx - stored[1]) > 1:
-        raise BadRow(where, "image size", f"the boxes are in a {stated[0]}x{stated[1]} frame but the image is "
-                                          f"{stored[0]}x{stored[1]}, not a resized copy of it; point the record at "
-                                          "the image the boxes were drawn on")
+        raise BadRow(where, "image "
+                            "size", f"the boxes are in a {stated[0]}x{stated[1]} frame but the image is "
+                                    f"{stored[0]}x{stored[1]}, not a resized copy of it; point the record "
+                                    "at the image the boxes were drawn on")
     return [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in boxes]
 
 
@@ -203,11 +208,13 @@ def fit_boxes(boxes: list[Box], where: str, stated: Size | None, stored: Size | 
     if stated is None:
         tx, ty = max(1.0, OVERHANG * width), max(1.0, OVERHANG * height)
         for x1, y1, x2, y2 in boxes:
-            if min(x1, x2) < -tx or min(y1, y2) < -ty or max(x1, x2) > width + tx or max(y1, y2) > height + ty:
-                raise BadRow(where, "boxes", f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} "
-                                             "image, so it was drawn in another frame; point the record at the image "
-                                             "the boxes were drawn on, or state that image's size in the source (e.g. "
-                                             "COCO width/height) so the boxes are scaled")
+            if min(x1, x2) < -tx or min(y1, y2) < -ty or max(x1,
+                                                             x2) > width + tx or max(y1, y2) > height + ty:
+                raise BadRow(where, "boxes", f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "
+                                             f"{width}x{height} image, so it was drawn in another frame; "
+                                             "point the record at the image the boxes were drawn on, or "
+                                             "state that image's size in the source (e.g. COCO "
+                                             "width/height) so the boxes are scaled")
     clipped = tuple(clip_box(b, width, height) for b in boxes)
     changed = sum(c != b for c, b in zip(clipped, boxes, strict=True))
     if changed:

@@ -82,8 +82,10 @@ def convert_png(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertRe
             for m in mine:
                 mask = read_mask(m)
                 if mask.values.shape != (height, width):
-                    raise BadRow(str(m), "size", f"the mask is {mask.values.shape[1]}x{mask.values.shape[0]} but "
-                                 f"image {image.name} is {width}x{height}; masks must be pixel-aligned with their image")
+                    raise BadRow(str(m), "size",
+                                 f"the mask is {mask.values.shape[1]}x{mask.values.shape[0]} but image "
+                                 f"{image.name} is {width}x{height}; masks must be pixel-aligned with their "
+                                 "image")
                 found = lesion_boxes(mask.foreground(), options.components)
                 if not found:
                     result.notes["empty masks"] += 1
@@ -144,7 +146,8 @@ def convert_volumes(path: Path, out_dir: Path, options: ConvertOptions) -> Conve
     for name, image_path, label_path in _pairs(path):
         image, label = read_volume(image_path), read_volume(label_path)
         if image.data.shape != label.data.shape:
-            raise ConvertError(f"{image_path} {image.data.shape} and {label_path} {label.data.shape} differ in shape")
+            raise ConvertError(f"{image_path} {image.data.shape} and {label_path} {label.data.shape} differ "
+                               "in shape")
         lesion = np.asarray(label.data > 0)
         for k in _slices(lesion, options.slice):
             found = lesion_boxes(np.asarray(label.axial(k) > 0), options.components)
@@ -163,8 +166,10 @@ def convert_volumes(path: Path, out_dir: Path, options: ConvertOptions) -> Conve
                 id=f"volume:{name}:z{k}", image=rel, width=width, height=height, task="grounding",
                 phrase=options.phrase or (f"{finding} on the patient's {side} side" if side != "both"
                                           else f"{finding} on both sides of the patient"), boxes=tuple(found),
-                knowledge_key=f"{modality}/{slug(finding)}", source="volume", split=hashed_split(name, options),
-                meta=RecordMeta(modality=modality, orientation="radiological axial (from LPS+)", window=window,
+                knowledge_key=f"{modality}/{slug(finding)}", source="volume",
+                split=hashed_split(name, options),
+                meta=RecordMeta(modality=modality,
+                                orientation="radiological axial (from LPS+)", window=window,
                                 pixel_spacing_mm=(image.spacing[1], image.spacing[0]),
                                 attributes={"finding": finding, "side": side, "slice": k, "volume": name}),
             ))

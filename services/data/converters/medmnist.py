@@ -26,9 +26,11 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
     splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
     if not splits:
         raise ConvertError(f"{path} has no <split>_images arrays (found {sorted(arrays)})")
-    all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1) for s in splits])
+    all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1)
+                                 for s in splits])
     if all_labels.shape[1] != 1:
-        raise ConvertError(f"{path} is multi-label ({all_labels.shape[1]} labels per image); one is supported")
+        raise ConvertError(f"{path} is multi-label ({all_labels.shape[1]} labels per image); one is "
+                           "supported")
     n_classes = int(all_labels.max()) + 1
     names = options.labels or tuple(str(i) for i in range(n_classes))
     if len(names) < n_classes:
@@ -50,6 +52,7 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
                 result.records.append(Record(task="classification", label=names[int(label)],
                                              choices=names[:n_classes], **common))
             else:
-                result.records.append(Record(task="grading", grade=int(label), max_grade=n_classes - 1, **common))
+                result.records.append(Record(task="grading", grade=int(label),
+                                             max_grade=n_classes - 1, **common))
     result.notes["images"] = len(result.records)
     return result

@@ -26,7 +26,8 @@ from services.data.converters.common import (
 )
 from services.data.records import Box, Record, RecordMeta, xywh_to_xyxy
 
-COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
+COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+           "image_width", "image_height")
 
 
 def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:

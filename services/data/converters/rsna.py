@@ -32,7 +32,8 @@ RSNA_SIZE = 1024
 
 def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
     rows = read_table(path)
-    require_columns(rows, ("patientId", "x", "y", "width", "height", "Target"), path, "RSNA stage_2_train_labels")
+    require_columns(rows, ("patientId", "x", "y", "width", "height", "Target"), path,
+                    "RSNA stage_2_train_labels")
     result = ConvertResult()
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     negatives: set[str] = set()
@@ -42,7 +43,8 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
             pid = cell(row, "patientId", path, n)
             if cell(row, "Target", path, n) == "0":
                 if any(cell(row, c, path, n) for c in ("x", "y", "width", "height")):
-                    raise BadRow(f"{path} row {n}", "Target", "0 (negative) but coordinates are given; fix the "
+                    raise BadRow(f"{path} row {n}", "Target",
+                                 "0 (negative) but coordinates are given; fix the "
                                  "row or drop it")
                 negatives.add(pid)
                 continue
@@ -60,7 +62,8 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
         stored = size_if_present(out_dir, ref)
         clipped: tuple[Box, ...] = ()
         with result.row(options):
-            clipped, _ = fit_boxes(pid_boxes, f"{path} patientId {pid}", None if stored else (RSNA_SIZE, RSNA_SIZE),
+            clipped, _ = fit_boxes(pid_boxes, f"{path} patientId {pid}", None if stored
+                                   else (RSNA_SIZE, RSNA_SIZE),
                                    stored, result.notes)
         kept = tuple(b for b in clipped if b[0] < b[2] and b[1] < b[3])
         if len(kept) < len(clipped):

@@ -43,7 +43,8 @@ def _record(k: int, image: Any, phrase: str, box: list[float], out_dir: Path, op
     corners = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
     (clipped,), size = fit_boxes([corners], where, None, size_if_present(out_dir, ref), notes)
     phrase = phrase.replace("<image>", "").strip()
-    return Record(id=f"vlmr1:{k}", image=ref, width=size[0] if size else None, height=size[1] if size else None,
+    return Record(id=f"vlmr1:{k}", image=ref, width=size[0] if size else None, height=size[1]
+                  if size else None,
                   task="grounding", phrase=phrase, boxes=(clipped,), source="vlm_r1",
                   split=hashed_split(str(image), options))
 
@@ -80,12 +81,15 @@ def convert(path: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult
             raise ConvertError(f"{path}: a VLM-R1 REC JSON file is a list of items")
         for n, item in enumerate(items):
             with result.row(options):
-                missing = [k for k in ("image", "problem", "solution") if not isinstance(item, dict) or k not in item]
+                missing = [k for k in ("image", "problem", "solution") if not isinstance(item, dict)
+                           or k not in item]
                 if missing:
-                    raise BadRow(f"{path} item {n}", ", ".join(missing), "missing; each item needs image, problem "
+                    raise BadRow(f"{path} item {n}", ", ".join(missing),
+                                 "missing; each item needs image, problem "
                                                                         "and solution [x1, y1, x2, y2]")
                 if not (isinstance(item["solution"], list) and len(item["solution"]) == 4):
-                    raise BadRow(f"{path} item {n}", "solution", f"{item['solution']!r} is not [x1, y1, x2, y2]")
+                    raise BadRow(f"{path} item {n}", "solution",
+                                 f"{item['solution']!r} is not [x1, y1, x2, y2]")
                 result.records.append(_record(n, item["image"], item["problem"], item["solution"], out_dir,
                                               options, f"{path} item {n}", result.notes))
     result.notes["items"] = len(result.records)

@@ -36,22 +36,29 @@ class SynthSpec(BaseModel):
     splits: dict[str, int] = Field({"train": 3000, "val": 96, "test": 96}, description="Images per split.")
     area_buckets: tuple[tuple[float, float], ...] = Field(
         ((0.02, 0.035), (0.05, 0.08), (0.11, 0.20)),
-        description="Target relative box areas (box / image, 0..1); image i uses bucket i mod n, log-uniform inside.",
+        description="Target relative box areas (box / image, 0..1); image i uses bucket i mod n, "
+                    "log-uniform inside.",
     )
-    contrast: tuple[float, float] = Field((0.28, 0.40), description="Lesion attenuation change, uniform in range (0..1).")
-    noise_std: float = Field(0.02, ge=0.0, le=0.5, description="Gaussian quantum noise std in attenuation units.")
+    contrast: tuple[float, float] = Field((0.28, 0.40),
+                                          description="Lesion attenuation change, uniform in range (0..1).")
+    noise_std: float = Field(0.02, ge=0.0, le=0.5,
+                             description="Gaussian quantum noise std in attenuation units.")
     blur: float = Field(0.7, ge=0.0, le=10.0, description="Point-spread blur radius in pixels (0: none).")
-    distractors: tuple[int, int] = Field((0, 0), description="Inclusive range of non-target lesions per image.")
+    distractors: tuple[int, int] = Field((0, 0),
+                                         description="Inclusive range of non-target lesions per image.")
     findings: tuple[str, ...] = Field(
-        ("mass", "consolidation", "pleural effusion", "pneumothorax"), description="Target findings (lesions.FINDINGS)."
+        ("mass", "consolidation", "pleural effusion", "pneumothorax"),
+        description="Target findings (lesions.FINDINGS)."
     )
-    normal_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of images with no finding (no grounding record).")
+    normal_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                   description="Share of images with no finding (no grounding record).")
     paraphrase: bool = Field(False, description="Vary phrase templates; off keeps demo phrases canonical.")
     tasks: tuple[Task, ...] = Field(("grounding",), min_length=1, description="Records written per image.")
     grade_thresholds: tuple[float, ...] = Field(
         (0.04, 0.095), description="Relative areas separating grades 1|2|3; grade 0 is no finding."
     )
-    hybrid: bool = Field(False, description="Paste findings into the real RG1 radiograph (needs pydicom-data).")
+    hybrid: bool = Field(False,
+                         description="Paste findings into the real RG1 radiograph (needs pydicom-data).")
     lesions: tuple[int, int] = Field(
         (1, 1), description="Inclusive range of target lesions per abnormal image (issue 31). Other than "
         "(1, 1): one repeatable finding (nodule, mass, consolidation) drawn that many times without overlap, "
@@ -218,12 +225,14 @@ def _records(spec: SynthSpec, split: str, index: int, image: str, lesion: Lesion
                          label=NO_FINDING if lesion is None else lesion.finding, choices=spec.choices,
                          knowledge_key=TASK_KNOWLEDGE, **common)
         elif task == "grading":
-            question = (f"Grade the size of the largest abnormality from 0 (none) to {spec.max_grade} (large).")
+            question = (f"Grade the size of the largest abnormality from 0 (none) to {spec.max_grade} "
+                        "(large).")
             yield Record(id=f"{base_id}-grading", task="grading", phrase=question, grade=spec.grade(area),
                          max_grade=spec.max_grade, knowledge_key=TASK_KNOWLEDGE, **common)
 
 
-def write_dataset(spec: SynthSpec, out_dir: str | Path, seed: int, manifest_name: str = "manifest.jsonl") -> Path:
+def write_dataset(spec: SynthSpec, out_dir: str | Path, seed: int,
+                  manifest_name: str = "manifest.jsonl") -> Path:
     """Write `images/<split>/<index>.png` and the manifest under `out_dir`; return the manifest path."""
     out = Path(out_dir)
     base = None

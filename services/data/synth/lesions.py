@@ -115,7 +115,8 @@ def draw_lesion(rng: np.random.Generator, a: F32, scene: Scene, finding: str, si
 
 
 def _level_for_area(field: Mask, area: float, from_bottom: bool) -> int | None:
-    """Row where a fluid level (from the bottom) or air cap (from the top) gives box area closest to `area`."""
+    """Row where a fluid level (from the bottom) or air cap (from the top) gives box area closest to
+    `area`."""
     height, width = field.shape
     rows = np.flatnonzero(field.any(axis=1))
     if rows.size == 0:
@@ -143,7 +144,8 @@ def _effusion(a: F32, field: Mask, lung: Lung, area: float, contrast: float, u: 
     if level is None:
         return None
     # Meniscus: the fluid climbs the lateral chest wall.
-    lateral = np.clip(np.abs(u - lung.cx) / lung.rx, 0.0, 1.0) * (np.sign(u - lung.cx) == (-1 if lung.side == "right" else 1))
+    lateral = np.clip(np.abs(u - lung.cx) / lung.rx, 0.0,
+                      1.0) * (np.sign(u - lung.cx) == (-1 if lung.side == "right" else 1))
     mask = field & (v >= (level / height) - 0.03 * lateral**2)
     box = mask_box(mask)
     if box is None:
@@ -152,7 +154,8 @@ def _effusion(a: F32, field: Mask, lung: Lung, area: float, contrast: float, u: 
     return Lesion("pleural effusion", lung.side, "lower", box)
 
 
-def _pneumothorax(a: F32, field: Mask, lung: Lung, area: float, contrast: float, u: F32, v: F32) -> Lesion | None:
+def _pneumothorax(a: F32, field: Mask, lung: Lung, area: float, contrast: float, u: F32,
+                  v: F32) -> Lesion | None:
     height, _ = a.shape
     level = _level_for_area(field, area, from_bottom=False)
     if level is None:

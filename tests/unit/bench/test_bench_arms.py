@@ -37,12 +37,14 @@ def test_warm_and_arm_trees() -> None:
     assert (seeds.learner.seed, seeds.learner.mlae.seed, seeds.rollout.seed) == (3, 3, 3)
     assert warm["eval"]["at_start"] is False
     tree = arm_tree(BASE, STUDY, arm, seed=3, init_from="ck")
-    assert tree["stages"] == [{"name": "g", "kind": "sft", "steps": 2}]  # common uses base indices, arm its own
+    # common uses base indices, arm its own
+    assert tree["stages"] == [{"name": "g", "kind": "sft", "steps": 2}]
     assert tree["init_from"] == "ck" and tree["learner"]["adapter"] == "lora"
     default = arm_tree(BASE, STUDY, Arm("y"), seed=0, init_from="ck")
     assert [s["name"] for s in default["stages"]] == ["g", "h"]
     assert BASE["stages"][1]["steps"] == 3  # the base tree is never changed
-    assert tree_key(warm) == tree_key(warm_tree(BASE, STUDY, arm, seed=3)) != tree_key(warm_tree(BASE, STUDY, arm, 4))
+    assert tree_key(warm) == tree_key(warm_tree(BASE, STUDY, arm,
+                                                seed=3)) != tree_key(warm_tree(BASE, STUDY, arm, 4))
     with pytest.raises(ValueError, match="not in the base config"):
         arm_tree(BASE, STUDY, Arm("z", stages=("nope",)), seed=0, init_from="ck")
 
@@ -52,7 +54,8 @@ def test_summarise_weights_zero_variance_by_groups_and_takes_last_eval() -> None
             {"step": 1, "time/step_s": 2.0, "batch/groups_seen": 4, "batch/zero_variance_fraction": 0.5,
              "tau/value": 0.3, "tau/version": 0, "reward/acc": 0.1},
             {"step": 2, "time/step_s": 4.0, "batch/groups_seen": 12, "batch/zero_variance_fraction": 0.25,
-             "tau/value": 0.45, "tau/version": 1, "reward/acc": 0.2, "eval/A@0.5": 10.0, "eval/<0.5%/mIoU": 0.1}]
+             "tau/value": 0.45, "tau/version": 1, "reward/acc": 0.2, "eval/A@0.5": 10.0,
+             "eval/<0.5%/mIoU": 0.1}]
     s = summarise(rows, ("eval/A@0.5", "eval/mIoU"))
     assert s["zero_variance_fraction"] == pytest.approx((0.5 * 4 + 0.25 * 12) / 16)  # 5 of 16 groups
     assert s["tau_final"] == 0.45 and s["tau_raises"] == 1 and s["grpo_steps"] == 2
@@ -64,7 +67,8 @@ def test_summarise_weights_zero_variance_by_groups_and_takes_last_eval() -> None
 def test_spread_and_aggregate() -> None:
     cell = spread([1.0, 2.0, 4.0, None])
     assert cell["mean"] == pytest.approx(7 / 3) and cell["n"] == 3
-    assert cell["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert cell["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                                   + (4 - 7 / 3) ** 2) / 2))
     assert spread([5.0])["std"] == 0.0 and spread([])["mean"] is None
     runs = [{"final": {"eval/A@0.5": 10.0}, "zero_variance_fraction": 0.5, "tau_final": 0.3, "tau_raises": 0,
              "extra": {"expert_cos_abs": 0.2}},
@@ -86,7 +90,8 @@ def test_compare_within_spread() -> None:
 
 
 def test_sft_only_key_ignores_sampling_temperature() -> None:
-    sft = {"stages": [{"name": "w", "kind": "sft"}], "rollout": {"sampling": {"temperature": 0.3, "max_new_tokens": 64}}}
+    sft = {"stages": [{"name": "w", "kind": "sft"}],
+           "rollout": {"sampling": {"temperature": 0.3, "max_new_tokens": 64}}}
     hot = {**sft, "rollout": {"sampling": {"temperature": 0.9, "max_new_tokens": 64}}}
     longer = {**sft, "rollout": {"sampling": {"temperature": 0.3, "max_new_tokens": 32}}}
     assert tree_key(sft) == tree_key(hot) != tree_key(longer)
@@ -101,7 +106,8 @@ def test_every_shipped_study_builds_valid_run_configs() -> None:
 
     from bench.studies import medloc_ablation, mlae_vs_lora, vrft_aug
 
-    studies = (medloc_ablation.study("all"), medloc_ablation.study("ablations", (0,)), mlae_vs_lora.study((0, 1)),
+    studies = (medloc_ablation.study("all"), medloc_ablation.study("ablations", (0,)),
+               mlae_vs_lora.study((0, 1)),
                vrft_aug.study((0,)))
     for study in studies:
         base = yaml.safe_load(Path(study.config).read_text())
@@ -137,7 +143,8 @@ def test_pooled_change_averages_seeds_and_combines_their_errors() -> None:
         pooled_change([])
 
 
-def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted study resumes from its finished arms: a run directory whose bench_run.json carries the
     config's key is reused (no Ray, no training); a config that changed since is run again."""
     import json
@@ -150,7 +157,8 @@ def test_a_finished_arm_run_is_kept_and_a_changed_one_is_not(tmp_path: Path, mon
     (run_dir / runner.FINISHED).write_text(json.dumps({"key": tree_key(tree), "wall_s": 12.5}))
     assert runner.train(tree, run_dir) == 12.5
     started = []
-    def run(cfg: RunConfig, run_dir: Path, start: object) -> None:  # what train_loop.run leaves: the directory
+    # what train_loop.run leaves: the directory
+    def run(cfg: RunConfig, run_dir: Path, start: object) -> None:
         run_dir.mkdir(parents=True)
         started.append(cfg.name)
 
@@ -171,11 +179,13 @@ def test_a_study_result_is_written_as_json_and_markdown_and_printed(
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
     monkeypatch.setattr(runner, "plot_study", lambda result, prefix: [])
     pooled = {"A@0.3": (0.0, 0.0), "A@0.5": (1.5, 0.5), "A@0.8": (0.0, 0.0), "mIoU": (0.01, 0.002)}
-    monkeypatch.setattr(runner, "_paired", lambda study, per_arm, ref: {"b": {"per_seed": {}, "pooled": pooled}})
+    monkeypatch.setattr(runner, "_paired", lambda study, per_arm,
+                        ref: {"b": {"per_seed": {}, "pooled": pooled}})
     study = Study("s", "x.yaml", (Arm("a"), Arm("b")), seeds=(0, 1), warm_stages=(), paired_against=("a",))
     session = runner.Session({}, study, {}, per_arm={
         "a": [{"final": {"eval/A@0.5": 40.0}, "wall_s": 1.0}, {"final": {"eval/A@0.5": 44.0}, "wall_s": 2.0}],
-        "b": [{"final": {"eval/A@0.5": 50.0}, "wall_s": 3.0}, {"final": {"eval/A@0.5": 50.0}, "wall_s": 4.0}]})
+        "b": [{"final": {"eval/A@0.5": 50.0}, "wall_s": 3.0}, {"final": {"eval/A@0.5": 50.0},
+                                                               "wall_s": 4.0}]})
     record = machine.finish(machine.start())
     result = runner.study_result(session, "what it measures", ["a deviation"], 120.0, record)
     runner.write_study(result, "s_out", [("A@0.5", "eval/A@0.5", 1)])

@@ -13,7 +13,8 @@ from bench.studies.compare_runs import compare
 
 def _run(root: Path, start: list[float], end: list[float]) -> Path:
     for step, ious in ((0, start), (30, end)):
-        rows = [{"id": f"img-{i}", "text": "", "box": [0, 0, 1, 1] if iou > 0 else None, "iou": iou, "label": None,
+        rows = [{"id": f"img-{i}", "text": "", "box": [0, 0, 1, 1] if iou > 0 else None,
+                 "iou": iou, "label": None,
                  "grade": None, "truth": [[0, 0, 1, 1]]} for i, iou in enumerate(ious)]
         rows.append({"id": "cls-0", "text": "", "box": None, "iou": None, "label": "x", "grade": None,
                      "truth": "effusion"})  # a classification record: not a grounding sample

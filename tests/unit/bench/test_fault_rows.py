@@ -16,5 +16,6 @@ def test_a_fault_row_counts_lost_requests_and_reads_as_a_table_row() -> None:
     # p3 unanswered (1), p1 answered differently (1), p2 answered twice (1): 3
     assert requests_lost(reqs, want, got) == 3
     assert requests_lost(reqs, want, want) == 0
-    line = table([row("worker hung", "SIGSTOP", 15.84, None, 0, 0, "replaced", deadline_s=16.0)]).splitlines()[-1]
+    line = table([row("worker hung", "SIGSTOP", 15.84, None, 0, 0, "replaced",
+                      deadline_s=16.0)]).splitlines()[-1]
     assert line == "| worker hung | 16.0 | 15.8 | - | 0 | 0 |"

@@ -24,11 +24,13 @@ def configs(seed: int = 0) -> dict[str, RunConfig]:
 
 def test_the_nine_arms_expand_to_the_claimed_objectives() -> None:
     cfgs = configs()
-    assert list(cfgs) == ["grpo", "grpo_seqmask", "dapo", "dapo_seqmask", "dr_grpo", "dr_grpo_seqmask", "gspo",
+    assert list(cfgs) == ["grpo", "grpo_seqmask", "dapo", "dapo_seqmask", "dr_grpo",
+                          "dr_grpo_seqmask", "gspo",
                           "gspo_seqmask", "grpo_nts"]
     # (aggregation, scale_rewards, ratio_level, eps_low, eps_high) of each preset, from the papers
     claimed = {"grpo": ("grpo", "group", "token", 0.2, 0.2), "dapo": ("dapo", "group", "token", 0.2, 0.2),
-               "dr_grpo": ("dr_grpo", "none", "token", 0.2, 0.2), "gspo": ("grpo", "group", "sequence", 3e-4, 4e-4)}
+               "dr_grpo": ("dr_grpo", "none", "token", 0.2, 0.2),
+               "gspo": ("grpo", "group", "sequence", 3e-4, 4e-4)}
     for name, cfg in cfgs.items():
         g = cfg.learner.grpo
         loss = name.removesuffix("_seqmask").removesuffix("_nts")
@@ -56,10 +58,12 @@ def test_run_statistics_reads_kl_correction_and_step_time() -> None:
              "learner/correction_ratio_max": 1.1, "learner/correction_token_fraction": 0.0,
              "learner/correction_sequence_fraction": 0.0, "learner/correction_kl": 1e-6},
             {"eval/A@0.5": 50.0},
-            *({"time/step_s": 2.0 + i, "time/learner_s": 1.0, "learner/kl": 0.01 * i, "learner/clip_fraction": 0.1,
+            *({"time/step_s": 2.0 + i, "time/learner_s": 1.0, "learner/kl": 0.01 * i,
+               "learner/clip_fraction": 0.1,
                "learner/correction_ratio_mean": 1.0, "learner/correction_ratio_min": 0.8 + 0.01 * i,
                "learner/correction_ratio_max": 3.5, "learner/correction_token_fraction": 0.25,
-               "learner/correction_sequence_fraction": 0.5, "learner/correction_kl": 3e-6} for i in range(1, 4)),
+               "learner/correction_sequence_fraction": 0.5, "learner/correction_kl": 3e-6}
+              for i in range(1, 4)),
             {"time/step_s": 30.0, "time/eval_s": 27.0, "time/learner_s": 1.0, "learner/kl": 0.05,
              "learner/clip_fraction": 0.1}]
     out = objectives.run_statistics(rows)

@@ -1,4 +1,5 @@
-"""bench/vs_trl's pure parts: step-time summaries, the ratio of medians, the turn-taking baton, token means."""
+"""bench/vs_trl's pure parts: step-time summaries, the ratio of medians, the turn-taking baton, token
+means."""
 
 from __future__ import annotations
 
@@ -74,8 +75,10 @@ def test_baton_abort_wakes_waiters_with_the_reason() -> None:
 def test_equal_length_kwargs_speak_each_engines_terms() -> None:
     # vLLM SamplingParams: min_tokens + a -100 logit bias; transformers GenerationConfig: min_new_tokens +
     # suppress_tokens (what medground's vLLM and hf engines do for the same two rules)
-    assert equal_length_kwargs(64, [7, 9], use_vllm=True) == {"min_tokens": 64, "logit_bias": {7: -100.0, 9: -100.0}}
-    assert equal_length_kwargs(64, [7, 9], use_vllm=False) == {"min_new_tokens": 64, "suppress_tokens": [7, 9]}
+    assert equal_length_kwargs(64, [7, 9], use_vllm=True) == {"min_tokens": 64,
+                                                              "logit_bias": {7: -100.0, 9: -100.0}}
+    assert equal_length_kwargs(64, [7, 9], use_vllm=False) == {"min_new_tokens": 64,
+                                                               "suppress_tokens": [7, 9]}
 
 
 def test_recorder_token_means() -> None:

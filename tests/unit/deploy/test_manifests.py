@@ -39,7 +39,8 @@ def _yaml(path: Path) -> Any:
 
 def _image() -> str:
     """The image the Dockerfile's own build instruction tags."""
-    tags = set(re.findall(r"docker build -f deploy/docker/Dockerfile\.gpu -t (\S+) \.", DOCKERFILE.read_text()))
+    tags = set(re.findall(r"docker build -f deploy/docker/Dockerfile\.gpu -t (\S+) \.",
+                          DOCKERFILE.read_text()))
     assert len(tags) == 1, f"Dockerfile.gpu must document one `docker build ... -t IMAGE .`, found {tags}"
     return tags.pop()
 
@@ -63,11 +64,13 @@ def _cluster_spec(path: Path) -> dict[str, Any]:
 def _group_gpus(group: dict[str, Any]) -> int:
     """GPUs per pod of a worker group: the containers' `nvidia.com/gpu` limit (KubeRay derives Ray's num-gpus
     from it); an explicit `num-gpus` start parameter must agree."""
-    limits = {int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in _containers(group)}
+    limits = {int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+              for c in _containers(group)}
     assert len(limits) == 1, (group.get("groupName"), limits)
     gpus = limits.pop()
     if "num-gpus" in group.get("rayStartParams", {}):
-        assert int(group["rayStartParams"]["num-gpus"]) == gpus, f"{group['groupName']}: num-gpus != the GPU limit"
+        assert int(group["rayStartParams"]["num-gpus"]) == gpus, (
+            f"{group['groupName']}: num-gpus != the GPU limit")
     return gpus
 
 
@@ -144,11 +147,13 @@ def test_kuberay_manifests_use_the_dockerfile_image_and_gpus(path: Path) -> None
     for container in _containers(head):
         assert "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {})
     groups = cluster["workerGroupSpecs"]
-    assert any(_group_gpus(g) > 0 for g in groups), "no GPU worker group (containers must limit nvidia.com/gpu)"
+    assert any(_group_gpus(g) > 0
+               for g in groups), "no GPU worker group (containers must limit nvidia.com/gpu)"
     for group in groups:
         for container in _containers(group):
             res = container["resources"]
-            if _group_gpus(group):  # Kubernetes schedules GPUs by the device plugin's resource: request = limit
+            # Kubernetes schedules GPUs by the device plugin's resource: request = limit
+            if _group_gpus(group):
                 assert str(res["requests"]["nvidia.com/gpu"]) == str(res["limits"]["nvidia.com/gpu"])
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
@@ -167,7 +172,8 @@ def test_rayjob_runs_an_existing_config_that_fits_its_cluster() -> None:
         gpus_per_pod = _group_gpus(group)
         cpus = min(float(c["resources"]["limits"]["cpu"]) for c in _containers(group))
         need_cpu = max(cfg.pool.cpus_per_worker, cfg.learner.cpus_per_rank) * max(gpus_per_pod, 1)
-        assert cpus >= min(need_cpu, cfg.learner.cpus_per_rank * cfg.learner.num_ranks), (group["groupName"], cpus)
+        assert cpus >= min(need_cpu, cfg.learner.cpus_per_rank
+                           * cfg.learner.num_ranks), (group["groupName"], cpus)
 
 
 def test_cluster_launcher_installs_the_gpu_extra_with_gpu_workers() -> None:
@@ -184,7 +190,8 @@ def test_cluster_launcher_installs_the_gpu_extra_with_gpu_workers() -> None:
     assert "[gpu]" in setup and "pip install" in setup
     start = " ".join(cluster["head_start_ray_commands"])
     assert f"--port={ops.GCS_PORT}" in start and f"--dashboard-port={ops.DASHBOARD_PORT}" in start
-    assert "RAY_AUTH_MODE=token" in start and "RAY_AUTH_MODE=token" in " ".join(cluster["worker_start_ray_commands"])
+    assert ("RAY_AUTH_MODE=token" in start
+            and "RAY_AUTH_MODE=token" in " ".join(cluster["worker_start_ray_commands"]))
 
 
 def test_job_runtime_envs_are_what_submit_sends() -> None:
@@ -240,7 +247,7 @@ def test_rayservice_serves_the_serve_config_on_its_port() -> None:
         if run_dir is None:
             continue
         served = _on_claim(run_dir, _mounts(_cluster_spec(RAYSERVICE)))
-        assert served == job_run, (f"the RayService serves {run_dir} = {served} (claim, path), the RayJob writes "
+        assert served == job_run, (f"the RayService serves {run_dir} = {served} (claim, path), the RayJob writes "  # noqa: E501
                                    f"{job_cfg.output_dir}/{job_cfg.name} = {job_run}")
         gpus = max(_group_gpus(g) for g in _cluster_spec(RAYSERVICE)["workerGroupSpecs"])
         for deployment in application.get("deployments", []):

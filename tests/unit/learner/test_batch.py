@@ -16,7 +16,8 @@ def _image_sample(prompt_len: int, completion: tuple[int, ...], patches: int) ->
 
 
 def test_collate_aligns_loss_mask_with_completion_tokens() -> None:
-    a = TrainSample(prompt_ids=(1, 2, 3), completion_ids=(7, 8), advantage=1.0, sampling_logprobs=(-0.1, -0.2))
+    a = TrainSample(prompt_ids=(1, 2, 3), completion_ids=(7, 8), advantage=1.0,
+                    sampling_logprobs=(-0.1, -0.2))
     b = TrainSample(prompt_ids=(4,), completion_ids=(9,), advantage=-1.0)
     out = collate([a, b], pad_id=0)
     # L = max(3 + 2, 1 + 1) = 5, T = 4. Completion 7 sits at position 3, predicted from position 2.

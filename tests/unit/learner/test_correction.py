@@ -56,7 +56,8 @@ def test_sequence_modes_hand_computed() -> None:
 
 def test_padding_unknown_tokens_and_none() -> None:
     # Token 2 is padding (mask 0); token 1's behaviour log-prob is unknown (NaN): ratio 1, kept.
-    logp, rollout = _lp(0.5, 0.3, 0.9), torch.tensor([[math.log(0.25), NAN, math.log(0.1)]], dtype=torch.float64)
+    logp, rollout = _lp(0.5, 0.3, 0.9), torch.tensor([[math.log(0.25), NAN, math.log(0.1)]],
+                                                     dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     w, kept = correction.rollout_correction(logp, rollout, mask, "token_mask", cap=3.0)
     _close(w, [[2.0, 1.0, 0.0]])
@@ -79,7 +80,8 @@ def test_ratio_exactly_at_the_cap_is_kept_and_truncates_to_the_cap() -> None:
     for mode in MODES:
         w, kept = correction.rollout_correction(logp, rollout, mask, mode, cap=3.0, low=None)
         assert kept.item() and w.item() == pytest.approx(3.0, rel=1e-6), mode
-    w, kept = correction.rollout_correction(torch.tensor([[math.log(0.5)]]), rollout, mask, "token_mask", cap=3.0,
+    w, kept = correction.rollout_correction(torch.tensor([[math.log(0.5)]]), rollout, mask,
+                                            "token_mask", cap=3.0,
                                             low=0.5)
     assert kept.item() and w.item() == pytest.approx(0.5)  # exactly at the lower bound: kept
 
@@ -108,7 +110,8 @@ def _loop(logp: list[list[float]], rollout: list[list[float]], mask: list[list[f
             if mask[b][t] == 0:
                 row.append(0.0)
                 continue
-            r = seq if mode.startswith("sequence") else (math.exp(logp[b][t] - rollout[b][t]) if known[t] else 1.0)
+            r = seq if mode.startswith("sequence") else (math.exp(logp[b][t] - rollout[b][t])
+                                                         if known[t] else 1.0)
             if mode.endswith("truncate"):
                 row.append(min(r, cap))
             else:
@@ -139,12 +142,14 @@ def test_matches_loop(mode: CorrectionMode) -> None:
 
 def test_weights_are_detached() -> None:
     logp = torch.zeros(1, 2, requires_grad=True)
-    w, _ = correction.rollout_correction(logp, torch.full((1, 2), -1.0), torch.ones(1, 2), "token_truncate", 3.0)
+    w, _ = correction.rollout_correction(logp, torch.full((1, 2), -1.0), torch.ones(1, 2),
+                                         "token_truncate", 3.0)
     assert not w.requires_grad
 
 
 def test_stats_hand_computed() -> None:
-    # Ratios 2, 1, 0.25 (sequence 0) and an empty sequence 1. token_mask, cap 1.5, low 0.5: 2 and 0.25 dropped.
+    # Ratios 2, 1, 0.25 (sequence 0) and an empty sequence 1. token_mask, cap 1.5, low 0.5: 2 and 0.25
+    # dropped.
     # k3 of KL(rollout || learner) with d = logp - rollout: d = ln 2 -> 2 - ln 2 - 1; d = 0 -> 0;
     # d = ln 0.25 -> 0.25 + ln 4 - 1.
     logp = torch.cat([_lp(0.5, 0.9, 0.2), _lp(0.5, 0.5, 0.5)])
@@ -157,16 +162,19 @@ def test_stats_hand_computed() -> None:
     assert (s.kl_sum, s.kl_count) == pytest.approx((kl, 3))
     # Sequence mode: one ratio per sequence (0.5), truncation at 0.4 touches all 3 tokens of it.
     s = correction.correction_stats(logp, rollout, mask, "sequence_truncate", cap=0.4)
-    assert (s.ratio_sum, s.ratio_count, s.tokens_affected, s.sequences_affected) == pytest.approx((0.5, 1, 3, 1))
+    assert (s.ratio_sum, s.ratio_count, s.tokens_affected,
+            s.sequences_affected) == pytest.approx((0.5, 1, 3, 1))
 
 
 def test_kl_estimate_converges_to_the_exact_kl() -> None:
-    """Tokens drawn from the rollout distribution p; the mean k3 of q/p estimates KL(p || q) = sum p log p/q."""
+    """Tokens drawn from the rollout distribution p; the mean k3 of q/p estimates KL(p || q) = sum p log
+    p/q."""
     gen = torch.Generator().manual_seed(2)
     p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
     q = torch.tensor([0.4, 0.4, 0.1, 0.1], dtype=torch.float64)
     tokens = torch.multinomial(p, 200_000, replacement=True, generator=gen)[None, :]  # [1, N]
-    s = correction.correction_stats(q.log()[tokens], p.log()[tokens], torch.ones_like(tokens, dtype=torch.float64),
+    s = correction.correction_stats(q.log()[tokens], p.log()[tokens],
+                                    torch.ones_like(tokens, dtype=torch.float64),
                                     "token_truncate", cap=3.0)
     exact = float((p * (p / q).log()).sum())  # 0.0469...
     assert s.kl_sum / s.kl_count == pytest.approx(exact, rel=0.05)
@@ -183,7 +191,8 @@ def test_all_masked_and_all_dropped() -> None:
         correction.require_kept(s.tokens, s.tokens_affected, mode, 3.0)  # no loss tokens: nothing to refuse
     s = correction.correction_stats(logp, rollout, torch.ones(1, 2), "sequence_mask", cap=3.0)
     assert s.tokens_affected == s.tokens == 2
-    with pytest.raises(correction.RolloutCorrectionError, match=r"dropped all 2 loss tokens.*rollout_correction_cap=3"):
+    with pytest.raises(correction.RolloutCorrectionError,
+                       match=r"dropped all 2 loss tokens.*rollout_correction_cap=3"):
         correction.require_kept(s.tokens, s.tokens_affected, "sequence_mask", 3.0)
     correction.require_kept(2, 2, "sequence_truncate", 3.0)  # truncation drops nothing
 
@@ -203,9 +212,11 @@ def test_accumulate_and_metrics() -> None:
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
     for _ in range(2):  # two micro-batches
-        correction.accumulate(correction.correction_stats(logp, rollout, mask, "token_mask", 1.5), sums, lows, highs)
+        correction.accumulate(correction.correction_stats(logp, rollout, mask, "token_mask", 1.5),
+                              sums, lows, highs)
     m = correction.step_metrics(sums, lows, highs)
-    assert m == pytest.approx({"correction_ratio_mean": 1.5, "correction_ratio_min": 1.0, "correction_ratio_max": 2.0,
+    assert m == pytest.approx({"correction_ratio_mean": 1.5, "correction_ratio_min": 1.0,
+                               "correction_ratio_max": 2.0,
                                "correction_token_fraction": 0.5, "correction_sequence_fraction": 1.0,
                                "correction_kl": (2 - math.log(2) - 1) / 2})
     assert correction.step_metrics({"loss": 1.0}, {}, {}) == {}

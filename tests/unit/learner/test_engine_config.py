@@ -20,5 +20,6 @@ def test_zero3_offload_and_bf16() -> None:
     cfg = LearnerConfig(zero_stage=3, offload_optimizer=True, gradient_clipping=0.5)
     ds = deepspeed_config(cfg, world_size=1, bf16=True)
     assert ds["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}}
-    assert ds["zero_force_ds_cpu_optimizer"] is False  # torch AdamW under offload (DeepSpeed's Adam JIT-compiles)
+    # torch AdamW under offload (DeepSpeed's Adam JIT-compiles)
+    assert ds["zero_force_ds_cpu_optimizer"] is False
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}

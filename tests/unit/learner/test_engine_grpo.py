@@ -45,7 +45,8 @@ class FakeDeepSpeed:
         return 0.0
 
 
-def make_engine(cfg: LearnerConfig, noise: float = 1.0) -> tuple[LearnerEngine, torch.nn.Parameter, list[int]]:
+def make_engine(cfg: LearnerConfig,
+                noise: float = 1.0) -> tuple[LearnerEngine, torch.nn.Parameter, list[int]]:
     """An engine over one logit vector W [V]; a training-mode forward adds noise drawn from torch's RNG."""
     w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, V))
     eng = LearnerEngine.__new__(LearnerEngine)
@@ -85,7 +86,8 @@ def cfg(mlae: dict[str, Any] | None = None, **grpo: Any) -> LearnerConfig:
     # the plain path: the fake has no model to pack (the shared-prefix path's equality with it, correction
     # included, is tests/unit/learner/test_engine_shared_prefix.py on a real model)
     return LearnerConfig.model_validate({"micro_batch_size": 2, "shared_prefix": False,
-                                         "grpo": {"beta": 0.0, "sync_alarm": "off", **grpo}, "mlae": mlae or {}})
+                                         "grpo": {"beta": 0.0, "sync_alarm": "off", **grpo},
+                                         "mlae": mlae or {}})
 
 
 def test_correction_reads_the_eval_policy_and_reports_its_statistics() -> None:

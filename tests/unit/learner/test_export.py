@@ -65,7 +65,8 @@ def test_plain_lora_exports_with_its_scaling_folded_into_b(tiny_model_dir: Path,
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(0)
-    lora = get_peft_model(_base(tiny_model_dir), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    lora = get_peft_model(_base(tiny_model_dir), LoraConfig(r=4, lora_alpha=16,
+                                                            target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for p in lora.parameters():
             if p.requires_grad:

@@ -64,7 +64,8 @@ def test_clipped_surrogate_hand_computed() -> None:
     old = torch.zeros(1, 4)
     loss, ratio, clipped = [], [], []
     for i, a in enumerate([1.0, -1.0, -1.0, 1.0]):
-        l_, r_, c_ = grpo.clipped_surrogate(logp[:, i : i + 1], old[:, i : i + 1], torch.tensor([a]), 0.1, 0.3)
+        l_, r_, c_ = grpo.clipped_surrogate(logp[:, i : i + 1], old[:, i : i + 1],
+                                            torch.tensor([a]), 0.1, 0.3)
         loss.append(l_.item())
         ratio.append(r_.item())
         clipped.append(bool(c_.item()))
@@ -150,7 +151,8 @@ def test_token_logprobs_and_entropy_match_loop() -> None:
 
 @pytest.mark.parametrize("mode", ["grpo", "dapo"])
 def test_two_half_batches_equal_full_batch(mode: grpo.Aggregation) -> None:
-    """Loss values and gradients of two half-batches, normalised by global counts, add up to the full batch."""
+    """Loss values and gradients of two half-batches, normalised by global counts, add up to the full
+    batch."""
     gen = torch.Generator().manual_seed(3)
     b, t = 8, 6
     base = -torch.rand(b, t, generator=gen) * 2
@@ -196,13 +198,16 @@ def test_sft_loss_hand_computed() -> None:
 
 def test_beta_without_reference_is_an_error() -> None:
     with pytest.raises(ValueError, match="ref_logp"):
-        grpo.grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1), torch.ones(1, 1), eps_low=0.2,
+        grpo.grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1),
+                       torch.ones(1, 1), eps_low=0.2,
                        eps_high=0.2, beta=0.1, mode="grpo", num_sequences=1, num_tokens=1)
 
 
 def test_zero_variance_is_decided_on_the_task_signal() -> None:
-    # A grounding group that failed on IoU and format: totals differ only by -0.5 * BLEU (0, 0.002, 0.001, 0.003).
-    # Deciding on the total would keep it and std-normalise BLEU noise to |A| ~ 1; on the task part it has none.
+    # A grounding group that failed on IoU and format: totals differ only by -0.5 * BLEU (0, 0.002, 0.001,
+    # 0.003).
+    # Deciding on the total would keep it and std-normalise BLEU noise to |A| ~ 1; on the task part it has
+    # none.
     bleu = torch.tensor([[0.0, 0.002, 0.001, 0.003]])
     totals = -0.5 * bleu
     adv_total, zero_total = grpo.group_advantages(totals)

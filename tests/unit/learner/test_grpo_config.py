@@ -62,7 +62,8 @@ def test_contradictions_are_refused(fields: dict[str, object], message: str) -> 
 
 def test_gspo_combines_with_sequence_corrections() -> None:
     for mode in ("sequence_mask", "sequence_truncate", "none"):
-        assert GRPOConfig.model_validate({"loss": "gspo", "rollout_correction": mode}).ratio_level == "sequence"
+        assert GRPOConfig.model_validate({"loss": "gspo",
+                                          "rollout_correction": mode}).ratio_level == "sequence"
 
 
 def test_stochastic_train_forward() -> None:

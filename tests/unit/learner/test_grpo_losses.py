@@ -70,7 +70,8 @@ def test_gspo_loss_matches_loop_and_its_gradient_is_the_papers() -> None:
         live = min(max(s, 1 - 3e-4), 1 + 4e-4) * a >= s * a  # the unclipped term is the minimum
         live_seen += live
         want = -a * s / float(mask[i].sum()) / n_seq if live else 0.0
-        torch.testing.assert_close(logp.grad[i][toks], torch.full((int(toks.sum()),), want, dtype=torch.float64))
+        torch.testing.assert_close(logp.grad[i][toks],
+                                   torch.full((int(toks.sum()),), want, dtype=torch.float64))
         assert torch.all(logp.grad[i][~toks] == 0)
     assert 0 < live_seen < n_seq  # both kinds of sequence were checked
 
@@ -92,7 +93,8 @@ def test_dr_grpo_hand_computed_and_length_free() -> None:
     assert grpo.aggregate(loss, mask, "dr_grpo", 2, 3, constant_length=4).item() == pytest.approx(7 / 8)
     with pytest.raises(ValueError, match="constant_length"):
         grpo.aggregate(loss, mask, "dr_grpo", 2, 3)
-    # Every loss token of every sequence has gradient weight 1 / (L * n): no length enters (Dr. GRPO section 3.1).
+    # Every loss token of every sequence has gradient weight 1 / (L * n): no length enters (Dr. GRPO section
+    # 3.1).
     tok = torch.zeros(2, 3, requires_grad=True)
     grpo.aggregate(tok, mask, "dr_grpo", 2, 3, constant_length=4).backward()
     assert tok.grad is not None

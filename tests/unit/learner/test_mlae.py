@@ -46,7 +46,8 @@ def _lora_from(artefact_dir: Path, model_dir: Path) -> torch.nn.Module:
     MLAEConfig(mask="mixed", fixed_p=0.4, layerwise="increasing", target_modules=ALL_PROJ),
     MLAEConfig(mask="fixed", fixed_p=0.5, rank=4, alpha=2.0, layerwise="decreasing"),
 ], ids=["stochastic", "mixed-mlp-increasing", "fixed-decreasing"])
-def test_eval_logits_equal_base_plus_exported_lora(tiny_model_dir: Path, tmp_path: Path, cfg: MLAEConfig) -> None:
+def test_eval_logits_equal_base_plus_exported_lora(tiny_model_dir: Path, tmp_path: Path,
+                                                   cfg: MLAEConfig) -> None:
     model = _mlae(tiny_model_dir, cfg).eval()
     with torch.no_grad():
         mlae_logits = model(input_ids=_ids()).logits                         # [2, 16, V]

@@ -27,7 +27,8 @@ def test_fixed_mask_is_seeded_per_layer_and_drops_floor_of_r_times_rate() -> Non
     keep = fixed_keep_mask(8, 0.4, seed=1, module_name="layers.0.q_proj")
     assert keep.tolist().count(0.0) == 3  # floor(8 * 0.4) = floor(3.2) = 3
     assert torch.equal(keep, fixed_keep_mask(8, 0.4, seed=1, module_name="layers.0.q_proj"))
-    others = [fixed_keep_mask(8, 0.4, seed=s, module_name=f"layers.{i}.q_proj") for s in range(3) for i in range(4)]
+    others = [fixed_keep_mask(8, 0.4, seed=s, module_name=f"layers.{i}.q_proj") for s in range(3)
+              for i in range(4)]
     assert len({tuple(k.tolist()) for k in others}) > 1  # seed and name both move the choice
     assert torch.equal(fixed_keep_mask(8, 0.0, 1, "x"), torch.ones(8))
 

@@ -14,7 +14,8 @@ from learner.config import LearnerConfig
 
 
 def _text(prompt: tuple[int, ...], *completions: tuple[int, ...]) -> list[TrainSample]:
-    return [TrainSample(prompt_ids=prompt, completion_ids=c, advantage=float(i)) for i, c in enumerate(completions)]
+    return [TrainSample(prompt_ids=prompt, completion_ids=c, advantage=float(i)) for i,
+            c in enumerate(completions)]
 
 
 def test_prompt_runs_group_consecutive_equal_prompts() -> None:
@@ -29,7 +30,8 @@ def test_same_prompt_compares_images_by_value() -> None:
     grid = torch.tensor([[1, 2, 2]])
     one = TrainSample(prompt_ids=(1, 2), completion_ids=(3,), pixel_values=pix, image_grid_thw=grid,
                       mm_token_type_ids=(0, 1))
-    copy = TrainSample(prompt_ids=(1, 2), completion_ids=(4,), pixel_values=pix.clone(), image_grid_thw=grid.clone(),
+    copy = TrainSample(prompt_ids=(1, 2), completion_ids=(4,), pixel_values=pix.clone(),
+                       image_grid_thw=grid.clone(),
                        mm_token_type_ids=(0, 1))
     other = TrainSample(prompt_ids=(1, 2), completion_ids=(4,), pixel_values=pix * 2, image_grid_thw=grid,
                         mm_token_type_ids=(0, 1))
@@ -75,7 +77,8 @@ def test_pack_by_hand() -> None:
 
 
 @pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_model_dir", "tiny_qwen3_model_dir"])
-def test_packed_logprobs_and_gradients_equal_the_plain_path(family: str, request: pytest.FixtureRequest) -> None:
+def test_packed_logprobs_and_gradients_equal_the_plain_path(family: str,
+                                                            request: pytest.FixtureRequest) -> None:
     from learner.policy import build_policy
 
     model_dir = request.getfixturevalue(family)
@@ -101,7 +104,8 @@ def test_packed_logprobs_and_gradients_equal_the_plain_path(family: str, request
         rows = [samples[i] for piece in pieces for i in piece]
         plain = collate(rows, 0)
         rng = torch.get_rng_state()  # both paths draw the same masks: one draw per layer per forward
-        logits = model(**plain.model_inputs(torch.device("cpu"), torch.float32), use_cache=False).logits[:, :-1]
+        logits = model(**plain.model_inputs(torch.device("cpu"), torch.float32),
+                       use_cache=False).logits[:, :-1]
         lp_plain = grpo.token_logprobs(logits, plain.targets)  # [B, T]
         g_plain = backward(lp_plain, plain.loss_mask, plain.advantages)
         torch.set_rng_state(rng)

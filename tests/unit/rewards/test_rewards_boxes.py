@@ -1,4 +1,5 @@
-"""Box primitives: IoU hand values and properties (symmetric, in [0, 1], 1 only for equal boxes), vectorised vs
+"""Box primitives: IoU hand values and properties (symmetric, in [0, 1], 1 only for equal boxes), vectorised
+vs
 scalar, the best IoU over several truths, clipping, the tight box of a mask."""
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def test_vectorised_equals_loop() -> None:
     want = [best_iou(None if np.isnan(p).any() else tuple(p), [tuple(g) for g in gs if not np.isnan(g).any()])
             for p, gs in zip(pred, gt, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
-    np.testing.assert_allclose(iou_pairs(pred, gt[:, 0]), [iou(tuple(p), tuple(g)) for p, g in zip(pred, gt[:, 0], strict=True)])
+    np.testing.assert_allclose(iou_pairs(pred, gt[:, 0]), [iou(tuple(p), tuple(g)) for p,
+                                                           g in zip(pred, gt[:, 0], strict=True)])
 
 
 def test_best_iou_clip_and_mask_box_hand_values() -> None:

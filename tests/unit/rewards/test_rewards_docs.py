@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["rewards", "rewards.boxes", "rewards.scoring", "rewards.frames", "rewards.parse",
+@pytest.mark.parametrize("module", ["rewards", "rewards.boxes", "rewards.scoring", "rewards.frames",
+                                    "rewards.parse",
                                     "rewards.schedule"])
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))

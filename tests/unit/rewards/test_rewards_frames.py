@@ -15,7 +15,8 @@ def test_smart_resize_matches_transformers_on_random_sizes() -> None:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
     rng = random.Random(0)
-    budgets = [{}, {"min_pixels": 32 * 32, "max_pixels": 112 * 112}, {"min_pixels": 3136, "max_pixels": 401408}]
+    budgets = [{}, {"min_pixels": 32 * 32, "max_pixels": 112 * 112},
+               {"min_pixels": 3136, "max_pixels": 401408}]
     checked = 0
     for _ in range(400):
         h = rng.choice([rng.randint(1, 64), rng.randint(28, 1000), rng.randint(500, 5000)])
@@ -31,7 +32,8 @@ def test_smart_resize_matches_transformers_on_random_sizes() -> None:
 def test_smart_resize_hand_values() -> None:
     # 1000 x 500 (h x w): round(1000/28)=36 -> 1008, round(500/28)=18 -> 504; 1008*504 = 508032 <= 1003520.
     assert smart_resize(1000, 500) == (1008, 504)
-    # A 1955 x 1841 radiograph: 70*28 x 66*28 = 1960 x 1848 = 3.6M px > 1003520, so beta = sqrt(1955*1841/1003520)
+    # A 1955 x 1841 radiograph: 70*28 x 66*28 = 1960 x 1848 = 3.6M px > 1003520, so beta =
+    # sqrt(1955*1841/1003520)
     # = 1.8938; floor(1955/1.8938/28) = 36 -> 1008, floor(1841/1.8938/28) = 34 -> 952.
     assert smart_resize(1955, 1841) == (1008, 952)
     with pytest.raises(ValueError, match="aspect ratio"):

@@ -29,10 +29,12 @@ FRAME = ImageFrame(1000.0, 500.0, 560.0, 280.0, "input_pixels")
         ("\n<think>a</think>\n<answer>[10.5, 20, 30.25, 40]</answer>\n", (10.5, 20, 30.25, 40), True),
         ("<think>a</think><answer>[10 20 30 40]</answer>", (10, 20, 30, 40), True),
         ('<think>a</think><answer>{"box": [1e1, 2E1, 30., .4e2]}</answer>', (10, 20, 30, 40), True),
-        ('<think>a</think><answer>[{"bbox_2d": [10, 20, 30, 40], "label": "x"}]</answer>', (10, 20, 30, 40), True),
+        ('<think>a</think><answer>[{"bbox_2d": [10, 20, 30, 40], "label": "x"}]</answer>',
+         (10, 20, 30, 40), True),
         ('<answer>{"bbox_2d": [10, 20, 30, 40]}</answer>', (10, 20, 30, 40), False),  # no think: format 0
         ("<answer>[10,20,30,40]</answer><think>late</think>", (10, 20, 30, 40), False),  # wrong order
-        ('<think>a</think><answer>[-5, 20, 600, 300]</answer>', (0, 20, 560, 280), True),  # clipped to 560x280
+        # clipped to 560x280
+        ('<think>a</think><answer>[-5, 20, 600, 300]</answer>', (0, 20, 560, 280), True),
         # full-width punctuation (models trained on Chinese text): read as ASCII
         ('<think>a</think><answer>{"bbox_2d"：［１０，２０，３０，４０］}</answer>', (10, 20, 30, 40), True),
         ("<think>a</think><answer>【10、20、30、40】</answer>", (10, 20, 30, 40), True),
@@ -86,7 +88,8 @@ def test_think_text_without_tags_is_what_was_written() -> None:
     assert parsed is not None and parsed.think == "opacity in the left lung "
 
 
-tags = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "[", "]", ",", " ", "{", "}", '"bbox_2d":'])
+tags = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "[", "]", ",", " ", "{",
+                        "}", '"bbox_2d":'])
 numbers = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(repr))
 model_text = st.lists(st.one_of(tags, numbers, st.text(max_size=8)), max_size=30).map("".join)
 frames = st.builds(ImageFrame, st.integers(8, 4000).map(float), st.integers(8, 4000).map(float),
@@ -126,7 +129,8 @@ def test_fast_and_slow_paths_agree_on_tricky_texts() -> None:
     texts = [
         '<think>a</think><answer>{"bbox_2d": [10, 20, 300, 200]}</answer>',  # fast path
         '<think>a < b</think><answer>{"bbox_2d": [10, 20, 300, 200]}</answer>',  # '<' in think: slow path
-        "<think>a</think><answer>[5,6,7,8]</answer></think><answer>[10,20,300,200]</answer>",  # first list wins
+        # first list wins
+        "<think>a</think><answer>[5,6,7,8]</answer></think><answer>[10,20,300,200]</answer>",
         '<think>a</think><answer>{"bbox_2d": [10, 20, 300, 1e999]}</answer>',  # inf: no box
         '<think>a</think><answer>{"bbox_2d": [10 20 300 200]}</answer>  ',
     ]
@@ -149,7 +153,7 @@ ADVERSARIAL: dict[str, Callable[[int], str]] = {
 
 
 def _parse_all(text: str) -> list[object]:
-    out: list[object] = [parse_answer(text, task, FRAME) for task in ("grounding", "classification", "grading")]  # type: ignore[arg-type]
+    out: list[object] = [parse_answer(text, task, FRAME) for task in ("grounding", "classification", "grading")]  # type: ignore[arg-type]  # noqa: E501
     out += score_group([text] * 4, RewardTarget("grounding", boxes=((0.0, 0.0, 5.0, 5.0),), frame=FRAME),
                        ScheduleSnapshot(0.5, 0), RewardConfig(w_recite=0.0))
     return out

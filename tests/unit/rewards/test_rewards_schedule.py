@@ -22,11 +22,12 @@ MIXED = [0.9, 0.9, 0.9, 0.5]  # at tau 0.70: reward 0.75, mean IoU 0.8
 #  3 MID   window 3 (not full)
 #  4 MID   r = [.5,.5,1,1]: r_bar .75 < P .80                    x reward
 #  5 MID   r = [.5,1,1,1]: r_bar .875; sigma = sqrt(3/64) = .2165 > S .20  x std
-#  6 MID   r = [1,1,1,1], sigma 0, margin .5 - .3 = .2  -> RAISE 0.30 -> 0.45 (+0.15); keep newest 2 (MID, MID)
+#  6 MID   r = [1,1,1,1], sigma 0, margin .5 - .3 = .2  -> RAISE 0.30 -> 0.45 (+0.15); keep newest 2 (MID, MID)  # noqa: E501
 #  7 GOOD  window 3 (not full)
 #  8 GOOD  IoUs [.5,.5,.7,.7] mean .6, margin .6 - .45 = .15 -> RAISE 0.45 -> 0.60 (+0.15); keep (GOOD, GOOD)
 #  9 BEST  window 3
-# 10 BEST  IoUs [.7,.7,.9,.9] mean .8, margin .8 - .6 = .2, P .75, S .35 -> RAISE 0.60 -> 0.70 (+0.10); keep (BEST, BEST)
+# 10 BEST  IoUs [.7,.7,.9,.9] mean .8, margin .8 - .6 = .2, P .75, S .35 -> RAISE 0.60 -> 0.70 (+0.10); keep
+# (BEST, BEST)
 # 11 MIXED window 3; at tau .7 its reward is 0.75
 # 12 MIXED r = [1,1,.75,.75]: r_bar .875 >= .75, sigma .125 <= .35, IoUs [.9,.9,.8,.8] mean .85, margin .15
 #          -> RAISE 0.70 -> 0.80 (+0.10, at the target cap)
@@ -48,7 +49,8 @@ def test_hand_computed_path() -> None:
     s = ThresholdSchedule(ScheduleConfig(window=4))
     raised_at = [k for k, g in enumerate(SEQUENCE, start=1) if s.observe(g, step=k)]
     assert raised_at == [6, 8, 10, 12]
-    assert [(r.step, r.old_tau, r.new_tau) for r in s.history] == [(k, *v) for k, v in EXPECTED_RAISES.items()]
+    assert [(r.step, r.old_tau, r.new_tau)
+            for r in s.history] == [(k, *v) for k, v in EXPECTED_RAISES.items()]
     assert s.tau == 0.8 and s.version == 4 and s.at_target
     # The audit records carry the statistics, as computed in the comments above.
     first, _, _, last = s.history
@@ -126,7 +128,8 @@ def test_linear_path() -> None:
                                          use_margin_condition=False))
     for _ in range(40):
         s.observe([1.0, 1.0])
-    assert [r.new_tau for r in s.history] == pytest.approx([0.4, 0.53333333, 0.62222222, 0.68148148, 0.73148148,
+    assert [r.new_tau for r in s.history] == pytest.approx([0.4, 0.53333333, 0.62222222,
+                                                            0.68148148, 0.73148148,
                                                             0.78148148, 0.8])
 
 

@@ -50,14 +50,16 @@ def test_grounding_totals_by_mode() -> None:
     raw = score_group(texts, GT, ScheduleSnapshot(None, 0), cfg.model_copy(update={"accuracy": "raw_iou"}))
     assert [b.r_acc for b in raw] == pytest.approx([1.0, 0.5, 0.5, 0.0, 1.0]) and raw[0].tau is None
     # IoU exactly at tau counts: >= (0.5 >= 0.5).
-    assert [b.r_acc for b in score_group(texts, GT, ScheduleSnapshot(0.5, 0), cfg)] == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert [b.r_acc for b in score_group(texts, GT, ScheduleSnapshot(0.5, 0),
+                                         cfg)] == [1.0, 1.0, 1.0, 0.0, 1.0]
 
 
 def test_norm1000_frame() -> None:
     frame = ImageFrame(200.0, 100.0, 400.0, 200.0, "norm1000")
     target = RewardTarget("grounding", boxes=((10.0, 10.0, 50.0, 50.0),), frame=frame)
     # (50, 100, 250, 500) in 0..1000 units -> (10, 10, 50, 50) px of a 200 x 100 image.
-    [b] = score_group([answer("[50, 100, 250, 500]")], target, ScheduleSnapshot(0.5, 0), RewardConfig(w_recite=0.0))
+    [b] = score_group([answer("[50, 100, 250, 500]")], target, ScheduleSnapshot(0.5, 0),
+                      RewardConfig(w_recite=0.0))
     assert b.iou == pytest.approx(1.0)
 
 
@@ -75,10 +77,11 @@ def test_terms_hand_values() -> None:
 def test_recitation_measures_the_quote_not_the_thinks_length() -> None:
     # BLEU's brevity penalty would score a short think near 0 whether it quotes or not (0.007 vs 0.00005 for
     # the two thinks below against this knowledge): without it, quoting is what moves the score.
-    knowledge = ("A frontal radiograph shows air-filled lungs as dark fields crossed by ribs, with the bright heart, "
-                 "mediastinum and spine between them; an abnormality is a region that is brighter or darker than the "
-                 "lung around it.")
-    quoting = recitation("A frontal radiograph shows air-filled lungs as dark. left lung, upper zone.", knowledge)
+    knowledge = ("A frontal radiograph shows air-filled lungs as dark fields crossed by ribs, with the "
+                 "bright heart, mediastinum and spine between them; an abnormality is a region that is "
+                 "brighter or darker than the lung around it.")
+    quoting = recitation("A frontal radiograph shows air-filled lungs as dark. left lung, upper "
+                         "zone.", knowledge)
     own = recitation("left lung, upper zone.", knowledge)
     assert quoting > 0.4 and own < 0.2
     assert recitation(knowledge, knowledge) == pytest.approx(1.0)
@@ -95,13 +98,16 @@ def test_classification_grading_and_recitation() -> None:
     ], cls, ScheduleSnapshot(0.3, 0), cfg)
     assert good.r_grade == 1.0 and wrong.r_grade == 0.0 and recited.r_recite == pytest.approx(1.0)
     assert recited.total == pytest.approx(1.0 + 0.5 - 0.5)  # match + format - full recitation
-    assert recited.task == pytest.approx(1.5) and good.task == pytest.approx(1.5)  # task: total without recitation
+    # task: total without recitation
+    assert recited.task == pytest.approx(1.5) and good.task == pytest.approx(1.5)
     assert good.total == pytest.approx(1.5 - 0.5 * good.r_recite) and 0.0 <= good.r_recite < 0.5
     assert good.r_acc == 0.0 and good.iou == 0.0
     grd = RewardTarget("grading", grade=3)
-    out = score_group(["<think>t</think><answer>2</answer>", "<answer>3</answer>"], grd, ScheduleSnapshot(0.3, 0), cfg)
+    out = score_group(["<think>t</think><answer>2</answer>", "<answer>3</answer>"], grd,
+                      ScheduleSnapshot(0.3, 0), cfg)
     assert [b.r_grade for b in out] == [0.25, 1.0] and [b.r_format for b in out] == [1.0, 0.0]
-    scaled = RewardTarget("grading", grade=3, max_grade=3)  # "5" is off the 0-3 scale: no answer, no format reward
+    # "5" is off the 0-3 scale: no answer, no format reward
+    scaled = RewardTarget("grading", grade=3, max_grade=3)
     out = score_group(["<think>t</think><answer>5</answer>", "<think>t</think><answer>3</answer>"], scaled,
                       ScheduleSnapshot(0.3, 0), cfg)
     assert [b.r_grade for b in out] == [0.0, 1.0] and [b.r_format for b in out] == [0.0, 1.0]
@@ -129,10 +135,12 @@ weights = st.floats(-1e6, 1e6, allow_nan=False)
 
 @settings(max_examples=150, deadline=None)
 @given(texts=st.lists(st.text(max_size=60) | st.builds(answer, st.lists(st.floats(allow_nan=True), min_size=4,
-                                                                       max_size=4).map(str)), min_size=1, max_size=5),
+                                                                       max_size=4).map(str)),
+                      min_size=1, max_size=5),
        frame=frames, w=st.tuples(weights, weights, weights, weights),
        mode=st.sampled_from(["medloc", "fixed", "raw_iou", "stepped"]), know=st.text(max_size=30))
-def test_total_is_finite(texts: list[str], frame: ImageFrame, w: tuple[float, ...], mode: str, know: str) -> None:
+def test_total_is_finite(texts: list[str], frame: ImageFrame, w: tuple[float, ...], mode: str,
+                         know: str) -> None:
     cfg = RewardConfig(accuracy=mode, w_acc=w[0], w_format=w[1], w_recite=w[2], w_grade=w[3])  # type: ignore[arg-type]
     target = RewardTarget("grounding", boxes=((0.0, 0.0, 4.0, 4.0),), frame=frame, knowledge=know)
     batch = RewardScorer(cfg).score_batch([(texts, target)], step=0, progress=0.5)
@@ -183,7 +191,8 @@ def test_scorer_state_round_trip() -> None:
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for _ in range(3):
         out_a, out_b = a.score_batch([group] * 2), b.score_batch([group] * 2)
-        assert out_a.groups == out_b.groups and out_a.schedule == out_b.schedule and out_a.raises == out_b.raises
+        assert (out_a.groups == out_b.groups and out_a.schedule == out_b.schedule
+                and out_a.raises == out_b.raises)
     assert a.schedule.version == b.schedule.version > 0
     with pytest.raises(ValueError, match="format"):
         b.load_state_dict({"format": 99})
@@ -195,8 +204,10 @@ def test_trl_adapter_groups_and_scores() -> None:
     other = RewardTarget("grading", grade=1).to_dict()
     prompts = [[{"role": "user", "content": "find it"}]] * 2 + [[{"role": "user", "content": "grade it"}]] * 2
     completions = [[{"role": "assistant", "content": answer("[20, 20, 100, 100]")}],
-                   [{"role": "assistant", "content": [{"type": "text", "text": answer("[20, 20, 60, 100]")}]}],
-                   [{"role": "assistant", "content": "<think>t</think><answer>1</answer>"}], "<answer>2</answer>"]
+                   [{"role": "assistant", "content": [{"type": "text",
+                                                       "text": answer("[20, 20, 60, 100]")}]}],
+                   [{"role": "assistant", "content": "<think>t</think><answer>1</answer>"}],
+                   "<answer>2</answer>"]
     logged: list[tuple[str, float]] = []
     state = SimpleNamespace(global_step=3, max_steps=10)
     out = reward(prompts=prompts, completions=completions, completion_ids=[[1]] * 4,

@@ -34,7 +34,7 @@ def test_text_format_and_later_files_add_keys(tmp_path: Path) -> None:
     (tmp_path / "b.yml").write_text(EFFUSION)
     kb = load_knowledge(tmp_path)
     assert sorted(kb.entries) == ["chest_xray/effusion", "chest_xray/nodule"]
-    assert kb.text("chest_xray/nodule") == "nodule on chest x-ray: A small round opacity. Typically the upper lung zones."
+    assert kb.text("chest_xray/nodule") == "nodule on chest x-ray: A small round opacity. Typically the upper lung zones."  # noqa: E501
     assert kb.sources["chest_xray/effusion"].endswith("b.yml")
     # workers receive the knowledge base through Ray, so it must survive pickling
     assert pickle.loads(pickle.dumps(kb)).text("chest_xray/effusion") == kb.text("chest_xray/effusion")

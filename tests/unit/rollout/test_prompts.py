@@ -62,7 +62,8 @@ def test_injection_errors_name_the_fix() -> None:
 def test_frame_from_grid() -> None:
     # grid (1, 6, 8) patches of 14 px: the input was 8*14 = 112 wide and 6*14 = 84 high
     frame = frame_from_grid((300, 200), (1, 6, 8), "qwen2_5_vl")
-    assert (frame.original_width, frame.original_height, frame.input_width, frame.input_height) == (300, 200, 112, 84)
+    assert (frame.original_width, frame.original_height, frame.input_width,
+            frame.input_height) == (300, 200, 112, 84)
     assert frame.convention == "input_pixels"
     assert frame_from_grid((300, 200), (1, 6, 8), "qwen2_vl").convention == "norm1000"
 

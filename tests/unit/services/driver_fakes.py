@@ -1,4 +1,5 @@
-"""In-process stand-ins for the driver's seams (services/training/seams.py), so `train_loop.run` runs in milliseconds:
+"""In-process stand-ins for the driver's seams (services/training/seams.py), so `train_loop.run` runs in
+milliseconds:
 a scripted rollout pool, a learner that records what it is given, the real reward scorer without an actor,
 and a control queue. Not collected (no test_ prefix)."""
 
@@ -41,7 +42,8 @@ def write_records(folder: Path, n_train: int, n_val: int) -> Manifest:
     """Grounding records with one box each, on tiny real PNGs (the driver's request builder opens files)."""
     folder.mkdir(parents=True, exist_ok=True)
     Image.new("L", (SIZE, SIZE)).save(folder / "img.png")
-    records = [Record(id=f"{split}-{i}", image="img.png", width=SIZE, height=SIZE, split=split, phrase=f"lesion {i}",
+    records = [Record(id=f"{split}-{i}", image="img.png", width=SIZE, height=SIZE, split=split,
+                      phrase=f"lesion {i}",
                       boxes=((10.0 + i, 10.0, 40.0 + i, 50.0),))
                for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
     return Manifest(folder / "manifest.jsonl", tuple(records))
@@ -79,7 +81,8 @@ class ScriptedPool:
         return [RolloutGroup(
             prompt_id=r.prompt_id, task=r.task,
             completions=tuple(Completion(text=self.answer(r, j, self.version, sampling), token_ids=(5, 6, 7),
-                                         logprobs=(-1.0, -1.0, -1.0), finish_reason="stop") for j in range(n)),
+                                         logprobs=(-1.0, -1.0, -1.0), finish_reason="stop")
+                              for j in range(n)),
             prompt_token_ids=np.arange(1, 6), frame=ImageFrame(SIZE, SIZE, SIZE, SIZE, "input_pixels"),
             injected_knowledge=None, adapter_version=self.version, pixel_values=np.zeros((4, 6), np.float32),
             image_grid_thw=np.array([[1, 2, 2]]), mm_token_type_ids=np.zeros(5, np.int64)) for r in requests]
@@ -87,8 +90,9 @@ class ScriptedPool:
     def load_adapter(self, version: int, artefact: Any) -> None:
         assert artefact.version == version, "the pushed artefact carries another version"
         if version in self.refuse:
-            raise RuntimeError(f"adapter v{version} failed to load on rollout worker(s) [0]: LoRA rank 16 is greater "
-                               f"than max_lora_rank 8. Every worker serves adapter v{self.version} again")
+            raise RuntimeError(f"adapter v{version} failed to load on rollout worker(s) [0]: LoRA rank 16 "
+                               "is greater than max_lora_rank 8. Every worker serves adapter "
+                               f"v{self.version} again")
         self.version = version
         self.loads.append(version)
 
@@ -166,7 +170,8 @@ class LocalReward:
     """The real RewardScorer, called in-process; `fail_at` makes the call of that (0-based) global step raise
     as a dead actor whose replacement died too would."""
 
-    def __init__(self, config: RewardConfig, state: dict[str, Any] | None, fail_at: int | None = None) -> None:
+    def __init__(self, config: RewardConfig, state: dict[str, Any] | None,
+                 fail_at: int | None = None) -> None:
         self.scorer = RewardScorer(config)
         if state is not None:
             self.scorer.load_state_dict(state)

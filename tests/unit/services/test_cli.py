@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from services.cli import app
 
 runner = CliRunner()
-COMMANDS = {"train", "demo", "eval", "serve", "scale", "status", "data", "init-model", "validate-config", "submit",
+COMMANDS = {"train", "demo", "eval", "serve", "scale", "status", "data", "init-model",
+            "validate-config", "submit",
             "export", "pretrain-base"}
 
 

@@ -52,7 +52,8 @@ def test_submit_validates_the_config_before_the_network() -> None:
 
 
 def test_submit_needs_the_job_server_address() -> None:
-    result = runner.invoke(app, ["submit", str(ROOT / "deploy/configs/demo.yaml"), "--address", "127.0.0.1:6379",
+    result = runner.invoke(app, ["submit", str(ROOT / "deploy/configs/demo.yaml"), "--address",
+                                 "127.0.0.1:6379",
                                  "--working-dir", str(ROOT)])
     assert result.exit_code == 1
     assert "job server" in result.output and "8265" in result.output
@@ -67,7 +68,7 @@ def test_entrypoint_is_medground_train_relative_to_the_upload() -> None:
 @pytest.mark.parametrize("gpu", [False, True])
 def test_runtime_env_is_the_projects_file_plus_working_dir(gpu: bool) -> None:
     env = ops.runtime_env(gpu, ROOT)
-    shipped = yaml.safe_load((ROOT / "deploy/jobs" / f"runtime_env_{'gpu' if gpu else 'cpu'}.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "deploy/jobs" / f"runtime_env_{'gpu' if gpu else 'cpu'}.yaml").read_text())  # noqa: E501
     assert env == {**shipped, "working_dir": str(ROOT)}
     assert ("DS_ACCELERATOR" in env["env_vars"]) is not gpu  # CPU engines need it; GPUs must not have it
 
@@ -75,7 +76,8 @@ def test_runtime_env_is_the_projects_file_plus_working_dir(gpu: bool) -> None:
 def test_status_table_names_every_field() -> None:
     report = JobStatus(run="demo", run_dir="runs/demo", step=12, total_steps=420, stage="grounding",
                        tau=0.35, tau_version=2, rollout_workers=3, rollout_workers_live=2,
-                       rollout_workers_serving=2, completions_per_s=14.2, tokens_per_s=230.0, step_seconds=3.1,
+                       rollout_workers_serving=2, completions_per_s=14.2, tokens_per_s=230.0,
+                       step_seconds=3.1,
                        adapter_version=13, reward=0.5, last_eval_a50=0.219, pending_rollout_workers=None,
                        reported_at=time.time() - 2, age_s=2.04)
     table = ops.format_status(report)

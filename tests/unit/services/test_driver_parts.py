@@ -41,7 +41,8 @@ def test_sampler_is_a_seeded_permutation_per_epoch_and_resumes_exactly() -> None
 
 
 def test_reference_answer_uses_the_models_coordinate_convention() -> None:
-    record = Record(id="r", image="x.png", width=200, height=100, phrase="a nodule", boxes=((20.0, 10.0, 60.0, 50.0),))
+    record = Record(id="r", image="x.png", width=200, height=100, phrase="a nodule",
+                    boxes=((20.0, 10.0, 60.0, 50.0),))
     # Qwen2.5-VL: input pixels. The 200x100 image was resized to 112x56: x scale 0.56, y scale 0.56.
     pixels = reference_answer(record, ImageFrame(200, 100, 112, 56, "input_pixels"))
     assert pixels == f'<think>{SFT_THINK}</think><answer>{{"bbox_2d": [11, 6, 34, 28]}}</answer>'
@@ -95,13 +96,15 @@ def test_evaluation_counts_a_grade_off_the_scale_as_unparsable() -> None:
     from services.evaluation.heldout import _prediction, report
 
     def predict(answer: str, grade: int) -> object:
-        record = Record(id=f"r{answer}", image="x.png", task="grading", phrase="Grade it from 0 to 3.", grade=grade,
+        record = Record(id=f"r{answer}", image="x.png", task="grading",
+                        phrase="Grade it from 0 to 3.", grade=grade,
                         max_grade=3, width=8, height=8)
         group = RolloutGroup(prompt_id=record.id, task="grading",
-                             completions=(Completion(f"<think>t</think><answer>{answer}</answer>", (5,), (-1.0,),
+                             completions=(Completion(f"<think>t</think><answer>{answer}</answer>", (5,), (-1.0,),  # noqa: E501
                                                      "stop"),),
                              prompt_token_ids=np.arange(3), frame=ImageFrame(8, 8, 8, 8, "input_pixels"),
-                             injected_knowledge=None, adapter_version=0, pixel_values=np.zeros((4, 6), np.float32),
+                             injected_knowledge=None, adapter_version=0,
+                             pixel_values=np.zeros((4, 6), np.float32),
                              image_grid_thw=np.array([[1, 2, 2]]), mm_token_type_ids=np.zeros(3, np.int64))
         return _prediction(record, group)
 
@@ -109,7 +112,8 @@ def test_evaluation_counts_a_grade_off_the_scale_as_unparsable() -> None:
     assert [p.grade for p in preds] == [None, 3, 0]  # type: ignore[attr-defined]
     m = report(preds)  # type: ignore[arg-type]
     assert m["eval/grade/parse_fail_pct"] == pytest.approx(100 / 3)
-    assert m["eval/grade/mean_abs_grade_error"] == pytest.approx(1.0)  # worst error 3 - 0 = 3 for the garbage, / 3
+    # worst error 3 - 0 = 3 for the garbage, / 3
+    assert m["eval/grade/mean_abs_grade_error"] == pytest.approx(1.0)
 
 
 def test_paired_change_takes_the_error_from_per_image_differences() -> None:
@@ -158,12 +162,13 @@ def test_sampled_accuracy_is_pass_at_1_and_pass_at_k_over_images() -> None:
     big = rng.random((50, 6))
     loop = 100 * sum(sum(v >= 0.5 for v in row) / 6 for row in big) / 50
     assert sampled_metrics(big.tolist())["A@0.5"] == pytest.approx(loop)
-    assert sampled_metrics(big.tolist())["pass@k/A@0.5"] == pytest.approx(100 * np.mean([any(r >= 0.5) for r in big]))
+    assert sampled_metrics(big.tolist())["pass@k/A@0.5"] == pytest.approx(100 * np.mean([any(r >= 0.5) for r in big]))  # noqa: E501
     # paired: the same draws before and after; image b's samples all move to 0.6 (+100 points at 0.5 for b)
     before = {"a": ious[0], "b": ious[1], "c": ious[2]}
     after = {**before, "b": [0.6] * 4}
     mean, se = paired_sampled_changes(before, after)["A@0.5"]
-    assert mean == pytest.approx(100 / 3) and se == pytest.approx(100 / 3)  # diffs (0, 100, 0): std 57.7 / sqrt 3
+    # diffs (0, 100, 0): std 57.7 / sqrt 3
+    assert mean == pytest.approx(100 / 3) and se == pytest.approx(100 / 3)
     with pytest.raises(ValueError, match="different held-out images"):
         paired_sampled_changes(before, {"a": ious[0], "b": ious[1]})
 

@@ -25,10 +25,12 @@ from services.training.train_loop import RunFailed, StopRequested
 
 def test_fault_log_counts_each_kind_since_the_last_take_with_zeros() -> None:
     faults = FaultLog("rollout", ("worker_death", "worker_timeout"))
-    assert faults.take() == {"rollout/worker_deaths": 0, "rollout/worker_timeouts": 0, "rollout/requests_resent": 0}
+    assert faults.take() == {"rollout/worker_deaths": 0, "rollout/worker_timeouts": 0,
+                             "rollout/requests_resent": 0}
     faults.record("worker_timeout", "rollout worker 3 (pid 7)", "did not answer", requests=4)
     faults.record("worker_timeout", "rollout worker 5 (pid 8)", "did not answer", requests=2)
-    assert faults.take() == {"rollout/worker_deaths": 0, "rollout/worker_timeouts": 2, "rollout/requests_resent": 6}
+    assert faults.take() == {"rollout/worker_deaths": 0, "rollout/worker_timeouts": 2,
+                             "rollout/requests_resent": 6}
     assert faults.take()["rollout/worker_timeouts"] == 0  # counted once
     assert [e.who for e in faults.events] == ["rollout worker 3 (pid 7)", "rollout worker 5 (pid 8)"]
     with pytest.raises(ValueError, match="unknown fault kind"):
@@ -39,7 +41,8 @@ def _worker(serial: int) -> _Worker:
     return _Worker(handle=None, ready=None, serial=serial, where=None)  # type: ignore[arg-type]
 
 
-def test_a_shards_clock_starts_when_the_shard_before_it_on_its_worker_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shards_clock_starts_when_the_shard_before_it_on_its_worker_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
     monkeypatch.setattr("services.cluster.rollout_pool.time.monotonic", lambda: now[0])
     flight = _InFlight()
@@ -101,7 +104,8 @@ def test_a_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path: Path) -> N
         f.write('{"step": 4, "reward/to')  # the driver was killed mid-append
     assert [r["step"] for r in read_metrics(writer.path)] == [0, 1, 2, 3]
     writer.truncate_after(2)
-    assert writer.path.read_text().splitlines() == [json.dumps({"reward/total": float(s), "step": s}, sort_keys=True)
+    assert writer.path.read_text().splitlines() == [json.dumps({"reward/total": float(s),
+                                                                "step": s}, sort_keys=True)
                                                     for s in range(3)]
     writer.path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not a JSON metrics row"):
@@ -121,13 +125,14 @@ def test_first_sigterm_stops_at_the_step_boundary_and_a_second_at_once() -> None
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize(("cause", "code"), [(StopRequested("SIGTERM received"), 143), (RuntimeError("x"), 1)])
+@pytest.mark.parametrize(("cause", "code"), [(StopRequested("SIGTERM received"), 143),
+                                             (RuntimeError("x"), 1)])
 def test_the_cli_prints_a_stopped_runs_resume_command(monkeypatch: pytest.MonkeyPatch, cause: Exception,
                                                       code: int) -> None:
     from services.cli import app
 
-    message = ("run it stopped after step 4 (...); the last complete checkpoint is runs/it/checkpoints/step-4; "
-               "continue with: medground train --resume runs/it")
+    message = ("run it stopped after step 4 (...); the last complete checkpoint is "
+               "runs/it/checkpoints/step-4; continue with: medground train --resume runs/it")
 
     def stopped(*args: Any) -> None:
         raise RunFailed(message) from cause

@@ -15,8 +15,10 @@ def _group(prompt_id: str, g: int, patches: int) -> RolloutGroup:
     return RolloutGroup(
         prompt_id=prompt_id, task="grounding",
         completions=tuple(Completion(f"c{j}", (5, 6 + j), (-1.0, -1.0), "stop") for j in range(g)),
-        prompt_token_ids=np.arange(1, 6), frame=ImageFrame(8, 8, 8, 8, "input_pixels"), injected_knowledge=None,
-        adapter_version=0, pixel_values=np.random.default_rng(ord(prompt_id)).random((patches, 1176), dtype=np.float32),
+        prompt_token_ids=np.arange(1, 6), frame=ImageFrame(8, 8, 8, 8, "input_pixels"),
+        injected_knowledge=None,
+        adapter_version=0,
+        pixel_values=np.random.default_rng(ord(prompt_id)).random((patches, 1176), dtype=np.float32),
         image_grid_thw=np.array([[1, 32, 32]]), mm_token_type_ids=np.zeros(5, np.int64))
 
 

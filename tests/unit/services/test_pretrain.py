@@ -57,11 +57,13 @@ def test_sft_targets_on_a_base_keep_its_own_reasoning_and_recite_for_a_fixed_sha
     knowledge = load_knowledge(ROOT / "deploy" / "knowledge")
     meta = RecordMeta(attributes={"finding": "mass", "side": "left", "zone": "upper"})
     records = [Record(id=f"r{i}", image="x.png", width=100, height=100, phrase="small left mass",
-                      boxes=((1.0, 1.0, 9.0, 9.0),), knowledge_key="cxr/mass", meta=meta) for i in range(2000)]
+                      boxes=((1.0, 1.0, 9.0, 9.0),), knowledge_key="cxr/mass", meta=meta)
+               for i in range(2000)]
     # Without a base recipe: the fixed warm-start think.
     assert sft_think(records[0], knowledge, None, seed=0) == SFT_THINK
     thinks = [sft_think(r, knowledge, 0.3, seed=0) for r in records]
-    assert set(thinks) == {own_think(records[0], knowledge, recite=False), own_think(records[0], knowledge, recite=True)}
+    assert set(thinks) == {own_think(records[0], knowledge, recite=False),
+                           own_think(records[0], knowledge, recite=True)}
     share = sum(t != "left lung, upper zone." for t in thinks) / len(thinks)
     assert 0.27 < share < 0.33  # the recipe's recite_fraction, drawn per record
     # The same record gets the same target on every call (a resumed run trains on the same answers) ...

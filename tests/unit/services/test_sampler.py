@@ -50,7 +50,8 @@ def test_a_stage_over_several_tasks_mixes_their_records(tmp_path: Path) -> None:
     from services.data.records import Record
 
     grounding = write_records(tmp_path / "data", n_train=4, n_val=0).records
-    grading = tuple(Record(id=f"grade-{i}", image="img.png", width=32, height=32, task="grading", phrase="Grade it.",
+    grading = tuple(Record(id=f"grade-{i}", image="img.png", width=32, height=32, task="grading",
+                           phrase="Grade it.",
                            grade=i % 4, max_grade=3) for i in range(4))
     manifest = Manifest(tmp_path / "data" / "manifest.jsonl", grounding + grading)
     tree = {"name": "mixed", "model": {"path": "unused"}, "data": {"manifest": "unused"},
@@ -62,7 +63,8 @@ def test_a_stage_over_several_tasks_mixes_their_records(tmp_path: Path) -> None:
     only = RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": "grading"}]})
     assert {r.task for r in stage_sampler(manifest, only, 0).take(4)} == {"grading"}
     for bad, message in ((["grading", "grading"], "each task once"), ([], "empty list"),
-                         (["grounding", "nonsense"], "'nonsense' is not a task"), ([["grading"]], "is not a task"),
+                         (["grounding", "nonsense"], "'nonsense' is not a task"),
+                         ([["grading"]], "is not a task"),
                          (None, "None is not a task")):
         with pytest.raises(ValidationError, match=message) as err:
             RunConfig.model_validate({**tree, "stages": [{**tree["stages"][0], "task": bad}]})

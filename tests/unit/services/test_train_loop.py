@@ -71,7 +71,8 @@ def test_two_stages_refill_zero_variance_groups_and_push_every_grpo_step(tmp_pat
     # every GRPO step trains on exactly 2 groups of 4, all with signal; zero-variance groups were refilled
     assert [len(b.samples) for b in learner.batches] == [8, 8, 8]
     assert all(r["batch/groups_kept"] == 2 for r in grpo)
-    assert sum(r["batch/groups_seen"] for r in grpo) == sum(len(c) for c in pool.calls if c[0].startswith("train"))
+    assert sum(r["batch/groups_seen"] for r in grpo) == sum(len(c) for c in pool.calls
+                                                            if c[0].startswith("train"))
     assert any(r["batch/groups_seen"] > 2 for r in grpo), "no step met a zero-variance group"
     for r in grpo:
         seen = r["batch/groups_seen"]
@@ -89,10 +90,12 @@ def test_two_stages_refill_zero_variance_groups_and_push_every_grpo_step(tmp_pat
     # at every evaluation (the fake answers greedy with the truth's box and samples with seeded shifts)
     assert rows[5]["eval/sampled/k"] == 4 and rows[5]["eval/sampled/n"] == 2
     assert rows[5]["eval/sampled/A@0.5"] <= rows[5]["eval/sampled/pass@k/A@0.5"] <= 100.0
-    sampled = [json.loads(line)["sampled_iou"] for line in (run_dir / "eval" / "step-5.jsonl").read_text().splitlines()]
+    sampled = [json.loads(line)["sampled_iou"]
+               for line in (run_dir / "eval" / "step-5.jsonl").read_text().splitlines()]
     assert [len(s) for s in sampled] == [4, 4]
     assert sampled == [json.loads(line)["sampled_iou"] for line in
-                       (run_dir / "eval" / "step-2.jsonl").read_text().splitlines()]  # the fake does not learn
+                       # the fake does not learn
+                       (run_dir / "eval" / "step-2.jsonl").read_text().splitlines()]
     assert (run_dir / "adapter" / "adapter_config.json").is_file()  # the last checkpoint's adapter, v4
     assert '"version": 4' in (run_dir / "adapter" / "medground_adapter.json").read_text()
     assert control.reports[-1].step == 5 and control.reports[-1].adapter_version == 4
@@ -104,7 +107,8 @@ class _Interrupted(Exception):
 
 def test_resume_from_a_checkpoint_gives_the_identical_next_steps(tmp_path: Path) -> None:
     over = {"reward": {"accuracy": "medloc", "w_recite": 0.0,  # tau moves whenever its 2-group window fills
-                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6, "use_reward_condition": False,
+                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6,
+                                    "use_reward_condition": False,
                                     "use_std_condition": False, "use_margin_condition": False}},
             "checkpoint": {"every": 2, "keep": 2}, "name": "full"}
     full_dir, _, full_learner, _ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
@@ -114,7 +118,8 @@ def test_resume_from_a_checkpoint_gives_the_identical_next_steps(tmp_path: Path)
             raise _Interrupted
 
     cfg = _config(tmp_path / "b", **over)
-    with pytest.raises(train_loop.RunFailed, match=r"stopped after step 4 .*step-4; continue with: medground train "
+    with pytest.raises(train_loop.RunFailed,
+                       match=r"stopped after step 4 .*step-4; continue with: medground train "
                                                    r"--resume .*/full") as failed:
         _run(cfg, tmp_path / "b", on_step=interrupt)
     assert isinstance(failed.value.__cause__, _Interrupted)
@@ -157,7 +162,8 @@ def test_a_reward_crash_stops_the_run_with_the_resume_command(tmp_path: Path) ->
 
 def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) -> None:
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
-    # generate calls: 0-1 the evaluation at start (greedy, sampled), 2 step 1, 3 step 2, 4-5 the evaluation after
+    # generate calls: 0-1 the evaluation at start (greedy, sampled), 2 step 1, 3 step 2, 4-5 the evaluation
+    # after
     # step 2, 6 step 3
     pool = ScriptedPool(_answer, hung={2: 1, 6: 2})
     run_dir = tmp_path / "runs" / "fake"
@@ -169,7 +175,8 @@ def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) 
     assert all(rows[s]["reward/actor_timeouts"] == 0 for s in (1, 2, 3))
 
 
-def test_a_refused_adapter_stops_the_run_with_the_reason_and_the_previous_adapter_live(tmp_path: Path) -> None:
+def test_a_refused_adapter_stops_the_run_with_the_reason_and_the_previous_adapter_live(
+        tmp_path: Path) -> None:
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
     pool = ScriptedPool(_answer, refuse={3})  # SFT publishes v1, GRPO steps v2, v3, ...
     cfg = _config(tmp_path, checkpoint={"every": 1})
@@ -185,7 +192,8 @@ def test_a_refused_adapter_stops_the_run_with_the_reason_and_the_previous_adapte
 
 def test_a_stop_request_between_steps_checkpoints_that_step_and_resumes_identically(tmp_path: Path) -> None:
     over = {"reward": {"accuracy": "medloc", "w_recite": 0.0,
-                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6, "use_reward_condition": False,
+                       "schedule": {"window": 2, "tau0": 0.05, "tau_target": 0.6,
+                                    "use_reward_condition": False,
                                     "use_std_condition": False, "use_margin_condition": False}},
             "checkpoint": {"every": 0}, "name": "stop"}  # no checkpoint before the end, but for the stop's
     full_dir, *_ = _run(_config(tmp_path / "a", **over), tmp_path / "a")
@@ -195,7 +203,8 @@ def test_a_stop_request_between_steps_checkpoints_that_step_and_resumes_identica
             raise train_loop.StopRequested("SIGTERM received")
 
     cfg = _config(tmp_path / "b", **over)
-    with pytest.raises(train_loop.RunFailed, match=r"stopped after step 4 \(StopRequested: SIGTERM received\); the "
+    with pytest.raises(train_loop.RunFailed,
+                       match=r"stopped after step 4 \(StopRequested: SIGTERM received\); the "
                                                    r"last complete checkpoint is .*step-4; continue with"):
         _run(cfg, tmp_path / "b", on_step=sigterm)
     resumed_dir, *_ = _run(cfg, tmp_path / "b", resume=True)
@@ -258,14 +267,16 @@ def test_a_classification_stage_continues_from_the_grounding_stages_adapter(tmp_
     from services.data.manifest import Manifest
 
     grounding = write_records(tmp_path / "data", n_train=4, n_val=1)
-    labelled = [r.model_copy(update={"id": f"cls-{r.id}", "task": "classification", "boxes": (), "label": "nodule",
+    labelled = [r.model_copy(update={"id": f"cls-{r.id}", "task": "classification", "boxes": (),
+                                     "label": "nodule",
                                      "choices": ("nodule", "effusion")}) for r in grounding.records]
     manifest = Manifest(grounding.path, grounding.records + tuple(labelled))
 
     def answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
         if request.task == "grounding":
             return _answer(request, j, version, sampling)
-        label = "nodule" if sampling.temperature == 0.0 or j % 2 == 0 else "effusion"  # half of each group right
+        # half of each group right
+        label = "nodule" if sampling.temperature == 0.0 or j % 2 == 0 else "effusion"
         return '<think>t</think><answer>{"label": "' + label + '"}</answer>'
 
     cfg = _config(tmp_path, stages=[

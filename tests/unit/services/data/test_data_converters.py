@@ -25,11 +25,11 @@ from services.data.medvolume import read_volume
 def test_ms_cxr_merges_rows_of_one_phrase(tmp_path: Path) -> None:
     csv = tmp_path / "MS_CXR_Local_Alignment_v1.0.0.csv"
     csv.write_text(
-        "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
-        "d1,Pneumonia,bilateral opacities,files/p10/p10000032/s5/d1.jpg,100,200,300,400,2539,3050\n"
-        "d1,Pneumonia,bilateral opacities,files/p10/p10000032/s5/d1.jpg,1500,220,280,390,2539,3050\n"
-        "d1,Cardiomegaly,enlarged heart,files/p10/p10000032/s5/d1.jpg,900,1500,1000,800,2539,3050\n"
-        "d2,Pneumothorax,small left apical pneumothorax,files/p11/p11000001/s7/d2.jpg,2400,100,200,300,2539,3050\n"
+        "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\nd1,Pneumonia,bilateral "
+        "opacities,files/p10/p10000032/s5/d1.jpg,100,200,300,400,2539,3050\nd1,Pneumonia,bilateral "
+        "opacities,files/p10/p10000032/s5/d1.jpg,1500,220,280,390,2539,3050\nd1,Cardiomegaly,enlarged "
+        "heart,files/p10/p10000032/s5/d1.jpg,900,1500,1000,800,2539,3050\nd2,Pneumothorax,small left apical "
+        "pneumothorax,files/p11/p11000001/s7/d2.jpg,2400,100,200,300,2539,3050\n"
     )
     result = convert("ms-cxr", csv, tmp_path, ConvertOptions(image_root="mimic"))
     by_phrase = {r.phrase: r for r in result.records}
@@ -57,10 +57,12 @@ def test_vlm_r1_json_and_jsonl(tmp_path: Path) -> None:
     assert b.width is None and b.phrase == "nodule"
     jsonl = tmp_path / "rec.jsonl"
     jsonl.write_text(json.dumps({"id": 3, "image": "a.png", "conversations": [
-        {"from": "human", "value": "<image>Where is the mass?"}, {"from": "gpt", "value": "[12, 14, 99.5, 120]"}]}) + "\n")
+        {"from": "human", "value": "<image>Where is the mass?"},
+        {"from": "gpt", "value": "[12, 14, 99.5, 120]"}]}) + "\n")
     (only,) = convert("vlm-r1", jsonl, tmp_path).records
     assert only.phrase == "Where is the mass?" and only.boxes == ((12, 14, 99.5, 120),)
-    jsonl.write_text(json.dumps({"image": "a.png", "conversations": [{"from": "human", "value": "x"}]}) + "\n")
+    jsonl.write_text(json.dumps({"image": "a.png",
+                                 "conversations": [{"from": "human", "value": "x"}]}) + "\n")
     with pytest.raises(ConvertError, match="line 1"):
         convert("vlm-r1", jsonl, tmp_path)
 
@@ -91,7 +93,8 @@ def test_png_masks(tmp_path: Path) -> None:
     m2[20:22, 0:3] = 255
     Image.fromarray(m2).save(tmp_path / "in" / "masks" / "case (1)_mask_1.png")
     Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "in" / "masks" / "case (2)_mask.png")
-    result = convert("masks", tmp_path / "in", tmp_path / "out", ConvertOptions(finding="lesion", modality="us"))
+    result = convert("masks", tmp_path / "in", tmp_path / "out",
+                     ConvertOptions(finding="lesion", modality="us"))
     (rec,) = result.records
     assert rec.boxes == ((20, 5, 31, 10), (0, 20, 3, 22)) and result.notes["empty masks"] == 1
     assert Path(rec.image).is_absolute() and rec.knowledge_key == "us/lesion"
@@ -149,7 +152,8 @@ def test_medmnist_npz(tmp_path: Path) -> None:
     npz = tmp_path / "retinamnist.npz"
     np.savez(npz, train_images=rng.integers(0, 255, (5, 28, 28, 3), dtype=np.uint8),
              train_labels=np.array([[0], [4], [2], [1], [3]]),
-             test_images=rng.integers(0, 255, (2, 28, 28, 3), dtype=np.uint8), test_labels=np.array([[1], [0]]))
+             test_images=rng.integers(0, 255, (2, 28, 28, 3), dtype=np.uint8),
+             test_labels=np.array([[1], [0]]))
     graded = convert("medmnist", npz, tmp_path / "g", ConvertOptions(task="grading"))
     assert [r.grade for r in graded.records] == [0, 4, 2, 1, 3, 1, 0] and graded.records[0].max_grade == 4
     names = ("none", "mild", "moderate", "severe", "proliferative")

@@ -12,7 +12,8 @@ from services.data.synth.lesions import FINDINGS, knowledge_key
 
 KNOWLEDGE = Path(__file__).resolve().parents[4] / "deploy" / "knowledge"
 VINDR = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
-         "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung cavity", "Lung cyst",
+         "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration",
+         "Lung cavity", "Lung cyst",
          "Lung Opacity", "Mediastinal shift", "Nodule/Mass", "Other lesion", "Pleural effusion",
          "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture"]  # the 22 local labels
 MS_CXR = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity", "Pleural Effusion",

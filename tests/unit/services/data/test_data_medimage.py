@@ -36,7 +36,8 @@ def test_rg1_monochrome1_chest_has_bright_bone_and_dark_air() -> None:
     assert spine > 200 and air < 110 and air < lung < spine, (air, lung, spine)
     # The stored values run the other way round (that is what MONOCHROME1 means).
     raw = pydicom.dcmread(_real("RG1_UNCR.dcm")).pixel_array
-    assert raw[: h // 25, : w // 16].mean() > raw[int(0.3 * h): int(0.6 * h), int(0.47 * w): int(0.53 * w)].mean()
+    assert raw[: h // 25, : w // 16].mean() > raw[int(0.3 * h): int(0.6 * h),
+                                                  int(0.47 * w): int(0.53 * w)].mean()
 
 
 def test_monochrome1_stub_is_inverted() -> None:

@@ -28,7 +28,8 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("torchxrayvision wheel absent from .venv/fixtures (run tools/setup_env.sh to fetch it)")
     out = tmp_path_factory.mktemp("xrv")
     with zipfile.ZipFile(WHEELS[0]) as zf:
-        for name in ("BBox_List_2017.csv.gz", "vinbigdata-train.csv.gz", "kaggle_stage_2_train_labels.csv.zip"):
+        for name in ("BBox_List_2017.csv.gz", "vinbigdata-train.csv.gz",
+                     "kaggle_stage_2_train_labels.csv.zip"):
             (out / name).write_bytes(zf.read(f"torchxrayvision/data/{name}"))
     return out
 
@@ -55,8 +56,10 @@ def test_nih_one_record_per_image_finding_with_table_boxes(tables: Path, tmp_pat
     assert len(result.records) == len(expected) == 984
     assert got == expected
     first = next(r for r in result.records if r.id == "nih:00013118_008.png:atelectasis")
-    # row 1: x=225.084745762712 w=86.7796610169491 -> x2=311.8644067796611; y=547.019216763771 h=79.1864406779661
-    assert first.boxes[0] == pytest.approx((225.084745762712, 547.019216763771, 311.8644067796611, 626.2056574417371))
+    # row 1: x=225.084745762712 w=86.7796610169491 -> x2=311.8644067796611; y=547.019216763771
+    # h=79.1864406779661
+    assert first.boxes[0] == pytest.approx((225.084745762712, 547.019216763771, 311.8644067796611,
+                                            626.2056574417371))
     assert (first.width, first.height, first.knowledge_key) == (1024, 1024, "cxr/atelectasis")
     assert {r.phrase for r in result.records} >= {"pleural effusion", "nodule", "infiltrate"}
     # one patient never spans two splits

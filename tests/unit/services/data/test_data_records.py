@@ -71,7 +71,8 @@ def test_bad_records_fail_or_skip(tmp_path: Path) -> None:
     lines: list[str] = []
     loaded = load_manifest(path, "skip", report=lines.append)
     assert [r.id for r in loaded.records] == ["a"]
-    assert [(b.line, b.field) for b in loaded.skipped] == [(2, "id"), (3, "boxes"), (4, "json"), (5, "colour")]
+    assert [(b.line, b.field) for b in loaded.skipped] == [(2, "id"), (3, "boxes"),
+                                                           (4, "json"), (5, "colour")]
     assert "x1 < x2" in loaded.skipped[1].reason
     assert lines[-1] == f"{path}: 1 records loaded, 4 skipped"
 
@@ -99,13 +100,14 @@ def test_with_sizes_reads_headers(tmp_path: Path) -> None:
 
 
 def test_data_layer_imports_without_heavy_packages() -> None:
-    """Records, manifests, synth, converters and inspect import with none of torch, pyarrow, pydicom loaded."""
+    """Records, manifests, synth, converters and inspect import with none of torch, pyarrow, pydicom
+    loaded."""
     import subprocess
     import sys
 
-    code = ("import sys, services.data, services.data.synth, services.data.converters, services.data.inspect; "
-            "print(sorted(m for m in ('torch', 'pyarrow', 'pydicom', 'nibabel', 'nrrd', 'ray', 'vllm') "
-            "if m in sys.modules))")
+    code = ("import sys, services.data, services.data.synth, services.data.converters, "
+            "services.data.inspect; print(sorted(m for m in ('torch', 'pyarrow', 'pydicom', 'nibabel', "
+            "'nrrd', 'ray', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[4])
     assert out.stdout.strip() == "[]"

@@ -112,7 +112,8 @@ def test_grading_and_classification_variants(tmp_path: Path) -> None:
 def test_phrase_grammar() -> None:
     nodule = Lesion("nodule", "right", "upper", (0, 0, 1, 1))
     assert phrase(nodule, 0.003) == "tiny nodule in the right upper zone"
-    assert phrase(Lesion("pleural effusion", "left", "lower", (0, 0, 1, 1)), 0.05) == "moderate left pleural effusion"
+    assert phrase(Lesion("pleural effusion", "left", "lower", (0, 0, 1, 1)),
+                  0.05) == "moderate left pleural effusion"
     rng = np.random.default_rng(0)
     assert {phrase(nodule, 0.15, rng) for _ in range(30)} >= {"large nodule in the right upper zone"}
 

@@ -34,9 +34,11 @@ def _three_readers(path: Path, tmp_path: Path) -> tuple[np.ndarray, np.ndarray, 
     from services.serve.validate import decode_image
 
     width, height = read_image(path).size
-    record = Record(id="case", image=str(path), width=width, height=height, phrase="nodule", boxes=((1, 1, 5, 5),))
+    record = Record(id="case", image=str(path), width=width, height=height, phrase="nodule",
+                    boxes=((1, 1, 5, 5),))
     trained = np.asarray(rollout_request(record, path).image.convert("L"))
-    (overlay,) = write_overlays([Prediction(record, "", None, 0.0)], Manifest(tmp_path / "m.jsonl", (record,)),
+    (overlay,) = write_overlays([Prediction(record, "", None, 0.0)],
+                                Manifest(tmp_path / "m.jsonl", (record,)),
                                 tmp_path / "overlays", limit=1)
     scale = max(1, 256 // max(width, height))
     shown = np.asarray(Image.open(overlay).convert("L"))[::scale, ::scale]
@@ -90,7 +92,8 @@ def _nifti(folder: Path, codes: int) -> None:
 
 
 def test_nifti_without_orientation_codes_is_refused(tmp_path: Path) -> None:
-    """nifti/nocodes/: qform_code = sform_code = 0, left and right unknown; nifti/ras/ is the same with codes."""
+    """nifti/nocodes/: qform_code = sform_code = 0, left and right unknown; nifti/ras/ is the same with
+    codes."""
     _nifti(tmp_path / "nocodes", codes=0)
     _nifti(tmp_path / "ras", codes=1)
     refused = runner.invoke(app, ["data", "convert", "--format", "volumes", str(tmp_path / "nocodes"),
@@ -112,7 +115,8 @@ def test_rsna_with_dicom_images_converts_and_draws_its_contact_sheet(tmp_path: P
     write(tmp_path / "stage_2_train_images" / "00000000-phantom.dcm", dataset(stored, bits_allocated=8))
     (tmp_path / "stage_2_train_labels.csv").write_text(
         "patientId,x,y,width,height,Target\n00000000-phantom,20.0,30.0,40.0,40.0,1\n00000001-negative,,,,,0\n")
-    converted = runner.invoke(app, ["data", "convert", "--format", "rsna", str(tmp_path / "stage_2_train_labels.csv"),
+    converted = runner.invoke(app, ["data", "convert", "--format", "rsna",
+                                    str(tmp_path / "stage_2_train_labels.csv"),
                                     str(tmp_path / "manifest.jsonl")])
     assert converted.exit_code == 0, converted.output
     (record,) = load_manifest(tmp_path / "manifest.jsonl").records
@@ -140,7 +144,8 @@ def test_coco_without_image_sizes_reads_them_from_the_image(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     first, second = load_manifest(tmp_path / "manifest.jsonl").records
     assert (first.width, first.height, first.boxes) == (64, 80, ((10, 20, 40, 60),))  # xywh -> xyxy
-    assert (second.width, second.height, second.boxes) == (None, None, ((5, 6, 25, 16),))  # read before training
+    # read before training
+    assert (second.width, second.height, second.boxes) == (None, None, ((5, 6, 25, 16),))
     doc["images"][0].pop("file_name")
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     bad = runner.invoke(app, ["data", "convert", "--format", "coco", str(tmp_path / "bad.json"),
@@ -184,11 +189,13 @@ def test_masks_storing_the_lesion_as_1_or_a_palette_index(tmp_path: Path) -> Non
     "<think>t</think><answer>(120,260),(300,410)</answer>",
 ])
 def test_qwen_native_answer_is_a_box(text: str) -> None:
-    """answers.json: Qwen's native `(x1,y1),(x2,y2)`, with or without box tokens, in the model's convention."""
+    """answers.json: Qwen's native `(x1,y1),(x2,y2)`, with or without box tokens, in the model's
+    convention."""
     frame = rewards.ImageFrame(1000.0, 1000.0, 1000.0, 1000.0, "norm1000")
     parsed = rewards.parse_answer(text, "grounding", frame)
     assert parsed is not None and parsed.format_ok and parsed.box == (120.0, 260.0, 300.0, 410.0)
-    scored = rewards.score_group([text], rewards.RewardTarget("grounding", boxes=((120.0, 260.0, 300.0, 410.0),),
+    scored = rewards.score_group([text], rewards.RewardTarget("grounding",
+                                                              boxes=((120.0, 260.0, 300.0, 410.0),),
                                                               frame=frame), rewards.ScheduleSnapshot(0.5, 0),
                                  rewards.RewardConfig(w_recite=0.0))
     assert scored[0].iou == pytest.approx(1.0)
@@ -211,7 +218,8 @@ def test_eval_counts_as_right_what_the_classification_reward_pays_for() -> None:
 
     assert rewards.label_match("Pleural effusion.", "pleural effusion") == 1.0
     assert classification_metrics(["Pleural effusion.", "  PNEUMOTHORAX ", None],
-                                  ["pleural effusion", "pneumothorax", "edema"])["accuracy"] == pytest.approx(200 / 3)
+                                  ["pleural effusion", "pneumothorax",
+                                   "edema"])["accuracy"] == pytest.approx(200 / 3)
 
 
 def test_unreadable_image_fails_inspect_and_training_with_the_readers_message(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def test_jsonl_with_unicode_line_separators_in_strings_keeps_every_record(tmp_pa
 
 
 def test_every_jsonl_reader_splits_at_newlines_only(tmp_path: Path) -> None:
-    """Manifests (written with ensure_ascii=False, so the separator is stored raw), metrics.jsonl, eval files."""
+    """Manifests (written with ensure_ascii=False, so the separator is stored raw), metrics.jsonl, eval
+    files."""
     from services.evaluation import read_ious
     from services.training.metrics import read_metrics
 
@@ -75,9 +76,11 @@ def test_every_jsonl_reader_splits_at_newlines_only(tmp_path: Path) -> None:
 
 
 def test_a_bad_jsonl_line_is_named_by_its_newline_count(tmp_path: Path) -> None:
-    """Line numbers count newline bytes (blank lines included), so the editor shows the line the error names."""
+    """Line numbers count newline bytes (blank lines included), so the editor shows the line the error
+    names."""
     path = tmp_path / "m.jsonl"
-    good = json.dumps({"id": "a", "image": "a.png", "phrase": "x\u2028y", "boxes": [[1, 1, 2, 2]]}, ensure_ascii=False)
+    good = json.dumps({"id": "a", "image": "a.png", "phrase": "x\u2028y", "boxes": [[1, 1, 2, 2]]},
+                      ensure_ascii=False)
     path.write_bytes((good + "\n\n" + '{"id": "b",\n').encode() + b"\xff\xfe\n")
     with pytest.raises(Exception, match=r"line 3: json: not valid JSON"):
         load_manifest(path)
@@ -109,7 +112,8 @@ def _linear_8bit(values: np.ndarray, center: float, width: float) -> np.ndarray:
     -> 255, else ((v - (c - 0.5)) / (w - 1) + 0.5) * 255, rounded."""
     v = values.astype(float)
     unit = np.where(v <= center - 0.5 - (width - 1) / 2, 0.0,
-                    np.where(v > center - 0.5 + (width - 1) / 2, 1.0, (v - (center - 0.5)) / (width - 1) + 0.5))
+                    np.where(v > center - 0.5 + (width - 1) / 2, 1.0,
+                             (v - (center - 0.5)) / (width - 1) + 0.5))
     return np.round(unit * 255).astype(np.uint8)
 
 
@@ -121,7 +125,8 @@ def _frame_reference(path: Path | str, frame: int) -> np.ndarray:
 
     ds = pydicom.dcmread(path)
     groups = [ds.PerFrameFunctionalGroupsSequence[frame], ds.SharedFunctionalGroupsSequence[0]]
-    pvt = next(g.PixelValueTransformationSequence[0] for g in groups if "PixelValueTransformationSequence" in g)
+    pvt = next(g.PixelValueTransformationSequence[0] for g in groups
+               if "PixelValueTransformationSequence" in g)
     voi = next(g.FrameVOILUTSequence[0] for g in groups if "FrameVOILUTSequence" in g)
     ref = Dataset()
     ref.BitsStored, ref.PixelRepresentation = ds.BitsStored, ds.PixelRepresentation
@@ -146,7 +151,8 @@ def test_enhanced_ct_uses_the_shared_functional_groups() -> None:
         assert np.array_equal(image.pixels, _frame_reference(path, frame))
         assert np.array_equal(image.pixels, _linear_8bit(stored[frame] - 1024.0, 40.0, 400.0))
     hu = stored[0] - 1024
-    # +40 HU: (40 - 39.5) / 399 + 0.5 = 0.50125 -> 127.8 -> 128 (mid-grey), never the 241 of the fallback window
+    # +40 HU: (40 - 39.5) / 399 + 0.5 = 0.50125 -> 127.8 -> 128 (mid-grey), never the 241 of the fallback
+    # window
     assert (hu == 40).any() and set(read_image(path).pixels[hu == 40].tolist()) == {128}
 
 
@@ -157,7 +163,8 @@ def test_enhanced_ct_frames_read_their_own_per_frame_groups(tmp_path: Path) -> N
                   "FrameVOILUTSequence": {"WindowCenter": 40, "WindowWidth": 400}},
                  {"PixelValueTransformationSequence": {"RescaleSlope": 2, "RescaleIntercept": -2048},
                   "FrameVOILUTSequence": {"WindowCenter": 300, "WindowWidth": 1500}}]
-    path = write(tmp_path / "enhanced.dcm", enhanced(stored, {"PixelMeasuresSequence": {"PixelSpacing": [0.5, 0.7]}},
+    path = write(tmp_path / "enhanced.dcm", enhanced(stored,
+                                                     {"PixelMeasuresSequence": {"PixelSpacing": [0.5, 0.7]}},
                                                      per_frame))
     first, second = read_image(path, frame=0), read_image(path, frame=1)
     assert np.array_equal(first.pixels, _linear_8bit(stored[0] - 1024.0, 40, 400))
@@ -181,11 +188,11 @@ def test_real_enhanced_ct_from_pydicom_data() -> None:
 
 def test_functional_group_values_that_are_not_numbers_are_named(tmp_path: Path) -> None:
     ds = enhanced(np.stack([ramp(8, 8, 0, 100)]), {"PixelValueTransformationSequence": {"RescaleSlope": 7.25,
-                                                                                       "RescaleIntercept": 0}})
+                                                                                       "RescaleIntercept": 0}})  # noqa: E501
     data = with_invalid_text(to_bytes(ds), "7.25", "7,25")
     with pytest.raises(MedicalImageError, match=r"Shared Functional Groups Sequence \(5200,9229\) > "
-                                                r"PixelValueTransformationSequence \(0028,9145\) > RescaleSlope "
-                                                r"\(0028,1053\) holds '7,25', not a number"):
+                                                r"PixelValueTransformationSequence \(0028,9145\) > "
+                                                r"RescaleSlope \(0028,1053\) holds '7,25', not a number"):
         read_image(data)
 
 
@@ -213,7 +220,8 @@ def test_float_pixel_data_with_a_frame_window() -> None:
 
 
 def test_pydicom_bad_vr_file_is_refused_naming_the_tag() -> None:
-    """pydicom's badVR.dcm: Number of Frames (IS) holds "1A"; main raised a raw ValueError (a 500 at Serve)."""
+    """pydicom's badVR.dcm: Number of Frames (IS) holds "1A"; main raised a raw ValueError (a 500 at
+    Serve)."""
     path = get_testdata_file("badVR.dcm")
     with pytest.raises(MedicalImageError, match=r"NumberOfFrames \(0028,0008\) holds '1A'"):
         read_image(path)
@@ -232,7 +240,8 @@ def test_a_value_pydicom_cannot_convert_is_refused_in_the_pixel_module_and_ignor
     ds.AcquisitionMatrix = [0, 16, 16, 0]  # (0018,1310) US, 4 values; nothing in the pipeline reads it
     data = to_bytes(ds)
     value = np.array([0, 16, 16, 0], "<u2").tobytes()
-    odd = replaced_once(data, b"\x18\x00\x10\x13US\x08\x00" + value, b"\x18\x00\x10\x13US\x09\x00" + value + b"\x00")
+    odd = replaced_once(data, b"\x18\x00\x10\x13US\x08\x00" + value, b"\x18\x00\x10\x13US\x09\x00"
+                        + value + b"\x00")
     assert np.array_equal(read_image(odd).pixels, read_image(data).pixels)
 
 
@@ -269,11 +278,13 @@ def test_photo_stored_sideways_is_read_sized_and_served_upright(tmp_path: Path) 
     image = read_image(path)
     assert image.size == (64, 48) and image_size(path) == (64, 48)
     assert np.array_equal(image.pixels, upright)
-    record = Record(id="derm", image=str(path), width=64, height=48, phrase="lesion", boxes=((36, 4, 60, 20),))
+    record = Record(id="derm", image=str(path), width=64, height=48, phrase="lesion",
+                    boxes=((36, 4, 60, 20),))
     assert np.array_equal(np.asarray(rollout_request(record, path).image.convert("RGB")), upright)
     served = decode_image(path.read_bytes(), Limits(min_image_side=8))
     assert (served.width, served.height) == (64, 48) and np.array_equal(np.asarray(served.image), upright)
-    (overlay,) = write_overlays([Prediction(record, "", None, 0.0)], Manifest(tmp_path / "m.jsonl", (record,)),
+    (overlay,) = write_overlays([Prediction(record, "", None, 0.0)],
+                                Manifest(tmp_path / "m.jsonl", (record,)),
                                 tmp_path / "overlays", limit=1)
     shown = np.asarray(Image.open(overlay).convert("RGB"))
     scale = shown.shape[1] // 64
@@ -315,7 +326,8 @@ def test_a_png_exif_chunk_after_the_pixels_is_ignored_by_reader_and_size_alike(t
 
 
 def test_coco_without_sizes_reads_the_upright_size_and_keeps_its_boxes(tmp_path: Path) -> None:
-    """A COCO export without image sizes next to derm_exif6.jpg: main read 48 x 64 and clipped x2 = 60 to 48."""
+    """A COCO export without image sizes next to derm_exif6.jpg: main read 48 x 64 and clipped x2 = 60 to
+    48."""
     (tmp_path / "derm.jpg").write_bytes((CASES / "derm_exif6.jpg").read_bytes())
     doc = {"images": [{"id": 1, "file_name": "derm.jpg"}], "categories": [{"id": 1, "name": "naevus"}],
            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [36, 4, 24, 16]}]}
@@ -328,13 +340,15 @@ def test_coco_without_sizes_reads_the_upright_size_and_keeps_its_boxes(tmp_path:
 
 
 def test_masks_and_contact_sheet_follow_the_photo_orientation(tmp_path: Path) -> None:
-    """An ISIC-like pair: the photo stored sideways (EXIF 6), the mask drawn on the upright photo (no EXIF)."""
+    """An ISIC-like pair: the photo stored sideways (EXIF 6), the mask drawn on the upright photo (no
+    EXIF)."""
     (tmp_path / "in" / "images").mkdir(parents=True)
     (tmp_path / "in" / "masks").mkdir()
     (tmp_path / "in" / "images" / "ISIC_1.jpg").write_bytes((CASES / "derm_exif6.jpg").read_bytes())
     upright = _exif_upright(CASES / "derm_exif6.jpg")
     lesion = upright[..., 0] < 128  # the dark naevus, in the upright frame
-    Image.fromarray((lesion * 255).astype(np.uint8)).save(tmp_path / "in" / "masks" / "ISIC_1_segmentation.png")
+    Image.fromarray((lesion
+                     * 255).astype(np.uint8)).save(tmp_path / "in" / "masks" / "ISIC_1_segmentation.png")
     ys, xs = np.nonzero(lesion)
     done = runner.invoke(app, ["data", "convert", "--format", "masks", str(tmp_path / "in"),
                                str(tmp_path / "m.jsonl")])
@@ -369,22 +383,27 @@ def test_mscxr_boxes_are_scaled_onto_the_smaller_jpg_they_point_at(tmp_path: Pat
     (record,) = load_manifest(folder / "m.jsonl").records
     stored = Image.open(folder / "files/p10/p10000032/s50/d1.jpg").size
     assert (record.width, record.height) == stored == (636, 764)
-    # xywh in the DICOM frame (200, 2000, 400, 300) -> xyxy (200, 2000, 600, 2300), x 636/2544 = 1/4, y 764/3056
-    # = 1/4 -> (50, 500, 150, 575); (1900, 2048, 420, 280) -> (1900, 2048, 2320, 2328) / 4 -> (475, 512, 580, 582)
+    # xywh in the DICOM frame (200, 2000, 400, 300) -> xyxy (200, 2000, 600, 2300), x 636/2544 = 1/4, y
+    # 764/3056
+    # = 1/4 -> (50, 500, 150, 575); (1900, 2048, 420, 280) -> (1900, 2048, 2320, 2328) / 4 -> (475, 512, 580,
+    # 582)
     assert record.boxes == ((50.0, 500.0, 150.0, 575.0), (475.0, 512.0, 580.0, 582.0))
     pixels = np.asarray(Image.open(folder / "files/p10/p10000032/s50/d1.jpg"))
-    assert pixels[500:575, 50:150].mean() > 150 > pixels[:400].mean()  # the box covers the finding drawn there
+    # the box covers the finding drawn there
+    assert pixels[500:575, 50:150].mean() > 150 > pixels[:400].mean()
     inspected = runner.invoke(app, ["data", "inspect", str(folder / "m.jsonl")])
     assert inspected.exit_code == 0, inspected.output
 
 
-def test_a_manifest_in_the_dicom_frame_beside_the_jpg_is_named_by_inspect_and_training(tmp_path: Path) -> None:
+def test_a_manifest_in_the_dicom_frame_beside_the_jpg_is_named_by_inspect_and_training(
+        tmp_path: Path) -> None:
     """Converted without the images (the table's 2544 x 3056 frame kept), then used beside the JPG export."""
     from services.convert import rollout_request
 
     folder = _mscxr(tmp_path)
     table = folder / "MS_CXR_Local_Alignment_v1.0.0.csv"
-    done = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table), str(tmp_path / "elsewhere.jsonl")])
+    done = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table),
+                               str(tmp_path / "elsewhere.jsonl")])
     assert done.exit_code == 0, done.output
     (record,) = load_manifest(tmp_path / "elsewhere.jsonl").records
     assert (record.width, record.height) == (2544, 3056)  # no image there: the table's frame is kept
@@ -392,22 +411,27 @@ def test_a_manifest_in_the_dicom_frame_beside_the_jpg_is_named_by_inspect_and_tr
     inspected = runner.invoke(app, ["data", "inspect", str(folder / "m.jsonl")])
     assert inspected.exit_code == 1 and "Traceback" not in inspected.output
     assert "the manifest says 2544x3056 but" in inspected.output and "is 636x764" in inspected.output
-    with pytest.raises(MedicalImageError, match=r"2544x3056 but .* is 636x764 pixels, so its boxes are in another "
+    with pytest.raises(MedicalImageError,
+                       match=r"2544x3056 but .* is 636x764 pixels, so its boxes are in another "
                                                 r"frame.*convert again with the images in place"):
         rollout_request(record, folder / record.image)
 
 
-def test_an_image_that_is_not_a_resized_copy_of_the_tables_frame_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_an_image_that_is_not_a_resized_copy_of_the_tables_frame_is_refused_in_one_line(
+        tmp_path: Path) -> None:
     folder = _mscxr(tmp_path)
     jpg = folder / "files/p10/p10000032/s50/d1.jpg"
     Image.open(jpg).crop((0, 0, 636, 700)).save(jpg)  # 636 x 700: x scales by 1/4, y would need 0.229
     table = folder / "MS_CXR_Local_Alignment_v1.0.0.csv"
-    refused = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table), str(folder / "m.jsonl")])
+    refused = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", str(table),
+                                  str(folder / "m.jsonl")])
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
     assert "the boxes are in a 2544x3056 frame but the image is 636x700" in refused.output
-    skipped = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", "--on-bad-record", "skip", str(table),
+    skipped = runner.invoke(app, ["data", "convert", "--format", "ms-cxr", "--on-bad-record",
+                                  "skip", str(table),
                                   str(folder / "m.jsonl")])
-    assert skipped.exit_code == 1 and "gave no records" in skipped.output and "skipped (image size) 1" in skipped.output
+    assert (skipped.exit_code == 1 and "gave no records" in skipped.output
+            and "skipped (image size) 1" in skipped.output)
 
 
 def test_boxes_past_the_image_without_a_stated_frame_are_refused(tmp_path: Path) -> None:

@@ -87,12 +87,14 @@ def test_monochrome1_is_the_exact_inverse() -> None:
 
 
 def test_palette_colour_goes_through_the_palette() -> None:
-    ds = dataset(np.arange(256, dtype=np.uint8).reshape(16, 16), photometric="PALETTE COLOR", bits_allocated=8)
+    ds = dataset(np.arange(256, dtype=np.uint8).reshape(16, 16), photometric="PALETTE COLOR",
+                 bits_allocated=8)
     palette(ds, (np.arange(256) * 257, np.zeros(256), (255 - np.arange(256)) * 257))
     rgb = read_image(to_bytes(ds)).pixels
     idx = np.arange(256).reshape(16, 16)  # 16-bit entries i * 257 -> i * 257 / 65535 * 255 = i
     assert rgb.shape == (16, 16, 3)
-    assert np.array_equal(rgb[..., 0], idx) and not rgb[..., 1].any() and np.array_equal(rgb[..., 2], 255 - idx)
+    assert np.array_equal(rgb[..., 0], idx) and not rgb[...,
+                                                        1].any() and np.array_equal(rgb[..., 2], 255 - idx)
 
 
 def test_ybr_full_becomes_rgb() -> None:
@@ -125,7 +127,8 @@ def test_sixteen_bit_png_and_dicom_without_window_look_the_same(tmp_path: Path) 
     rescaled_ds.RescaleSlope, rescaled_ds.RescaleIntercept = 1, -1024
     rescaled = read_image(to_bytes(rescaled_ds))
     assert np.array_equal(png.pixels, dcm.pixels) and np.array_equal(png.pixels, rescaled.pixels)
-    assert png.window == dcm.window and rescaled.window == pytest.approx((dcm.window[0] - 1024, dcm.window[1]))
+    assert (png.window == dcm.window
+            and rescaled.window == pytest.approx((dcm.window[0] - 1024, dcm.window[1])))
 
 
 def test_raster_modes(tmp_path: Path) -> None:
@@ -138,7 +141,8 @@ def test_raster_modes(tmp_path: Path) -> None:
     grey.putpalette([v for i in range(256) for v in (i, i, i)])
     grey.putpixel((2, 0), 77)
     grey.save(tmp_path / "g.png")
-    assert read_image(tmp_path / "g.png").pixels.shape == (3, 4) and read_image(tmp_path / "g.png").pixels[0, 2] == 77
+    assert read_image(tmp_path / "g.png").pixels.shape == (3,
+                                                           4) and read_image(tmp_path / "g.png").pixels[0, 2] == 77  # noqa: E501
     Image.new("RGBA", (5, 5), (10, 20, 30, 0)).save(tmp_path / "a.png")
     assert read_image(tmp_path / "a.png").pixels[0, 0].tolist() == [10, 20, 30]
     Image.new("1", (5, 5), 1).save(tmp_path / "b.png")

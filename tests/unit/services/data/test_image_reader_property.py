@@ -33,7 +33,8 @@ def headers(draw: st.DrawFn) -> dict[str, Any]:
     allocated = 8 if photometric == "PALETTE COLOR" else draw(st.sampled_from([8, 16]))
     stored_bits = draw(st.integers(2, allocated))
     signed = photometric != "PALETTE COLOR" and draw(st.booleans())
-    low_limit, high_limit = (-(2 ** (stored_bits - 1)), 2 ** (stored_bits - 1) - 1) if signed else (0, 2**stored_bits - 1)
+    low_limit, high_limit = (-(2 ** (stored_bits - 1)),
+                             2 ** (stored_bits - 1) - 1) if signed else (0, 2**stored_bits - 1)
     low = draw(st.integers(low_limit, high_limit))
     high = draw(st.integers(low, high_limit))
     return {
@@ -45,14 +46,16 @@ def headers(draw: st.DrawFn) -> dict[str, Any]:
         "center_frac": draw(st.floats(-0.2, 1.2)), "width_frac": draw(st.floats(0.01, 2.0)),
         "palette_seed": draw(st.integers(0, 2**16)),
         "fault": draw(st.sampled_from([None, None, None, *FAULTS,
-                                       *(PALETTE_FAULTS if photometric == "PALETTE COLOR" else GREY_FAULTS)])),
+                                       *(PALETTE_FAULTS if photometric == "PALETTE COLOR"
+                                         else GREY_FAULTS)])),
     }
 
 
 def _build(h: dict[str, Any]) -> tuple[bytes, np.ndarray | None]:
     """The file's bytes and, for PALETTE COLOR, the expected RGB."""
     stored = ramp(3, h["cols"], h["low"], h["high"])
-    ds = dataset(stored, photometric=h["photometric"], bits_allocated=h["allocated"], bits_stored=h["stored_bits"],
+    ds = dataset(stored, photometric=h["photometric"], bits_allocated=h["allocated"],
+                 bits_stored=h["stored_bits"],
                  signed=h["signed"])
     expected = None
     if h["photometric"] == "PALETTE COLOR":
@@ -93,7 +96,8 @@ def _build(h: dict[str, Any]) -> tuple[bytes, np.ndarray | None]:
 
 def _add_voi(ds: Any, h: dict[str, Any], slope: float) -> None:
     """A window placed within (or just past) the ramp's modality range."""
-    lo_m = min(h["low"] * slope, h["high"] * slope) + (h["intercept"] if h["rescale"] in ("positive", "negative") else 0)
+    lo_m = min(h["low"] * slope, h["high"] * slope) + (h["intercept"]
+                                                       if h["rescale"] in ("positive", "negative") else 0)
     span = max(abs(h["high"] - h["low"]) * abs(slope), 1.0)
     center, width = round(lo_m + h["center_frac"] * span, 2), round(max(1.0, h["width_frac"] * span), 2)
     match h["voi"]:

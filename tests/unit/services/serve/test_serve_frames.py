@@ -34,6 +34,7 @@ def test_boxes_are_clipped_in_the_model_frame_before_conversion() -> None:
     assert box is not None and box[2] == pytest.approx(300.0)
 
 
-@pytest.mark.parametrize("text", ["", "no answer", "<answer>[3, 4, 1, 2]</answer>", "<answer>[1, 2, 3]</answer>"])
+@pytest.mark.parametrize("text", ["", "no answer", "<answer>[3, 4, 1, 2]</answer>",
+                                  "<answer>[1, 2, 3]</answer>"])
 def test_no_usable_box_is_none(text: str) -> None:
     assert grounding_answer(text, ImageFrame(300, 170, 140, 84, "input_pixels"))[1] is None

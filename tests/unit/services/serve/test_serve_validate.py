@@ -36,7 +36,9 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR",
+                                        ihdr) + chunk(b"IDAT",
+                                                      zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _dicom(with_pixels: bool = True, truncate: int = 0) -> bytes:
@@ -79,7 +81,8 @@ BAD_IMAGES = [
 ]
 
 
-@pytest.mark.parametrize(("data", "status", "code"), [b[1:] for b in BAD_IMAGES], ids=[b[0] for b in BAD_IMAGES])
+@pytest.mark.parametrize(("data", "status", "code"), [b[1:] for b in BAD_IMAGES],
+                         ids=[b[0] for b in BAD_IMAGES])
 def test_bad_images_are_4xx_with_a_fix(data: bytes, status: int, code: str) -> None:
     with pytest.raises(BadInput) as info:
         decode_image(data, LIMITS)
@@ -89,16 +92,19 @@ def test_bad_images_are_4xx_with_a_fix(data: bytes, status: int, code: str) -> N
 
 
 @pytest.mark.parametrize(("data", "kind", "size"), [
-    (GOOD_PNG, "png", (60, 40)), (_png((50, 30), "I;16"), "png", (50, 30)), (_png((20, 20), "L"), "png", (20, 20)),
+    (GOOD_PNG, "png", (60, 40)), (_png((50, 30), "I;16"), "png", (50, 30)),
+    (_png((20, 20), "L"), "png", (20, 20)),
     (_jpeg((64, 48)), "jpeg", (64, 48)), (_dicom(), "dicom", (40, 30))])
-def test_good_images_decode_to_rgb_in_their_original_size(data: bytes, kind: str, size: tuple[int, int]) -> None:
+def test_good_images_decode_to_rgb_in_their_original_size(data: bytes, kind: str,
+                                                          size: tuple[int, int]) -> None:
     decoded = decode_image(data, LIMITS)
     assert (decoded.kind, decoded.image.size, (decoded.width, decoded.height)) == (kind, size, size)
     assert decoded.image.mode == "RGB"
 
 
 def test_dicom_goes_through_the_data_readers_window_and_inversion() -> None:
-    """MONOCHROME1 with window 1000/2000: stored 0 is below the window, so black before inversion, white after."""
+    """MONOCHROME1 with window 1000/2000: stored 0 is below the window, so black before inversion, white
+    after."""
     pixels = np.asarray(decode_image(_dicom(), LIMITS).image)[..., 0]
     assert pixels[0, 0] == 255  # stored value 0 -> window 0 -> inverted to 255
     assert pixels[-1, -1] < pixels[0, 0]  # the brightest stored value ends darkest
@@ -152,4 +158,5 @@ def test_real_world_dicom_variants_decode_or_get_a_422_naming_the_tag(kind: str)
         return
     with pytest.raises(BadInput) as info:
         decode_image(data, limits, name="scan.dcm")
-    assert info.value.status == 422 and fragment in info.value.message and info.value.message.startswith("scan.dcm")
+    assert (info.value.status == 422 and fragment in info.value.message
+            and info.value.message.startswith("scan.dcm"))
