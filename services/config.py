@@ -473,7 +473,12 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     resolved = Path(run_dir) / "resolved_config.json"
     if not resolved.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no resolved_config.json); give runs/NAME")
-    return validate_tree(json.loads(resolved.read_text()), str(resolved))
+    try:
+        tree = json.loads(resolved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{resolved} is damaged ({exc}); `medground train` writes it whole: restore it "
+                          f"from a copy, or use another run") from None
+    return validate_tree(tree, str(resolved))
 
 
 def write_resolved(config: RunConfig, run_dir: str | Path) -> Path:

@@ -43,7 +43,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any | BadLine]]:
             if not text.strip():
                 continue
             try:
-                yield number, json.loads(text)
+                # without its newline, so a line cut short is reported at its own last column
+                yield number, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield number, BadLine(f"not valid JSON: {exc.msg} at column {exc.colno}")
 

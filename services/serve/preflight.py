@@ -61,7 +61,8 @@ def check_args(args: ServeArgs) -> None:
             raise PreflightError(f"--run-dir {run} is not a run directory (no resolved_config.json); pass "
                                  f"runs/NAME as `medground train` wrote it")
     if args.model_path is not None and not Path(args.model_path).is_dir():
-        raise PreflightError(f"--model {args.model_path} does not exist; pass an HF model directory "
+        what = "is a file, not a directory" if Path(args.model_path).exists() else "does not exist"
+        raise PreflightError(f"--model {args.model_path} {what}; pass an HF model directory "
                              f"(`medground init-model` makes one)")
     try:
         resolved = resolve(args)

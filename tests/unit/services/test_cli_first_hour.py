@@ -187,3 +187,28 @@ def test_the_progress_bar_ends_its_line_before_an_error() -> None:
         bar.update(3)
         raise RuntimeError("a step failed")
     assert buffer.getvalue().endswith("\n")  # the error that follows starts on a line of its own
+
+
+def test_what_a_new_users_walkthrough_broke_is_one_line_now(tmp_path: Path, no_ray: None) -> None:
+    """A damaged resolved_config.json (was a JSONDecodeError traceback), a file given as --model (was "does
+    not exist"), a negative split size for synth (was a data set without a train split, exit 0)."""
+    model = _model_dir(tmp_path)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "resolved_config.json").write_text("{not json")
+    _one_line_error(runner.invoke(app, ["serve", "--run-dir", str(damaged)]), "is damaged", "another run")
+    _one_line_error(runner.invoke(app, ["serve", "--model", str(model / "config.json")]),
+                    "is a file, not a directory")
+    synth = runner.invoke(app, ["data", "synth", str(tmp_path / "s"), "--n-train", "-1"])
+    assert synth.exit_code == 2 and "greater than or equal to 0" in synth.output, synth.output
+    assert not (tmp_path / "s" / "manifest.jsonl").exists()
+
+
+def test_a_line_cut_short_is_reported_at_its_own_column(tmp_path: Path) -> None:
+    from services.data.jsonl import BadLine, read_jsonl
+
+    line = '{"id": "broken", "boxes": [[1,2,3'
+    (tmp_path / "m.jsonl").write_text('{"id": "ok"}\n' + line + "\n")
+    (_, first), (number, bad) = list(read_jsonl(tmp_path / "m.jsonl"))
+    assert first == {"id": "ok"} and number == 2 and isinstance(bad, BadLine)
+    assert f"at column {len(line) + 1}" in bad.reason, bad
