@@ -7,7 +7,6 @@ Errors name the field, the broken rule and the fix (`ConfigError`).
 
 from __future__ import annotations
 
-import difflib
 import json
 import warnings
 from pathlib import Path
@@ -19,16 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learner.config import LOSS_PRESETS, LearnerConfig
 from rewards.config import RewardConfig
 from rollout.config import RolloutConfig
-from services.config_checks import override_type_errors
+from services.config_checks import ConfigError, explain, override_type_errors
 from services.logging_config import LoggingConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says which field, why, and how to fix it."""
 
 
 class PoolConfig(_Strict):
@@ -383,57 +378,6 @@ def _index(part: str, item: str, items: list[Any]) -> int:
         raise ConfigError(f"override {item!r}: index {part} is past the end of a list of {len(items)} "
                           f"(valid: 0..{len(items) - 1}); add the item to the YAML to override it")
     return int(part)
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The valid field names of the model reached by following `loc` (the parent of an unknown key)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-        if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}))
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def explain(error: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
-    """Turn pydantic's errors into one message naming each field, the rule and the fix."""
-    lines = [f"invalid configuration in {source}:"]
-    errors = error.errors()
-    locs = [tuple(e["loc"]) for e in errors]
-    for err in errors:
-        loc = tuple(err["loc"])
-        if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
-            continue  # a section failing only because of a field inside it, which has its own line
-        dotted = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
-            lines.append(f"  {dotted}: unknown key; {hint}")
-        elif err["type"] == "missing":
-            lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set "
-                         f"{dotted}=...")
-        elif isinstance(err.get("input"), dict):
-            # a rule across several fields (a model validator): its message names them; the input is a section
-            lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError("\n".join(lines))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

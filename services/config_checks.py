@@ -1,4 +1,6 @@
-"""Checks of `--set` overrides that validation alone cannot make (services/config.py applies them).
+"""The config's error type, pydantic's errors explained field by field (`explain`: the field, the rule,
+the fix, "did you mean" for an unknown key), and checks of `--set` overrides that validation alone cannot make
+(services/config.py applies them).
 
 - Type: YAML reads `true` as a bool and pydantic's lax mode turns it into 1 for an int field (and 1.0 for a
   float); `override_type_errors` refuses a bool where a number is expected and a number where a bool is.
@@ -10,12 +12,69 @@
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which field, why, and how to fix it."""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The valid field names of the model reached by following `loc` (the parent of an unknown key)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def explain(error: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    """Turn pydantic's errors into one message naming each field, the rule and the fix."""
+    lines = [f"invalid configuration in {source}:"]
+    errors = error.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    for err in errors:
+        loc = tuple(err["loc"])
+        if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
+            continue  # a section failing only because of a field inside it, which has its own line
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
+            lines.append(f"  {dotted}: unknown key; {hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {dotted}: required field is missing; add it to the YAML or pass --set "
+                         f"{dotted}=...")
+        elif isinstance(err.get("input"), dict):
+            # a rule across several fields (a model validator): its message names them; the input is a section
+            lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
 
 # run-level field (dotted prefix) -> the stage field that overrides it for that stage
 STAGE_SHADOWS: dict[str, str] = {"learner.lr": "lr", "reward": "reward", "data.train_split": "train_split"}

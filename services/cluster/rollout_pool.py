@@ -357,16 +357,7 @@ class RolloutPool:
             done, _ = ray.wait(list(flight.shards), num_returns=1,
                                timeout=max(flight.next_deadline() - time.monotonic(), 0.0))
             if not done:  # a worker's current shard is past its deadline: replace it, resend all it holds
-                lost, who = [], []
-                for late in flight.expired(time.monotonic()):
-                    dropped = flight.drop(late.worker)
-                    self._replace(late.worker, "worker_timeout",
-                                  f"did not answer {len(late.indices)} requests within "
-                                  f"{late.budget_s:g} s "
-                                  f"(pool.call_timeout_s={self.pool.call_timeout_s:g} per "
-                                  f"request); {len(dropped)} requests sent to other workers", len(dropped))
-                    lost += dropped
-                    who.append(late.worker.name())
+                lost, who = self._replace_late(flight)
                 if lost:
                     retry(lost, f"{', '.join(who)} timed out")
                 continue
@@ -375,22 +366,35 @@ class RolloutPool:
                 groups = ray.get(done[0])
             except RayActorError as exc:
                 lost = [*shard.indices, *flight.drop(shard.worker)]  # its queued shards will never run either
-                self._replace(shard.worker, "worker_death",
-                              f"died mid-call ({type(exc).__name__}); {len(lost)} "
-                              f"requests sent to other workers", len(lost))
+                self._replace(shard.worker, "worker_death", f"died mid-call ({type(exc).__name__}); "
+                              f"{len(lost)} requests sent to other workers", len(lost))
                 retry(lost, f"{shard.worker.name()} died: {exc}")
                 continue
             serving.add(shard.worker.serial)
             for i, group in zip(shard.indices, groups, strict=True):
                 if results[i] is not None:
-                    raise RuntimeError(f"request {requests[i].prompt_id} answered twice; a bug in "
-                                       "RolloutPool")
+                    raise RuntimeError(f"request {requests[i].prompt_id} answered twice (a RolloutPool bug)")
                 results[i] = group
         self.last_serving = tuple(sorted(serving))
         missing = [requests[i].prompt_id for i, g in enumerate(results) if g is None]
         if missing:
             raise RuntimeError(f"rollout pool lost requests {missing[:5]}; this is a bug in RolloutPool")
         return [g for g in results if g is not None]
+
+    def _replace_late(self, flight: _InFlight) -> tuple[list[int], list[str]]:
+        """Replace every worker whose current shard is past its deadline; the requests it held (to resend)
+        and the workers' names."""
+        lost: list[int] = []
+        who: list[str] = []
+        for late in flight.expired(time.monotonic()):
+            dropped = flight.drop(late.worker)
+            self._replace(late.worker, "worker_timeout",
+                          f"did not answer {len(late.indices)} requests within {late.budget_s:g} s "
+                          f"(pool.call_timeout_s={self.pool.call_timeout_s:g} per request); "
+                          f"{len(dropped)} requests sent to other workers", len(dropped))
+            lost += dropped
+            who.append(late.worker.name())
+        return lost, who
 
     def shutdown(self) -> None:
         """Close and kill every worker."""

@@ -131,6 +131,16 @@ def build_base(recipe: BaseRecipe, out: str | Path, log: Any = print) -> dict[st
     return report
 
 
+def _optimiser(model: Any, recipe: BaseRecipe) -> tuple[Any, Any]:
+    """AdamW over every parameter with the recipe's one-cycle learning rate."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.steps,
+                                                pct_start=recipe.warmup)
+    return opt, sched
+
+
 def _train(recipe: BaseRecipe, model_dir: Path, manifest: Path, knowledge: Any, log: Any) -> list[float]:
     """Full-weight SFT (every parameter, AdamW, one-cycle lr) on the recipe's training split."""
     import torch
@@ -152,9 +162,7 @@ def _train(recipe: BaseRecipe, model_dir: Path, manifest: Path, knowledge: Any, 
     torch.manual_seed(recipe.seed)
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.steps,
-                                                pct_start=recipe.warmup)
+    opt, sched = _optimiser(model, recipe)
     rng = np.random.default_rng([recipe.seed, 7])
     pad = int(model.config.text_config.pad_token_id or 0)
     curve: list[float] = []
