@@ -25,9 +25,10 @@ def _names(pids: list[int]) -> list[str]:
     names = []
     for pid in pids:
         try:
-            names.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])  # noqa: E501
-        except OSError:
-            continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the process exited after it was listed
+        names.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:120])
     return names
 
 
