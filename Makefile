@@ -17,12 +17,14 @@ setup: .venv/.ready
 demo: .venv/.ready
 	$(PY) -m services.cli demo
 
+# two pytest workers, one test file each at a time (--dist loadfile keeps a module's engine fixtures in one
+# process): the integration tier waits on process and engine start-ups, so two files overlap well on 2 cores
 test: .venv/.ready lint
-	$(PYTEST) -m "not slow and not gpu" --timeout=900 tests
+	$(PYTEST) -m "not slow and not gpu" --timeout=900 -n 2 --dist loadfile --durations=25 tests
 
 # the edit loop: pure unit tests and the architecture rules, no Ray, no engines (about a minute)
 test-unit: .venv/.ready
-	$(PYTEST) -m "not slow and not gpu" --timeout=300 tests/unit tests/architecture
+	$(PYTEST) -m "not slow and not gpu" --timeout=300 -n 2 tests/unit tests/architecture
 
 test-slow: .venv/.ready
 	$(PYTEST) -m "slow and not gpu" --timeout=3600 tests

@@ -64,7 +64,7 @@ class LayerSpec:
     keep: tuple[float, ...]
 
 
-class ExpertScale(nn.Module):
+class ExpertScale(nn.Module):  # type: ignore[misc]
     """lambda: shape (r,), float32 whatever the model dtype; forward returns lambda * mask (shape (r,))."""
 
     def __init__(self, rank: int, alpha: float, device: torch.device | None = None) -> None:

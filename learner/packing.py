@@ -47,8 +47,9 @@ def same_prompt(a: TrainSample, b: TrainSample) -> bool:
     if a.pixel_values is b.pixel_values and a.image_grid_thw is b.image_grid_thw:
         return True  # the usual case: a group's samples share one tensor (services/convert.grpo_samples)
     assert a.image_grid_thw is not None and b.image_grid_thw is not None  # TrainSample checks both-or-neither
-    return (a.pixel_values.shape == b.pixel_values.shape and torch.equal(a.image_grid_thw, b.image_grid_thw)
-            and torch.equal(a.pixel_values, b.pixel_values))
+    return bool(a.pixel_values.shape == b.pixel_values.shape
+                and torch.equal(a.image_grid_thw, b.image_grid_thw)
+                and torch.equal(a.pixel_values, b.pixel_values))
 
 
 def prompt_runs(samples: Sequence[TrainSample]) -> list[range]:
@@ -241,7 +242,7 @@ def plan(samples: Sequence[TrainSample], size: int) -> Plan:
                 image_samples=tuple(image_samples))
 
 
-@torch.no_grad()
+@torch.no_grad()  # type: ignore[untyped-decorator]
 def vision_features(model: Any, samples: Sequence[TrainSample], device: torch.device,
                     dtype: torch.dtype) -> Any:
     """The frozen vision tower's output (``model.get_image_features``, ``model`` the Qwen-VL model under the
