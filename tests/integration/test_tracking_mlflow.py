@@ -8,9 +8,10 @@ in-process fakes of tests/driver_fakes.py (a scripted rollout pool, a learner th
 writes real PEFT-format adapter folders, the reward scorer without an actor): the driver, its rows,
 checkpoints, evaluation reports and final adapter are the real code, only the numbers come from fakes. No
 Ray, vLLM or DeepSpeed; the same loop on them is tests/integration/test_train_loop_e2e.py. The server starts
-twice (~10 s each: at the start and after the kill, which is the mechanism under test); everything else
-takes a few seconds. The delivery queue's rules and the privacy defaults are tested against fakes, a sqlite
-store and a W&B offline run in tests/unit/services/test_trackers.py.
+twice (~10 s each: at the start and after the kill, which is the mechanism under test); the rest (both
+runs, the outage's bounded retries, every metric history read back) ~15 s. The delivery queue's rules and
+the privacy defaults are tested against fakes, a sqlite store and a W&B offline run in
+tests/unit/services/test_trackers.py.
 """
 
 from __future__ import annotations
