@@ -1,7 +1,7 @@
 """The driver's seams: what `services/training/train_loop.py` needs from the cluster, as Protocols.
 
 The Ray-backed classes satisfy them as they are (`RolloutPool`, `LearnerGroup`, `RewardClient`,
-`ControlClient`); tests give the driver in-process fakes instead (tests/unit/services/driver_fakes.py), so
+`ControlClient`); tests give the driver in-process fakes instead (tests/driver_fakes.py), so
 the whole loop -- stages, refills, evaluation cadence, checkpoint and resume, control requests -- runs in
 milliseconds. Artefacts cross these seams opaquely: the learner's `export` returns what the pool's
 `load_adapter` accepts (an object ref on Ray).

@@ -1,10 +1,16 @@
 """A training run tracked by a real MLflow server on loopback (`mlflow server`, a sqlite backend, artifacts
-proxied into a local folder), on real components (the session's shared rollout pool, the reward actor, a
-DeepSpeed learner): what MLflow holds after a stop, a resume into the same MLflow run, and a server killed
-mid-run and started again -- read back with MLflow's own client.
+proxied into a local folder): what MLflow holds after a stop, a resume into the same MLflow run, and a server
+killed mid-run and started again -- read back with MLflow's own client.
 
-One run serves every check (the server's start, ~15 s, happens twice: at the start and after the kill). The
-delivery queue's rules and the privacy defaults are tested against fakes and a W&B offline run in
+The real component is MLflow (server and client) behind the run's tracker
+(services/training/tracker_mlflow.py, trackers.py, fed by the metrics writer). The training engines are the
+in-process fakes of tests/driver_fakes.py (a scripted rollout pool, a learner that records its batches and
+writes real PEFT-format adapter folders, the reward scorer without an actor): the driver, its rows,
+checkpoints, evaluation reports and final adapter are the real code, only the numbers come from fakes. No
+Ray, vLLM or DeepSpeed; the same loop on them is tests/integration/test_train_loop_e2e.py. The server starts
+twice (~10 s each: at the start and after the kill, which is the mechanism under test); the rest (both
+runs, the outage's bounded retries, every metric history read back) ~15 s. The delivery queue's rules and
+the privacy defaults are tested against fakes, a sqlite store and a W&B offline run in
 tests/unit/services/test_trackers.py.
 """
 
@@ -16,16 +22,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from run_configs import run_config
+from driver_fakes import QueueControl, RecordingLearner, ScriptedPool, handles, varied_answer, write_records
 
 from learner.distributed import free_port
-from services.training.metrics import read_metrics
-from services.training.trackers import numeric, read_state
+from services.config import RunConfig
+from services.training.metrics import MetricsWriter, read_metrics
+from services.training.trackers import numeric, open_trackers, read_state
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +71,20 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
-        lend_pool: Callable[..., Any], tiny_model_dir: Path, demo_data: Path, tmp_path: Path) -> None:
+def _config(tmp_path: Path, logging_section: dict[str, Any]) -> RunConfig:
+    """An SFT step then 4 GRPO steps (global steps 1..5), checkpoints every 2 steps, evaluations at the
+    start and the end (reports eval/step-0.json and eval/step-5.json)."""
+    return RunConfig.model_validate({
+        "name": "tracked", "seed": 0, "output_dir": str(tmp_path / "runs"),
+        "model": {"path": "unused"}, "data": {"manifest": "unused", "eval_split": "val"},
+        "stages": [{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 1e-3},
+                   {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2, "refill_cap": 0}],
+        "rollout": {"group_size": 4}, "reward": {"accuracy": "raw_iou", "w_recite": 0.0},
+        "learner": {"num_ranks": 1, "lr": 1e-3}, "logging": logging_section,
+        "eval": {"every": 0, "max_samples": 2, "overlays": 2}, "checkpoint": {"every": 2, "keep": 2}})
+
+
+def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     from services.training import train_loop
@@ -76,12 +94,12 @@ def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
     server = MlflowServer(tmp_path / "mlflow", free_port())
     logging_section = {"trackers": ["tensorboard", "mlflow"], "samples_every": 1, "log_adapter": True,
                        "mlflow": {"tracking_uri": server.uri, "register_model": "medground-it"}}
-    cfg = run_config(tiny_model_dir, demo_data, tmp_path / "runs", name="tracked", logging=logging_section,
-                     stages=[{"name": "warmup", "kind": "sft", "steps": 1, "prompts_per_step": 2, "lr": 1e-3},
-                             {"name": "grounding", "kind": "grpo", "steps": 4, "prompts_per_step": 2,
-                              "refill_cap": 0}],
-                     learner={"num_ranks": 1, "cpus_per_rank": 0.25, "micro_batch_size": 8, "lr": 1e-3},
-                     eval={"every": 0, "max_samples": 2, "overlays": 2}, checkpoint={"every": 2, "keep": 2})
+    cfg = _config(tmp_path, logging_section)
+    manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
+
+    def start(c: RunConfig, d: Path) -> Any:  # fresh fakes per process; the writer opens the real trackers
+        return handles(c, d, manifest, ScriptedPool(varied_answer), RecordingLearner(), QueueControl(),
+                       writer=MetricsWriter(d, trackers=open_trackers(c, d)))
     server.start()
     try:
         client = MlflowClient(server.uri)
@@ -91,7 +109,7 @@ def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
             if step == 2:
                 raise train_loop.StopRequested("SIGTERM received")
         with pytest.raises(train_loop.RunFailed):
-            train_loop.run(cfg, on_step=stop, start=lend_pool)
+            train_loop.run(cfg, on_step=stop, start=start)
         run_dir = tmp_path / "runs" / "tracked"
         run_id = read_state(run_dir)["mlflow"]["run_id"]
         first = client.get_run(run_id)
@@ -106,7 +124,7 @@ def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
                 server.kill()
             elif step == 4:
                 server.start()
-        train_loop.run(cfg, run_dir=run_dir, resume=True, on_step=outage, start=lend_pool)
+        train_loop.run(cfg, run_dir=run_dir, resume=True, on_step=outage, start=start)
         assert read_state(run_dir)["mlflow"]["run_id"] == run_id
 
         # ---- the run finished with every row on disk, the failure counted in the next row
@@ -128,11 +146,11 @@ def test_an_mlflow_tracked_run_resumes_into_its_run_and_outlives_its_server(
         assert run.data.params["stages.1.name"] == "grounding" and run.data.params["learner.num_ranks"] == "1"
         assert run.data.params["logging.mlflow.tracking_uri"] == server.uri
 
-        # ---- the artifacts: config, plots, evaluation reports (numbers), the adapter (registered); no
-        # text or image of a record
+        # ---- the artifacts: config, plots, evaluation reports (numbers), the adapter (the fake learner's
+        # PEFT folder of its last checkpoint, registered); no text or image of a record
         files = _files(client, run_id)
         assert "resolved_config.json" in files and "plots/reward.png" in files
-        assert "adapter/adapter_config.json" in files
+        assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(files)
         assert sorted(f for f in files if f.startswith(("samples/", "eval/"))) == \
             ["eval/step-0.json", "eval/step-5.json"]
         assert list((run_dir / "samples").glob("train-step-*.jsonl"))  # the run directory keeps them

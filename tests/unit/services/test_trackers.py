@@ -1,9 +1,9 @@
 """Experiment trackers (services/training/trackers.py and its backends): the delivery queue (failures counted,
 retried in order, never a step twice, resume backfills), a tracker unreachable at start, the `logging:`
 section, and the real MLflow (a sqlite store) and W&B (offline) backends fed by the in-process driver of
-driver_fakes.py: what they received, and that by default no image and no text of a record or completion
-is among it. (A real MLflow server, a real training run and a server killed mid-run:
-tests/integration/test_tracking_mlflow.py.)"""
+tests/driver_fakes.py: what they received, and that by default no image and no text of a record or completion
+is among it. (A real `mlflow server`, a stop and a resume, and the server killed mid-run:
+tests/integration/test_tracking_mlflow.py, on the same fakes.)"""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driver_fakes import QueueControl, RecordingLearner, ScriptedPool, handles, write_records
-from test_train_loop import _answer, _config
+from driver_fakes import (
+    QueueControl,
+    RecordingLearner,
+    ScriptedPool,
+    handles,
+    varied_answer,
+    write_records,
+)
+from test_train_loop import _config
 
 from services.config import ConfigError, RunConfig, validate_tree
 from services.training import train_loop
@@ -276,7 +283,7 @@ def _tracked_run(tmp_path: Path, logging_section: dict[str, Any], resume: bool =
     run_dir = tmp_path / "runs" / cfg.name
 
     def start(c: RunConfig, d: Path) -> Any:
-        return handles(c, d, manifest, ScriptedPool(_answer), learner, QueueControl(),
+        return handles(c, d, manifest, ScriptedPool(varied_answer), learner, QueueControl(),
                        writer=MetricsWriter(d, trackers=open_trackers(c, d)))
     train_loop.run(cfg, run_dir=run_dir, resume=resume, on_step=on_step, start=start)
     return run_dir, learner

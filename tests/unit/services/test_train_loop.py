@@ -1,5 +1,5 @@
-"""The driver's whole loop in-process, against the fakes of driver_fakes.py: stages, dynamic-sampling refills,
-evaluation cadence, adapter pushes, checkpoint and exact resume, a resize request, a reward crash.
+"""The driver's whole loop in-process, against the fakes of tests/driver_fakes.py: stages, dynamic-sampling
+refills, evaluation cadence, adapter pushes, checkpoint and exact resume, a resize request, a reward crash.
 (The same loop on real Ray, vLLM and DeepSpeed: tests/integration/test_train_loop_e2e.py.)"""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from driver_fakes import (
     QueueControl,
     RecordingLearner,
     ScriptedPool,
-    box_answer,
     handles,
+    varied_answer,
     write_records,
 )
 
@@ -40,21 +40,12 @@ def _config(tmp_path: Path, **over: Any) -> RunConfig:
     return RunConfig.model_validate(tree | over)
 
 
-def _answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
-    """Even-numbered records: every completion alike (a zero-variance group); odd: boxes that differ by the
-    request's seed and the completion index; greedy (evaluation): one box."""
-    index = int(request.prompt_id.rsplit("-", 1)[1])
-    if sampling.temperature == 0.0 or index % 2 == 0:
-        return box_answer((10, 10, 40, 50))
-    shift = int(np.random.default_rng([request.seed or 0, j]).integers(0, 20))
-    return box_answer((10 + shift, 10, 40 + shift, 50))
-
-
 def _run(cfg: RunConfig, tmp_path: Path, control: QueueControl | None = None, reward: Any = LocalReward,
          resume: bool = False, on_step: Any = None, learner: RecordingLearner | None = None,
          ) -> tuple[Path, ScriptedPool, RecordingLearner, QueueControl]:
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
-    pool, learner, control = ScriptedPool(_answer), learner or RecordingLearner(), control or QueueControl()
+    pool, learner = ScriptedPool(varied_answer), learner or RecordingLearner()
+    control = control or QueueControl()
     run_dir = tmp_path / "runs" / cfg.name
     train_loop.run(cfg, run_dir=run_dir, resume=resume, on_step=on_step,
                    start=lambda c, d: handles(c, d, manifest, pool, learner, control, reward))
@@ -165,7 +156,7 @@ def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) 
     # generate calls: 0-1 the evaluation at start (greedy, sampled), 2 step 1, 3 step 2, 4-5 the evaluation
     # after
     # step 2, 6 step 3
-    pool = ScriptedPool(_answer, hung={2: 1, 6: 2})
+    pool = ScriptedPool(varied_answer, hung={2: 1, 6: 2})
     run_dir = tmp_path / "runs" / "fake"
     train_loop.run(_config(tmp_path, stages=[{"name": "rl", "kind": "grpo", "steps": 3, "prompts_per_step": 2,
                                               "refill_cap": 0}]), run_dir=run_dir,
@@ -178,7 +169,7 @@ def test_faults_the_pool_handled_are_counted_in_their_steps_row(tmp_path: Path) 
 def test_a_refused_adapter_stops_the_run_with_the_reason_and_the_previous_adapter_live(
         tmp_path: Path) -> None:
     manifest = write_records(tmp_path / "data", n_train=6, n_val=2)
-    pool = ScriptedPool(_answer, refuse={3})  # SFT publishes v1, GRPO steps v2, v3, ...
+    pool = ScriptedPool(varied_answer, refuse={3})  # SFT publishes v1, GRPO steps v2, v3, ...
     cfg = _config(tmp_path, checkpoint={"every": 1})
     with pytest.raises(train_loop.RunFailed) as failed:
         train_loop.run(cfg, run_dir=tmp_path / "runs" / "fake",
@@ -274,7 +265,7 @@ def test_a_classification_stage_continues_from_the_grounding_stages_adapter(tmp_
 
     def answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
         if request.task == "grounding":
-            return _answer(request, j, version, sampling)
+            return varied_answer(request, j, version, sampling)
         # half of each group right
         label = "nodule" if sampling.temperature == 0.0 or j % 2 == 0 else "effusion"
         return '<think>t</think><answer>{"label": "' + label + '"}</answer>'

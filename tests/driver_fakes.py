@@ -1,7 +1,10 @@
 """In-process stand-ins for the driver's seams (services/training/seams.py), so `train_loop.run` runs in
 milliseconds:
-a scripted rollout pool, a learner that records what it is given, the real reward scorer without an actor,
-and a control queue. Not collected (no test_ prefix)."""
+a scripted rollout pool, a learner that records what it is given (its checkpoints and exports are real PEFT
+adapter folders), the real reward scorer without an actor, and a control queue. Shared by the unit tier
+(tests/unit/services) and the integration tests whose real component is not a training engine (the MLflow
+server of tests/integration/test_tracking_mlflow.py); tests/ is on sys.path through its conftest.py. Not
+collected (no test_ prefix)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,16 @@ Answer = Callable[[RolloutRequest, int, int, SamplingConfig], str]  # (request, 
 
 def box_answer(box: Sequence[float]) -> str:
     return "<think>t</think><answer>" + json.dumps({"bbox_2d": [int(v) for v in box]}) + "</answer>"
+
+
+def varied_answer(request: RolloutRequest, j: int, version: int, sampling: SamplingConfig) -> str:
+    """Even-numbered records: every completion alike (a zero-variance group); odd: boxes that differ by the
+    request's seed and the completion index; greedy (evaluation): one box."""
+    index = int(request.prompt_id.rsplit("-", 1)[1])
+    if sampling.temperature == 0.0 or index % 2 == 0:
+        return box_answer((10, 10, 40, 50))
+    shift = int(np.random.default_rng([request.seed or 0, j]).integers(0, 20))
+    return box_answer((10 + shift, 10, 40 + shift, 50))
 
 
 def write_records(folder: Path, n_train: int, n_val: int) -> Manifest:
