@@ -89,8 +89,11 @@ def test_success_error_success_clears_and_scales(monkeypatch: pytest.MonkeyPatch
 
 
 def _shot(driver: Any, path: Path) -> None:
-    """A screenshot of the page for a person to look at (kept under pytest's --basetemp)."""
-    assert driver.save_screenshot(str(path)) and path.stat().st_size > 1000
+    """A screenshot of the result (status, coordinates, the whole canvas) for a person to look at (kept
+    under pytest's --basetemp)."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.find_element(By.ID, "result").screenshot(str(path)) and path.stat().st_size > 1000
 
 
 def test_zero_one_and_two_boxes_of_a_multi_box_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -103,6 +106,7 @@ def test_zero_one_and_two_boxes_of_a_multi_box_model(monkeypatch: pytest.MonkeyP
     Image.fromarray(rgb).save(scan)
     k = 640 / 400  # canvas pixels per image pixel
     with fake_app(monkeypatch) as (api, _), served_on_loopback(api) as url, chromium() as driver:
+        driver.set_window_size(1000, 1400)  # tall enough that a screenshot holds the whole 640 x 480 canvas
         driver.get(f"{url}/")
         assert _submit(driver, scan, "two lesions") == "done"
         page = _page(driver)
@@ -135,5 +139,6 @@ def test_zero_one_and_two_boxes_of_a_multi_box_model(monkeypatch: pytest.MonkeyP
 
         assert _submit(driver, scan, "broken list") == "done"
         page = _page(driver)
+        _shot(driver, tmp_path / "broken.png")
         assert page["box"] is None and "no usable box" in page["status"]
         assert "list member 1 is not a box" in page["reason"]

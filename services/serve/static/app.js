@@ -38,8 +38,8 @@ function loadImage(src) {
   });
 }
 
-function drawLabel(ctx, text, x1, y1, width, height, colour) {
-  ctx.font = `${LABEL_PX}px monospace`;
+function drawLabel(ctx, text, x1, y1, width, height, colour, bold) {
+  ctx.font = `${bold ? "bold " : ""}${LABEL_PX}px monospace`;
   const w = ctx.measureText(text).width + 4;
   const x = Math.min(Math.max(0, x1), Math.max(0, width - w));
   // above the box when there is room, else just inside its top edge, never below the canvas
@@ -54,8 +54,9 @@ function drawLabel(ctx, text, x1, y1, width, height, colour) {
 // Box i is drawn in COLOURS[i % 4]: the first in red, as a single box always was.
 const COLOURS = ["#ff2020", "#20d0ff", "#ffd020", "#40ff60"];
 
-function drawBanner(ctx, text, width) {
+function drawBanner(ctx, long, short, width) {
   ctx.font = `bold ${LABEL_PX + 4}px system-ui, sans-serif`;
+  const text = ctx.measureText(long).width + 16 <= width ? long : short;  // a narrow image gets the short one
   const w = ctx.measureText(text).width + 16;
   const x = Math.max(0, (width - w) / 2);
   ctx.fillStyle = "rgba(0, 0, 0, 0.7)";
@@ -75,7 +76,7 @@ async function draw(answer) {
   ctx.imageSmoothingEnabled = scale < 1;  // enlarged small images keep their pixels sharp
   ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
   if (answer.parse_ok && answer.boxes.length === 0) {  // a valid answer: "not present", not an error
-    drawBanner(ctx, "Not found: the model answered that it is not present", canvas.width);
+    drawBanner(ctx, "Not found: the model answered that it is not present", "Not found", canvas.width);
     return;
   }
   const many = answer.boxes.length > 1;
@@ -86,7 +87,7 @@ async function draw(answer) {
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     // one box: its coordinates, as always; several: each numbered (the list below gives coordinates)
     const label = many ? String(i + 1) : box.map((v) => v.toFixed(0)).join(", ");
-    drawLabel(ctx, label, x1, y1, canvas.width, canvas.height, COLOURS[i % COLOURS.length]);
+    drawLabel(ctx, label, x1, y1, canvas.width, canvas.height, COLOURS[i % COLOURS.length], many);
   });
 }
 
