@@ -127,6 +127,26 @@ async def _bad_input(_: Request, exc: BadInput) -> JSONResponse:
     return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status, headers=headers)
 
 
+# Above the deployment class: `serve.ingress` pickles the routes when the class is decorated, so a global
+# they call must exist by then (defined below the class, it was a NameError in the replica, a 500).
+def ground_response(result: GroundResult, checked: GroundRequest, preview: str | None, latency_ms: float,
+                    trained: dict[str, Any]) -> GroundResponse:
+    """The response to one request: `result`'s boxes (original pixels, rounded to 0.01 px; in the model's
+    convention unrounded), `box` (deprecated) their first, and what the request was built with."""
+    boxes = [[round(v, 2) for v in b] for b in result.boxes]
+    model_boxes = [list(b) for b in result.model_boxes]
+    return GroundResponse(
+        boxes=boxes, box=boxes[0] if boxes else None, parse_ok=result.parse_ok, format_ok=result.format_ok,
+        text=result.text, adapter_version=result.adapter_version, latency_ms=round(latency_ms, 2),
+        image=ImageInfo(width=checked.image.width, height=checked.image.height, kind=checked.image.kind),
+        model_input=ModelInput(width=result.input_size[0], height=result.input_size[1],
+                               convention=result.convention, boxes=model_boxes,
+                               box=model_boxes[0] if model_boxes else None),
+        preview_png=preview, no_box_reason=result.no_box_reason, knowledge_key=checked.knowledge.key,
+        knowledge_source=checked.knowledge.source, knowledge_match=checked.knowledge.matched,
+        trained_on=trained)
+
+
 @serve.deployment(name="Grounding", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1},
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
                   user_config=ServeUserConfig().model_dump(), health_check_period_s=10,
@@ -225,24 +245,6 @@ class GroundingDeployment:
     @api.get("/static/app.js", include_in_schema=False)
     async def script(self) -> FileResponse:
         return FileResponse(STATIC / "app.js", media_type="text/javascript")
-
-
-def ground_response(result: GroundResult, checked: GroundRequest, preview: str | None, latency_ms: float,
-                    trained: dict[str, Any]) -> GroundResponse:
-    """The response to one request: `result`'s boxes (original pixels, rounded to 0.01 px; in the model's
-    convention unrounded), `box` (deprecated) their first, and what the request was built with."""
-    boxes = [[round(v, 2) for v in b] for b in result.boxes]
-    model_boxes = [list(b) for b in result.model_boxes]
-    return GroundResponse(
-        boxes=boxes, box=boxes[0] if boxes else None, parse_ok=result.parse_ok, format_ok=result.format_ok,
-        text=result.text, adapter_version=result.adapter_version, latency_ms=round(latency_ms, 2),
-        image=ImageInfo(width=checked.image.width, height=checked.image.height, kind=checked.image.kind),
-        model_input=ModelInput(width=result.input_size[0], height=result.input_size[1],
-                               convention=result.convention, boxes=model_boxes,
-                               box=model_boxes[0] if model_boxes else None),
-        preview_png=preview, no_box_reason=result.no_box_reason, knowledge_key=checked.knowledge.key,
-        knowledge_source=checked.knowledge.source, knowledge_match=checked.knowledge.matched,
-        trained_on=trained)
 
 
 def build_app(args: dict[str, Any]) -> Application:
