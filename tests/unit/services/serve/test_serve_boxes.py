@@ -113,7 +113,8 @@ class _Engine:
 def test_the_service_asks_for_and_reads_the_runs_form(multi_box: bool) -> None:
     service = object.__new__(GroundingService)  # the batch path only: no model, no engine
     engine = _Engine([LISTS["two lesions"], LISTS["not present"]])
-    service.worker, service.sampling, service.multi_box = engine, GREEDY, multi_box  # type: ignore[assignment]
+    service.worker = engine  # type: ignore[assignment]
+    service.sampling, service.multi_box = GREEDY, multi_box
     image = DecodedImage(Image.new("RGB", (400, 300)), kind="png", width=400, height=300)
     requests = [GroundRequest(image, "lesion", KnowledgeChoice(None, "off"))] * 2
     results = service.ground(requests)
