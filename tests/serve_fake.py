@@ -1,7 +1,9 @@
 """The Serve app's real routes (services/serve/app.py: upload parsing, checks, response, preview, the page)
 in this process, without Ray Serve or a model: the deployment object the routes run on is a stand-in whose
-engine answers the box of the image's dark pixels. For tests of what the endpoint answers that need no
-model (status codes, frames, previews, the page in a browser). Not collected (no test_ prefix).
+engine answers the box of the image's dark pixels, or for the phrases of `LISTS` a multi-box model's fixed
+answer (0, 1 or 2 boxes, or a broken list) read by the service's own parsing (`read_answer`). For tests of
+what the endpoint answers that need no model (status codes, frames, previews, the page in a browser). Not
+collected (no test_ prefix).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import pytest
 
 from rollout.images import ImageFrame
 from services.serve.config import Limits
-from services.serve.core import GroundingService, GroundRequest, GroundResult
-from services.serve.explain import no_box_reason
+from services.serve.core import GroundingService, GroundRequest, GroundResult, read_answer
 from services.serve.trained_on import TrainedOn
 
 # What the stand-in says it was trained on (the page shows it beside each result).
@@ -29,6 +30,16 @@ TRAINED = TrainedOn(run="fake", manifest="data/demo/manifest.jsonl", splits=("tr
 
 ANSWER = "<think>dark pixels</think><answer>box</answer>"
 OUTSIDE = '<think>far away</think><answer>{"bbox_2d": [5000, 5000, 5100, 5100]}</answer>'
+# A multi-box model's fixed answers, by phrase, in input pixels of a frame half the image's size (so the
+# conversion into original pixels is exercised: x2); read by the real path (core.read_answer).
+LISTS = {
+    "not present": "<think>clear lungs</think><answer>[]</answer>",
+    "one lesion": '<think>one</think><answer>[{"bbox_2d": [20, 20, 60, 60]}]</answer>',
+    "two lesions": '<think>both sides</think><answer>[{"bbox_2d": [20, 20, 60, 60]}, '
+                   '{"bbox_2d": [120, 80, 180, 140]}]</answer>',
+    "broken list": '<think>oops</think><answer>[{"bbox_2d": [20, 20, 60, 60]}, {"bbox_2d": [1, 2, 3]}]'
+                   "</answer>",
+}
 
 
 def dark_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
@@ -63,15 +74,14 @@ class FakeDeployment:
     async def _ground_batch(self, request: GroundRequest) -> GroundResult:
         self.seen.append(request)
         size = (request.image.width, request.image.height)
+        if request.phrase in LISTS:  # a multi-box model's fixed answer
+            frame = ImageFrame(*size, size[0] // 2, size[1] // 2, "input_pixels")
+            return read_answer(LISTS[request.phrase], frame, 0, multi_box=True)
         if request.phrase.startswith("outside"):  # an answer whose box lies past the image: no usable box
-            frame = ImageFrame(*size, *size, "input_pixels")
-            return GroundResult(box=None, model_box=None, text=OUTSIDE, format_ok=True, adapter_version=0,
-                                image_size=size, input_size=size, convention="input_pixels",
-                                no_box_reason=no_box_reason(OUTSIDE, frame))
+            return read_answer(OUTSIDE, ImageFrame(*size, *size, "input_pixels"), 0, multi_box=False)
         box = dark_box(np.asarray(request.image.image))
-        return GroundResult(box=box, model_box=box, text=ANSWER, format_ok=True, adapter_version=0,
-                            image_size=size,
-                            input_size=size, convention="input_pixels")
+        return GroundResult(boxes=(box,), model_boxes=(box,), parse_ok=True, text=ANSWER, format_ok=True,
+                            adapter_version=0, image_size=size, input_size=size, convention="input_pixels")
 
 
 @contextmanager

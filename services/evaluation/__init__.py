@@ -10,6 +10,7 @@ from services.evaluation.heldout import (
     eval_files,
     evaluate,
     grounding_answer,
+    grounding_boxes,
     predict,
     predict_sampled,
     read_ious,
@@ -21,6 +22,6 @@ from services.evaluation.heldout import (
 )
 
 __all__ = ["GREEDY", "Prediction", "centre_box_baseline", "eval_files", "evaluate",
-           "grounding_answer", "predict",
+           "grounding_answer", "grounding_boxes", "predict",
            "predict_sampled", "read_ious", "read_sampled_ious", "report", "sample_config", "write_overlays",
            "write_predictions"]

@@ -1,10 +1,10 @@
 """The Ray Serve application: a FastAPI ingress over `GroundingService` (services/serve/core.py).
 
-    POST /v1/ground         multipart (image file + phrase) or JSON (base64 image + phrase) -> box
+    POST /v1/ground         multipart (image file + phrase) or JSON (base64 image + phrase) -> boxes
     GET  /v1/model          model, engine, live adapter version and where it came from
     POST /v1/admin/reload   load {"path": "<adapter dir>"} now, or without a path the watched run's latest
     GET  /healthz           liveness of this replica (open even when a token is set)
-    GET  /                  the page: choose an image, type a phrase, see the box;   /docs: OpenAPI
+    GET  /                  the page: choose an image, type a phrase, see the boxes; /docs: OpenAPI
 
 Requests are checked off the engine thread, then batched (`@serve.batch`) into one engine call on a single
 engine thread, which also runs adapter loads, so generation and reloads never overlap. A watcher thread
@@ -48,14 +48,22 @@ class ModelInput(BaseModel):
     width: int = Field(description="Width the model saw after smart_resize, in pixels.")
     height: int = Field(description="Height the model saw, in pixels.")
     convention: str = Field(description="input_pixels (Qwen2.5-VL) or norm1000 (Qwen2-VL).")
-    box: list[float] | None = Field(description="The parsed box in the model's convention, clipped.")
+    boxes: list[list[float]] = Field(default_factory=list, description="Every parsed box [x1, y1, x2, y2] "
+                                     "in the model's convention, clipped, in the answer's order.")
+    box: list[float] | None = Field(description="Deprecated (kept for one release; use boxes): the first of "
+                                                "boxes, or null.")
 
 
 class GroundResponse(BaseModel):
-    box: list[float] | None = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image; null "
-                                                "when the answer holds no usable box (see parse_ok and "
-                                                "text).")
-    parse_ok: bool = Field(description="A box was parsed from the answer.")
+    boxes: list[list[float]] = Field(default_factory=list, description=(
+        "Every box [x1, y1, x2, y2] in pixels of the uploaded image, in the answer's order. Empty when the "
+        "finding is not present (parse_ok true: a model trained with multi_box answered []) or when the "
+        "answer holds no usable box (parse_ok false); no_box_reason says which. A single-box model "
+        "answers at most one."))
+    box: list[float] | None = Field(description="Deprecated (kept for one release; use boxes): the first of "
+                                                "boxes, or null.")
+    parse_ok: bool = Field(description="The answer parsed: one box, or for a multi-box model a list of "
+                                       "boxes, the empty list (not present) included.")
     format_ok: bool = Field(description="The answer followed <think>...</think><answer>...</answer> exactly.")
     text: str = Field(description="The model's raw answer.")
     adapter_version: int = Field(description="LoRA adapter version that answered (0: the base model).")
@@ -63,8 +71,11 @@ class GroundResponse(BaseModel):
     image: ImageInfo
     model_input: ModelInput
     preview_png: str | None = Field(None, description="Base64 PNG of the decoded image (when preview=true).")
-    no_box_reason: str | None = Field(None, description="Why box is null: no answer block, no four numbers, "
-                                      "an empty box, or a box outside the image the model saw.")
+    no_box_reason: str | None = Field(None, description="Why boxes is empty: the model answered that the "
+                                      "finding is not present (parse_ok true), or the answer is unusable: no "
+                                      "answer block, no four numbers, a list member that is not a box (named "
+                                      "by its index), an empty box, or a box outside the image the model "
+                                      "saw.")
     knowledge_key: str | None = Field(None, description="The prior-knowledge key the prompt was built with "
                                       "(null: none), as training built it for a record with this key.")
     knowledge_source: str = Field("off", description=(
@@ -107,13 +118,33 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                          "pixels, ...", **_ERROR_BODY}}
 
 api = FastAPI(title="medground grounding", version="1", docs_url="/docs",
-              description="Locate a finding in a medical image: image + phrase -> box in original pixels.")
+              description="Locate a finding in a medical image: image + phrase -> boxes in original pixels.")
 
 
 @api.exception_handler(BadInput)
 async def _bad_input(_: Request, exc: BadInput) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status, headers=headers)
+
+
+# Above the deployment class: `serve.ingress` pickles the routes when the class is decorated, so a global
+# they call must exist by then (defined below the class, it was a NameError in the replica, a 500).
+def ground_response(result: GroundResult, checked: GroundRequest, preview: str | None, latency_ms: float,
+                    trained: dict[str, Any]) -> GroundResponse:
+    """The response to one request: `result`'s boxes (original pixels, rounded to 0.01 px; in the model's
+    convention unrounded), `box` (deprecated) their first, and what the request was built with."""
+    boxes = [[round(v, 2) for v in b] for b in result.boxes]
+    model_boxes = [list(b) for b in result.model_boxes]
+    return GroundResponse(
+        boxes=boxes, box=boxes[0] if boxes else None, parse_ok=result.parse_ok, format_ok=result.format_ok,
+        text=result.text, adapter_version=result.adapter_version, latency_ms=round(latency_ms, 2),
+        image=ImageInfo(width=checked.image.width, height=checked.image.height, kind=checked.image.kind),
+        model_input=ModelInput(width=result.input_size[0], height=result.input_size[1],
+                               convention=result.convention, boxes=model_boxes,
+                               box=model_boxes[0] if model_boxes else None),
+        preview_png=preview, no_box_reason=result.no_box_reason, knowledge_key=checked.knowledge.key,
+        knowledge_source=checked.knowledge.source, knowledge_match=checked.knowledge.matched,
+        trained_on=trained)
 
 
 @serve.deployment(name="Grounding", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1},
@@ -168,7 +199,7 @@ class GroundingDeployment:
     @api.post("/v1/ground", response_model=GroundResponse, openapi_extra=_GROUND_BODY,
               responses=_ERRORS)
     async def ground(self, request: Request) -> GroundResponse:
-        """Locate `phrase` in the image; the box is in pixels of the uploaded image."""
+        """Locate `phrase` in the image; the boxes are in pixels of the uploaded image."""
         start = time.perf_counter()
         check_token(request, self.token)
         upload = await read_upload(request, self.args.limits)
@@ -178,18 +209,8 @@ class GroundingDeployment:
         result = await self._ground_batch(checked)
         preview = (await asyncio.to_thread(preview_png, checked.image.image, self.args.limits)
                    if upload.preview else None)
-        return GroundResponse(
-            box=None if result.box is None else [round(v, 2) for v in result.box],
-            parse_ok=result.box is not None,
-            format_ok=result.format_ok, text=result.text, adapter_version=result.adapter_version,
-            latency_ms=round((time.perf_counter() - start) * 1000, 2),
-            image=ImageInfo(width=checked.image.width, height=checked.image.height, kind=checked.image.kind),
-            model_input=ModelInput(width=result.input_size[0], height=result.input_size[1],
-                                   convention=result.convention,
-                                   box=None if result.model_box is None else list(result.model_box)),
-            preview_png=preview, no_box_reason=result.no_box_reason, knowledge_key=checked.knowledge.key,
-            knowledge_source=checked.knowledge.source, knowledge_match=checked.knowledge.matched,
-            trained_on=self.service.trained.as_dict())
+        return ground_response(result, checked, preview, (time.perf_counter() - start) * 1000,
+                               self.service.trained.as_dict())
 
     @api.get("/v1/model")
     async def model(self, request: Request) -> dict[str, Any]:

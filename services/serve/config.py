@@ -57,6 +57,9 @@ class ServeArgs(_Strict):
     knowledge_dir: str | None = Field(None, description="Prior-knowledge folder for requests that name a "
                                                         "knowledge_key (default: the run's "
                                                         "data.knowledge_dir when injection is on).")
+    multi_box: bool | None = Field(None, description="Ask for and read a list of boxes ([] when the finding "
+                                   "is absent) instead of one box; default: true when any stage of the run "
+                                   "has multi_box: true (as evaluation decides), false for a bare model.")
     token_env: str = Field("MEDGROUND_SERVE_TOKEN",
                            description="Environment variable holding the bearer token; "
                            "unset or empty: no authentication.")

@@ -2,8 +2,13 @@
 
 What is evaluated is what is served: requests go through the rollout worker core (the same prompt builder,
 HF processor and engine as training and evaluation) with evaluation's greedy sampling, and answers through
-`services.evaluation.grounding_answer` (the rewards parser and frame conversion). The Ray Serve deployment
-(services/serve/app.py) forwards here; tests construct this class directly.
+`services.evaluation.grounding_answer` / `grounding_boxes` (the rewards parser and frame conversion). The Ray
+Serve deployment (services/serve/app.py) forwards here; tests construct this class directly.
+
+The answer form (issue 31) follows evaluation's rule (`services.evaluation.evaluate`): a run any of whose
+stages has `multi_box: true` is asked for a list of boxes (`[]`: not present) and read as a set; any other
+run, and a bare model, is asked for one box. `ServeArgs.multi_box` overrides the rule (a merged export of a
+multi-box run served by `model_path` carries no stages to read it from).
 
 Not thread-safe on purpose: the deployment calls `ground`, `load_adapter` and `refresh` from one engine
 thread; `check` is pure and may run anywhere.
@@ -20,9 +25,10 @@ from typing import Any, Literal
 import rewards
 from rollout.contracts import RolloutRequest
 from rollout.core import RolloutWorkerCore
+from rollout.images import ImageFrame
 from rollout.knowledge import KnowledgeBase, load_knowledge
-from services.config import load_run_config
-from services.evaluation import GREEDY, grounding_answer
+from services.config import RunConfig, load_run_config
+from services.evaluation import GREEDY, grounding_answer, grounding_boxes
 from services.serve.adapters import AdapterError, AdapterSource, latest_adapter, read_adapter
 from services.serve.config import ServeArgs, resolve
 from services.serve.explain import no_box_reason
@@ -47,24 +53,28 @@ class GroundRequest:
         return self.knowledge.key
 
 
-def serve_request(index: int, request: GroundRequest) -> RolloutRequest:
-    """The rollout request of a checked upload: what evaluation's `rollout_request(record)` is for a record
-    (image, phrase, grounding, the chosen knowledge key), so both build one prompt (rollout/prompts.py)."""
+def serve_request(index: int, request: GroundRequest, multi_box: bool = False) -> RolloutRequest:
+    """The rollout request of a checked upload: what evaluation's `rollout_request(record, multi_box=...)` is
+    for a record (image, phrase, grounding, the chosen knowledge key, the answer form), so both build one
+    prompt (rollout/prompts.py)."""
     return RolloutRequest(prompt_id=f"serve-{index}", image=request.image.image, question=request.phrase,
-                          knowledge_key=request.knowledge.key)
+                          knowledge_key=request.knowledge.key, multi_box=multi_box)
 
 
 @dataclass(frozen=True)
 class GroundResult:
     """The answer to one request.
 
-    `box`: (x1, y1, x2, y2) in pixels of the uploaded image (None when the answer has no usable box);
-    `model_box`: the same box in the model's convention (input pixels or 0..1000), clipped;
-    `input_size`: (width, height) the model saw; `format_ok`: exact think/answer format.
+    `boxes`: every box, (x1, y1, x2, y2) in pixels of the uploaded image, in the answer's order; () when the
+    answer has no usable box, or (multi-box models) says "not present"; `model_boxes`: the same boxes in the
+    model's convention (input pixels or 0..1000), clipped; `parse_ok`: the answer parsed (a valid `[]` too);
+    `input_size`: (width, height) the model saw; `format_ok`: exact think/answer format; `no_box_reason`: why
+    `boxes` is empty (None when it is not).
     """
 
-    box: rewards.Box | None
-    model_box: rewards.Box | None
+    boxes: tuple[rewards.Box, ...]
+    model_boxes: tuple[rewards.Box, ...]
+    parse_ok: bool
     text: str
     format_ok: bool
     adapter_version: int
@@ -72,6 +82,43 @@ class GroundResult:
     input_size: tuple[int, int]
     convention: str
     no_box_reason: str | None = None
+
+    @property
+    def box(self) -> rewards.Box | None:
+        """The first box in original pixels, or None (the single-box answer of old)."""
+        return self.boxes[0] if self.boxes else None
+
+    @property
+    def model_box(self) -> rewards.Box | None:
+        """The first box in the model's convention, or None."""
+        return self.model_boxes[0] if self.model_boxes else None
+
+
+def read_answer(text: str, frame: ImageFrame, adapter_version: int, multi_box: bool) -> GroundResult:
+    """One model answer as a result: parsed by evaluation's path (`grounding_answer`, or `grounding_boxes`
+    for a multi-box model, whose `[]` is a valid "not present"), converted into original pixels, and the
+    reason when there is no box (`no_box_reason`). Pure: no engine."""
+    parsed, first = grounding_answer(text, frame, multi_box=multi_box)
+    if multi_box:
+        boxes = grounding_boxes(text, frame) or ()
+        model_boxes = (parsed.boxes or ()) if parsed is not None else ()
+    else:  # a single-box answer parses only with its box
+        boxes = () if first is None else (first,)
+        model_boxes = () if parsed is None or parsed.box is None else (parsed.box,)
+    return GroundResult(
+        boxes=boxes, model_boxes=model_boxes, parse_ok=parsed is not None, text=text,
+        format_ok=parsed is not None and parsed.format_ok, adapter_version=adapter_version,
+        image_size=(frame.original_width, frame.original_height),
+        input_size=(frame.input_width, frame.input_height), convention=frame.convention,
+        no_box_reason=None if boxes else no_box_reason(text, frame, multi_box))
+
+
+def answer_form(override: bool | None, run: RunConfig | None) -> bool:
+    """True when the served model is asked for a list of boxes: `override` (ServeArgs.multi_box) when set,
+    else whether any stage of the run has `multi_box: true` (evaluation's rule); a bare model: False."""
+    if override is not None:
+        return override
+    return run is not None and any(stage.multi_box for stage in run.stages)
 
 
 @dataclass(frozen=True)
@@ -94,8 +141,10 @@ class GroundingService:
         self.knowledge: KnowledgeBase | None = (load_knowledge(self.resolved.knowledge_dir)
                                                 if self.resolved.knowledge_dir else None)
         run_dir = self.resolved.run_dir
-        self.trained = (trained_on(load_run_config(run_dir), run_dir, self.knowledge) if run_dir
+        run = load_run_config(run_dir) if run_dir else None
+        self.trained = (trained_on(run, run_dir, self.knowledge) if run is not None and run_dir
                         else TrainedOn(note="served from a model directory, not a run"))
+        self.multi_box = answer_form(args.multi_box, run)
         self.worker = RolloutWorkerCore(self.resolved.model_path, self.resolved.rollout, self.knowledge)
         cap = args.max_new_tokens or self.resolved.rollout.sampling.max_new_tokens  # evaluation's cap
         self.sampling = GREEDY.model_copy(update={"max_new_tokens": cap})
@@ -133,19 +182,10 @@ class GroundingService:
 
     def ground(self, requests: Sequence[GroundRequest]) -> list[GroundResult]:
         """Greedy answers for a batch, parsed and converted to original pixels, in request order."""
-        batch = [serve_request(i, r) for i, r in enumerate(requests)]
+        batch = [serve_request(i, r, self.multi_box) for i, r in enumerate(requests)]
         groups = self.worker.generate(batch, n=1, sampling=self.sampling)
-        results = []
-        for group in groups:
-            text = group.completions[0].text
-            parsed, box = grounding_answer(text, group.frame)
-            f = group.frame
-            results.append(GroundResult(
-                box=box, model_box=parsed.box if parsed is not None else None, text=text,
-                format_ok=parsed is not None and parsed.format_ok, adapter_version=group.adapter_version,
-                image_size=(f.original_width, f.original_height), input_size=(f.input_width, f.input_height),
-                convention=f.convention, no_box_reason=None if box is not None else no_box_reason(text, f)))
-        return results
+        return [read_answer(g.completions[0].text, g.frame, g.adapter_version, self.multi_box)
+                for g in groups]
 
     # ---- adapters -------------------------------------------------------------------------------------
 
@@ -200,7 +240,7 @@ class GroundingService:
         return {"model_path": str(Path(self.resolved.model_path).resolve()), "family": self.worker.family,
                 "convention": self.worker.convention, "engine": r.engine, "run_dir": self.resolved.run_dir,
                 "min_pixels": r.min_pixels, "max_pixels": r.max_pixels,
-                "max_new_tokens": self.sampling.max_new_tokens,
+                "max_new_tokens": self.sampling.max_new_tokens, "multi_box": self.multi_box,
                 "knowledge_keys": sorted(self.knowledge.entries) if self.knowledge else [],
                 "inject_knowledge": self.knowledge is not None and r.inject_knowledge,
                 "trained_on": self.trained.as_dict(),

@@ -101,6 +101,8 @@ def test_png_and_dicom_boxes_are_in_original_pixels(served: Served) -> None:
         assert body["box"] == pytest.approx(_expected_box(body["text"], *size), abs=0.01)
         assert body["box"] != pytest.approx(body["model_input"]["box"], abs=0.5)  # really rescaled
         assert body["adapter_version"] == 0 and body["latency_ms"] > 0
+        # a single-box run (issue 31): `boxes` holds the one box, `box` (deprecated) repeats it
+        assert body["boxes"] == [body["box"]] and body["model_input"]["boxes"] == [body["model_input"]["box"]]
 
 
 def test_real_world_dicom_variants_are_answered_or_refused_with_4xx(served: Served) -> None:
@@ -223,6 +225,7 @@ def test_docs_and_model_info(served: Served) -> None:
     info = requests.get(f"{served.url}/v1/model", headers=AUTH, timeout=10).json()
     assert info["model_path"] == str(served.model_dir.resolve()) and info["engine"] == "vllm"
     assert info["adapter"]["version"] == 0 and info["auth"] is True
+    assert info["multi_box"] is False  # no stage of the run has multi_box: the single-box prompt
 
 
 def _chromium() -> tuple[str, str]:

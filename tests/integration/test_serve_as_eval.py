@@ -3,7 +3,8 @@ a request with only the image file and the phrase gets evaluation's greedy answe
 (tiny, random) model through the transformers engine. No Ray: the service and the evaluation run in-process.
 
 Before, the served prompt lacked the knowledge that training and evaluation put in it, and the answers
-differed; the last assertion shows they do on this model when the key is dropped.
+differed; the last assertion shows they do on this model when the key is dropped. A run with a multi_box
+stage is served in the list form and its answers read as sets, equal to evaluation's (issue 31).
 """
 
 from __future__ import annotations
@@ -42,5 +43,20 @@ def test_served_answer_equals_evaluations(tiny_model_dir: Path, demo_data: Path,
         bare = service.ground([GroundRequest(c.image, c.phrase, KnowledgeChoice(None, "none"))
                                for c in checked])
         assert any(b.text != ev.text for b, ev in zip(bare, evaluated, strict=True))
+    finally:
+        service.close()
+    # A run with a multi_box stage (issue 31): asked in the list form and read as a set, as evaluation does.
+    write_resolved(load_config("deploy/configs/demo.yaml", [
+        f"data.manifest={demo_data}", f"model.path={tiny_model_dir}", "rollout.engine=hf",
+        "rollout.sampling.max_new_tokens=24", "stages.0.multi_box=true"]), tmp_path / "multi")
+    service = GroundingService(ServeArgs(run_dir=str(tmp_path / "multi")))
+    try:
+        assert service.multi_box and service.info()["multi_box"]
+        evaluated_sets = predict(service.worker, manifest, records, cfg.rollout.sampling.max_new_tokens, True)
+        served_sets = service.ground(checked)
+        for record, ev, sv in zip(records, evaluated_sets, served_sets, strict=True):
+            assert sv.text == ev.text and sv.boxes == (ev.boxes or ()), record.id
+            assert sv.parse_ok == (ev.boxes is not None), record.id
+        assert any(m.text != ev.text for m, ev in zip(served_sets, evaluated, strict=True))  # another prompt
     finally:
         service.close()

@@ -84,3 +84,9 @@ def test_served_prompt_equals_evaluations_for_every_held_out_record(demo_run: tu
         a = build_prompt(evaluated, "input_pixels", KB, True)
         b = build_prompt(served, "input_pixels", KB, True)
         assert a.user_text == b.user_text and a.injected_knowledge is not None, record.id
+        # a multi-box run (issue 31): both ask for the list form, as training built it
+        listed = build_prompt(rollout_request(record, manifest.image_path(record), multi_box=True),
+                              "input_pixels", KB, True)
+        served_list = build_prompt(serve_request(0, GroundRequest(upload, record.phrase, choice), True),
+                                   "input_pixels", KB, True)
+        assert listed.user_text == served_list.user_text != a.user_text and "[]" in listed.user_text
