@@ -61,26 +61,24 @@ def rank16_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-@pytest.fixture(scope="module")
-def pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
-    pool = RolloutPool(tiny_model_dir, CONFIG, POOL)
+def _started(model_dir: Path, config: RolloutConfig, adapter: Path) -> Iterator[RolloutPool]:
+    pool = RolloutPool(model_dir, config, POOL)
     try:
-        pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
+        pool.load_adapter(1, ray.put(adapter_artefact(adapter, version=1)))
         pool.wait_ready(timeout=300)
         yield pool
     finally:
         pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
+    yield from _started(tiny_model_dir, CONFIG, adapters["v1"])
 
 
 @pytest.fixture(scope="module")
 def hf_pool(ray_local: None, tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[RolloutPool]:
-    pool = RolloutPool(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), POOL)
-    try:
-        pool.load_adapter(1, ray.put(adapter_artefact(adapters["v1"], version=1)))
-        pool.wait_ready(timeout=300)
-        yield pool
-    finally:
-        pool.shutdown()
+    yield from _started(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), adapters["v1"])
 
 
 def _seeded(count: int) -> list[RolloutRequest]:
