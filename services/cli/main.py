@@ -230,6 +230,10 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
              out: Annotated[Path | None, typer.Option(
                  help="Also write the predictions to OUT (JSONL) and the metrics to OUT with a .json suffix, "
                       "e.g. /tmp/eval.jsonl (the run keeps its eval/cli-*.json(l)).")] = None,
+             kl_samples: Annotated[int, typer.Option(
+                 help="Also estimate the forward KL from the base (nats) with K completions per held-out "
+                      "grounding record at temperature 1, in process (transformers); 0: not computed.",
+                 metavar="K")] = 0,
              address: Address = None) -> None:
     """Evaluate a run's adapter on the held-out split (greedy), as the training loop does."""
     from services.evaluation.run import evaluate_run
@@ -237,16 +241,20 @@ def evaluate(run: Annotated[Path, typer.Argument(help="Run directory (runs/<name
 
     if out is not None:
         out = _writable_out(out)
+    if kl_samples < 0:
+        _fail(f"--kl-samples {kl_samples} is negative; give 0 (no KL) or the completions per record")
     try:
         trackers = attach(run)  # the run's tracker runs get the result too (a dead tracker: before the work)
         try:
-            metrics, path = evaluate_run(run, step, max_samples, address)
+            metrics, path = evaluate_run(run, step, max_samples, address, kl_samples)
             log_evaluation(trackers, metrics, path, path.stem.removeprefix("cli-"))
         finally:
             trackers.close(None)
     except (ConfigError, FileNotFoundError, ValueError, TrackerUnreachable) as exc:
         _fail(str(exc))
-    for key, value in sorted(metrics.items()):
+    rows = {k: v for k, v in metrics.items() if k != "kl_from_base"}
+    rows |= {f"kl_from_base/{k}": v for k, v in metrics.get("kl_from_base", {}).items()}
+    for key, value in sorted(rows.items()):
         typer.echo(f"  {key:28s} {round(value, 4) if isinstance(value, float) else value}")
     typer.echo(f"predictions: {path}")
     if out is not None:

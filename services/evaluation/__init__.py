@@ -1,6 +1,7 @@
 """Held-out evaluation: heldout.py (greedy prediction through a rollout pool, the report, prediction files,
 overlays), metrics.py (the pure metrics: accuracy at IoU thresholds, size buckets, standard errors, paired
-changes), run.py (`medground eval RUN`). What is evaluated is what is served: the same prompt builder,
+changes), run.py (`medground eval RUN`), kl.py (the forward KL of a run's adapter from its base on held-out
+prompts, `medground eval --kl-samples`). What is evaluated is what is served: the same prompt builder,
 parser and frame conversion (docs/algorithms.md, "Evaluation")."""
 
 from services.evaluation.heldout import (

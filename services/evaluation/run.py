@@ -14,11 +14,13 @@ from services.evaluation import heldout
 
 
 def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
-                 address: str | None) -> tuple[dict[str, Any], Path]:
+                 address: str | None, kl_samples: int = 0) -> tuple[dict[str, Any], Path]:
     """Held-out evaluation of a run's adapter (`medground eval`): the run's model, rollout settings, eval
     split
-    and sampled evaluation, one rollout worker, the same prediction path as training. Returns (metrics, the
-    predictions file under RUN_DIR/eval/)."""
+    and sampled evaluation, one rollout worker, the same prediction path as training. `kl_samples` > 0 adds
+    `kl_from_base` (services/evaluation/kl.py, in this process: that many completions per grounding record,
+    of the split's first grounding records, as many as the evaluation reads, seeded by the run's seed).
+    Returns (metrics, the predictions file under RUN_DIR/eval/)."""
     import ray
 
     from learner.export import LoraArtefact
@@ -44,5 +46,10 @@ def evaluate_run(run_dir: Path, step: int | None, max_samples: int | None,
     finally:
         pool.shutdown()
     metrics = {"adapter": str(adapter), "adapter_version": artefact.version, "records": len(records), **row}
+    if kl_samples > 0:
+        from services.evaluation.kl import kl_from_base
+
+        metrics["kl_from_base"] = kl_from_base(run_dir, step=step, images=len(records), samples=kl_samples,
+                                               seed=cfg.seed)
     path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics, path

@@ -460,7 +460,8 @@ def test_medground_eval_and_export_add_to_the_runs_mlflow_run(tmp_path: Path,
     (run_dir / "checkpoints" / "step-3").mkdir(parents=True)
     (run_dir / "checkpoints" / "step-3" / "COMPLETE").write_text("3\n")
 
-    def evaluate_run(run: Path, step: Any, max_samples: Any, address: Any) -> tuple[dict[str, Any], Path]:
+    def evaluate_run(run: Path, step: Any, max_samples: Any, address: Any,
+                     kl_samples: int = 0) -> tuple[dict[str, Any], Path]:
         path = run / "eval" / "cli-final.jsonl"
         path.parent.mkdir()
         path.write_text('{"text": "<answer>lesion</answer>"}\n')
