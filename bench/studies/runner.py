@@ -203,7 +203,7 @@ def _final_sampled(row: Row, key: str = "final_predictions") -> dict[str, tuple[
 
 
 def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
-    """`paired` on the runs' final held-out evaluations (the study's `paired` section)."""
+    """`paired_on` the runs' final held-out evaluations (the study's `paired` section)."""
     return paired_on(per_arm, ref)
 
 
