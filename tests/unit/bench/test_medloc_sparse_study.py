@@ -44,6 +44,7 @@ def test_every_arm_expands_to_its_reward_refill_and_plain_lora() -> None:
         assert (cfg.eval.max_samples, cfg.eval.at_start, cfg.init_from) == (300, False, None), name
         assert cfg.data.manifest == "data/bench-medloc-sparse/manifest.jsonl", name
         assert cfg.reward.schedule.window == 16 and cfg.stages[0].lr == 0.0005, name
+        assert cfg.reward.w_recite == 0.0 and cfg.learner.grpo.beta == 0.04, name
     grpo = {n: c for n, c in cfgs.items() if c.stages[0].kind == "grpo"}
     assert {n: (c.reward.accuracy, c.stages[0].refill_cap) for n, c in grpo.items()} == {
         "schedule": ("medloc", 0), "fixed_0.5": ("fixed", 0), "raw_iou": ("raw_iou", 0),
