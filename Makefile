@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-mlae-lora bench-objectives bench-vrft bench-multibox bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
+.PHONY: setup demo test test-unit test-slow lint bench bench-medloc bench-medloc-main bench-medloc-reduced bench-medloc-sparse bench-mlae-lora bench-objectives bench-vrft bench-multibox bench-vs-trl bench-learner bench-serve bench-shapes bench-faults base gpu-check gpu-check-dry-run clean-runtime
 
 setup: .venv/.ready
 
@@ -43,6 +43,11 @@ bench-medloc-main: .venv/.ready
 
 bench-medloc-reduced: .venv/.ready
 	$(PY) -m bench.studies.medloc_ablation --reduced
+
+# issue 28: MedLoc-R1 in its sparse regime on the demo base, 7 arms x 3 seeds (~2 h on 2 cores, the base built
+# once); reruns reuse finished arm runs
+bench-medloc-sparse: .venv/.ready
+	$(PY) -m bench.studies.medloc_sparse
 
 bench-mlae-lora: .venv/.ready
 	$(PY) -m bench.studies.mlae_vs_lora

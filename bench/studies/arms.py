@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.config import apply_overrides
@@ -23,11 +24,12 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Arm:
-    """One named variant: `overrides` (`a.b=value`, stage indices relative to the arm's own stages) on the
-    base config; `stages` names the base stages it runs (default: every stage after the warm start);
-    `warm` overrides also apply to its warm start (e.g. the adapter kind), so arms differing there get
-    their own warm start; `train=False` evaluates the warm start itself (no stage runs), or the model when
-    the study has no warm stages; `equal_time_as` makes the arm's single stage as many steps as fit in the
+    """One named variant: `overrides` (`a.b=value`, stage indices relative to the arm's own stages; `{seed}`
+    in one stands for the run's seed, e.g. a split written per seed) on the base config; `stages` names the
+    base stages it runs (default: every stage after the warm start); `warm` overrides also apply to its
+    warm start (e.g. the adapter kind), so arms differing there get their own warm start; `train=False`
+    evaluates the warm start itself (no stage runs), or the model when the study has no warm stages;
+    `equal_time_as` makes the arm's single stage as many steps as fit in the
     training seconds of that arm (run earlier, same seed), at a seconds-per-step measured once per study."""
 
     name: str
@@ -55,6 +57,30 @@ class Study:
     # SIZE_BUCKETS, e.g. 11-20 %, is split finer): final metrics per bucket, `eval/<bucket>/...`.
     size_edges: tuple[float, ...] = ()
     paired_against: tuple[str, ...] = ()  # arms every other arm is compared with, image by image, per seed
+    # Called after every arm x seed (trained or not) with what the run left; its row is merged into the run's
+    # row (e.g. evaluations on other splits, final metrics from a chosen checkpoint: `final_predictions`).
+    after: Callable[[AfterRun], Row] | None = field(default=None, compare=False)
+
+
+# (checkpoint step or None for the final adapter, split, k sampled completions per image or None for the
+# run's eval.samples) -> (report row `eval/...`, predictions file); for an arm that does not train, the model
+# itself is evaluated as the study's config says (step and k do not apply)
+Evaluate = Callable[[int | None, str, int | None], tuple[Row, Path]]
+
+
+@dataclass(frozen=True)
+class AfterRun:
+    """What a study's `after` hook sees of one finished arm x seed: its `rows` (metrics.jsonl; () for an arm
+    that does not train), the config `tree` it ran (the study's base config with the common and seed
+    overrides for an arm that does not train), and `evaluate` (bench.studies.runner's evaluation on the
+    study's shared rollout workers, so a hook needs no Ray of its own and a test can pass a fake)."""
+
+    arm: Arm
+    seed: int
+    run_dir: Path
+    rows: tuple[Row, ...]
+    tree: Row
+    evaluate: Evaluate
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -83,8 +109,8 @@ def arm_tree(base: Row, study: Study, arm: Arm, seed: int, init_from: str | None
     names = arm.stages or tuple(s["name"] for s in base["stages"] if s["name"] not in study.warm_stages)
     tree = _select_stages(apply_overrides(base, list(study.common)), names)
     start = [f"init_from={init_from}"] if init_from is not None else []
-    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *arm.overrides,
-                                  "eval.at_start=false", *start])
+    own = [o.replace("{seed}", str(seed)) for o in arm.overrides]
+    return apply_overrides(tree, [*arm.warm, *seed_overrides(seed), *own, "eval.at_start=false", *start])
 
 
 def training_seconds(rows: Sequence[Row]) -> float:
@@ -145,7 +171,8 @@ def pooled_change(per_seed: Sequence[tuple[float, float]]) -> tuple[float, float
 def summarise(rows: Sequence[Row], metrics: Sequence[str]) -> Row:
     """From a run's metrics.jsonl rows: the last evaluation's metrics (every `eval/...` key, size buckets
     included), the zero-variance group fraction over all GRPO groups (weighted by groups seen), and the
-    per-step paths of tau, zero-variance fraction and accuracy reward (for plots)."""
+    per-step paths of tau, zero-variance fraction and accuracy reward and every evaluation's overall metrics
+    (`eval_point`: the learning curve), for plots."""
     steps = [r for r in rows if "time/step_s" in r]
     grpo = [r for r in steps if "batch/groups_seen" in r]
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
@@ -163,9 +190,18 @@ def summarise(rows: Sequence[Row], metrics: Sequence[str]) -> Row:
                 "kl_final": grpo[-1].get("learner/kl") if grpo else None,
                 "path": {"tau": taus, "zero_variance": [r["batch/zero_variance_fraction"] for r in grpo],
                          "reward_acc": [r.get("reward/acc") for r in grpo],
-                         "reward_iou": [r.get("reward/iou") for r in grpo]},
+                         "reward_iou": [r.get("reward/iou") for r in grpo],
+                         "eval": [eval_point(r) for r in evals]},
                 "step_s_median": _median([r["time/step_s"] for r in steps])}
     return out
+
+
+def eval_point(row: Row) -> Row:
+    """One evaluation of a run as a point of its learning curve: the step and the overall greedy and sampled
+    metrics (`eval/A@0.5`, `eval/sampled/A@0.5`, their `_se`, ...; size buckets and pass@k left out)."""
+    keep = {k: v for k, v in row.items() if k.startswith("eval/")
+            and (k.count("/") == 1 or (k.startswith("eval/sampled/") and k.count("/") == 2))}
+    return {"step": row.get("step"), **keep}
 
 
 def _median(xs: Sequence[float]) -> float | None:

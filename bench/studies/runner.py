@@ -8,13 +8,13 @@ config, so any study whose warm config is equal (a seed, the same adapter) reuse
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,12 +22,13 @@ import yaml
 
 from bench import machine
 from bench.studies.arms import (
+    AfterRun,
     Arm,
+    Evaluate,
     Row,
     Study,
     aggregate,
     arm_tree,
-    bucket_name,
     markdown_table,
     pooled_change,
     seed_overrides,
@@ -37,8 +38,8 @@ from bench.studies.arms import (
     tree_key,
     warm_tree,
 )
+from bench.studies.plots import plot_study
 from services.config import apply_overrides
-from services.data.records import SIZE_BUCKETS
 
 RUNS = Path("runs") / "bench"
 log = logging.getLogger("bench")
@@ -135,52 +136,82 @@ def _warm(base: Row, study: Study, arm: Arm, seed: int,
     return cache[key]
 
 
-def _evaluate_model(base: Row, study: Study, seed: int, run_dir: Path) -> Row:
-    """The held-out metrics of the model itself (no adapter): the starting point of a study without warm
-    stages, evaluated exactly as an arm's final evaluation (the same records, greedy, the same pool); its
-    predictions go to `run_dir`/eval/step-0.jsonl like a run's."""
+def _evaluate_model(base: Row, study: Study, seed: int, run_dir: Path,
+                    split: str | None = None) -> tuple[Row, Path]:
+    """The metrics of the model itself (no adapter) on `split` (default: the held-out split), evaluated
+    exactly as an arm's evaluation (the same records, greedy and eval.samples sampled completions with the
+    run's draws, the same pool); predictions to `run_dir`/eval/step-0.jsonl like a run's (another split:
+    base-<split>.jsonl). Returns (the report row, the predictions file)."""
     from services import evaluation
     from services.config import RunConfig
     from services.data.manifest import load_manifest
 
     cfg = RunConfig.model_validate(apply_overrides(base, [*study.common, *seed_overrides(seed)]))
     manifest = load_manifest(cfg.data.manifest, on_bad_record=cfg.data.on_bad_record).with_sizes()
-    records = manifest.select(split=cfg.data.eval_split)[:cfg.eval.max_samples]
+    name = split or cfg.data.eval_split
+    records = manifest.select(split=name)[:cfg.eval.max_samples]
+    if not records:
+        raise ValueError(f"the manifest {cfg.data.manifest} has no records in split {name!r}")
     pool = _SharedPool.get(cfg)  # on the base model
     pool.wait_ready()
-    predictions = evaluation.predict(pool, manifest, records, cfg.rollout.sampling.max_new_tokens)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    evaluation.write_predictions(predictions, run_dir / "eval" / "step-0.jsonl")
-    report = evaluation.report(predictions, cfg.reward.label_match)
-    return {"final": report, "headline": {m: report.get(m) for m in study.metrics},
-            "grpo_steps": 0, "sft_steps": 0,
-            "zero_variance_fraction": None, "tau_final": None, "tau_raises": None, "tau_window_final": {},
-            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": []},
-            "step_s_median": None}
+    if split is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    path = run_dir / "eval" / ("step-0.jsonl" if split is None else f"base-{split}.jsonl")
+    report, _ = evaluation.evaluate(pool, manifest, records, cfg, path)
+    return report, path
 
 
-def _final_ious(run_dir: Path) -> dict[str, float]:
-    """IoU by held-out record id of the run's last evaluation (eval/step-N.jsonl with the largest N)."""
-    from services.evaluation import eval_files, read_ious
+def evaluate_adapter(run_dir: Path, step: int | None, split: str,
+                     samples: int | None = None) -> tuple[Row, Path]:
+    """A finished run's adapter at checkpoint `step` (None: its final adapter) on `split` of its manifest,
+    greedy and sampled as its eval section says (`samples` replaces eval.samples), on the study's shared
+    rollout workers (services.evaluation.run.evaluate_run); predictions in RUN_DIR/eval/<label>-<split>.jsonl.
+    Returns (the report row, the predictions file)."""
+    from services.config import load_run_config
+    from services.evaluation.run import evaluate_run
 
-    files = eval_files(run_dir)
+    pool = _SharedPool.get(load_run_config(run_dir))
+    return evaluate_run(run_dir, step, None, None, split=split, samples=samples, pool=pool)
+
+
+def _predictions(row: Row, key: str) -> Path:
+    """The predictions file a run's row names under `key` (an `after` hook's), else for `final_predictions`
+    the run's last evaluation (eval/step-N.jsonl with the largest N)."""
+    from services.evaluation import eval_files
+
+    if row.get(key):
+        return Path(row[key])
+    files = eval_files(Path(row["run_dir"])) if key == "final_predictions" else []
     if not files:
-        raise FileNotFoundError(f"{run_dir} has no evaluation (eval/step-N.jsonl); the arm did not finish")
-    return read_ious(files[-1])
+        raise FileNotFoundError(f"{row['run_dir']} has no {key} (nor eval/step-N.jsonl); the arm did not "
+                                "finish")
+    return files[-1]
 
 
-def _final_sampled(run_dir: Path) -> dict[str, tuple[float, ...]]:
-    """The k sampled IoUs by held-out record id of the run's last evaluation (empty: it sampled none)."""
-    from services.evaluation import eval_files, read_sampled_ious
+def _final_ious(row: Row, key: str = "final_predictions") -> dict[str, float]:
+    """IoU by held-out record id of the run's final evaluation (`_predictions`)."""
+    from services.evaluation import read_ious
 
-    files = eval_files(run_dir)
-    return read_sampled_ious(files[-1]) if files else {}
+    return read_ious(_predictions(row, key))
+
+
+def _final_sampled(row: Row, key: str = "final_predictions") -> dict[str, tuple[float, ...]]:
+    """The k sampled IoUs by held-out record id of the run's final evaluation (empty: it sampled none)."""
+    from services.evaluation import read_sampled_ious
+
+    return read_sampled_ious(_predictions(row, key))
 
 
 def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
-    """Every arm against the arm `ref`, image by image on the same held-out set: per seed the paired change
-    (arm - ref) of A@0.3/0.5/0.8 and mIoU with its standard error, and pooled over seeds; when both runs'
-    evaluations sampled (eval.samples > 0), the same for sampled pass@1 under `sampled`."""
+    """`paired_on` the runs' final held-out evaluations (the study's `paired` section)."""
+    return paired_on(per_arm, ref)
+
+
+def paired_on(per_arm: dict[str, list[Row]], ref: str, key: str = "final_predictions") -> Row:
+    """Every arm against the arm `ref`, image by image on the same images (the predictions files the rows
+    name under `key`, `_predictions`): per seed the paired change (arm - ref) of A@0.3/0.5/0.8 and mIoU with
+    its standard error, and pooled over seeds; when both runs' evaluations sampled (eval.samples > 0), the
+    same for sampled pass@1 under `sampled`."""
     from services.evaluation.metrics import paired_changes, paired_sampled_changes
 
     out: Row = {}
@@ -189,9 +220,8 @@ def _paired(study: Study, per_arm: dict[str, list[Row]], ref: str) -> Row:
             continue
         per_seed, sampled = {}, {}
         for row, ref_row in zip(rows, per_arm[ref], strict=True):
-            before, after = _final_ious(Path(ref_row["run_dir"])), _final_ious(Path(row["run_dir"]))
-            per_seed[str(row["seed"])] = paired_changes(before, after)
-            s_before, s_after = _final_sampled(Path(ref_row["run_dir"])), _final_sampled(Path(row["run_dir"]))
+            per_seed[str(row["seed"])] = paired_changes(_final_ious(ref_row, key), _final_ious(row, key))
+            s_before, s_after = _final_sampled(ref_row, key), _final_sampled(row, key)
             if s_before and s_after:
                 sampled[str(row["seed"])] = paired_sampled_changes(s_before, s_after)
         metrics = next(iter(per_seed.values())).keys()
@@ -252,8 +282,11 @@ class Session:
 
 
 def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int]],
-              prepare: Callable[[Row], None], description: str, deviations: Sequence[str]) -> Row:
-    """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result."""
+              prepare: Callable[[Row], None], description: str, deviations: Sequence[str],
+              finish: Callable[[Row], tuple[Row, list[str]]] | None = None) -> Row:
+    """Run every arm x seed, write bench/results/<out_stem>.json/.md and plots; return the result.
+    `finish`: the study's own keys computed from the result (e.g. paired changes on another split, a
+    summary) and Markdown lines, merged into the result and appended to the .md before they are written."""
     import ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -273,7 +306,9 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
         shutil.rmtree(temp, ignore_errors=True)
     total = time.perf_counter() - started
     result = study_result(session, description, deviations, total, machine.finish(record))
-    write_study(result, out_stem, columns)
+    more, lines = finish(result) if finish is not None else ({}, [])
+    result.update(more)
+    write_study(result, out_stem, columns, lines)
     return result
 
 
@@ -298,7 +333,7 @@ def _run_arm(s: Session, arm: Arm, seed: int) -> Row:
         ckpt, warm, start = None, {"wall_s": 0.0}, None
     run_dir = RUNS / study.name / f"{arm.name}-s{seed}"
     if not arm.train:
-        return _untrained_row(s, seed, run_dir, ckpt, warm)
+        return _untrained_row(s, arm, seed, run_dir, ckpt, warm)
     tree = arm_tree(s.base, study, arm, seed, start)
     if arm.equal_time_as is not None:
         tree, s.calibration = _equal_time(tree, study, arm, s.per_arm[arm.equal_time_as][-1], s.calibration)
@@ -309,25 +344,40 @@ def _run_arm(s: Session, arm: Arm, seed: int) -> Row:
     summary = summarise(rows, study.metrics)
     summary.update(seed=seed, wall_s=wall, warm_wall_s=warm["wall_s"], train_s=training_seconds(rows),
                    run_dir=str(run_dir))
+    if study.after is not None:
+        summary.update(study.after(AfterRun(arm, seed, run_dir, tuple(rows), tree,
+                                            partial(evaluate_adapter, run_dir))))
     if study.size_edges:
-        summary["final"].update(size_bucket_metrics(_final_ious(run_dir), s.areas, study.size_edges))
+        summary["final"].update(size_bucket_metrics(_final_ious(summary), s.areas, study.size_edges))
     if study.extra is not None:
         summary["extra"] = study.extra(run_dir)
     log.info("arm %s seed %d: %s in %.0f s", arm.name, seed, summary["headline"], wall)
     return summary
 
 
-def _untrained_row(s: Session, seed: int, run_dir: Path, ckpt: Path | None, warm: Row) -> Row:
+def _untrained_row(s: Session, arm: Arm, seed: int, run_dir: Path, ckpt: Path | None, warm: Row) -> Row:
     """An arm that runs no stage: the warm start's summary, or (no warm stages) the model's own evaluation."""
     study = s.study
-    row = warm if study.warm_stages else _evaluate_model(s.base, study, seed, run_dir)
+    row = warm if study.warm_stages else _model_row(_evaluate_model(s.base, study, seed, run_dir)[0], study)
     row = {**row, "seed": seed, "wall_s": 0.0, "warm_wall_s": warm["wall_s"], "run_dir": str(run_dir)}
+    if study.after is not None:
+        evaluate: Evaluate = (partial(evaluate_adapter, ckpt.parent.parent) if ckpt is not None else
+                              lambda _step, split, _k: _evaluate_model(s.base, study, seed, run_dir, split))
+        tree = apply_overrides(s.base, [*study.common, *seed_overrides(seed)])
+        row.update(study.after(AfterRun(arm, seed, run_dir, (), tree, evaluate)))
     if study.size_edges and not study.warm_stages:
-        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(run_dir), s.areas,
-                                                              study.size_edges)}
+        row["final"] = {**row["final"], **size_bucket_metrics(_final_ious(row), s.areas, study.size_edges)}
     if study.extra is not None and ckpt is not None:
         row["extra"] = study.extra(ckpt.parent.parent)  # the warm run's directory
     return row
+
+
+def _model_row(report: Row, study: Study) -> Row:
+    """The summary row of the model's own evaluation (no step ran)."""
+    return {"final": report, "headline": {m: report.get(m) for m in study.metrics}, "grpo_steps": 0,
+            "sft_steps": 0, "zero_variance_fraction": None, "tau_final": None, "tau_raises": None,
+            "tau_window_final": {}, "step_s_median": None,
+            "path": {"tau": [], "zero_variance": [], "reward_acc": [], "reward_iou": [], "eval": []}}
 
 
 def study_result(s: Session, description: str, deviations: Sequence[str], total: float,
@@ -351,8 +401,10 @@ def study_result(s: Session, description: str, deviations: Sequence[str], total:
     }
 
 
-def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, int]]) -> None:
-    """bench/results/<out_stem>.json, .md (the table, the deviations, the paired changes) and plots."""
+def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, int]],
+                more: Sequence[str] = ()) -> None:
+    """bench/results/<out_stem>.json, .md (the table, the deviations, the paired changes, then the lines
+    `more`) and plots."""
     machine.write_json(result, machine.results_path(out_stem))
     table = markdown_table([(a["name"], result["aggregate"][a["name"]]) for a in result["arms"]], columns)
     paired = {ref: _paired_table(p, ref) for ref, p in result["paired"].items()}
@@ -369,66 +421,12 @@ def write_study(result: Row, out_stem: str, columns: Sequence[tuple[str, str, in
         md += [f"Paired changes ({kind}) against `{ref.removesuffix(' sampled')}` on the same held-out "
                "images: mean over seeds ± its standard error (per seed: mean of per-image differences ± "
                "their standard error).", "", paired_table, ""]
-    machine.results_path(out_stem, suffix=".md").write_text("\n".join(md))
+    machine.results_path(out_stem, suffix=".md").write_text("\n".join([*md, *more]))
     plot_study(result, machine.RESULTS / out_stem)
     print(table)
     for paired_table in paired.values():
         print(paired_table)
     print(f"wrote {machine.results_path(out_stem)} ({result['wall_s_total'] / 60:.1f} min)")
-
-
-def plot_study(result: Row, prefix: Path) -> list[Path]:
-    """tau path and zero-variance fraction per GRPO step (every seed, one colour per arm), and the final
-    A@0.5 / mIoU per size bucket (bars: mean over seeds). Small PNGs: `<prefix>_*.png`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    runs: dict[str, list[Row]] = result["runs"]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
-    for i, (name, rows) in enumerate(runs.items()):
-        c = colours[i % len(colours)]
-        for j, r in enumerate(rows):
-            label = name if j == 0 else None
-            if r["path"]["tau"]:
-                axes[0].plot(r["path"]["tau"], color=c, alpha=0.8, label=label)
-            if r["path"]["zero_variance"]:
-                axes[1].plot(r["path"]["zero_variance"], color=c, alpha=0.8, label=label)
-    axes[0].set(title="tau (accuracy threshold)", xlabel="GRPO step")
-    axes[1].set(title="zero-variance group fraction", xlabel="GRPO step")
-    axes[1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    path = Path(f"{prefix}_paths.png")
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
-    edges = result.get("size_edges") or []
-    buckets = ["all", *([bucket_name(lo, hi) for lo, hi in itertools.pairwise(edges)] if edges
-                        else [name for name, _, _ in SIZE_BUCKETS])]
-    aggs: dict[str, Row] = result["aggregate"]
-    if any(f"eval/{b}/mIoU" in agg for agg in aggs.values() for b in buckets[1:]):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
-        width = 0.8 / max(len(aggs), 1)
-        for i, (name, agg) in enumerate(aggs.items()):
-            for ax, metric in zip(axes, ("A@0.5", "mIoU"), strict=True):
-                keys = [f"eval/{metric}" if b == "all" else f"eval/{b}/{metric}" for b in buckets]
-                vals = [(agg.get(k) or {}).get("mean") or 0.0 for k in keys]
-                errs = [(agg.get(k) or {}).get("std") or 0.0 for k in keys]
-                ax.bar([x + i * width for x in range(len(buckets))], vals, width, yerr=errs,
-                       color=colours[i % len(colours)], label=name)
-        for ax, metric in zip(axes, ("A@0.5 (%)", "mIoU"), strict=True):
-            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(buckets))], buckets, fontsize=7)
-            ax.set(title=f"held-out {metric} by target size")
-        axes[0].legend(fontsize=6)
-        fig.tight_layout()
-        path = Path(f"{prefix}_buckets.png")
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def ensure_inputs(tree: Row, preset: str, **knobs: Any) -> None:

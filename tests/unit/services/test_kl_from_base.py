@@ -184,7 +184,8 @@ def test_eval_with_kl_samples_adds_kl_from_base_to_the_eval_json(tmp_path: Path,
     monkeypatch.setattr(heldout, "evaluate", evaluate)
     monkeypatch.setattr(kl_module, "kl_from_base", fake_kl)
     metrics, path = run_module.evaluate_run(run, None, 2, None, 3)
-    assert calls == [(run, {"step": None, "images": 2, "samples": 3, "seed": 0})]
+    # the KL reads the split the evaluation read (the run's eval split here)
+    assert calls == [(run, {"step": None, "images": 2, "samples": 3, "seed": 0, "split": "val"})]
     written = json.loads(path.with_suffix(".json").read_text())
     assert written["kl_from_base"] == metrics["kl_from_base"] == {"kl_nats_per_completion": 0.25}
     metrics, _ = run_module.evaluate_run(run, None, 2, None)
