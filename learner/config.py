@@ -54,10 +54,13 @@ class GRPOConfig(_Strict):
         "and eps_high (LOSS_PRESETS) unless the config sets them: grpo (the seeds': sequence mean, group "
         "std), dapo (token mean over the batch), dr_grpo (constant normaliser, no std), gspo (sequence-level "
         "ratio).")
-    eps_low: float = Field(0.2, ge=0.0, description="Lower clip range of the ratio (gspo: 3e-4).")
-    eps_high: float = Field(0.2, ge=0.0, description="Upper clip range of the ratio (gspo: 4e-4).")
-    beta: float = Field(0.04, ge=0.0, description="k3 KL coefficient against the reference policy (0: no KL "
-                        "term, no reference forward and no reference copy).")
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0,
+                           description="Lower clip range of the ratio, below 1 (gspo: 3e-4).")
+    eps_high: float = Field(0.2, ge=0.0, allow_inf_nan=False,
+                            description="Upper clip range of the ratio (gspo: 4e-4).")
+    beta: float = Field(0.04, ge=0.0, allow_inf_nan=False,
+                        description="k3 KL coefficient against the reference policy (0: no KL term, no "
+                                    "reference forward and no reference copy).")
     reference: Literal["stage_start", "base"] = Field(
         "stage_start",
         description="KL reference: `stage_start` is a frozen copy of the adapter as the GRPO stage began "
@@ -84,7 +87,8 @@ class GRPOConfig(_Strict):
         "engine probability on the surrogate, truncated at the cap or masked outside [low, cap], per token "
         "or per sequence (product of token ratios). none: off.")
     rollout_correction_cap: float = Field(
-        3.0, ge=1.0, description="Upper bound C of the correction's ratio (TRL's default 3.0), >= 1.")
+        3.0, ge=1.0, allow_inf_nan=False,
+        description="Upper bound C of the correction's ratio (TRL's default 3.0), finite and >= 1.")
     rollout_correction_low: float | None = Field(
         None, gt=0.0, le=1.0, description="Lower bound of the mask modes, in (0, 1]; None: no lower bound.")
     updates_per_batch: int = Field(
@@ -111,6 +115,14 @@ class GRPOConfig(_Strict):
             return data
         preset = LOSS_PRESETS.get(data.get("loss", "grpo"))
         return data if preset is None else {**preset, **data}  # an unknown name: the Literal reports it
+
+    def preset_departures(self) -> dict[str, tuple[Any, Any]]:
+        """The fields that define `loss` (LOSS_PRESETS) but are set to other values: {field: (value, the
+        preset's)}. For grpo, dapo and dr_grpo the clip ranges are not part of the definition (DAPO's own
+        clip-higher is eps_high 0.28); for gspo they are (3e-4 and 4e-4 on a sequence ratio)."""
+        preset = LOSS_PRESETS[self.loss]
+        keys = preset if self.loss == "gspo" else ("aggregation", "scale_rewards", "ratio_level")
+        return {k: (getattr(self, k), preset[k]) for k in keys if getattr(self, k) != preset[k]}
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -32,6 +32,23 @@ CorrectionMode = Literal["none", "token_truncate", "token_mask", "sequence_trunc
 
 class RolloutCorrectionError(ValueError):
     """The correction dropped every loss token of a step: nothing would train, silently."""
+
+
+def _check_arguments(logp: torch.Tensor, logp_rollout: torch.Tensor | None, mask: torch.Tensor, mode: str,
+                     cap: float, low: float | None) -> None:
+    """One-line ValueErrors for what the config would refuse (learner/config.py), for direct callers."""
+    modes = get_args(CorrectionMode)
+    if mode not in modes:
+        raise ValueError(f"rollout_correction mode {mode!r}: use one of {', '.join(modes)}")
+    if not (math.isfinite(cap) and cap >= 1.0):
+        raise ValueError(f"rollout_correction cap {cap}: a finite ratio >= 1 (TRL's default 3.0)")
+    if low is not None and not 0.0 < low <= 1.0:
+        raise ValueError(f"rollout_correction low {low}: a ratio in (0, 1], or None for no lower bound")
+    if logp_rollout is None or logp_rollout.shape != logp.shape or mask.shape != logp.shape:
+        got = None if logp_rollout is None else tuple(logp_rollout.shape)
+        raise ValueError(f"rollout_correction needs logp, logp_rollout and mask of one shape [B, T], got "
+                         f"{tuple(logp.shape)}, {got} and {tuple(mask.shape)}; mark unknown behaviour "
+                         "log-probs NaN rather than leaving them out")
 
 
 def _log_ratios(logp: torch.Tensor, logp_rollout: torch.Tensor, mask: torch.Tensor,
@@ -66,6 +83,7 @@ def rollout_correction(
         in token modes; in sequence modes it leaves its sequence's product unchanged.
         Dropped tokens stay in the loss normaliser (the estimator is ``E[1{r <= cap} r ...]``).
     """
+    _check_arguments(logp, logp_rollout, mask, mode, cap, low)
     m = mask.bool()
     if mode == "none":
         return m.to(logp.dtype), m

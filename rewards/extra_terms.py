@@ -16,6 +16,8 @@ import importlib
 import inspect
 import math
 import numbers
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +65,11 @@ def load_term(spec: str, where: str = "reward.extra_terms") -> TermFn:
     if not sep or not module_name or not attr:
         raise ValueError(f"{where}: fn {spec!r} is not 'package.module:function'; name the module, a colon "
                          "and the function, e.g. 'deploy.examples.box_terms:oversized_box_penalty'")
+    if os.getcwd() not in sys.path:  # as the reward actor's PYTHONPATH (rewards/actor.py): the console script
+        sys.path.insert(0, os.getcwd())  # does not put the working directory on the path, `python -m` does
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # any import failure of user code is reported, not only ImportError
+    except (Exception, SystemExit) as exc:  # any import failure of user code (a sys.exit at import too)
         raise ValueError(f"{where}: fn {spec!r} does not import ({type(exc).__name__}: {exc}); make "
                          f"{module_name!r} importable where the run starts and in the reward actor (an "
                          "installed package, or on PYTHONPATH)") from None
@@ -75,7 +79,8 @@ def load_term(spec: str, where: str = "reward.extra_terms") -> TermFn:
                              "after the colon") from None
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"{where}: fn {spec!r} is a {type(obj).__name__}, not a function")
+        raise ValueError(f"{where}: fn {spec!r} is an object of type {type(obj).__name__}, not a function; "
+                         "name a function after the colon")
     try:
         signature = inspect.signature(obj)
     except ValueError:  # a builtin without an introspectable signature: nothing to check before calling it

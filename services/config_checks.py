@@ -160,3 +160,38 @@ def shadowed_overrides(stages: list[Any], overrides: list[str]) -> list[str]:
                 notes.append(f"note: --set {item} does not reach stage {stage.name!r}, whose {stage_field} "
                              f"({shown}) wins; to change it there: --set {target}={raw.strip()}")
     return notes
+
+
+def preset_notes(cfg: Any) -> list[str]:
+    """A note when fields that define the named loss preset are set to other values (a resolved config given
+    a new `loss`, or a field overridden on purpose): the run trains that mix, not the preset as published."""
+    grpo = cfg.learner.grpo
+    departures = grpo.preset_departures()
+    if not departures:
+        return []
+    given = ", ".join(f"{k}={v}" for k, (v, _) in departures.items())
+    preset = ", ".join(f"{k}={p}" for k, (_, p) in departures.items())
+    return [f"note: learner.grpo.loss={grpo.loss}, but {given} are set explicitly and win over the "
+            f"preset's {preset}; the run trains that mix (remove them, or --set them, to train {grpo.loss} "
+            "as published)"]
+
+
+def stage_reward_notes(cfg: Any, overrides: list[str]) -> list[str]:
+    """A note for `--set stages.N.reward.X=...`: a stage's reward section replaces the run's whole section, so
+    the fields it does not set take their defaults, not the run's; names the fields that differ."""
+    notes = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        parts = key.split(".")
+        if len(parts) < 4 or parts[0] != "stages" or parts[2] != "reward" or not parts[1].isdigit():
+            continue
+        i = int(parts[1])
+        if i >= len(cfg.stages) or cfg.stages[i].reward is None:
+            continue
+        own, run = cfg.stages[i].reward.model_dump(), cfg.reward.model_dump()
+        differ = [k for k in run if k != parts[3] and own.get(k) != run[k]]
+        if differ:
+            notes.append(f"note: --set {item} gives stage {cfg.stages[i].name!r} its own reward section, "
+                         f"which replaces the run's: {', '.join(differ)} take their defaults there, not the "
+                         f"run's values; set them under stages.{i}.reward too if the run's were meant")
+    return notes

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperOption
 
 from services.config import ConfigError, RunConfig, load_config
-from services.config_checks import shadowed_overrides
+from services.config_checks import preset_notes, shadowed_overrides, stage_reward_notes
 
 
 def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
@@ -60,8 +60,11 @@ def _root(show_version: Annotated[bool, typer.Option("--version", callback=_vers
 
 
 def _notes(cfg: RunConfig, overrides: list[str] | None) -> None:
-    """On stderr: each --set that a stage's own field overrides (services/config_checks.py)."""
-    for note in shadowed_overrides(list(cfg.stages), overrides or []):
+    """On stderr: each --set that a stage's own field overrides, a loss preset some of whose fields are set
+    otherwise, a stage reward section that replaces the run's (services/config_checks.py)."""
+    given = overrides or []
+    for note in [*shadowed_overrides(list(cfg.stages), given), *preset_notes(cfg),
+                 *stage_reward_notes(cfg, given)]:
         typer.echo(note, err=True)
 
 

@@ -220,3 +220,21 @@ def test_accumulate_and_metrics() -> None:
                                "correction_token_fraction": 0.5, "correction_sequence_fraction": 1.0,
                                "correction_kl": (2 - math.log(2) - 1) / 2})
     assert correction.step_metrics({"loss": 1.0}, {}, {}) == {}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "bogus"}, "use one of none, token_truncate"),
+    ({"cap": 0.0}, "a finite ratio >= 1"),
+    ({"cap": 0.5}, "a finite ratio >= 1"),
+    ({"cap": math.inf}, "a finite ratio >= 1"),
+    ({"low": 5.0}, "a ratio in \\(0, 1\\]"),
+    ({"logp_rollout": None}, "mark unknown behaviour log-probs NaN"),
+    ({"logp_rollout": torch.zeros(1, 2)}, "of one shape \\[B, T\\]"),
+])
+def test_direct_callers_get_one_line_for_what_the_config_refuses(kwargs: dict[str, object],
+                                                                message: str) -> None:
+    args: dict[str, object] = {"logp": _lp(0.5, 0.5, 0.5), "logp_rollout": _lp(0.5, 0.5, 0.5),
+                               "mask": torch.ones(1, 3), "mode": "sequence_mask", "cap": 3.0, **kwargs}
+    with pytest.raises(ValueError, match=message) as err:
+        correction.rollout_correction(**args)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)

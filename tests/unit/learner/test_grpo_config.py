@@ -3,6 +3,8 @@ a field the config sets wins, and contradictions are refused with one line namin
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -53,6 +55,10 @@ def test_explicit_fields_win_over_the_preset() -> None:
     ({"constant_length": 64}, "only dr_grpo divides by it"),
     ({"rollout_correction_cap": 0.5}, "greater than or equal to 1"),
     ({"rollout_correction": "sequence_mask", "rollout_correction_low": 1.5}, "less than or equal to 1"),
+    ({"rollout_correction": "sequence_truncate", "rollout_correction_cap": math.inf}, "finite number"),
+    ({"beta": math.inf}, "finite number"),
+    ({"eps_high": math.inf}, "finite number"),
+    ({"eps_low": 1.5}, "less than 1"),  # a lower clip bound of 1 - 1.5 < 0 never clips
 ])
 def test_contradictions_are_refused(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message) as err:
@@ -71,3 +77,19 @@ def test_stochastic_train_forward() -> None:
     assert not LearnerConfig(adapter="lora").stochastic_train_forward
     assert not LearnerConfig.model_validate({"mlae": {"mask": "fixed"}}).stochastic_train_forward
     assert not LearnerConfig.model_validate({"mlae": {"p": 0.0}}).stochastic_train_forward
+
+
+def test_preset_departures_name_the_defining_fields_set_otherwise() -> None:
+    # a resolved grpo config given loss=gspo keeps its explicit token ratio and 0.2 clips: not gspo
+    fields = ("aggregation", "scale_rewards", "ratio_level", "eps_low", "eps_high")
+    resolved = {**dict(zip(fields, EXPECTED["grpo"], strict=True)), "loss": "gspo",
+                "rollout_correction": "sequence_mask"}
+    assert GRPOConfig.model_validate(resolved).preset_departures() == {
+        "ratio_level": ("token", "sequence"), "eps_low": (0.2, 3e-4), "eps_high": (0.2, 4e-4)}
+    # DAPO's own clip-higher is not a departure from the dapo preset; a sequence-mean normaliser is
+    assert GRPOConfig.model_validate({"loss": "dapo", "eps_high": 0.28}).preset_departures() == {}
+    assert GRPOConfig.model_validate({"loss": "dapo", "aggregation": "grpo"}).preset_departures() == {
+        "aggregation": ("grpo", "dapo")}
+    for loss in EXPECTED:
+        extra = {"constant_length": 48} if loss == "dr_grpo" else {}
+        assert GRPOConfig.model_validate({"loss": loss, **extra}).preset_departures() == {}, loss

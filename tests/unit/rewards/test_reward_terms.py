@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,7 +181,7 @@ def test_a_nan_term_stops_the_scorer() -> None:
     ("user_terms.think_length", "is not 'package.module:function'"),
     ("no_such_module_xyz:f", "does not import \\(ModuleNotFoundError: No module named 'no_such_\\w+'\\)"),
     ("user_terms:missing", "has no 'missing'"),
-    ("user_terms:NOT_A_FUNCTION", "is a int, not a function"),
+    ("user_terms:NOT_A_FUNCTION", "is an object of type int, not a function"),
     ("user_terms:one_argument", "cannot take the two positional arguments"),
     ("user_terms:keyword_targets", "cannot take the two positional arguments"),
 ])
@@ -204,3 +206,17 @@ def test_reward_config_checks_the_terms() -> None:
         with pytest.raises(ValidationError, match=message) as err:
             cfg(*terms)
         assert len(err.value.errors()) == 1
+
+
+def test_load_term_reads_the_working_directory_and_reports_an_exit_at_import(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the `medground` console script does not put the working directory on sys.path (`python -m` does); the
+    # reward actor's PYTHONPATH does, so the check at validate-config must too
+    (tmp_path / "lab_terms_cwd.py").write_text("def f(completions, targets):\n"
+                                               "    return [0.0] * len(targets)\n")
+    (tmp_path / "lab_terms_exit.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert load_term("lab_terms_cwd:f").__name__ == "f"
+    with pytest.raises(ValueError, match="does not import \\(SystemExit: 3\\)"):
+        load_term("lab_terms_exit:f")

@@ -212,3 +212,19 @@ def test_a_line_cut_short_is_reported_at_its_own_column(tmp_path: Path) -> None:
     (_, first), (number, bad) = list(read_jsonl(tmp_path / "m.jsonl"))
     assert first == {"id": "ok"} and number == 2 and isinstance(bad, BadLine)
     assert f"at column {len(line) + 1}" in bad.reason, bad
+
+
+def test_a_preset_whose_fields_are_set_otherwise_and_a_partial_stage_reward_say_so(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["validate-config", str(DEMO), "--show"])
+    resolved = tmp_path / "resolved.json"  # every field explicit, as a run's resolved_config.json
+    resolved.write_text(shown.stdout)
+    result = runner.invoke(app, ["validate-config", str(resolved), "--set", "learner.grpo.loss=gspo"])
+    assert result.exit_code == 0, result.output
+    assert ("learner.grpo.loss=gspo, but ratio_level=token, eps_low=0.2, eps_high=0.2 are set explicitly"
+            in result.stderr)
+    clean = runner.invoke(app, ["validate-config", str(DEMO), "--set", "learner.grpo.loss=gspo"])
+    assert clean.exit_code == 0 and "note:" not in clean.stderr  # the preset alone: nothing to say
+    staged = runner.invoke(app, ["validate-config", str(DEMO), "--set",
+                                 "stages.0.reward.aggregation=normalize_then_sum"])
+    assert staged.exit_code == 0, staged.output
+    assert "gives stage 'grounding' its own reward section" in staged.stderr and "schedule" in staged.stderr
