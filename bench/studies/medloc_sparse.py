@@ -61,7 +61,8 @@ GRPO_ARMS = (
     Arm(SCHEDULE, ("reward.accuracy=medloc",), note="MedLoc-R1 schedule (window 16), no refill"),
     Arm(FIXED, ("reward.accuracy=fixed", "reward.fixed_tau=0.5"), note="VLM-R1: IoU >= 0.5, no refill"),
     Arm(RAW, ("reward.accuracy=raw_iou",), note="continuous IoU reward, no refill"),
-    Arm(REFILL, ("reward.accuracy=fixed", "reward.fixed_tau=0.5", "stages.0.refill_cap=2"),
+    Arm(REFILL, ("reward.accuracy=fixed", "reward.fixed_tau=0.5", "stages.0.refill_cap=2",
+                 "stages.0.drop_zero_variance=true"),
         note="fixed 0.5 with DAPO-style dynamic sampling: zero-variance groups replaced by fresh prompts "
              "for up to 2 extra rounds"),
 )
@@ -402,8 +403,9 @@ DEVIATIONS = (
     "paper once a 3B model's format saturates; here 17-23 % of the base's samples on these targets did not "
     "parse (T 0.6, a 2-step smoke run), so a format term would vary inside groups whose boxes all miss and "
     "hide the mechanism (an unparsable answer still earns no accuracy)",
-    "plain LoRA rank 16 in every arm (the demo trains MLAE); no dynamic-sampling refill but in "
-    "fixed_0.5_refill (refill_cap 2)",
+    "plain LoRA rank 16 in every arm (the demo trains MLAE); no dynamic sampling but in fixed_0.5_refill "
+    "(zero-variance groups dropped and replaced, refill_cap 2): the other arms keep them in the batch and "
+    "in its loss mean, as the paper's baselines",
     "SFT equal data: the images its seed's GRPO arms read (steps x 8), 4 epochs at batch 16, best epoch by "
     "val greedy A@0.5 (100 val images); SFT equal time: batch 16 on the train split for the schedule arm's "
     "training seconds",

@@ -46,9 +46,10 @@ def test_every_arm_expands_to_its_reward_refill_and_plain_lora() -> None:
         assert cfg.reward.schedule.window == 16 and cfg.stages[0].lr == 0.0005, name
         assert (cfg.reward.w_recite, cfg.reward.w_format, cfg.learner.grpo.beta) == (0.0, 0.0, 0.04), name
     grpo = {n: c for n, c in cfgs.items() if c.stages[0].kind == "grpo"}
-    assert {n: (c.reward.accuracy, c.stages[0].refill_cap) for n, c in grpo.items()} == {
-        "schedule": ("medloc", 0), "fixed_0.5": ("fixed", 0), "raw_iou": ("raw_iou", 0),
-        "fixed_0.5_refill": ("fixed", 2)}
+    assert {n: (c.reward.accuracy, c.stages[0].refill_cap, c.stages[0].drop_zero_variance)
+            for n, c in grpo.items()} == {
+        "schedule": ("medloc", 0, False), "fixed_0.5": ("fixed", 0, False), "raw_iou": ("raw_iou", 0, False),
+        "fixed_0.5_refill": ("fixed", 2, True)}  # the paper's baselines keep zero-variance groups
     assert cfgs["fixed_0.5"].reward.fixed_tau == cfgs["fixed_0.5_refill"].reward.fixed_tau == 0.5
     for c in grpo.values():  # 24 x 8 prompts, G = 8, evaluated (sampled too) and checkpointed at 12 and 24
         assert (c.stages[0].steps, c.stages[0].prompts_per_step, c.rollout.group_size) == (24, 8, 8)
