@@ -99,8 +99,9 @@ def fake_app(monkeypatch: pytest.MonkeyPatch,
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Chromium (selenium) for page tests; fails naming the fix when it is not installed."""
+def chromium(window: str = "1280,900") -> Iterator[Any]:
+    """A headless Chromium (selenium) for page tests, `window` its size in px ("W,H"); fails naming the fix
+    when it is not installed. Its profile lives in a temporary directory removed when the browser quits."""
     import shutil
     import tempfile
 
@@ -111,18 +112,18 @@ def chromium() -> Iterator[Any]:
     if browser is None or driver_path is None:
         pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
                     "them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with tempfile.TemporaryDirectory(prefix="mgs-chrome-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", f"--window-size={window}", f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dicom_files import real_world_variants
+from serve_fake import chromium
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
 import rewards
@@ -228,36 +229,16 @@ def test_docs_and_model_info(served: Served) -> None:
     assert info["multi_box"] is False  # no stage of the run has multi_box: the single-box prompt
 
 
-def _chromium() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if browser is None or driver is None:
-        pytest.fail("chromium/chromedriver not on PATH: run `make setup` (tools/install_browser.sh installs "
-                    "them)")
-    return browser, driver
-
-
 def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = _chromium()
     image = tmp_path / "phantom.png"
     image.write_bytes(png_bytes((320, 200), seed=3))
     api = requests.post(f"{served.url}/v1/ground", headers=AUTH, timeout=60,
                         files={"image": ("phantom.png", image.read_bytes())},
                         data={"phrase": "left nodule"}).json()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='mgs-chrome-', dir='/tmp')}",
-                 "--window-size=1000,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with chromium("1000,1000") as driver:
         driver.get(f"{served.url}/")
         driver.find_element(By.ID, "file").send_keys(str(image))
         driver.find_element(By.ID, "phrase").send_keys("left nodule")
@@ -284,8 +265,6 @@ def test_page_draws_the_box_in_chromium(served: Served, tmp_path: Path) -> None:
         assert size == [640, 400]
         shot = tmp_path / "page.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
-    finally:
-        driver.quit()
 
 
 def _wait_for_version(url: str, version: int, timeout_s: float = 90.0) -> dict[str, object]:
