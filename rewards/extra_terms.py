@@ -16,8 +16,6 @@ import importlib
 import inspect
 import math
 import numbers
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +63,6 @@ def load_term(spec: str, where: str = "reward.extra_terms") -> TermFn:
     if not sep or not module_name or not attr:
         raise ValueError(f"{where}: fn {spec!r} is not 'package.module:function'; name the module, a colon "
                          "and the function, e.g. 'deploy.examples.box_terms:oversized_box_penalty'")
-    if os.getcwd() not in sys.path:  # as the reward actor's PYTHONPATH (rewards/actor.py): the console script
-        sys.path.insert(0, os.getcwd())  # does not put the working directory on the path, `python -m` does
     try:
         obj: Any = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:  # any import failure of user code (a sys.exit at import too)

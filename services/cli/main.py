@@ -6,6 +6,7 @@ Errors an operator can fix are printed as one line that names the problem and th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -438,7 +439,16 @@ def scale_rollout(n: Annotated[int, typer.Argument(help="Target number of rollou
         _fail(str(exc))
 
 
+def working_directory_on_path() -> None:
+    """Put the working directory first on sys.path, as `python -m` does and the console script does not, so a
+    `reward.extra_terms` module (`pkg.mod:fn`) imports at validation as it does in the reward actor, whose
+    PYTHONPATH starts with the driver's working directory (rewards/actor.py)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def main() -> None:
+    working_directory_on_path()
     app(prog_name="medground")
 
 

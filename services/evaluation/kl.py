@@ -77,7 +77,7 @@ def kl_from_base(run_dir: Path, *, step: int | None = None, images: int = 100, s
     if images < 1 or samples < 1:
         raise ValueError(f"kl_from_base needs images >= 1 and samples >= 1, got images={images} "
                          f"samples={samples}")
-    cfg = _run_config(run_dir)
+    cfg = load_run_config(run_dir)  # ConfigError (a ValueError) names a directory that is not a run
     artefact = _artefact(run_dir, step)
     manifest, records, multi = _heldout(cfg, split, images)
     kls, tokens = _sample_and_score(cfg, artefact, manifest, records, multi, samples, seed)
@@ -87,13 +87,6 @@ def kl_from_base(run_dir: Path, *, step: int | None = None, images: int = 100, s
             "kl_nats_per_completion_se": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
             "kl_nats_per_token": float(values.sum() / max(sum(tokens), 1)),
             "completions": n, "images": len(records), "temperature": TEMPERATURE}
-
-
-def _run_config(run_dir: Path) -> RunConfig:
-    if not (run_dir / "resolved_config.json").is_file():
-        raise ValueError(f"{run_dir} has no resolved_config.json: give a training run's directory "
-                         "(runs/NAME)")
-    return load_run_config(run_dir)
 
 
 def _artefact(run_dir: Path, step: int | None) -> LoraArtefact:

@@ -211,12 +211,15 @@ def test_reward_config_checks_the_terms() -> None:
 def test_load_term_reads_the_working_directory_and_reports_an_exit_at_import(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the `medground` console script does not put the working directory on sys.path (`python -m` does); the
-    # reward actor's PYTHONPATH does, so the check at validate-config must too
+    # reward actor's PYTHONPATH does, so the console entry puts it there before validate-config runs
+    from services.cli.main import working_directory_on_path
+
     (tmp_path / "lab_terms_cwd.py").write_text("def f(completions, targets):\n"
                                                "    return [0.0] * len(targets)\n")
     (tmp_path / "lab_terms_exit.py").write_text("raise SystemExit(3)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    working_directory_on_path()  # what `medground` (services.cli:main) does first
     assert load_term("lab_terms_cwd:f").__name__ == "f"
     with pytest.raises(ValueError, match="does not import \\(SystemExit: 3\\)"):
         load_term("lab_terms_exit:f")
