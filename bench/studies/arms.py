@@ -30,7 +30,8 @@ class Arm:
     warm start (e.g. the adapter kind), so arms differing there get their own warm start; `train=False`
     evaluates the warm start itself (no stage runs), or the model when the study has no warm stages;
     `equal_time_as` makes the arm's single stage as many steps as fit in the
-    training seconds of that arm (run earlier, same seed), at a seconds-per-step measured once per study."""
+    training seconds of that arm (run earlier, same seed), at a seconds-per-step measured once per study;
+    `seeds` runs the arm on the study's first `seeds` seeds only (a costly side row), None on all."""
 
     name: str
     overrides: tuple[str, ...] = ()
@@ -39,6 +40,7 @@ class Arm:
     train: bool = True
     note: str = ""
     equal_time_as: str | None = None  # an SFT arm given the training seconds that arm took (same seed)
+    seeds: int | None = None
 
 
 @dataclass(frozen=True)

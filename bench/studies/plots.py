@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.studies.arms import Row, bucket_name
 from services.data.records import SIZE_BUCKETS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def plot_study(result: Row, prefix: Path) -> list[Path]:
@@ -75,10 +79,20 @@ def _mean_curve(rows: list[Row], key: str) -> tuple[list[float], list[float]]:
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
+def _plot_step_mean(ax: Axes, paths: list[list[float | None]], colour: str, label: str) -> None:
+    """The mean over seeds of per-step values (the steps every run has); nothing when no run has a whole
+    path (a step without the value, e.g. a row that logged none, leaves its run out)."""
+    whole = [[float(v) for v in p] for p in paths if p and None not in p]  # type: ignore[arg-type]
+    if whole:
+        n = min(len(p) for p in whole)
+        ax.plot([sum(p[s] for p in whole) / len(whole) for s in range(n)], color=colour, label=label)
+
+
 def plot_learning_curves(result: Row, prefix: Path, base: str = "base") -> list[Path]:
     """Held-out greedy and sampled A@0.5 against the step per arm (mean over seeds; trained arms start at
     the `base` arm's value, step 0; an arm whose rows say `curve_split` is drawn dashed, that split named),
-    and the zero-variance group fraction per GRPO step per arm (mean over seeds): `<prefix>_curves.png`,
+    beside the mean sampled IoU of each GRPO step on its fresh training images (`path.reward_iou`), and the
+    zero-variance group fraction per GRPO step per arm (mean over seeds): `<prefix>_curves.png`,
     `<prefix>_zero_variance.png`."""
     import matplotlib
 
@@ -88,10 +102,12 @@ def plot_learning_curves(result: Row, prefix: Path, base: str = "base") -> list[
     runs: dict[str, list[Row]] = result["runs"]
     start = result["aggregate"].get(base, {})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), dpi=80)
     for i, (name, rows) in enumerate(runs.items()):
         if name == base or not rows:
             continue
+        _plot_step_mean(axes[2], [r["path"].get("reward_iou") or [] for r in rows], colours[i % len(colours)],
+                        name)
         split = rows[0].get("curve_split")
         for ax, key in zip(axes, ("eval/A@0.5", "eval/sampled/A@0.5"), strict=True):
             steps, means = _mean_curve(rows, key)
@@ -102,6 +118,7 @@ def plot_learning_curves(result: Row, prefix: Path, base: str = "base") -> list[
                     linestyle="--" if split else "-", label=f"{name} ({split})" if split else name)
     for ax, what in zip(axes, ("greedy", "sampled pass@1"), strict=True):
         ax.set(title=f"held-out A@0.5, {what} (%)", xlabel="step")
+    axes[2].set(title="sampled IoU on each step's fresh images", xlabel="GRPO step")
     axes[1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     curves = Path(f"{prefix}_curves.png")
@@ -109,11 +126,7 @@ def plot_learning_curves(result: Row, prefix: Path, base: str = "base") -> list[
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
     for i, (name, rows) in enumerate(runs.items()):
-        paths = [r["path"]["zero_variance"] for r in rows if r["path"]["zero_variance"]]
-        if paths:
-            n = min(len(p) for p in paths)
-            ax.plot([sum(p[s] for p in paths) / len(paths) for s in range(n)],
-                    color=colours[i % len(colours)], label=name)
+        _plot_step_mean(ax, [r["path"]["zero_variance"] for r in rows], colours[i % len(colours)], name)
     ax.set(title="zero-variance group fraction (mean over seeds)", xlabel="GRPO step", ylim=(0, 1))
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()

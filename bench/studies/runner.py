@@ -211,7 +211,8 @@ def paired_on(per_arm: dict[str, list[Row]], ref: str, key: str = "final_predict
     """Every arm against the arm `ref`, image by image on the same images (the predictions files the rows
     name under `key`, `_predictions`): per seed the paired change (arm - ref) of A@0.3/0.5/0.8 and mIoU with
     its standard error, and pooled over seeds; when both runs' evaluations sampled (eval.samples > 0), the
-    same for sampled pass@1 under `sampled`."""
+    same for sampled pass@1 under `sampled`. Runs pair by seed: an arm run on fewer seeds (`Arm.seeds`) pairs
+    on those; a seed `ref` lacks is skipped."""
     from services.evaluation.metrics import paired_changes, paired_sampled_changes
 
     out: Row = {}
@@ -219,11 +220,17 @@ def paired_on(per_arm: dict[str, list[Row]], ref: str, key: str = "final_predict
         if name == ref:
             continue
         per_seed, sampled = {}, {}
-        for row, ref_row in zip(rows, per_arm[ref], strict=True):
+        refs = {r["seed"]: r for r in per_arm[ref]}
+        for row in rows:
+            ref_row = refs.get(row["seed"])
+            if ref_row is None:
+                continue
             per_seed[str(row["seed"])] = paired_changes(_final_ious(ref_row, key), _final_ious(row, key))
             s_before, s_after = _final_sampled(ref_row, key), _final_sampled(row, key)
             if s_before and s_after:
                 sampled[str(row["seed"])] = paired_sampled_changes(s_before, s_after)
+        if not per_seed:
+            continue
         metrics = next(iter(per_seed.values())).keys()
         out[name] = {"per_seed": per_seed,
                      "pooled": {m: pooled_change([c[m] for c in per_seed.values()]) for m in metrics}}
@@ -297,9 +304,8 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     started, record = time.perf_counter(), machine.start()
     temp = machine.start_ray()
     try:
-        for seed in study.seeds:
-            for arm in study.arms:
-                session.per_arm[arm.name].append(_run_arm(session, arm, seed))
+        for seed, arm in run_order(study):
+            session.per_arm[arm.name].append(_run_arm(session, arm, seed))
     finally:
         _SharedPool.close_all()
         ray.shutdown()
@@ -310,6 +316,13 @@ def run_study(study: Study, out_stem: str, columns: Sequence[tuple[str, str, int
     result.update(more)
     write_study(result, out_stem, columns, lines)
     return result
+
+
+def run_order(study: Study) -> list[tuple[int, Arm]]:
+    """(seed, arm) in the order they run: seed by seed, the arms in their order; an arm with `seeds` set runs
+    on the study's first `seeds` seeds only."""
+    return [(seed, arm) for i, seed in enumerate(study.seeds) for arm in study.arms
+            if arm.seeds is None or i < arm.seeds]
 
 
 def _held_out_areas(base: Row) -> dict[str, float]:

@@ -51,9 +51,9 @@ def test_every_arm_expands_to_its_reward_refill_and_plain_lora() -> None:
         "schedule": ("medloc", 0, False), "fixed_0.5": ("fixed", 0, False), "raw_iou": ("raw_iou", 0, False),
         "fixed_0.5_refill": ("fixed", 2, True)}  # the paper's baselines keep zero-variance groups
     assert cfgs["fixed_0.5"].reward.fixed_tau == cfgs["fixed_0.5_refill"].reward.fixed_tau == 0.5
-    for c in grpo.values():  # 24 x 8 prompts, G = 8, evaluated (sampled too) and checkpointed at 12 and 24
+    for c in grpo.values():  # 24 x 8 prompts, G = 8, checkpointed at 12 and 24, evaluated (sampled too) at 24
         assert (c.stages[0].steps, c.stages[0].prompts_per_step, c.rollout.group_size) == (24, 8, 8)
-        assert (c.eval.every, c.checkpoint.every, c.eval.samples, c.data.eval_split) == (12, 12, 4, "test")
+        assert (c.eval.every, c.checkpoint.every, c.eval.samples, c.data.eval_split) == (24, 12, 2, "test")
     sft = cfgs["sft_equal_data"]  # 4 epochs of 192 images at batch 16: 12 steps an epoch, val after each
     assert (sft.stages[0].kind, sft.stages[0].steps, sft.stages[0].prompts_per_step) == ("sft", 48, 16)
     assert sft.stages[0].train_split == "seen192-s1" and sft.data.eval_split == "val"
@@ -63,6 +63,9 @@ def test_every_arm_expands_to_its_reward_refill_and_plain_lora() -> None:
     assert timed.stages[0].train_split is None
     arms = {a.name: a for a in ms.study().arms}
     assert arms["sft_equal_time"].equal_time_as == "schedule" and not arms["base"].train
+    order = [(seed, a.name) for seed, a in runner.run_order(ms.study())]
+    assert [n for seed, n in order if seed == 0] == list(arms)  # seed 0 runs every arm, SFT time last
+    assert ("sft_equal_time" in {n for seed, n in order if seed > 0}, len(order)) == (False, 7 * 3 - 2)
 
 
 def test_knobs_band_temperature_and_bad_input() -> None:
@@ -166,7 +169,7 @@ def test_the_after_hook_merges_forgetting_and_kl(tmp_path: Path, fake_kl: list[d
             {"step": 24, "time/step_s": 1.0, "batch/groups_seen": 12, "eval/A@0.5": 45.0})
     evaluate = FakeEvaluate(tmp_path)
     out = ms.after(AfterRun(Arm("schedule"), 2, tmp_path, rows, tree, evaluate))
-    assert evaluate.calls == [(24, "forget", 4)]
+    assert evaluate.calls == [(24, "forget", ms.EVAL_SAMPLES)]
     assert out["forget/A@0.5"] == 10.0 and out["forget/sampled/A@0.5"] == 9.0 and out["forget/mIoU"] == 0.4
     assert "forget/2-10%/A@0.5" not in out and "forget/sampled/pass@k/A@0.5" not in out
     assert out["forget_predictions"] == str(tmp_path / "24-forget.jsonl")
@@ -183,7 +186,7 @@ def test_the_sft_arm_reports_its_best_epoch_on_test(tmp_path: Path, fake_kl: lis
     evaluate = FakeEvaluate(tmp_path)
     out = ms.after(AfterRun(Arm("sft_equal_data"), 0, tmp_path, rows, {"stages": [{"prompts_per_step": 16}]},
                             evaluate))
-    assert evaluate.calls == [(24, "test", 4), (24, "forget", 4)]
+    assert evaluate.calls == [(24, "test", ms.EVAL_SAMPLES), (24, "forget", ms.EVAL_SAMPLES)]
     assert out["final"]["eval/A@0.5"] == 55.0 and out["headline"]["eval/A@0.5"] == 55.0
     assert out["final_predictions"] == str(tmp_path / "24-test.jsonl") and out["final_step"] == 24
     assert out["curve_split"] == "val" and fake_kl[0]["step"] == 24
@@ -193,7 +196,7 @@ def test_the_sft_arm_reports_its_best_epoch_on_test(tmp_path: Path, fake_kl: lis
 def test_the_base_gets_forgetting_but_no_kl(tmp_path: Path, fake_kl: list[dict[str, Any]]) -> None:
     evaluate = FakeEvaluate(tmp_path)
     out = ms.after(AfterRun(Arm("base", train=False), 0, tmp_path, (), {}, evaluate))
-    assert evaluate.calls == [(None, "forget", 4)] and fake_kl == []
+    assert evaluate.calls == [(None, "forget", ms.EVAL_SAMPLES)] and fake_kl == []
     assert out["forget/A@0.5"] == 10.0 and "kl_from_base" not in out and out["prompts_read"] == 0
 
 
@@ -235,6 +238,10 @@ def test_paired_on_reads_the_rows_own_prediction_files(tmp_path: Path) -> None:
     # A@0.5 per image: base 0,1,1,0 -> arm 1,1,1,0: +25 points; sampled pass@1: 50 % -> 100 %
     assert out["x"]["pooled"]["A@0.5"][0] == pytest.approx(25.0)
     assert out["x"]["sampled"]["pooled"]["A@0.5"][0] == pytest.approx(50.0)
+    one_seed = {"base": [*per_arm["base"], {**per_arm["base"][0], "seed": 1}], "x": per_arm["x"]}
+    assert runner.paired_on(one_seed, "base", "forget_predictions")["x"]["per_seed"].keys() == {"0"}
+    assert runner.paired_on({"base": per_arm["base"], "x": [{**per_arm["x"][0], "seed": 5}]}, "base",
+                            "forget_predictions") == {}  # an arm on seeds the reference lacks pairs on none
     with pytest.raises(FileNotFoundError, match="no forget_predictions"):
         runner.paired_on({"base": [{"seed": 0, "run_dir": str(tmp_path)}], "x": per_arm["x"]}, "base",
                          "forget_predictions")
