@@ -441,9 +441,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=EVAL_IMAGES, help="test images evaluated")
     parser.add_argument("--band", type=_band, default=AREA_BAND, help="target area band LOW,HIGH")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw the learning-curve plots again from bench/results/medloc_sparse.json")
     args = parser.parse_args()
     from bench import machine
     from bench.studies.plots import plot_learning_curves
+
+    if args.replot:
+        saved = machine.RESULTS / "medloc_sparse.json"
+        if not saved.is_file():
+            parser.error(f"--replot: {saved} is missing; run the study first")
+        plot_learning_curves(json.loads(saved.read_text()), machine.RESULTS / "medloc_sparse")
+        return
     from bench.studies.runner import run_study
 
     s = study(tuple(args.seeds), args.steps, args.images, args.band, args.temperature, args.arms)

@@ -109,14 +109,14 @@ def plot_learning_curves(result: Row, prefix: Path, base: str = "base") -> list[
         _plot_step_mean(axes[2], [r["path"].get("reward_iou") or [] for r in rows], colours[i % len(colours)],
                         name)
         split = rows[0].get("curve_split")
-        for ax, key in zip(axes, ("eval/A@0.5", "eval/sampled/A@0.5"), strict=True):
+        for ax, key in zip(axes[:2], ("eval/A@0.5", "eval/sampled/A@0.5"), strict=True):
             steps, means = _mean_curve(rows, key)
             first = (start.get(key) or {}).get("mean")
             if first is not None and split is None:
                 steps, means = [0, *steps], [first, *means]
             ax.plot(steps, means, marker="o", color=colours[i % len(colours)],
                     linestyle="--" if split else "-", label=f"{name} ({split})" if split else name)
-    for ax, what in zip(axes, ("greedy", "sampled pass@1"), strict=True):
+    for ax, what in zip(axes[:2], ("greedy", "sampled pass@1"), strict=True):
         ax.set(title=f"held-out A@0.5, {what} (%)", xlabel="step")
     axes[2].set(title="sampled IoU on each step's fresh images", xlabel="GRPO step")
     axes[1].legend(fontsize=6, loc="best")

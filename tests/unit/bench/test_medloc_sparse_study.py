@@ -291,3 +291,21 @@ def test_by_arm_summary_on_a_hand_made_result() -> None:
     md = "\n".join(ms.summary_markdown(out))
     assert ("| schedule | 32.0 | 22.0 | - | - | - | - | 70.5 | -3.0 ± 1.0 | 0.3000 | [2, 3] | [192, 192] |"
             in md)
+
+
+def test_learning_curves_draw_each_arm_and_the_fresh_image_iou(tmp_path: Path) -> None:
+    from bench.studies.plots import plot_learning_curves
+
+    def run(seed: int, a50: float) -> dict[str, Any]:
+        point = {"step": 24, "eval/A@0.5": a50, "eval/sampled/A@0.5": a50 / 2}
+        return {"seed": seed, "path": {"zero_variance": [0.5, 0.25], "reward_iou": [0.2, 0.3 + seed / 10],
+                                       "eval": [point]}}
+
+    result = {"runs": {"base": [{"seed": 0, "path": {"zero_variance": [], "eval": []}}],
+                       "schedule": [run(0, 40.0), run(1, 44.0)],
+                       "sft_equal_time": [{"seed": 0, "path": {"zero_variance": [], "reward_iou": [None],
+                                                               "eval": []}, "curve_split": "val"}]},
+              "aggregate": {"base": {"eval/A@0.5": _cell(30.0), "eval/sampled/A@0.5": _cell(15.0)}}}
+    written = plot_learning_curves(result, tmp_path / "s")
+    assert [p.name for p in written] == ["s_curves.png", "s_zero_variance.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
