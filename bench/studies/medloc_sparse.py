@@ -30,13 +30,15 @@ from typing import TYPE_CHECKING
 
 from bench.studies.arms import AfterRun, Arm, Row, Study
 from services.config import apply_overrides
+from services.data.synth import PRESETS
 
 if TYPE_CHECKING:
     from services.data.manifest import Manifest
     from services.data.records import Record
 
 CONFIG = "deploy/configs/bench_medloc_sparse.yaml"
-AREA_BAND = (0.014, 0.028)  # box area / image area of every train/val/test target (issue 28's gate)
+# box area / image area of every train/val/test target (issue 28's gate): the `demo-sparse` preset's band
+AREA_BAND: tuple[float, float] = PRESETS["demo-sparse"].area_buckets[0]
 TEMPERATURE = 1.0  # rollout.sampling.temperature of the study (the gate's: docs/RESULTS.md)
 STEPS = 24  # GRPO steps per arm run; checkpoints at half and at the end, evaluation at the end
 PROMPTS = 8  # prompts per GRPO step (the config's)

@@ -27,8 +27,8 @@ def _pair(text: str | None, kind: type[int] | type[float], name: str) -> tuple[f
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write images/ and the manifest into.")],
     preset: Annotated[str,
-                      typer.Option(help="demo | demo-classification | demo-grading | "
-                                        "small-target | hybrid")] = "demo",
+                      typer.Option(help="demo | demo-sparse | demo-classification | demo-grading | "
+                                        "small-target | multibox | hybrid")] = "demo",
     seed: Annotated[int, typer.Option(help="Seed; the same seed writes byte-identical files.")] = 0,
     tasks: Annotated[str | None, typer.Option(help="Comma list of grounding,classification,grading.")] = None,
     size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,

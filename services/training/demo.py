@@ -23,7 +23,7 @@ def demo(overrides: list[str]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     cfg = load_config(DEMO_CONFIG, overrides)
-    ensure_inputs(cfg, "demo", splits={"train": 2000, "val": 200, "test": 0})
+    ensure_inputs(cfg, "demo-sparse", splits={"train": 2000, "val": 200, "test": 0})
     run_dir = Path(cfg.output_dir) / cfg.name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always starts fresh

@@ -44,6 +44,15 @@ def test_prefix_stability() -> None:
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_demo_sparse_preset_draws_only_small_findings(tmp_path: Path) -> None:
+    spec = make_spec("demo-sparse", splits={"train": 40, "val": 0, "test": 0})
+    assert spec.area_buckets == ((0.014, 0.028),)  # `make demo` and the sparse study (its AREA_BAND)
+    manifest = load_manifest(write_dataset(spec, tmp_path, seed=0), report=lambda _: None)
+    areas = [r.relative_area() or 0.0 for r in manifest.records]
+    assert len(areas) == 40 and min(areas) >= 0.012 and max(areas) <= 0.038  # mask-based boxes: +- 1 %
+    assert sum(areas) / len(areas) < 0.03  # the demo preset's mean is ~0.08
+
+
 def test_demo_preset_records(tmp_path: Path) -> None:
     spec = make_spec("demo", splits={"train": 30, "val": 6})
     manifest = load_manifest(write_dataset(spec, tmp_path, seed=0), report=lambda _: None)
