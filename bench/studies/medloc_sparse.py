@@ -43,7 +43,7 @@ TEMPERATURE = 1.0  # rollout.sampling.temperature of the study (the gate's: docs
 STEPS = 24  # GRPO steps per arm run; checkpoints at half and at the end, evaluation at the end
 PROMPTS = 8  # prompts per GRPO step (the config's)
 EVAL_IMAGES = 300  # one SE of A@0.5 <= 2.5 points needs ~250-400 images
-EVAL_SAMPLES = 2  # sampled pass@1 over 2 x 300 completions; 4 made a 3-seed study ~2.5 h
+EVAL_SAMPLES = 2  # sampled pass@1 over 2 x 300 completions; 4 put a 3-seed study near 3 h
 SPLITS = {"train": 600, "val": 100, "test": EVAL_IMAGES}  # train: enough for 3 seeds' fresh prompts
 FORGET_BAND, FORGET_IMAGES = (0.11, 0.20), 200  # the base's own larger findings (forgetting)
 SFT_EPOCHS, SFT_BATCH = 4, 16
