@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,17 +23,49 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _SESSION_MARK.touch()
 
 
-# The longest modules of make test first (measured with --durations): with two xdist workers and
-# --dist loadfile, a long module started last is the whole run's tail.
-_LONG_FIRST = ("test_operator_cli.py", "test_faults_rollout.py", "test_train_loop_e2e.py",
-               "test_tracking_mlflow.py", "test_faults_driver.py", "test_dicom_dataset_e2e.py",
-               "test_serve.py")
+# make test runs two xdist workers with --dist loadfile: a worker runs a module whole, so its module-scoped
+# engines start once. Two changes to xdist's scheduling (pytest_xdist_make_scheduler below):
+# - the modules that share a session engine (tests/integration/conftest.py: `shared_pool`, 2 vLLM workers
+#   that the in-process training runs borrow, ~45 s to start on a busy machine; `shared_vllm_core`, the
+#   engine-level tests' vLLM engine) are one unit each, so only one worker starts each engine;
+# - units go out in collection order, longest first (measured with --durations), not xdist's default of the
+#   unit with the most tests first, which started the one-test operator CLI module last, as the run's tail.
+# (xdist's --dist loadgroup would group them too, but sets module fixtures up twice per module.)
+SHARED = {"shared_pool": ("test_train_loop_e2e.py", "test_faults_driver.py", "test_dicom_dataset_e2e.py",
+                          "test_multibox_e2e.py", "test_real_volumes_e2e.py", "test_curriculum_e2e.py"),
+          "shared_vllm_core": ("test_rollout_engines.py", "test_behaviour_logprobs.py")}
+_UNIT = {module: fixture for fixture, modules in SHARED.items() for module in modules}
+_LONG_FIRST = ("test_operator_cli.py", *SHARED["shared_pool"], "test_faults_rollout.py",
+               "test_tracking_mlflow.py", "test_serve.py", *SHARED["shared_vllm_core"],
+               "test_mlae_deepspeed.py", "test_learner.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Move the long modules to the front; the order inside a module, and of the others, is kept."""
+    """Move the long modules to the front (the order inside a module, and of the others, is kept); a module
+    that takes a shared engine without being in SHARED is a usage error (it would start a second one)."""
+    strays = sorted({f"{item.path.name} ({fixture})" for item in items for fixture in SHARED
+                     if fixture in item.fixturenames and _UNIT.get(item.path.name) != fixture})
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} takes a shared engine: add the module to SHARED in "
+                                "tests/conftest.py")
     rank = {name: i for i, name in enumerate(_LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile with the modules of each shared engine as one unit and the units in collection
+    order."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedEngineFileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return _UNIT.get(path.rsplit("/", 1)[-1], path)
+
+    config.option.loadscopereorder = False
+    return SharedEngineFileScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

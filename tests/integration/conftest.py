@@ -1,5 +1,7 @@
-"""Fixtures of the integration tier: a synthetic data set and one rollout pool shared by the in-process
-training runs (starting 2 vLLM engines costs ~20 s; each run borrows the pool, starting on the base model)."""
+"""Fixtures of the integration tier: a synthetic data set, one rollout pool shared by the in-process
+training runs (starting 2 vLLM engines costs ~20 s; each run borrows the pool, starting on the base model),
+and one vLLM engine shared by the engine-level modules (test_rollout_engines.py, test_behaviour_logprobs.py).
+tests/conftest.py schedules the modules of each shared thing on one xdist worker."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_configs import POOL, ROLLOUT
+from run_configs import ENGINE, KNOWLEDGE_YAML, POOL, ROLLOUT
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +20,32 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     spec = make_spec("demo", splits={"train": 24, "val": 4, "test": 0})
     return write_dataset(spec, tmp_path_factory.mktemp("data"), seed=0, manifest_name="manifest.jsonl")
+
+
+@pytest.fixture(scope="session")
+def engine_knowledge(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The knowledge base of KNOWLEDGE_YAML."""
+    from rollout.knowledge import load_knowledge
+
+    folder = tmp_path_factory.mktemp("knowledge")
+    (folder / "chest.yaml").write_text(KNOWLEDGE_YAML)
+    return load_knowledge(folder)
+
+
+@pytest.fixture(scope="session")
+def shared_vllm_core(tiny_model_dir: Path, engine_knowledge: Any) -> Iterator[Any]:
+    """One vLLM RolloutWorkerCore of the tiny model with ENGINE and engine_knowledge, for the session; a
+    module that takes it loads the adapter it needs (`load_adapter(None)`: the base model) and leaves it
+    on the base model."""
+    from rollout.config import RolloutConfig
+    from rollout.core import RolloutWorkerCore
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # a shell default must not mask rollout.kv_cache_gib
+        core = RolloutWorkerCore(tiny_model_dir, RolloutConfig.model_validate({**ENGINE, "engine": "vllm"}),
+                                 engine_knowledge)
+    yield core
+    core.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Run configs of the integration tests that train on the shared rollout pool (conftest.py `lend_pool`):
-every such run has exactly this rollout section and knowledge, which the pool was started with. Not
-collected (no test_ prefix)."""
+"""Configs of the integration tests' shared engines (conftest.py): the run config of the tests that train on
+the shared rollout pool (`lend_pool`: every such run has exactly this rollout section and knowledge, which
+the pool was started with), and the engine-level tests' vLLM engine (`shared_vllm_core`). Not collected (no
+test_ prefix)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from services.config import RunConfig
 ROLLOUT: dict[str, Any] = {"group_size": 4, "max_model_len": 512,
                            "sampling": {"temperature": 1.0, "max_new_tokens": 12}}
 POOL: dict[str, Any] = {"num_workers": 2, "cpus_per_worker": 0.25}
+
+# The engine-level tests' vLLM engine. Its core runs in a child process: in-process it would bind this pytest
+# process's threads to cores and freeze vLLM's settings, which slows and breaks later engines of the session
+# (worker actors, each a process of its own, use the in-process default).
+ENGINE: dict[str, Any] = {"max_model_len": 512, "engine_in_process": False}
+# The knowledge entry that `bench.faults.inputs.requests(..., knowledge=True)` asks for.
+KNOWLEDGE_YAML = """\
+version: 1
+entries:
+  chest_xray/nodule:
+    modality: chest x-ray
+    finding: nodule
+    appearance: A small round well defined opacity.
+    location: the upper lung zones
+"""
 
 
 def run_config(model: Path, manifest: Path, out: Path, **over: Any) -> RunConfig:

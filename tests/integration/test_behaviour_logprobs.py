@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from learner_samples import make_samples
+from run_configs import ENGINE as SHARED_ENGINE
 
 from bench.faults.inputs import requests
 from learner.batch import TrainBatch
@@ -24,7 +25,7 @@ from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
 
 pytestmark = pytest.mark.integration
-ENGINE = RolloutConfig(max_model_len=512, engine_in_process=False, max_lora_rank=8)
+ENGINE = RolloutConfig.model_validate(SHARED_ENGINE)
 ALL_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LEARNER = LearnerConfig(lr=5e-2, micro_batch_size=8, mlae={"p": 0.5, "target_modules": ALL_PROJ})  # type: ignore[arg-type]
 
@@ -43,16 +44,24 @@ def learner(tiny_model_dir: Path) -> Iterator[object]:
 
 
 # vLLM is the engine whose log-probs differ from the learner's in practice; the transformers engine's agree
-# with vLLM's in make test (test_rollout_engines.py) and with the learner's in the slow tier
+# with vLLM's in make test (test_rollout_engines.py) and with the learner's in the slow tier. The vLLM engine
+# is the session's (tests/integration/conftest.py `shared_vllm_core`).
 @pytest.fixture(scope="module", params=["vllm", pytest.param("hf", marks=pytest.mark.slow)])
 def core(request: pytest.FixtureRequest, tiny_model_dir: Path,
          learner: object) -> Iterator[RolloutWorkerCore]:
-    worker = RolloutWorkerCore(tiny_model_dir, ENGINE.model_copy(update={"engine": request.param}))
-    # versions are never reused, not even across the two engines
-    version = {"vllm": 1, "hf": 10}[request.param]
+    if request.param == "vllm":
+        worker = request.getfixturevalue("shared_vllm_core")
+    else:
+        worker = RolloutWorkerCore(tiny_model_dir, ENGINE.model_copy(update={"engine": request.param}))
+    # versions are never reused, not even across the two engines (test_rollout_engines.py takes 1-6 on the
+    # session's vLLM engine)
+    version = {"vllm": 20, "hf": 30}[request.param]
     worker.load_adapter(learner.export(version))  # type: ignore[attr-defined]
     yield worker
-    worker.close()
+    if request.param == "vllm":
+        worker.load_adapter(None)  # the session's engine goes back on the base model
+    else:
+        worker.close()
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.3, max_new_tokens=12),

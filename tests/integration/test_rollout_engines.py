@@ -1,5 +1,6 @@
 """Rollout engines on CPU with the tiny model: grouped sampling with log-probs, LoRA hot-load, and vLLM
-against the transformers reference. One vLLM engine for the whole module (start-up costs seconds)."""
+against the transformers reference. The vLLM engine is the session's (tests/integration/conftest.py
+`shared_vllm_core`, shared with test_behaviour_logprobs.py)."""
 
 from __future__ import annotations
 
@@ -8,38 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_configs import ENGINE
 
 from bench.faults.inputs import adapter_artefact, make_lora_adapter, requests
 from rollout.config import RolloutConfig, SamplingConfig
 from rollout.core import RolloutWorkerCore
 from rollout.engines import VISION_TOKENS, AdapterSpec
-from rollout.knowledge import KnowledgeBase, load_knowledge
+from rollout.knowledge import KnowledgeBase
 from rollout.processing import PromptProcessor
 from rollout.prompts import build_prompt
 
 pytestmark = pytest.mark.integration
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
-# The engine core runs in a child process here: in-process it would bind this pytest process's threads to
-# cores and freeze vLLM's settings, which slows and breaks later engines of the session (worker actors,
-# each a process of its own, use the in-process default).
-CONFIG = RolloutConfig(max_model_len=512, engine_in_process=False)
-# The knowledge entry that `requests(..., knowledge=True)` asks for.
-KNOWLEDGE_YAML = """\
-version: 1
-entries:
-  chest_xray/nodule:
-    modality: chest x-ray
-    finding: nodule
-    appearance: A small round well defined opacity.
-    location: the upper lung zones
-"""
-
-
-@pytest.fixture(scope="module")
-def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    folder = tmp_path_factory.mktemp("knowledge")
-    (folder / "chest.yaml").write_text(KNOWLEDGE_YAML)
-    return load_knowledge(folder)
+CONFIG = RolloutConfig.model_validate(ENGINE)
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +30,16 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def vllm_core(tiny_model_dir: Path, knowledge: KnowledgeBase) -> Iterator[RolloutWorkerCore]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # a shell default must not mask rollout.kv_cache_gib
-        core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "vllm"}), knowledge)
-    yield core
-    core.close()
+def vllm_core(shared_vllm_core: RolloutWorkerCore) -> Iterator[RolloutWorkerCore]:
+    """The session's vLLM engine (tests/integration/conftest.py), on the base model."""
+    shared_vllm_core.load_adapter(None)
+    yield shared_vllm_core
+    shared_vllm_core.load_adapter(None)
 
 
 @pytest.fixture(scope="module")
-def hf_core(tiny_model_dir: Path, knowledge: KnowledgeBase) -> Iterator[RolloutWorkerCore]:
-    core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), knowledge)
+def hf_core(tiny_model_dir: Path, engine_knowledge: KnowledgeBase) -> Iterator[RolloutWorkerCore]:
+    core = RolloutWorkerCore(tiny_model_dir, CONFIG.model_copy(update={"engine": "hf"}), engine_knowledge)
     yield core
     core.close()
 
@@ -111,6 +92,23 @@ def test_vllm_adapter_hot_load_changes_output_and_back(vllm_core: RolloutWorkerC
     assert vllm_core.load_adapter(adapter_artefact(adapter_dir, version=2)) == 2
     assert [g.completions[0].token_ids for g in vllm_core.generate(requests(2), n=1, sampling=GREEDY)] == \
         [g.completions[0].token_ids for g in adapted]
+    vllm_core.load_adapter(AdapterSpec(0, None))
+
+
+def test_vllm_refuses_a_rank_over_max_lora_rank_and_keeps_the_live_adapter(
+        vllm_core: RolloutWorkerCore, tiny_model_dir: Path, adapter_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """vLLM's own check (rank 16 > rollout.max_lora_rank 8) refuses the load; the previous adapter answers
+    as before (the pool's handling of a refusal: tests/integration/test_faults_rollout.py)."""
+    rank16 = make_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("rank16") / "v6", rank=16)
+    assert CONFIG.max_lora_rank == 8
+    vllm_core.load_adapter(adapter_artefact(adapter_dir, version=5))
+    before = _greedy_tokens(vllm_core)
+    with pytest.raises(RuntimeError, match=r"vLLM could not load adapter v6 .*LoRA rank 16 is greater than "
+                                           r"max_lora_rank 8.*adapter v5 stays live"):
+        vllm_core.load_adapter(adapter_artefact(rank16, version=6))
+    assert vllm_core.adapter_version == 5
+    assert _greedy_tokens(vllm_core) == before
     vllm_core.load_adapter(AdapterSpec(0, None))
 
 

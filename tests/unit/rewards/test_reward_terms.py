@@ -131,15 +131,15 @@ def test_extra_term_through_the_scorer() -> None:
 
 
 def test_a_term_sees_the_parsed_columns() -> None:
-    import user_terms
+    import unit_user_terms
 
     label = RewardTarget("classification", label="effusion")
     texts = [answer("[0, 0, 100, 100]", think="round"), "no answer"]
     groups = [(texts, GT), (["<think>x</think><answer>effusion</answer>"], label)]
-    cfg = _cfg(extra_terms=[{"fn": "user_terms:record", "name": "rec"},
-                            {"fn": "user_terms:think_length", "name": "think_len"}])
+    cfg = _cfg(extra_terms=[{"fn": "unit_user_terms:record", "name": "rec"},
+                            {"fn": "unit_user_terms:think_length", "name": "think_len"}])
     cols = score_columns(groups, ScheduleSnapshot(0.6, 0), cfg)
-    [(c0, t0), (c1, t1), (c2, t2)] = user_terms.SEEN
+    [(c0, t0), (c1, t1), (c2, t2)] = unit_user_terms.SEEN
     box = (0.0, 0.0, 100.0, 100.0)
     assert c0 == ScoredCompletion(texts[0], "round", "grounding", 0, True, box, 1.0, 1.0, 0.0)
     assert (c1.think, c1.format_ok, c1.box, c1.iou, c1.group) == ("no answer", False, None, 0.0, 0)
@@ -171,25 +171,26 @@ def test_a_failing_term_stops_with_one_line(fn: object, message: str) -> None:
 
 
 def test_a_nan_term_stops_the_scorer() -> None:
-    cfg = _cfg(extra_terms=[{"fn": "user_terms:nan_on_the_second_row", "name": "bad"}])
+    cfg = _cfg(extra_terms=[{"fn": "unit_user_terms:nan_on_the_second_row", "name": "bad"}])
     batch = [([answer("[0, 0, 100, 100]"), "x"], GT)]
-    with pytest.raises(RewardTermError, match=r"'bad' \(user_terms:nan_on_the_\w+\) returned nan for row 1"):
+    with pytest.raises(RewardTermError,
+                       match=r"'bad' \(unit_user_terms:nan_on_the_\w+\) returned nan for row 1"):
         RewardScorer(cfg).score_batch(batch, under=ScheduleSnapshot(0.6, 0))
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("user_terms.think_length", "is not 'package.module:function'"),
+    ("unit_user_terms.think_length", "is not 'package.module:function'"),
     ("no_such_module_xyz:f", "does not import \\(ModuleNotFoundError: No module named 'no_such_\\w+'\\)"),
-    ("user_terms:missing", "has no 'missing'"),
-    ("user_terms:NOT_A_FUNCTION", "is an object of type int, not a function"),
-    ("user_terms:one_argument", "cannot take the two positional arguments"),
-    ("user_terms:keyword_targets", "cannot take the two positional arguments"),
+    ("unit_user_terms:missing", "has no 'missing'"),
+    ("unit_user_terms:NOT_A_FUNCTION", "is an object of type int, not a function"),
+    ("unit_user_terms:one_argument", "cannot take the two positional arguments"),
+    ("unit_user_terms:keyword_targets", "cannot take the two positional arguments"),
 ])
 def test_load_term_refuses_with_one_line(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as err:
         load_term(spec)
     assert "\n" not in str(err.value)
-    assert load_term("user_terms:think_length").__name__ == "think_length"
+    assert load_term("unit_user_terms:think_length").__name__ == "think_length"
 
 
 def test_reward_config_checks_the_terms() -> None:
