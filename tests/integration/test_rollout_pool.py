@@ -15,7 +15,10 @@ from rollout.config import RolloutConfig, SamplingConfig
 from services.cluster.rollout_pool import RolloutPool
 from services.config import PoolConfig
 
-pytestmark = pytest.mark.integration
+# slow tier: make test grows and shrinks a real pool inside a running job (test_operator_cli.py: the added
+# worker serves the current adapter) and resets the shared pool to the base model before every run
+# (conftest.py lend_pool); this checks the same at the pool's own level, greedy answers compared
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = RolloutConfig(max_model_len=512)
 POOL = PoolConfig(cpus_per_worker=0.25, num_workers=2)
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=8)
