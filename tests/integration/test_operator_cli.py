@@ -85,6 +85,9 @@ def test_scale_a_running_job_1_2_1(cluster: dict[str, Any], tiny_model_dir: Path
     sets = {"name": "ops", "model.path": tiny_model_dir, "data.manifest": manifest,
             "output_dir": tmp_path / "runs", "stages.0.steps": GRPO_STEPS, "stages.0.prompts_per_step": 2,
             "stages.0.refill_cap": 0,
+            # transformers-engine workers, which start in seconds: scaling is the pool's and the same for
+            # either engine (vLLM workers in a training run: test_train_loop_e2e.py)
+            "rollout.engine": "hf",
             "rollout.group_size": 2, "rollout.max_lora_rank": 16, "rollout.sampling.max_new_tokens": 8,
             "pool.cpus_per_worker": 0.5, "pool.resize_wait_s": 300, "learner.cpus_per_rank": 0.5,
             "learner.torch_threads": 1,

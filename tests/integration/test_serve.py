@@ -1,15 +1,21 @@
-"""The Serve app for real: Ray Serve on loopback, the vLLM engine, a tiny model taught to answer one box.
+"""The Serve app for real, started as an operator starts it: `medground serve --config` (the shipped
+deploy/serve/serve_config.yaml pointed at a test run, one replica) in its own process with its own local Ray,
+the vLLM engine, a tiny model taught to answer one box.
 
 One app serves the whole module (the engine starts once): boxes in original pixels for a PNG and a DICOM,
 a corpus of bad requests (never a 5xx) then a good one, the page in headless Chromium, adapter reload by
-the watched run directory and by the admin call.
+the watched run directory and by the admin call; last, SIGTERM (what systemd and Kubernetes send) stops it
+with nothing of its Ray left running.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from dicom_files import real_world_variants
 from serve_fake import chromium
 from serve_fixtures import ANSWER, dicom_bytes, jpeg_bytes, png_bytes, teach_fixed_answer
 
 import rewards
+from bench.faults.cluster import BIN, ROOT
+from bench.faults.helpers import gone, kill_with_env, process_tree
 from bench.faults.inputs import make_lora_adapter
 from learner.distributed import free_port
 
@@ -41,17 +50,32 @@ class Served:
     run_dir: Path
     model_dir: Path
     tmp: Path
+    proc: subprocess.Popen[str]
+    marker: str  # in the environment of every process of its Ray
+
+
+def _serve_config(run_dir: Path, out: Path) -> Path:
+    """The shipped Serve config on the test run: one replica (no autoscaling), small batches, a 1 s watch."""
+    tree = yaml.safe_load((ROOT / "deploy" / "serve" / "serve_config.yaml").read_text())
+    app = tree["applications"][0]
+    app["args"] |= {"run_dir": str(run_dir), "engine": "vllm"}
+    app["args"]["limits"]["max_upload_bytes"] = MAX_UPLOAD
+    deployment = app["deployments"][0]
+    deployment.pop("autoscaling_config")
+    deployment["num_replicas"] = 1
+    deployment["user_config"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "watch_interval_s": 1.0}
+    out.write_text(yaml.safe_dump(tree))
+    return out
 
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path) -> Iterator[Served]:
-    import ray
-    from ray import serve
-
-    from services.serve.app import GroundingDeployment
-
     tmp = Path(tempfile.mkdtemp(prefix="mgs-", dir="/tmp"))  # Ray's socket paths must stay < 107 bytes
-    own_ray = not ray.is_initialized()
+    marker = f"RAY_TMPDIR={tmp / 'ray'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MEDGROUND_RAY_ADDRESS")}
+    env |= {"RAY_TMPDIR": str(tmp / "ray"), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+            "MEDGROUND_SERVE_TOKEN": TOKEN}
+    proc = None
     try:
         model = teach_fixed_answer(tiny_model_dir, tmp / "model")
         run_dir = tmp / "run"
@@ -59,22 +83,21 @@ def served(tiny_model_dir: Path) -> Iterator[Served]:
         (run_dir / "resolved_config.json").write_text(json.dumps(  # a run's config: what serve reads of it
             {"model": {"path": str(model)}, "rollout": {"engine": "vllm", **RESIZE},
              "data": {"manifest": "unused.jsonl"}, "stages": [{"name": "g", "kind": "grpo", "steps": 1}]}))
-        if own_ray:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     _temp_dir=str(tmp / "ray"))
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deployment = GroundingDeployment.options(
-            ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": {"MEDGROUND_SERVE_TOKEN": TOKEN}}},
-            user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "watch_interval_s": 1.0})
-        serve.run(deployment.bind({"run_dir": str(run_dir), "limits": {"max_upload_bytes": MAX_UPLOAD}}),
-                  name="medground", route_prefix="/")
-        yield Served(f"http://127.0.0.1:{port}", run_dir, model, tmp)
+        port, log = free_port(), tmp / "serve.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([str(BIN / "python"), "-m", "services.cli", "serve", "--config",
+                                     str(_serve_config(run_dir, tmp / "serve.yaml")), "--port", str(port)],
+                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while "serving on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield Served(f"http://127.0.0.1:{port}", run_dir, model, tmp, proc, marker)
     finally:
-        if ray.is_initialized():
-            serve.shutdown()
-        if own_ray:
-            ray.shutdown()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        kill_with_env(marker)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -294,3 +317,28 @@ def test_adapter_reload_by_watch_and_admin(served: Served) -> None:
     # no path: the run's latest
     back = requests.post(f"{served.url}/v1/admin/reload", headers=AUTH, timeout=60)
     assert back.status_code == 200 and (back.json()["version"], back.json()["origin"]) == (3, "admin")
+
+
+def _names(pids: list[int]) -> list[str]:
+    names = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the process exited after it was listed
+        names.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:120])
+    return names
+
+
+def test_sigterm_stops_serve_and_its_local_ray(served: Served) -> None:
+    """Last in the module: SIGTERM deletes the app and shuts down the local Ray that `medground serve`
+    started; no dashboard, runtime-env agent, Serve controller, proxy or replica outlives it. Before the fix,
+    Ray's own SIGTERM handler exited mid-shutdown and left the agents running as orphans."""
+    tree = process_tree(served.marker)  # GCS, raylet, dashboard, agents, Serve's actors
+    assert sum("agent" in n.lower() for n in _names(list(tree))) >= 2, _names(list(tree))
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=120) == 0, (served.tmp / "serve.log").read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    while (left := [p for p in tree if not gone(p, timeout=0)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"left running after SIGTERM: {_names(left)}"
