@@ -30,8 +30,10 @@ class LearnerRank:
         """This node's IP and a free port, for MASTER_ADDR/MASTER_PORT (asked of rank 0)."""
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the process group and build the engine; all ranks must be called concurrently."""
+    def setup(self, master: tuple[str, int]) -> None:
+        """Join the process group at rank 0's `address()` and build the engine; all ranks must be called
+        concurrently (the group passes rank 0's address as an object ref, which Ray resolves first)."""
+        master_addr, master_port = master
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         self._engine = LearnerEngine(self.model_dir, self.cfg, self.rank, self.world_size)
 

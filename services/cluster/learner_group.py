@@ -59,11 +59,21 @@ class LearnerGroup:
             ).remote(str(model_dir), cfg, rank, cfg.num_ranks)
             for rank in range(cfg.num_ranks)
         ]
+        # every rank builds its engine in the background from here (setup runs first on each actor, before
+        # any later call): the driver starts the rollout workers meanwhile, then calls wait_ready
+        master = self._workers[0].address.remote()
+        self._setup: list[Any] | None = [w.setup.remote(master) for w in self._workers]
+
+    def wait_ready(self) -> None:
+        """Block until every rank has joined the process group and built its engine; a rank that failed
+        shuts the group down (placement group freed) and its error surfaces. Every call waits for this."""
+        if self._setup is None:
+            return
+        setup, self._setup = self._setup, None
         try:
-            addr, port = ray.get(self._workers[0].address.remote())
-            ray.get([w.setup.remote(addr, port) for w in self._workers])
+            ray.get(setup)
         except Exception:
-            self.shutdown()  # free the placement group, then let the construction error surface
+            self.shutdown()
             raise
 
     @property
@@ -74,6 +84,7 @@ class LearnerGroup:
         """Every rank's result of one call; a dead rank stops the whole group (see the module docstring)."""
         if not self._workers:
             raise LearnerRankLost(f"the learner group was stopped after a rank died; it cannot run {what}")
+        self.wait_ready()
         try:
             return list(ray.get(refs))
         except (RayActorError, RayTaskError) as exc:
@@ -154,7 +165,9 @@ class LearnerGroup:
                              "load_checkpoint")[0])
 
     def shutdown(self) -> None:
-        """Leave the process group on every rank, then free the actors and the placement group."""
+        """Leave the process group on every rank, then free the actors and the placement group (once)."""
+        if self._pg is None:
+            return
         try:
             if self._workers:
                 ray.get([w.close.remote() for w in self._workers], timeout=120)
@@ -163,3 +176,4 @@ class LearnerGroup:
                 ray.kill(w)
             self._workers = []
             remove_placement_group(self._pg)
+            self._pg = None

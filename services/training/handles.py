@@ -48,10 +48,10 @@ class BorrowedPool:
 
 
 def start_handles(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None = None) -> RunHandles:
-    """Start the cluster side of a run (the learner before the rollout workers: the learner's placement
-    group takes its CPUs first, so the workers never starve it) and return the handles. `pool`: rollout
-    workers already up for exactly this model, knowledge and rollout config (a run on another config would
-    sample from another distribution than the one the learner recomputes: ValueError)."""
+    """Start the cluster side of a run (the learner's placement group before the rollout workers, so the
+    workers never starve it; the ranks and the workers then start side by side) and return the handles.
+    `pool`: rollout workers already up for exactly this model, knowledge and rollout config (a run on another
+    config would sample from another distribution than the one the learner recomputes: ValueError)."""
     trackers = open_trackers(cfg, run_dir)  # first: a tracker that cannot be reached stops the run at once
     try:
         return _start(cfg, run_dir, pool, MetricsWriter(run_dir, trackers=trackers))
@@ -69,12 +69,20 @@ def _start(cfg: RunConfig, run_dir: Path, pool: BorrowedPool | None, writer: Met
         raise ValueError(f"the lent rollout pool runs {pool.model_dir} with another rollout config or "
                          f"knowledge than run {cfg.name!r} ({cfg.model.path}); lend a pool started with the "
                          "run's own model.path, rollout section and data.knowledge_dir")
-    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
-                                cfg.rollout.max_pixels)
     control = ControlClient(cfg.name)
+    # the learner's placement group first (its CPUs are taken before any worker's); then the ranks and the
+    # rollout workers start side by side while the driver builds its own processor
     learner = LearnerGroup(cfg.model.path, cfg.learner)
     workers: Rollout = RolloutPool(cfg.model.path, cfg.rollout, cfg.pool, knowledge) if pool is None else pool
-    workers.wait_ready()
+    processor = PromptProcessor(cfg.model.path, family_of(cfg.model.path), cfg.rollout.min_pixels,
+                                cfg.rollout.max_pixels)
+    try:
+        learner.wait_ready()  # a rank that fails has shut its group down
+        workers.wait_ready()
+    except BaseException:
+        workers.shutdown()  # a borrowed pool stays up: its lender owns it
+        learner.shutdown()
+        raise
 
     def reward(config: RewardConfig, state: dict[str, Any] | None) -> RewardClient:
         return RewardClient(config, state)

@@ -101,7 +101,7 @@ def test_a_live_ranks_collective_error_after_a_rank_died_is_still_a_lost_rank(ra
 
     def group(ranks: list[Any]) -> LearnerGroup:
         g = object.__new__(LearnerGroup)
-        g._workers = ranks
+        g._workers, g._setup = ranks, None  # ranks set up
         return g
 
     alive, dying = Rank.remote(), Rank.remote()
