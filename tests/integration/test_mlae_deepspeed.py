@@ -31,10 +31,13 @@ def _rank(rank: int, port: int, stage: int, model_dir: str, out_dir: str) -> Non
     from transformers import AutoModelForImageTextToText
 
     from learner.config import MLAEConfig
+    from learner.distributed import init_distributed
     from learner.export import export_lora
     from learner.mlae import apply_mlae
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    # the learner's own join: gloo without DeepSpeed's shared-memory op, which a fresh environment would
+    # first compile (~85 s of a fresh clone's make test)
+    init_distributed(rank, WORLD, "gloo")
     torch.manual_seed(0)  # same adapter init and the same mask draws on every rank
     model = apply_mlae(AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32),
                        MLAEConfig(p=0.5, mask="mixed", fixed_p=0.25))
