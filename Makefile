@@ -18,7 +18,7 @@ demo: .venv/.ready
 	$(PY) -m services.cli demo
 
 # two pytest workers, one test file each at a time (--dist loadfile keeps a module's engine fixtures in one
-# process; tests/conftest.py makes the files that borrow the shared rollout pool one unit, longest first)
+# process; tests/conftest.py makes the files of each shared engine one unit and sends the longest first)
 test: .venv/.ready lint
 	$(PYTEST) -m "not slow and not gpu" --timeout=900 -n 2 --dist loadfile --durations=25 tests
 
