@@ -44,10 +44,11 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def wait_busy(pid: int, timeout: float = 60.0) -> None:
-    """Return once process `pid` has used 0.2 s of CPU since the call (it is working on something)."""
+def wait_busy(pid: int, timeout: float = 60.0, cpu_s: float = 0.2) -> None:
+    """Return once process `pid` has used `cpu_s` seconds of CPU since the call (it is working on something);
+    AssertionError after `timeout` seconds."""
     start, deadline = cpu_ticks(pid), time.monotonic() + timeout
-    while cpu_ticks(pid) - start < 0.2 * os.sysconf("SC_CLK_TCK"):
+    while cpu_ticks(pid) - start < cpu_s * os.sysconf("SC_CLK_TCK"):
         assert time.monotonic() < deadline, f"process {pid} did not start working within {timeout:.0f} s"
         time.sleep(0.02)
 
