@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                 "tests/conftest.py")
     rank = {name: i for i, name in enumerate(_LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# closers of the live shared engines, by fixture name (release_after_unit); each runs once its unit ends
+_RELEASE: dict[str, Callable[[], None]] = {}
+
+
+@pytest.fixture(scope="session")
+def release_after_unit() -> Callable[[str, Callable[[], None]], Callable[[], None]]:
+    """`register(name, close)` for a session engine of SHARED: `close` runs right after the last test of the
+    engine's unit (pytest_runtest_teardown below), not at the session's end, so a later module in the same
+    process gets the engine's CPUs and memory back (a 2-CPU Ray held by the shared pool's workers left a
+    later run's worker unplaceable: a hang in `make test-slow`). Returns the idempotent closer, for the
+    fixture's own teardown."""
+    def register(name: str, close: Callable[[], None]) -> Callable[[], None]:
+        def once() -> None:
+            if _RELEASE.pop(name, None) is not None:
+                close()
+        _RELEASE[name] = once
+        return once
+    return register
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After the last test of a shared engine's unit (the next test is in another unit, or none is left),
+    release that engine; the units' modules run one after another (collection order and the scheduler)."""
+    yield
+    unit = _UNIT.get(item.path.name)
+    if unit in _RELEASE and (nextitem is None or _UNIT.get(nextitem.path.name) != unit):
+        _RELEASE[unit]()
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

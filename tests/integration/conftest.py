@@ -33,10 +33,11 @@ def engine_knowledge(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="session")
-def shared_vllm_core(tiny_model_dir: Path, engine_knowledge: Any) -> Iterator[Any]:
-    """One vLLM RolloutWorkerCore of the tiny model with ENGINE and engine_knowledge, for the session; a
-    module that takes it loads the adapter it needs (`load_adapter(None)`: the base model) and leaves it
-    on the base model."""
+def shared_vllm_core(tiny_model_dir: Path, engine_knowledge: Any,
+                     release_after_unit: Callable[..., Callable[[], None]]) -> Iterator[Any]:
+    """One vLLM RolloutWorkerCore of the tiny model with ENGINE and engine_knowledge, for the modules of its
+    unit (closed after the last); a module that takes it loads the adapter it needs (`load_adapter(None)`:
+    the base model) and leaves it on the base model."""
     from rollout.config import RolloutConfig
     from rollout.core import RolloutWorkerCore
 
@@ -44,14 +45,16 @@ def shared_vllm_core(tiny_model_dir: Path, engine_knowledge: Any) -> Iterator[An
         env.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # a shell default must not mask rollout.kv_cache_gib
         core = RolloutWorkerCore(tiny_model_dir, RolloutConfig.model_validate({**ENGINE, "engine": "vllm"}),
                                  engine_knowledge)
+    close = release_after_unit("shared_vllm_core", core.close)
     yield core
-    core.close()
+    close()
 
 
 @pytest.fixture(scope="session")
-def shared_pool(ray_local: None, tiny_model_dir: Path) -> Iterator[Any]:
-    """2 vLLM workers of the tiny model with run_configs.ROLLOUT and the shipped knowledge, for the
-    session."""
+def shared_pool(ray_local: None, tiny_model_dir: Path,
+                release_after_unit: Callable[..., Callable[[], None]]) -> Iterator[Any]:
+    """2 vLLM workers of the tiny model with run_configs.ROLLOUT and the shipped knowledge, for the modules
+    of its unit (shut down after the last)."""
     from rollout.config import RolloutConfig
     from rollout.knowledge import load_knowledge
     from services.cluster.rollout_pool import RolloutPool
@@ -59,8 +62,9 @@ def shared_pool(ray_local: None, tiny_model_dir: Path) -> Iterator[Any]:
 
     pool = RolloutPool(tiny_model_dir, RolloutConfig.model_validate(ROLLOUT), PoolConfig.model_validate(POOL),
                        load_knowledge("deploy/knowledge"))
+    close = release_after_unit("shared_pool", pool.shutdown)
     yield pool
-    pool.shutdown()
+    close()
 
 
 @pytest.fixture(scope="session")
