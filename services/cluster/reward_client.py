@@ -4,7 +4,9 @@ The actor's state (the MedLoc-R1 window and tau) is read back after every call, 
 continues the schedule exactly where the dead one stopped (docs/algorithms.md, "MedLoc-R1").
 A batch the actor has not answered within `reward.call_timeout_s` counts as a hang: the actor is killed and
 its replacement scores the batch from the state before it, so the schedule sees every batch exactly once
-(README, "Reliability").
+(README, "Reliability"). After a node is lost, Ray may place the replacement on that node before it declares
+the node dead; such an actor dies before it runs, and another is started (as the rollout pool replaces a
+worker that dies before it is up).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rewards.scoring import RewardTarget, ScheduleSnapshot
 from services.cluster.fault_log import FaultLog
 
 FAULT_KINDS = ("actor_death", "actor_timeout")
+STARTS = 3  # actors started for one (re)creation: a replacement may die with the node its predecessor was on
 
 
 class RewardUnavailable(RuntimeError):
@@ -34,7 +37,7 @@ class RewardClient:
         self.config = config
         self.state = state
         self.faults = FaultLog("reward", FAULT_KINDS)
-        self._actor = create_reward_actor(config, state)
+        self._actor = self._start()
 
     def take_faults(self) -> dict[str, int]:
         """Faults since the last call, as metrics (`reward/actor_timeouts`, ...; zeros included)."""
@@ -57,7 +60,7 @@ class RewardClient:
             self.faults.record(kind, self._name(),
                                f"{what}; recreated it from the state after the last batch",
                                len(groups))
-            self._actor = create_reward_actor(self.config, self.state)
+            self._actor = self._start()
             try:
                 scored, state = self._call(groups, step, progress, under)
             except (RayActorError, TimeoutError) as again:
@@ -66,6 +69,24 @@ class RewardClient:
                                         "reward.call_timeout_s") from again
         self.state = state
         return scored
+
+    def _start(self) -> Any:
+        """A reward actor on the state after the last batch. One that dies before it runs (placed on a node
+        Ray has not yet declared dead) is followed by another, up to STARTS in all, then RewardUnavailable;
+        a constructor that raises (a bad config, a user's term that does not import) raises at once."""
+        last: RayActorError | None = None
+        for _ in range(STARTS):
+            try:
+                return create_reward_actor(self.config, self.state)
+            except RayActorError as exc:
+                if exc.actor_init_failed:
+                    raise
+                last = exc
+                self.faults.record("actor_death", f"reward actor {exc.actor_id or '(new)'}",
+                                   f"died before it ran ({type(exc).__name__}: its node was lost)")
+        raise RewardUnavailable(f"{STARTS} reward actors in a row died before they ran (last: {last}); check "
+                                "that the cluster's nodes are healthy (ray status) and read the actors' "
+                                "logs") from last
 
     def _call(self, groups: Sequence[tuple[Sequence[str], RewardTarget]], step: int, progress: float,
               under: ScheduleSnapshot | None) -> tuple[ScoredBatch, dict[str, Any]]:

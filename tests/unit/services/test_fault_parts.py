@@ -141,3 +141,39 @@ def test_the_cli_prints_a_stopped_runs_resume_command(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(app, ["train", "--resume", "runs/it"])
     assert result.exit_code == code
     assert f"error: {message}" in result.output
+
+
+def _died(init_failed: bool = False) -> Exception:
+    from ray.exceptions import RayActorError
+
+    return RayActorError(actor_id="ab12", error_msg="the actor's node died", actor_init_failed=init_failed)
+
+
+def test_a_reward_actor_that_dies_before_it_runs_is_followed_by_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a lost node Ray placed the reward actor's replacement on that node, and it died before it ran;
+    the run stopped (make test-slow, test_faults_node.py). The client starts another, up to STARTS."""
+    from rewards.config import RewardConfig
+    from services.cluster import reward_client as rc
+
+    outcomes: list[Any] = [_died(), _died(), "actor-3"]
+
+    def create(config: RewardConfig, state: dict[str, Any] | None) -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(rc, "create_reward_actor", create)
+    client = rc.RewardClient(RewardConfig())
+    assert client._actor == "actor-3" and not outcomes
+    assert client.take_faults()["reward/actor_deaths"] == 2
+    assert "died before it ran" in client.faults.events[-1].detail
+
+    outcomes[:] = [_died()] * rc.STARTS
+    with pytest.raises(rc.RewardUnavailable, match=r"3 reward actors in a row died before they ran.*ray st"):
+        client._start()
+    outcomes[:] = [_died(init_failed=True), "never"]  # a constructor that raised is not retried
+    with pytest.raises(Exception, match="the actor's node died"):
+        client._start()
+    assert outcomes == ["never"]
