@@ -82,6 +82,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _RELEASE[unit]()
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: a run with -p no:xdist must not reject it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """--dist loadfile with the modules of each shared engine as one unit and the units in collection
     order."""
