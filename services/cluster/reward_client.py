@@ -83,7 +83,7 @@ class RewardClient:
                     raise
                 last = exc
                 self.faults.record("actor_death", f"reward actor {exc.actor_id or '(new)'}",
-                                   f"died before it ran ({type(exc).__name__}: its node was lost)")
+                                   f"died before it ran ({type(exc).__name__})")
         raise RewardUnavailable(f"{STARTS} reward actors in a row died before they ran (last: {last}); check "
                                 "that the cluster's nodes are healthy (ray status) and read the actors' "
                                 "logs") from last

@@ -78,7 +78,7 @@ def _pid(pool: RolloutPool, index: int) -> int:
 
 
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.slow)])
-def test_a_worker_stopped_mid_generate_is_replaced_and_every_request_answered_once(
+def test_a_worker_stopped_during_a_call_is_replaced_and_every_request_answered_once(
         engine: str, request: pytest.FixtureRequest) -> None:
     pool: RolloutPool = request.getfixturevalue({"hf": "hf_pool", "vllm": "pool"}[engine])
     sampling = {"hf": SAMPLING_HF, "vllm": SAMPLING}[engine]
