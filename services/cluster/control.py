@@ -78,7 +78,8 @@ class ControlState:
 
 def start_control_actor(run_name: str) -> Any:
     """Create (or replace) the run's named control actor; detached from the driver's lifetime is not wanted,
-    so it dies with the job. It lives on the driver's node: a lost worker node must cost only the workers
+    so it dies with the job. It lives on the driver's node (hard affinity; it takes no CPU, so it always
+    fits, and Ray does not keep a soft one, rewards/actor.py): a lost worker node must cost only the workers
     on it, and the driver's node going takes the run anyway (README, "Reliability")."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -90,7 +91,7 @@ def start_control_actor(run_name: str) -> Any:
         old = None
     if old is not None:
         ray.kill(old)
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return actor_cls.options(name=actor_name(run_name), namespace=NAMESPACE,
                              scheduling_strategy=here).remote(run_name)
 

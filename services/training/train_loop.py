@@ -105,6 +105,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False,
         raise RunFailed(run_state.failure_message(run_dir, state, run_state.save_on_stop(h, state)
                                                   or exc)) from exc
     except Exception as exc:
+        log.exception("run %s: step %d failed", cfg.name, state.global_step + 1)  # the traceback, in the log
         raise RunFailed(run_state.failure_message(run_dir, state, exc)) from exc
     finally:
         h.close(status)

@@ -109,13 +109,21 @@ def test_a_lost_node_costs_its_workers_not_a_request(tiny_model_dir: Path, tmp_p
     # the fault is counted in the step whose generate call it cut (the one under way at the kill, or the next)
     hit = [s for s, r in got.items() if r.get("rollout/worker_deaths", 0)
            + r.get("rollout/worker_timeouts", 0)]
-    assert len(hit) == 1 and lost_at <= hit[0] <= lost_at + 1, (lost_at, hit)
+    assert hit and lost_at <= hit[0] <= lost_at + 1, (lost_at, hit)
     assert got[hit[0]]["rollout/requests_resent"] >= 1
+    # the reward and control actors live on the driver's node (hard affinity), so the lost node cost neither
+    assert not any(r.get("reward/actor_deaths") or r.get("reward/actor_timeouts") for r in got.values())
     assert all(r["rollout/workers"] == 2 for s, r in got.items() if s > 0)
-    # the replacement (serial 2) came up on the only node left and served later steps
+    # The log line names the worker, its pid and node. Ray may place a replacement on the lost node before it
+    # declares the node dead: that replacement dies before it serves ("not started") and another starts in
+    # its place. No other worker fails.
+    log = (tmp_path / "lost" / "driver.log").read_text()
+    faults = re.findall(r"rollout worker (?:death|timeout): rollout worker (\d+) \(([^)]*)\)", log)
+    assert re.fullmatch(r"pid \d+ on [\d.]+, node \w+", faults[0][1]) and faults[0][0] in ("0", "1"), faults
+    assert all(where == "not started" for _, where in faults[1:]), faults
+    counted = sum(got[s]["rollout/worker_deaths"] + got[s]["rollout/worker_timeouts"] for s in hit)
+    assert len(faults) == counted, (faults, hit)
+    # a replacement (serial 2 or later) came up on the only node left and served later steps
     assert got[31]["rollout/workers_live"] == 2
-    assert any("2" in r["rollout/serving_serials"].split(",") for s, r in got.items()
-               if s > hit[0]), "it never served"
-    log = (tmp_path / "lost" / "driver.log").read_text()  # the log line names the worker, its pid and node
-    assert re.search(r"rollout worker (death|timeout): rollout worker [01] \(pid \d+ on "
-                     r"[\d.]+, node \w+\): .*rollout worker 2 starts in its place", log), log[-3000:]
+    assert any(int(serial) >= 2 for s, r in got.items() if s > hit[0]
+               for serial in r["rollout/serving_serials"].split(",")), "no replacement served"
