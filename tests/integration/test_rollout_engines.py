@@ -112,6 +112,19 @@ def test_vllm_refuses_a_rank_over_max_lora_rank_and_keeps_the_live_adapter(
     vllm_core.load_adapter(AdapterSpec(0, None))
 
 
+def test_vllm_loads_the_grouped_cpu_lora_ops_as_a_plugin(vllm_core: RolloutWorkerCore) -> None:
+    """Starting an engine loaded rollout/vllm_cpu_lora.py through its entry point (pyproject.toml,
+    `vllm.general_plugins`) in this process; vLLM loads the same plugins in its engine-core child, where the
+    model runs (vllm/v1/engine/core.py), and the test below checks what LoRA computes there against
+    transformers + PEFT."""
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    from rollout import vllm_cpu_lora
+
+    assert vllm_core.config.engine == "vllm"
+    assert all(getattr(punica_cpu, name) is op for name, op in vllm_cpu_lora.OPS.items())
+
+
 @pytest.mark.parametrize("with_adapter", [False, True])
 def test_vllm_agrees_with_transformers(vllm_core: RolloutWorkerCore, hf_core: RolloutWorkerCore,
                                        adapter_dir: Path, with_adapter: bool) -> None:
