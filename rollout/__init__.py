@@ -4,9 +4,9 @@ config.py (RolloutConfig, SamplingConfig), contracts.py (RolloutRequest, Rollout
 images.py (image loading, the model families and the ImageFrame of what the model sees), knowledge.py
 (VRFT-Aug prior knowledge from YAML), prompts.py (the prompt of a request, knowledge injected),
 processing.py (the HF processor: chat text, prompt ids, image inputs), engines.py (the engine Protocol,
-adapter specs, vision and stop tokens), engine_vllm.py (the product's engine), engine_hf.py (transformers
-generate, the reference), core.py (RolloutWorkerCore: the worker as a plain class), worker.py (its Ray
-actor; the only file that imports ray).
+adapter specs, vision and stop tokens), engine_vllm.py (the product's engine), vllm_cpu_lora.py (vLLM's CPU
+LoRA ops grouped by adapter, a vLLM plugin), engine_hf.py (transformers generate, the reference), core.py
+(RolloutWorkerCore: the worker as a plain class), worker.py (its Ray actor; the only file that imports ray).
 
 Only pure names are re-exported; engines, the worker core and the Ray actor are imported from their
 modules (`rollout.core.RolloutWorkerCore`, `rollout.worker.RolloutWorker`).
