@@ -206,7 +206,8 @@ def _stopped(exc: BaseException) -> NoReturn:
 
 @app.command()
 def demo(overrides: Overrides = None) -> None:
-    """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms."""
+    """The main job: GRPO with the MedLoc-R1 schedule on a pretrained CPU base and synthetic phantoms. The
+    first run builds the base (about 3 min on 2 cores; cached under models/); results land in runs/demo."""
     from services.training.demo import DEMO_CONFIG
     from services.training.demo import demo as run_demo
     from services.training.trackers import TrackerUnreachable

@@ -94,8 +94,49 @@ def test_the_sgmv_ops_of_vllm_run_the_grouped_ops_once_installed() -> None:
     torch.testing.assert_close(got, torch.cat([x[:4] @ a[2].T, x[4:] @ a[0].T]))
 
 
-def test_no_tokens_changes_nothing() -> None:
-    out = torch.ones(0, RANK)
-    vllm_cpu_lora.bgmv_shrink(torch.zeros(0, HIDDEN), torch.randn(SLOTS, RANK, HIDDEN), out,
-                              torch.zeros(0, dtype=torch.long))
-    assert out.shape == (0, RANK)
+def _outcome(op: Any, output: torch.Tensor, *args: Any) -> Any:
+    """The op's result on a copy of `output`, or the type of what it raised."""
+    out = output.clone()
+    try:
+        op(args[0], args[1], out, *args[2:])
+    except Exception as exc:  # the reference's einsum refuses mismatched shapes with RuntimeError
+        return type(exc)
+    return out
+
+
+@pytest.mark.parametrize(("rows", "indices"), [
+    (4, [1, 1]),        # fewer indices than rows: vLLM refuses
+    (4, [0, 2]),
+    (4, []),
+    (1, [0, 1, 2]),     # one row, several indices: vLLM broadcasts the row
+    (0, []),            # no rows
+])
+@pytest.mark.parametrize("name", ["bgmv_shrink", "bgmv_expand"])
+def test_calls_outside_one_index_per_row_do_what_vllm_does(name: str, rows: int, indices: list[int]) -> None:
+    """Such calls go to vLLM's own op: the same result, or the same refusal; never rows left unwritten."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor(indices, dtype=torch.long)
+    if name == "bgmv_shrink":
+        args: tuple[Any, ...] = (torch.randn(rows, HIDDEN, generator=g), torch.randn(SLOTS, RANK, HIDDEN,
+                                                                                    generator=g), ids, 1.0)
+        output = torch.zeros(max(rows, len(indices)), RANK)
+    else:
+        args = (torch.randn(rows, RANK, generator=g), torch.randn(SLOTS, OUT, RANK, generator=g), ids, True)
+        output = torch.zeros(max(rows, len(indices)), OUT)
+    want = _outcome(reference(name), output, *args)
+    got = _outcome(vllm_cpu_lora.OPS[name], output, *args)
+    if isinstance(want, torch.Tensor):
+        torch.testing.assert_close(got, want)
+    else:
+        assert got is want
+
+
+def test_one_product_row_is_added_to_every_output_row() -> None:
+    """bgmv_expand's `limit` rule: one input row on one slot against an output of several rows adds the
+    row to each of them, as vLLM's op does."""
+    g = torch.Generator().manual_seed(0)
+    b, x = torch.randn(SLOTS, OUT, RANK, generator=g), torch.randn(1, RANK, generator=g)
+    base = torch.randn(5, OUT, generator=g)
+    want, got = _both("bgmv_expand", base, x, b, torch.tensor([2]), True)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got - base, (x @ b[2].T).expand(5, OUT))
